@@ -1,0 +1,19 @@
+"""Declarative core: problems declare, solvers return a ``Solution``, gradient modes are objects.
+
+Imports nothing from ``contrastive`` or ``layers``.
+"""
+
+from .activations import ActivationProblem, BoxProblem, ReLUProblem, SoftmaxProblem, SparsemaxProblem
+from .argmin_function import ArgminFunction, apply_argmin_function
+from .broadcasting import sum_to_shape
+from .errors import SolverError
+from .modes import GradientMode, Implicit, check_beta, register_mode, resolve_mode
+from .problem import ArgminProblem
+from .solution import Solution
+from .status import Status
+
+__all__ = [
+    "ActivationProblem", "ArgminFunction", "ArgminProblem", "BoxProblem", "GradientMode",
+    "Implicit", "ReLUProblem", "SoftmaxProblem", "Solution", "SolverError", "SparsemaxProblem",
+    "Status", "apply_argmin_function", "check_beta", "register_mode", "resolve_mode", "sum_to_shape",
+]

@@ -1,0 +1,51 @@
+"""Activations as argmin problems: ``f(a) = argmin_z ψ(z) − aᵀz = ∇ψ*(a)``."""
+
+from __future__ import annotations
+
+import torch
+
+from ..problem import ArgminProblem
+from ..solution import Solution
+
+
+class ActivationProblem(ArgminProblem):
+    """An activation ``z = f(a) = argmin_z ψ(z) − aᵀz`` for a strictly convex ψ (DESIGN.md §3.3).
+
+    Subclasses give the closed form ``activation(a)`` and its one-sided directional derivative
+    ``directional_derivative(a, z, u) = lim_{t→0⁺} (f(a + t u) − f(a))/t``. Everything a gradient
+    mode needs follows:
+
+    * nudged solution ``ẑ_β = argmin ψ(z) − aᵀz + β gᵀz = f(a − βg)``;
+    * ``∂_a 𝓛 = −z`` (constraints do not depend on ``a``; terms constant in z cancel in every
+      contrast), so ``Contrastive`` gives ``(f(a) − f(a − βg))/β``;
+    * implicit tangent ``dz = f'(a; −g)`` and gradient ``−dz`` — the one-sided limit at kinks.
+
+    Shape:
+        - a: ``(*)``, any shape (``(*, n)`` with the simplex over ``dim`` for sparsemax/softmax).
+        - z: same shape as ``a``.
+    """
+
+    param_names = ("a",)
+    closed_form = True
+
+    def activation(self, a: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def directional_derivative(self, a: torch.Tensor, z: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    # -- the ArgminProblem protocol ---------------------------------------------------------------
+    def solve(self, params, warm_start=None):
+        return Solution(z=self.activation(params[0]))
+
+    def solve_nudged(self, params, g, beta, warm_start=None):
+        return Solution(z=self.activation(torch.sub(params[0], g, alpha=beta)))
+
+    def lagrangian_grads(self, solution, params, needs):
+        return (-solution.z,)
+
+    def implicit_tangent(self, solution, params, g):
+        return Solution(z=self.directional_derivative(params[0], solution.z, -g))
+
+    def lagrangian_grads_tangent(self, solution, tangent, params, needs):
+        return (-tangent.z,)

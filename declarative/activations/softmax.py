@@ -1,0 +1,23 @@
+"""Softmax as the entropic projection onto the probability simplex."""
+
+from __future__ import annotations
+
+import torch
+
+from .base import ActivationProblem
+
+
+class SoftmaxProblem(ActivationProblem):
+    """``z* = argmin_z Σ_i z_i log z_i − aᵀz  s.t.  1ᵀz = 1  = softmax(a)`` over ``dim``.
+
+    Smooth everywhere: the derivative in direction ``u`` is ``z ⊙ (u − ⟨u, z⟩)``.
+    """
+
+    def __init__(self, dim: int = -1):
+        self.dim = dim
+
+    def activation(self, a):
+        return torch.softmax(a, dim=self.dim)
+
+    def directional_derivative(self, a, z, u):
+        return z * (u - (u * z).sum(dim=self.dim, keepdim=True))

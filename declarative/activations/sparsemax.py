@@ -1,0 +1,67 @@
+"""Sparsemax: the Euclidean projection onto the probability simplex, with one-sided derivatives
+at ties (weakly active coordinates)."""
+
+from __future__ import annotations
+
+import torch
+
+from .base import ActivationProblem
+
+
+def _simplex_threshold(a: torch.Tensor) -> torch.Tensor:
+    """τ with ``Σ_i max(0, a_i − τ) = 1`` over the last dimension (sort-based, exact)."""
+    n = a.shape[-1]
+    srt, _ = torch.sort(a, dim=-1, descending=True)
+    cs = srt.cumsum(-1) - 1
+    k = torch.arange(1, n + 1, dtype=a.dtype, device=a.device)
+    support = (srt * k > cs).sum(-1, keepdim=True)  # ≥ 1: the largest entry is always in
+    return cs.gather(-1, support - 1) / support
+
+
+class SparsemaxProblem(ActivationProblem):
+    """``z* = argmin_z ½‖z − a‖²  s.t.  z ≥ 0, 1ᵀz = 1`` over ``dim`` (Martins & Astudillo 2016).
+
+    ``z = max(0, a − τ)`` with the threshold τ found by sorting. Implicit tangent in direction ``u``
+    (DESIGN.md §3.2, the backward QP on the simplex): with support ``S = {z_i > 0}`` and weakly
+    active set ``W = {z_i = 0, a_i = τ}``,
+
+        d = argmin ½‖d − u‖²  s.t.  1ᵀd = 0,  d_i ≥ 0 (i ∈ W),  d_i = 0 (i ∉ S ∪ W),
+
+    i.e. ``d_i = u_i − μ`` on S and ``max(0, u_i − μ)`` on W, with μ solving ``1ᵀd = 0``. The root μ
+    is found exactly by sorting ``u_W`` (the same prefix argument as the sparsemax threshold).
+    Without ties this is the usual sparsemax Jacobian ``u_S − mean_S(u)``.
+
+    A zero coordinate counts as weakly active when ``a_i ≥ τ − tol`` with
+    ``tol = 16 · eps(dtype) · (1 + max_i |a_i|)`` — the rounding error of τ; exact ties in the input
+    (e.g. ``a = (1, 0, −1)``: τ = 0) are detected in float32 and float64.
+
+    Args:
+        dim: the dimension that lies on the simplex.
+    """
+
+    def __init__(self, dim: int = -1):
+        self.dim = dim
+
+    def activation(self, a):
+        a_t = a.movedim(self.dim, -1)
+        z = torch.clamp(a_t - _simplex_threshold(a_t), min=0)
+        return z.movedim(-1, self.dim)
+
+    def directional_derivative(self, a, z, u):
+        a_t, z_t, u_t = (x.movedim(self.dim, -1) for x in (a, z, u))
+        n = a_t.shape[-1]
+        in_s = z_t > 0
+        n_s = in_s.sum(-1, keepdim=True).to(a_t.dtype)
+        tau = (torch.where(in_s, a_t, 0).sum(-1, keepdim=True) - 1) / n_s
+        tol = 16 * torch.finfo(a_t.dtype).eps * (1 + a_t.abs().amax(-1, keepdim=True))
+        in_w = (~in_s) & (a_t >= tau - tol)
+        sum_s = torch.where(in_s, u_t, 0).sum(-1, keepdim=True)
+        neg_inf = torch.tensor(float("-inf"), dtype=u_t.dtype, device=u_t.device)
+        v, _ = torch.sort(torch.where(in_w, u_t, neg_inf), dim=-1, descending=True)
+        finite = v > neg_inf
+        k = torch.arange(1, n + 1, dtype=u_t.dtype, device=u_t.device)
+        mu_k = (sum_s + torch.where(finite, v, 0).cumsum(-1)) / (n_s + k)
+        k_star = (finite & (v > mu_k)).sum(-1, keepdim=True)
+        mu = torch.where(k_star > 0, mu_k.gather(-1, (k_star - 1).clamp(min=0)), sum_s / n_s)
+        d = torch.where(in_s, u_t - mu, torch.where(in_w, torch.clamp(u_t - mu, min=0), 0))
+        return d.movedim(-1, self.dim)

@@ -1,0 +1,74 @@
+"""The one ``torch.autograd.Function`` through which every declared problem is differentiated.
+
+Its forward calls ``problem.solve``; its backward hands the cotangent ``g = ∂ℓ/∂z`` to the gradient
+mode's ``vjp``. Problems never contain a backward and modes never contain a solver, so a new
+problem gets every mode and a new mode works for every problem that declares what it needs.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch._functorch.autograd_function import custom_function_call
+
+from .broadcasting import sum_to_shape
+from .solution import Solution
+
+
+class ArgminFunction(torch.autograd.Function):
+    """``z* = argmin_z E(z; θ)`` as an autograd node (forward + ``setup_context`` + backward).
+
+    Inputs: ``problem, mode, warm_start, names_box, *params``. ``names_box`` is a list that the
+    forward fills with the names of the flattened ``Solution`` fields, so that the caller can
+    rebuild the ``Solution`` from the tuple of output tensors.
+    Outputs: ``(z, *other solution tensors)``; only ``z`` is differentiable.
+    """
+
+    generate_vmap_rule = True
+
+    @classmethod
+    def apply(cls, *args):
+        # ``Function.apply`` binds the arguments with ``inspect.signature`` on every call when
+        # ``setup_context`` is defined (~50 µs); ``forward`` has no defaults or keywords, so the
+        # binding is the identity and is skipped here. Everything else is as in ``Function.apply``.
+        if not torch._C._are_functorch_transforms_active():
+            return super(torch.autograd.Function, cls).apply(*args)
+        return custom_function_call(cls, *args)
+
+    @staticmethod
+    def forward(problem, mode, warm_start, names_box, *params):
+        sol = problem.solve(params, warm_start=warm_start)
+        names, tensors = sol.flatten()
+        names_box[:] = names
+        return tuple(tensors)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        problem, mode, _warm, names_box = inputs[:4]
+        params = inputs[4:]
+        ctx.problem, ctx.mode, ctx.names = problem, mode, list(names_box)
+        ctx.n_params = len(params)
+        ctx.param_shapes = [None if p is None else p.shape for p in params]
+        ctx.mark_non_differentiable(*output[1:])
+        ctx.save_for_backward(*params, *output)
+
+    @staticmethod
+    def backward(ctx, g, *_aux_grads):
+        saved = ctx.saved_tensors
+        params, sol_tensors = saved[: ctx.n_params], saved[ctx.n_params:]
+        solution = Solution.unflatten(ctx.names, sol_tensors)
+        needs = ctx.needs_input_grad[4:]
+        grads = ctx.mode.vjp(ctx.problem, params, solution, g, needs)
+        out = [None, None, None, None]
+        for grad, need, shape in zip(grads, needs, ctx.param_shapes):
+            out.append(sum_to_shape(grad, shape) if need and grad is not None else None)
+        return tuple(out)
+
+
+def apply_argmin_function(problem, mode, params, warm_start: Solution | None = None) -> Solution:
+    """Solve ``problem`` at ``params`` and return a ``Solution`` whose ``z`` is differentiable
+    through ``mode``."""
+    names: list[str] = []
+    outputs = ArgminFunction.apply(problem, mode, warm_start, names, *params)
+    if not isinstance(outputs, tuple):
+        outputs = (outputs,)
+    return Solution.unflatten(names, outputs)

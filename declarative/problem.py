@@ -1,0 +1,68 @@
+"""``ArgminProblem``: the declaration every gradient mode works from.
+
+A problem *declares* ``z*(θ) = argmin_z E(z; θ) s.t. z ∈ C(θ)``; it neither chooses nor implements
+a way of differentiating. It exposes exactly what the gradient modes need (DESIGN.md §2–3):
+
+* ``solve(params)`` – the free solution ``z*`` with its multipliers, as a ``Solution``;
+* ``solve_nudged(params, g, beta, warm_start)`` – the nudged solution
+  ``ẑ_β = argmin_z E(z; θ) + β⟨g, z⟩`` over the same constraints (β may be negative);
+* ``lagrangian_grads(solution, params, needs)`` – ``∂_θ 𝓛(z, λ, ν; θ)`` evaluated at a solution
+  with its own multipliers (``𝓛 = E`` when constraints do not depend on θ). The contrastive
+  modes contrast this at two solutions (formula (C));
+* ``implicit_tangent(solution, params, g)`` – the one-sided limit ``(dz, dλ, dν) =
+  lim_{β→0⁺} (ŝ_β − s*)/β`` (a ``Solution`` holding the tangent), i.e. the solution of the
+  backward QP of DESIGN.md §3.2, which reduces to the KKT linear system under strict
+  complementarity;
+* ``lagrangian_grads_tangent(solution, tangent, params, needs)`` – the directional derivative of
+  ``∂_θ𝓛`` along that tangent: ``∂²_{θz}𝓛·dz + (∂_θ c)ᵀ dλ``.
+
+Gradients are returned with the broadcast batch shape; the gradient modes sum them back to each
+parameter's own shape. ``needs[i]`` is False for parameters that need no gradient (the problem may
+return ``None`` for them).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from .solution import Solution
+
+Params = Sequence[torch.Tensor | None]
+Grads = tuple[torch.Tensor | None, ...]
+
+
+class ArgminProblem:
+    """Base class of declared argmin problems (see the module docstring for the protocol)."""
+
+    #: Names of the parameters, in the order ``params`` are passed (for messages).
+    param_names: tuple[str, ...] = ()
+    #: True when the forward is a closed form written in torch ops (vmap-able, never fails).
+    closed_form: bool = False
+
+    def solve(self, params: Params, warm_start: Solution | None = None) -> Solution:
+        raise NotImplementedError
+
+    def solve_nudged(self, params: Params, g: torch.Tensor, beta: float,
+                     warm_start: Solution | None = None) -> Solution:
+        raise NotImplementedError(f"{type(self).__name__} provides no nudged solve")
+
+    def lagrangian_grads(self, solution: Solution, params: Params, needs: Sequence[bool]) -> Grads:
+        raise NotImplementedError(f"{type(self).__name__} provides no Lagrangian gradient")
+
+    def implicit_tangent(self, solution: Solution, params: Params, g: torch.Tensor) -> Solution:
+        raise NotImplementedError(f"{type(self).__name__} provides no implicit tangent")
+
+    def implicit_vjp(self, solution: Solution, params: Params, g: torch.Tensor,
+                     needs: Sequence[bool]) -> Grads:
+        """The ``Implicit`` gradient: the linearised Lagrangian gradient along the implicit tangent.
+
+        Problems with a cheaper fused formula (e.g. ReLU) override this; the result must be equal.
+        """
+        tangent = self.implicit_tangent(solution, params, g)
+        return self.lagrangian_grads_tangent(solution, tangent, params, needs)
+
+    def lagrangian_grads_tangent(self, solution: Solution, tangent: Solution, params: Params,
+                                 needs: Sequence[bool]) -> Grads:
+        raise NotImplementedError(f"{type(self).__name__} provides no linearised Lagrangian gradient")

@@ -1,0 +1,12 @@
+"""``torch.nn.Module`` wrappers around declared argmin problems, usable in ``nn.Sequential``."""
+
+from .activation import ArgminActivation
+from .box import ArgminBox, ArgminHardsigmoid, ArgminHardtanh
+from .fenchel_mlp import fenchel_mlp, negative_glorot_uniform_
+from .relu import ArgminReLU
+from .simplex import ArgminSoftmax, ArgminSparsemax
+
+__all__ = [
+    "ArgminActivation", "ArgminBox", "ArgminHardsigmoid", "ArgminHardtanh", "ArgminReLU",
+    "ArgminSoftmax", "ArgminSparsemax", "fenchel_mlp", "negative_glorot_uniform_",
+]

@@ -1,0 +1,34 @@
+"""Base module for activations declared as argmin problems."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import contrastive  # noqa: F401  (registers the "contrastive" and "symmetric" mode names)
+from declarative import ActivationProblem, GradientMode, resolve_mode
+from declarative.validation import check_tensor
+
+
+class ArgminActivation(nn.Module):
+    """``z = argmin_z ψ(z) − aᵀz`` applied to the input, differentiated by a gradient mode.
+
+    Args:
+        problem: the ``ActivationProblem`` (closed form and one-sided derivative).
+        mode: ``"implicit"`` (exact one-sided derivative), ``"contrastive"`` or ``"symmetric"``
+            (finite nudging strength ``beta``), or a ``GradientMode`` object.
+        beta: nudging strength for the contrastive modes (required there, rejected otherwise).
+    """
+
+    def __init__(self, problem: ActivationProblem, mode: str | GradientMode = "implicit",
+                 beta: float | None = None):
+        super().__init__()
+        self.problem = problem
+        self.mode = resolve_mode(mode, beta)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_tensor("input", x)
+        return self.mode.apply(self.problem, (x,)).z
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode!r}"
