@@ -7,6 +7,7 @@ from .activations import ActivationProblem, BoxProblem, ReLUProblem, SoftmaxProb
 from .argmin_function import ArgminFunction, apply_argmin_function
 from .broadcasting import sum_to_shape
 from .errors import SolverError
+from .lasso import LassoOptions, LassoProblem, solve_lasso
 from .modes import GradientMode, Implicit, check_beta, register_mode, resolve_mode
 from .problem import ArgminProblem
 from .solution import Solution
@@ -14,6 +15,6 @@ from .status import Status
 
 __all__ = [
     "ActivationProblem", "ArgminFunction", "ArgminProblem", "BoxProblem", "GradientMode",
-    "Implicit", "ReLUProblem", "SoftmaxProblem", "Solution", "SolverError", "SparsemaxProblem",
-    "Status", "apply_argmin_function", "check_beta", "register_mode", "resolve_mode", "sum_to_shape",
+    "Implicit", "LassoOptions", "LassoProblem", "ReLUProblem", "SoftmaxProblem", "Solution", "SolverError", "SparsemaxProblem",
+    "Status", "apply_argmin_function", "check_beta", "register_mode", "resolve_mode", "solve_lasso", "sum_to_shape",
 ]
