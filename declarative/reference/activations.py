@@ -22,6 +22,16 @@ tolerance ``ATOL`` keeps a factor 2 of margin; the softmax one a factor 100, bec
 exponential-cone iterates approach ``z_i → 0`` (large negative logits) less reliably — at 1e-10 its
 error was 250× that of the QPs. A difference quotient of two solves has error ≲ ``2·ATOL/β``.
 
+**Degenerate points.** Where a constraint is weakly active (active with a zero multiplier: ReLU at
+``a = 0``, box at ``a = lo/hi``, sparsemax ties ``a_i = τ``) strict complementarity fails and
+interior-point iterates approach the solution only at the rate sqrt(μ): with the 1e-12 tolerances
+we measured errors up to 1.1e-6 there (ReLU 3.5e-7, box 4.9e-7, sparsemax 1.0e-6), and ~1e-7 for
+problems nudged by β = 1e-4…1e-3 off such a point. ``ATOL_DEGENERATE`` = 3e-6 keeps a factor 3.
+Hence ``nudged_difference_quotient(..., base_beta=β)``: for a piecewise-linear activation the
+nudged path ``t ↦ ẑ_t`` is linear on ``[0, t₁)`` (t₁ = first kink crossed), so
+``(ẑ_{2β} − ẑ_β)/β`` equals ``(ẑ_β − z*)/β`` for ``2β < t₁`` while both solves are
+non-degenerate and accurate to ``ATOL``.
+
 numpy/cvxpy only: never used by a forward or backward pass. cvxpy is imported inside functions.
 """
 
@@ -29,13 +39,15 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["ATOL", "PROBLEMS", "activation_reference", "nudged_difference_quotient",
+__all__ = ["ATOL", "ATOL_DEGENERATE", "PROBLEMS", "activation_reference", "nudged_difference_quotient",
            "simplex_backward_qp_reference"]
 
 PROBLEMS = ("relu", "box", "sparsemax", "softmax")
 
 #: Absolute tolerance of the reference solutions, per problem (see the module docstring).
 ATOL = {"relu": 1e-8, "box": 1e-8, "sparsemax": 1e-8, "softmax": 1e-6}
+#: Absolute tolerance of the QP references at weakly active constraints (see the module docstring).
+ATOL_DEGENERATE = 3e-6
 
 _CLARABEL = dict(tol_gap_abs=1e-12, tol_gap_rel=1e-12, tol_feas=1e-12, tol_ktratio=1e-12,
                  max_iter=500)
@@ -108,19 +120,22 @@ def activation_reference(name: str, a, g=None, beta: float = 0.0, *, lo: float =
     return z, None
 
 
-def nudged_difference_quotient(name: str, a, g, beta: float, **kw) -> np.ndarray:
-    """``(ẑ_β − z*)/β`` from two cvxpy solves: the finite-β estimate of the implicit tangent ``dz``.
+def nudged_difference_quotient(name: str, a, g, beta: float, *, base_beta: float = 0.0,
+                               **kw) -> np.ndarray:
+    """``(ẑ_{b+β} − ẑ_b)/β`` from two cvxpy solves, ``b = base_beta`` (default 0: ``ẑ_0 = z*``).
 
-    The gradient of the layer input is ``∇_a = −dz`` (``∂_a 𝓛 = −z``). For piecewise-linear
-    activations it is exact once β is below the distance to the next kink; its error is the
-    reference's accuracy (``ATOL``) divided by β.
+    The finite-β estimate of the one-sided implicit tangent ``dz``; the input gradient is
+    ``∇_a = −dz`` (``∂_a 𝓛 = −z``). For piecewise-linear activations it is exact once
+    ``b + β`` is below the nudging strength at which the first kink is crossed; its error is then
+    the reference's accuracy divided by β (``2·ATOL/β``, or ``ATOL_DEGENERATE/β`` when ``b = 0`` at
+    a weakly active point — use ``base_beta=beta`` there, see the module docstring).
     """
-    z0 = activation_reference(name, a, **kw)
-    z1 = activation_reference(name, a, g, beta, **kw)
+    z0 = activation_reference(name, a, g, base_beta, **kw)
+    z1 = activation_reference(name, a, g, base_beta + beta, **kw)
     return (z1 - z0) / beta
 
 
-def simplex_backward_qp_reference(a, g, *, active_tol: float = 1e-7) -> np.ndarray:
+def simplex_backward_qp_reference(a, g, *, active_tol: float = 1e-5) -> np.ndarray:
     """The one-sided tangent ``dz`` of sparsemax at ``a`` in the cotangent ``g``, by the backward QP
     of DESIGN.md §3.2 solved with cvxpy (rows of ``a`` independent):
 
@@ -129,7 +144,9 @@ def simplex_backward_qp_reference(a, g, *, active_tol: float = 1e-7) -> np.ndarr
 
     where the active sets come from a cvxpy solve of the forward problem: ``z_i ≤ active_tol`` is
     active, strongly if its multiplier exceeds ``active_tol``, weakly otherwise. (H = I for the
-    Euclidean projection.) The implicit gradient of the input is ``−dz``.
+    Euclidean projection.) The implicit gradient of the input is ``−dz``. ``active_tol`` must exceed
+    ``ATOL_DEGENERATE`` (a weakly active coordinate comes back as ~1e-6, not 0) and be below the
+    smallest nonzero output and strong multiplier of the inputs used.
     """
     import cvxpy as cp
 
