@@ -1,0 +1,59 @@
+"""``EquilibriumProp(beta, points)``: the p-point forward EP estimator as a gradient mode."""
+
+from __future__ import annotations
+
+from declarative.modes import GradientMode, check_beta
+
+from .finite_difference import check_points, forward_difference_coefficients
+
+__all__ = ["EquilibriumProp"]
+
+
+class EquilibriumProp(GradientMode):
+    """p-point forward equilibrium propagation on the linearised loss (DESIGN.md §2, §3.4).
+
+    Inside a layer's backward only the cotangent ``g = ∂ℓ/∂z*`` is known, so the outer loss is
+    linearised, ``ℓ(z) ≈ ℓ(z*) + gᵀ(z − z*)``, and the phases are the nudged problems
+
+        ẑ_{iβ} = argmin_z E(z; θ) + iβ gᵀz   (same constraints),   i = 0, …, p − 1,
+
+    solved in order, each warm-started from the previous one. With ``F(iβ) = ∂_θ𝓛(ẑ_{iβ})`` (the
+    linearised loss does not depend on θ)
+
+        ∇_θ ≈ (1/β) Σ_{i<p} α_i F(iβ),    Σ_i α_i i^k = [k = 1], k < p,
+
+    bias O(β^{p−1}) where the solution map is smooth. ``points=2`` is ``Contrastive(beta)``; the
+    centered ±β estimator on the linearised loss is ``Symmetric(beta)``. Works for every problem
+    with ``solve_nudged`` and ``lagrangian_grads``. For a full, non-linearised outer loss use
+    ``equilibrium_propagation``.
+
+    Args:
+        beta: nudging step β > 0 (the phases use β, 2β, …, (p − 1)β).
+        points: number of phases p ≥ 2, the free one included (default 3).
+
+    References:
+        Zucchet & Sacramento (2022), App. C, Algorithm 2.
+    """
+
+    name = "equilibrium"
+
+    def __init__(self, beta: float, points: int = 3):
+        self.beta = check_beta(beta, self.name)
+        self.points = check_points(points)
+        self.alpha = forward_difference_coefficients(self.points).tolist()
+
+    def vjp(self, problem, params, solution, g, needs):
+        total = [None if a is None else self.alpha[0] * a
+                 for a in problem.lagrangian_grads(solution, params, needs)]
+        previous = solution
+        for i in range(1, self.points):
+            nudge = i * self.beta
+            phase = problem.solve_nudged(params, g, nudge, warm_start=previous)
+            phase.raise_for_status(f"nudged re-solve (beta={nudge:g}) of {self!r}")
+            grads = problem.lagrangian_grads(phase, params, needs)
+            total = [None if t is None else t + self.alpha[i] * a for t, a in zip(total, grads)]
+            previous = phase
+        return tuple(None if t is None else t / self.beta for t in total)
+
+    def __repr__(self):
+        return f"EquilibriumProp(beta={self.beta:g}, points={self.points})"
