@@ -1,0 +1,359 @@
+"""Batched primal–dual interior-point solver for convex quadratic programs (pure torch).
+
+    minimize_z  ½ zᵀQz + qᵀz   subject to   Gz ≤ h,  Az = b
+
+Mehrotra predictor–corrector on the KKT conditions with slack ``s = h − Gz ≥ 0``:
+
+    Qz + q + Gᵀλ + Aᵀν = 0,   Gz + s = h,   Az = b,   s ∘ λ = 0,   s, λ ≥ 0 .
+
+Every Newton system is reduced to the positive definite matrix
+
+    H = Q + Gᵀ diag(λ/s) G + ρ AᵀA + δ I
+
+(the ``ρAᵀA`` term leaves the solution unchanged because ``A dz`` is prescribed, and makes ``H``
+definite when ``Q`` is only positive definite on the null space of ``A``); the equality block is
+eliminated with the Schur complement ``A H⁻¹ Aᵀ``. Both are factorised once per iteration with a
+batched Cholesky (``torch.linalg.cholesky_ex``) and used for the predictor and the corrector. The
+factorisation at the returned iterate is kept in ``Solution.cache`` for the implicit backward.
+
+Infeasibility is detected with the usual certificates evaluated on the iterates and on the Newton
+directions (an infeasible-start IPM diverges along a certificate): primal infeasible when
+``λ ≥ 0, ν`` satisfy ``‖Gᵀλ + Aᵀν‖ ≤ ε‖(λ,ν)‖`` and ``hᵀλ + bᵀν ≤ −ε‖(λ,ν)‖``; dual infeasible
+(unbounded below) when a direction ``d`` satisfies ``‖Qd‖ ≤ ε‖d‖``, ``Gd ≤ ε‖d‖``, ``‖Ad‖ ≤ ε‖d‖``
+and ``qᵀd ≤ −ε‖d‖``.
+
+All batch elements advance in the same tensor operations; converged (or failed) elements are frozen
+(their step length is zero). The only host synchronisation is one convergence check per iteration.
+
+References:
+    S. Mehrotra, "On the implementation of a primal-dual interior point method", SIAM J. Optim. 1992.
+    S. Wright, "Primal-Dual Interior-Point Methods", SIAM 1997, ch. 10–11.
+    B. Amos and J. Z. Kolter, "OptNet", ICML 2017 (batched IPM for QPs).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..solution import Solution
+from ..status import Status
+from .options import QPOptions
+
+__all__ = ["solve_qp_ipm"]
+
+_RUNNING = -1
+
+
+def _mv(M: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Batched ``M x`` with broadcasting of a leading batch dimension of size 1."""
+    return (M @ x.unsqueeze(-1)).squeeze(-1)
+
+
+def _mtv(M: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Batched ``Mᵀ x``."""
+    return (x.unsqueeze(-2) @ M).squeeze(-2)
+
+
+def _inf_norm(x: torch.Tensor) -> torch.Tensor:
+    if x.shape[-1] == 0:
+        return x.new_zeros(x.shape[:-1])
+    return x.abs().amax(-1)
+
+
+def _with_batch(x: torch.Tensor | None, core: int) -> torch.Tensor | None:
+    if x is None:
+        return None
+    return x.unsqueeze(0) if x.dim() == core else x
+
+
+def _ratio(x: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
+    """Largest ``α`` with ``x + α dx ≥ 0`` (per batch element; inf if ``dx ≥ 0``)."""
+    return torch.where(dx < 0, -x / dx, torch.full_like(x, float("inf"))).amin(-1)
+
+
+def _max_step(x: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
+    """Largest ``α ≤ 1`` with ``x + α dx ≥ 0`` (per batch element)."""
+    return _ratio(x, dx).clamp(max=1.0)
+
+
+class _Factor:
+    """The factorised reduced KKT system at one iterate (and its solves)."""
+
+    def __init__(self, Q, G, A, AtA, w, reg, zero_eq, reg_rel=0.0):
+        self.reg_rel = reg_rel
+        H = Q if G is None else Q + G.transpose(-1, -2) @ (w.unsqueeze(-1) * G)
+        if AtA is not None:
+            H = H + AtA
+        n = H.shape[-1]
+        H = H + torch.diag_embed(reg.expand(*H.shape[:-2], n))
+        self.L, self.info = torch.linalg.cholesky_ex(H)
+        self.A = A
+        if A is not None:
+            self.X = torch.cholesky_solve(A.transpose(-1, -2).expand(*self.L.shape[:-2], *A.shape[-1:], A.shape[-2]), self.L)
+            S = A @ self.X
+            p = S.shape[-1]
+            sscale = 1.0 + S.diagonal(dim1=-2, dim2=-1).abs().amax(-1, keepdim=True)
+            S = S + torch.diag_embed(self.reg_rel * sscale.expand(*S.shape[:-2], p) + zero_eq)
+            self.Ls, info_s = torch.linalg.cholesky_ex(S)
+            self.info = self.info + info_s
+        else:
+            self.X = self.Ls = None
+
+    def solve(self, r1: torch.Tensor, r2: torch.Tensor | None):
+        """Solve ``[H Aᵀ; A 0][dz; dν] = [r1; r2]``."""
+        u = torch.cholesky_solve(r1.unsqueeze(-1), self.L).squeeze(-1)
+        if self.A is None:
+            return u, None
+        dnu = torch.cholesky_solve((_mv(self.A, u) - r2).unsqueeze(-1), self.Ls).squeeze(-1)
+        return u - _mv(self.X, dnu), dnu
+
+
+def _primal_infeasible(G, h, A, b, lam, nu, eps, scale):
+    """Certificate ``λ ≥ 0``: ``‖Gᵀλ + Aᵀν‖ ≤ ε‖(λ,ν)‖`` and ``hᵀλ + bᵀν ≤ −ε(1 + scale)‖(λ,ν)‖``."""
+    gt = ct = ny = 0.0
+    if G is not None and lam is not None:
+        lam = lam.clamp(min=0)
+        gt = _mtv(G, lam)
+        ct = (h * lam).sum(-1)
+        ny = _inf_norm(lam)
+    if A is not None and nu is not None:
+        gt = gt + _mtv(A, nu)
+        ct = ct + (b * nu).sum(-1)
+        ny = torch.maximum(torch.as_tensor(ny), _inf_norm(nu)) if torch.is_tensor(ny) else _inf_norm(nu)
+    if not torch.is_tensor(ny):
+        return False
+    return (ny > 0) & (_inf_norm(gt) <= eps * ny) & (ct <= -eps * ny * (1 + scale))
+
+
+def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None,
+                 h: torch.Tensor | None = None, A: torch.Tensor | None = None,
+                 b: torch.Tensor | None = None, *, options: QPOptions | None = None,
+                 warm_start: Solution | None = None) -> Solution:
+    """Solve a batch of convex QPs ``min ½zᵀQz + qᵀz s.t. Gz ≤ h, Az = b`` (not differentiable).
+
+    This is the raw solver: inputs are assumed valid (see ``solve_qp`` for validated, differentiable
+    solves). Unbatched inputs broadcast against batched ones.
+
+    Args:
+        Q: ``(B, n, n)`` or ``(n, n)``, symmetric positive semidefinite.
+        q: ``(B, n)`` or ``(n,)``.
+        G, h: ``(B, m, n)``/``(m, n)`` and ``(B, m)``/``(m,)``, or both None.
+        A, b: ``(B, p, n)``/``(p, n)`` and ``(B, p)``/``(p,)``, or both None.
+        options: ``QPOptions`` (defaults per dtype).
+        warm_start: a previous ``Solution`` of a nearby problem (same shapes); its ``z``, ``λ``,
+            ``ν`` start the iteration, slacks and multipliers lifted into the interior.
+
+    Returns:
+        ``Solution`` with ``z (B, n)``, ``duals={"lam": (B, m), "nu": (B, p)}``, ``status (B,)``,
+        ``iterations (B,)``, ``residuals={"primal", "dual", "gap"}`` each ``(B,)`` and ``cache``
+        holding the Cholesky factor ``L`` of the reduced KKT matrix at the returned iterate, the
+        weights ``w = λ/s``, the slack ``s``, and for equalities ``X = H⁻¹Aᵀ`` and the Schur
+        factor ``Ls``.
+
+    Shape:
+        B is the common batch size (1 when every input is unbatched).
+    """
+    opts = (options or QPOptions()).resolved(Q.dtype)
+    Q = _with_batch(Q, 2)
+    q = _with_batch(q, 1)
+    G, h = _with_batch(G, 2), _with_batch(h, 1)
+    A, b = _with_batch(A, 2), _with_batch(b, 1)
+    dtype, device = Q.dtype, Q.device
+    n = Q.shape[-1]
+    m = 0 if G is None else G.shape[-2]
+    p = 0 if A is None else A.shape[-2]
+    if m == 0:
+        G = h = None
+    if p == 0:
+        A = b = None
+    present = [t for t in (Q, q, G, h, A, b) if t is not None]
+    B = max(t.shape[0] for t in present)
+
+    # -- non-finite inputs: flag the elements, replace their data by a trivial problem ----------
+    bad = torch.zeros(B, dtype=torch.bool, device=device)
+    for t in present:
+        bad = bad | ~torch.isfinite(t.reshape(t.shape[0], -1)).all(-1)
+    if bool(bad.any()):
+        def clean(t, fill):
+            keep = (~bad).reshape(-1, *([1] * (t.dim() - 1)))
+            return torch.where(keep, t, torch.as_tensor(fill, dtype=dtype, device=device))
+        Q = clean(Q, 0.0) + torch.diag_embed(bad.to(dtype).unsqueeze(-1).expand(B, n))
+        q = clean(q, 0.0)
+        if G is not None:
+            G, h = clean(G, 0.0), clean(h, 1.0)
+        if A is not None:
+            A, b = clean(A, 0.0), clean(b, 0.0)
+
+    AtA = None
+    zero_eq = None
+    if A is not None:
+        AtA = opts.rho * (A.transpose(-1, -2) @ A) if opts.rho > 0 else None
+        zero_eq = (A.abs().amax(-1) == 0).to(dtype)   # rows of zeros: fixed multiplier 0
+    # static regularisation, scaled by the data (not by the barrier weights, which grow unboundedly)
+    qdiag = Q.diagonal(dim1=-2, dim2=-1).abs().amax(-1, keepdim=True)
+    if AtA is not None:
+        qdiag = qdiag + AtA.diagonal(dim1=-2, dim2=-1).abs().amax(-1, keepdim=True)
+    reg = opts.reg * (1.0 + qdiag)
+    hnorm = _inf_norm(h) if G is not None else torch.zeros((), dtype=dtype, device=device)
+    bnorm = _inf_norm(b) if A is not None else torch.zeros((), dtype=dtype, device=device)
+    qnorm = _inf_norm(q)
+
+    # -- starting point ---------------------------------------------------------------------------
+    if warm_start is None:
+        ones = torch.ones(B, m, dtype=dtype, device=device)
+        fac = _Factor(Q, G, A, AtA, ones, reg, zero_eq, opts.reg)
+        r1 = -q.expand(B, n)
+        if G is not None:
+            r1 = r1 + _mtv(G, h)
+        if A is not None:
+            r1 = r1 + opts.rho * _mtv(A, b)
+        z, nu = fac.solve(r1, b)
+        z = torch.where(torch.isfinite(z), z, torch.zeros_like(z))
+        if nu is None:
+            nu = z.new_zeros(B, 0)
+        if G is not None:
+            s = h - _mv(G, z)
+            lam = -s
+            s = s + (1.0 + (-s.amin(-1, keepdim=True))).clamp(min=0) * (s.amin(-1, keepdim=True) <= 0)
+            lam = lam + (1.0 + (-lam.amin(-1, keepdim=True))).clamp(min=0) * (lam.amin(-1, keepdim=True) <= 0)
+        else:
+            s = lam = z.new_zeros(B, 0)
+    else:
+        z = warm_start.z.detach().to(dtype).expand(B, n).clone()
+        nu = warm_start.duals.get("nu") if A is not None else None
+        nu = z.new_zeros(B, p) if nu is None else nu.detach().to(dtype).expand(B, p).clone()
+        if G is not None:
+            margin = opts.warm_start_margin * (1.0 + hnorm).unsqueeze(-1)
+            s = torch.maximum(h - _mv(G, z), margin)
+            lam0 = warm_start.duals.get("lam")
+            lam0 = torch.zeros_like(s) if lam0 is None else lam0.detach().to(dtype).expand(B, m)
+            lam = torch.maximum(lam0, margin)
+        else:
+            s = lam = z.new_zeros(B, 0)
+
+    status = torch.full((B,), _RUNNING, dtype=torch.int64, device=device)
+    status = torch.where(bad, torch.full_like(status, int(Status.NON_FINITE)), status)
+    iterations = torch.zeros(B, dtype=torch.int64, device=device)
+    eps_inf = opts.tol_infeasible
+    frac = opts.step_fraction
+    dz_last = None
+    dlam_last = dnu_last = None
+
+    for k in range(opts.max_iter + 1):
+        # -- residuals at the current iterate -----------------------------------------------------
+        Qz = _mv(Q, z)
+        rd = Qz + q
+        dscale = torch.maximum(_inf_norm(Qz), qnorm)
+        pres = torch.zeros(B, dtype=dtype, device=device)
+        gap = torch.zeros(B, dtype=dtype, device=device)
+        if G is not None:
+            Gz = _mv(G, z)
+            Gtl = _mtv(G, lam)
+            rd = rd + Gtl
+            ri = Gz + s - h
+            dscale = torch.maximum(dscale, _inf_norm(Gtl))
+            pres = _inf_norm(ri) / (1 + torch.maximum(torch.maximum(_inf_norm(Gz), _inf_norm(s)), hnorm))
+            sl = (s * lam).sum(-1)
+            mu = sl / m
+        if A is not None:
+            Az = _mv(A, z)
+            Atn = _mtv(A, nu)
+            rd = rd + Atn
+            re = Az - b
+            dscale = torch.maximum(dscale, _inf_norm(Atn))
+            pres = torch.maximum(pres, _inf_norm(re) / (1 + torch.maximum(_inf_norm(Az), bnorm)))
+        dres = _inf_norm(rd) / (1 + dscale)
+        pobj = 0.5 * (z * Qz).sum(-1) + (q * z).sum(-1)
+        if G is not None:
+            gap = sl / (1 + pobj.abs())
+        converged = (pres <= opts.tol_primal) & (dres <= opts.tol_dual) & (gap <= opts.tol_gap)
+
+        # -- the factorisation at this iterate (kept for the backward when we stop here) -----------
+        w = lam / s if G is not None else None
+        fac = _Factor(Q, G, A, AtA, w, reg, zero_eq, opts.reg)
+
+        # -- statuses -------------------------------------------------------------------------------
+        running = status == _RUNNING
+        new_status = torch.where(converged, torch.full_like(status, int(Status.SOLVED)), status)
+        if k > 0:
+            # infeasibility certificates, on the iterates and on the last Newton directions
+            pinf = torch.zeros_like(running)
+            for yl, yn in ((lam, nu), (dlam_last, dnu_last)):
+                pinf = pinf | _primal_infeasible(G, h, A, b, yl, yn, eps_inf, hnorm + bnorm)
+            dinf = torch.zeros_like(running)
+            if dz_last is not None:
+                nd = _inf_norm(dz_last)
+                cond = (nd > 0) & (_inf_norm(_mv(Q, dz_last)) <= eps_inf * nd) \
+                    & ((q * dz_last).sum(-1) <= -eps_inf * nd * (1 + qnorm))
+                if G is not None:
+                    cond = cond & (_mv(G, dz_last).amax(-1) <= eps_inf * nd * (1 + hnorm))
+                if A is not None:
+                    cond = cond & (_inf_norm(_mv(A, dz_last)) <= eps_inf * nd * (1 + bnorm))
+                dinf = cond
+            new_status = torch.where(~converged & pinf, torch.full_like(status, int(Status.PRIMAL_INFEASIBLE)), new_status)
+            new_status = torch.where(~converged & ~pinf & dinf, torch.full_like(status, int(Status.DUAL_INFEASIBLE)), new_status)
+        status = torch.where(running, new_status, status)
+        running = status == _RUNNING
+        if k == opts.max_iter or not bool(running.any()):
+            break
+
+        # -- predictor (affine scaling) --------------------------------------------------------------
+        iterations = iterations + running.to(iterations.dtype)
+        if G is not None:
+            def step(rc):
+                r1 = -rd - _mtv(G, w * ri - rc / s)
+                if A is not None:
+                    r1 = r1 - opts.rho * _mtv(A, re)
+                dz, dnu = fac.solve(r1, -re if A is not None else None)
+                dlam = w * (_mv(G, dz) + ri) - rc / s
+                ds = -ri - _mv(G, dz)
+                return dz, ds, dlam, dnu
+
+            dz, ds, dlam, dnu = step(s * lam)
+            alpha = torch.minimum(_max_step(s, ds), _max_step(lam, dlam))
+            a = alpha.unsqueeze(-1)
+            mu_aff = ((s + a * ds) * (lam + a * dlam)).sum(-1) / m
+            sigma = (mu_aff / mu).clamp(min=0, max=1) ** 3
+            rc = s * lam + ds * dlam - (sigma * mu).unsqueeze(-1)
+            dz, ds, dlam, dnu = step(rc)
+            alpha = (frac * torch.minimum(_ratio(s, ds), _ratio(lam, dlam))).clamp(max=1.0)
+        else:
+            # equality-constrained or unconstrained: one Newton step solves the problem
+            r1 = -rd
+            if A is not None:
+                r1 = r1 - opts.rho * _mtv(A, re)
+            dz, dnu = fac.solve(r1, -re if A is not None else None)
+            alpha = torch.ones(B, dtype=dtype, device=device)
+            ds = dlam = None
+
+        finite = torch.isfinite(dz).all(-1)
+        if dnu is not None:
+            finite = finite & torch.isfinite(dnu).all(-1)
+        if ds is not None:
+            finite = finite & torch.isfinite(ds).all(-1) & torch.isfinite(dlam).all(-1)
+        status = torch.where(running & ~finite, torch.full_like(status, int(Status.NON_FINITE)), status)
+        move = running & finite
+        alpha = torch.where(move, alpha, torch.zeros_like(alpha))
+        a = alpha.unsqueeze(-1)
+        mv = move.unsqueeze(-1)
+        z = torch.where(mv, z + a * dz, z)
+        if dnu is not None:
+            nu = torch.where(mv, nu + a * dnu, nu)
+        if ds is not None:
+            s = torch.where(mv, s + a * ds, s)
+            lam = torch.where(mv, lam + a * dlam, lam)
+        dz_last = torch.where(mv, dz, torch.zeros_like(dz))
+        dlam_last = torch.where(mv, dlam, torch.zeros_like(dlam)) if dlam is not None else None
+        dnu_last = torch.where(mv, dnu, torch.zeros_like(dnu)) if dnu is not None else None
+
+    status = torch.where(status == _RUNNING, torch.full_like(status, int(Status.MAX_ITERATIONS)), status)
+    cache = {"L": fac.L, "s": s}
+    if w is not None:
+        cache["w"] = w
+    if fac.X is not None:
+        cache["X"] = fac.X
+        cache["Ls"] = fac.Ls
+    duals = {"lam": lam if G is not None else z.new_zeros(B, 0),
+             "nu": nu if A is not None else z.new_zeros(B, 0)}
+    return Solution(z=z, duals=duals, status=status, iterations=iterations,
+                    residuals={"primal": pres, "dual": dres, "gap": gap}, cache=cache)

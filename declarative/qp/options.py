@@ -1,0 +1,87 @@
+"""``QPOptions``: tolerances and numerical settings of the batched interior-point QP solver."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+
+#: Default relative tolerances per dtype (primal residual, dual residual, duality gap).
+DEFAULT_TOL = {torch.float64: 1e-8, torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 1e-2}
+#: Default static regularisation of the reduced KKT matrix (relative to its diagonal scale).
+DEFAULT_REG = {torch.float64: 1e-11, torch.float32: 1e-7, torch.float16: 1e-3, torch.bfloat16: 1e-3}
+
+
+@dataclass(frozen=True)
+class QPOptions:
+    """Numerical settings of ``solve_qp_ipm`` (every field has a per-dtype default).
+
+    Convergence of a batch element is declared when all three relative residuals are below
+    their tolerances (∞-norms; ``s = h − Gz`` is the slack, ``λ ≥ 0, ν`` the multipliers):
+
+    * primal: ``max(‖Gz + s − h‖ / (1 + max(‖Gz‖, ‖s‖, ‖h‖)), ‖Az − b‖ / (1 + max(‖Az‖, ‖b‖)))``
+    * dual:   ``‖Qz + q + Gᵀλ + Aᵀν‖ / (1 + max(‖Qz‖, ‖q‖, ‖Gᵀλ‖, ‖Aᵀν‖))``
+    * gap:    ``sᵀλ / (1 + |½zᵀQz + qᵀz|)``
+
+    Defaults: ``1e-8`` for float64 and ``1e-4`` for float32 (all three).
+
+    Attributes:
+        tol: relative tolerance for all three residuals (None: ``1e-8`` float64, ``1e-4`` float32).
+        tol_primal, tol_dual, tol_gap: override ``tol`` for one residual.
+        max_iter: iteration limit (elements not converged get ``Status.MAX_ITERATIONS``).
+        reg: static regularisation ``δ`` added to the diagonal of the reduced KKT matrix
+            ``Q + GᵀWG + ρAᵀA`` (scaled by ``1 + max|diag|``) and of the equality Schur
+            complement; it keeps the Cholesky factorisation defined for positive semidefinite
+            ``Q``. None: ``1e-11`` float64, ``1e-7`` float32.
+        rho: weight of the augmented term ``ρAᵀA`` (makes the reduced matrix definite when ``Q`` is
+            only definite on the null space of ``A``).
+        tol_infeasible: tolerance of the infeasibility certificates (None: ``1e-8`` float64,
+            ``1e-5`` float32).
+        step_fraction: fraction of the step to the boundary of the positive orthant.
+        active_tol: relative threshold of the weakly-active classification used by the implicit
+            gradient (see ``QPProblem.implicit_tangent``). None: ``tol ** 0.25`` (``1e-2``
+            float64, ``0.1`` float32).
+        warm_start_margin: a warm start's slacks and multipliers are lifted to at least this value
+            (times the data scale), so that the iterate is interior.
+    """
+
+    tol: float | None = None
+    tol_primal: float | None = None
+    tol_dual: float | None = None
+    tol_gap: float | None = None
+    max_iter: int = 50
+    reg: float | None = None
+    rho: float = 1.0
+    tol_infeasible: float | None = None
+    step_fraction: float = 0.99
+    active_tol: float | None = None
+    warm_start_margin: float = 1e-3
+
+    def __post_init__(self):
+        for name in ("tol", "tol_primal", "tol_dual", "tol_gap", "reg", "tol_infeasible", "active_tol"):
+            v = getattr(self, name)
+            if v is not None and not (isinstance(v, (int, float)) and 0 < v < 1):
+                raise ValueError(f"QPOptions.{name}: expected a number in (0, 1) or None, got {v!r}")
+        if not isinstance(self.max_iter, int) or self.max_iter < 1:
+            raise ValueError(f"QPOptions.max_iter: expected an integer >= 1, got {self.max_iter!r}")
+        if not 0 < self.step_fraction < 1:
+            raise ValueError(f"QPOptions.step_fraction: expected a number in (0, 1), got {self.step_fraction!r}")
+        if not self.rho >= 0:
+            raise ValueError(f"QPOptions.rho: expected a number >= 0, got {self.rho!r}")
+        if not self.warm_start_margin > 0:
+            raise ValueError(f"QPOptions.warm_start_margin: expected a number > 0, got {self.warm_start_margin!r}")
+
+    def resolved(self, dtype: torch.dtype) -> "QPOptions":
+        """A copy with every ``None`` replaced by its default for ``dtype``."""
+        tol = self.tol if self.tol is not None else DEFAULT_TOL.get(dtype, 1e-8)
+        return replace(
+            self,
+            tol=tol,
+            tol_primal=self.tol_primal if self.tol_primal is not None else tol,
+            tol_dual=self.tol_dual if self.tol_dual is not None else tol,
+            tol_gap=self.tol_gap if self.tol_gap is not None else tol,
+            reg=self.reg if self.reg is not None else DEFAULT_REG.get(dtype, 1e-11),
+            tol_infeasible=(self.tol_infeasible if self.tol_infeasible is not None
+                            else (1e-8 if dtype == torch.float64 else 1e-5)),
+            active_tol=self.active_tol if self.active_tol is not None else tol ** 0.25,
+        )
