@@ -56,6 +56,11 @@ class ArgminFunction(torch.autograd.Function):
         saved = ctx.saved_tensors
         params, sol_tensors = saved[: ctx.n_params], saved[ctx.n_params:]
         solution = Solution.unflatten(ctx.names, sol_tensors)
+        if ctx.problem.closed_form and torch.is_grad_enabled():
+            # Double backward (create_graph=True): a closed form re-solved in torch ops makes the
+            # backward's dependence on z* exact. Through the saved output it would be differentiated
+            # by this mode's own vjp, so e.g. Contrastive's second derivative would mix in its O(β) bias.
+            solution = ctx.problem.solve(params)
         needs = ctx.needs_input_grad[4:]
         grads = ctx.mode.vjp(ctx.problem, params, solution, g, needs)
         out = [None, None, None, None]
