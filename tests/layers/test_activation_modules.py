@@ -1,0 +1,201 @@
+"""Contract test over every argmin activation module × every gradient mode (DESIGN.md §4):
+dtype/device preserved, batch of 1 equals unbatched, nn.Sequential training, torch.func.vmap
+(also of grad), double backward, bad input, repr."""
+
+import pytest
+import torch
+from torch import nn
+from torch.func import grad, vmap
+
+import layers
+from contrastive import Contrastive, Symmetric
+from declarative import Implicit
+
+MODULES = {
+    "ArgminReLU": lambda **kw: layers.ArgminReLU(**kw),
+    "ArgminBox": lambda **kw: layers.ArgminBox(-0.5, 1.0, **kw),
+    "ArgminHardtanh": lambda **kw: layers.ArgminHardtanh(**kw),
+    "ArgminHardsigmoid": lambda **kw: layers.ArgminHardsigmoid(**kw),
+    "ArgminSparsemax": lambda **kw: layers.ArgminSparsemax(**kw),
+    "ArgminSoftmax": lambda **kw: layers.ArgminSoftmax(**kw),
+}
+MODES = {
+    "implicit": dict(mode="implicit"),
+    "contrastive": dict(mode="contrastive", beta=0.1),
+    "symmetric": dict(mode="symmetric", beta=0.1),
+}
+REFERENCE_FORWARD = {
+    "ArgminReLU": torch.relu,
+    "ArgminBox": lambda x: torch.clamp(x, -0.5, 1.0),
+    "ArgminHardtanh": nn.functional.hardtanh,
+    "ArgminHardsigmoid": lambda x: torch.clamp(x, 0.0, 1.0),
+    "ArgminSoftmax": lambda x: torch.softmax(x, -1),
+}
+
+all_modules = pytest.mark.parametrize("name", list(MODULES))
+all_modes = pytest.mark.parametrize("mode", list(MODES))
+
+
+def make(name, mode):
+    return MODULES[name](**MODES[mode])
+
+
+def _input(*shape, dtype=torch.float64, device="cpu", seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=gen, dtype=torch.float64).to(dtype=dtype, device=device)
+
+
+@all_modules
+@all_modes
+def test_dtype_device_shape_preserved(name, mode, dtype, device):
+    act = make(name, mode)
+    x = _input(3, 5, dtype=dtype, device=device).requires_grad_(True)
+    z = act(x)
+    assert z.dtype == dtype and z.device == x.device and z.shape == x.shape
+    if name in REFERENCE_FORWARD:
+        torch.testing.assert_close(z, REFERENCE_FORWARD[name](x))
+    (g,) = torch.autograd.grad(z, x, _input(3, 5, dtype=dtype, device=device, seed=1))
+    assert g.dtype == dtype and g.device == x.device and g.shape == x.shape
+    assert bool(torch.isfinite(g).all()) and bool((g != 0).any())
+
+
+@all_modules
+@all_modes
+def test_batch_of_one_equals_unbatched(name, mode):
+    act = make(name, mode)
+    x = _input(6).requires_grad_(True)
+    xb = x.detach()[None].clone().requires_grad_(True)
+    w = _input(6, seed=2)
+    z, zb = act(x), act(xb)
+    assert z.shape == (6,) and zb.shape == (1, 6)
+    torch.testing.assert_close(zb[0], z, rtol=0, atol=0)
+    (z * w).sum().backward()
+    (zb * w).sum().backward()
+    torch.testing.assert_close(xb.grad[0], x.grad, rtol=0, atol=1e-15)
+
+
+@all_modules
+@all_modes
+def test_training_step_in_sequential(name, mode):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 6), make(name, mode), nn.Linear(6, 3)).double()
+    x, y = _input(16, 4), torch.randint(0, 3, (16,))
+    before = [p.detach().clone() for p in net.parameters()]
+    opt = torch.optim.SGD(net.parameters(), lr=0.5)
+    loss = nn.functional.cross_entropy(net(x), y)
+    opt.zero_grad()
+    loss.backward()
+    assert net[0].weight.grad is not None and bool((net[0].weight.grad != 0).any()), \
+        "no gradient reached the first Linear through the activation"
+    opt.step()
+    for p0, p in zip(before, net.parameters()):
+        assert not torch.equal(p0, p)
+    assert nn.functional.cross_entropy(net(x), y) < loss  # one small step downhill
+
+
+@all_modules
+@all_modes
+def test_vmap_forward_and_vmap_grad_equal_batched(name, mode):
+    act = make(name, mode)
+    x = _input(4, 5)
+    torch.testing.assert_close(vmap(act)(x), act(x), rtol=0, atol=0)
+    w = _input(5, seed=3)
+    per_example = vmap(grad(lambda xi: (act(xi) * w).sum()))(x)
+    xb = x.clone().requires_grad_(True)
+    (act(xb) * w).sum().backward()
+    torch.testing.assert_close(per_example, xb.grad, rtol=0, atol=1e-14)
+
+
+@all_modules
+@all_modes
+def test_double_backward_gradgradcheck(name, mode):
+    """Every mode's backward is differentiable torch code, and its derivative is exact (closed-form
+    problems are re-solved in torch ops under create_graph, see ArgminFunction.backward)."""
+    act = make(name, mode)
+    # inputs away from kinks: the second derivative of a piecewise-linear map is 0 a.e.
+    x = _input(2, 4, seed=4)
+    x = torch.where(x.abs() < 0.1, x + 0.2 * x.sign(), x)
+    x = torch.where((x - 1.0).abs() < 0.1, x + 0.2, x).requires_grad_(True)
+    assert torch.autograd.gradgradcheck(act, (x,), eps=1e-6, atol=1e-6)
+
+
+def test_double_backward_is_hessian_vector_product_for_softmax():
+    """The second derivative is the true one (not biased by the mode) for the smooth activation."""
+    x = _input(5, seed=5).requires_grad_(True)
+    w = _input(5, seed=6)
+    ref = torch.autograd.functional.hessian(lambda v: (torch.softmax(v, -1) * w).sum(), x.detach())
+    for mode in MODES:
+        act = make("ArgminSoftmax", mode)
+        (g,) = torch.autograd.grad((act(x) * w).sum(), x, create_graph=True)
+        rows = torch.stack([torch.autograd.grad(g[i], x, retain_graph=True)[0] for i in range(5)])
+        # the first derivative carries the mode's bias (O(β) / O(β²)), and so does its derivative
+        tol = {"implicit": 1e-12, "contrastive": 0.05, "symmetric": 5e-3}[mode]
+        torch.testing.assert_close(rows, ref, atol=tol, rtol=0)
+
+
+# -- bad input ------------------------------------------------------------------------------------
+@all_modules
+def test_unknown_mode_lists_valid_ones(name):
+    with pytest.raises(ValueError, match=r"unknown gradient mode 'fenchel'.*'contrastive'.*'implicit'.*'symmetric'"):
+        MODULES[name](mode="fenchel", beta=1.0)
+
+
+@all_modules
+@pytest.mark.parametrize("mode", ["contrastive", "symmetric"])
+def test_missing_or_bad_beta(name, mode):
+    with pytest.raises(ValueError, match=rf"mode '{mode}' needs a nudging strength"):
+        MODULES[name](mode=mode)
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match=r"beta must be a finite positive float"):
+            MODULES[name](mode=mode, beta=bad)
+    with pytest.raises(ValueError, match=r"does not use beta"):
+        MODULES[name](mode="implicit", beta=0.1)
+    with pytest.raises(ValueError, match=r"given together with the mode object"):
+        MODULES[name](mode=Contrastive(0.1), beta=0.1)
+
+
+@all_modules
+def test_integer_input_raises(name):
+    act = make(name, "implicit")
+    with pytest.raises(TypeError, match=r"input: expected a floating-point tensor .* got dtype torch.int64"):
+        act(torch.arange(6).reshape(2, 3))
+    with pytest.raises(TypeError, match=r"input: expected a torch.Tensor, got list"):
+        act([1.0, 2.0])
+
+
+@pytest.mark.parametrize("lo, hi", [(1.0, 1.0), (1.0, -1.0), (float("inf"), float("inf"))])
+def test_box_bounds_must_be_ordered(lo, hi):
+    with pytest.raises(ValueError, match=r"box bounds must satisfy lo < hi"):
+        layers.ArgminBox(lo, hi)
+
+
+@pytest.mark.parametrize("lo, hi", [(float("nan"), 1.0), (0.0, float("nan"))])
+def test_box_bounds_nan(lo, hi):
+    with pytest.raises(ValueError, match=r"(lo|hi): expected a float bound"):
+        layers.ArgminBox(lo, hi)
+
+
+def test_box_bounds_type():
+    with pytest.raises(ValueError, match=r"lo: expected a float bound, got True"):
+        layers.ArgminBox(True, 2.0)
+    with pytest.raises(ValueError, match=r"hi: expected a float bound, got '1'"):
+        layers.ArgminBox(0.0, "1")
+
+
+def test_box_half_infinite_bounds_are_relu_like():
+    x = _input(8)
+    torch.testing.assert_close(layers.ArgminBox(0.0, float("inf"))(x), torch.relu(x))
+
+
+# -- repr -----------------------------------------------------------------------------------------
+def test_repr():
+    assert repr(layers.ArgminReLU()) == "ArgminReLU(mode=Implicit())"
+    assert repr(layers.ArgminReLU(mode="contrastive", beta=0.5)) == "ArgminReLU(mode=Contrastive(beta=0.5))"
+    assert repr(layers.ArgminBox(-0.5, 2.0, mode="symmetric", beta=1e-3)) == \
+        "ArgminBox(lo=-0.5, hi=2, mode=Symmetric(beta=0.001))"
+    assert repr(layers.ArgminHardtanh()) == "ArgminHardtanh(lo=-1, hi=1, mode=Implicit())"
+    assert repr(layers.ArgminHardsigmoid(mode=Symmetric(2.0))) == "ArgminHardsigmoid(lo=0, hi=1, mode=Symmetric(beta=2))"
+    assert repr(layers.ArgminSparsemax(dim=1)) == "ArgminSparsemax(dim=1, mode=Implicit())"
+    assert repr(layers.ArgminSoftmax(mode=Implicit())) == "ArgminSoftmax(dim=-1, mode=Implicit())"
+    seq = nn.Sequential(nn.Linear(2, 2), layers.ArgminReLU(mode="contrastive", beta=10))
+    assert "(1): ArgminReLU(mode=Contrastive(beta=10))" in repr(seq)
