@@ -185,7 +185,18 @@ def _weakly_active_tangent(D, mu, S, W, s, g):
     G = torch.diag_embed(torch.where(Wc, -sc, torch.zeros_like(sc)))
     h = torch.where(Wc, torch.zeros_like(sc), torch.ones_like(sc))
     sol = solve_qp_ipm(Q, q, G, h)
-    dU = sol.z * vf
-    # exact zeros where the sign constraint is active (interior-point iterates are only close)
-    dU = torch.where(Wc & (sc * dU <= 0), torch.zeros_like(dU), dU)
-    return torch.zeros(B, k, dtype=dt, device=dev).scatter(1, idx, dU)
+    d_ipm = torch.zeros(B, k, dtype=dt, device=dev).scatter(1, idx, sol.z * vf)
+    # Exact refinement: the interior-point iterate identifies which weakly active coordinates leave
+    # zero (s_i d_i clearly > 0); re-solve the linear system on S ∪ {those} and keep it when it
+    # satisfies the backward QP's optimality conditions (sign constraints and multipliers ≥ 0).
+    sd = s * d_ipm
+    gap = 1e-6 * d_ipm.abs().amax(-1, keepdim=True).clamp(min=1e-30)
+    F = S | (W & (sd > gap))
+    d_ex, ok = support_solve(D, mu, F, -g)
+    Dd = torch.bmm(D, d_ex.unsqueeze(-1))
+    grad_qp = torch.bmm(Dd.transpose(1, 2), D).squeeze(1) + mu.unsqueeze(-1) * d_ex + g
+    tol = 1e3 * torch.finfo(dt).eps * (1 + g.abs().amax(-1, keepdim=True))
+    feasible = ((s * d_ex >= -tol) | ~(W & F)).all(-1)
+    dual_ok = ((s * grad_qp >= -tol) | ~(W & ~F)).all(-1)
+    exact = ok & feasible & dual_ok
+    return torch.where(exact.unsqueeze(-1), d_ex, d_ipm)
