@@ -4,10 +4,15 @@ Imports nothing from ``contrastive`` or ``layers``.
 """
 
 from .activations import ActivationProblem, BoxProblem, ReLUProblem, SoftmaxProblem, SparsemaxProblem
+from .argmin import argmin, argmin_solution
 from .argmin_function import ArgminFunction, apply_argmin_function
 from .broadcasting import sum_to_shape
+from .energy_problem import EnergyProblem
 from .errors import SolverError
+from .fixed_point import FixedPointProblem, fixed_point, fixed_point_solution
+from .hypergradient_modes import ConjugateGradient, FirstOrder, FixedPoint, Unrolled
 from .lasso import LassoOptions, LassoProblem, solve_lasso
+from .minimize import minimize
 from .modes import GradientMode, Implicit, check_beta, register_mode, resolve_mode
 from .problem import ArgminProblem
 from .solution import Solution
@@ -16,5 +21,7 @@ from .status import Status
 __all__ = [
     "ActivationProblem", "ArgminFunction", "ArgminProblem", "BoxProblem", "GradientMode",
     "Implicit", "LassoOptions", "LassoProblem", "ReLUProblem", "SoftmaxProblem", "Solution", "SolverError", "SparsemaxProblem",
+    "ConjugateGradient", "EnergyProblem", "FirstOrder", "FixedPoint", "FixedPointProblem", "Unrolled",
+    "argmin", "argmin_solution", "fixed_point", "fixed_point_solution", "minimize",
     "Status", "apply_argmin_function", "check_beta", "register_mode", "resolve_mode", "solve_lasso", "sum_to_shape",
 ]

@@ -66,3 +66,21 @@ class ArgminProblem:
     def lagrangian_grads_tangent(self, solution: Solution, tangent: Solution, params: Params,
                                  needs: Sequence[bool]) -> Grads:
         raise NotImplementedError(f"{type(self).__name__} provides no linearised Lagrangian gradient")
+
+    # -- optional: a fixed-point map, for the bilevel modes (FixedPoint, ConjugateGradient, Unrolled)
+    #: True when the Jacobian ``∂_wΦ`` of ``fixed_point_map`` is symmetric (e.g. ``Φ = w − η∇_wE``);
+    #: ``ConjugateGradient`` then runs CG on ``(I − ∂_wΦᵀ) v = g`` itself, not on normal equations.
+    fixed_point_symmetric: bool = False
+
+    def fixed_point_map(self, params: Params, at: torch.Tensor):
+        """A map ``Φ(w, *params)`` whose fixed point ``w = Φ(w, θ)`` is the solution (DESIGN.md §3.5).
+
+        Returns a callable written in differentiable torch ops (in ``w`` and the params); the modes
+        differentiate it by reverse-mode autodiff. ``at`` (a detached point, e.g. the warm start or
+        the solution) lets the problem fix any choice the map depends on once, e.g. the step size
+        ``η`` of ``Φ = w − η∇_wE`` from the curvature there; that choice is a constant for autograd.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} declares no fixed-point map Φ(w, θ); the FixedPoint, "
+            "ConjugateGradient and Unrolled modes need one (problems built by declarative.argmin "
+            "and declarative.fixed_point provide it)")

@@ -1,0 +1,176 @@
+"""``fixed_point``: the fixed point ``w*(θ) = Φ(w*(θ), θ)`` of a user map as a differentiable torch
+function (equilibrium models, the inner problems of bilevel optimisation).
+
+Forward: the iteration ``w ← Φ(w, θ)`` from ``w0``, batched, until ``‖Φ(w) − w‖₂ ≤ tol`` per element
+(converged elements frozen). A map that is not a contraction near ``w0`` does not converge: the
+element is reported ``MAX_ITERATIONS`` (or ``NON_FINITE`` when the iterates overflow) and, with
+``check=True``, a ``SolverError`` names it — never a silently wrong ``w``.
+
+Backward, by mode (DESIGN.md §3.5, ``hypergradient_modes``): with ``g = ∂ℓ/∂w*``,
+``∇_θ = ∂_θΦᵀ v`` where ``(I − ∂_wΦᵀ) v = g`` is solved
+
+* ``"implicit"`` – to a relative tolerance (``rtol``, default ``1e-10`` float64 / ``1e-5`` float32)
+  by conjugate gradient, on the normal equations unless ``symmetric=True`` says ``∂_wΦ`` is
+  symmetric;
+* ``FixedPoint(k)``, ``ConjugateGradient(k)`` – with exactly ``k`` steps; ``Unrolled(t)`` –
+  back-propagation through ``t`` steps from ``w0``; ``FirstOrder()`` – no gradient through ``w*``.
+
+Shape:
+    w0: ``(B, *event)``; ``phi(w, *params)``: ``(B, *event)``; output: ``(B, *event)``.
+
+References:
+    S. Bai, J. Z. Kolter, V. Koltun. Deep equilibrium models. NeurIPS 2019.
+    R. Grazzi et al. On the iteration complexity of hypergradient computation. ICML 2020.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Callable
+
+import torch
+
+from .argmin import check_layer_solution, check_params
+from .linear_solvers import conjugate_gradient, normal_equations
+from .linearisation import FixedPointLinearisation
+from .minimize import default_tol
+from .modes import GradientMode, resolve_mode
+from .problem import ArgminProblem
+from .solution import Solution
+from .status import Status
+from .validation import check_positive, check_same_dtype_device, check_tensor
+
+__all__ = ["FixedPointProblem", "fixed_point", "fixed_point_solution"]
+
+_RUNNING = -1
+
+
+class FixedPointProblem(ArgminProblem):
+    """``w* = Φ(w*, θ)`` for a user map ``phi(w, *params)`` (see the module docstring).
+
+    Args:
+        phi: the map, differentiable torch ops, ``(B, *event) -> (B, *event)``; element ``b`` of
+            the output must depend on ``w[b]`` only.
+        symmetric: declare ``∂_wΦ`` symmetric (CG then runs on the system itself).
+        tol, max_iter: forward stopping rule (absolute, on ``‖Φ(w) − w‖₂``).
+        rtol, cg_max_iter: the implicit backward's CG tolerance and step limit.
+    """
+
+    def __init__(self, phi: Callable[..., torch.Tensor], *, tol: float, max_iter: int,
+                 symmetric: bool = False, rtol: float = 1e-10, cg_max_iter: int = 500):
+        if not callable(phi):
+            raise TypeError(f"phi: expected a callable phi(w, *params), got {type(phi).__name__}")
+        self.phi = phi
+        self.tol = tol
+        self.max_iter = max_iter
+        self.fixed_point_symmetric = bool(symmetric)
+        self.rtol = rtol
+        self.cg_max_iter = cg_max_iter
+
+    def solve(self, params, warm_start=None):
+        if warm_start is None:
+            raise ValueError("FixedPointProblem.solve needs a warm start w0")
+        p = [x.detach() if isinstance(x, torch.Tensor) else x for x in params]
+        w = warm_start.z.detach()
+        B = w.shape[0]
+        status = torch.full((B,), _RUNNING, dtype=torch.int64, device=w.device)
+        residual = torch.full((B,), float("inf"), dtype=w.dtype, device=w.device)
+        iterations = torch.zeros(B, dtype=torch.int64, device=w.device)
+        with torch.no_grad():
+            for it in range(self.max_iter + 1):
+                w_new = self.phi(w, *p)
+                if w_new.shape != w.shape:
+                    raise ValueError(f"phi: expected Φ(w) of the shape of w {tuple(w.shape)}, got "
+                                     f"{tuple(w_new.shape)}")
+                d = (w_new - w).reshape(B, -1)
+                r = d.norm(dim=1)
+                running = status == _RUNNING
+                residual = torch.where(running, r, residual)
+                finite = torch.isfinite(w_new.reshape(B, -1)).all(1) & torch.isfinite(r)
+                status = torch.where(running & ~finite, Status.NON_FINITE, status)
+                status = torch.where((status == _RUNNING) & (r <= self.tol), Status.SOLVED, status)
+                running = status == _RUNNING
+                if it == self.max_iter or not bool(running.any()):
+                    break
+                shape = (-1,) + (1,) * (w.dim() - 1)
+                w = torch.where(running.reshape(shape), w_new, w)
+                iterations = iterations + running.to(torch.int64)
+        status = torch.where(status == _RUNNING, Status.MAX_ITERATIONS, status)
+        return Solution(z=w, status=status, iterations=iterations, residuals={"residual": residual})
+
+    def fixed_point_map(self, params, at):
+        return self.phi
+
+    def implicit_vjp(self, solution, params, g, needs):
+        lin = FixedPointLinearisation(self, params, solution.z, needs)
+        a_t = lambda v: v - lin.jt(v)  # noqa: E731  (I − ∂_wΦᵀ)
+        if self.fixed_point_symmetric:
+            res = conjugate_gradient(a_t, g, max_iter=self.cg_max_iter, rtol=self.rtol)
+            v = res.x
+        else:
+            a = lambda u: u - lin.j(u)  # noqa: E731
+            res = conjugate_gradient(normal_equations(a_t, a), g, max_iter=self.cg_max_iter,
+                                     rtol=self.rtol)
+            v = a(res.x)
+        if not bool(res.converged.all()):
+            bad = (~res.converged).nonzero().reshape(-1).tolist()
+            warnings.warn(f"fixed_point implicit gradient: CG did not reach rtol={self.rtol:g} in "
+                          f"{self.cg_max_iter} steps for batch indices {bad[:20]}", RuntimeWarning,
+                          stacklevel=4)
+        return lin.params_vjp(v)
+
+    def implicit_tangent(self, solution, params, g):
+        raise NotImplementedError("a fixed-point problem has no energy: the contrastive modes and "
+                                  "implicit_tangent do not apply (its implicit gradient is "
+                                  "implicit_vjp)")
+
+
+def fixed_point_solution(phi: Callable[..., torch.Tensor], w0: torch.Tensor, *params: torch.Tensor,
+                         mode: str | GradientMode = "implicit", tol: float | None = None,
+                         max_iter: int = 1000, symmetric: bool = False, rtol: float | None = None,
+                         check: bool = True) -> Solution:
+    """Like ``fixed_point`` but returns the full ``Solution``."""
+    check_tensor("w0", w0)
+    if w0.dim() < 2:
+        raise ValueError(f"w0: expected shape (B, n) (a leading batch dimension), got "
+                         f"{tuple(w0.shape)}; use w0.unsqueeze(0) for a single problem")
+    check_params(params)
+    floating = {f"params[{i}]": p for i, p in enumerate(params)
+                if isinstance(p, torch.Tensor) and p.is_floating_point()}
+    check_same_dtype_device(w0=w0, **floating)
+    tol = default_tol(w0.dtype) if tol is None else check_positive("tol", tol)
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 0:
+        raise ValueError(f"max_iter: expected an int >= 0, got {max_iter!r}")
+    rtol = (1e-10 if w0.dtype == torch.float64 else 1e-5) if rtol is None else rtol
+    mode = resolve_mode(mode)
+    n = w0[0].numel()
+    problem = FixedPointProblem(phi, tol=tol, max_iter=max_iter, symmetric=symmetric, rtol=rtol,
+                                cg_max_iter=max(10 * n, 100))
+    sol = mode.apply(problem, tuple(params), Solution(z=w0.detach()))
+    if check:
+        check_layer_solution(sol, mode, "fixed_point")
+    return sol
+
+
+def fixed_point(phi: Callable[..., torch.Tensor], w0: torch.Tensor, *params: torch.Tensor,
+                mode: str | GradientMode = "implicit", tol: float | None = None, max_iter: int = 1000,
+                symmetric: bool = False, rtol: float | None = None, check: bool = True) -> torch.Tensor:
+    """The fixed point ``w* = Φ(w*, θ)`` by iteration from ``w0``, differentiable in θ.
+
+    Args:
+        phi: ``phi(w, *params)``, same shape as ``w``, differentiable torch ops.
+        w0: ``(B, *event)`` initial point (a constant for autograd).
+        *params: the tensors θ.
+        mode: ``"implicit"``, ``"first_order"`` or a mode object (``FixedPoint(k)``,
+            ``ConjugateGradient(k)``, ``Unrolled(t)``, ...).
+        tol: stop an element when ``‖Φ(w) − w‖₂ ≤ tol`` (default ``sqrt(eps)`` of the dtype).
+        max_iter: iteration limit of the forward.
+        symmetric: ``∂_wΦ`` is symmetric (e.g. ``Φ = w − η∇E``): CG without normal equations.
+        rtol: relative tolerance of the implicit backward's CG.
+        check: raise ``SolverError`` for elements that did not converge.
+
+    Returns:
+        ``w*`` of shape ``(B, *event)``.
+    """
+    return fixed_point_solution(phi, w0, *params, mode=mode, tol=tol, max_iter=max_iter,
+                                symmetric=symmetric, rtol=rtol, check=check).z

@@ -1,0 +1,180 @@
+"""Bilevel hypergradient modes (Grazzi et al. 2020; DESIGN.md §3.5) as ``GradientMode`` objects.
+
+They work on every problem that declares a fixed-point map ``w = Φ(w, θ)`` through
+``ArgminProblem.fixed_point_map`` (``declarative.argmin`` uses ``Φ = w − η∇_wE``,
+``declarative.fixed_point`` the user's map). With ``g = ∂ℓ/∂w`` the cotangent of the inner
+solution ``w`` returned by the forward solve, the implicit-function theorem gives
+
+    ∇_θ ℓ = ∂_θΦ(w, θ)ᵀ v,     (I − ∂_wΦ(w, θ)ᵀ) v = g ,
+
+(any direct dependence of the outer loss on θ is added by autograd outside the layer). The modes
+differ in how ``v`` is obtained — all products by reverse-mode autodiff
+(``FixedPointLinearisation``), all solvers shared (``linear_solvers``):
+
+* ``FixedPoint(k)`` – AID-FP: ``k`` steps of ``v ← ∂_wΦᵀ v + g`` from ``v = 0`` (recurrent
+  back-propagation; the Neumann series ``v_k = Σ_{i<k} (∂_wΦᵀ)ⁱ g``). Error ``O(q^k)`` for a
+  contraction with constant ``q``.
+* ``ConjugateGradient(k)`` – AID-CG: exactly ``k`` CG steps from ``v = 0`` on ``(I − ∂_wΦᵀ) v = g``
+  when ``∂_wΦ`` is symmetric (``problem.fixed_point_symmetric``), otherwise on the normal
+  equations ``(I − ∂_wΦᵀ)(I − ∂_wΦ) u = g``, ``v = (I − ∂_wΦ) u``.
+* ``Unrolled(t)`` – ITD: the forward runs ``t`` steps ``w_{i+1} = Φ(w_i, θ)`` from the warm start
+  ``w_0`` (treated as a constant) *recorded by autograd*, and the gradient is the exact gradient
+  of ``ℓ(w_t(θ))``. Memory ``O(t)``. The returned ``w_t`` is not solved to a tolerance (its status
+  is ``MAX_ITERATIONS`` unless ``‖w_t − w_{t−1}‖ ≤ tol``); the layers do not raise for that.
+* ``FirstOrder()`` – ``v = 0``: the inner solution is treated as a constant, so the parameters
+  receive **no** gradient through it (zeros); only a direct dependence of the outer loss on θ
+  (added by autograd outside the layer) contributes. This is the "first-order" approximation of
+  meta-learning (e.g. first-order MAML) — biased unless ``∂_θΦ = 0``.
+* ``Implicit()`` (in ``modes``) – the problem's own matrix-free solve to a tolerance.
+
+String names: ``"first_order"`` resolves to ``FirstOrder()``. ``"fixed_point"``,
+``"conjugate_gradient"`` and ``"unrolled"`` are registered too, but only to say that a string
+cannot carry ``k``/``t`` — pass the mode object (``resolve_mode`` takes ``beta`` only, and a
+default number of steps would silently decide the accuracy of the gradient).
+
+References:
+    R. Grazzi, L. Franceschi, M. Pontil, S. Salzo. On the iteration complexity of hypergradient
+    computation. ICML 2020 (Sec. 2–3).
+    R. Liao et al. Reviving and improving recurrent back-propagation. ICML 2018.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .linear_solvers import batch_dot, conjugate_gradient, fixed_point_iteration, normal_equations
+from .linearisation import FixedPointLinearisation
+from .modes import GradientMode, register_mode
+from .solution import Solution
+from .status import Status
+
+__all__ = ["ConjugateGradient", "FirstOrder", "FixedPoint", "Unrolled"]
+
+
+def _check_steps(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name}: expected an int >= 0 (a number of steps), got {value!r}")
+    return value
+
+
+class FixedPoint(GradientMode):
+    """AID with the fixed-point method (recurrent back-propagation / Neumann series):
+
+        v₀ = 0,  v_{i+1} = ∂_wΦ(w, θ)ᵀ v_i + g  (k steps),   ∇_θ = ∂_θΦ(w, θ)ᵀ v_k .
+
+    Args:
+        k: number of steps (``k = 0`` gives ``FirstOrder``).
+    """
+
+    name = "fixed_point"
+
+    def __init__(self, k: int):
+        self.k = _check_steps("k", k)
+
+    def vjp(self, problem, params, solution, g, needs):
+        lin = FixedPointLinearisation(problem, params, solution.z, needs)
+        v = fixed_point_iteration(lin.jt, g, max_iter=self.k).x
+        return lin.params_vjp(v)
+
+    def __repr__(self):
+        return f"FixedPoint(k={self.k})"
+
+
+class ConjugateGradient(GradientMode):
+    """AID with exactly ``k`` conjugate-gradient steps from ``v = 0`` on ``(I − ∂_wΦᵀ) v = g``
+    (symmetric ``∂_wΦ``), else on the normal equations; then ``∇_θ = ∂_θΦᵀ v``.
+
+    Args:
+        k: number of CG steps.
+    """
+
+    name = "conjugate_gradient"
+
+    def __init__(self, k: int):
+        self.k = _check_steps("k", k)
+
+    def vjp(self, problem, params, solution, g, needs):
+        lin = FixedPointLinearisation(problem, params, solution.z, needs)
+        a_t = lambda v: v - lin.jt(v)  # noqa: E731  (I − ∂_wΦᵀ)
+        if problem.fixed_point_symmetric:
+            v = conjugate_gradient(a_t, g, max_iter=self.k).x
+        else:
+            a = lambda u: u - lin.j(u)  # noqa: E731  (I − ∂_wΦ)
+            u = conjugate_gradient(normal_equations(a_t, a), g, max_iter=self.k).x
+            v = a(u)
+        return lin.params_vjp(v)
+
+    def __repr__(self):
+        return f"ConjugateGradient(k={self.k})"
+
+
+class Unrolled(GradientMode):
+    """Iterative differentiation (ITD): back-propagation through ``t`` steps of ``Φ`` from the warm
+    start, ``w_{i+1} = Φ(w_i, θ)``, ``w_0`` constant; the forward value is ``w_t``.
+
+    Memory grows linearly in ``t`` (autograd keeps every step's graph). For ``declarative.argmin``
+    the steps are gradient descent ``w ← w − η∇_wE`` (not the L-BFGS solver, whose line search is
+    not a fixed map).
+
+    Args:
+        t: number of unrolled steps.
+        tol: a ``w_t`` with ``‖w_t − w_{t−1}‖ ≤ tol`` is reported ``SOLVED`` (default: never).
+    """
+
+    name = "unrolled"
+    #: the forward is a truncated iteration: layers do not raise for MAX_ITERATIONS
+    truncated = True
+
+    def __init__(self, t: int, tol: float = 0.0):
+        self.t = _check_steps("t", t)
+        self.tol = float(tol)
+
+    def apply(self, problem, params, warm_start: Solution | None = None) -> Solution:
+        if warm_start is None:
+            raise ValueError("Unrolled needs a warm start w₀ (the initial point of the unrolled "
+                             "iteration)")
+        w = warm_start.z.detach()
+        phi = problem.fixed_point_map(params, at=w)
+        B = w.shape[0]
+        step = torch.full((B,), float("inf"), dtype=w.dtype, device=w.device)
+        for _ in range(self.t):
+            w_new = phi(w, *params)
+            d = (w_new - w).detach()
+            step = batch_dot(d, d).sqrt()
+            w = w_new
+        finite = torch.isfinite(w.detach().reshape(B, -1)).all(1)
+        status = torch.where(step <= self.tol, Status.SOLVED, Status.MAX_ITERATIONS)
+        status = torch.where(finite, status, Status.NON_FINITE).to(torch.int64)
+        iterations = torch.full((B,), self.t, dtype=torch.int64, device=w.device)
+        return Solution(z=w, status=status, iterations=iterations, residuals={"step": step})
+
+    def vjp(self, problem, params, solution, g, needs):  # pragma: no cover - apply differentiates
+        raise RuntimeError("Unrolled differentiates through its own forward; vjp is not used")
+
+    def __repr__(self):
+        return f"Unrolled(t={self.t})"
+
+
+class FirstOrder(GradientMode):
+    """``v = 0``: no gradient flows through the inner solution (the parameters receive zeros from
+    the layer); only direct dependences of the outer loss on θ contribute."""
+
+    name = "first_order"
+
+    def vjp(self, problem, params, solution, g, needs):
+        return tuple(torch.zeros_like(p) if need and p is not None else None
+                     for p, need in zip(params, needs))
+
+
+def _needs_steps(name: str, cls: str, arg: str):
+    def factory():
+        raise ValueError(f"mode {name!r} needs its number of steps, which a string cannot carry: "
+                         f"pass the object declarative.{cls}({arg}=...)")
+    return factory
+
+
+register_mode("first_order", FirstOrder, takes_beta=False)
+register_mode("fixed_point", _needs_steps("fixed_point", "FixedPoint", "k"), takes_beta=False)
+register_mode("conjugate_gradient", _needs_steps("conjugate_gradient", "ConjugateGradient", "k"),
+              takes_beta=False)
+register_mode("unrolled", _needs_steps("unrolled", "Unrolled", "t"), takes_beta=False)

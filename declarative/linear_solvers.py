@@ -1,0 +1,143 @@
+"""Matrix-free batched linear solvers shared by every gradient mode (one implementation each).
+
+Vectors have shape ``(B, *event)``; an operator is a callable mapping such a vector to one of the
+same shape, applied to the whole batch at once (no Python loop over the batch). Inner products are
+per batch element. Both solvers run either a fixed number of steps (``rtol = atol = 0``: exactly
+``max_iter`` steps, no host sync — what the AID modes ``ConjugateGradient(k)``/``FixedPoint(k)``
+need) or to a tolerance ``‖r_b‖ ≤ max(atol, rtol·‖b_b‖)`` per element (one host sync per step;
+converged elements are frozen).
+
+* ``conjugate_gradient`` – CG (Hestenes & Stiefel 1952) for ``A x = b`` with ``A`` symmetric
+  positive definite per element. An element whose curvature ``pᵀAp`` is not positive (breakdown:
+  ``A`` not positive definite on the Krylov space, or an exactly solved system) is frozen.
+* ``fixed_point_iteration`` – ``x ← T x + b`` (the Neumann series ``Σ Tⁱ b`` from ``x₀ = 0``),
+  which converges to ``(I − T)⁻¹ b`` when the spectral radius of ``T`` is below one.
+* ``normal_equations`` – wraps ``A``/``Aᵀ`` into the symmetric positive (semi)definite operator
+  ``A Aᵀ`` for CG on the normal equations ``A Aᵀ u = b``, ``x = Aᵀ u`` (CGNE, for non-symmetric
+  ``A``; Craig's method).
+
+Shape:
+    b, x0, x: ``(B, *event)``; ``iterations``, ``residual``, ``converged``: ``(B,)``.
+
+References:
+    M. Hestenes, E. Stiefel. Methods of conjugate gradients for solving linear systems. J. Res.
+    NBS 49(6), 1952.
+    Y. Saad. Iterative Methods for Sparse Linear Systems, 2nd ed., 2003, §6.7 and §8.3.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+__all__ = ["LinearSolve", "conjugate_gradient", "fixed_point_iteration", "normal_equations", "batch_dot"]
+
+Operator = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class LinearSolve:
+    """Result of a batched linear solve: solution ``x``, per-element iteration counts, final
+    residual norms ``‖b − A x‖`` (for the fixed-point iteration: ``‖x_k − x_{k−1}‖``), and whether
+    the tolerance was met (all True when run for a fixed number of steps without a tolerance)."""
+
+    x: torch.Tensor
+    iterations: torch.Tensor
+    residual: torch.Tensor
+    converged: torch.Tensor
+
+
+def batch_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-element inner product of two ``(B, *event)`` tensors, shape ``(B,)``."""
+    return (a * b).reshape(a.shape[0], -1).sum(1)
+
+
+def _expand(s: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return s.reshape((-1,) + (1,) * (like.dim() - 1))
+
+
+def _threshold(b: torch.Tensor, rtol: float, atol: float) -> torch.Tensor | None:
+    if rtol <= 0 and atol <= 0:
+        return None
+    return torch.clamp(rtol * batch_dot(b, b).sqrt(), min=atol)
+
+
+def conjugate_gradient(matvec: Operator, b: torch.Tensor, *, x0: torch.Tensor | None = None,
+                       max_iter: int, rtol: float = 0.0, atol: float = 0.0) -> LinearSolve:
+    """Batched conjugate gradient for ``A x = b`` (A symmetric positive definite per element).
+
+    Args:
+        matvec: ``v ↦ A v`` on ``(B, *event)`` tensors.
+        b: right-hand side.
+        x0: initial guess (default 0, as in the AID analysis of Grazzi et al. 2020).
+        max_iter: number of steps (exactly this many when ``rtol = atol = 0``).
+        rtol, atol: stop an element when ``‖r‖ ≤ max(atol, rtol‖b‖)``.
+    """
+    x = torch.zeros_like(b) if x0 is None else x0.clone()
+    r = b - matvec(x) if x0 is not None else b.clone()
+    p = r.clone()
+    rs = batch_dot(r, r)
+    thresh = _threshold(b, rtol, atol)
+    B = b.shape[0]
+    active = torch.ones(B, dtype=torch.bool, device=b.device)
+    if thresh is not None:
+        active = rs.sqrt() > thresh
+    iterations = torch.zeros(B, dtype=torch.int64, device=b.device)
+    for _ in range(max_iter):
+        if thresh is not None and not bool(active.any()):
+            break
+        Ap = matvec(p)
+        pAp = batch_dot(p, Ap)
+        ok = active & (pAp > 0) & torch.isfinite(pAp)
+        alpha = torch.where(ok, rs / torch.where(ok, pAp, torch.ones_like(pAp)), torch.zeros_like(rs))
+        x = x + _expand(alpha, x) * p
+        r = r - _expand(alpha, r) * Ap
+        rs_new = batch_dot(r, r)
+        beta = torch.where(ok, rs_new / torch.where(rs > 0, rs, torch.ones_like(rs)),
+                           torch.zeros_like(rs))
+        p = torch.where(_expand(ok, p), r + _expand(beta, p) * p, p)
+        rs = torch.where(ok, rs_new, rs)
+        iterations = iterations + ok.to(torch.int64)
+        active = ok if thresh is None else ok & (rs.sqrt() > thresh)
+    res = rs.sqrt()
+    converged = torch.ones_like(active) if thresh is None else res <= thresh
+    return LinearSolve(x, iterations, res, converged)
+
+
+def fixed_point_iteration(apply_t: Operator, b: torch.Tensor, *, x0: torch.Tensor | None = None,
+                          max_iter: int, rtol: float = 0.0, atol: float = 0.0) -> LinearSolve:
+    """Batched fixed-point iteration ``x ← T x + b`` from ``x0`` (default 0).
+
+    After ``k`` steps from 0, ``x_k = Σ_{i<k} Tⁱ b`` (the truncated Neumann series of
+    ``(I − T)⁻¹ b``). With a tolerance, an element stops when ``‖x_k − x_{k−1}‖ ≤ max(atol,
+    rtol‖b‖)``.
+    """
+    x = torch.zeros_like(b) if x0 is None else x0.clone()
+    thresh = _threshold(b, rtol, atol)
+    B = b.shape[0]
+    active = torch.ones(B, dtype=torch.bool, device=b.device)
+    iterations = torch.zeros(B, dtype=torch.int64, device=b.device)
+    step = torch.full((B,), float("inf"), dtype=b.dtype, device=b.device)
+    for _ in range(max_iter):
+        if thresh is not None and not bool(active.any()):
+            break
+        x_new = apply_t(x) + b
+        diff = batch_dot(x_new - x, x_new - x).sqrt()
+        x = torch.where(_expand(active, x), x_new, x)
+        step = torch.where(active, diff, step)
+        iterations = iterations + active.to(torch.int64)
+        if thresh is not None:
+            active = active & (diff > thresh) & torch.isfinite(diff)
+    converged = torch.ones_like(active) if thresh is None else step <= thresh
+    return LinearSolve(x, iterations, step, converged)
+
+
+def normal_equations(matvec: Operator, rmatvec: Operator) -> Operator:
+    """The operator ``u ↦ A Aᵀ u`` from ``A`` (``matvec``) and ``Aᵀ`` (``rmatvec``).
+
+    Solve ``A x = b`` for non-symmetric ``A`` by CG on ``A Aᵀ u = b`` and ``x = Aᵀ u`` (CGNE); the
+    condition number is squared, so prefer the symmetric form when ``A`` is symmetric.
+    """
+    return lambda u: matvec(rmatvec(u))

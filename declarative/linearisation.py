@@ -1,0 +1,96 @@
+"""``FixedPointLinearisation``: the Jacobian products of a fixed-point map ``Φ(w, θ)`` at a point,
+by reverse-mode autodiff, never forming a matrix.
+
+The graph of ``Φ(w, θ)`` is built once (``w`` and the parameters that need gradients are detached
+leaves) and reused for every product:
+
+* ``jt(v) = ∂_wΦᵀ v``  – one backward (a VJP);
+* ``j(u)  = ∂_wΦ u``   – a JVP by the double-VJP trick: ``∂_wΦ u = ∂_x ⟨∂_wΦᵀ x, u⟩`` with the
+  VJP built once with ``create_graph=True`` (so reverse mode only, as DESIGN.md §3.5 asks);
+* ``params_vjp(v) = ∂_θΦᵀ v`` – the final product of the AID hypergradient
+  ``∇_θ = ∂_θΦᵀ v``, with ``v`` the (approximate) solution of ``(I − ∂_wΦᵀ) v = g``.
+
+Shape:
+    w, v, u: ``(B, *event)``; the parameter VJPs have each parameter's shape (already summed over
+    the batch where the parameter is broadcast).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from .problem import ArgminProblem
+
+__all__ = ["FixedPointLinearisation"]
+
+
+class FixedPointLinearisation:
+    """Products with the Jacobians of ``Φ(·, θ)`` at ``w`` (see the module docstring).
+
+    Args:
+        problem: provides ``fixed_point_map(params, at)``.
+        params: the parameters ``θ``.
+        w: the point (detached inside).
+        needs: which parameters need a gradient.
+    """
+
+    def __init__(self, problem: ArgminProblem, params: Sequence[torch.Tensor | None], w: torch.Tensor,
+                 needs: Sequence[bool]):
+        w = w.detach()
+        phi = problem.fixed_point_map(params, at=w)
+        self.needs = list(needs)
+        with torch.enable_grad():
+            self.w = w.requires_grad_(True)
+            self.params = [p.detach().requires_grad_(True) if (p is not None and need
+                                                                and p.is_floating_point()) else
+                           (None if p is None else p.detach())
+                           for p, need in zip(params, self.needs)]
+            self.out = phi(self.w, *self.params)
+        if self.out.shape != w.shape:
+            raise ValueError(f"fixed-point map: expected Φ(w) of the shape of w {tuple(w.shape)}, "
+                             f"got {tuple(self.out.shape)}")
+        self._vjp_graph = None
+
+    def value(self) -> torch.Tensor:
+        """``Φ(w, θ)`` (detached)."""
+        return self.out.detach()
+
+    def jt(self, v: torch.Tensor) -> torch.Tensor:
+        """``∂_wΦᵀ v``."""
+        if not self.out.requires_grad:
+            return torch.zeros_like(v)
+        (r,) = torch.autograd.grad(self.out, self.w, v, retain_graph=True, allow_unused=True)
+        return torch.zeros_like(v) if r is None else r
+
+    def j(self, u: torch.Tensor) -> torch.Tensor:
+        """``∂_wΦ u`` by the double-VJP trick."""
+        if not self.out.requires_grad:
+            return torch.zeros_like(u)
+        if self._vjp_graph is None:
+            with torch.enable_grad():
+                x = torch.zeros_like(self.out, requires_grad=True)
+                (y,) = torch.autograd.grad(self.out, self.w, x, create_graph=True, allow_unused=True)
+            self._vjp_graph = (x, y)
+        x, y = self._vjp_graph
+        if y is None or not y.requires_grad:
+            return torch.zeros_like(u)
+        (r,) = torch.autograd.grad(y, x, u, retain_graph=True, allow_unused=True)
+        return torch.zeros_like(u) if r is None else r
+
+    def params_vjp(self, v: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        """``∂_θΦᵀ v`` for each parameter that needs a gradient (``None`` for the others; zeros
+        for parameters ``Φ`` does not depend on)."""
+        idx = [i for i, p in enumerate(self.params) if p is not None and p.requires_grad]
+        out: list[torch.Tensor | None] = [None] * len(self.params)
+        if not idx:
+            return tuple(out)
+        if self.out.requires_grad:
+            grads = torch.autograd.grad(self.out, [self.params[i] for i in idx], v, retain_graph=True,
+                                        allow_unused=True)
+        else:
+            grads = [None] * len(idx)
+        for i, gr in zip(idx, grads):
+            out[i] = torch.zeros_like(self.params[i]) if gr is None else gr
+        return tuple(out)
