@@ -5,7 +5,7 @@ dtype/device preserved, batch of 1 equals unbatched, nn.Sequential training, tor
 import pytest
 import torch
 from torch import nn
-from torch.func import grad, vmap
+from torch.func import grad, jacrev, vmap
 
 import layers
 from contrastive import Contrastive, Symmetric
@@ -131,6 +131,10 @@ def test_double_backward_is_hessian_vector_product_for_softmax():
         # the first derivative carries the mode's bias (O(β) / O(β²)), and so does its derivative
         tol = {"implicit": 1e-12, "contrastive": 0.05, "symmetric": 5e-3}[mode]
         torch.testing.assert_close(rows, ref, atol=tol, rtol=0)
+        # the same through torch.func (and under vmap)
+        hess = jacrev(grad(lambda v: (act(v) * w).sum()))
+        torch.testing.assert_close(hess(x.detach()), rows, atol=1e-14, rtol=0)
+        torch.testing.assert_close(vmap(hess)(x.detach().expand(2, 5))[1], rows, atol=1e-14, rtol=0)
 
 
 # -- bad input ------------------------------------------------------------------------------------
