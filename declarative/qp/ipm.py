@@ -42,6 +42,7 @@ from .options import QPOptions
 __all__ = ["solve_qp_ipm"]
 
 _RUNNING = -1
+_STALLED = -2
 
 
 def _mv(M: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -123,6 +124,103 @@ def _primal_infeasible(G, h, A, b, lam, nu, eps, scale):
     if not torch.is_tensor(ny):
         return False
     return (ny > 0) & (_inf_norm(gt) <= eps * ny) & (ct <= -eps * ny * (1 + scale))
+
+
+def _residuals(Q, q, G, h, A, b, z, s, lam, nu, hnorm, bnorm, qnorm):
+    """KKT residual vectors and the relative residuals of ``QPOptions`` (see its docstring)."""
+    Qz = _mv(Q, z)
+    rd = Qz + q
+    dscale = torch.maximum(_inf_norm(Qz), qnorm)
+    pres = gap = mu = torch.zeros_like(dscale)
+    ri = re = None
+    if G is not None:
+        Gz = _mv(G, z)
+        Gtl = _mtv(G, lam)
+        rd = rd + Gtl
+        ri = Gz + s - h
+        dscale = torch.maximum(dscale, _inf_norm(Gtl))
+        pres = _inf_norm(ri) / (1 + torch.maximum(torch.maximum(_inf_norm(Gz), _inf_norm(s)), hnorm))
+        sl = (s * lam).sum(-1)
+        mu = sl / s.shape[-1]
+    if A is not None:
+        Az = _mv(A, z)
+        Atn = _mtv(A, nu)
+        rd = rd + Atn
+        re = Az - b
+        dscale = torch.maximum(dscale, _inf_norm(Atn))
+        pres = torch.maximum(pres, _inf_norm(re) / (1 + torch.maximum(_inf_norm(Az), bnorm)))
+    dres = _inf_norm(rd) / (1 + dscale)
+    if G is not None:
+        pobj = 0.5 * (z * Qz).sum(-1) + (q * z).sum(-1)
+        gap = sl / (1 + pobj.abs())
+    return rd, ri, re, pres, dres, gap, mu
+
+
+def _polish(Q, q, G, h, A, b, z, s, lam, nu, solved, opts, reg, zero_eq, hnorm, bnorm, qnorm, rounds=4):
+    """Active-set polishing of converged IPM solutions (cf. OSQP's solution polishing).
+
+    The constraints guessed active (``λ_i > s_i``) are imposed as equalities and the equality-constrained QP is solved
+    exactly by the same reduced factorisation (active rows gathered and padded). The polished point
+    replaces the IPM's if it is primal feasible and its multipliers are non-negative up to
+    ``1e3·eps`` (or, as a fallback, up to the solver tolerance); otherwise constraints with negative
+    multipliers are dropped, violated ones added, and the polish repeated (at most ``rounds``
+    times). This removes the ``O(√μ)`` error of
+    interior-point iterates at weakly active constraints.
+    """
+    B, m = lam.shape
+    p = 0 if A is None else A.shape[-2]
+    n = z.shape[-1]
+    tol = opts.tol_primal
+    act = lam > s
+    todo = solved.clone()
+    fallback = torch.zeros_like(todo)
+    strict = 1e3 * torch.finfo(z.dtype).eps
+    for _ in range(rounds):
+        k = int(act.sum(-1).amax())
+        if k == 0:
+            idx = act.new_zeros(B, 0, dtype=torch.int64)
+        else:
+            idx = torch.argsort(act.to(torch.int8), dim=-1, descending=True, stable=True)[:, :k]
+        valid = act.gather(1, idx)
+        Gk = G.expand(B, m, n).gather(1, idx.unsqueeze(-1).expand(B, k, n)) * valid.unsqueeze(-1)
+        hk = h.expand(B, m).gather(1, idx) * valid
+        Ae = Gk if A is None else torch.cat([A.expand(B, p, n), Gk], dim=-2)
+        be = hk if A is None else torch.cat([b.expand(B, p), hk], dim=-1)
+        zq = (~valid).to(z.dtype) if A is None else torch.cat([zero_eq.expand(B, p), (~valid).to(z.dtype)], -1)
+        if Ae.shape[-2] == 0:
+            fac = _Factor(Q, None, None, None, None, reg, None, opts.reg)
+            zp, _ = fac.solve(-q.expand(B, n), None)
+            y = z.new_zeros(B, 0)
+        else:
+            fac = _Factor(Q, None, Ae, opts.rho * (Ae.transpose(-1, -2) @ Ae), None, reg, zq, opts.reg)
+            zp, y = fac.solve(-q.expand(B, n) + opts.rho * _mtv(Ae, be), be)
+            for _ in range(2):   # iterative refinement: undo the static regularisation's bias
+                ra = -q - _mv(Q, zp) - _mtv(Ae, y)
+                rb = (be - _mv(Ae, zp)) * (1 - zq)
+                dzp, dy = fac.solve(ra + opts.rho * _mtv(Ae, rb), rb)
+                zp, y = zp + dzp, y + dy
+        lp = z.new_zeros(B, m).scatter(1, idx, y[:, p:] * valid)
+        nup = y[:, :p] if A is not None else nu
+        viol = _mv(G, zp) - h
+        finite = torch.isfinite(zp).all(-1) & torch.isfinite(y).all(-1)
+        lnorm = (1 + _inf_norm(lp)).unsqueeze(-1)
+        hscale = (1 + hnorm).unsqueeze(-1)
+        ok_loose = finite & (viol <= tol * hscale).all(-1) & (lp >= -tol * lnorm).all(-1)
+        ok_strict = finite & (viol <= strict * hscale).all(-1) & (lp >= -strict * lnorm).all(-1)
+        # strictly consistent points are final; loosely consistent ones are kept as a fallback
+        # while the active set is refined
+        acc = todo & (ok_strict | (ok_loose & ~fallback))
+        z = torch.where(acc.unsqueeze(-1), zp, z)
+        lam = torch.where(acc.unsqueeze(-1), lp.clamp(min=0), lam)
+        s = torch.where(acc.unsqueeze(-1), (-viol).clamp(min=0), s)
+        if A is not None:
+            nu = torch.where(acc.unsqueeze(-1), nup, nu)
+        fallback = fallback | acc
+        todo = todo & ~ok_strict
+        if not bool(todo.any()):
+            break
+        act = (act & (lp >= -strict * lnorm)) | (viol > strict * hscale)
+    return z, s, lam, nu
 
 
 def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None,
@@ -236,40 +334,22 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
     iterations = torch.zeros(B, dtype=torch.int64, device=device)
     eps_inf = opts.tol_infeasible
     frac = opts.step_fraction
+    wmax = 1.0 / torch.finfo(dtype).eps ** 2   # keeps GᵀWG finite when a slack underflows
     dz_last = None
+    dres_prev = torch.full((B,), float("inf"), dtype=dtype, device=device)
     dlam_last = dnu_last = None
 
     for k in range(opts.max_iter + 1):
         # -- residuals at the current iterate -----------------------------------------------------
-        Qz = _mv(Q, z)
-        rd = Qz + q
-        dscale = torch.maximum(_inf_norm(Qz), qnorm)
-        pres = torch.zeros(B, dtype=dtype, device=device)
-        gap = torch.zeros(B, dtype=dtype, device=device)
-        if G is not None:
-            Gz = _mv(G, z)
-            Gtl = _mtv(G, lam)
-            rd = rd + Gtl
-            ri = Gz + s - h
-            dscale = torch.maximum(dscale, _inf_norm(Gtl))
-            pres = _inf_norm(ri) / (1 + torch.maximum(torch.maximum(_inf_norm(Gz), _inf_norm(s)), hnorm))
-            sl = (s * lam).sum(-1)
-            mu = sl / m
-        if A is not None:
-            Az = _mv(A, z)
-            Atn = _mtv(A, nu)
-            rd = rd + Atn
-            re = Az - b
-            dscale = torch.maximum(dscale, _inf_norm(Atn))
-            pres = torch.maximum(pres, _inf_norm(re) / (1 + torch.maximum(_inf_norm(Az), bnorm)))
-        dres = _inf_norm(rd) / (1 + dscale)
-        pobj = 0.5 * (z * Qz).sum(-1) + (q * z).sum(-1)
-        if G is not None:
-            gap = sl / (1 + pobj.abs())
+        rd, ri, re, pres, dres, gap, mu = _residuals(Q, q, G, h, A, b, z, s, lam, nu, hnorm, bnorm, qnorm)
         converged = (pres <= opts.tol_primal) & (dres <= opts.tol_dual) & (gap <= opts.tol_gap)
+        # stalled: primal and gap converged but the dual residual grows (ill-conditioned Newton
+        # systems, typically float32); such elements stop here and are handed to the polish
+        stalled = ~converged & (pres <= opts.tol_primal) & (gap <= opts.tol_gap) & (dres > dres_prev)
+        dres_prev = dres
 
         # -- the factorisation at this iterate (kept for the backward when we stop here) -----------
-        w = lam / s if G is not None else None
+        w = (lam / s).clamp(max=wmax) if G is not None else None
         fac = _Factor(Q, G, A, AtA, w, reg, zero_eq, opts.reg)
 
         # -- statuses -------------------------------------------------------------------------------
@@ -292,6 +372,7 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
                 dinf = cond
             new_status = torch.where(~converged & pinf, torch.full_like(status, int(Status.PRIMAL_INFEASIBLE)), new_status)
             new_status = torch.where(~converged & ~pinf & dinf, torch.full_like(status, int(Status.DUAL_INFEASIBLE)), new_status)
+            new_status = torch.where(~converged & ~pinf & ~dinf & stalled, torch.full_like(status, _STALLED), new_status)
         status = torch.where(running, new_status, status)
         running = status == _RUNNING
         if k == opts.max_iter or not bool(running.any()):
@@ -346,7 +427,15 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
         dlam_last = torch.where(mv, dlam, torch.zeros_like(dlam)) if dlam is not None else None
         dnu_last = torch.where(mv, dnu, torch.zeros_like(dnu)) if dnu is not None else None
 
-    status = torch.where(status == _RUNNING, torch.full_like(status, int(Status.MAX_ITERATIONS)), status)
+    unfinished = (status == _RUNNING) | (status == _STALLED)
+    if opts.polish and G is not None:
+        z, s, lam, nu = _polish(Q, q, G, h, A, b, z, s, lam, nu, unfinished | (status == Status.SOLVED),
+                                opts, reg, zero_eq, hnorm, bnorm, qnorm)
+        _, _, _, pres, dres, gap, _ = _residuals(Q, q, G, h, A, b, z, s, lam, nu, hnorm, bnorm, qnorm)
+        converged = (pres <= opts.tol_primal) & (dres <= opts.tol_dual) & (gap <= opts.tol_gap)
+        status = torch.where(unfinished & converged, torch.full_like(status, int(Status.SOLVED)), status)
+    status = torch.where((status == _RUNNING) | (status == _STALLED),
+                         torch.full_like(status, int(Status.MAX_ITERATIONS)), status)
     cache = {"L": fac.L, "s": s}
     if w is not None:
         cache["w"] = w

@@ -43,6 +43,9 @@ class QPOptions:
             float64, ``0.1`` float32).
         warm_start_margin: a warm start's slacks and multipliers are lifted to at least this value
             (times the data scale), so that the iterate is interior.
+        polish: after convergence, solve the equality-constrained QP on the guessed active set
+            exactly and keep it if it is primal feasible with non-negative multipliers (removes the
+            ``O(√tol)`` error of interior-point iterates at weakly active constraints).
     """
 
     tol: float | None = None
@@ -56,6 +59,7 @@ class QPOptions:
     step_fraction: float = 0.99
     active_tol: float | None = None
     warm_start_margin: float = 1e-3
+    polish: bool = True
 
     def __post_init__(self):
         for name in ("tol", "tol_primal", "tol_dual", "tol_gap", "reg", "tol_infeasible", "active_tol"):

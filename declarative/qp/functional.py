@@ -1,0 +1,148 @@
+"""``solve_qp``: the validated, differentiable batched QP solve."""
+
+from __future__ import annotations
+
+import torch
+
+from ..modes import GradientMode, resolve_mode
+from ..solution import Solution
+from ..validation import (check_batched, check_dim, check_same_dtype_device, check_tensor,
+                          common_batch_size)
+from .options import QPOptions
+from .problem import QPProblem
+
+__all__ = ["solve_qp", "check_qp_inputs"]
+
+#: Relative tolerance of the positive-semidefiniteness check of Q, per dtype.
+PSD_TOL = {torch.float64: 1e-8, torch.float32: 1e-4}
+
+
+def check_qp_inputs(Q, q, G=None, h=None, A=None, b=None) -> bool:
+    """Validate QP inputs; return True if every input is unbatched.
+
+    Raises:
+        TypeError: non-tensors, non-floating dtypes, mixed dtypes.
+        ValueError: wrong shapes ("expected (B, n, n) or (n, n), got ..."), inconsistent sizes,
+            mismatched batch sizes, mixed devices, G without h (or A without b), a Q that is not
+            positive semidefinite.
+    """
+    check_tensor("Q", Q)
+    check_tensor("q", q)
+    if (G is None) != (h is None):
+        raise ValueError("G and h must be given together (or both be None)")
+    if (A is None) != (b is None):
+        raise ValueError("A and b must be given together (or both be None)")
+    named = {"Q": Q, "q": q, "G": G, "h": h, "A": A, "b": b}
+    for k, v in named.items():
+        if v is not None:
+            check_tensor(k, v)
+    check_same_dtype_device(**named)
+    batched = {
+        "Q": check_batched("Q", Q, "nn"),
+        "q": check_batched("q", q, "n"),
+    }
+    n = Q.shape[-1]
+    check_dim("Q", Q.shape[-2], n, "a square matrix: rows = columns")
+    check_dim("q", q.shape[-1], n, "n (the size of Q)")
+    if G is not None:
+        batched["G"] = check_batched("G", G, "mn")
+        batched["h"] = check_batched("h", h, "m")
+        check_dim("G", G.shape[-1], n, "n (the size of Q) columns")
+        check_dim("h", h.shape[-1], G.shape[-2], "m (the number of rows of G)")
+    if A is not None:
+        batched["A"] = check_batched("A", A, "pn")
+        batched["b"] = check_batched("b", b, "p")
+        check_dim("A", A.shape[-1], n, "n (the size of Q) columns")
+        check_dim("b", b.shape[-1], A.shape[-2], "p (the number of rows of A)")
+    common_batch_size(**{k: (named[k], v) for k, v in batched.items()})
+    _check_psd(Q)
+    return not any(batched.values())
+
+
+def _check_psd(Q: torch.Tensor) -> None:
+    """Q must be symmetric positive semidefinite up to a relative tolerance (one Cholesky of
+    ``Q + εI``, ``ε = tol·(1 + max|Q_ii|)``; eigenvalues are computed only for the message).
+    Non-finite matrices are skipped here (the solver reports them as ``NON_FINITE``)."""
+    tol = PSD_TOL.get(Q.dtype, 1e-4)
+    Qs = Q if Q.dim() == 3 else Q.unsqueeze(0)
+    finite = torch.isfinite(Qs).flatten(1).all(-1)
+    Qf = torch.where(finite.view(-1, 1, 1), Qs, torch.zeros_like(Qs))
+    asym = (Qf - Qf.transpose(-1, -2)).abs().amax((-1, -2))
+    scale = 1 + Qf.diagonal(dim1=-2, dim2=-1).abs().amax(-1)
+    n = Qs.shape[-1]
+    shift = (tol * scale).view(-1, 1, 1) * torch.eye(n, dtype=Q.dtype, device=Q.device)
+    _, info = torch.linalg.cholesky_ex(0.5 * (Qf + Qf.transpose(-1, -2)) + shift)
+    bad_sym = asym > tol * scale
+    bad_psd = info > 0
+    if bool((bad_sym | bad_psd).any()):
+        if bool(bad_sym.any()):
+            idx = torch.nonzero(bad_sym).reshape(-1).tolist()[:20]
+            raise ValueError(f"Q: expected a symmetric matrix, but Q is not symmetric for batch "
+                             f"indices {idx} (max |Q − Qᵀ| = {asym.max().item():.3g})")
+        idx = torch.nonzero(bad_psd).reshape(-1).tolist()[:20]
+        lo = torch.linalg.eigvalsh(Qf[bad_psd]).amin(-1)
+        raise ValueError(f"Q: expected a positive semidefinite matrix (convex QP), but Q is "
+                         f"indefinite for batch indices {idx} (smallest eigenvalue "
+                         f"{lo.min().item():.3g})")
+
+
+def solve_qp(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None,
+             h: torch.Tensor | None = None, A: torch.Tensor | None = None,
+             b: torch.Tensor | None = None, *, mode: "str | GradientMode" = "implicit",
+             beta: float | None = None, options: QPOptions | None = None,
+             warm_start: Solution | None = None, check: bool = True) -> Solution:
+    r"""Solve ``z* = argmin_z ½zᵀQz + qᵀz s.t. Gz ≤ h, Az = b`` differentiably, for a batch.
+
+    The forward is the batched interior-point method ``solve_qp_ipm``; the gradient of a loss of
+    ``z*`` reaches all six parameters through ``mode``: ``"implicit"`` (exact one-sided limit,
+    including weakly active constraints via the backward QP), ``"contrastive"`` or
+    ``"symmetric"`` with ``beta`` (nudged re-solves ``q → q ± βg``, DESIGN.md §3.1; these modes
+    are registered when the ``contrastive`` package is imported), or any ``GradientMode``.
+
+    Args:
+        Q: quadratic term, symmetric positive semidefinite.
+        q: linear term.
+        G, h: inequality constraints ``Gz ≤ h`` (both or neither).
+        A, b: equality constraints ``Az = b`` (both or neither).
+        mode, beta: the gradient mode (see ``resolve_mode``).
+        options: ``QPOptions`` (tolerances etc.; defaults per dtype).
+        warm_start: a previous ``Solution`` to start the iteration from.
+        check: if True (default) raise one ``SolverError`` naming every failing batch index
+            (infeasible, unbounded, iteration limit, non-finite input); if False return the
+            per-element statuses — the other elements are solved normally.
+
+    Returns:
+        ``Solution``: ``z`` (differentiable), ``duals["lam"]``, ``duals["nu"]``, ``status``,
+        ``iterations``, ``residuals``. When every input is unbatched the batch dimension is
+        removed from ``z``, the duals, the status, the iterations and the residuals.
+
+    Shape:
+        - Q: ``(B, n, n)`` or ``(n, n)``;  q: ``(B, n)`` or ``(n,)``
+        - G: ``(B, m, n)`` or ``(m, n)``;  h: ``(B, m)`` or ``(m,)``
+        - A: ``(B, p, n)`` or ``(p, n)``;  b: ``(B, p)`` or ``(p,)``
+        - z: ``(B, n)``, or ``(n,)`` when every input is unbatched.
+
+    Raises:
+        TypeError, ValueError: invalid inputs (see ``check_qp_inputs``); NaN/inf entries are not
+            an input error: those elements get ``Status.NON_FINITE``.
+        SolverError: ``check=True`` and some element was not solved.
+
+    References:
+        B. Amos, J. Z. Kolter, "OptNet: Differentiable Optimization as a Layer in Neural
+        Networks", ICML 2017. C. Zach, "Bilevel Programs Meet Deep Learning", 2021 (Prop. 2).
+    """
+    unbatched = check_qp_inputs(Q, q, G, h, A, b)
+    gm = resolve_mode(mode, beta)
+    if options is not None and not isinstance(options, QPOptions):
+        raise TypeError(f"options: expected QPOptions, got {type(options).__name__}")
+    problem = QPProblem(options)
+    sol = gm.apply(problem, (Q, q, G, h, A, b), warm_start)
+    if unbatched:
+        sol = Solution(
+            z=sol.z[0], duals={k: v[0] for k, v in sol.duals.items()},
+            status=sol.status[0] if sol.status is not None else None,
+            iterations=sol.iterations[0] if sol.iterations is not None else None,
+            residuals={k: v[0] for k, v in sol.residuals.items()}, cache=sol.cache)
+    if check:
+        sol.raise_for_status("QP solve")
+    return sol

@@ -1,0 +1,181 @@
+"""``QPProblem``: the convex quadratic program as a declared argmin problem."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from ..errors import SolverError
+from ..problem import ArgminProblem
+from ..solution import Solution
+from ..status import Status
+from .ipm import solve_qp_ipm
+from .options import QPOptions
+
+__all__ = ["QPProblem"]
+
+
+def _outer(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    return u.unsqueeze(-1) * v.unsqueeze(-2)
+
+
+def _mv(M: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return (M @ x.unsqueeze(-1)).squeeze(-1)
+
+
+class QPProblem(ArgminProblem):
+    r"""``z* = argmin_z ½zᵀQz + qᵀz  s.t.  Gz ≤ h,  Az = b`` (DESIGN.md §3.2, QP paragraph).
+
+    Parameters ``params = (Q, q, G, h, A, b)``; ``G, h`` and/or ``A, b`` may be None. The Lagrangian
+    is ``𝓛 = ½zᵀQz + qᵀz + λᵀ(Gz − h) + νᵀ(Az − b)`` and the nudge is ``q → q + βg``.
+
+    * ``lagrangian_grads``: ``∂Q = ½zzᵀ, ∂q = z, ∂G = λzᵀ, ∂h = −λ, ∂A = νzᵀ, ∂b = −ν``; their
+      contrast at two solutions is exactly formula (C) (used by ``Contrastive``/``Symmetric``).
+    * ``implicit_tangent``: the one-sided limit ``(dz, dλ, dν)`` of ``(ŝ_β − s*)/β``.
+    * ``lagrangian_grads_tangent``: ``∇q = dz, ∇Q = ½(dz z*ᵀ + z* dzᵀ), ∇h = −dλ,
+      ∇G = dλ z*ᵀ + λ* dzᵀ, ∇b = −dν, ∇A = dν z*ᵀ + ν* dzᵀ``.
+
+    **Weakly active constraints.** With the solver's final slack ``s`` and multiplier ``λ`` and
+    ``τ = options.active_tol`` (default ``tol ** 0.25``: ``1e-2`` in float64, ``0.1`` in float32 —
+    at an IPM solution of accuracy ``tol`` a strictly complementary pair has one member ``O(1)``
+    and the other ``O(tol)``, while a weakly active pair has both ``O(√tol)``; ``tol^¼`` separates
+    them geometrically), constraint ``i`` of a batch element is
+
+    * strongly active if ``λ_i > τ (1 + ‖λ‖∞)``;
+    * weakly active if not strongly active and ``s_i ≤ τ (1 + ‖h‖∞)``;
+    * inactive otherwise.
+
+    If no element has a weakly active constraint, the tangent solves the KKT linear system
+    ``(Q + GᵀWG) dz + Aᵀdν = −g, A dz = 0, dλ = W G dz`` with ``W = λ/s`` of the last iterate,
+    reusing the forward's Cholesky factorisation (``W`` → ∞ on active and → 0 on inactive
+    constraints, so this is the strict-complementarity KKT system up to the solver's accuracy).
+    Otherwise the backward QP of §3.2,
+
+        min_d ½dᵀQd + gᵀd   s.t.   G_S d = 0,  G_W d ≤ 0,  A d = 0,
+
+    is solved for the whole batch by the same batched IPM (constraints outside S/W are masked to
+    zero rows), its multipliers giving ``dλ`` (zero on inactive constraints) and ``dν``.
+    Elements whose forward solve failed get a zero tangent.
+
+    Args:
+        options: ``QPOptions`` for the forward, nudged and backward solves.
+    """
+
+    param_names = ("Q", "q", "G", "h", "A", "b")
+
+    def __init__(self, options: QPOptions | None = None):
+        self.options = options if options is not None else QPOptions()
+
+    # -- solves ------------------------------------------------------------------------------------
+    def solve(self, params, warm_start: Solution | None = None) -> Solution:
+        Q, q, G, h, A, b = params
+        return solve_qp_ipm(Q, q, G, h, A, b, options=self.options, warm_start=warm_start)
+
+    def solve_nudged(self, params, g, beta, warm_start=None) -> Solution:
+        Q, q, G, h, A, b = params
+        return solve_qp_ipm(Q, q + beta * g, G, h, A, b, options=self.options, warm_start=warm_start)
+
+    # -- gradients -----------------------------------------------------------------------------------
+    def lagrangian_grads(self, solution, params, needs: Sequence[bool]):
+        z = solution.z
+        lam, nu = solution.duals.get("lam"), solution.duals.get("nu")
+        nQ, nq, nG, nh, nA, nb = needs
+        return (
+            0.5 * _outer(z, z) if nQ else None,
+            z if nq else None,
+            _outer(lam, z) if nG and params[2] is not None else None,
+            -lam if nh and params[3] is not None else None,
+            _outer(nu, z) if nA and params[4] is not None else None,
+            -nu if nb and params[5] is not None else None,
+        )
+
+    def lagrangian_grads_tangent(self, solution, tangent, params, needs: Sequence[bool]):
+        z, dz = solution.z, tangent.z
+        lam, nu = solution.duals.get("lam"), solution.duals.get("nu")
+        dlam, dnu = tangent.duals.get("lam"), tangent.duals.get("nu")
+        nQ, nq, nG, nh, nA, nb = needs
+        gQ = None
+        if nQ:
+            gQ = _outer(dz, z)
+            gQ = 0.5 * (gQ + gQ.transpose(-1, -2))
+        return (
+            gQ,
+            dz if nq else None,
+            _outer(dlam, z) + _outer(lam, dz) if nG and params[2] is not None else None,
+            -dlam if nh and params[3] is not None else None,
+            _outer(dnu, z) + _outer(nu, dz) if nA and params[4] is not None else None,
+            -dnu if nb and params[5] is not None else None,
+        )
+
+    def classify_constraints(self, solution: Solution, params):
+        """Masks ``(strong, weak)`` of shape ``(B, m)`` (see the class docstring), or None."""
+        G, h = params[2], params[3]
+        lam = solution.duals.get("lam")
+        if G is None or lam is None or lam.shape[-1] == 0:
+            return None
+        s = solution.cache["s"]
+        tau = self.options.resolved(lam.dtype).active_tol
+        lam_scale = 1 + lam.abs().amax(-1, keepdim=True)
+        h_scale = 1 + h.abs().amax(-1, keepdim=True)
+        strong = lam > tau * lam_scale
+        weak = ~strong & (s <= tau * h_scale)
+        return strong, weak
+
+    def implicit_tangent(self, solution, params, g) -> Solution:
+        Q, q, G, h, A, b = params
+        masks = self.classify_constraints(solution, params)
+        if masks is not None and bool(masks[1].any()):
+            tangent = self._backward_qp(solution, params, g, *masks)
+        else:
+            tangent = self._kkt_tangent(solution, params, g)
+        ok = solution.solved.unsqueeze(-1)
+        tangent.z = torch.where(ok, tangent.z, torch.zeros_like(tangent.z))
+        tangent.duals = {k: torch.where(ok, v, torch.zeros_like(v)) for k, v in tangent.duals.items()}
+        return tangent
+
+    def _kkt_tangent(self, solution, params, g) -> Solution:
+        """Strict complementarity: the KKT linear system with the forward's factorisation."""
+        G, A = params[2], params[4]
+        cache = solution.cache
+        g = g.expand_as(solution.z)
+        u = torch.cholesky_solve(-g.unsqueeze(-1), cache["L"]).squeeze(-1)
+        duals = {}
+        if A is not None:
+            dnu = torch.cholesky_solve(_mv(A, u).unsqueeze(-1), cache["Ls"]).squeeze(-1)
+            dz = u - _mv(cache["X"], dnu)
+            duals["nu"] = dnu
+        else:
+            dz = u
+            duals["nu"] = dz.new_zeros(*dz.shape[:-1], 0)
+        if G is not None:
+            duals["lam"] = cache["w"] * _mv(G, dz)
+        else:
+            duals["lam"] = dz.new_zeros(*dz.shape[:-1], 0)
+        return Solution(z=dz, duals=duals)
+
+    def _backward_qp(self, solution, params, g, strong, weak) -> Solution:
+        """Weakly active constraints: the backward QP ``min ½dᵀQd + gᵀd`` s.t. ``G_S d = 0``,
+        ``G_W d ≤ 0``, ``A d = 0``, batched with masked (zero) rows."""
+        Q, q, G, h, A, b = params
+        z = solution.z
+        B = z.shape[0]
+        g = g.expand_as(z)
+        Gw = G * weak.unsqueeze(-1).to(G.dtype)
+        hw = (~weak).to(G.dtype)                     # masked rows read 0ᵀd ≤ 1
+        Gs = G * strong.unsqueeze(-1).to(G.dtype)
+        p = 0 if A is None else A.shape[-2]
+        Gs = Gs.expand(B, *Gs.shape[-2:])
+        Aeq = Gs if A is None else torch.cat([A.expand(B, *A.shape[-2:]), Gs], dim=-2)
+        beq = Aeq.new_zeros(Aeq.shape[:-1])
+        sol = solve_qp_ipm(Q, g, Gw, hw, Aeq, beq, options=self.options)
+        bad = ~sol.solved & solution.solved
+        if bool(bad.any()):
+            idx = torch.nonzero(bad).reshape(-1).tolist()
+            codes = sol.status[bad].tolist()
+            raise SolverError(idx, [Status(c) for c in codes], sol, "implicit backward QP")
+        eq = sol.duals["nu"]
+        dlam = torch.where(strong, eq[..., p:], torch.where(weak, sol.duals["lam"], torch.zeros_like(sol.duals["lam"])))
+        dnu = eq[..., :p]
+        return Solution(z=sol.z, duals={"lam": dlam, "nu": dnu}, status=sol.status,
+                        iterations=sol.iterations, residuals=sol.residuals)
