@@ -12,6 +12,7 @@ Strings are resolved by ``resolve_mode``; other packages register their modes by
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Callable, Sequence
 
 import torch
@@ -65,7 +66,7 @@ def check_beta(beta, mode_name: str) -> float:
         if beta.numel() != 1:
             raise ValueError(f"beta must be a positive scalar, got a tensor of shape {tuple(beta.shape)}")
         beta = beta.item()
-    if isinstance(beta, bool) or not isinstance(beta, (int, float)):
+    if isinstance(beta, bool) or not isinstance(beta, numbers.Real):  # numpy scalars are Real
         raise TypeError(f"beta must be a positive float, got {type(beta).__name__}")
     beta = float(beta)
     if not math.isfinite(beta) or beta <= 0:

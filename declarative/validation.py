@@ -3,6 +3,8 @@ received, and name the offending argument."""
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 
@@ -84,7 +86,7 @@ def common_batch_size(**tensors_batched: tuple[torch.Tensor | None, bool]) -> in
 
 def check_positive(name: str, value, *, allow_zero: bool = False) -> float:
     """A Python number that must be positive (or non-negative)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):  # numpy scalars are Real
         raise TypeError(f"{name}: expected a number, got {type(value).__name__}")
     value = float(value)
     ok = value >= 0 if allow_zero else value > 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from typing import Sequence
 
 import torch
@@ -58,7 +59,7 @@ def fenchel_mlp(sizes: Sequence[int], beta: float | Sequence[float] | None, *,
         if beta is not None:
             raise ValueError(f"mode {mode!r} does not use beta (got beta={beta})")
         betas = [None] * n_hidden
-    elif isinstance(beta, (int, float)) or beta is None:
+    elif beta is None or isinstance(beta, numbers.Real) or (isinstance(beta, torch.Tensor) and beta.dim() == 0):
         betas = [beta] * n_hidden
     else:
         betas = list(beta)

@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -188,6 +189,12 @@ def test_resolve_mode_strings():
     s = resolve_mode("Symmetric", beta=2)
     assert isinstance(s, Symmetric) and s.beta == 2.0 and isinstance(s.beta, float)
     assert resolve_mode("contrastive", torch.tensor(0.25)).beta == 0.25
+    # numpy scalars (e.g. from np.logspace sweeps) are numbers too
+    assert resolve_mode("contrastive", np.float32(0.5)).beta == 0.5
+    assert resolve_mode("symmetric", np.int64(3)).beta == 3.0
+    assert check_positive("lam", np.float32(0.5)) == 0.5
+    with pytest.raises(TypeError, match=r"beta must be a positive float, got bool"):
+        resolve_mode("contrastive", np.bool_(True))
 
 
 def test_resolve_mode_unknown_string_lists_valid_modes():

@@ -125,6 +125,12 @@ def test_fenchel_mlp_structure_and_inits():
     assert torch.equal(_net((4, 3, 2), 1.0, seed=5)[0].weight, _net((4, 3, 2), 1.0, seed=5)[0].weight)
 
 
+@pytest.mark.parametrize("beta", [2.0, 2, np.float32(2.0), np.int64(2), torch.tensor(2.0)])
+def test_fenchel_mlp_scalar_beta_types(beta):
+    net = layers.fenchel_mlp((3, 4, 4, 2), beta)
+    assert [m.mode.beta for m in net[1::2]] == [2.0, 2.0]
+
+
 @pytest.mark.parametrize("kwargs, exc, match", [
     (dict(sizes=(5,), beta=1.0), ValueError, r"sizes: expected at least two widths, got \[5\]"),
     (dict(sizes=(5, 4, 3), beta=1.0, init="he"), ValueError, r"unknown init 'he'; valid: 'glorot', 'negative'"),
