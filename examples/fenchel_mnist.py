@@ -251,6 +251,7 @@ def plot_histories(histories: Sequence[dict], path: Path, title: str = "") -> Pa
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker  # noqa: F401
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
     betas = sorted({h["config"]["beta"] for h in histories if h["config"]["beta"] is not None})
@@ -262,12 +263,14 @@ def plot_histories(histories: Sequence[dict], path: Path, title: str = "") -> Pa
             if c["init"] != init:
                 continue
             ep = [e["epoch"] for e in h["epochs"]]
-            col = "black" if c["method"] == "bp" else colour[c["beta"]]
-            label = "BP" if c["method"] == "bp" else f"Fenchel BP β={c['beta']:g}"
-            marker = "o" if len(ep) <= 5 else None
-            ax.plot(ep, [e["train_error"] for e in h["epochs"]], "-", color=col, marker=marker, ms=3, label=label)
-            ax.plot(ep, [e["test_error"] for e in h["epochs"]], "--", color=col, marker=marker, ms=3)
+            bp = c["method"] == "bp"
+            style = dict(color="black" if bp else colour[c["beta"]], lw=2.2 if bp else 1.3, zorder=3 if bp else 2,
+                         marker="o" if len(ep) <= 5 else None, ms=3)
+            label = "BP" if bp else f"Fenchel BP β={c['beta']:g}"
+            ax.plot(ep, [e["train_error"] for e in h["epochs"]], "-", label=label, **style)
+            ax.plot(ep, [e["test_error"] for e in h["epochs"]], "--", **style)
         ax.set_yscale("log")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_title(f"{'Glorot' if init == 'glorot' else 'negative'} initialisation")
         ax.grid(True, which="both", alpha=0.3)
