@@ -39,7 +39,7 @@ from ..solution import Solution
 from ..status import Status
 from .options import QPOptions
 
-__all__ = ["solve_qp_ipm"]
+__all__ = ["kkt_tangent", "solve_qp_ipm"]
 
 _RUNNING = -1
 _STALLED = -2
@@ -100,6 +100,12 @@ class _Factor:
         else:
             self.X = self.Ls = None
 
+    @classmethod
+    def from_cache(cls, L, A, X=None, Ls=None) -> "_Factor":
+        fac = cls.__new__(cls)
+        fac.L, fac.A, fac.X, fac.Ls = L, A, X, Ls
+        return fac
+
     def solve(self, r1: torch.Tensor, r2: torch.Tensor | None):
         """Solve ``[H Aᵀ; A 0][dz; dν] = [r1; r2]``."""
         u = torch.cholesky_solve(r1.unsqueeze(-1), self.L).squeeze(-1)
@@ -156,6 +162,33 @@ def _residuals(Q, q, G, h, A, b, z, s, lam, nu, hnorm, bnorm, qnorm):
     return rd, ri, re, pres, dres, gap, mu
 
 
+def _static_reg(Q, AtA, opts):
+    """Static regularisation ``δ(1 + max|diag(Q + ρAᵀA)|)``, scaled by the data (not by the barrier
+    weights, which grow without bound)."""
+    qdiag = Q.diagonal(dim1=-2, dim2=-1).abs().amax(-1, keepdim=True)
+    if AtA is not None:
+        qdiag = qdiag + AtA.diagonal(dim1=-2, dim2=-1).abs().amax(-1, keepdim=True)
+    return opts.reg * (1.0 + qdiag)
+
+
+def _active_system(G, h, A, b, zero_eq, idx, valid):
+    """Equality rows ``[A; G_K]``, right-hand side ``[b; h_K]`` and the padding indicator for the
+    gathered active rows ``K = idx`` (rows with ``valid == False`` are zero padding)."""
+    B, k = idx.shape
+    n = G.shape[-1]
+    m = G.shape[-2]
+    Gk = G.expand(B, m, n).gather(1, idx.unsqueeze(-1).expand(B, k, n)) * valid.unsqueeze(-1)
+    pad = (~valid).to(G.dtype)
+    if h is not None:
+        hk = h.expand(B, m).gather(1, idx) * valid
+    if A is None:
+        return Gk, (hk if h is not None else None), pad
+    p = A.shape[-2]
+    Ae = torch.cat([A.expand(B, p, n), Gk], dim=-2)
+    be = torch.cat([b.expand(B, p), hk], dim=-1) if h is not None else None
+    return Ae, be, torch.cat([zero_eq.expand(B, p), pad], -1)
+
+
 def _polish(Q, q, G, h, A, b, z, s, lam, nu, solved, opts, reg, zero_eq, hnorm, bnorm, qnorm, rounds=4):
     """Active-set polishing of converged IPM solutions (cf. OSQP's solution polishing).
 
@@ -174,6 +207,7 @@ def _polish(Q, q, G, h, A, b, z, s, lam, nu, solved, opts, reg, zero_eq, hnorm, 
     act = lam > s
     todo = solved.clone()
     fallback = torch.zeros_like(todo)
+    polished = torch.zeros_like(todo)
     strict = 1e3 * torch.finfo(z.dtype).eps
     for _ in range(rounds):
         k = int(act.sum(-1).amax())
@@ -182,11 +216,7 @@ def _polish(Q, q, G, h, A, b, z, s, lam, nu, solved, opts, reg, zero_eq, hnorm, 
         else:
             idx = torch.argsort(act.to(torch.int8), dim=-1, descending=True, stable=True)[:, :k]
         valid = act.gather(1, idx)
-        Gk = G.expand(B, m, n).gather(1, idx.unsqueeze(-1).expand(B, k, n)) * valid.unsqueeze(-1)
-        hk = h.expand(B, m).gather(1, idx) * valid
-        Ae = Gk if A is None else torch.cat([A.expand(B, p, n), Gk], dim=-2)
-        be = hk if A is None else torch.cat([b.expand(B, p), hk], dim=-1)
-        zq = (~valid).to(z.dtype) if A is None else torch.cat([zero_eq.expand(B, p), (~valid).to(z.dtype)], -1)
+        Ae, be, zq = _active_system(G, h, A, b, zero_eq, idx, valid)
         if Ae.shape[-2] == 0:
             fac = _Factor(Q, None, None, None, None, reg, None, opts.reg)
             zp, _ = fac.solve(-q.expand(B, n), None)
@@ -216,11 +246,12 @@ def _polish(Q, q, G, h, A, b, z, s, lam, nu, solved, opts, reg, zero_eq, hnorm, 
         if A is not None:
             nu = torch.where(acc.unsqueeze(-1), nup, nu)
         fallback = fallback | acc
+        polished = polished | (todo & ok_strict)
         todo = todo & ~ok_strict
         if not bool(todo.any()):
             break
         act = (act & (lp >= -strict * lnorm)) | (viol > strict * hscale)
-    return z, s, lam, nu
+    return z, s, lam, nu, polished, fac, idx, valid
 
 
 def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None,
@@ -287,11 +318,7 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
     if A is not None:
         AtA = opts.rho * (A.transpose(-1, -2) @ A) if opts.rho > 0 else None
         zero_eq = (A.abs().amax(-1) == 0).to(dtype)   # rows of zeros: fixed multiplier 0
-    # static regularisation, scaled by the data (not by the barrier weights, which grow unboundedly)
-    qdiag = Q.diagonal(dim1=-2, dim2=-1).abs().amax(-1, keepdim=True)
-    if AtA is not None:
-        qdiag = qdiag + AtA.diagonal(dim1=-2, dim2=-1).abs().amax(-1, keepdim=True)
-    reg = opts.reg * (1.0 + qdiag)
+    reg = _static_reg(Q, AtA, opts)
     hnorm = _inf_norm(h) if G is not None else torch.zeros((), dtype=dtype, device=device)
     bnorm = _inf_norm(b) if A is not None else torch.zeros((), dtype=dtype, device=device)
     qnorm = _inf_norm(q)
@@ -336,6 +363,7 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
     frac = opts.step_fraction
     wmax = 1.0 / torch.finfo(dtype).eps ** 2   # keeps GᵀWG finite when a slack underflows
     dz_last = None
+    fac = None
     dres_prev = torch.full((B,), float("inf"), dtype=dtype, device=device)
     dlam_last = dnu_last = None
 
@@ -347,10 +375,6 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
         # systems, typically float32); such elements stop here and are handed to the polish
         stalled = ~converged & (pres <= opts.tol_primal) & (gap <= opts.tol_gap) & (dres > dres_prev)
         dres_prev = dres
-
-        # -- the factorisation at this iterate (kept for the backward when we stop here) -----------
-        w = (lam / s).clamp(max=wmax) if G is not None else None
-        fac = _Factor(Q, G, A, AtA, w, reg, zero_eq, opts.reg)
 
         # -- statuses -------------------------------------------------------------------------------
         running = status == _RUNNING
@@ -377,6 +401,10 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
         running = status == _RUNNING
         if k == opts.max_iter or not bool(running.any()):
             break
+
+        # -- the factorisation at this iterate ------------------------------------------------------
+        w = (lam / s).clamp(max=wmax) if G is not None else None
+        fac = _Factor(Q, G, A, AtA, w, reg, zero_eq, opts.reg)
 
         # -- predictor (affine scaling) --------------------------------------------------------------
         iterations = iterations + running.to(iterations.dtype)
@@ -428,21 +456,89 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
         dnu_last = torch.where(mv, dnu, torch.zeros_like(dnu)) if dnu is not None else None
 
     unfinished = (status == _RUNNING) | (status == _STALLED)
-    if opts.polish and G is not None:
-        z, s, lam, nu = _polish(Q, q, G, h, A, b, z, s, lam, nu, unfinished | (status == Status.SOLVED),
-                                opts, reg, zero_eq, hnorm, bnorm, qnorm)
-        _, _, _, pres, dres, gap, _ = _residuals(Q, q, G, h, A, b, z, s, lam, nu, hnorm, bnorm, qnorm)
-        converged = (pres <= opts.tol_primal) & (dres <= opts.tol_dual) & (gap <= opts.tol_gap)
-        status = torch.where(unfinished & converged, torch.full_like(status, int(Status.SOLVED)), status)
+    cache = {}
+    if G is not None:
+        if opts.polish:
+            solved = status == Status.SOLVED
+            z, s, lam, nu, polished, pfac, idx, valid = _polish(
+                Q, q, G, h, A, b, z, s, lam, nu, unfinished | solved, opts, reg, zero_eq, hnorm, bnorm, qnorm)
+            _, _, _, pres, dres, gap, _ = _residuals(Q, q, G, h, A, b, z, s, lam, nu, hnorm, bnorm, qnorm)
+            converged = (pres <= opts.tol_primal) & (dres <= opts.tol_dual) & (gap <= opts.tol_gap)
+            status = torch.where(unfinished & converged, torch.full_like(status, int(Status.SOLVED)), status)
+            if bool((polished | (status != Status.SOLVED)).all()):
+                # every solved element sits on its polished active set: keep that factorisation
+                cache = {"L": pfac.L, "act_idx": idx, "act_valid": valid}
+                if pfac.X is not None:
+                    cache.update(X=pfac.X, Ls=pfac.Ls)
+        cache["s"] = s
+        cache["w"] = (lam / s).clamp(max=wmax)
+    elif fac is not None:
+        cache = {"L": fac.L}
+        if fac.X is not None:
+            cache.update(X=fac.X, Ls=fac.Ls)
     status = torch.where((status == _RUNNING) | (status == _STALLED),
                          torch.full_like(status, int(Status.MAX_ITERATIONS)), status)
-    cache = {"L": fac.L, "s": s}
-    if w is not None:
-        cache["w"] = w
-    if fac.X is not None:
-        cache["X"] = fac.X
-        cache["Ls"] = fac.Ls
     duals = {"lam": lam if G is not None else z.new_zeros(B, 0),
              "nu": nu if A is not None else z.new_zeros(B, 0)}
     return Solution(z=z, duals=duals, status=status, iterations=iterations,
                     residuals={"primal": pres, "dual": dres, "gap": gap}, cache=cache)
+
+
+def kkt_tangent(Q: torch.Tensor, G: torch.Tensor | None, A: torch.Tensor | None, solution: Solution,
+                g: torch.Tensor, options: QPOptions | None = None):
+    """Solve the linearised KKT system at a solution of ``solve_qp_ipm`` (strict complementarity):
+
+        Q dz + G_Kᵀ dλ_K + Aᵀ dν = −g,   G_K dz = 0,   A dz = 0,   dλ_i = 0 (i ∉ K)
+
+    with ``K`` the polished active set, reusing the forward's factorisation kept in
+    ``solution.cache`` (plus two steps of iterative refinement). If the forward was not polished,
+    the barrier form ``(Q + GᵀWG) dz + Aᵀdν = −g, dλ = W G dz`` with ``W = λ/s`` of the last iterate
+    is factorised instead (equal up to the solver's accuracy).
+
+    Returns:
+        ``(dz (B, n), dλ (B, m), dν (B, p))``.
+    """
+    opts = (options or QPOptions()).resolved(Q.dtype)
+    Qb, Gb, Ab = _with_batch(Q, 2), _with_batch(G, 2), _with_batch(A, 2)
+    cache = solution.cache
+    z = solution.z
+    B, n = z.shape
+    g = g.expand(B, n)
+    m = 0 if Gb is None else Gb.shape[-2]
+    p = 0 if Ab is None else Ab.shape[-2]
+    if m == 0:
+        Gb = None
+    if p == 0:
+        Ab = None
+    zero_eq = None if Ab is None else (Ab.abs().amax(-1) == 0).to(z.dtype)
+    AtA = None if Ab is None or opts.rho == 0 else opts.rho * (Ab.transpose(-1, -2) @ Ab)
+    reg = _static_reg(Qb, AtA, opts)
+    empty = z.new_zeros(B, 0)
+    if Gb is not None and "act_idx" in cache:
+        idx, valid = cache["act_idx"], cache["act_valid"]
+        Ae, _, zq = _active_system(Gb, None, Ab, None, zero_eq, idx, valid)
+        if Ae.shape[-2] == 0:
+            fac = _Factor.from_cache(cache["L"], None)
+            dz, _ = fac.solve(-g, None)
+            return dz, z.new_zeros(B, m), z.new_zeros(B, p)
+        fac = _Factor.from_cache(cache["L"], Ae, cache["X"], cache["Ls"])
+        keep = 1 - zq
+        dz, dy = fac.solve(-g, torch.zeros_like(zq))
+        for _ in range(2):
+            ra = -g - _mv(Qb, dz) - _mtv(Ae, dy)
+            rb = -_mv(Ae, dz) * keep
+            ddz, ddy = fac.solve(ra + opts.rho * _mtv(Ae, rb), rb)
+            dz, dy = dz + ddz, dy + ddy
+        dlam = z.new_zeros(B, m).scatter(1, idx, dy[:, p:] * valid)
+        return dz, dlam, (dy[:, :p] if Ab is not None else empty)
+    if Gb is not None:
+        w = cache["w"]
+        fac = _Factor(Qb, Gb, Ab, AtA, w, reg, zero_eq, opts.reg)
+        dz, dnu = fac.solve(-g, None if Ab is None else z.new_zeros(B, p))
+        return dz, w * _mv(Gb, dz), (dnu if dnu is not None else empty)
+    if "L" in cache:
+        fac = _Factor.from_cache(cache["L"], Ab, cache.get("X"), cache.get("Ls"))
+    else:
+        fac = _Factor(Qb, None, Ab, AtA, None, reg, zero_eq, opts.reg)
+    dz, dnu = fac.solve(-g, None if Ab is None else z.new_zeros(B, p))
+    return dz, empty, (dnu if dnu is not None else empty)

@@ -10,7 +10,7 @@ from ..errors import SolverError
 from ..problem import ArgminProblem
 from ..solution import Solution
 from ..status import Status
-from .ipm import solve_qp_ipm
+from .ipm import kkt_tangent, solve_qp_ipm
 from .options import QPOptions
 
 __all__ = ["QPProblem"]
@@ -47,9 +47,10 @@ class QPProblem(ArgminProblem):
     * inactive otherwise.
 
     If no element has a weakly active constraint, the tangent solves the KKT linear system
-    ``(Q + GᵀWG) dz + Aᵀdν = −g, A dz = 0, dλ = W G dz`` with ``W = λ/s`` of the last iterate,
-    reusing the forward's Cholesky factorisation (``W`` → ∞ on active and → 0 on inactive
-    constraints, so this is the strict-complementarity KKT system up to the solver's accuracy).
+    ``Q dz + G_Kᵀdλ_K + Aᵀdν = −g, G_K dz = 0, A dz = 0`` on the active set ``K`` reusing the
+    forward's factorisation (``kkt_tangent``; the polished active-set factorisation, or, without
+    polish, the barrier system ``(Q + GᵀWG) dz + Aᵀdν = −g, dλ = W G dz`` with ``W = λ/s`` of the
+    last iterate, equal up to the solver's accuracy).
     Otherwise the backward QP of §3.2,
 
         min_d ½dᵀQd + gᵀd   s.t.   G_S d = 0,  G_W d ≤ 0,  A d = 0,
@@ -136,23 +137,8 @@ class QPProblem(ArgminProblem):
 
     def _kkt_tangent(self, solution, params, g) -> Solution:
         """Strict complementarity: the KKT linear system with the forward's factorisation."""
-        G, A = params[2], params[4]
-        cache = solution.cache
-        g = g.expand_as(solution.z)
-        u = torch.cholesky_solve(-g.unsqueeze(-1), cache["L"]).squeeze(-1)
-        duals = {}
-        if A is not None:
-            dnu = torch.cholesky_solve(_mv(A, u).unsqueeze(-1), cache["Ls"]).squeeze(-1)
-            dz = u - _mv(cache["X"], dnu)
-            duals["nu"] = dnu
-        else:
-            dz = u
-            duals["nu"] = dz.new_zeros(*dz.shape[:-1], 0)
-        if G is not None:
-            duals["lam"] = cache["w"] * _mv(G, dz)
-        else:
-            duals["lam"] = dz.new_zeros(*dz.shape[:-1], 0)
-        return Solution(z=dz, duals=duals)
+        dz, dlam, dnu = kkt_tangent(params[0], params[2], params[4], solution, g, self.options)
+        return Solution(z=dz, duals={"lam": dlam, "nu": dnu})
 
     def _backward_qp(self, solution, params, g, strong, weak) -> Solution:
         """Weakly active constraints: the backward QP ``min ½dᵀQd + gᵀd`` s.t. ``G_S d = 0``,
