@@ -31,9 +31,10 @@ class SparsemaxProblem(ActivationProblem):
     is found exactly by sorting ``u_W`` (the same prefix argument as the sparsemax threshold).
     Without ties this is the usual sparsemax Jacobian ``u_S − mean_S(u)``.
 
-    A zero coordinate counts as weakly active when ``a_i ≥ τ − tol`` with
-    ``tol = 16 · eps(dtype) · (1 + max_i |a_i|)`` — the rounding error of τ; exact ties in the input
-    (e.g. ``a = (1, 0, −1)``: τ = 0) are detected in float32 and float64.
+    A coordinate counts as weakly active when ``|a_i − τ| ≤ tol`` (``z_i ≤ tol`` and
+    ``a_i ≥ τ − tol``) with ``tol = 16 · eps(dtype) · (1 + max_i |a_i|)`` — the rounding error of τ;
+    exact ties in the input (e.g. ``a = (1, 0, −1)``: τ = 0) and ties that the forward rounds to a
+    tiny positive ``z_i`` are detected in float32 and float64.
 
     Args:
         dim: the dimension that lies on the simplex.
@@ -50,10 +51,12 @@ class SparsemaxProblem(ActivationProblem):
     def directional_derivative(self, a, z, u):
         a_t, z_t, u_t = (x.movedim(self.dim, -1) for x in (a, z, u))
         n = a_t.shape[-1]
-        in_s = z_t > 0
+        tol = 16 * torch.finfo(a_t.dtype).eps * (1 + a_t.abs().amax(-1, keepdim=True))
+        # the band |a_i − τ| ≤ tol is weakly active on both sides: a tie rounded to z_i = 1e-17 > 0
+        # is a tie too (else Implicit would disagree with its own β → 0⁺ limit there)
+        in_s = z_t > tol
         n_s = in_s.sum(-1, keepdim=True).to(a_t.dtype)
         tau = (torch.where(in_s, a_t, 0).sum(-1, keepdim=True) - 1) / n_s
-        tol = 16 * torch.finfo(a_t.dtype).eps * (1 + a_t.abs().amax(-1, keepdim=True))
         in_w = (~in_s) & (a_t >= tau - tol)
         sum_s = torch.where(in_s, u_t, 0).sum(-1, keepdim=True)
         neg_inf = torch.tensor(float("-inf"), dtype=u_t.dtype, device=u_t.device)

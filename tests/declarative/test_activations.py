@@ -328,3 +328,34 @@ def test_piecewise_linear_contrastive_exact_below_distance_to_kink(name):
         torch.testing.assert_close(grad_input(problem, Symmetric(beta), a, g), gi, atol=1e-9, rtol=0)
     # far above the distance they differ
     assert not torch.allclose(grad_input(problem, Contrastive(50 * beta_max), a, g), gi, atol=1e-6)
+
+
+def _random_tie_rows(n_rows=40, n=6, seed=0):
+    """Rows with 1–3 support coordinates and 1–2 coordinates set to the (non-dyadic) threshold τ,
+    so that the forward's rounding leaves some ties at a tiny positive z_i instead of 0."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(n_rows):
+        k, w = rng.integers(1, 4), rng.integers(1, 3)
+        z, tau = rng.dirichlet(np.ones(k)), rng.normal()
+        a = tau - 1.0 - rng.random(n)
+        a[:k], a[k:k + w] = tau + z, tau
+        rows.append(rng.permutation(a))
+    return np.array(rows), rng.normal(size=(n_rows, n))
+
+
+def test_sparsemax_rounded_ties_follow_the_one_sided_rule(dtype):
+    """Regression: ties that the forward rounds to z_i ≈ 1e-17 > 0 were treated as strongly in the
+    support (two-sided Jacobian), disagreeing with the backward QP and with Contrastive(β → 0⁺)."""
+    A, G = _random_tie_rows()
+    dz = simplex_backward_qp_reference(A, G)
+    a = torch.tensor(A, dtype=dtype)
+    z = SparsemaxProblem().activation(a)
+    if dtype == torch.float64:
+        assert bool(((z > 0) & (z < 1e-12)).any()), "no rounded tie: the regression is not exercised"
+    gi = grad_input(SparsemaxProblem(), Implicit(), a, torch.tensor(G, dtype=dtype))
+    tol = 1e-7 if dtype == torch.float64 else 1e-5  # QP accuracy / float32 rounding (|a| ≲ 4)
+    np.testing.assert_allclose(gi.double().numpy(), -dz, atol=tol, rtol=0)
+    if dtype == torch.float64:
+        gc = grad_input(SparsemaxProblem(), Contrastive(1e-7), a, torch.tensor(G))
+        torch.testing.assert_close(gi, gc, atol=1e-7, rtol=0)
