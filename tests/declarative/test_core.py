@@ -243,3 +243,35 @@ def test_mode_reprs():
     assert repr(Contrastive(0.5)) == "Contrastive(beta=0.5)"
     assert repr(Symmetric(1e-3)) == "Symmetric(beta=0.001)"
     assert math.isclose(Symmetric(1e-3).beta, 1e-3)
+
+
+def test_register_mode_plugs_into_every_problem():
+    """A new mode is one object registered by name; no problem is edited (DESIGN.md §2, idea 3)."""
+    from declarative import GradientMode, ReLUProblem, SoftmaxProblem, register_mode
+    from declarative import modes as modes_module
+
+    class ScaledImplicit(GradientMode):
+        name = "scaled-implicit-test"
+
+        def __init__(self, beta):
+            self.beta = beta
+
+        def vjp(self, problem, params, solution, g, needs):
+            return tuple(None if v is None else self.beta * v
+                         for v in problem.implicit_vjp(solution, params, g, needs))
+
+    register_mode("scaled-implicit-test", ScaledImplicit, takes_beta=True)
+    try:
+        mode = resolve_mode("scaled-implicit-test", 3.0)
+        for problem in (ReLUProblem(), SoftmaxProblem()):
+            a = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
+            g = torch.randn(4, 5, dtype=torch.float64)
+            (g3,) = torch.autograd.grad(mode.apply(problem, (a,)).z, a, g)
+            (g1,) = torch.autograd.grad(Implicit().apply(problem, (a,)).z, a, g)
+            torch.testing.assert_close(g3, 3 * g1)
+        with pytest.raises(ValueError, match=r"'scaled-implicit-test'"):
+            resolve_mode("nope")
+    finally:
+        del modes_module._REGISTRY["scaled-implicit-test"]
+    with pytest.raises(ValueError, match=r"unknown gradient mode"):
+        resolve_mode("scaled-implicit-test", 3.0)
