@@ -82,11 +82,16 @@ class _Factor:
 
     def __init__(self, Q, G, A, AtA, w, reg, zero_eq, reg_rel=0.0):
         self.reg_rel = reg_rel
-        H = Q if G is None else Q + G.transpose(-1, -2) @ (w.unsqueeze(-1) * G)
-        if AtA is not None:
-            H = H + AtA
-        n = H.shape[-1]
-        H = H + torch.diag_embed(reg.expand(*H.shape[:-2], n))
+        if G is None:
+            H = Q + AtA if AtA is not None else Q.clone()
+        else:
+            B = max(Q.shape[0], G.shape[0], w.shape[0])
+            wG = w.unsqueeze(-1) * G
+            Gt = G.transpose(-1, -2).expand(B, *G.shape[-1:], G.shape[-2])
+            H = torch.baddbmm(Q.expand(B, *Q.shape[-2:]), Gt, wG.expand(B, *wG.shape[-2:]))
+            if AtA is not None:
+                H += AtA
+        H.diagonal(dim1=-2, dim2=-1).add_(reg)
         self.L, self.info = torch.linalg.cholesky_ex(H)
         self.A = A
         if A is not None:
@@ -115,30 +120,27 @@ class _Factor:
         return u - _mv(self.X, dnu), dnu
 
 
-def _primal_infeasible(G, h, A, b, lam, nu, eps, scale):
-    """Certificate ``λ ≥ 0``: ``‖Gᵀλ + Aᵀν‖ ≤ ε‖(λ,ν)‖`` and ``hᵀλ + bᵀν ≤ −ε(1 + scale)‖(λ,ν)‖``."""
-    gt = ct = ny = 0.0
-    if G is not None and lam is not None:
-        lam = lam.clamp(min=0)
-        gt = _mtv(G, lam)
-        ct = (h * lam).sum(-1)
-        ny = _inf_norm(lam)
-    if A is not None and nu is not None:
-        gt = gt + _mtv(A, nu)
-        ct = ct + (b * nu).sum(-1)
-        ny = torch.maximum(torch.as_tensor(ny), _inf_norm(nu)) if torch.is_tensor(ny) else _inf_norm(nu)
-    if not torch.is_tensor(ny):
-        return False
+def _primal_infeasible(Gty, Aty, h, b, lam, nu, eps, scale):
+    """Certificate of primal infeasibility for ``y = (λ ≥ 0, ν)`` given ``Gᵀλ`` and ``Aᵀν``:
+    ``‖Gᵀλ + Aᵀν‖ ≤ ε‖y‖`` and ``hᵀλ + bᵀν ≤ −ε(1 + scale)‖y‖``."""
+    gt = ct = ny = None
+    if Gty is not None:
+        gt, ct, ny = Gty, (h * lam).sum(-1), _inf_norm(lam)
+    if Aty is not None:
+        cb, nb = (b * nu).sum(-1), _inf_norm(nu)
+        gt = Aty if gt is None else gt + Aty
+        ct = cb if ct is None else ct + cb
+        ny = nb if ny is None else torch.maximum(ny, nb)
     return (ny > 0) & (_inf_norm(gt) <= eps * ny) & (ct <= -eps * ny * (1 + scale))
 
 
-def _residuals(Q, q, G, h, A, b, z, s, lam, nu, hnorm, bnorm, qnorm):
+def _residuals(Q, q, G, h, A, b, z, s, lam, nu, hnorm, bnorm, qnorm, products=False):
     """KKT residual vectors and the relative residuals of ``QPOptions`` (see its docstring)."""
     Qz = _mv(Q, z)
     rd = Qz + q
     dscale = torch.maximum(_inf_norm(Qz), qnorm)
     pres = gap = mu = torch.zeros_like(dscale)
-    ri = re = None
+    ri = re = Gtl = Atn = None
     if G is not None:
         Gz = _mv(G, z)
         Gtl = _mtv(G, lam)
@@ -159,6 +161,8 @@ def _residuals(Q, q, G, h, A, b, z, s, lam, nu, hnorm, bnorm, qnorm):
     if G is not None:
         pobj = 0.5 * (z * Qz).sum(-1) + (q * z).sum(-1)
         gap = sl / (1 + pobj.abs())
+    if products:
+        return rd, ri, re, pres, dres, gap, mu, Gtl, Atn
     return rd, ri, re, pres, dres, gap, mu
 
 
@@ -362,14 +366,20 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
     eps_inf = opts.tol_infeasible
     frac = opts.step_fraction
     wmax = 1.0 / torch.finfo(dtype).eps ** 2   # keeps GᵀWG finite when a slack underflows
-    dz_last = None
     fac = None
     dres_prev = torch.full((B,), float("inf"), dtype=dtype, device=device)
-    dlam_last = dnu_last = None
+    dz_last = Gdz_last = dlam_last = dnu_last = None
+    solved_code = torch.full_like(status, int(Status.SOLVED))
+    pinf_code = torch.full_like(status, int(Status.PRIMAL_INFEASIBLE))
+    dinf_code = torch.full_like(status, int(Status.DUAL_INFEASIBLE))
+    stalled_code = torch.full_like(status, _STALLED)
+    nonfinite_code = torch.full_like(status, int(Status.NON_FINITE))
+    pscale = hnorm + bnorm
 
     for k in range(opts.max_iter + 1):
         # -- residuals at the current iterate -----------------------------------------------------
-        rd, ri, re, pres, dres, gap, mu = _residuals(Q, q, G, h, A, b, z, s, lam, nu, hnorm, bnorm, qnorm)
+        rd, ri, re, pres, dres, gap, mu, Gtl, Atn = _residuals(
+            Q, q, G, h, A, b, z, s, lam, nu, hnorm, bnorm, qnorm, products=True)
         converged = (pres <= opts.tol_primal) & (dres <= opts.tol_dual) & (gap <= opts.tol_gap)
         # stalled: primal and gap converged but the dual residual grows (ill-conditioned Newton
         # systems, typically float32); such elements stop here and are handed to the polish
@@ -378,25 +388,34 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
 
         # -- statuses -------------------------------------------------------------------------------
         running = status == _RUNNING
-        new_status = torch.where(converged, torch.full_like(status, int(Status.SOLVED)), status)
-        if k > 0:
-            # infeasibility certificates, on the iterates and on the last Newton directions
-            pinf = torch.zeros_like(running)
-            for yl, yn in ((lam, nu), (dlam_last, dnu_last)):
-                pinf = pinf | _primal_infeasible(G, h, A, b, yl, yn, eps_inf, hnorm + bnorm)
-            dinf = torch.zeros_like(running)
-            if dz_last is not None:
-                nd = _inf_norm(dz_last)
-                cond = (nd > 0) & (_inf_norm(_mv(Q, dz_last)) <= eps_inf * nd) \
-                    & ((q * dz_last).sum(-1) <= -eps_inf * nd * (1 + qnorm))
-                if G is not None:
-                    cond = cond & (_mv(G, dz_last).amax(-1) <= eps_inf * nd * (1 + hnorm))
-                if A is not None:
-                    cond = cond & (_inf_norm(_mv(A, dz_last)) <= eps_inf * nd * (1 + bnorm))
-                dinf = cond
-            new_status = torch.where(~converged & pinf, torch.full_like(status, int(Status.PRIMAL_INFEASIBLE)), new_status)
-            new_status = torch.where(~converged & ~pinf & dinf, torch.full_like(status, int(Status.DUAL_INFEASIBLE)), new_status)
-            new_status = torch.where(~converged & ~pinf & ~dinf & stalled, torch.full_like(status, _STALLED), new_status)
+        new_status = torch.where(converged, solved_code, status)
+        if k > 0 and (G is not None or A is not None):
+            # infeasibility certificates, on the iterates (λ, ν) and on the last Newton directions
+            pinf = _primal_infeasible(Gtl, Atn, h, b, lam, nu, eps_inf, pscale)
+            if G is not None:
+                dlp = dlam_last.clamp(min=0)
+                Gtd = _mtv(G, dlp)
+            else:
+                dlp = Gtd = None
+            Atd = _mtv(A, dnu_last) if A is not None else None
+            pinf = pinf | _primal_infeasible(Gtd, Atd, h, b, dlp, dnu_last, eps_inf, pscale)
+            nd = _inf_norm(dz_last)
+            dinf = (nd > 0) & (_inf_norm(_mv(Q, dz_last)) <= eps_inf * nd) \
+                & ((q * dz_last).sum(-1) <= -eps_inf * nd * (1 + qnorm))
+            if G is not None:
+                dinf = dinf & (Gdz_last.amax(-1) <= eps_inf * nd * (1 + hnorm))
+            if A is not None:
+                dinf = dinf & (_inf_norm(_mv(A, dz_last)) <= eps_inf * nd * (1 + bnorm))
+            open_ = ~converged
+            new_status = torch.where(open_ & pinf, pinf_code, new_status)
+            open_ = open_ & ~pinf
+            new_status = torch.where(open_ & dinf, dinf_code, new_status)
+            new_status = torch.where(open_ & ~dinf & stalled, stalled_code, new_status)
+        elif k > 0:
+            nd = _inf_norm(dz_last)
+            dinf = (nd > 0) & (_inf_norm(_mv(Q, dz_last)) <= eps_inf * nd) \
+                & ((q * dz_last).sum(-1) <= -eps_inf * nd * (1 + qnorm))
+            new_status = torch.where(~converged & dinf, dinf_code, new_status)
         status = torch.where(running, new_status, status)
         running = status == _RUNNING
         if k == opts.max_iter or not bool(running.any()):
@@ -405,55 +424,56 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
         # -- the factorisation at this iterate ------------------------------------------------------
         w = (lam / s).clamp(max=wmax) if G is not None else None
         fac = _Factor(Q, G, A, AtA, w, reg, zero_eq, opts.reg)
-
-        # -- predictor (affine scaling) --------------------------------------------------------------
         iterations = iterations + running.to(iterations.dtype)
+        ds = dlam = None
         if G is not None:
-            def step(rc):
-                r1 = -rd - _mtv(G, w * ri - rc / s)
-                if A is not None:
-                    r1 = r1 - opts.rho * _mtv(A, re)
-                dz, dnu = fac.solve(r1, -re if A is not None else None)
-                dlam = w * (_mv(G, dz) + ri) - rc / s
-                ds = -ri - _mv(G, dz)
-                return dz, ds, dlam, dnu
+            # -- Mehrotra predictor (affine scaling) and corrector, one factorisation ---------------
+            r0 = -rd if A is None else -rd - opts.rho * _mtv(A, re)
+            wri = w * ri
 
-            dz, ds, dlam, dnu = step(s * lam)
-            alpha = torch.minimum(_max_step(s, ds), _max_step(lam, dlam))
-            a = alpha.unsqueeze(-1)
+            def step(rc):
+                rcs = rc / s
+                dz, dnu = fac.solve(r0 - _mtv(G, wri - rcs), -re if A is not None else None)
+                Gdz = _mv(G, dz)
+                dlam = w * Gdz + wri - rcs
+                ds = -ri - Gdz
+                return dz, ds, dlam, dnu, Gdz
+
+            sl = s * lam
+            dz, ds, dlam, dnu, Gdz = step(sl)
+            a = torch.minimum(_max_step(s, ds), _max_step(lam, dlam)).unsqueeze(-1)
             mu_aff = ((s + a * ds) * (lam + a * dlam)).sum(-1) / m
             sigma = (mu_aff / mu).clamp(min=0, max=1) ** 3
-            rc = s * lam + ds * dlam - (sigma * mu).unsqueeze(-1)
-            dz, ds, dlam, dnu = step(rc)
+            rc = sl + ds * dlam - (sigma * mu).unsqueeze(-1)
+            dz, ds, dlam, dnu, Gdz = step(rc)
             alpha = (frac * torch.minimum(_ratio(s, ds), _ratio(lam, dlam))).clamp(max=1.0)
+            check = dz.sum(-1) + ds.sum(-1) + dlam.sum(-1)
         else:
-            # equality-constrained or unconstrained: one Newton step solves the problem
-            r1 = -rd
-            if A is not None:
-                r1 = r1 - opts.rho * _mtv(A, re)
+            # equality-constrained or unconstrained: Newton steps (one solves the problem)
+            r1 = -rd if A is None else -rd - opts.rho * _mtv(A, re)
             dz, dnu = fac.solve(r1, -re if A is not None else None)
             alpha = torch.ones(B, dtype=dtype, device=device)
-            ds = dlam = None
-
-        finite = torch.isfinite(dz).all(-1)
+            Gdz = None
+            check = dz.sum(-1)
         if dnu is not None:
-            finite = finite & torch.isfinite(dnu).all(-1)
-        if ds is not None:
-            finite = finite & torch.isfinite(ds).all(-1) & torch.isfinite(dlam).all(-1)
-        status = torch.where(running & ~finite, torch.full_like(status, int(Status.NON_FINITE)), status)
-        move = running & finite
-        alpha = torch.where(move, alpha, torch.zeros_like(alpha))
-        a = alpha.unsqueeze(-1)
-        mv = move.unsqueeze(-1)
-        z = torch.where(mv, z + a * dz, z)
+            check = check + dnu.sum(-1)
+        finite = torch.isfinite(check)
+        status = torch.where(running & ~finite, nonfinite_code, status)
+        move = (running & finite).unsqueeze(-1)
+        # frozen elements: zero direction (also clears non-finite directions), zero step
+        a = torch.where(move.squeeze(-1), alpha, torch.zeros_like(alpha)).unsqueeze(-1)
+        dz = torch.where(move, dz, 0.0)
+        z = torch.addcmul(z, a, dz)
         if dnu is not None:
-            nu = torch.where(mv, nu + a * dnu, nu)
+            dnu = torch.where(move, dnu, 0.0)
+            nu = torch.addcmul(nu, a, dnu)
         if ds is not None:
-            s = torch.where(mv, s + a * ds, s)
-            lam = torch.where(mv, lam + a * dlam, lam)
-        dz_last = torch.where(mv, dz, torch.zeros_like(dz))
-        dlam_last = torch.where(mv, dlam, torch.zeros_like(dlam)) if dlam is not None else None
-        dnu_last = torch.where(mv, dnu, torch.zeros_like(dnu)) if dnu is not None else None
+            ds = torch.where(move, ds, 0.0)
+            dlam = torch.where(move, dlam, 0.0)
+            s = torch.addcmul(s, a, ds)
+            lam = torch.addcmul(lam, a, dlam)
+            Gdz = torch.where(move, Gdz, 0.0)
+        dz_last, Gdz_last, dlam_last, dnu_last = dz, Gdz, dlam, dnu
 
     unfinished = (status == _RUNNING) | (status == _STALLED)
     cache = {}
