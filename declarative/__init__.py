@@ -15,6 +15,7 @@ from .lasso import LassoOptions, LassoProblem, solve_lasso
 from .minimize import minimize
 from .modes import GradientMode, Implicit, check_beta, register_mode, resolve_mode
 from .problem import ArgminProblem
+from .qp import QPOptions, QPProblem, solve_qp, solve_qp_ipm
 from .solution import Solution
 from .status import Status
 
@@ -23,5 +24,6 @@ __all__ = [
     "Implicit", "LassoOptions", "LassoProblem", "ReLUProblem", "SoftmaxProblem", "Solution", "SolverError", "SparsemaxProblem",
     "ConjugateGradient", "EnergyProblem", "FirstOrder", "FixedPoint", "FixedPointProblem", "Unrolled",
     "argmin", "argmin_solution", "fixed_point", "fixed_point_solution", "minimize",
+    "QPOptions", "QPProblem", "solve_qp", "solve_qp_ipm",
     "Status", "apply_argmin_function", "check_beta", "register_mode", "resolve_mode", "solve_lasso", "sum_to_shape",
 ]

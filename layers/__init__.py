@@ -4,10 +4,11 @@ from .activation import ArgminActivation
 from .box import ArgminBox, ArgminHardsigmoid, ArgminHardtanh
 from .lasso import LassoLayer
 from .fenchel_mlp import fenchel_mlp, negative_glorot_uniform_
+from .qp import QPLayer
 from .relu import ArgminReLU
 from .simplex import ArgminSoftmax, ArgminSparsemax
 
 __all__ = [
     "ArgminActivation", "ArgminBox", "ArgminHardsigmoid", "ArgminHardtanh", "ArgminReLU",
-    "ArgminSoftmax", "ArgminSparsemax", "LassoLayer", "fenchel_mlp", "negative_glorot_uniform_",
+    "ArgminSoftmax", "ArgminSparsemax", "LassoLayer", "QPLayer", "fenchel_mlp", "negative_glorot_uniform_",
 ]
