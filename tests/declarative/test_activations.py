@@ -359,3 +359,25 @@ def test_sparsemax_rounded_ties_follow_the_one_sided_rule(dtype):
     if dtype == torch.float64:
         gc = grad_input(SparsemaxProblem(), Contrastive(1e-7), a, torch.tensor(G))
         torch.testing.assert_close(gi, gc, atol=1e-7, rtol=0)
+
+
+@pytest.mark.parametrize("name", list(PROBLEMS))
+def test_fused_implicit_vjp_equals_generic_tangent_path(name, dtype, device):
+    """A problem may override ``implicit_vjp`` with a fused formula (ReLU does, for speed); it must
+    equal the generic path ``−directional_derivative(a, z, −g)`` exactly (up to the sign of 0) at ±0,
+    subnormal and huge inputs and g = 0 (this guards micro-optimisations of the hot path)."""
+    from declarative.activations.base import ActivationProblem
+
+    problem = PROBLEMS[name]()
+    specials = torch.tensor([0.0, -0.0, 1e-310, -1e-310, 1e-30, -1e-30, 1e30, -1e30, LO, HI],
+                            dtype=torch.float64)
+    a = torch.cat([specials, torch.randn(22, dtype=torch.float64)]).reshape(4, 8).to(dtype=dtype, device=device)
+    g = torch.cat([torch.tensor([-1.0, 1.0, 0.0, -0.0], dtype=torch.float64).repeat(2),
+                   torch.randn(24, dtype=torch.float64)]).reshape(4, 8).to(dtype=dtype, device=device)
+    a[2, :4] = 0.0  # kinks meeting every sign of g
+    if name in ("sparsemax", "softmax"):
+        a = a.clamp(-50, 50)
+    sol = problem.solve((a,))
+    fused = problem.implicit_vjp(sol, (a,), g, (True,))[0]
+    generic = ActivationProblem.implicit_vjp(problem, sol, (a,), g, (True,))[0]
+    torch.testing.assert_close(fused, generic, rtol=0, atol=0)
