@@ -10,13 +10,17 @@ imported inside the functions.
 Tolerance: Clarabel's gap/feasibility tolerances are 1e-11 (at 1e-12 it sometimes reports failure
 on random QPs); on non-degenerate random problems of unit scale the solutions agree with an
 independent solve to ~1e-9.
+
+``random_qp`` and ``degenerate_qp`` build test problems (feasible and bounded by construction; the
+degenerate ones with weakly active constraints at a known solution).
 """
 
 from __future__ import annotations
 
 import numpy as np
+import torch
 
-__all__ = ["qp_reference", "qp_reference_batch"]
+__all__ = ["degenerate_qp", "qp_reference", "qp_reference_batch", "random_qp"]
 
 _CLARABEL = dict(tol_gap_abs=1e-11, tol_gap_rel=1e-11, tol_feas=1e-11, tol_ktratio=1e-10, max_iter=500)
 
@@ -100,3 +104,56 @@ def qp_reference_batch(Q, q, G=None, h=None, A=None, b=None):
     if unbatched:
         out = tuple(o[0] for o in out)
     return (*out, sts)
+
+
+def random_qp(B, n, m, p, *, dtype=torch.float64, device="cpu", psd_rank=None, seed=None):
+    """A batch of random feasible QPs; ``B=None`` gives unbatched tensors.
+
+    ``Q = MMᵀ/n + 0.1 I`` (or rank ``psd_rank`` PSD without the identity), inequality slack in
+    [0.1, 1.1] at a random feasible point, equalities through the same point.
+    Returns ``(Q, q, G, h, A, b)`` with ``None`` for absent blocks.
+    """
+    gen = torch.Generator().manual_seed(seed) if seed is not None else None
+    shape = () if B is None else (B,)
+
+    def randn(*s):
+        return torch.randn(*shape, *s, generator=gen, dtype=torch.float64)
+
+    if psd_rank is None:
+        M = randn(n, n)
+        Q = M @ M.transpose(-1, -2) / n + 0.1 * torch.eye(n, dtype=torch.float64)
+    else:
+        M = randn(n, psd_rank)
+        Q = M @ M.transpose(-1, -2)
+    q = randn(n)
+    z0 = randn(n)
+    G = h = A = b = None
+    if m:
+        G = randn(m, n)
+        h = (G @ z0.unsqueeze(-1)).squeeze(-1) + 0.1 + torch.rand(*shape, m, generator=gen, dtype=torch.float64)
+    if p:
+        A = randn(p, n)
+        b = (A @ z0.unsqueeze(-1)).squeeze(-1)
+    return tuple(None if t is None else t.to(dtype=dtype, device=device) for t in (Q, q, G, h, A, b))
+
+
+def degenerate_qp(B, n=5, m=6, *, seed=0, dtype=torch.float64):
+    """QPs with ``Q = I`` whose solution ``z*`` lies on facets with zero multipliers.
+
+    Rows 0 and 3 are strongly active (multipliers in [0.5, 1.5]), rows 1 and 2 weakly active
+    (active with zero multiplier), the others inactive (slack 1): ``q = −z* − G_Sᵀλ_S``.
+    Returns ``(Q, q, G, h, z*, λ*, strong, weak)``.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    G = torch.randn(B, m, n, generator=gen, dtype=torch.float64)
+    zs = torch.randn(B, n, generator=gen, dtype=torch.float64)
+    strong = torch.zeros(B, m, dtype=torch.bool)
+    weak = torch.zeros(B, m, dtype=torch.bool)
+    strong[:, [0, 3]] = True
+    weak[:, [1, 2]] = True
+    h = (G @ zs.unsqueeze(-1)).squeeze(-1) + (~(strong | weak)).double()
+    lam = strong.double() * (torch.rand(B, m, generator=gen, dtype=torch.float64) + 0.5)
+    Q = torch.eye(n, dtype=torch.float64).expand(B, n, n).clone()
+    q = -zs - (lam.unsqueeze(-2) @ G).squeeze(-2)
+    cast = lambda t: t.to(dtype)  # noqa: E731
+    return cast(Q), cast(q), cast(G), cast(h), cast(zs), cast(lam), strong, weak

@@ -1,0 +1,220 @@
+"""The batched QP interior-point solver against cvxpy/Clarabel, statuses and input validation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from declarative import QPOptions, SolverError, Status, solve_qp, solve_qp_ipm
+from declarative.reference.qp import degenerate_qp, qp_reference_batch, random_qp
+
+# Tolerances on z, λ, ν against Clarabel (itself accurate to ~1e-9 here). float64: the solver's
+# relative residuals are ≤ 1e-8 and the active-set polish makes z exact to rounding, so 1e-6 keeps
+# a wide margin for the conditioning of the random problems. float32: residual tolerance 1e-4.
+ATOL = {torch.float64: 1e-6, torch.float32: 2e-3}
+
+BLOCKS = {"none": (0, 0), "ineq": (5, 0), "eq": (0, 2), "both": (5, 2)}
+
+
+def _ref(params):
+    return qp_reference_batch(*[None if t is None else t.double().cpu() for t in params])
+
+
+@pytest.mark.parametrize("blocks", list(BLOCKS))
+@pytest.mark.parametrize("B", [1, 4])
+def test_matches_cvxpy(blocks, B, dtype, device):
+    m, p = BLOCKS[blocks]
+    params = random_qp(B, 4, m, p, dtype=dtype, device=device, seed=B + 10 * m + p)
+    sol = solve_qp(*params)
+    z, lam, nu, statuses = _ref(params)
+    assert statuses == ["optimal"] * B
+    assert sol.z.shape == (B, 4) and sol.z.dtype == dtype and sol.z.device.type == device.type
+    assert (sol.status == Status.SOLVED).all()
+    atol = ATOL[dtype]
+    np.testing.assert_allclose(sol.z.double().cpu().numpy(), z, atol=atol, rtol=0)
+    np.testing.assert_allclose(sol.duals["lam"].double().cpu().numpy(), lam, atol=atol * 10, rtol=0)
+    np.testing.assert_allclose(sol.duals["nu"].double().cpu().numpy(), nu, atol=atol * 10, rtol=0)
+    tol = 1e-8 if dtype == torch.float64 else 1e-4
+    for r in ("primal", "dual", "gap"):
+        assert (sol.residuals[r] <= tol).all(), r
+
+
+def test_unbatched_and_mixed_inputs(device):
+    Q, q, G, h, A, b = random_qp(None, 4, 5, 1, device=device, seed=1)
+    sol = solve_qp(Q, q, G, h, A, b)
+    assert sol.z.shape == (4,) and sol.duals["lam"].shape == (5,) and sol.status.shape == ()
+    z, *_ = _ref((Q, q, G, h, A, b))
+    np.testing.assert_allclose(sol.z.cpu().numpy(), z, atol=1e-6)
+    # mixed: batched q, unbatched everything else
+    qb = q + 0.3 * torch.randn(3, 4, dtype=q.dtype, device=device)
+    solb = solve_qp(Q, qb, G, h, A, b)
+    assert solb.z.shape == (3, 4)
+    zb, *_ = _ref((Q.expand(3, 4, 4), qb, G.expand(3, 5, 4), h.expand(3, 5), A.expand(3, 1, 4), b.expand(3, 1)))
+    np.testing.assert_allclose(solb.z.cpu().numpy(), zb, atol=1e-6)
+
+
+def test_psd_q_linear_program(device):
+    """Q = 0 (an LP) and rank-deficient Q are fine when the problem is bounded."""
+    n = 3
+    G = torch.cat([torch.eye(n), -torch.eye(n)]).double().to(device)
+    h = torch.ones(2 * n, dtype=torch.float64, device=device)
+    q = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64, device=device)
+    sol = solve_qp(torch.zeros(n, n, dtype=torch.float64, device=device), q, G, h)
+    torch.testing.assert_close(sol.z, -torch.sign(q), atol=1e-8, rtol=0)
+    params = random_qp(3, 4, 8, 1, psd_rank=2, device=device, seed=3)
+    params = (params[0], params[1], torch.cat([params[2], torch.cat([torch.eye(4), -torch.eye(4)]).double().to(device).expand(3, 8, 4)], 1),
+              torch.cat([params[3], 5 * torch.ones(3, 8, dtype=torch.float64, device=device)], 1), params[4], params[5])
+    sol = solve_qp(*params)
+    z, *_ = _ref(params)
+    np.testing.assert_allclose(sol.z.cpu().numpy(), z, atol=1e-6)
+
+
+def test_degenerate_solution_is_exact(device):
+    """Weakly active constraints: IPM iterates are O(√μ) off, the active-set polish is exact."""
+    Q, q, G, h, zs, lam, strong, weak = degenerate_qp(4)
+    sol = solve_qp(*(t.to(device) for t in (Q, q, G, h)))
+    torch.testing.assert_close(sol.z.cpu(), zs, atol=1e-10, rtol=0)
+    torch.testing.assert_close(sol.duals["lam"].cpu(), lam, atol=1e-10, rtol=0)
+    raw = solve_qp_ipm(Q, q, G, h, options=QPOptions(polish=False))
+    assert (raw.z - zs).abs().max() > 1e-8   # the polish is what makes it exact
+
+
+def test_warm_start_saves_iterations(device):
+    params = random_qp(6, 6, 8, 2, device=device, seed=4)
+    cold = solve_qp_ipm(*params)
+    Q, q, G, h, A, b = params
+    q2 = q + 1e-3 * torch.randn_like(q)
+    warm = solve_qp_ipm(Q, q2, G, h, A, b, warm_start=cold)
+    cold2 = solve_qp_ipm(Q, q2, G, h, A, b)
+    assert (warm.status == Status.SOLVED).all()
+    torch.testing.assert_close(warm.z, cold2.z, atol=1e-8, rtol=0)
+    assert warm.iterations.sum() < cold2.iterations.sum()
+
+
+def _infeasible(dtype, device):
+    Q = torch.eye(2, dtype=dtype, device=device)
+    G = torch.tensor([[1.0, 0.0], [-1.0, 0.0]], dtype=dtype, device=device)
+    return Q, torch.zeros(2, dtype=dtype, device=device), G, torch.tensor([-1.0, -1.0], dtype=dtype, device=device)
+
+
+def test_primal_infeasible(dtype, device):
+    Q, q, G, h = _infeasible(dtype, device)
+    sol = solve_qp(Q, q, G, h, check=False)
+    assert int(sol.status) == Status.PRIMAL_INFEASIBLE
+    A = torch.tensor([[1.0, 0.0], [1.0, 0.0]], dtype=dtype, device=device)
+    b = torch.tensor([1.0, 2.0], dtype=dtype, device=device)
+    sol = solve_qp(Q, q, A=A, b=b, check=False)
+    assert int(sol.status) == Status.PRIMAL_INFEASIBLE
+    with pytest.raises(SolverError, match="PRIMAL_INFEASIBLE"):
+        solve_qp(Q, q, G, h)
+
+
+def test_dual_infeasible(dtype, device):
+    Q = torch.diag(torch.tensor([1.0, 0.0], dtype=dtype, device=device))
+    q = torch.tensor([0.0, -1.0], dtype=dtype, device=device)
+    G = torch.tensor([[1.0, 0.0]], dtype=dtype, device=device)
+    h = torch.ones(1, dtype=dtype, device=device)
+    assert int(solve_qp(Q, q, G, h, check=False).status) == Status.DUAL_INFEASIBLE
+    assert int(solve_qp(Q, q, check=False).status) == Status.DUAL_INFEASIBLE
+    # an LP unbounded along a feasible ray
+    Z = torch.zeros(2, 2, dtype=dtype, device=device)
+    assert int(solve_qp(Z, torch.tensor([-1.0, 0.0], dtype=dtype, device=device), -torch.eye(2, dtype=dtype, device=device),
+                        torch.zeros(2, dtype=dtype, device=device), check=False).status) == Status.DUAL_INFEASIBLE
+
+
+def test_batch_with_one_infeasible_element(device):
+    params = random_qp(4, 3, 4, 0, device=device, seed=5)
+    Q, q, G, h, _, _ = params
+    G = G.clone()
+    h = h.clone()
+    G[2, 0], h[2, 0] = -G[2, 1], -h[2, 1] - 1.0        # row 0 = −row 1 with an empty interval
+    with pytest.raises(SolverError) as err:
+        solve_qp(Q, q, G, h)
+    assert err.value.indices == [2]
+    assert "batch indices [2]" in str(err.value)
+    sol = solve_qp(Q, q, G, h, check=False)
+    assert sol.status.tolist() == [0, 0, int(Status.PRIMAL_INFEASIBLE), 0]
+    z, *_ = _ref((Q, q, G, h, None, None))
+    ok = [0, 1, 3]
+    np.testing.assert_allclose(sol.z[ok].cpu().numpy(), z[ok], atol=1e-6)
+
+
+def test_non_finite_input(device):
+    Q, q, G, h, _, _ = random_qp(3, 3, 4, 0, device=device, seed=6)
+    q = q.clone()
+    q[1, 0] = float("nan")
+    sol = solve_qp(Q, q, G, h, check=False)
+    assert sol.status.tolist() == [0, int(Status.NON_FINITE), 0]
+    z, *_ = _ref((Q[[0, 2]], q[[0, 2]], G[[0, 2]], h[[0, 2]], None, None))
+    np.testing.assert_allclose(sol.z[[0, 2]].cpu().numpy(), z, atol=1e-6)
+    with pytest.raises(SolverError, match=r"batch indices \[1\]: NON_FINITE"):
+        solve_qp(Q, q, G, h)
+
+
+def test_iteration_limit():
+    params = random_qp(2, 4, 6, 1, seed=7)
+    sol = solve_qp(*params, options=QPOptions(max_iter=1, polish=False), check=False)
+    assert (sol.status == Status.MAX_ITERATIONS).all()
+    assert (sol.iterations == 1).all()
+
+
+def test_indefinite_and_asymmetric_q():
+    Q = torch.diag(torch.tensor([1.0, -0.5], dtype=torch.float64))
+    q = torch.zeros(2, dtype=torch.float64)
+    with pytest.raises(ValueError, match="indefinite.*smallest eigenvalue -0.5"):
+        solve_qp(Q, q)
+    Qb = torch.eye(2, dtype=torch.float64).repeat(3, 1, 1)
+    Qb[1, 0, 0] = -1.0
+    with pytest.raises(ValueError, match=r"indefinite for batch indices \[1\]"):
+        solve_qp(Qb, q)
+    with pytest.raises(ValueError, match="not symmetric"):
+        solve_qp(torch.tensor([[1.0, 1.0], [0.0, 1.0]], dtype=torch.float64), q)
+
+
+@pytest.mark.parametrize("args, match", [
+    (dict(Q=torch.eye(3)[None, None]), r"Q: expected shape \(B, n, n\) or \(n, n\), got \(1, 1, 3, 3\)"),
+    (dict(q=torch.zeros(4)), r"q: expected n \(the size of Q\) = 3, got 4"),
+    (dict(Q=torch.ones(3, 2)), "Q: expected a square matrix"),
+    (dict(G=torch.zeros(2, 3), h=torch.zeros(3)), r"h: expected m \(the number of rows of G\) = 2, got 3"),
+    (dict(G=torch.zeros(2, 4), h=torch.zeros(2)), "G: expected n"),
+    (dict(G=torch.zeros(2, 3)), "G and h must be given together"),
+    (dict(A=torch.zeros(1, 3), b=torch.zeros(2)), r"b: expected p"),
+    (dict(q=torch.zeros(2, 3), G=torch.zeros(5, 2, 3), h=torch.zeros(2)), "batch sizes differ"),
+    (dict(q=torch.zeros(3, dtype=torch.float64)), "mixed dtypes"),
+    (dict(q=torch.zeros(3, dtype=torch.int64)), "floating-point"),
+])
+def test_invalid_inputs(args, match):
+    kw = dict(Q=torch.eye(3), q=torch.zeros(3))
+    kw.update(args)
+    with pytest.raises((ValueError, TypeError), match=match):
+        solve_qp(**kw)
+
+
+def test_unknown_mode_and_bad_beta():
+    Q, q = torch.eye(2), torch.zeros(2)
+    with pytest.raises(ValueError, match="unknown gradient mode"):
+        solve_qp(Q, q, mode="bogus")
+    import contrastive  # noqa: F401
+    with pytest.raises(ValueError, match="beta"):
+        solve_qp(Q, q, mode="contrastive", beta=-1.0)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(n=st.integers(1, 4), m=st.integers(0, 5), p=st.integers(0, 2), B=st.integers(1, 3),
+       seed=st.integers(0, 10_000), psd=st.booleans())
+def test_property_random_qps_match_cvxpy(n, m, p, B, seed, psd):
+    p = min(p, n)
+    params = random_qp(B, n, m, p, seed=seed)
+    if psd and m:
+        # rank-deficient Q: bounded thanks to box constraints
+        Q = random_qp(B, n, 0, 0, seed=seed + 1, psd_rank=max(1, n - 1))[0]
+        box = torch.cat([torch.eye(n), -torch.eye(n)]).double().expand(B, 2 * n, n)
+        params = (Q, params[1], torch.cat([params[2], box], 1),
+                  torch.cat([params[3], 10 + torch.zeros(B, 2 * n, dtype=torch.float64)], 1), params[4], params[5])
+    sol = solve_qp(*params)
+    z, _, _, statuses = _ref(params)
+    assert all(s == "optimal" for s in statuses)
+    np.testing.assert_allclose(sol.z.numpy(), z, atol=1e-5, rtol=1e-6)
