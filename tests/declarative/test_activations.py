@@ -381,3 +381,19 @@ def test_fused_implicit_vjp_equals_generic_tangent_path(name, dtype, device):
     fused = problem.implicit_vjp(sol, (a,), g, (True,))[0]
     generic = ActivationProblem.implicit_vjp(problem, sol, (a,), g, (True,))[0]
     torch.testing.assert_close(fused, generic, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", PIECEWISE_LINEAR)
+def test_symmetric_at_kinks_averages_the_one_sided_derivatives(name):
+    """With D(u) = f'(a; u) the one-sided derivative, Implicit gives −D(−g) and, as β → 0⁺,
+    Symmetric gives ½[D(g) − D(−g)] = ½[Implicit(g) − Implicit(−g)]: at a kink it averages the two
+    sides instead of choosing the one of Implicit (e.g. ReLU at 0 passes g/2 for either sign)."""
+    a, g = kink_inputs(name, torch.float64)
+    problem = PROBLEMS[name]()
+    expected = 0.5 * (grad_input(problem, Implicit(), a, g) - grad_input(problem, Implicit(), a, -g))
+    gs = grad_input(problem, Symmetric(1e-7), a, g)
+    torch.testing.assert_close(gs, expected, atol=1e-7, rtol=0)  # rounding eps·|a|/β ≈ 1e-9
+    assert not torch.allclose(gs, grad_input(problem, Implicit(), a, g), atol=1e-3)
+    if name == "relu":
+        at0 = a == 0
+        torch.testing.assert_close(gs[at0], g[at0] / 2, atol=1e-7, rtol=0)
