@@ -21,7 +21,7 @@ def _canonical(params, z=None):
         Bs.append(mu.shape[0])
     B = max(Bs) if Bs else 1
     d, k = D.shape[-2:]
-    D3 = D.expand(B, d, k) if D.dim() == 2 else D.expand(B, d, k)
+    D3 = D.expand(B, d, k)
     x2 = x.expand(B, d)
     lam2 = lam.expand(B, k)
     mu1 = (torch.zeros((), dtype=D.dtype, device=D.device) if mu is None else mu).expand(B)
@@ -131,7 +131,7 @@ class LassoProblem(ArgminProblem):
         B, d, k = D.shape
         g2 = g.reshape(B, k).to(D.dtype)
         S, W, s = self.classify(solution, params)
-        dz, _ = support_solve(D, mu, S, -g2)
+        dz, _ = support_solve(D, mu, S, -g2, pinv_fallback=True)
         need_qp = W.any(-1)
         if bool(need_qp.any()):
             idx = torch.nonzero(need_qp).squeeze(-1)

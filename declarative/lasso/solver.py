@@ -60,17 +60,21 @@ class LassoOptions:
             costs one host synchronisation).
         weak_tol: relative tolerance for classifying a zero coefficient as weakly active
             (``|c_i| ≥ lam_i − weak_tol · scale``) in the implicit backward; ``None`` for
-            ``1e4 · tol`` (1e-8 in float64, 1e-1·… capped to 1e-3 in float32). It must exceed the
-            solver's accuracy (so that exact ties are detected) and stay below the gaps of
-            non-degenerate coordinates.
-        polish_rounds: sign-repair rounds per polish.
+            ``min(1e4 · tol, 1e-3)``: 1e-8 in float64, 1e-3 in float32. It must exceed the
+            solver's accuracy (polished float64 solutions have residuals ~1e-15·scale, so exact
+            ties are detected) and stay below the gaps ``lam_i − |c_i|`` of non-degenerate zero
+            coefficients (a coordinate whose gap is below it is treated as weakly active: its
+            gradient is then the one-sided limit, which for a gap g > 0 is only correct for
+            perturbations larger than g).
+        polish_rounds: active-set correction rounds per polish (sign flips dropped, violators
+            added).
     """
 
     max_iter: int = 10000
     tol: float | None = None
     check_every: int = 10
     weak_tol: float | None = None
-    polish_rounds: int = 3
+    polish_rounds: int = 4
 
     def tol_for(self, dtype: torch.dtype) -> float:
         return self.tol if self.tol is not None else default_tol(dtype)
@@ -109,7 +113,7 @@ def lasso_kkt_residual(c, z, lam) -> torch.Tensor:
 
 
 def support_solve(D: torch.Tensor, mu: torch.Tensor, mask: torch.Tensor, rhs: torch.Tensor,
-                  m: int | None = None):
+                  m: int | None = None, pinv_fallback: bool = False):
     """Solve ``(DᵀD + mu I)_{MM} y_M = rhs_M`` on each element's mask M, zero elsewhere.
 
     The masked coordinates are compacted to the first ``m = max |M|`` positions (stable sort), the
@@ -119,6 +123,8 @@ def support_solve(D: torch.Tensor, mu: torch.Tensor, mask: torch.Tensor, rhs: to
     Args:
         D: (B, d, k). mu: (B,). mask: (B, k) bool. rhs: (B, k).
         m: the maximal mask size if known (saves a host sync).
+        pinv_fallback: where the factorisation fails, return the minimum-norm solution (pseudo-
+            inverse) instead of zeros (used by the backward; ``ok`` still reports the failure).
 
     Returns:
         ``(y, ok)``: y (B, k) with zeros outside the mask; ok (B,) False where the factorisation
@@ -140,27 +146,45 @@ def support_solve(D: torch.Tensor, mu: torch.Tensor, mask: torch.Tensor, rhs: to
     L, info = torch.linalg.cholesky_ex(H)
     ok = info == 0
     ys = torch.cholesky_solve(b.unsqueeze(-1), L).squeeze(-1) * valid.to(D.dtype)
-    ys = torch.where(ok.unsqueeze(-1), ys, torch.zeros_like(ys))
+    if pinv_fallback and not bool(ok.all()):
+        # singular system (dependent columns, mu = 0): minimum-norm solution for those elements
+        bad = torch.nonzero(~ok).squeeze(-1)
+        yb = (torch.linalg.pinv(H[bad], hermitian=True) @ b[bad].unsqueeze(-1)).squeeze(-1)
+        ys = ys.index_copy(0, bad, yb * valid[bad].to(D.dtype))
+    else:
+        ys = torch.where(ok.unsqueeze(-1), ys, torch.zeros_like(ys))
     y = torch.zeros_like(rhs).scatter(1, idx, ys)
     return y, ok
 
 
-def _polish(D, x, lam, mu, lin, z, rounds):
-    """Exact solve of the optimality conditions on the support/signs of ``z`` (see module doc)."""
+def _polish(D, x, lam, mu, lin, z, rounds, th):
+    """Exact solve of the optimality conditions on the support/signs of ``z``, with a few
+    primal–dual active-set corrections (see the module docstring).
+
+    Each round solves on the current support S with signs s, then drops the coordinates whose sign
+    flipped (or that came out exactly zero) and adds the zero coordinates that violate
+    ``|c_i| ≤ lam_i`` by more than ``th`` (with the sign of their correlation). Returns the last
+    solution and whether it needed no correction (its residual is then checked by the caller).
+    """
     S = z != 0
     s = torch.sign(z)
     base = _mtv(D, x)
     if lin is not None:
         base = base - lin
-    rhs = base - lam * s
+    th = th.unsqueeze(-1)
+    zp, ok = z, torch.zeros(z.shape[0], dtype=torch.bool, device=z.device)
     for _ in range(rounds):
-        zp, ok = support_solve(D, mu, S, rhs)
-        bad = S & (torch.sign(zp) != s)
-        if not bool(bad.any()):
+        zp, ok = support_solve(D, mu, S, base - lam * s)
+        c = lasso_correlation(D, x, zp, mu, lin)
+        flip = S & (torch.sign(zp) != s)
+        viol = ~S & (c.abs() > lam + th)
+        change = flip | viol
+        if not bool(change.any()):
             return zp, ok
-        S = S & ~bad  # drop coordinates whose sign flipped (or that came out exactly zero)
-    zp, ok = support_solve(D, mu, S, rhs)
-    return zp, ok & ~(S & (torch.sign(zp) != s)).any(-1)
+        ok = ok & ~change.any(-1)
+        S = (S & ~flip) | viol
+        s = torch.where(viol, torch.sign(c), torch.where(S, s, torch.zeros_like(s)))
+    return zp, ok
 
 
 def _lipschitz(D: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
@@ -223,7 +247,7 @@ def lasso_fista_polish(D: torch.Tensor, x: torch.Tensor, lam: torch.Tensor, mu: 
             ci = torch.nonzero(cand).squeeze(-1)
             lin_c = None if S["lin"] is None else S["lin"][ci]
             zc, okc = _polish(S["D"][ci], S["x"][ci], S["lam"][ci], S["mu"][ci], lin_c, S["z"][ci],
-                              opts.polish_rounds)
+                              opts.polish_rounds, S["th"][ci])
             rc = lasso_kkt_residual(lasso_correlation(S["D"][ci], S["x"][ci], zc, S["mu"][ci], lin_c),
                                     zc, S["lam"][ci])
             zp = zp.index_copy(0, ci, zc)
