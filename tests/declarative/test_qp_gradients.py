@@ -1,0 +1,210 @@
+"""Gradients of the QP layer: Implicit vs finite differences of cvxpy solutions and gradcheck,
+the one-sided derivative at weakly active constraints, and the contrastive modes' β-slopes."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import contrastive  # noqa: F401  (registers "contrastive" and "symmetric")
+from contrastive import Contrastive, Symmetric
+from declarative import QPProblem, solve_qp
+from declarative.reference.qp import degenerate_qp, qp_reference, qp_reference_batch, random_qp
+
+NAMES = ("Q", "q", "G", "h", "A", "b")
+
+
+def _grads(params, w, mode="implicit", beta=None):
+    leaves = [None if t is None else t.detach().clone().requires_grad_() for t in params]
+    sol = solve_qp(*leaves, mode=mode, beta=beta)
+    loss = (sol.z * w).sum()
+    present = [t for t in leaves if t is not None]
+    out = iter(torch.autograd.grad(loss, present))
+    return [None if t is None else next(out) for t in leaves]
+
+
+def _fd_cvxpy(params, w, k, eps=1e-6):
+    """Central finite differences of ``Σ w·z*`` w.r.t. ``params[k]`` with cvxpy solutions.
+
+    Q is perturbed entry-wise and symmetrised (the QP sees only ½(Q + Qᵀ)), so the FD gradient of
+    an entry is the symmetric part, like the layer's."""
+    base = [None if t is None else t.double().numpy() for t in params]
+    P = base[k]
+    fd = np.zeros_like(P)
+    for idx in np.ndindex(P.shape):
+        vals = []
+        for sgn in (1, -1):
+            args = [None if a is None else a.copy() for a in base]
+            args[k][idx] += sgn * eps
+            if k == 0:
+                args[0] = 0.5 * (args[0] + np.swapaxes(args[0], -1, -2))
+            z, *_ = qp_reference_batch(*args)
+            vals.append((z * w.numpy()).sum())
+        fd[idx] = (vals[0] - vals[1]) / (2 * eps)
+    return fd
+
+
+@pytest.mark.parametrize("blocks", [(3, 1), (3, 0), (0, 1)])
+def test_implicit_matches_cvxpy_finite_differences(blocks):
+    m, p = blocks
+    params = random_qp(2, 3, m, p, seed=11 + m + p)
+    # non-degenerate: every constraint strictly complementary
+    z, lam, nu, _ = qp_reference_batch(*params)
+    if m:
+        s = params[3].numpy() - np.einsum("bmn,bn->bm", params[2].numpy(), z)
+        assert np.minimum(s, lam).max() < 1e-7 and np.maximum(s, lam).min() > 1e-3
+    w = torch.randn(2, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    grads = _grads(params, w)
+    for k, name in enumerate(NAMES):
+        if params[k] is None:
+            assert grads[k] is None
+            continue
+        fd = _fd_cvxpy(params, w, k)
+        # cvxpy solutions are accurate to ~1e-9, so FD with eps = 1e-6 to ~1e-3 absolute in the
+        # worst case; observed errors are ~1e-7
+        np.testing.assert_allclose(grads[k].numpy(), fd, atol=2e-5, rtol=1e-4, err_msg=name)
+
+
+def test_gradcheck_all_parameters():
+    Q, q, G, h, A, b = random_qp(2, 3, 3, 1, seed=21)
+
+    def f(Qr, q, G, h, A, b):
+        Qs = 0.5 * (Qr + Qr.transpose(-1, -2))
+        return solve_qp(Qs, q, G, h, A, b).z
+
+    inputs = tuple(t.clone().requires_grad_() for t in (Q, q, G, h, A, b))
+    assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-6, rtol=1e-4)
+
+
+def test_gradcheck_unbatched_shared_constraints():
+    """Unbatched G, h shared by a batch: their gradient is the sum over the batch."""
+    Q, q, G, h, _, _ = random_qp(None, 3, 4, 0, seed=22)
+    qb = q + 0.3 * torch.randn(3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+
+    def f(G, h, qb):
+        return solve_qp(Q, qb, G, h).z
+
+    inputs = (G.clone().requires_grad_(), h.clone().requires_grad_(), qb.clone().requires_grad_())
+    assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-6, rtol=1e-4)
+
+
+def test_unbatched_parameter_gradient_is_batch_sum():
+    Q, q, G, h, A, b = random_qp(None, 3, 4, 1, seed=23)
+    qb = q + 0.3 * torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    w = torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    grads = _grads((Q, qb, G, h, A, b), w)
+    assert grads[2].shape == G.shape and grads[0].shape == Q.shape
+    per = [_grads((Q, qb[i], G, h, A, b), w[i]) for i in range(4)]
+    for k in (0, 2, 3, 4, 5):
+        torch.testing.assert_close(grads[k], sum(g[k] for g in per), atol=1e-10, rtol=1e-9)
+    torch.testing.assert_close(grads[1], torch.stack([g[1] for g in per]), atol=1e-10, rtol=1e-9)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_implicit_dtypes_agree(dtype, device):
+    params = random_qp(3, 4, 5, 1, seed=24)
+    w = torch.randn(3, 4, dtype=torch.float64)
+    ref = _grads(params, w)
+    got = _grads([t.to(dtype=dtype, device=device) for t in params], w.to(dtype=dtype, device=device))
+    tol = 1e-9 if dtype == torch.float64 else 5e-3
+    for a, b_ in zip(got, ref):
+        torch.testing.assert_close(a.double().cpu(), b_, atol=tol, rtol=tol)
+
+
+def _degenerate(B=4):
+    Q, q, G, h, zs, lam, strong, weak = degenerate_qp(B, seed=3)
+    g = torch.randn(B, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    return (Q, q, G, h, None, None), g, strong, weak
+
+
+def test_weakly_active_classification():
+    params, g, strong, weak = _degenerate()
+    problem = QPProblem()
+    sol = problem.solve(params)
+    s, w = problem.classify_constraints(sol, params)
+    assert torch.equal(s, strong) and torch.equal(w, weak)
+
+
+def test_degenerate_one_sided_gradient_equals_tiny_beta_contrastive_and_closed_form():
+    """At weakly active constraints the implicit gradient is the one-sided limit: equal to
+    Contrastive(β = 1e-7) and, for Q = I, to the projection of −g onto the cone
+    {d : G_S d = 0, G_W d ≤ 0}."""
+    params, g, strong, weak = _degenerate()
+    imp = _grads(params, g)
+    con = _grads(params, g, mode=Contrastive(1e-7))
+    for k in range(4):
+        # polished solves are exact to ~1e-15, so the β = 1e-7 quotient is accurate to ~1e-8
+        torch.testing.assert_close(con[k], imp[k], atol=1e-6, rtol=1e-6, msg=NAMES[k])
+    Q, q, G, h = params[:4]
+    dz = imp[1]           # ∇q = dz
+    closed = []
+    for i in range(g.shape[0]):
+        Gi = G[i].numpy()
+        d, *_ = qp_reference(np.eye(5), g[i].numpy(), Gi[weak[i].numpy()], np.zeros(int(weak[i].sum())),
+                             Gi[strong[i].numpy()], np.zeros(int(strong[i].sum())))
+        closed.append(d)
+    closed = np.stack(closed)
+    np.testing.assert_allclose(dz.numpy(), closed, atol=1e-7)
+    # not vacuous: some weakly active constraint binds (G_W d = 0 where the unconstrained
+    # projection would violate it) and some is left (G_W d < 0)
+    Gd = np.einsum("bmn,bn->bm", G.numpy(), closed)[weak.numpy()]
+    assert (np.abs(Gd) < 1e-8).any() and (Gd < -1e-3).any()
+    free = []
+    for i in range(g.shape[0]):
+        Gi = G[i].numpy()
+        d, *_ = qp_reference(np.eye(5), g[i].numpy(), None, None, Gi[strong[i].numpy()], np.zeros(2))
+        free.append(d)
+    assert np.abs(np.stack(free) - closed).max() > 1e-2   # the two-sided (KKT) answer differs
+
+
+def test_symmetric_averages_the_one_sided_derivatives_at_a_kink():
+    params, g, strong, weak = _degenerate()
+    sym = _grads(params, g, mode=Symmetric(1e-6))
+    imp_plus = _grads(params, g)
+    imp_minus = _grads(params, -g)
+    # the nudged paths are affine for |β| below the first kink: exactly (dz(g) − dz(−g))/2
+    torch.testing.assert_close(sym[1], 0.5 * (imp_plus[1] - imp_minus[1]), atol=1e-6, rtol=1e-6)
+
+
+def test_contrastive_and_symmetric_slopes():
+    """Smooth (non-degenerate) problem: Contrastive → Implicit at O(β) (fitted slope ≈ 1). The QP
+    solution is affine in q near a non-degenerate point, so the nudged path ẑ_β = z* + β dz is
+    exact and Symmetric has no O(β²) term at all: it equals Implicit to rounding."""
+    params = random_qp(2, 4, 5, 1, seed=31)
+    w = torch.randn(2, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    imp = _grads(params, w)
+    betas = [1e-2, 3e-3, 1e-3, 3e-4]
+    errs_c, errs_s = [], []
+    for beta in betas:
+        c = _grads(params, w, Contrastive(beta))
+        s = _grads(params, w, Symmetric(beta))
+        errs_c.append(max(float((a - b).abs().max()) for a, b in zip(c, imp)))
+        errs_s.append(max(float((a - b).abs().max()) for a, b in zip(s, imp)))
+    slope = np.polyfit(np.log(betas), np.log(errs_c), 1)[0]
+    assert 0.9 < slope < 1.1, (slope, errs_c)
+    assert max(errs_s) < 1e-8, errs_s
+    # q and b enter 𝓛 linearly in z, ν: their contrastive gradients are exact as well
+    c = _grads(params, w, Contrastive(1e-2))
+    for k in (1, 5):
+        torch.testing.assert_close(c[k], imp[k], atol=1e-8, rtol=1e-8)
+
+
+def test_failed_elements_get_zero_gradient():
+    Q, q, G, h, _, _ = random_qp(3, 3, 4, 0, seed=41)
+    G, h = G.clone(), h.clone()
+    G[1, 0], h[1, 0] = -G[1, 1], -h[1, 1] - 1.0
+    qq = q.clone().requires_grad_()
+    sol = solve_qp(Q, qq, G, h, check=False)
+    sol.z.sum().backward()
+    assert torch.isfinite(qq.grad).all()
+    assert (qq.grad[1] == 0).all() and (qq.grad[[0, 2]] != 0).any()
+
+
+def test_contrastive_beta_validation():
+    params = random_qp(1, 2, 2, 0, seed=42)
+    for bad in (0.0, -1e-3, math.inf):
+        with pytest.raises(ValueError):
+            solve_qp(*params, mode="contrastive", beta=bad)
