@@ -43,19 +43,19 @@ class ArgminFunction(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        problem, mode, _warm, names_box = inputs[:4]
-        params = inputs[4:]
-        ctx.problem, ctx.mode, ctx.names = problem, mode, list(names_box)
-        ctx.n_params = len(params)
-        ctx.param_shapes = [None if p is None else p.shape for p in params]
-        ctx.mark_non_differentiable(*output[1:])
-        ctx.save_for_backward(*params, *output)
+        # Kept lean: this and ``backward`` run once per layer per training step (bench_fenchel.py).
+        ctx.problem, ctx.mode, ctx.names = inputs[0], inputs[1], tuple(inputs[3])
+        ctx.n_params = len(inputs) - 4
+        if len(output) > 1:
+            ctx.mark_non_differentiable(*output[1:])
+        ctx.save_for_backward(*inputs[4:], *output)
 
     @staticmethod
     def backward(ctx, g, *_aux_grads):
         saved = ctx.saved_tensors
-        params, sol_tensors = saved[: ctx.n_params], saved[ctx.n_params:]
-        solution = Solution.unflatten(ctx.names, sol_tensors)
+        n = ctx.n_params
+        params = saved[:n]
+        solution = Solution.unflatten(ctx.names, saved[n:])
         if ctx.problem.closed_form and torch.is_grad_enabled():
             # Double backward (create_graph=True): a closed form re-solved in torch ops makes the
             # backward's dependence on z* exact. Through the saved output it would be differentiated
@@ -63,10 +63,10 @@ class ArgminFunction(torch.autograd.Function):
             solution = ctx.problem.solve(params)
         needs = ctx.needs_input_grad[4:]
         grads = ctx.mode.vjp(ctx.problem, params, solution, g, needs)
-        out = [None, None, None, None]
-        for grad, need, shape in zip(grads, needs, ctx.param_shapes):
-            out.append(sum_to_shape(grad, shape) if need and grad is not None else None)
-        return tuple(out)
+        # Each gradient is summed back to its parameter's shape (the saved parameter; None ones need none).
+        return (None, None, None, None,
+                *[sum_to_shape(grad, p.shape) if need and grad is not None else None
+                  for grad, need, p in zip(grads, needs, params)])
 
 
 def apply_argmin_function(problem, mode, params, warm_start: Solution | None = None) -> Solution:

@@ -60,6 +60,9 @@ class Solution:
 
     # -- flattening, so that a Solution can travel through torch.autograd.Function --------------
     def flatten(self) -> tuple[list[str], list[torch.Tensor]]:
+        if (self.status is None and self.iterations is None
+                and not (self.duals or self.residuals or self.cache)):
+            return ["z"], [self.z]  # closed forms (activations): the per-layer hot path
         names, tensors = ["z"], [self.z]
         if self.status is not None:
             names.append("status")
@@ -76,6 +79,8 @@ class Solution:
     @classmethod
     def unflatten(cls, names: list[str], tensors) -> "Solution":
         sol = cls(z=tensors[0])
+        if len(names) == 1:
+            return sol
         for name, t in zip(names[1:], tensors[1:]):
             if "." in name:
                 group, key = name.split(".", 1)

@@ -22,9 +22,10 @@ class ReLUProblem(ActivationProblem):
         return torch.where(a > 0, u, torch.where(a == 0, torch.relu(u), torch.zeros_like(u)))
 
     def implicit_vjp(self, solution, params, g, needs):
-        # Fused form of −directional_derivative(a, z, −g): g where a > 0, plus min(g, 0) where
-        # a == 0 — written with threshold_backward, ~3x cheaper than the boolean-mask form.
+        # Fused form of −directional_derivative(a, z, −g): g where a > 0 or (a == 0 and g < 0),
+        # else 0. With s = sign(a) − sign(g)/2 the pass condition is exactly s > 0 (|sign(g)/2| < 1
+        # cannot flip sign(a) ≠ 0; at a = 0, s = −sign(g)/2), so it is one threshold_backward:
+        # four float ops, no boolean masks (which are several times slower on CPU).
         a = params[0]
-        g_neg = torch.clamp(g, max=0)
-        at_kink = g_neg - torch.ops.aten.threshold_backward(g_neg, a.abs(), 0)
-        return (torch.ops.aten.threshold_backward(g, a, 0) + at_kink,)
+        key = torch.sub(torch.sign(a), torch.sign(g), alpha=0.5)
+        return (torch.ops.aten.threshold_backward(g, key, 0),)
