@@ -36,11 +36,14 @@ class QPProblem(ArgminProblem):
     * ``lagrangian_grads_tangent``: ``∇q = dz, ∇Q = ½(dz z*ᵀ + z* dzᵀ), ∇h = −dλ,
       ∇G = dλ z*ᵀ + λ* dzᵀ, ∇b = −dν, ∇A = dν z*ᵀ + ν* dzᵀ``.
 
-    **Weakly active constraints.** With the solver's final slack ``s`` and multiplier ``λ`` and
-    ``τ = options.active_tol`` (default ``tol ** 0.25``: ``1e-2`` in float64, ``0.1`` in float32 —
-    at an IPM solution of accuracy ``tol`` a strictly complementary pair has one member ``O(1)``
-    and the other ``O(tol)``, while a weakly active pair has both ``O(√tol)``; ``tol^¼`` separates
-    them geometrically), constraint ``i`` of a batch element is
+    **Weakly active constraints.** With the solver's final slack ``s`` and multiplier ``λ`` and a
+    threshold ``τ`` tied to their accuracy — ``options.active_tol`` if set, otherwise ``√eps``
+    (``1.5e-8`` in float64, ``3.5e-4`` in float32) when the forward was polished (active-set
+    solution exact to rounding: every element of the batch polished), else ``tol ** 0.25`` (``1e-2``
+    in float64, ``0.1`` in float32: at an interior-point solution of accuracy ``tol`` a strictly
+    complementary pair has one member ``O(1)`` and the other ``O(tol)``, a weakly active pair
+    both ``O(√tol)``; ``tol^¼`` separates them geometrically) — constraint ``i`` of a batch
+    element is
 
     * strongly active if ``λ_i > τ (1 + ‖λ‖∞)``;
     * weakly active if not strongly active and ``s_i ≤ τ (1 + ‖h‖∞)``;
@@ -116,7 +119,11 @@ class QPProblem(ArgminProblem):
         if G is None or lam is None or lam.shape[-1] == 0:
             return None
         s = solution.cache["s"]
-        tau = self.options.resolved(lam.dtype).active_tol
+        if "act_idx" in solution.cache:
+            # polished solutions are exact to rounding: only a rounding-level multiplier is zero
+            tau = self.options.active_tol or torch.finfo(lam.dtype).eps ** 0.5
+        else:
+            tau = self.options.resolved(lam.dtype).active_tol
         lam_scale = 1 + lam.abs().amax(-1, keepdim=True)
         h_scale = 1 + h.abs().amax(-1, keepdim=True)
         strong = lam > tau * lam_scale
