@@ -120,6 +120,14 @@ def fixed_point_iteration(apply_t: Operator, b: torch.Tensor, *, x0: torch.Tenso
     active = torch.ones(B, dtype=torch.bool, device=b.device)
     iterations = torch.zeros(B, dtype=torch.int64, device=b.device)
     step = torch.full((B,), float("inf"), dtype=b.dtype, device=b.device)
+    if thresh is None:  # a fixed number of steps: no bookkeeping
+        x_prev = x
+        for _ in range(max_iter):
+            x_prev, x = x, apply_t(x) + b
+        if max_iter > 0:
+            step = batch_dot(x - x_prev, x - x_prev).sqrt()
+        return LinearSolve(x, torch.full((B,), max_iter, dtype=torch.int64, device=b.device), step,
+                           torch.ones_like(active))
     for _ in range(max_iter):
         if thresh is not None and not bool(active.any()):
             break
