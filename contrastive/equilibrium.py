@@ -1,0 +1,267 @@
+"""Equilibrium propagation with a full (non-linearised) outer loss (DESIGN.md §3.1, §3.4).
+
+For an energy ``E(φ, θ)`` and an outer loss ``ℓ(φ, θ)``, the augmented loss and its minimisers are
+
+    𝓛(φ, θ, β) = E(φ, θ) + β ℓ(φ, θ),        φ̂_β = argmin_φ 𝓛(φ, θ, β),
+
+and the outer gradient ``∇_θ ℓ(φ*_θ, θ)`` (with ``φ*_θ = φ̂_0``) equals ``d/dβ F(β)|_{β=0}``,
+``F(β) = ∂_θ𝓛(φ̂_β, θ, β)`` (the equilibrium-propagation theorem). The estimators here are finite
+differences of ``F`` in the scalar β (see ``finite_difference``).
+
+**Surrogate.** Every estimator is the θ-gradient of the scalar
+
+    S_β(θ) = (1/β) Σ_i w_i 𝓛(sg(φ̂_{n_i β}), θ, n_i β),
+
+where ``sg`` stops the gradient: by the envelope theorem ``∂_θ`` of each term is ``F(n_i β)``.
+For the two-point estimator ``S_β`` *is* the contrastive surrogate of Zach (2021, Def. 1)
+
+    L_β(θ) = (1/β) [ min_φ 𝓛(φ, θ, β) − min_φ 𝓛(φ, θ, 0) ],
+
+which satisfies ``L_β ≤ ℓ(φ*)`` and, for convex ℓ and μ-strongly convex E,
+``L_β ≥ ℓ(φ*) − β/(2μ) ‖∇_φ ℓ(φ*)‖²`` (Prop. 3). For every stencil, because
+``d/dβ min_φ 𝓛 = ℓ(φ̂_β)``, the value of ``S_β`` is itself a finite-difference estimate of
+``ℓ(φ*)`` with the same order as the gradient estimate.
+
+References:
+    N. Zucchet, J. Sacramento, *Beyond backpropagation: bilevel optimization through implicit
+    differentiation and equilibrium propagation*, Neural Computation 2022, Sec. 3.2 and App. C.
+    B. Scellier, Y. Bengio, *Equilibrium propagation*, Front. Comput. Neurosci. 2017.
+    A. Laborieux et al., *Scaling equilibrium propagation to deep ConvNets*, 2021 (centered).
+    C. Zach, *Bilevel programs meet deep learning*, 2021, Def. 1 and Prop. 3.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from declarative.errors import SolverError
+from declarative.minimize import minimize
+from declarative.modes import check_beta
+from declarative.solution import Solution
+from declarative.status import Status
+from declarative.validation import check_batched, check_finite, check_same_dtype_device, check_tensor
+
+from .finite_difference import Stencil, ep_stencil
+
+__all__ = ["EquilibriumEstimate", "equilibrium_propagation", "equilibrium_gradient"]
+
+Energy = Callable[..., torch.Tensor]
+_REDUCTIONS = ("mean", "sum", "none")
+
+
+@dataclass
+class EquilibriumEstimate:
+    """What ``equilibrium_propagation`` returns.
+
+    Attributes:
+        surrogate: ``S_β(θ)``, reduced over the batch as asked (``(B,)`` for ``"none"``); its
+            ``backward()`` accumulates the estimate into every θ that requires grad. For the
+            two-point estimator it is the contrastive surrogate ``L_β``.
+        free: the free phase ``φ* = φ̂_0`` (detached ``Solution``; ``free.z`` is the prediction).
+        free_loss: ``ℓ(φ*, θ)``, ``(B,)``, detached.
+        phases: ``((β_i, Solution), …)`` for every phase in solve order (the free phase first).
+        status: ``(B,)`` the first non-``SOLVED`` status over the phases of each element.
+        beta: the nudging strength β; ``stencil``: the estimator's phases and weights.
+    """
+
+    surrogate: torch.Tensor
+    free: Solution
+    free_loss: torch.Tensor
+    phases: tuple[tuple[float, Solution], ...]
+    status: torch.Tensor
+    beta: float
+    stencil: Stencil
+
+
+def _check_output(name: str, value, batch: int) -> None:
+    if not isinstance(value, torch.Tensor) or value.shape != (batch,):
+        got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+        raise ValueError(f"{name}: expected a tensor of shape (B,) = ({batch},) with one value per "
+                         f"batch element, got {got}")
+
+
+def _check_inputs(energy, loss, phi0, params, reduction) -> tuple:
+    if not callable(energy):
+        raise TypeError(f"energy: expected a callable energy(phi, *params) -> (B,), got "
+                        f"{type(energy).__name__}")
+    if not callable(loss):
+        raise TypeError(f"loss: expected a callable loss(phi, *params) -> (B,), got {type(loss).__name__}")
+    check_tensor("phi0", phi0)
+    if not check_batched("phi0", phi0, "n"):
+        raise ValueError(f"phi0: expected shape (B, n), got ({phi0.shape[0]},); "
+                         "add a batch dimension with phi0.unsqueeze(0)")
+    check_finite("phi0", phi0)
+    if isinstance(params, torch.Tensor):
+        raise TypeError("params: expected a sequence of parameters, got a single tensor; "
+                        "pass (tensor,)")
+    params = tuple(params)
+    tensors = {f"params[{i}]": p for i, p in enumerate(params) if isinstance(p, torch.Tensor)
+               and p.is_floating_point()}
+    check_same_dtype_device(phi0=phi0, **tensors)
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction: expected one of {', '.join(map(repr, _REDUCTIONS))}, got {reduction!r}")
+    return params
+
+
+def _augmented(energy: Energy, loss: Energy, params: tuple, nudge: float):
+    if nudge == 0.0:
+        return lambda z: energy(z, *params)
+    return lambda z: energy(z, *params) + nudge * loss(z, *params)
+
+
+def equilibrium_propagation(energy: Energy, loss: Energy, phi0: torch.Tensor, params: Sequence = (), *,
+                            beta: float, estimator: str = "forward", points: int | None = None,
+                            lower: torch.Tensor | None = None, upper: torch.Tensor | None = None,
+                            tol: float | None = None, max_iter: int | None = None,
+                            reduction: str = "mean", check: bool = True) -> EquilibriumEstimate:
+    """Solve the phases of an equilibrium-propagation estimator and build its surrogate.
+
+    Each phase minimises ``𝓛(φ, θ, n_i β) = E(φ, θ) + n_i β ℓ(φ, θ)`` over ``lower ≤ φ ≤ upper``
+    with ``declarative.minimize`` (θ held fixed), warm-started from the previous phase. Then
+
+        S_β(θ) = (1/β) Σ_i w_i 𝓛(sg(φ̂_{n_i β}), θ, n_i β),     ∇_θ S_β = (1/β) Σ_i w_i F(n_i β),
+
+    with ``F(β) = ∂_θ𝓛(φ̂_β, θ, β)``:
+
+    * ``estimator="forward", points=2`` (default): ``(F(β) − F(0))/β`` and ``S_β = L_β``, the
+      contrastive surrogate; bias O(β);
+    * ``estimator="centered"``: ``(F(β) − F(−β))/(2β)``, bias O(β²). The phase at −β maximises the
+      loss: ``E − βℓ`` may be unbounded below (e.g. a quadratic ℓ with more curvature than E/β).
+      Such elements get ``Status.UNBOUNDED_BELOW`` (or ``NON_FINITE``) from the minimiser and are
+      reported by a ``SolverError`` naming them;
+    * ``estimator="forward", points=p``: ``(1/β) Σ_{i<p} α_i F(iβ)`` with the Vandermonde weights
+      of ``forward_difference_coefficients``; bias O(β^{p−1}); only positive nudges.
+
+    The phases run without building a graph on θ; only the final evaluation of ``𝓛`` at the
+    detached minimisers is differentiable, so memory does not grow with the solver's iterations.
+    With a bounded feasible box the envelope argument still holds (the bounds do not depend on θ).
+
+    Args:
+        energy: ``E(phi, *params) -> (B,)``, batched torch energy (the inner loss).
+        loss: ``ℓ(phi, *params) -> (B,)``, the full outer loss (may depend on θ directly).
+        phi0: ``(B, n)`` initial point of the free phase.
+        params: θ and any data (tensors or other objects) passed to ``energy`` and ``loss``; the
+            estimate flows into the tensors that require grad.
+        beta: nudging strength β > 0.
+        estimator: ``"forward"`` or ``"centered"``.
+        points: number of phases p ≥ 2 of the forward estimator (default 2).
+        lower, upper: optional bounds on φ, broadcastable to ``(B, n)`` (passed to ``minimize``).
+        tol, max_iter: solver tolerance and iteration limit (``minimize``'s defaults if None).
+        reduction: ``"mean"`` (default), ``"sum"`` or ``"none"`` over the batch for ``surrogate``.
+        check: raise a ``SolverError`` naming the failing batch elements and the phase when a phase
+            is not solved; with False, failures are only recorded in ``status``.
+
+    Returns:
+        An ``EquilibriumEstimate``; ``estimate.surrogate.backward()`` yields the estimate.
+
+    Raises:
+        ValueError / TypeError: bad input (β ≤ 0, p < 2, unknown estimator, shapes, dtypes).
+        SolverError: a phase failed (``check=True``); for a negative phase the message says that
+            ``E − βℓ`` is unbounded below and suggests a smaller β or the forward estimator.
+
+    Shape:
+        - phi0: ``(B, n)``; ``energy``/``loss`` outputs: ``(B,)``.
+        - surrogate: ``()`` (``(B,)`` with ``reduction="none"``); ``free.z``: ``(B, n)``.
+
+    Example::
+
+        >>> def energy(phi, A, b):      # ½ φᵀAφ − bᵀφ, batched
+        ...     return 0.5 * (phi @ A * phi).sum(-1) - (phi * b).sum(-1)
+        >>> est = equilibrium_propagation(energy, loss, torch.zeros(B, n), (A, b), beta=0.1,
+        ...                               estimator="centered")
+        >>> est.surrogate.backward()    # A.grad, b.grad hold the centered EP estimate
+    """
+    beta = check_beta(beta, "equilibrium propagation")
+    params = _check_inputs(energy, loss, phi0, params, reduction)
+    stencil = ep_stencil(estimator, points)
+    batch = phi0.shape[0]
+    detached = tuple(p.detach() if isinstance(p, torch.Tensor) else p for p in params)
+    with torch.no_grad():
+        _check_output("energy", energy(phi0, *detached), batch)
+        _check_output("loss", loss(phi0, *detached), batch)
+
+    options = {"lower": lower, "upper": upper, "tol": tol}
+    if max_iter is not None:
+        options["max_iter"] = max_iter
+    solutions: list[Solution] = []
+    status = torch.full((batch,), int(Status.SOLVED), dtype=torch.int64, device=phi0.device)
+    for nudge, warm in zip(stencil.nudges, stencil.warm_from):
+        start = phi0 if warm is None else solutions[warm].z
+        with torch.enable_grad():
+            sol = minimize(_augmented(energy, loss, detached, nudge * beta), start.detach(), **options)
+        sol = sol.detach()
+        phase_status = sol.status_tensor().reshape(batch)
+        finite = torch.isfinite(sol.z).all(dim=-1)
+        phase_status = torch.where(finite, phase_status, torch.full_like(phase_status, int(Status.NON_FINITE)))
+        sol.status = phase_status
+        if check:
+            _raise_for_phase(phase_status, sol, nudge * beta, estimator)
+        status = torch.where(status == int(Status.SOLVED), phase_status, status)
+        solutions.append(sol)
+
+    surrogate = None
+    for nudge, weight, sol in zip(stencil.nudges, stencil.weights, solutions):
+        if weight == 0.0:
+            continue
+        value = energy(sol.z, *params)
+        if nudge != 0.0:
+            value = value + (nudge * beta) * loss(sol.z, *params)
+        term = (weight / beta) * value
+        surrogate = term if surrogate is None else surrogate + term
+    if reduction == "mean":
+        surrogate = surrogate.mean()
+    elif reduction == "sum":
+        surrogate = surrogate.sum()
+    with torch.no_grad():
+        free_loss = loss(solutions[0].z, *detached)
+    phases = tuple((nudge * beta, sol) for nudge, sol in zip(stencil.nudges, solutions))
+    return EquilibriumEstimate(surrogate=surrogate, free=solutions[0], free_loss=free_loss,
+                               phases=phases, status=status, beta=beta, stencil=stencil)
+
+
+def _raise_for_phase(status: torch.Tensor, sol: Solution, nudge: float, estimator: str) -> None:
+    if nudge == 0.0:
+        what = "free phase (beta = 0) of equilibrium propagation"
+    elif nudge < 0:
+        what = (f"negative phase (beta = {nudge:g}) of the {estimator} equilibrium-propagation "
+                f"estimator — E − {-nudge:g}·loss is unbounded below or diverged for these elements; "
+                "use a smaller beta or the forward estimator (positive nudges only)")
+    else:
+        what = f"nudged phase (beta = {nudge:g}) of the {estimator} equilibrium-propagation estimator"
+    err = SolverError.from_status(status, sol, what)
+    if err is not None:
+        raise err
+
+
+def equilibrium_gradient(energy: Energy, loss: Energy, phi0: torch.Tensor, params: Sequence = (), *,
+                         beta: float, estimator: str = "forward", points: int | None = None,
+                         lower: torch.Tensor | None = None, upper: torch.Tensor | None = None,
+                         tol: float | None = None, max_iter: int | None = None, reduction: str = "mean",
+                         check: bool = True) -> tuple[torch.Tensor | None, ...]:
+    """The equilibrium-propagation estimate of ``∇_θ`` of the reduced outer loss, directly.
+
+    Same arguments as ``equilibrium_propagation``; returns ``(1/β) Σ_i w_i F(n_i β)`` for each
+    entry of ``params``: a tensor of the parameter's shape for tensors that require grad (zeros
+    if the energy and loss do not depend on it), ``None`` for the others. With
+    ``reduction="none"`` the gradient is that of the sum over the batch. Does not touch ``.grad``.
+
+    Shape:
+        - Output: one entry per ``params`` entry, each with that parameter's shape (or None).
+    """
+    est = equilibrium_propagation(energy, loss, phi0, params, beta=beta, estimator=estimator,
+                                  points=points, lower=lower, upper=upper, tol=tol, max_iter=max_iter,
+                                  reduction=reduction, check=check)
+    params = tuple(params)
+    wanted = [i for i, p in enumerate(params) if isinstance(p, torch.Tensor) and p.requires_grad]
+    out: list[torch.Tensor | None] = [None] * len(params)
+    if not wanted:
+        return tuple(out)
+    scalar = est.surrogate.sum() if reduction == "none" else est.surrogate
+    grads = torch.autograd.grad(scalar, [params[i] for i in wanted], allow_unused=True,
+                                materialize_grads=True)
+    for i, g in zip(wanted, grads):
+        out[i] = g
+    return tuple(out)
