@@ -90,3 +90,32 @@ def test_a_problem_without_a_nudged_solve_is_reported():
     z = EquilibriumProp(0.1).apply(NoNudge(), (a,)).z
     with pytest.raises(NotImplementedError, match="no nudged solve"):
         z.sum().backward()
+
+
+def test_plugs_into_the_generic_argmin_layer():
+    """On ``declarative.argmin`` (an ``EnergyProblem`` solved by L-BFGS) with a non-quadratic
+    energy, the p-point estimate converges to the ``Implicit`` gradient at rate β^{p−1}."""
+    from declarative.argmin import argmin
+
+    gen = torch.Generator().manual_seed(0)
+    A = torch.randn(4, 4, generator=gen, dtype=torch.float64)
+    A = A @ A.T / 4 + torch.eye(4, dtype=torch.float64)
+    b = torch.randn(3, 4, generator=gen, dtype=torch.float64)
+    y = torch.randn(3, 4, generator=gen, dtype=torch.float64)
+
+    def energy(z, b):  # ½ zᵀAz − bᵀz + ¼ Σ z⁴: strongly convex, nudged solutions non-linear in β
+        return 0.5 * ((z @ A) * z).sum(-1) - (b * z).sum(-1) + 0.25 * (z ** 4).sum(-1)
+
+    def grad_b(mode):
+        bb = b.clone().requires_grad_(True)
+        z = argmin(energy, torch.zeros(3, 4, dtype=torch.float64), bb, mode=mode, tol=1e-12)
+        (g,) = torch.autograd.grad(torch.log(torch.cosh(z - y)).sum(), bb)
+        return g
+
+    exact = grad_b(Implicit())
+    betas = [0.2, 0.1, 0.05, 0.025]
+    for points in (2, 3):
+        errors = [((grad_b(EquilibriumProp(beta, points)) - exact).norm() / exact.norm()).item()
+                  for beta in betas]
+        slope = np.polyfit(np.log(betas), np.log(errors), 1)[0]
+        assert abs(slope - (points - 1)) < 0.2, (points, slope, errors)
