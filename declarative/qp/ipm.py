@@ -13,8 +13,9 @@ Every Newton system is reduced to the positive definite matrix
 (the ``ρAᵀA`` term leaves the solution unchanged because ``A dz`` is prescribed, and makes ``H``
 definite when ``Q`` is only positive definite on the null space of ``A``); the equality block is
 eliminated with the Schur complement ``A H⁻¹ Aᵀ``. Both are factorised once per iteration with a
-batched Cholesky (``torch.linalg.cholesky_ex``) and used for the predictor and the corrector. The
-factorisation at the returned iterate is kept in ``Solution.cache`` for the implicit backward.
+batched Cholesky (``torch.linalg.cholesky_ex``, upper factor) and used for the predictor and the corrector. The
+factorisation at the returned iterate is kept in ``Solution.cache`` for the implicit backward (the
+active-set factorisation of the final polish, see ``kkt_tangent``).
 
 Infeasibility is detected with the usual certificates evaluated on the iterates and on the Newton
 directions (an infeasible-start IPM diverges along a certificate): primal infeasible when
@@ -46,13 +47,16 @@ _STALLED = -2
 
 
 def _mv(M: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Batched ``M x`` with broadcasting of a leading batch dimension of size 1."""
-    return (M @ x.unsqueeze(-1)).squeeze(-1)
+    """Batched ``M x`` with broadcasting of a leading batch dimension of size 1.
+
+    A broadcast multiply-and-sum: for matrix–vector products it is 2–3× faster than batched GEMM
+    (``bmm`` with one column) on CPU."""
+    return (M * x.unsqueeze(-2)).sum(-1)
 
 
 def _mtv(M: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Batched ``Mᵀ x``."""
-    return (x.unsqueeze(-2) @ M).squeeze(-2)
+    return (M * x.unsqueeze(-1)).sum(-2)
 
 
 def _inf_norm(x: torch.Tensor) -> torch.Tensor:
@@ -92,15 +96,16 @@ class _Factor:
             if AtA is not None:
                 H += AtA
         H.diagonal(dim1=-2, dim2=-1).add_(reg)
-        self.L, self.info = torch.linalg.cholesky_ex(H)
+        # upper=True: LAPACK works column-major, the upper factor of a row-major H is ~4× faster
+        self.L, self.info = torch.linalg.cholesky_ex(H, upper=True)
         self.A = A
         if A is not None:
-            self.X = torch.cholesky_solve(A.transpose(-1, -2).expand(*self.L.shape[:-2], *A.shape[-1:], A.shape[-2]), self.L)
+            self.X = torch.cholesky_solve(A.transpose(-1, -2).expand(*self.L.shape[:-2], *A.shape[-1:], A.shape[-2]), self.L, upper=True)
             S = A @ self.X
             p = S.shape[-1]
             sscale = 1.0 + S.diagonal(dim1=-2, dim2=-1).abs().amax(-1, keepdim=True)
             S = S + torch.diag_embed(self.reg_rel * sscale.expand(*S.shape[:-2], p) + zero_eq)
-            self.Ls, info_s = torch.linalg.cholesky_ex(S)
+            self.Ls, info_s = torch.linalg.cholesky_ex(S, upper=True)
             self.info = self.info + info_s
         else:
             self.X = self.Ls = None
@@ -113,10 +118,10 @@ class _Factor:
 
     def solve(self, r1: torch.Tensor, r2: torch.Tensor | None):
         """Solve ``[H Aᵀ; A 0][dz; dν] = [r1; r2]``."""
-        u = torch.cholesky_solve(r1.unsqueeze(-1), self.L).squeeze(-1)
+        u = torch.cholesky_solve(r1.unsqueeze(-1), self.L, upper=True).squeeze(-1)
         if self.A is None:
             return u, None
-        dnu = torch.cholesky_solve((_mv(self.A, u) - r2).unsqueeze(-1), self.Ls).squeeze(-1)
+        dnu = torch.cholesky_solve((_mv(self.A, u) - r2).unsqueeze(-1), self.Ls, upper=True).squeeze(-1)
         return u - _mv(self.X, dnu), dnu
 
 
@@ -279,9 +284,11 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
     Returns:
         ``Solution`` with ``z (B, n)``, ``duals={"lam": (B, m), "nu": (B, p)}``, ``status (B,)``,
         ``iterations (B,)``, ``residuals={"primal", "dual", "gap"}`` each ``(B,)`` and ``cache``
-        holding the Cholesky factor ``L`` of the reduced KKT matrix at the returned iterate, the
-        weights ``w = λ/s``, the slack ``s``, and for equalities ``X = H⁻¹Aᵀ`` and the Schur
-        factor ``Ls``.
+        for the backward: the slack ``s``, the weights ``w = λ/s`` of the returned iterate and,
+        when every solved element was polished, the upper Cholesky factor ``U`` (``H = UᵀU``) of
+        ``H = Q + ρÃᵀÃ + δI`` on the gathered active rows ``Ã = [A; G_K]`` (``act_idx``,
+        ``act_valid``), ``X = H⁻¹Ãᵀ`` and the Schur factor ``Us``; without inequalities ``U``,
+        ``X``, ``Us`` of ``Q + ρAᵀA``.
 
     Shape:
         B is the common batch size (1 when every input is unbatched).
@@ -369,12 +376,23 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
     fac = None
     dres_prev = torch.full((B,), float("inf"), dtype=dtype, device=device)
     dz_last = Gdz_last = dlam_last = dnu_last = None
-    solved_code = torch.full_like(status, int(Status.SOLVED))
-    pinf_code = torch.full_like(status, int(Status.PRIMAL_INFEASIBLE))
-    dinf_code = torch.full_like(status, int(Status.DUAL_INFEASIBLE))
-    stalled_code = torch.full_like(status, _STALLED)
-    nonfinite_code = torch.full_like(status, int(Status.NON_FINITE))
+    solved_code = int(Status.SOLVED)
+    pinf_code = int(Status.PRIMAL_INFEASIBLE)
+    dinf_code = int(Status.DUAL_INFEASIBLE)
+    stalled_code = _STALLED
+    nonfinite_code = int(Status.NON_FINITE)
     pscale = hnorm + bnorm
+    # working set: the loop runs on the still-running elements only; when at most 3/4 of the
+    # working set is still running it is compacted (finished elements written back to the full
+    # batch, the data gathered for the others)
+    widx = None
+    full = None
+    data = (Q, q, G, h, A, b)
+    aux = (AtA, zero_eq, reg, hnorm, bnorm, qnorm)
+    pres = dres = gap = torch.zeros(B, dtype=dtype, device=device)
+
+    def take(t, ix):
+        return t if t is None or t.dim() == 0 or t.shape[0] == 1 else t.index_select(0, ix)
 
     for k in range(opts.max_iter + 1):
         # -- residuals at the current iterate -----------------------------------------------------
@@ -418,8 +436,26 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
             new_status = torch.where(~converged & dinf, dinf_code, new_status)
         status = torch.where(running, new_status, status)
         running = status == _RUNNING
-        if k == opts.max_iter or not bool(running.any()):
+        nrun = int(running.sum())
+        if k == opts.max_iter or nrun == 0:
             break
+        Bw = z.shape[0]
+        if nrun <= 0.75 * Bw and Bw >= 4:
+            state = (z, s, lam, nu, status, iterations, pres, dres, gap)
+            if widx is None:
+                full = [x.clone() for x in state]
+                widx = torch.arange(B, device=device)
+            else:
+                for f_, x in zip(full, state):
+                    f_.index_copy_(0, widx, x)
+            keep = torch.nonzero(running).reshape(-1)
+            widx = widx.index_select(0, keep)
+            (z, s, lam, nu, status, iterations, dres_prev, dz_last, Gdz_last, dlam_last, dnu_last,
+             rd, ri, re, mu, Q, q, G, h, A, b, AtA, zero_eq, reg, hnorm, bnorm, qnorm, pscale) = (
+                take(x, keep) for x in (
+                    z, s, lam, nu, status, iterations, dres_prev, dz_last, Gdz_last, dlam_last, dnu_last,
+                    rd, ri, re, mu, Q, q, G, h, A, b, AtA, zero_eq, reg, hnorm, bnorm, qnorm, pscale))
+            running = status == _RUNNING
 
         # -- the factorisation at this iterate ------------------------------------------------------
         w = (lam / s).clamp(max=wmax) if G is not None else None
@@ -452,7 +488,7 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
             # equality-constrained or unconstrained: Newton steps (one solves the problem)
             r1 = -rd if A is None else -rd - opts.rho * _mtv(A, re)
             dz, dnu = fac.solve(r1, -re if A is not None else None)
-            alpha = torch.ones(B, dtype=dtype, device=device)
+            alpha = torch.ones(z.shape[0], dtype=dtype, device=device)
             Gdz = None
             check = dz.sum(-1)
         if dnu is not None:
@@ -475,6 +511,13 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
             Gdz = torch.where(move, Gdz, 0.0)
         dz_last, Gdz_last, dlam_last, dnu_last = dz, Gdz, dlam, dnu
 
+    if widx is not None:
+        for f_, x in zip(full, (z, s, lam, nu, status, iterations, pres, dres, gap)):
+            f_.index_copy_(0, widx, x)
+        z, s, lam, nu, status, iterations, pres, dres, gap = full
+        Q, q, G, h, A, b = data
+        AtA, zero_eq, reg, hnorm, bnorm, qnorm = aux
+        fac = None
     unfinished = (status == _RUNNING) | (status == _STALLED)
     cache = {}
     if G is not None:
@@ -487,15 +530,15 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
             status = torch.where(unfinished & converged, torch.full_like(status, int(Status.SOLVED)), status)
             if bool((polished | (status != Status.SOLVED)).all()):
                 # every solved element sits on its polished active set: keep that factorisation
-                cache = {"L": pfac.L, "act_idx": idx, "act_valid": valid}
+                cache = {"U": pfac.L, "act_idx": idx, "act_valid": valid}
                 if pfac.X is not None:
-                    cache.update(X=pfac.X, Ls=pfac.Ls)
+                    cache.update(X=pfac.X, Us=pfac.Ls)
         cache["s"] = s
-        cache["w"] = (lam / s).clamp(max=wmax)
+        cache["w"] = (lam / s.clamp(min=torch.finfo(dtype).tiny)).clamp(max=wmax)
     elif fac is not None:
-        cache = {"L": fac.L}
+        cache = {"U": fac.L}
         if fac.X is not None:
-            cache.update(X=fac.X, Ls=fac.Ls)
+            cache.update(X=fac.X, Us=fac.Ls)
     status = torch.where((status == _RUNNING) | (status == _STALLED),
                          torch.full_like(status, int(Status.MAX_ITERATIONS)), status)
     duals = {"lam": lam if G is not None else z.new_zeros(B, 0),
@@ -538,10 +581,10 @@ def kkt_tangent(Q: torch.Tensor, G: torch.Tensor | None, A: torch.Tensor | None,
         idx, valid = cache["act_idx"], cache["act_valid"]
         Ae, _, zq = _active_system(Gb, None, Ab, None, zero_eq, idx, valid)
         if Ae.shape[-2] == 0:
-            fac = _Factor.from_cache(cache["L"], None)
+            fac = _Factor.from_cache(cache["U"], None)
             dz, _ = fac.solve(-g, None)
             return dz, z.new_zeros(B, m), z.new_zeros(B, p)
-        fac = _Factor.from_cache(cache["L"], Ae, cache["X"], cache["Ls"])
+        fac = _Factor.from_cache(cache["U"], Ae, cache["X"], cache["Us"])
         keep = 1 - zq
         dz, dy = fac.solve(-g, torch.zeros_like(zq))
         for _ in range(2):
@@ -556,8 +599,8 @@ def kkt_tangent(Q: torch.Tensor, G: torch.Tensor | None, A: torch.Tensor | None,
         fac = _Factor(Qb, Gb, Ab, AtA, w, reg, zero_eq, opts.reg)
         dz, dnu = fac.solve(-g, None if Ab is None else z.new_zeros(B, p))
         return dz, w * _mv(Gb, dz), (dnu if dnu is not None else empty)
-    if "L" in cache:
-        fac = _Factor.from_cache(cache["L"], Ab, cache.get("X"), cache.get("Ls"))
+    if "U" in cache:
+        fac = _Factor.from_cache(cache["U"], Ab, cache.get("X"), cache.get("Us"))
     else:
         fac = _Factor(Qb, None, Ab, AtA, None, reg, zero_eq, opts.reg)
     dz, dnu = fac.solve(-g, None if Ab is None else z.new_zeros(B, p))
