@@ -76,14 +76,20 @@ class FixedPointProblem(ArgminProblem):
         status = torch.full((B,), _RUNNING, dtype=torch.int64, device=w.device)
         residual = torch.full((B,), float("inf"), dtype=w.dtype, device=w.device)
         iterations = torch.zeros(B, dtype=torch.int64, device=w.device)
+        shape = (-1,) + (1,) * (w.dim() - 1)
+        all_running = True
         with torch.no_grad():
             for it in range(self.max_iter + 1):
                 w_new = self.phi(w, *p)
                 if w_new.shape != w.shape:
                     raise ValueError(f"phi: expected Φ(w) of the shape of w {tuple(w.shape)}, got "
                                      f"{tuple(w_new.shape)}")
-                d = (w_new - w).reshape(B, -1)
-                r = d.norm(dim=1)
+                r = (w_new - w).reshape(B, -1).norm(dim=1)
+                if all_running and it < self.max_iter and not bool((~(r > self.tol)).any()):
+                    # fast path (one sync): every element still running and finite, none converged
+                    w = w_new
+                    iterations += 1
+                    continue
                 running = status == _RUNNING
                 residual = torch.where(running, r, residual)
                 finite = torch.isfinite(w_new.reshape(B, -1)).all(1) & torch.isfinite(r)
@@ -92,7 +98,7 @@ class FixedPointProblem(ArgminProblem):
                 running = status == _RUNNING
                 if it == self.max_iter or not bool(running.any()):
                     break
-                shape = (-1,) + (1,) * (w.dim() - 1)
+                all_running = bool(running.all())
                 w = torch.where(running.reshape(shape), w_new, w)
                 iterations = iterations + running.to(torch.int64)
         status = torch.where(status == _RUNNING, Status.MAX_ITERATIONS, status)

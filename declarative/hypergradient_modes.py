@@ -137,11 +137,12 @@ class Unrolled(GradientMode):
         phi = problem.fixed_point_map(params, at=w)
         B = w.shape[0]
         step = torch.full((B,), float("inf"), dtype=w.dtype, device=w.device)
+        w_prev = w
         for _ in range(self.t):
-            w_new = phi(w, *params)
-            d = (w_new - w).detach()
+            w_prev, w = w, phi(w, *params)
+        if self.t > 0:
+            d = (w - w_prev).detach()
             step = batch_dot(d, d).sqrt()
-            w = w_new
         finite = torch.isfinite(w.detach().reshape(B, -1)).all(1)
         status = torch.where(step <= self.tol, Status.SOLVED, Status.MAX_ITERATIONS)
         status = torch.where(finite, status, Status.NON_FINITE).to(torch.int64)

@@ -81,6 +81,22 @@ def conjugate_gradient(matvec: Operator, b: torch.Tensor, *, x0: torch.Tensor | 
     rs = batch_dot(r, r)
     thresh = _threshold(b, rtol, atol)
     B = b.shape[0]
+    if thresh is None:  # exactly max_iter steps; an element with pᵀAp ≤ 0 (breakdown) stops moving
+        iterations = torch.zeros(B, dtype=torch.int64, device=b.device)
+        ok = torch.ones(B, dtype=torch.bool, device=b.device)
+        for _ in range(max_iter):
+            Ap = matvec(p)
+            pAp = batch_dot(p, Ap)
+            ok = ok & (pAp > 0)
+            alpha = torch.where(ok, rs / torch.where(ok, pAp, torch.ones_like(pAp)), torch.zeros_like(rs))
+            x = x + _expand(alpha, x) * p
+            r = r - _expand(alpha, r) * Ap
+            rs_new = batch_dot(r, r)
+            beta = torch.where(ok, rs_new / torch.where(rs > 0, rs, torch.ones_like(rs)), torch.zeros_like(rs))
+            p = r + _expand(beta, p) * p
+            rs = rs_new
+            iterations = iterations + ok.to(torch.int64)
+        return LinearSolve(x, iterations, rs.sqrt(), torch.ones(B, dtype=torch.bool, device=b.device))
     active = torch.ones(B, dtype=torch.bool, device=b.device)
     if thresh is not None:
         active = rs.sqrt() > thresh

@@ -1,0 +1,324 @@
+#!/usr/bin/env python
+"""Hypergradient time and memory: our bilevel modes vs JAXopt and torchopt implicit differentiation.
+
+Problem (Grazzi et al. 2020, LR): per-feature L2 logistic regression, float64,
+
+    f(λ) = Σ_val log(1 + exp(−y' x'ᵀ w(λ))),   w(λ) = argmin_w Σ_train log(1 + exp(−y xᵀw)) + ½ wᵀdiag(λ)w,
+
+with X, X' of ``n × p`` (default: the paper's 50 × 100, and a larger 1000 × 300), λ ~ U[0.01, 10]^p.
+One *hypergradient* = the inner solve (``t`` gradient-descent steps ``w ← w − η∇ℓ(w)`` from 0,
+``η = 1/(‖X‖²/4 + max λ)``, identical for every method) + the backward giving ``∇_λ f``. For
+``t = k ∈ {10, 100, 1000}``:
+
+* **ours ITD**  – ``fixed_point(Φ, ..., mode=Unrolled(t))``;
+* **ours FP**   – ``mode=FixedPoint(k)``;  **ours CG** – ``mode=ConjugateGradient(k)``;
+* **jaxopt CG** – ``jaxopt.implicit_diff.custom_root(∇_wℓ, solve=solve_cg(maxiter=k, tol=0))`` on a
+  ``lax.fori_loop`` GD solver, ``jax.jit(jax.grad(f))`` (x64, single-threaded XLA); the first call
+  (tracing + compilation) is reported separately;
+* **torchopt CG** – ``torchopt.diff.implicit.custom_root(∇_wℓ, argnums=1,
+  solve=solve_cg(maxiter=k, rtol=0, atol=0))`` on the same torch GD solver.
+
+Equal accuracy: the three CG implementations run exactly k CG steps on the same system
+(CG is invariant to the scaling ``ηH`` vs ``H``), so they return the same hypergradient up to
+round-off — the relative error against the exact ``∇f`` (our ``argmin`` to 1e-11 + ``Implicit``) is
+printed for every method, and the maximal difference between the CG implementations is checked.
+
+Memory: for the torch methods, the bytes of tensors saved for backward by graphs alive between the
+forward and the backward (``saved_tensors_hooks``; the state autograd keeps); for JAXopt, XLA's
+``memory_analysis()`` of the compiled hypergradient (temporary + output bytes). ITD's state grows
+linearly with t; the AID modes' must not.
+
+Timing: repetitions interleaved (each repetition runs every method once, in a shuffled order),
+medians reported, ratios ``peer / ours``; torch and XLA single-threaded.
+
+Usage::
+
+    python benchmarks/bench_hypergrad.py
+    python benchmarks/bench_hypergrad.py --sizes 50x100 --ts 10,100 --reps 5
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+
+import argparse  # noqa: E402
+import gc  # noqa: E402
+import random  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+import weakref  # noqa: E402
+from functools import partial  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import warnings  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+warnings.filterwarnings("ignore", category=FutureWarning, module="torchopt")  # functorch.vjp notice
+
+try:
+    import declarative
+except ImportError:  # pragma: no cover - source tree without installation
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    import declarative
+from declarative import ConjugateGradient, FixedPoint, Implicit, Unrolled, argmin, fixed_point  # noqa: E402
+
+
+def make_problem(n, p, seed=0):
+    rng = np.random.default_rng(seed)
+    X, Xv = rng.standard_normal((n, p)), rng.standard_normal((n, p))
+    w_star = rng.standard_normal(p)
+    y = np.sign(X @ w_star + 0.1 * rng.standard_normal(n))
+    yv = np.sign(Xv @ w_star + 0.1 * rng.standard_normal(n))
+    lam = rng.uniform(0.01, 10.0, p)
+    eta = 1.0 / (np.linalg.norm(X, 2) ** 2 / 4 + lam.max())
+    return dict(X=X, y=y, Xv=Xv, yv=yv, lam=lam, eta=eta)
+
+
+# -- ours ------------------------------------------------------------------------------------------
+class Ours:
+    def __init__(self, prob):
+        self.X, self.y, self.Xv, self.yv, self.lam = (torch.tensor(prob[k]) for k in ("X", "y", "Xv", "yv", "lam"))
+        self.eta = float(prob["eta"])
+
+    def phi(self, w, lam):
+        m = self.y * (w @ self.X.T)
+        return w - self.eta * (-(self.y * torch.sigmoid(-m)) @ self.X + lam * w)
+
+    def outer(self, w):
+        return torch.nn.functional.softplus(-self.yv * (w @ self.Xv.T)).sum()
+
+    def hypergradient(self, mode, t):
+        lam = self.lam.clone().requires_grad_(True)
+        w = fixed_point(self.phi, torch.zeros(1, self.X.shape[1], dtype=torch.float64), lam, mode=mode,
+                        max_iter=t, tol=1e-300, symmetric=True, check=False)
+        return torch.autograd.grad(self.outer(w), lam)[0]
+
+    def exact(self):
+        X, y = self.X, self.y
+        lam = self.lam.clone().requires_grad_(True)
+
+        def energy(w, lam):
+            return torch.nn.functional.softplus(-y * (w @ X.T)).sum(1) + 0.5 * (lam * w ** 2).sum(1)
+
+        w = argmin(energy, torch.zeros(1, X.shape[1], dtype=torch.float64), lam, mode=Implicit(), tol=1e-11,
+                   max_iter=10000)
+        return torch.autograd.grad(self.outer(w), lam)[0]
+
+
+# -- torchopt -----------------------------------------------------------------------------------------
+class TorchOpt:
+    def __init__(self, ours: Ours):
+        self.o = ours
+
+    def hypergradient(self, k, t):
+        import torchopt
+        from torchopt.diff.implicit import custom_root
+        o = self.o
+
+        def optimality(w, lam):
+            m = o.y * (w @ o.X.T)
+            return -(o.y * torch.sigmoid(-m)) @ o.X + lam * w
+
+        @custom_root(optimality, argnums=1, solve=torchopt.linear_solve.solve_cg(maxiter=k, rtol=0.0, atol=0.0))
+        def solve(w, lam):
+            with torch.no_grad():
+                for _ in range(t):
+                    w = o.phi(w, lam)
+            return w
+
+        lam = o.lam.clone().requires_grad_(True)
+        w = solve(torch.zeros(o.X.shape[1], dtype=torch.float64), lam)
+        return torch.autograd.grad(o.outer(w), lam)[0]
+
+
+# -- JAXopt ---------------------------------------------------------------------------------------------
+class JaxOpt:
+    def __init__(self, prob):
+        import jax
+        jax.config.update("jax_enable_x64", True)
+        import jax.numpy as jnp
+        self.jax, self.jnp = jax, jnp
+        self.X, self.y, self.Xv, self.yv, self.lam = (jnp.asarray(prob[k]) for k in ("X", "y", "Xv", "yv", "lam"))
+        self.eta = float(prob["eta"])
+        self.compiled = {}
+
+    def build(self, k, t):
+        import jaxopt
+        jax, jnp = self.jax, self.jnp
+        X, y, Xv, yv, eta = self.X, self.y, self.Xv, self.yv, self.eta
+
+        def grad_inner(w, lam):
+            m = y * (X @ w)
+            return -(y * jax.nn.sigmoid(-m)) @ X + lam * w
+
+        @jaxopt.implicit_diff.custom_root(grad_inner, solve=partial(jaxopt.linear_solve.solve_cg, maxiter=k, tol=0.0))
+        def solver(init, lam):
+            return jax.lax.fori_loop(0, t, lambda i, w: w - eta * grad_inner(w, lam), init)
+
+        def f(lam):
+            w = solver(jnp.zeros(X.shape[1]), lam)
+            return jnp.logaddexp(0.0, -yv * (Xv @ w)).sum()
+
+        return jax.jit(jax.grad(f))
+
+    def compile(self, k, t):
+        start = time.perf_counter()
+        fn = self.build(k, t)
+        fn(self.lam).block_until_ready()
+        self.compiled[(k, t)] = fn
+        elapsed = time.perf_counter() - start
+        try:
+            ma = fn.lower(self.lam).compile().memory_analysis()
+            mem = int(ma.temp_size_in_bytes + ma.output_size_in_bytes)
+        except Exception:  # pragma: no cover - memory analysis unavailable on this backend
+            mem = -1
+        return elapsed, mem
+
+    def hypergradient(self, k, t):
+        return np.asarray(self.compiled[(k, t)](self.lam).block_until_ready())
+
+
+# -- measurement helpers ----------------------------------------------------------------------------
+def saved_bytes(fn):
+    """Bytes of the (distinct storages of) tensors saved for backward by graphs still alive when
+    ``fn``'s forward returns."""
+    holders = []
+
+    class Holder:
+        def __init__(self, t):
+            self.t = t
+
+    def pack(t):
+        h = Holder(t)
+        holders.append(weakref.ref(h))
+        return h
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda h: h.t):
+        out = fn()
+    gc.collect()
+    storages = {}
+    for ref in holders:  # each storage once (X is saved by every step but stored once)
+        h = ref()
+        if h is not None:
+            st = h.t.untyped_storage()
+            storages[st.data_ptr()] = st.nbytes()
+    del out
+    return sum(storages.values())
+
+
+def forward_only(ours: Ours, mode, t):
+    lam = ours.lam.clone().requires_grad_(True)
+    return fixed_point(ours.phi, torch.zeros(1, ours.X.shape[1], dtype=torch.float64), lam, mode=mode,
+                       max_iter=t, tol=1e-300, symmetric=True, check=False)
+
+
+def torchopt_forward_only(ours: Ours, k, t):
+    import torchopt
+    from torchopt.diff.implicit import custom_root
+
+    def optimality(w, lam):
+        m = ours.y * (w @ ours.X.T)
+        return -(ours.y * torch.sigmoid(-m)) @ ours.X + lam * w
+
+    @custom_root(optimality, argnums=1, solve=torchopt.linear_solve.solve_cg(maxiter=k, rtol=0.0, atol=0.0))
+    def solve(w, lam):
+        with torch.no_grad():
+            for _ in range(t):
+                w = ours.phi(w, lam)
+        return w
+
+    lam = ours.lam.clone().requires_grad_(True)
+    return solve(torch.zeros(ours.X.shape[1], dtype=torch.float64), lam)
+
+
+def fmt_bytes(b):
+    if b < 0:
+        return "n/a"
+    for unit in ("B", "KB", "MB", "GB"):
+        if b < 1024 or unit == "GB":
+            return f"{b:.0f} {unit}" if unit == "B" else f"{b:.1f} {unit}"
+        b /= 1024
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", default="50x100,1000x300", help="n×p of X and X' (comma-separated)")
+    ap.add_argument("--ts", default="10,100,1000")
+    ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--no-peers", action="store_true")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
+    ts = [int(v) for v in args.ts.split(",")]
+    from tqdm import tqdm
+
+    rows = []
+    for n, p in sizes:
+        prob = make_problem(n, p)
+        ours = Ours(prob)
+        exact = ours.exact()
+        jx = None if args.no_peers else JaxOpt(prob)
+        to = None if args.no_peers else TorchOpt(ours)
+        for t in ts:
+            k = t
+            methods = {
+                "ours ITD": lambda t=t: ours.hypergradient(Unrolled(t), t),
+                "ours FP": lambda t=t, k=k: ours.hypergradient(FixedPoint(k), t),
+                "ours CG": lambda t=t, k=k: ours.hypergradient(ConjugateGradient(k), t),
+            }
+            compile_s, jax_mem = None, -1
+            if jx is not None:
+                compile_s, jax_mem = jx.compile(k, t)
+                methods["jaxopt CG"] = lambda t=t, k=k: jx.hypergradient(k, t)
+                methods["torchopt CG"] = lambda t=t, k=k: to.hypergradient(k, t)
+            # warm-up + accuracy
+            grads = {m: torch.as_tensor(np.array(fn()), dtype=torch.float64).reshape(-1) for m, fn in methods.items()}
+            errors = {m: ((g - exact).norm() / exact.norm()).item() for m, g in grads.items()}
+            cg_names = [m for m in grads if m.endswith("CG")]
+            cg_spread = max(((grads[a] - grads[b]).norm() / exact.norm()).item() for a in cg_names for b in cg_names)
+            times = {m: [] for m in methods}
+            for _ in tqdm(range(args.reps), desc=f"n={n} p={p} t=k={t}", leave=False):
+                order = list(methods)
+                random.shuffle(order)
+                for m in order:
+                    start = time.perf_counter()
+                    methods[m]()
+                    times[m].append(time.perf_counter() - start)
+            memory = {
+                "ours ITD": saved_bytes(lambda: forward_only(ours, Unrolled(t), t)),
+                "ours FP": saved_bytes(lambda: forward_only(ours, FixedPoint(k), t)),
+                "ours CG": saved_bytes(lambda: forward_only(ours, ConjugateGradient(k), t)),
+            }
+            if jx is not None:
+                memory["jaxopt CG"] = jax_mem
+                memory["torchopt CG"] = saved_bytes(lambda: torchopt_forward_only(ours, k, t))
+            for m in methods:
+                rows.append(dict(size=f"{n}x{p}", t=t, method=m, ms=1000 * statistics.median(times[m]),
+                                 err=errors[m], mem=memory[m], compile=compile_s if m == "jaxopt CG" else None,
+                                 spread=cg_spread))
+
+    print("\nper-hypergradient median time (inner t GD steps + backward), relative error vs exact ∇f, memory")
+    print(f"{'size':>9} {'t=k':>5} {'method':>12} {'ms':>9} {'rel. error':>11} {'memory':>10}  notes")
+    for r in rows:
+        note = f"compile {r['compile']:.2f} s" if r["compile"] is not None else ""
+        print(f"{r['size']:>9} {r['t']:>5} {r['method']:>12} {r['ms']:>9.2f} {r['err']:>11.2e} "
+              f"{fmt_bytes(r['mem']):>10}  {note}")
+    if not args.no_peers:
+        print("\nratios peer time / our time (> 1: ours faster); CG implementations' max relative difference")
+        print(f"{'size':>9} {'t=k':>5} {'ours':>8} {'jaxopt/ours':>12} {'torchopt/ours':>14} {'CG spread':>10}")
+        by = {(r["size"], r["t"], r["method"]): r for r in rows}
+        for size, t in dict.fromkeys((r["size"], r["t"]) for r in rows):
+            for ours_m in ("ours FP", "ours CG"):
+                o = by[(size, t, ours_m)]["ms"]
+                print(f"{size:>9} {t:>5} {ours_m[5:]:>8} {by[(size, t, 'jaxopt CG')]['ms'] / o:>12.2f} "
+                      f"{by[(size, t, 'torchopt CG')]['ms'] / o:>14.2f} {by[(size, t, 'ours CG')]['spread']:>10.1e}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
