@@ -242,3 +242,19 @@ def test_energy_problem_is_an_argmin_problem():
     assert isinstance(p, ArgminProblem) and p.fixed_point_symmetric
     assert not EnergyProblem(lambda z: (z ** 2).sum(1), like=torch.zeros(2, 3), lower=0.0).fixed_point_symmetric
     assert math.isclose(p.lipschitz_estimate((), torch.zeros(2, 3))[0].item(), 2.0, rel_tol=1e-6)
+
+
+def test_custom_solver_is_used_for_solve_and_nudged_solves():
+    from declarative import minimize
+    calls = []
+
+    def solver(fun, z0, **kw):
+        calls.append(sorted(kw))
+        return minimize(fun, z0, **kw)
+
+    a = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    z = argmin(lambda z, a: 0.5 * ((z - a) ** 2).sum(1), torch.zeros(2, 3, dtype=torch.float64), a,
+               mode=Contrastive(0.1), solver=solver, tol=1e-12)
+    z.sum().backward()
+    assert len(calls) == 2 and calls[0] == ["lower", "max_iter", "tol", "upper"]
+    torch.testing.assert_close(a.grad, torch.ones_like(a))  # z*(a) = a, exact for any β (quadratic)
