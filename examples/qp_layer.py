@@ -81,6 +81,8 @@ def train(mode: str, beta: float, x_tr, y_tr, x_te, y_te, G0, h0, steps: int, ba
     eye = torch.eye(n, dtype=x_tr.dtype)
     gen = torch.Generator().manual_seed(seed)
     curve = []
+    with torch.no_grad():
+        initial = ((layer(eye, -x_tr, G, h) - y_tr) ** 2).sum(-1).mean().item()
     t0 = time.perf_counter()
     bar = tqdm(range(steps), desc=f"{mode:>11}", disable=not progress, leave=True)
     for _ in bar:
@@ -96,11 +98,11 @@ def train(mode: str, beta: float, x_tr, y_tr, x_te, y_te, G0, h0, steps: int, ba
     with torch.no_grad():
         test = ((layer(eye, -x_te, G, h) - y_te) ** 2).sum(-1).mean().item()
         train_loss = ((layer(eye, -x_tr, G, h) - y_tr) ** 2).sum(-1).mean().item()
-    return {"mode": mode, "curve": curve, "train": train_loss, "test": test, "seconds": elapsed,
+    return {"mode": mode, "curve": curve, "initial": initial, "train": train_loss, "test": test, "seconds": elapsed,
             "G": G.detach(), "h": h.detach()}
 
 
-def polygon(G, h, lim=3.0, res=400):
+def polygon(G, h, lim=3.0, res=200):
     """Boolean image of ``{z : Gz ≤ h}`` on ``[−lim, lim]²`` (for plotting)."""
     t = torch.linspace(-lim, lim, res, dtype=torch.float64)
     X, Y = torch.meshgrid(t, t, indexing="xy")
@@ -129,11 +131,11 @@ def plot(results, G_true, h_true, beta, path: Path):
     if two_d:
         ax = axes[0, 1]
         lim = 2.5
-        ax.contour(*torch.meshgrid(torch.linspace(-lim, lim, 400), torch.linspace(-lim, lim, 400), indexing="xy"),
+        ax.contour(*torch.meshgrid(torch.linspace(-lim, lim, 200), torch.linspace(-lim, lim, 200), indexing="xy"),
                    polygon(G_true, h_true, lim).double(), levels=[0.5], colors="k", linewidths=2.5)
         colors = ["C0", "C1", "C2"]
         for r, c in zip(results, colors):
-            ax.contour(*torch.meshgrid(torch.linspace(-lim, lim, 400), torch.linspace(-lim, lim, 400), indexing="xy"),
+            ax.contour(*torch.meshgrid(torch.linspace(-lim, lim, 200), torch.linspace(-lim, lim, 200), indexing="xy"),
                        polygon(r["G"], r["h"], lim).double(), levels=[0.5], colors=c, linestyles="--")
         ax.plot([], [], "k", lw=2.5, label="hidden polytope")
         for r, c in zip(results, colors):
