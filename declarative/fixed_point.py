@@ -84,8 +84,8 @@ class FixedPointProblem(ArgminProblem):
                 if w_new.shape != w.shape:
                     raise ValueError(f"phi: expected Φ(w) of the shape of w {tuple(w.shape)}, got "
                                      f"{tuple(w_new.shape)}")
-                r = (w_new - w).reshape(B, -1).norm(dim=1)
-                if all_running and it < self.max_iter and not bool((~(r > self.tol)).any()):
+                r = torch.linalg.vector_norm((w_new - w).reshape(B, -1), dim=1)
+                if all_running and it < self.max_iter and bool((r > self.tol).all()):
                     # fast path (one sync): every element still running and finite, none converged
                     w = w_new
                     iterations += 1

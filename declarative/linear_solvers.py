@@ -51,7 +51,9 @@ class LinearSolve:
 
 def batch_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Per-element inner product of two ``(B, *event)`` tensors, shape ``(B,)``."""
-    return (a * b).reshape(a.shape[0], -1).sum(1)
+    if a.dim() == 2:
+        return torch.linalg.vecdot(a, b)
+    return torch.linalg.vecdot(a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1))
 
 
 def _expand(s: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -84,18 +86,19 @@ def conjugate_gradient(matvec: Operator, b: torch.Tensor, *, x0: torch.Tensor | 
     if thresh is None:  # exactly max_iter steps; an element with pᵀAp ≤ 0 (breakdown) stops moving
         iterations = torch.zeros(B, dtype=torch.int64, device=b.device)
         ok = torch.ones(B, dtype=torch.bool, device=b.device)
+        zero = torch.zeros((), dtype=b.dtype, device=b.device)
         for _ in range(max_iter):
             Ap = matvec(p)
             pAp = batch_dot(p, Ap)
             ok = ok & (pAp > 0)
-            alpha = torch.where(ok, rs / torch.where(ok, pAp, torch.ones_like(pAp)), torch.zeros_like(rs))
-            x = x + _expand(alpha, x) * p
-            r = r - _expand(alpha, r) * Ap
+            alpha = _expand(torch.where(ok, rs / pAp, zero), x)
+            x = torch.addcmul(x, alpha, p)
+            r = torch.addcmul(r, alpha, Ap, value=-1)
             rs_new = batch_dot(r, r)
-            beta = torch.where(ok, rs_new / torch.where(rs > 0, rs, torch.ones_like(rs)), torch.zeros_like(rs))
-            p = r + _expand(beta, p) * p
+            beta = torch.where(ok, rs_new / rs, zero)
+            p = torch.addcmul(r, _expand(beta, p), p)
             rs = rs_new
-            iterations = iterations + ok.to(torch.int64)
+            iterations += ok
         return LinearSolve(x, iterations, rs.sqrt(), torch.ones(B, dtype=torch.bool, device=b.device))
     active = torch.ones(B, dtype=torch.bool, device=b.device)
     if thresh is not None:
