@@ -31,9 +31,7 @@ class Contrastive(GradientMode):
 
     def vjp(self, problem, params, solution, g, needs):
         nudged = _nudged(problem, params, g, self.beta, solution)
-        f1 = problem.lagrangian_grads(nudged, params, needs)
-        f0 = problem.lagrangian_grads(solution, params, needs)
-        return tuple(None if a is None else (a - b) / self.beta for a, b in zip(f1, f0))
+        return problem.lagrangian_grads_contrast(nudged, solution, params, needs, self.beta)
 
     def __repr__(self):
         return f"Contrastive(beta={self.beta:g})"
@@ -59,9 +57,7 @@ class Symmetric(GradientMode):
     def vjp(self, problem, params, solution, g, needs):
         plus = _nudged(problem, params, g, self.beta, solution)
         minus = _nudged(problem, params, g, -self.beta, solution)
-        fp = problem.lagrangian_grads(plus, params, needs)
-        fm = problem.lagrangian_grads(minus, params, needs)
-        return tuple(None if a is None else (a - b) / (2 * self.beta) for a, b in zip(fp, fm))
+        return problem.lagrangian_grads_contrast(plus, minus, params, needs, 2 * self.beta)
 
     def __repr__(self):
         return f"Symmetric(beta={self.beta:g})"

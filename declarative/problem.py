@@ -51,6 +51,17 @@ class ArgminProblem:
     def lagrangian_grads(self, solution: Solution, params: Params, needs: Sequence[bool]) -> Grads:
         raise NotImplementedError(f"{type(self).__name__} provides no Lagrangian gradient")
 
+    def lagrangian_grads_contrast(self, solution_1: Solution, solution_0: Solution, params: Params,
+                                  needs: Sequence[bool], denominator: float) -> Grads:
+        """``(∂_θ𝓛(solution_1) − ∂_θ𝓛(solution_0)) / denominator``, the contrast the contrastive modes
+        take (``Contrastive``: nudged vs free, ``/β``; ``Symmetric``: ``+β`` vs ``−β``, ``/2β``).
+
+        Problems with a cheaper fused formula (e.g. activations) override this; the result must be equal.
+        """
+        f1 = self.lagrangian_grads(solution_1, params, needs)
+        f0 = self.lagrangian_grads(solution_0, params, needs)
+        return tuple(None if a is None else (a - b) / denominator for a, b in zip(f1, f0))
+
     def implicit_tangent(self, solution: Solution, params: Params, g: torch.Tensor) -> Solution:
         raise NotImplementedError(f"{type(self).__name__} provides no implicit tangent")
 

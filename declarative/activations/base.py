@@ -44,6 +44,10 @@ class ActivationProblem(ArgminProblem):
     def lagrangian_grads(self, solution, params, needs):
         return (-solution.z,)
 
+    def lagrangian_grads_contrast(self, solution_1, solution_0, params, needs, denominator):
+        # ((−z_1) − (−z_0))/d = (z_0 − z_1)/d bit for bit, in two ops instead of four.
+        return (torch.sub(solution_0.z, solution_1.z).div_(denominator),)
+
     def implicit_tangent(self, solution, params, g):
         return Solution(z=self.directional_derivative(params[0], solution.z, -g))
 
