@@ -59,6 +59,12 @@ def _mtv(M: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return (M * x.unsqueeze(-1)).sum(-2)
 
 
+def _chol_solve(U: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
+    """Solve ``UᵀU X = R`` for an upper Cholesky factor ``U`` (two triangular solves: faster on
+    CPU than ``torch.cholesky_solve``, which copies the factor to column-major on every call)."""
+    return torch.linalg.solve_triangular(U, torch.linalg.solve_triangular(U.mT, R, upper=False), upper=True)
+
+
 def _inf_norm(x: torch.Tensor) -> torch.Tensor:
     if x.shape[-1] == 0:
         return x.new_zeros(x.shape[:-1])
@@ -100,7 +106,7 @@ class _Factor:
         self.L, self.info = torch.linalg.cholesky_ex(H, upper=True)
         self.A = A
         if A is not None:
-            self.X = torch.cholesky_solve(A.transpose(-1, -2).expand(*self.L.shape[:-2], *A.shape[-1:], A.shape[-2]), self.L, upper=True)
+            self.X = _chol_solve(self.L, A.transpose(-1, -2).expand(*self.L.shape[:-2], *A.shape[-1:], A.shape[-2]))
             S = A @ self.X
             p = S.shape[-1]
             sscale = 1.0 + S.diagonal(dim1=-2, dim2=-1).abs().amax(-1, keepdim=True)
@@ -118,10 +124,10 @@ class _Factor:
 
     def solve(self, r1: torch.Tensor, r2: torch.Tensor | None):
         """Solve ``[H Aᵀ; A 0][dz; dν] = [r1; r2]``."""
-        u = torch.cholesky_solve(r1.unsqueeze(-1), self.L, upper=True).squeeze(-1)
+        u = _chol_solve(self.L, r1.unsqueeze(-1)).squeeze(-1)
         if self.A is None:
             return u, None
-        dnu = torch.cholesky_solve((_mv(self.A, u) - r2).unsqueeze(-1), self.Ls, upper=True).squeeze(-1)
+        dnu = _chol_solve(self.Ls, (_mv(self.A, u) - r2).unsqueeze(-1)).squeeze(-1)
         return u - _mv(self.X, dnu), dnu
 
 
@@ -407,7 +413,8 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
         # -- statuses -------------------------------------------------------------------------------
         running = status == _RUNNING
         new_status = torch.where(converged, solved_code, status)
-        if k > 0 and (G is not None or A is not None):
+        certify = k >= 3   # infeasible problems show their certificates within a few iterations
+        if certify and (G is not None or A is not None):
             # infeasibility certificates, on the iterates (λ, ν) and on the last Newton directions
             pinf = _primal_infeasible(Gtl, Atn, h, b, lam, nu, eps_inf, pscale)
             if G is not None:
@@ -429,7 +436,7 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
             open_ = open_ & ~pinf
             new_status = torch.where(open_ & dinf, dinf_code, new_status)
             new_status = torch.where(open_ & ~dinf & stalled, stalled_code, new_status)
-        elif k > 0:
+        elif certify:
             nd = _inf_norm(dz_last)
             dinf = (nd > 0) & (_inf_norm(_mv(Q, dz_last)) <= eps_inf * nd) \
                 & ((q * dz_last).sum(-1) <= -eps_inf * nd * (1 + qnorm))
