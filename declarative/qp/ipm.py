@@ -17,14 +17,23 @@ batched Cholesky (``torch.linalg.cholesky_ex``, upper factor) and used for the p
 factorisation at the returned iterate is kept in ``Solution.cache`` for the implicit backward (the
 active-set factorisation of the final polish, see ``kkt_tangent``).
 
-Infeasibility is detected with the usual certificates evaluated on the iterates and on the Newton
-directions (an infeasible-start IPM diverges along a certificate): primal infeasible when
+Infeasibility is detected (from the third iteration on) with the usual certificates evaluated on
+the iterates and on the Newton directions (an infeasible-start IPM diverges along a certificate);
+we chose this over a homogeneous self-dual embedding because it keeps the Newton system of the
+plain QP: primal infeasible when
 ``λ ≥ 0, ν`` satisfy ``‖Gᵀλ + Aᵀν‖ ≤ ε‖(λ,ν)‖`` and ``hᵀλ + bᵀν ≤ −ε‖(λ,ν)‖``; dual infeasible
 (unbounded below) when a direction ``d`` satisfies ``‖Qd‖ ≤ ε‖d‖``, ``Gd ≤ ε‖d‖``, ``‖Ad‖ ≤ ε‖d‖``
 and ``qᵀd ≤ −ε‖d‖``.
 
 All batch elements advance in the same tensor operations; converged (or failed) elements are frozen
-(their step length is zero). The only host synchronisation is one convergence check per iteration.
+(their step length is zero), and once at most 3/4 of the working set is still running the working
+set is compacted to the running elements. The only host synchronisation is one convergence check
+per iteration. Converged solutions are then *polished* (``QPOptions.polish``): the
+equality-constrained QP on the identified active set is solved exactly (with iterative
+refinement), which removes the ``O(√μ)`` error of interior-point iterates at weakly active
+constraints and gives the exact active-set factorisation to the backward. A primal and gap
+converged element whose dual residual grows (ill-conditioned Newton systems, typically float32) is
+stopped and handed to the polish as well.
 
 References:
     S. Mehrotra, "On the implementation of a primal-dual interior point method", SIAM J. Optim. 1992.
@@ -379,162 +388,188 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
     eps_inf = opts.tol_infeasible
     frac = opts.step_fraction
     wmax = 1.0 / torch.finfo(dtype).eps ** 2   # keeps GᵀWG finite when a slack underflows
-    fac = None
-    dres_prev = torch.full((B,), float("inf"), dtype=dtype, device=device)
-    dz_last = Gdz_last = dlam_last = dnu_last = None
     solved_code = int(Status.SOLVED)
     pinf_code = int(Status.PRIMAL_INFEASIBLE)
     dinf_code = int(Status.DUAL_INFEASIBLE)
     stalled_code = _STALLED
     nonfinite_code = int(Status.NON_FINITE)
-    pscale = hnorm + bnorm
-    # working set: the loop runs on the still-running elements only; when at most 3/4 of the
-    # working set is still running it is compacted (finished elements written back to the full
-    # batch, the data gathered for the others)
-    widx = None
-    full = None
     data = (Q, q, G, h, A, b)
     aux = (AtA, zero_eq, reg, hnorm, bnorm, qnorm)
-    pres = dres = gap = torch.zeros(B, dtype=dtype, device=device)
 
     def take(t, ix):
         return t if t is None or t.dim() == 0 or t.shape[0] == 1 else t.index_select(0, ix)
 
-    for k in range(opts.max_iter + 1):
-        # -- residuals at the current iterate -----------------------------------------------------
-        rd, ri, re, pres, dres, gap, mu, Gtl, Atn = _residuals(
-            Q, q, G, h, A, b, z, s, lam, nu, hnorm, bnorm, qnorm, products=True)
-        converged = (pres <= opts.tol_primal) & (dres <= opts.tol_dual) & (gap <= opts.tol_gap)
-        # stalled: primal and gap converged but the dual residual grows (ill-conditioned Newton
-        # systems, typically float32); such elements stop here and are handed to the polish
-        stalled = ~converged & (pres <= opts.tol_primal) & (gap <= opts.tol_gap) & (dres > dres_prev)
-        dres_prev = dres
-
-        # -- statuses -------------------------------------------------------------------------------
-        running = status == _RUNNING
-        new_status = torch.where(converged, solved_code, status)
-        certify = k >= 3   # infeasible problems show their certificates within a few iterations
-        if certify and (G is not None or A is not None):
-            # infeasibility certificates, on the iterates (λ, ν) and on the last Newton directions
-            pinf = _primal_infeasible(Gtl, Atn, h, b, lam, nu, eps_inf, pscale)
-            if G is not None:
-                dlp = dlam_last.clamp(min=0)
-                Gtd = _mtv(G, dlp)
-            else:
-                dlp = Gtd = None
-            Atd = _mtv(A, dnu_last) if A is not None else None
-            pinf = pinf | _primal_infeasible(Gtd, Atd, h, b, dlp, dnu_last, eps_inf, pscale)
-            nd = _inf_norm(dz_last)
-            dinf = (nd > 0) & (_inf_norm(_mv(Q, dz_last)) <= eps_inf * nd) \
-                & ((q * dz_last).sum(-1) <= -eps_inf * nd * (1 + qnorm))
-            if G is not None:
-                dinf = dinf & (Gdz_last.amax(-1) <= eps_inf * nd * (1 + hnorm))
-            if A is not None:
-                dinf = dinf & (_inf_norm(_mv(A, dz_last)) <= eps_inf * nd * (1 + bnorm))
-            open_ = ~converged
-            new_status = torch.where(open_ & pinf, pinf_code, new_status)
-            open_ = open_ & ~pinf
-            new_status = torch.where(open_ & dinf, dinf_code, new_status)
-            new_status = torch.where(open_ & ~dinf & stalled, stalled_code, new_status)
-        elif certify:
-            nd = _inf_norm(dz_last)
-            dinf = (nd > 0) & (_inf_norm(_mv(Q, dz_last)) <= eps_inf * nd) \
-                & ((q * dz_last).sum(-1) <= -eps_inf * nd * (1 + qnorm))
-            new_status = torch.where(~converged & dinf, dinf_code, new_status)
-        status = torch.where(running, new_status, status)
-        running = status == _RUNNING
-        nrun = int(running.sum())
-        if k == opts.max_iter or nrun == 0:
-            break
-        Bw = z.shape[0]
-        if nrun <= 0.75 * Bw and Bw >= 4:
-            state = (z, s, lam, nu, status, iterations, pres, dres, gap)
-            if widx is None:
-                full = [x.clone() for x in state]
-                widx = torch.arange(B, device=device)
-            else:
-                for f_, x in zip(full, state):
-                    f_.index_copy_(0, widx, x)
-            keep = torch.nonzero(running).reshape(-1)
-            widx = widx.index_select(0, keep)
-            (z, s, lam, nu, status, iterations, dres_prev, dz_last, Gdz_last, dlam_last, dnu_last,
-             rd, ri, re, mu, Q, q, G, h, A, b, AtA, zero_eq, reg, hnorm, bnorm, qnorm, pscale) = (
-                take(x, keep) for x in (
-                    z, s, lam, nu, status, iterations, dres_prev, dz_last, Gdz_last, dlam_last, dnu_last,
-                    rd, ri, re, mu, Q, q, G, h, A, b, AtA, zero_eq, reg, hnorm, bnorm, qnorm, pscale))
-            running = status == _RUNNING
-
-        # -- the factorisation at this iterate ------------------------------------------------------
-        w = (lam / s).clamp(max=wmax) if G is not None else None
-        fac = _Factor(Q, G, A, AtA, w, reg, zero_eq, opts.reg)
-        iterations = iterations + running.to(iterations.dtype)
-        ds = dlam = None
-        if G is not None:
-            # -- Mehrotra predictor (affine scaling) and corrector, one factorisation ---------------
-            r0 = -rd if A is None else -rd - opts.rho * _mtv(A, re)
-            wri = w * ri
-
-            def step(rc):
-                rcs = rc / s
-                dz, dnu = fac.solve(r0 - _mtv(G, wri - rcs), -re if A is not None else None)
-                Gdz = _mv(G, dz)
-                dlam = w * Gdz + wri - rcs
-                ds = -ri - Gdz
-                return dz, ds, dlam, dnu, Gdz
-
-            sl = s * lam
-            dz, ds, dlam, dnu, Gdz = step(sl)
-            a = torch.minimum(_max_step(s, ds), _max_step(lam, dlam)).unsqueeze(-1)
-            mu_aff = ((s + a * ds) * (lam + a * dlam)).sum(-1) / m
-            sigma = (mu_aff / mu).clamp(min=0, max=1) ** 3
-            rc = sl + ds * dlam - (sigma * mu).unsqueeze(-1)
-            dz, ds, dlam, dnu, Gdz = step(rc)
-            alpha = (frac * torch.minimum(_ratio(s, ds), _ratio(lam, dlam))).clamp(max=1.0)
-            check = dz.sum(-1) + ds.sum(-1) + dlam.sum(-1)
-        else:
-            # equality-constrained or unconstrained: Newton steps (one solves the problem)
-            r1 = -rd if A is None else -rd - opts.rho * _mtv(A, re)
-            dz, dnu = fac.solve(r1, -re if A is not None else None)
-            alpha = torch.ones(z.shape[0], dtype=dtype, device=device)
-            Gdz = None
-            check = dz.sum(-1)
-        if dnu is not None:
-            check = check + dnu.sum(-1)
-        finite = torch.isfinite(check)
-        status = torch.where(running & ~finite, nonfinite_code, status)
-        move = (running & finite).unsqueeze(-1)
-        # frozen elements: zero direction (also clears non-finite directions), zero step
-        a = torch.where(move.squeeze(-1), alpha, torch.zeros_like(alpha)).unsqueeze(-1)
-        dz = torch.where(move, dz, 0.0)
-        z = torch.addcmul(z, a, dz)
-        if dnu is not None:
-            dnu = torch.where(move, dnu, 0.0)
-            nu = torch.addcmul(nu, a, dnu)
-        if ds is not None:
-            ds = torch.where(move, ds, 0.0)
-            dlam = torch.where(move, dlam, 0.0)
-            s = torch.addcmul(s, a, ds)
-            lam = torch.addcmul(lam, a, dlam)
-            Gdz = torch.where(move, Gdz, 0.0)
-        dz_last, Gdz_last, dlam_last, dnu_last = dz, Gdz, dlam, dnu
-
-    if widx is not None:
-        for f_, x in zip(full, (z, s, lam, nu, status, iterations, pres, dres, gap)):
-            f_.index_copy_(0, widx, x)
-        z, s, lam, nu, status, iterations, pres, dres, gap = full
+    def run(z, s, lam, nu, status, iterations, tol_p, tol_d, tol_g, max_iter):
+        """The interior-point loop on the elements with status ``_RUNNING``."""
         Q, q, G, h, A, b = data
         AtA, zero_eq, reg, hnorm, bnorm, qnorm = aux
+        B = z.shape[0]
         fac = None
+        dres_prev = torch.full((B,), float("inf"), dtype=dtype, device=device)
+        dz_last = Gdz_last = dlam_last = dnu_last = None
+        pscale = hnorm + bnorm
+        # working set: the loop runs on the still-running elements only; when at most 3/4 of the
+        # working set is still running it is compacted (finished elements written back to the full
+        # batch, the data gathered for the others)
+        widx = None
+        full = None
+        pres = dres = gap = torch.zeros(B, dtype=dtype, device=device)
+
+
+        for k in range(max_iter + 1):
+            # -- residuals at the current iterate -----------------------------------------------------
+            rd, ri, re, pres, dres, gap, mu, Gtl, Atn = _residuals(
+                Q, q, G, h, A, b, z, s, lam, nu, hnorm, bnorm, qnorm, products=True)
+            converged = (pres <= tol_p) & (dres <= tol_d) & (gap <= tol_g)
+            # stalled: primal and gap converged but the dual residual grows (ill-conditioned Newton
+            # systems, typically float32); such elements stop here and are handed to the polish
+            stalled = ~converged & (pres <= tol_p) & (gap <= tol_g) & (dres > dres_prev)
+            dres_prev = dres
+
+            # -- statuses -------------------------------------------------------------------------------
+            running = status == _RUNNING
+            new_status = torch.where(converged, solved_code, status)
+            certify = k >= 3   # infeasible problems show their certificates within a few iterations
+            if certify and (G is not None or A is not None):
+                # infeasibility certificates, on the iterates (λ, ν) and on the last Newton directions
+                pinf = _primal_infeasible(Gtl, Atn, h, b, lam, nu, eps_inf, pscale)
+                if G is not None:
+                    dlp = dlam_last.clamp(min=0)
+                    Gtd = _mtv(G, dlp)
+                else:
+                    dlp = Gtd = None
+                Atd = _mtv(A, dnu_last) if A is not None else None
+                pinf = pinf | _primal_infeasible(Gtd, Atd, h, b, dlp, dnu_last, eps_inf, pscale)
+                nd = _inf_norm(dz_last)
+                dinf = (nd > 0) & (_inf_norm(_mv(Q, dz_last)) <= eps_inf * nd) \
+                    & ((q * dz_last).sum(-1) <= -eps_inf * nd * (1 + qnorm))
+                if G is not None:
+                    dinf = dinf & (Gdz_last.amax(-1) <= eps_inf * nd * (1 + hnorm))
+                if A is not None:
+                    dinf = dinf & (_inf_norm(_mv(A, dz_last)) <= eps_inf * nd * (1 + bnorm))
+                open_ = ~converged
+                new_status = torch.where(open_ & pinf, pinf_code, new_status)
+                open_ = open_ & ~pinf
+                new_status = torch.where(open_ & dinf, dinf_code, new_status)
+                new_status = torch.where(open_ & ~dinf & stalled, stalled_code, new_status)
+            elif certify:
+                nd = _inf_norm(dz_last)
+                dinf = (nd > 0) & (_inf_norm(_mv(Q, dz_last)) <= eps_inf * nd) \
+                    & ((q * dz_last).sum(-1) <= -eps_inf * nd * (1 + qnorm))
+                new_status = torch.where(~converged & dinf, dinf_code, new_status)
+            status = torch.where(running, new_status, status)
+            running = status == _RUNNING
+            nrun = int(running.sum())
+            if k == max_iter or nrun == 0:
+                break
+            Bw = z.shape[0]
+            if nrun <= 0.75 * Bw and Bw >= 4:
+                state = (z, s, lam, nu, status, iterations, pres, dres, gap)
+                if widx is None:
+                    full = [x.clone() for x in state]
+                    widx = torch.arange(B, device=device)
+                else:
+                    for f_, x in zip(full, state):
+                        f_.index_copy_(0, widx, x)
+                keep = torch.nonzero(running).reshape(-1)
+                widx = widx.index_select(0, keep)
+                (z, s, lam, nu, status, iterations, dres_prev, dz_last, Gdz_last, dlam_last, dnu_last,
+                 rd, ri, re, mu, Q, q, G, h, A, b, AtA, zero_eq, reg, hnorm, bnorm, qnorm, pscale) = (
+                    take(x, keep) for x in (
+                        z, s, lam, nu, status, iterations, dres_prev, dz_last, Gdz_last, dlam_last, dnu_last,
+                        rd, ri, re, mu, Q, q, G, h, A, b, AtA, zero_eq, reg, hnorm, bnorm, qnorm, pscale))
+                running = status == _RUNNING
+
+            # -- the factorisation at this iterate ------------------------------------------------------
+            w = (lam / s).clamp(max=wmax) if G is not None else None
+            fac = _Factor(Q, G, A, AtA, w, reg, zero_eq, opts.reg)
+            iterations = iterations + running.to(iterations.dtype)
+            ds = dlam = None
+            if G is not None:
+                # -- Mehrotra predictor (affine scaling) and corrector, one factorisation ---------------
+                r0 = -rd if A is None else -rd - opts.rho * _mtv(A, re)
+                wri = w * ri
+
+                def step(rc):
+                    rcs = rc / s
+                    dz, dnu = fac.solve(r0 - _mtv(G, wri - rcs), -re if A is not None else None)
+                    Gdz = _mv(G, dz)
+                    dlam = w * Gdz + wri - rcs
+                    ds = -ri - Gdz
+                    return dz, ds, dlam, dnu, Gdz
+
+                sl = s * lam
+                dz, ds, dlam, dnu, Gdz = step(sl)
+                a = torch.minimum(_max_step(s, ds), _max_step(lam, dlam)).unsqueeze(-1)
+                mu_aff = ((s + a * ds) * (lam + a * dlam)).sum(-1) / m
+                sigma = (mu_aff / mu).clamp(min=0, max=1) ** 3
+                rc = sl + ds * dlam - (sigma * mu).unsqueeze(-1)
+                dz, ds, dlam, dnu, Gdz = step(rc)
+                alpha = (frac * torch.minimum(_ratio(s, ds), _ratio(lam, dlam))).clamp(max=1.0)
+                check = dz.sum(-1) + ds.sum(-1) + dlam.sum(-1)
+            else:
+                # equality-constrained or unconstrained: Newton steps (one solves the problem)
+                r1 = -rd if A is None else -rd - opts.rho * _mtv(A, re)
+                dz, dnu = fac.solve(r1, -re if A is not None else None)
+                alpha = torch.ones(z.shape[0], dtype=dtype, device=device)
+                Gdz = None
+                check = dz.sum(-1)
+            if dnu is not None:
+                check = check + dnu.sum(-1)
+            finite = torch.isfinite(check)
+            status = torch.where(running & ~finite, nonfinite_code, status)
+            move = (running & finite).unsqueeze(-1)
+            # frozen elements: zero direction (also clears non-finite directions), zero step
+            a = torch.where(move.squeeze(-1), alpha, torch.zeros_like(alpha)).unsqueeze(-1)
+            dz = torch.where(move, dz, 0.0)
+            z = torch.addcmul(z, a, dz)
+            if dnu is not None:
+                dnu = torch.where(move, dnu, 0.0)
+                nu = torch.addcmul(nu, a, dnu)
+            if ds is not None:
+                ds = torch.where(move, ds, 0.0)
+                dlam = torch.where(move, dlam, 0.0)
+                s = torch.addcmul(s, a, ds)
+                lam = torch.addcmul(lam, a, dlam)
+                Gdz = torch.where(move, Gdz, 0.0)
+            dz_last, Gdz_last, dlam_last, dnu_last = dz, Gdz, dlam, dnu
+
+        if widx is not None:
+            for f_, x in zip(full, (z, s, lam, nu, status, iterations, pres, dres, gap)):
+                f_.index_copy_(0, widx, x)
+            z, s, lam, nu, status, iterations, pres, dres, gap = full
+            Q, q, G, h, A, b = data
+            AtA, zero_eq, reg, hnorm, bnorm, qnorm = aux
+            fac = None
+        return z, s, lam, nu, status, iterations, pres, dres, gap, fac
+
+    # phase 1: with polishing, iterate only to a loose tolerance (the polish makes the solution
+    # exact once the active set is identified); phase 2: elements whose polish fails continue
+    # to the full tolerance and are polished again
+    loose = max(opts.tol, min(1e-5, opts.tol ** 0.5)) if (opts.polish and G is not None) else None
+    tols = (opts.tol_primal, opts.tol_dual, opts.tol_gap)
+    tols1 = tuple(max(t_, loose) for t_ in tols) if loose is not None else tols
+    z, s, lam, nu, status, iterations, pres, dres, gap, fac = run(
+        z, s, lam, nu, status, iterations, *tols1, opts.max_iter)
     unfinished = (status == _RUNNING) | (status == _STALLED)
     cache = {}
     if G is not None:
         if opts.polish:
-            solved = status == Status.SOLVED
-            z, s, lam, nu, polished, pfac, idx, valid = _polish(
-                Q, q, G, h, A, b, z, s, lam, nu, unfinished | solved, opts, reg, zero_eq, hnorm, bnorm, qnorm)
-            _, _, _, pres, dres, gap, _ = _residuals(Q, q, G, h, A, b, z, s, lam, nu, hnorm, bnorm, qnorm)
-            converged = (pres <= opts.tol_primal) & (dres <= opts.tol_dual) & (gap <= opts.tol_gap)
-            status = torch.where(unfinished & converged, torch.full_like(status, int(Status.SOLVED)), status)
+            for phase in (1, 2):
+                solved = status == Status.SOLVED
+                z, s, lam, nu, polished, pfac, idx, valid = _polish(
+                    Q, q, G, h, A, b, z, s, lam, nu, unfinished | solved, opts, reg, zero_eq, hnorm, bnorm, qnorm)
+                _, _, _, pres, dres, gap, _ = _residuals(Q, q, G, h, A, b, z, s, lam, nu, hnorm, bnorm, qnorm)
+                converged = (pres <= opts.tol_primal) & (dres <= opts.tol_dual) & (gap <= opts.tol_gap)
+                status = torch.where(unfinished & converged, torch.full_like(status, int(Status.SOLVED)), status)
+                retry = solved & ~converged     # loose IPM solution, polish failed: iterate on
+                if phase == 2 or loose is None or not bool(retry.any()):
+                    break
+                status = torch.where(retry, torch.full_like(status, _RUNNING), status)
+                budget = max(1, opts.max_iter - int(iterations.max()))
+                z, s, lam, nu, status, iterations, pres, dres, gap, fac = run(
+                    z, s, lam, nu, status, iterations, *tols, budget)
+                unfinished = (status == _RUNNING) | (status == _STALLED)
             if bool((polished | (status != Status.SOLVED)).all()):
                 # every solved element sits on its polished active set: keep that factorisation
                 cache = {"U": pfac.L, "act_idx": idx, "act_valid": valid}

@@ -39,8 +39,9 @@ class QPOptions:
             ``1e-5`` float32).
         step_fraction: fraction of the step to the boundary of the positive orthant.
         active_tol: relative threshold of the weakly-active classification used by the implicit
-            gradient (see ``QPProblem.implicit_tangent``). None: ``tol ** 0.25`` (``1e-2``
-            float64, ``0.1`` float32).
+            gradient (see ``QPProblem``). None: ``√eps`` (``1.5e-8`` float64, ``3.5e-4``
+            float32) for polished solutions, ``tol ** 0.25`` (``1e-2`` float64, ``0.1`` float32)
+            for raw interior-point iterates.
         warm_start_margin: a warm start's slacks and multipliers are lifted to at least this value
             (times the data scale), so that the iterate is interior.
         polish: after convergence, solve the equality-constrained QP on the guessed active set
