@@ -557,6 +557,7 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
         if opts.polish:
             for phase in (1, 2):
                 solved = status == Status.SOLVED
+                before = (z, s, lam, nu)
                 z, s, lam, nu, polished, pfac, idx, valid = _polish(
                     Q, q, G, h, A, b, z, s, lam, nu, unfinished | solved, opts, reg, zero_eq, hnorm, bnorm, qnorm)
                 _, _, _, pres, dres, gap, _ = _residuals(Q, q, G, h, A, b, z, s, lam, nu, hnorm, bnorm, qnorm)
@@ -566,6 +567,9 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
                 if phase == 2 or loose is None or not bool(retry.any()):
                     break
                 status = torch.where(retry, torch.full_like(status, _RUNNING), status)
+                # continue from the interior iterate, not from the (boundary) polished point
+                r_ = retry.unsqueeze(-1)
+                z, s, lam, nu = (torch.where(r_, a_, b_) for a_, b_ in zip(before, (z, s, lam, nu)))
                 budget = max(1, opts.max_iter - int(iterations.max()))
                 z, s, lam, nu, status, iterations, pres, dres, gap, fac = run(
                     z, s, lam, nu, status, iterations, *tols, budget)
