@@ -95,7 +95,7 @@ class Ours:
     def hypergradient(self, mode, t):
         lam = self.lam.clone().requires_grad_(True)
         w = fixed_point(self.phi, torch.zeros(1, self.X.shape[1], dtype=torch.float64), lam, mode=mode,
-                        max_iter=t, tol=1e-300, symmetric=True, check=False)
+                        max_iter=t, tol=0.0, symmetric=True, check=False)
         return torch.autograd.grad(self.outer(w), lam)[0]
 
     def exact(self):
@@ -214,7 +214,7 @@ def saved_bytes(fn):
 def forward_only(ours: Ours, mode, t):
     lam = ours.lam.clone().requires_grad_(True)
     return fixed_point(ours.phi, torch.zeros(1, ours.X.shape[1], dtype=torch.float64), lam, mode=mode,
-                       max_iter=t, tol=1e-300, symmetric=True, check=False)
+                       max_iter=t, tol=0.0, symmetric=True, check=False)
 
 
 def torchopt_forward_only(ours: Ours, k, t):

@@ -77,6 +77,20 @@ class FixedPointProblem(ArgminProblem):
         residual = torch.full((B,), float("inf"), dtype=w.dtype, device=w.device)
         iterations = torch.zeros(B, dtype=torch.int64, device=w.device)
         shape = (-1,) + (1,) * (w.dim() - 1)
+        if self.tol == 0:  # exactly max_iter iterations, no convergence test (fixed-t experiments)
+            with torch.no_grad():
+                w_prev = w
+                for _ in range(self.max_iter):
+                    w_prev, w = w, self.phi(w, *p)
+                    if w.shape != w_prev.shape:
+                        raise ValueError(f"phi: expected Φ(w) of the shape of w {tuple(w_prev.shape)}, "
+                                         f"got {tuple(w.shape)}")
+                r = torch.linalg.vector_norm((w - w_prev).reshape(B, -1), dim=1)
+                finite = torch.isfinite(w.reshape(B, -1)).all(1) & torch.isfinite(r)
+            status = torch.where(r == 0, Status.SOLVED, Status.MAX_ITERATIONS)
+            status = torch.where(finite, status, Status.NON_FINITE).to(torch.int64)
+            iterations = torch.full((B,), self.max_iter, dtype=torch.int64, device=w.device)
+            return Solution(z=w, status=status, iterations=iterations, residuals={"residual": r})
         all_running = True
         with torch.no_grad():
             for it in range(self.max_iter + 1):
@@ -144,7 +158,7 @@ def fixed_point_solution(phi: Callable[..., torch.Tensor], w0: torch.Tensor, *pa
     floating = {f"params[{i}]": p for i, p in enumerate(params)
                 if isinstance(p, torch.Tensor) and p.is_floating_point()}
     check_same_dtype_device(w0=w0, **floating)
-    tol = default_tol(w0.dtype) if tol is None else check_positive("tol", tol)
+    tol = default_tol(w0.dtype) if tol is None else check_positive("tol", tol, allow_zero=True)
     if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 0:
         raise ValueError(f"max_iter: expected an int >= 0, got {max_iter!r}")
     rtol = (1e-10 if w0.dtype == torch.float64 else 1e-5) if rtol is None else rtol
@@ -169,7 +183,10 @@ def fixed_point(phi: Callable[..., torch.Tensor], w0: torch.Tensor, *params: tor
         *params: the tensors θ.
         mode: ``"implicit"``, ``"first_order"`` or a mode object (``FixedPoint(k)``,
             ``ConjugateGradient(k)``, ``Unrolled(t)``, ...).
-        tol: stop an element when ``‖Φ(w) − w‖₂ ≤ tol`` (default ``sqrt(eps)`` of the dtype).
+        tol: stop an element when ``‖Φ(w) − w‖₂ ≤ tol`` (default ``sqrt(eps)`` of the dtype);
+            ``tol=0`` runs exactly ``max_iter`` iterations without a convergence test (the fixed-t
+            setting of ITD/AID experiments; the status is then ``MAX_ITERATIONS`` with the last step
+            ``‖w_t − w_{t−1}‖`` as residual, or ``NON_FINITE``).
         max_iter: iteration limit of the forward.
         symmetric: ``∂_wΦ`` is symmetric (e.g. ``Φ = w − η∇E``): CG without normal equations.
         rtol: relative tolerance of the implicit backward's CG.

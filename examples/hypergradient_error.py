@@ -266,7 +266,7 @@ def hypergradient(prob: Bilevel, method: str, t: int) -> torch.Tensor:
     hyper = [h.clone().requires_grad_(True) for h in prob.hyper]
     lp = prob.layer_params(*hyper) if prob.layer_params is not None else hyper
     mode = make_mode(method, t)
-    opts = dict(tol=1e-300, check=False)
+    opts = dict(tol=0.0, check=False)
     if not prob.heavy_ball:
         w = fixed_point(prob.phi_gd, prob.w0, *lp, mode=mode, max_iter=t, symmetric=True, **opts)
     else:

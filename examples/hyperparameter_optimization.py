@@ -93,7 +93,7 @@ class InnerProblem:
             return w - eta * (-(y * torch.sigmoid(-m)) @ X / n + lam * w)
 
         w0 = torch.zeros(1, X.shape[1], dtype=X.dtype) if w0 is None else w0.detach()
-        return fixed_point(phi, w0, lam, mode=mode, max_iter=t, tol=1e-300, symmetric=True, check=False)
+        return fixed_point(phi, w0, lam, mode=mode, max_iter=t, tol=0.0, symmetric=True, check=False)
 
 
 def log_loss(w, X, y):

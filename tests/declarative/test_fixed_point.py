@@ -97,7 +97,7 @@ def test_non_contractive_maps_report_non_convergence():
     (dict(w0=torch.zeros(3)), ValueError, r"expected shape \(B, n\)"),
     (dict(phi=lambda w, a: w[:, :1]), ValueError, "shape of w"),
     (dict(phi=3), TypeError, "callable"),
-    (dict(tol=0.0), ValueError, "tol"),
+    (dict(tol=-1.0), ValueError, "tol"),
     (dict(max_iter=-2), ValueError, "max_iter"),
     (dict(params=(torch.ones(3, dtype=torch.float64),)), TypeError, "mixed dtypes"),
     (dict(mode="fixed_point"), ValueError, r"FixedPoint\(k="),
@@ -108,3 +108,16 @@ def test_bad_input(kwargs, exc, match):
     phi, w0, params = args.pop("phi"), args.pop("w0"), args.pop("params")
     with pytest.raises(exc, match=match):
         fixed_point(phi, w0, *params, **args)
+
+
+def test_tol_zero_runs_exactly_max_iter_steps():
+    a = torch.tensor([[1.0, 2.0]], dtype=DT)
+    sol = fixed_point_solution(lambda w, a: 0.5 * w + a, torch.zeros(1, 2, dtype=DT), a, tol=0.0,
+                               max_iter=3, check=False)
+    # w_3 = a(1 + 1/2 + 1/4); last step a/4
+    torch.testing.assert_close(sol.z, 1.75 * a)
+    assert sol.status.tolist() == [Status.MAX_ITERATIONS] and sol.iterations.tolist() == [3]
+    torch.testing.assert_close(sol.residuals["residual"], (0.25 * a).norm(dim=1))
+    bad = fixed_point_solution(lambda w, a: 1e200 * w + a, torch.ones(1, 2, dtype=DT), a, tol=0.0,
+                               max_iter=5, check=False)
+    assert bad.status.tolist() == [Status.NON_FINITE]
