@@ -15,9 +15,10 @@ Method (one code path for the unconstrained and the box-constrained case):
 * **Direction** – L-BFGS two-loop recursion (Nocedal & Wright 2006, Alg. 7.4) with ``history``
   pairs and the initial scaling ``γ = sᵀy / yᵀy``. With bounds it is the two-metric projected
   quasi-Newton scheme (Bertsekas 1982; Kim, Sra & Dhillon 2010): coordinates at a bound whose
-  gradient pushes outward (the *binding* set, within ``ε = min(1e-3, ‖proj. grad‖)``) are held
-  fixed, the quasi-Newton direction is computed on the gradient restricted to the free
-  coordinates and restricted to them again. If this is not a descent direction the memory of that
+  gradient pushes outward (the *binding* set, within ``ε = min(1e-3, ‖proj. grad‖)``) take the
+  scaled gradient step ``−γ g_i`` (the projection stops them at the bound), the quasi-Newton
+  direction is computed on the gradient restricted to the free coordinates and restricted to
+  them again. If this is not a descent direction the memory of that
   element is reset and its steepest descent direction is used.
 * **Line search** – per-element backtracking (halving) along the projection arc
   ``z(t) = P(z + t d)`` until the Armijo condition ``E(z(t)) ≤ E(z) + c₁ ∇Eᵀ(z(t) − z)`` holds
@@ -234,8 +235,11 @@ def minimize(fun: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor, *,
             r = r + (a - bcoef)[:, None] * S[j]
         d = -r
         if bounded:
-            d = d * free
-            steepest = -g * free
+            # two-metric projection: binding coordinates take a scaled gradient step (the
+            # projection stops them at the bound); freezing them would stall an element whose
+            # only non-zero projected-gradient entries sit within eps of a bound
+            d = d * free - (1 - free) * gamma[:, None] * g
+            steepest = -g
         else:
             steepest = -g
         slope = (g * d).sum(1)

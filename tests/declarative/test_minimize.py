@@ -174,3 +174,25 @@ def test_bad_input(kwargs, exc, match):
     fun, z0 = args.pop("fun"), args.pop("z0")
     with pytest.raises(exc, match=match):
         minimize(fun, z0, **args)
+
+
+def test_coordinates_near_a_bound_reach_it_instead_of_stalling():
+    # Regression: a coordinate within eps of its bound whose gradient pushes outward was frozen
+    # (direction 0) instead of being moved onto the bound, so an element whose only non-zero
+    # projected-gradient entries were such coordinates stalled at MAX_ITERATIONS. Random
+    # non-negative QPs hit this (e.g. z = (0, 6e-4, 0, …) with every gradient entry > 0).
+    gen = torch.Generator().manual_seed(0)
+    B, n = 200, 6
+    A = torch.randn(B, n, n, generator=gen, dtype=torch.float64)
+    H = A @ A.transpose(1, 2) / n + 0.1 * torch.eye(n, dtype=torch.float64)
+    b = torch.randn(B, n, generator=gen, dtype=torch.float64)
+    z0 = torch.rand(B, n, generator=gen, dtype=torch.float64)
+    fun = lambda z: 0.5 * torch.einsum("bi,bij,bj->b", z, H, z) - (b * z).sum(1)
+    sol = minimize(fun, z0, lower=0.0, tol=1e-8, max_iter=300)
+    assert (sol.status == Status.SOLVED).all(), sol.status.bincount()
+    for k in range(0, B, 20):
+        Hk, bk = H[k].numpy(), b[k].numpy()
+        ref = scipy.optimize.minimize(lambda x: (0.5 * x @ Hk @ x - bk @ x, Hk @ x - bk), np.zeros(n),
+                                      jac=True, method="L-BFGS-B", bounds=[(0, None)] * n,
+                                      options=dict(ftol=1e-15, gtol=1e-12, maxiter=10000))
+        np.testing.assert_allclose(sol.z[k].numpy(), ref.x, atol=1e-6)
