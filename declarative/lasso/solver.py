@@ -223,16 +223,10 @@ def lasso_fista_polish(D: torch.Tensor, x: torch.Tensor, lam: torch.Tensor, mu: 
     if B == 0:
         return Solution(z=z_out, status=status, iterations=iters, residuals={"kkt": res_out})
 
-    act = torch.arange(B, device=dev)
-    Da, xa, lama, mua = D, x, lam, mu
-    lina = lin
-    tha = thresh
     z = torch.zeros(B, k, dtype=dt, device=dev) if z0 is None else z0.to(dt).clone()
-
-    y = z
-    t = torch.ones(B, dtype=dt, device=dev)
-    L = _lipschitz(D, mu)
-    state = dict(act=act, D=Da, x=xa, lam=lama, mu=mua, lin=lina, th=tha, z=z, y=y, t=t, L=L,
+    # the active (unfinished) part of the batch; finished elements are removed at each check
+    state = dict(act=torch.arange(B, device=dev), D=D, x=x, lam=lam, mu=mu, lin=lin, th=thresh,
+                 z=z, y=z, t=torch.ones(B, dtype=dt, device=dev), L=_lipschitz(D, mu),
                  sig=torch.full_like(z, 2.0))
 
     def polish_and_accept(it: int, force: torch.Tensor | None = None) -> bool:
