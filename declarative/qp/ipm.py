@@ -546,7 +546,7 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
     # phase 1: with polishing, iterate only to a loose tolerance (the polish makes the solution
     # exact once the active set is identified); phase 2: elements whose polish fails continue
     # to the full tolerance and are polished again
-    loose = max(opts.tol, min(1e-5, opts.tol ** 0.5)) if (opts.polish and G is not None) else None
+    loose = max(opts.tol, opts.polish_tol) if (opts.polish and G is not None) else None
     tols = (opts.tol_primal, opts.tol_dual, opts.tol_gap)
     tols1 = tuple(max(t_, loose) for t_ in tols) if loose is not None else tols
     z, s, lam, nu, status, iterations, pres, dres, gap, fac = run(

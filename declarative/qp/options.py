@@ -47,6 +47,9 @@ class QPOptions:
         polish: after convergence, solve the equality-constrained QP on the guessed active set
             exactly and keep it if it is primal feasible with non-negative multipliers (removes the
             ``O(√tol)`` error of interior-point iterates at weakly active constraints).
+        polish_tol: with ``polish``, the interior-point iterations stop at this looser relative
+            tolerance (or ``tol`` if larger) and the polished solution must meet ``tol``; elements
+            whose polish fails continue to ``tol`` and are polished again.
     """
 
     tol: float | None = None
@@ -61,9 +64,11 @@ class QPOptions:
     active_tol: float | None = None
     warm_start_margin: float = 1e-3
     polish: bool = True
+    polish_tol: float = 1e-3
 
     def __post_init__(self):
-        for name in ("tol", "tol_primal", "tol_dual", "tol_gap", "reg", "tol_infeasible", "active_tol"):
+        for name in ("tol", "tol_primal", "tol_dual", "tol_gap", "reg", "tol_infeasible", "active_tol",
+                     "polish_tol"):
             v = getattr(self, name)
             if v is not None and not (isinstance(v, (int, float)) and 0 < v < 1):
                 raise ValueError(f"QPOptions.{name}: expected a number in (0, 1) or None, got {v!r}")
