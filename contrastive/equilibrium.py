@@ -137,7 +137,11 @@ def equilibrium_propagation(energy: Energy, loss: Energy, phi0: torch.Tensor, pa
 
     The phases run without building a graph on θ; only the final evaluation of ``𝓛`` at the
     detached minimisers is differentiable, so memory does not grow with the solver's iterations.
-    With a bounded feasible box the envelope argument still holds (the bounds do not depend on θ).
+    With a bounded feasible box the envelope argument still holds (the bounds do not depend on θ),
+    but the set of active bounds may change between the phases: ``F`` is then only piecewise
+    smooth in β, and the centered and p-point estimators keep their higher order only for β below
+    the distance to the nearest such kink (beyond it they are O(β) like the two-point one; e.g.
+    ReLU hidden units whose pre-activation is within O(β) of 0).
 
     Args:
         energy: ``E(phi, *params) -> (B,)``, batched torch energy (the inner loss).
