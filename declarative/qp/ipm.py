@@ -216,66 +216,101 @@ def _active_system(G, h, A, b, zero_eq, idx, valid):
 def _polish(Q, q, G, h, A, b, z, s, lam, nu, solved, opts, reg, zero_eq, hnorm, bnorm, qnorm, rounds=4):
     """Active-set polishing of converged IPM solutions (cf. OSQP's solution polishing).
 
-    The constraints guessed active (``λ_i > s_i``) are imposed as equalities and the equality-constrained QP is solved
-    exactly by the same reduced factorisation (active rows gathered and padded). The polished point
-    replaces the IPM's if it is primal feasible and its multipliers are non-negative up to
-    ``1e3·eps`` (or, as a fallback, up to the solver tolerance); otherwise constraints with negative
-    multipliers are dropped, violated ones added, and the polish repeated (at most ``rounds``
-    times). This removes the ``O(√μ)`` error of
-    interior-point iterates at weakly active constraints.
+    The constraints guessed active (``λ_i > s_i``) are imposed as equalities and the
+    equality-constrained QP is solved exactly by the reduced factorisation (active rows gathered
+    and padded, two steps of iterative refinement). The polished point replaces the IPM's if it is
+    primal feasible and its multipliers are non-negative up to ``1e3·eps`` (or, as a fallback, up
+    to the solver tolerance); otherwise constraints with negative multipliers are dropped, violated
+    ones added, and the polish repeated on those elements only (at most ``rounds`` times). This
+    removes the ``O(√μ)`` error of interior-point iterates at weakly active constraints.
+
+    Returns:
+        ``z, s, λ, ν`` (polished where accepted), the mask of strictly polished elements, the
+        active mask ``(B, m)`` of each accepted solution, and ``(factor, idx, valid, ok)`` of the
+        first (full-batch) round, whose factorisation the backward reuses when every element was
+        polished in it.
     """
     B, m = lam.shape
     p = 0 if A is None else A.shape[-2]
     n = z.shape[-1]
     tol = opts.tol_primal
-    act = lam > s
-    todo = solved.clone()
-    fallback = torch.zeros_like(todo)
-    polished = torch.zeros_like(todo)
     strict = 1e3 * torch.finfo(z.dtype).eps
-    for _ in range(rounds):
+    act_all = lam > s
+    act_final = act_all.clone()
+    todo_all = solved.clone()
+    fallback_all = torch.zeros_like(todo_all)
+    polished_all = torch.zeros_like(todo_all)
+    first = None
+    for r in range(rounds):
+        if r == 0:
+            sub = None
+            Qs, qs, Gs, hs, As, bs, zqs, regs, hn = Q, q, G, h, A, b, zero_eq, reg, hnorm
+            act, todo, fb = act_all, todo_all, fallback_all
+        else:
+            sub = torch.nonzero(todo_all).reshape(-1)
+
+            def take(t):
+                return t if t is None or t.dim() == 0 or t.shape[0] == 1 else t.index_select(0, sub)
+            Qs, qs, Gs, hs, As, bs, zqs, regs, hn = (take(x) for x in (Q, q, G, h, A, b, zero_eq, reg, hnorm))
+            act, todo, fb = take(act_all), take(todo_all), take(fallback_all)
+        Bs = act.shape[0]
         k = int(act.sum(-1).amax())
         if k == 0:
-            idx = act.new_zeros(B, 0, dtype=torch.int64)
+            idx = act.new_zeros(Bs, 0, dtype=torch.int64)
         else:
             idx = torch.argsort(act.to(torch.int8), dim=-1, descending=True, stable=True)[:, :k]
         valid = act.gather(1, idx)
-        Ae, be, zq = _active_system(G, h, A, b, zero_eq, idx, valid)
+        Ae, be, zq = _active_system(Gs, hs, As, bs, zqs, idx, valid)
         if Ae.shape[-2] == 0:
-            fac = _Factor(Q, None, None, None, None, reg, None, opts.reg)
-            zp, _ = fac.solve(-q.expand(B, n), None)
-            y = z.new_zeros(B, 0)
+            fac = _Factor(Qs, None, None, None, None, regs, None, opts.reg)
+            zp, _ = fac.solve(-qs.expand(Bs, n), None)
+            y = z.new_zeros(Bs, 0)
         else:
-            fac = _Factor(Q, None, Ae, opts.rho * (Ae.transpose(-1, -2) @ Ae), None, reg, zq, opts.reg)
-            zp, y = fac.solve(-q.expand(B, n) + opts.rho * _mtv(Ae, be), be)
+            fac = _Factor(Qs, None, Ae, opts.rho * (Ae.transpose(-1, -2) @ Ae), None, regs, zq, opts.reg)
+            zp, y = fac.solve(-qs.expand(Bs, n) + opts.rho * _mtv(Ae, be), be)
             for _ in range(2):   # iterative refinement: undo the static regularisation's bias
-                ra = -q - _mv(Q, zp) - _mtv(Ae, y)
+                ra = -qs - _mv(Qs, zp) - _mtv(Ae, y)
                 rb = (be - _mv(Ae, zp)) * (1 - zq)
                 dzp, dy = fac.solve(ra + opts.rho * _mtv(Ae, rb), rb)
                 zp, y = zp + dzp, y + dy
-        lp = z.new_zeros(B, m).scatter(1, idx, y[:, p:] * valid)
-        nup = y[:, :p] if A is not None else nu
-        viol = _mv(G, zp) - h
+        lp = z.new_zeros(Bs, m).scatter(1, idx, y[:, p:] * valid)
+        viol = _mv(Gs, zp) - hs
         finite = torch.isfinite(zp).all(-1) & torch.isfinite(y).all(-1)
         lnorm = (1 + _inf_norm(lp)).unsqueeze(-1)
-        hscale = (1 + hnorm).unsqueeze(-1)
+        hscale = (1 + hn).unsqueeze(-1)
         ok_loose = finite & (viol <= tol * hscale).all(-1) & (lp >= -tol * lnorm).all(-1)
         ok_strict = finite & (viol <= strict * hscale).all(-1) & (lp >= -strict * lnorm).all(-1)
         # strictly consistent points are final; loosely consistent ones are kept as a fallback
         # while the active set is refined
-        acc = todo & (ok_strict | (ok_loose & ~fallback))
-        z = torch.where(acc.unsqueeze(-1), zp, z)
-        lam = torch.where(acc.unsqueeze(-1), lp.clamp(min=0), lam)
-        s = torch.where(acc.unsqueeze(-1), (-viol).clamp(min=0), s)
+        acc = (todo & (ok_strict | (ok_loose & ~fb))).unsqueeze(-1)
+        new = (zp, (-viol).clamp(min=0), lp.clamp(min=0), y[:, :p] if A is not None else None, act)
+        old = (z, s, lam, nu if A is not None else None, act_final)
+        out = []
+        for o_, n_ in zip(old, new):
+            if o_ is None:
+                out.append(None)
+            elif sub is None:
+                out.append(torch.where(acc, n_, o_))
+            else:
+                out.append(o_.index_copy(0, sub, torch.where(acc, n_, o_.index_select(0, sub))))
+        z, s, lam, nu_new, act_final = out
         if A is not None:
-            nu = torch.where(acc.unsqueeze(-1), nup, nu)
-        fallback = fallback | acc
-        polished = polished | (todo & ok_strict)
-        todo = todo & ~ok_strict
-        if not bool(todo.any()):
+            nu = nu_new
+        flags = (acc.squeeze(-1), todo & ok_strict, todo & ~ok_strict,
+                 (act & (lp >= -strict * lnorm)) | (viol > strict * hscale))
+        if sub is None:
+            fallback_all = fallback_all | flags[0]
+            polished_all = polished_all | flags[1]
+            todo_all, act_all = flags[2], flags[3]
+            first = (fac, idx, valid)
+        else:
+            fallback_all = fallback_all.index_copy(0, sub, fb | flags[0])
+            polished_all = polished_all.index_copy(0, sub, flags[1])
+            todo_all = todo_all.index_copy(0, sub, flags[2])
+            act_all = act_all.index_copy(0, sub, flags[3])
+        if not bool(todo_all.any()):
             break
-        act = (act & (lp >= -strict * lnorm)) | (viol > strict * hscale)
-    return z, s, lam, nu, polished, fac, idx, valid
+    return z, s, lam, nu, polished_all, act_final, first
 
 
 def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None,
@@ -558,7 +593,7 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
             for phase in (1, 2):
                 solved = status == Status.SOLVED
                 before = (z, s, lam, nu)
-                z, s, lam, nu, polished, pfac, idx, valid = _polish(
+                z, s, lam, nu, polished, act_final, first = _polish(
                     Q, q, G, h, A, b, z, s, lam, nu, unfinished | solved, opts, reg, zero_eq, hnorm, bnorm, qnorm)
                 _, _, _, pres, dres, gap, _ = _residuals(Q, q, G, h, A, b, z, s, lam, nu, hnorm, bnorm, qnorm)
                 converged = (pres <= opts.tol_primal) & (dres <= opts.tol_dual) & (gap <= opts.tol_gap)
@@ -575,10 +610,15 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
                     z, s, lam, nu, status, iterations, *tols, budget)
                 unfinished = (status == _RUNNING) | (status == _STALLED)
             if bool((polished | (status != Status.SOLVED)).all()):
-                # every solved element sits on its polished active set: keep that factorisation
-                cache = {"U": pfac.L, "act_idx": idx, "act_valid": valid}
-                if pfac.X is not None:
-                    cache.update(X=pfac.X, Us=pfac.Ls)
+                # every solved element sits on its polished active set
+                pfac, idx, valid = first
+                cache = {"act": act_final}
+                if bool((act_final.gather(1, idx).sum(-1) == act_final.sum(-1)).all() and
+                        (act_final.gather(1, idx) == valid).all()):
+                    # ... the one of the first (full-batch) round: keep that factorisation
+                    cache.update(U=pfac.L, act_idx=idx, act_valid=valid)
+                    if pfac.X is not None:
+                        cache.update(X=pfac.X, Us=pfac.Ls)
         cache["s"] = s
         cache["w"] = (lam / s.clamp(min=torch.finfo(dtype).tiny)).clamp(max=wmax)
     elif fac is not None:
@@ -623,6 +663,18 @@ def kkt_tangent(Q: torch.Tensor, G: torch.Tensor | None, A: torch.Tensor | None,
     AtA = None if Ab is None or opts.rho == 0 else opts.rho * (Ab.transpose(-1, -2) @ Ab)
     reg = _static_reg(Qb, AtA, opts)
     empty = z.new_zeros(B, 0)
+    if Gb is not None and "act" in cache and "act_idx" not in cache:
+        act = cache["act"]
+        k = int(act.sum(-1).amax())
+        idx = torch.argsort(act.to(torch.int8), dim=-1, descending=True, stable=True)[:, :k]
+        valid = act.gather(1, idx)
+        Ae, _, zq = _active_system(Gb, None, Ab, None, zero_eq, idx, valid)
+        if k + p > 0:
+            f_ = _Factor(Qb, None, Ae, opts.rho * (Ae.transpose(-1, -2) @ Ae), None, reg, zq, opts.reg)
+            cache = {"U": f_.L, "X": f_.X, "Us": f_.Ls, "act_idx": idx, "act_valid": valid}
+        else:
+            cache = {"U": _Factor(Qb, None, None, None, None, reg, None, opts.reg).L,
+                     "act_idx": idx, "act_valid": valid}
     if Gb is not None and "act_idx" in cache:
         idx, valid = cache["act_idx"], cache["act_valid"]
         Ae, _, zq = _active_system(Gb, None, Ab, None, zero_eq, idx, valid)

@@ -119,7 +119,7 @@ class QPProblem(ArgminProblem):
         if G is None or lam is None or lam.shape[-1] == 0:
             return None
         s = solution.cache["s"]
-        if "act_idx" in solution.cache:
+        if "act" in solution.cache:
             # polished solutions are exact to rounding: only a rounding-level multiplier is zero
             tau = self.options.active_tol or torch.finfo(lam.dtype).eps ** 0.5
         else:
