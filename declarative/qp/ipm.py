@@ -115,20 +115,22 @@ class _Factor:
         self.L, self.info = torch.linalg.cholesky_ex(H, upper=True)
         self.A = A
         if A is not None:
-            self.X = _chol_solve(self.L, A.transpose(-1, -2).expand(*self.L.shape[:-2], *A.shape[-1:], A.shape[-2]))
-            S = A @ self.X
+            # Y = U⁻ᵀAᵀ: one triangular solve; the Schur complement A H⁻¹ Aᵀ = YᵀY
+            At = A.transpose(-1, -2).expand(*self.L.shape[:-2], *A.shape[-1:], A.shape[-2])
+            self.Y = torch.linalg.solve_triangular(self.L.mT, At, upper=False)
+            S = self.Y.transpose(-1, -2) @ self.Y
             p = S.shape[-1]
             sscale = 1.0 + S.diagonal(dim1=-2, dim2=-1).abs().amax(-1, keepdim=True)
             S = S + torch.diag_embed(self.reg_rel * sscale.expand(*S.shape[:-2], p) + zero_eq)
             self.Ls, info_s = torch.linalg.cholesky_ex(S, upper=True)
             self.info = self.info + info_s
         else:
-            self.X = self.Ls = None
+            self.Y = self.Ls = None
 
     @classmethod
-    def from_cache(cls, L, A, X=None, Ls=None) -> "_Factor":
+    def from_cache(cls, L, A, Y=None, Ls=None) -> "_Factor":
         fac = cls.__new__(cls)
-        fac.L, fac.A, fac.X, fac.Ls = L, A, X, Ls
+        fac.L, fac.A, fac.Y, fac.Ls = L, A, Y, Ls
         return fac
 
     def solve(self, r1: torch.Tensor, r2: torch.Tensor | None):
@@ -137,7 +139,8 @@ class _Factor:
         if self.A is None:
             return u, None
         dnu = _chol_solve(self.Ls, (_mv(self.A, u) - r2).unsqueeze(-1)).squeeze(-1)
-        return u - _mv(self.X, dnu), dnu
+        corr = torch.linalg.solve_triangular(self.L, (self.Y @ dnu.unsqueeze(-1)), upper=True).squeeze(-1)
+        return u - corr, dnu
 
 
 def _primal_infeasible(Gty, Aty, h, b, lam, nu, eps, scale):
@@ -335,10 +338,11 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
         ``Solution`` with ``z (B, n)``, ``duals={"lam": (B, m), "nu": (B, p)}``, ``status (B,)``,
         ``iterations (B,)``, ``residuals={"primal", "dual", "gap"}`` each ``(B,)`` and ``cache``
         for the backward: the slack ``s``, the weights ``w = λ/s`` of the returned iterate and,
-        when every solved element was polished, the upper Cholesky factor ``U`` (``H = UᵀU``) of
+        when every solved element was polished, its active mask ``act`` and — if the first polish
+        round was final — the upper Cholesky factor ``U`` (``H = UᵀU``) of
         ``H = Q + ρÃᵀÃ + δI`` on the gathered active rows ``Ã = [A; G_K]`` (``act_idx``,
-        ``act_valid``), ``X = H⁻¹Ãᵀ`` and the Schur factor ``Us``; without inequalities ``U``,
-        ``X``, ``Us`` of ``Q + ρAᵀA``.
+        ``act_valid``), ``Y = U⁻ᵀÃᵀ`` and the upper factor ``Us`` of the Schur complement
+        ``ÃH⁻¹Ãᵀ = YᵀY``; without inequalities ``U``, ``Y``, ``Us`` of ``Q + ρAᵀA``.
 
     Shape:
         B is the common batch size (1 when every input is unbatched).
@@ -617,14 +621,14 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
                         (act_final.gather(1, idx) == valid).all()):
                     # ... the one of the first (full-batch) round: keep that factorisation
                     cache.update(U=pfac.L, act_idx=idx, act_valid=valid)
-                    if pfac.X is not None:
-                        cache.update(X=pfac.X, Us=pfac.Ls)
+                    if pfac.Y is not None:
+                        cache.update(Y=pfac.Y, Us=pfac.Ls)
         cache["s"] = s
         cache["w"] = (lam / s.clamp(min=torch.finfo(dtype).tiny)).clamp(max=wmax)
     elif fac is not None:
         cache = {"U": fac.L}
-        if fac.X is not None:
-            cache.update(X=fac.X, Us=fac.Ls)
+        if fac.Y is not None:
+            cache.update(Y=fac.Y, Us=fac.Ls)
     status = torch.where((status == _RUNNING) | (status == _STALLED),
                          torch.full_like(status, int(Status.MAX_ITERATIONS)), status)
     duals = {"lam": lam if G is not None else z.new_zeros(B, 0),
@@ -640,7 +644,8 @@ def kkt_tangent(Q: torch.Tensor, G: torch.Tensor | None, A: torch.Tensor | None,
         Q dz + G_Kᵀ dλ_K + Aᵀ dν = −g,   G_K dz = 0,   A dz = 0,   dλ_i = 0 (i ∉ K)
 
     with ``K`` the polished active set, reusing the forward's factorisation kept in
-    ``solution.cache`` (plus two steps of iterative refinement). If the forward was not polished,
+    ``solution.cache`` when the first polish round was final for every element (otherwise the
+    active-set system is factorised once here), plus two steps of iterative refinement. If the forward was not polished,
     the barrier form ``(Q + GᵀWG) dz + Aᵀdν = −g, dλ = W G dz`` with ``W = λ/s`` of the last iterate
     is factorised instead (equal up to the solver's accuracy).
 
@@ -671,7 +676,7 @@ def kkt_tangent(Q: torch.Tensor, G: torch.Tensor | None, A: torch.Tensor | None,
         Ae, _, zq = _active_system(Gb, None, Ab, None, zero_eq, idx, valid)
         if k + p > 0:
             f_ = _Factor(Qb, None, Ae, opts.rho * (Ae.transpose(-1, -2) @ Ae), None, reg, zq, opts.reg)
-            cache = {"U": f_.L, "X": f_.X, "Us": f_.Ls, "act_idx": idx, "act_valid": valid}
+            cache = {"U": f_.L, "Y": f_.Y, "Us": f_.Ls, "act_idx": idx, "act_valid": valid}
         else:
             cache = {"U": _Factor(Qb, None, None, None, None, reg, None, opts.reg).L,
                      "act_idx": idx, "act_valid": valid}
@@ -682,7 +687,7 @@ def kkt_tangent(Q: torch.Tensor, G: torch.Tensor | None, A: torch.Tensor | None,
             fac = _Factor.from_cache(cache["U"], None)
             dz, _ = fac.solve(-g, None)
             return dz, z.new_zeros(B, m), z.new_zeros(B, p)
-        fac = _Factor.from_cache(cache["U"], Ae, cache["X"], cache["Us"])
+        fac = _Factor.from_cache(cache["U"], Ae, cache["Y"], cache["Us"])
         keep = 1 - zq
         dz, dy = fac.solve(-g, torch.zeros_like(zq))
         for _ in range(2):
@@ -698,7 +703,7 @@ def kkt_tangent(Q: torch.Tensor, G: torch.Tensor | None, A: torch.Tensor | None,
         dz, dnu = fac.solve(-g, None if Ab is None else z.new_zeros(B, p))
         return dz, w * _mv(Gb, dz), (dnu if dnu is not None else empty)
     if "U" in cache:
-        fac = _Factor.from_cache(cache["U"], Ab, cache.get("X"), cache.get("Us"))
+        fac = _Factor.from_cache(cache["U"], Ab, cache.get("Y"), cache.get("Us"))
     else:
         fac = _Factor(Qb, None, Ab, AtA, None, reg, zero_eq, opts.reg)
     dz, dnu = fac.solve(-g, None if Ab is None else z.new_zeros(B, p))
