@@ -13,7 +13,7 @@ sys.path.insert(0, str(EXAMPLES))
 import fenchel_mnist as fm  # noqa: E402
 import mnist_data  # noqa: E402
 
-TRAIN, TEST = 300, 200  # 6 batches of 50 per epoch
+TRAIN, TEST = 150, 100  # 3 batches of 50 per epoch
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def test_resume_continues_the_history_exactly(data, tmp_path):
 
     # Interrupted in the middle of epoch 2: only epoch 1 is on disk.
     with pytest.raises(KeyboardInterrupt):
-        fm.train_config(config, data, 2, tmp_path / "resumed", on_batch=_interrupt_at(2, 3), **kw)
+        fm.train_config(config, data, 2, tmp_path / "resumed", on_batch=_interrupt_at(2, 1), **kw)
     on_disk = json.loads((tmp_path / "resumed" / config.name / "history.json").read_text())
     assert [e["epoch"] for e in on_disk["epochs"]] == [1]
 
@@ -85,7 +85,7 @@ def test_same_init_for_every_method_and_negative_init_kills_first_layer():
 
 
 def test_main_writes_table_and_plot(data, tmp_path, capsys):
-    argv = ["--epochs", "1", "--inits", "negative,glorot", "--betas", "100", "--out", str(tmp_path),
+    argv = ["--epochs", "1", "--inits", "negative,glorot", "--methods", "bp,fenchel", "--betas", "100", "--out", str(tmp_path),
             "--threads", "1", "--train-size", str(TRAIN), "--test-size", str(TEST), "--no-progress"]
     assert fm.main(argv) == 0
     out = capsys.readouterr().out
