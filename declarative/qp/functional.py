@@ -71,7 +71,7 @@ def _check_psd(Q: torch.Tensor) -> None:
     scale = 1 + Qf.diagonal(dim1=-2, dim2=-1).abs().amax(-1)
     n = Qs.shape[-1]
     shift = (tol * scale).view(-1, 1, 1) * torch.eye(n, dtype=Q.dtype, device=Q.device)
-    _, info = torch.linalg.cholesky_ex(0.5 * (Qf + Qf.transpose(-1, -2)) + shift)
+    _, info = torch.linalg.cholesky_ex(0.5 * (Qf + Qf.transpose(-1, -2)) + shift, upper=True)
     bad_sym = asym > tol * scale
     bad_psd = info > 0
     if bool((bad_sym | bad_psd).any()):
