@@ -254,9 +254,11 @@ def plot_histories(histories: Sequence[dict], path: Path, title: str = "") -> Pa
     import matplotlib.ticker  # noqa: F401
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
-    betas = sorted({h["config"]["beta"] for h in histories if h["config"]["beta"] is not None})
     cmap = plt.get_cmap("viridis")
-    colour = {b: cmap(i / max(1, len(betas) - 1)) for i, b in enumerate(betas)}
+    lo, hi = math.log10(min(DEFAULT_BETAS)), math.log10(max(DEFAULT_BETAS))
+
+    def colour(beta: float):  # fixed per β across runs: log10 β over the default sweep's range
+        return cmap(min(1.0, max(0.0, (math.log10(beta) - lo) / (hi - lo))))
     for ax, init in zip(axes, ("glorot", "negative")):
         for h in histories:
             c = h["config"]
@@ -264,7 +266,7 @@ def plot_histories(histories: Sequence[dict], path: Path, title: str = "") -> Pa
                 continue
             ep = [e["epoch"] for e in h["epochs"]]
             bp = c["method"] == "bp"
-            style = dict(color="black" if bp else colour[c["beta"]], lw=2.2 if bp else 1.3, zorder=3 if bp else 2,
+            style = dict(color="black" if bp else colour(c["beta"]), lw=2.2 if bp else 1.3, zorder=3 if bp else 2,
                          marker="o" if len(ep) <= 5 else None, ms=3)
             label = "BP" if bp else f"Fenchel BP β={c['beta']:g}"
             ax.plot(ep, [e["train_error"] for e in h["epochs"]], "-", label=label, **style)
