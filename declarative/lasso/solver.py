@@ -20,6 +20,14 @@ Algorithm:
     A warm start is polished before the first FISTA step (a nudged re-solve from ``z*`` usually
     keeps the support, and is then solved by one linear solve).
 
+Why FISTA: on the benchmark problems (``benchmarks/bench_lasso.py``, float64, unit-norm atoms) ADMM
+with a cached factorisation (Woodbury on ``DDᵀ + ρI``) needed, to reach the final signs, a median /
+max of 16 / 44 iterations at (B, d, k) = (128, 50, 100) and 39 / 251 at (128, 100, 400) with its best
+ρ of three tried (0.3 × the mean eigenvalue of ``DDᵀ``; 152 / 883 at 1×), each iteration costing three
+batched products plus triangular solves (7 s in total for the large size), while FISTA with restart
+and this polish finishes in ≤ 50 and ≤ 80 iterations without a parameter to tune. Coordinate descent
+is sequential over coordinates (a Python loop of length k per sweep) and was not considered.
+
 Optimality residual (reported in ``Solution.residuals["kkt"]``): with the correlation
 ``c = Dᵀ(x − Dz) − mu z − lin``,
 
