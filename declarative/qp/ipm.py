@@ -229,9 +229,9 @@ def _polish(Q, q, G, h, A, b, z, s, lam, nu, solved, opts, reg, zero_eq, hnorm, 
 
     Returns:
         ``z, s, λ, ν`` (polished where accepted), the mask of strictly polished elements, the
-        active mask ``(B, m)`` of each accepted solution, and ``(factor, idx, valid, ok)`` of the
-        first (full-batch) round, whose factorisation the backward reuses when every element was
-        polished in it.
+        active mask ``(B, m)`` of each accepted solution, and ``[U, Y, Us, idx, valid, k]``: the
+        factorisation of the first (full-batch) round with the factors of elements accepted in
+        later rounds merged in (same padding), or None if they could not be merged.
     """
     B, m = lam.shape
     p = 0 if A is None else A.shape[-2]
@@ -244,6 +244,7 @@ def _polish(Q, q, G, h, A, b, z, s, lam, nu, solved, opts, reg, zero_eq, hnorm, 
     fallback_all = torch.zeros_like(todo_all)
     polished_all = torch.zeros_like(todo_all)
     first = None
+    mergeable = True
     for r in range(rounds):
         if r == 0:
             sub = None
@@ -258,6 +259,12 @@ def _polish(Q, q, G, h, A, b, z, s, lam, nu, solved, opts, reg, zero_eq, hnorm, 
             act, todo, fb = take(act_all), take(todo_all), take(fallback_all)
         Bs = act.shape[0]
         k = int(act.sum(-1).amax())
+        if first is not None and k <= first[5]:
+            k = first[5]        # same padding as the first round: factors can be merged into it
+        elif first is not None:
+            mergeable = False
+        else:
+            k = min(m, k + 4)   # a little padding, so that later rounds usually fit (and merge)
         if k == 0:
             idx = act.new_zeros(Bs, 0, dtype=torch.int64)
         else:
@@ -305,15 +312,26 @@ def _polish(Q, q, G, h, A, b, z, s, lam, nu, solved, opts, reg, zero_eq, hnorm, 
             fallback_all = fallback_all | flags[0]
             polished_all = polished_all | flags[1]
             todo_all, act_all = flags[2], flags[3]
-            first = (fac, idx, valid)
+            first = [fac.L, fac.Y, fac.Ls, idx, valid, k]
         else:
+            # the factorisation of elements accepted in this round replaces theirs from round one
+            take_acc = flags[1]
+            if mergeable and bool(take_acc.any()):
+                dst = sub[take_acc]
+                parts = (fac.L, fac.Y, fac.Ls, idx, valid)
+                if any(a_ is not None and a_.shape[0] != take_acc.shape[0] for a_ in parts):
+                    mergeable = False
+                else:
+                    for j, a_ in enumerate(parts):
+                        if a_ is not None:
+                            first[j] = first[j].index_copy(0, dst, a_[take_acc])
             fallback_all = fallback_all.index_copy(0, sub, fb | flags[0])
             polished_all = polished_all.index_copy(0, sub, flags[1])
             todo_all = todo_all.index_copy(0, sub, flags[2])
             act_all = act_all.index_copy(0, sub, flags[3])
         if not bool(todo_all.any()):
             break
-    return z, s, lam, nu, polished_all, act_final, first
+    return z, s, lam, nu, polished_all, act_final, (first if mergeable else None)
 
 
 def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None,
@@ -615,14 +633,15 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
                 unfinished = (status == _RUNNING) | (status == _STALLED)
             if bool((polished | (status != Status.SOLVED)).all()):
                 # every solved element sits on its polished active set
-                pfac, idx, valid = first
                 cache = {"act": act_final}
-                if bool((act_final.gather(1, idx).sum(-1) == act_final.sum(-1)).all() and
-                        (act_final.gather(1, idx) == valid).all()):
-                    # ... the one of the first (full-batch) round: keep that factorisation
-                    cache.update(U=pfac.L, act_idx=idx, act_valid=valid)
-                    if pfac.Y is not None:
-                        cache.update(Y=pfac.Y, Us=pfac.Ls)
+                if first is not None:
+                    U_, Y_, Us_, idx, valid, _ = first
+                    if bool((act_final.gather(1, idx).sum(-1) == act_final.sum(-1)).all() and
+                            (act_final.gather(1, idx) == valid).all()):
+                        # ... whose factorisation (merged over the polish rounds) is kept
+                        cache.update(U=U_, act_idx=idx, act_valid=valid)
+                        if Y_ is not None:
+                            cache.update(Y=Y_, Us=Us_)
         cache["s"] = s
         cache["w"] = (lam / s.clamp(min=torch.finfo(dtype).tiny)).clamp(max=wmax)
     elif fac is not None:
