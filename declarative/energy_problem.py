@@ -42,7 +42,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .linear_solvers import batch_dot, conjugate_gradient
+from .linear_solvers import batch_dot, conjugate_gradient, warn_unconverged
 from .minimize import _bound_tensor, default_tol, minimize
 from .problem import ArgminProblem
 from .solution import Solution
@@ -198,11 +198,8 @@ class EnergyProblem(ArgminProblem):
 
         b = -g if free is None else -g * free
         res = conjugate_gradient(matvec, b, max_iter=self.cg_max_iter, rtol=self.cg_rtol)
-        if not bool(res.converged.all()):
-            bad = (~res.converged).nonzero().reshape(-1).tolist()
-            warnings.warn(f"implicit gradient: conjugate gradient did not reach rtol={self.cg_rtol:g} "
-                          f"in {self.cg_max_iter} steps for batch indices {bad[:20]} (is the Hessian "
-                          "positive definite at the solution?)", RuntimeWarning, stacklevel=4)
+        warn_unconverged(res, "implicit gradient", self.cg_rtol, self.cg_max_iter,
+                         " (is the Hessian positive definite at the solution?)", stacklevel=4)
         return res.x
 
     def _tangent_qp(self, graph, g, strong, weak_lo, weak_hi):

@@ -25,13 +25,12 @@ References:
 
 from __future__ import annotations
 
-import warnings
 from typing import Callable
 
 import torch
 
 from .argmin import check_layer_solution, check_params
-from .linear_solvers import conjugate_gradient, normal_equations
+from .linear_solvers import warn_unconverged
 from .linearisation import FixedPointLinearisation
 from .minimize import default_tol
 from .modes import GradientMode, resolve_mode
@@ -123,21 +122,10 @@ class FixedPointProblem(ArgminProblem):
 
     def implicit_vjp(self, solution, params, g, needs):
         lin = FixedPointLinearisation(self, params, solution.z, needs)
-        a_t = lambda v: v - lin.jt(v)  # noqa: E731  (I − ∂_wΦᵀ)
-        if self.fixed_point_symmetric:
-            res = conjugate_gradient(a_t, g, max_iter=self.cg_max_iter, rtol=self.rtol)
-            v = res.x
-        else:
-            a = lambda u: u - lin.j(u)  # noqa: E731
-            res = conjugate_gradient(normal_equations(a_t, a), g, max_iter=self.cg_max_iter,
-                                     rtol=self.rtol)
-            v = a(res.x)
-        if not bool(res.converged.all()):
-            bad = (~res.converged).nonzero().reshape(-1).tolist()
-            warnings.warn(f"fixed_point implicit gradient: CG did not reach rtol={self.rtol:g} in "
-                          f"{self.cg_max_iter} steps for batch indices {bad[:20]}", RuntimeWarning,
-                          stacklevel=4)
-        return lin.params_vjp(v)
+        res = lin.solve_adjoint(g, symmetric=self.fixed_point_symmetric, max_iter=self.cg_max_iter,
+                                rtol=self.rtol)
+        warn_unconverged(res, "fixed_point implicit gradient", self.rtol, self.cg_max_iter, stacklevel=4)
+        return lin.params_vjp(res.x)
 
     def implicit_tangent(self, solution, params, g):
         raise NotImplementedError("a fixed-point problem has no energy: the contrastive modes and "

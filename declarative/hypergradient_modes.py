@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import torch
 
-from .linear_solvers import batch_dot, conjugate_gradient, fixed_point_iteration, normal_equations
+from .linear_solvers import batch_dot, fixed_point_iteration
 from .linearisation import FixedPointLinearisation
 from .modes import GradientMode, register_mode
 from .solution import Solution
@@ -95,13 +95,7 @@ class ConjugateGradient(GradientMode):
 
     def vjp(self, problem, params, solution, g, needs):
         lin = FixedPointLinearisation(problem, params, solution.z, needs)
-        a_t = lambda v: v - lin.jt(v)  # noqa: E731  (I − ∂_wΦᵀ)
-        if problem.fixed_point_symmetric:
-            v = conjugate_gradient(a_t, g, max_iter=self.k).x
-        else:
-            a = lambda u: u - lin.j(u)  # noqa: E731  (I − ∂_wΦ)
-            u = conjugate_gradient(normal_equations(a_t, a), g, max_iter=self.k).x
-            v = a(u)
+        v = lin.solve_adjoint(g, symmetric=problem.fixed_point_symmetric, max_iter=self.k).x
         return lin.params_vjp(v)
 
     def __repr__(self):

@@ -27,12 +27,14 @@ References:
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
-__all__ = ["LinearSolve", "conjugate_gradient", "fixed_point_iteration", "normal_equations", "batch_dot"]
+__all__ = ["LinearSolve", "conjugate_gradient", "fixed_point_iteration", "normal_equations", "batch_dot",
+           "warn_unconverged"]
 
 Operator = Callable[[torch.Tensor], torch.Tensor]
 
@@ -100,12 +102,10 @@ def conjugate_gradient(matvec: Operator, b: torch.Tensor, *, x0: torch.Tensor | 
             rs = rs_new
             iterations += ok
         return LinearSolve(x, iterations, rs.sqrt(), torch.ones(B, dtype=torch.bool, device=b.device))
-    active = torch.ones(B, dtype=torch.bool, device=b.device)
-    if thresh is not None:
-        active = rs.sqrt() > thresh
+    active = rs.sqrt() > thresh
     iterations = torch.zeros(B, dtype=torch.int64, device=b.device)
     for _ in range(max_iter):
-        if thresh is not None and not bool(active.any()):
+        if not bool(active.any()):
             break
         Ap = matvec(p)
         pAp = batch_dot(p, Ap)
@@ -119,10 +119,9 @@ def conjugate_gradient(matvec: Operator, b: torch.Tensor, *, x0: torch.Tensor | 
         p = torch.where(_expand(ok, p), r + _expand(beta, p) * p, p)
         rs = torch.where(ok, rs_new, rs)
         iterations = iterations + ok.to(torch.int64)
-        active = ok if thresh is None else ok & (rs.sqrt() > thresh)
+        active = ok & (rs.sqrt() > thresh)
     res = rs.sqrt()
-    converged = torch.ones_like(active) if thresh is None else res <= thresh
-    return LinearSolve(x, iterations, res, converged)
+    return LinearSolve(x, iterations, res, res <= thresh)
 
 
 def fixed_point_iteration(apply_t: Operator, b: torch.Tensor, *, x0: torch.Tensor | None = None,
@@ -136,8 +135,6 @@ def fixed_point_iteration(apply_t: Operator, b: torch.Tensor, *, x0: torch.Tenso
     x = torch.zeros_like(b) if x0 is None else x0.clone()
     thresh = _threshold(b, rtol, atol)
     B = b.shape[0]
-    active = torch.ones(B, dtype=torch.bool, device=b.device)
-    iterations = torch.zeros(B, dtype=torch.int64, device=b.device)
     step = torch.full((B,), float("inf"), dtype=b.dtype, device=b.device)
     if thresh is None:  # a fixed number of steps: no bookkeeping
         x_prev = x
@@ -146,19 +143,19 @@ def fixed_point_iteration(apply_t: Operator, b: torch.Tensor, *, x0: torch.Tenso
         if max_iter > 0:
             step = batch_dot(x - x_prev, x - x_prev).sqrt()
         return LinearSolve(x, torch.full((B,), max_iter, dtype=torch.int64, device=b.device), step,
-                           torch.ones_like(active))
+                           torch.ones(B, dtype=torch.bool, device=b.device))
+    active = torch.ones(B, dtype=torch.bool, device=b.device)
+    iterations = torch.zeros(B, dtype=torch.int64, device=b.device)
     for _ in range(max_iter):
-        if thresh is not None and not bool(active.any()):
+        if not bool(active.any()):
             break
         x_new = apply_t(x) + b
         diff = batch_dot(x_new - x, x_new - x).sqrt()
         x = torch.where(_expand(active, x), x_new, x)
         step = torch.where(active, diff, step)
         iterations = iterations + active.to(torch.int64)
-        if thresh is not None:
-            active = active & (diff > thresh) & torch.isfinite(diff)
-    converged = torch.ones_like(active) if thresh is None else step <= thresh
-    return LinearSolve(x, iterations, step, converged)
+        active = active & (diff > thresh) & torch.isfinite(diff)
+    return LinearSolve(x, iterations, step, step <= thresh)
 
 
 def normal_equations(matvec: Operator, rmatvec: Operator) -> Operator:
@@ -168,3 +165,14 @@ def normal_equations(matvec: Operator, rmatvec: Operator) -> Operator:
     condition number is squared, so prefer the symmetric form when ``A`` is symmetric.
     """
     return lambda u: matvec(rmatvec(u))
+
+
+def warn_unconverged(res: LinearSolve, what: str, rtol: float, max_iter: int, hint: str = "",
+                     stacklevel: int = 2) -> None:
+    """Warn (``RuntimeWarning``, naming up to 20 batch indices) if a solve to a tolerance did not
+    converge for every element (one host sync). ``stacklevel`` counts from the caller, as in
+    ``warnings.warn``."""
+    if not bool(res.converged.all()):
+        bad = (~res.converged).nonzero().reshape(-1).tolist()
+        warnings.warn(f"{what}: conjugate gradient did not reach rtol={rtol:g} in {max_iter} steps for "
+                      f"batch indices {bad[:20]}{hint}", RuntimeWarning, stacklevel=stacklevel + 1)

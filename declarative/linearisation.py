@@ -8,7 +8,10 @@ leaves) and reused for every product:
 * ``j(u)  = ∂_wΦ u``   – a JVP by the double-VJP trick: ``∂_wΦ u = ∂_x ⟨∂_wΦᵀ x, u⟩`` with the
   VJP built once with ``create_graph=True`` (so reverse mode only, as DESIGN.md §3.5 asks);
 * ``params_vjp(v) = ∂_θΦᵀ v`` – the final product of the AID hypergradient
-  ``∇_θ = ∂_θΦᵀ v``, with ``v`` the (approximate) solution of ``(I − ∂_wΦᵀ) v = g``.
+  ``∇_θ = ∂_θΦᵀ v``, with ``v`` the (approximate) solution of ``(I − ∂_wΦᵀ) v = g``;
+* ``solve_adjoint(g, ...)`` – that ``v`` by conjugate gradient (on the system itself when ``∂_wΦ``
+  is symmetric, else on the normal equations), shared by ``ConjugateGradient(k)`` and the implicit
+  gradient of ``declarative.fixed_point``.
 
 Shape:
     w, v, u: ``(B, *event)``; the parameter VJPs have each parameter's shape (already summed over
@@ -17,10 +20,12 @@ Shape:
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Sequence
 
 import torch
 
+from .linear_solvers import LinearSolve, conjugate_gradient, normal_equations
 from .problem import ArgminProblem
 
 __all__ = ["FixedPointLinearisation"]
@@ -94,3 +99,21 @@ class FixedPointLinearisation:
         for i, gr in zip(idx, grads):
             out[i] = torch.zeros_like(self.params[i]) if gr is None else gr
         return tuple(out)
+
+    def solve_adjoint(self, g: torch.Tensor, *, symmetric: bool, max_iter: int,
+                      rtol: float = 0.0) -> LinearSolve:
+        """``v`` with ``(I − ∂_wΦᵀ) v = g`` by conjugate gradient from ``v = 0``.
+
+        With ``symmetric`` (``∂_wΦ`` symmetric) CG runs on the system itself; otherwise on the
+        normal equations ``(I − ∂_wΦᵀ)(I − ∂_wΦ) u = g`` and ``v = (I − ∂_wΦ) u`` (CGNE). ``rtol = 0``
+        runs exactly ``max_iter`` steps (AID-CG); otherwise an element stops at ``‖r‖ ≤ rtol‖g‖``.
+
+        Returns:
+            the ``LinearSolve`` of the system CG ran on, with ``x`` replaced by ``v``.
+        """
+        a_t = lambda v: v - self.jt(v)  # noqa: E731  (I − ∂_wΦᵀ)
+        if symmetric:
+            return conjugate_gradient(a_t, g, max_iter=max_iter, rtol=rtol)
+        a = lambda u: u - self.j(u)  # noqa: E731  (I − ∂_wΦ)
+        res = conjugate_gradient(normal_equations(a_t, a), g, max_iter=max_iter, rtol=rtol)
+        return dataclasses.replace(res, x=a(res.x))
