@@ -36,17 +36,9 @@ from .errors import SolverError
 from .modes import GradientMode, resolve_mode
 from .solution import Solution
 from .status import Status
-from .validation import check_same_dtype_device, check_tensor
+from .validation import check_start
 
-__all__ = ["argmin", "argmin_solution", "check_layer_solution", "check_params"]
-
-
-def check_params(params) -> None:
-    """Parameters must be tensors (or None); floating ones share ``z0``'s dtype/device (checked by
-    the caller)."""
-    for i, p in enumerate(params):
-        if p is not None and not isinstance(p, torch.Tensor):
-            raise TypeError(f"params[{i}]: expected a torch.Tensor, got {type(p).__name__}")
+__all__ = ["argmin", "argmin_solution", "check_layer_solution"]
 
 
 def check_layer_solution(sol: Solution, mode: GradientMode, what: str) -> None:
@@ -66,14 +58,7 @@ def argmin_solution(energy: Callable[..., torch.Tensor], z0: torch.Tensor, *para
                     max_iter: int = 500, step_size=None, check: bool = True) -> Solution:
     """Like ``argmin`` but returns the full ``Solution`` (``z`` differentiable; ``status``,
     ``iterations``, ``residuals``)."""
-    check_tensor("z0", z0)
-    if z0.dim() < 2:
-        raise ValueError(f"z0: expected shape (B, n) (a leading batch dimension), got "
-                         f"{tuple(z0.shape)}; use z0.unsqueeze(0) for a single problem")
-    check_params(params)
-    floating = {f"params[{i}]": p for i, p in enumerate(params)
-                if isinstance(p, torch.Tensor) and p.is_floating_point()}
-    check_same_dtype_device(z0=z0, **floating)
+    check_start("z0", z0, params)
     mode = resolve_mode(mode, beta)
     problem = EnergyProblem(energy, like=z0, lower=lower, upper=upper, solver=solver, tol=tol,
                             max_iter=max_iter, step_size=step_size)

@@ -38,44 +38,17 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
 
-from .linear_solvers import batch_dot, conjugate_gradient, warn_unconverged
+from .linear_solvers import batch_dot, conjugate_gradient, default_cg_rtol, warn_unconverged
+from .linearisation import grads_or_zeros, param_leaves
 from .minimize import _bound_tensor, default_tol, minimize
 from .problem import ArgminProblem
 from .solution import Solution
 
 __all__ = ["EnergyProblem"]
-
-
-def _leaves(params, needs):
-    """Detached parameter copies; the ones that need a gradient become leaves requiring it."""
-    out = []
-    for p, need in zip(params, needs):
-        if p is None or not isinstance(p, torch.Tensor):
-            out.append(p)
-        elif need and p.is_floating_point():
-            out.append(p.detach().requires_grad_(True))
-        else:
-            out.append(p.detach())
-    return out
-
-
-def _grads_or_zeros(outputs, leaves, grad_outputs=None):
-    idx = [i for i, p in enumerate(leaves) if isinstance(p, torch.Tensor) and p.requires_grad]
-    res: list[torch.Tensor | None] = [None] * len(leaves)
-    if not idx:
-        return tuple(res)
-    if outputs.requires_grad:
-        grads = torch.autograd.grad(outputs, [leaves[i] for i in idx], grad_outputs,
-                                    retain_graph=True, allow_unused=True)
-    else:
-        grads = [None] * len(idx)
-    for i, g in zip(idx, grads):
-        res[i] = torch.zeros_like(leaves[i]) if g is None else g
-    return tuple(res)
 
 
 class _GradientGraph:
@@ -85,7 +58,7 @@ class _GradientGraph:
     def __init__(self, energy, z, params, needs):
         with torch.enable_grad():
             self.z = z.detach().requires_grad_(True)
-            self.params = _leaves(params, needs)
+            self.params = param_leaves(params, needs)
             e = energy(self.z, *self.params)
             (gz,) = torch.autograd.grad(e.sum(), self.z, create_graph=True, allow_unused=True)
         self.gz = torch.zeros_like(self.z) if gz is None else gz
@@ -97,7 +70,7 @@ class _GradientGraph:
         return torch.zeros_like(v) if r is None else r
 
     def mixed_vjp(self, v: torch.Tensor):
-        return _grads_or_zeros(self.gz, self.params, v)
+        return grads_or_zeros(self.gz, self.params, v)
 
 
 class EnergyProblem(ArgminProblem):
@@ -124,8 +97,8 @@ class EnergyProblem(ArgminProblem):
                             f"{type(energy).__name__}")
         self.energy = energy
         self.shape = like.shape
-        lo = _bound_tensor("lower", lower, like, -math.inf)
-        hi = _bound_tensor("upper", upper, like, math.inf)
+        lo = _bound_tensor("lower", lower, like)
+        hi = _bound_tensor("upper", upper, like)
         if lo is not None and hi is not None and bool((lo > hi).any()):
             raise ValueError("lower/upper: expected lower <= upper everywhere")
         self.lower = None if lo is None else lo.reshape(like.shape)
@@ -138,7 +111,7 @@ class EnergyProblem(ArgminProblem):
         self.tol = default_tol(like.dtype) if tol is None else tol
         self.max_iter = max_iter
         self.step_size = step_size
-        self.cg_rtol = (1e-10 if like.dtype == torch.float64 else 1e-5) if cg_rtol is None else cg_rtol
+        self.cg_rtol = default_cg_rtol(like.dtype) if cg_rtol is None else cg_rtol
         n = like[0].numel()
         self.cg_max_iter = max(2 * n, 50) if cg_max_iter is None else cg_max_iter
 
@@ -150,20 +123,20 @@ class EnergyProblem(ArgminProblem):
                            tol=self.tol, max_iter=self.max_iter)
 
     def solve(self, params, warm_start=None):
-        p = [x.detach() if isinstance(x, torch.Tensor) else x for x in params]
+        p = param_leaves(params)
         return self._solve(lambda z: self.energy(z, *p), warm_start)
 
     def solve_nudged(self, params, g, beta, warm_start=None):
-        p = [x.detach() if isinstance(x, torch.Tensor) else x for x in params]
+        p = param_leaves(params)
         g = g.detach()
         return self._solve(lambda z: self.energy(z, *p) + beta * batch_dot(g, z), warm_start)
 
     # -- gradients ---------------------------------------------------------------------------------
     def lagrangian_grads(self, solution, params, needs):
         with torch.enable_grad():
-            leaves = _leaves(params, needs)
+            leaves = param_leaves(params, needs)
             e = self.energy(solution.z.detach(), *leaves).sum()
-        return _grads_or_zeros(e, leaves)
+        return grads_or_zeros(e, leaves)
 
     def _active_sets(self, z: torch.Tensor, grad: torch.Tensor):
         """Masks (strongly active, weakly active at lower, weakly active at upper)."""

@@ -29,15 +29,15 @@ from typing import Callable
 
 import torch
 
-from .argmin import check_layer_solution, check_params
-from .linear_solvers import warn_unconverged
-from .linearisation import FixedPointLinearisation
+from .argmin import check_layer_solution
+from .linear_solvers import default_cg_rtol, warn_unconverged
+from .linearisation import FixedPointLinearisation, param_leaves
 from .minimize import default_tol
 from .modes import GradientMode, resolve_mode
 from .problem import ArgminProblem
 from .solution import Solution
 from .status import Status
-from .validation import check_positive, check_same_dtype_device, check_tensor
+from .validation import check_count, check_positive, check_start
 
 __all__ = ["FixedPointProblem", "fixed_point", "fixed_point_solution"]
 
@@ -69,7 +69,7 @@ class FixedPointProblem(ArgminProblem):
     def solve(self, params, warm_start=None):
         if warm_start is None:
             raise ValueError("FixedPointProblem.solve needs a warm start w0")
-        p = [x.detach() if isinstance(x, torch.Tensor) else x for x in params]
+        p = param_leaves(params)
         w = warm_start.z.detach()
         B = w.shape[0]
         status = torch.full((B,), _RUNNING, dtype=torch.int64, device=w.device)
@@ -138,18 +138,10 @@ def fixed_point_solution(phi: Callable[..., torch.Tensor], w0: torch.Tensor, *pa
                          max_iter: int = 1000, symmetric: bool = False, rtol: float | None = None,
                          check: bool = True) -> Solution:
     """Like ``fixed_point`` but returns the full ``Solution``."""
-    check_tensor("w0", w0)
-    if w0.dim() < 2:
-        raise ValueError(f"w0: expected shape (B, n) (a leading batch dimension), got "
-                         f"{tuple(w0.shape)}; use w0.unsqueeze(0) for a single problem")
-    check_params(params)
-    floating = {f"params[{i}]": p for i, p in enumerate(params)
-                if isinstance(p, torch.Tensor) and p.is_floating_point()}
-    check_same_dtype_device(w0=w0, **floating)
+    check_start("w0", w0, params)
     tol = default_tol(w0.dtype) if tol is None else check_positive("tol", tol, allow_zero=True)
-    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 0:
-        raise ValueError(f"max_iter: expected an int >= 0, got {max_iter!r}")
-    rtol = (1e-10 if w0.dtype == torch.float64 else 1e-5) if rtol is None else rtol
+    check_count("max_iter", max_iter)
+    rtol = default_cg_rtol(w0.dtype) if rtol is None else rtol
     mode = resolve_mode(mode)
     n = w0[0].numel()
     problem = FixedPointProblem(phi, tol=tol, max_iter=max_iter, symmetric=symmetric, rtol=rtol,

@@ -47,14 +47,9 @@ from .linearisation import FixedPointLinearisation
 from .modes import GradientMode, register_mode
 from .solution import Solution
 from .status import Status
+from .validation import check_count
 
 __all__ = ["ConjugateGradient", "FirstOrder", "FixedPoint", "Unrolled"]
-
-
-def _check_steps(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{name}: expected an int >= 0 (a number of steps), got {value!r}")
-    return value
 
 
 class FixedPoint(GradientMode):
@@ -69,7 +64,7 @@ class FixedPoint(GradientMode):
     name = "fixed_point"
 
     def __init__(self, k: int):
-        self.k = _check_steps("k", k)
+        self.k = check_count("k", k, what=" (a number of steps)")
 
     def vjp(self, problem, params, solution, g, needs):
         lin = FixedPointLinearisation(problem, params, solution.z, needs)
@@ -91,7 +86,7 @@ class ConjugateGradient(GradientMode):
     name = "conjugate_gradient"
 
     def __init__(self, k: int):
-        self.k = _check_steps("k", k)
+        self.k = check_count("k", k, what=" (a number of steps)")
 
     def vjp(self, problem, params, solution, g, needs):
         lin = FixedPointLinearisation(problem, params, solution.z, needs)
@@ -120,7 +115,7 @@ class Unrolled(GradientMode):
     truncated = True
 
     def __init__(self, t: int, tol: float = 0.0):
-        self.t = _check_steps("t", t)
+        self.t = check_count("t", t, what=" (a number of steps)")
         self.tol = float(tol)
 
     def apply(self, problem, params, warm_start: Solution | None = None) -> Solution:

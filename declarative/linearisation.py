@@ -31,6 +31,40 @@ from .problem import ArgminProblem
 __all__ = ["FixedPointLinearisation"]
 
 
+def param_leaves(params: Sequence, needs: Sequence[bool] | None = None) -> list:
+    """Detached copies of the tensors in ``params`` (other entries, e.g. None or data objects, as
+    they are); the floating ones with ``needs[i]`` become leaves that require grad."""
+    if needs is None:
+        return [p.detach() if isinstance(p, torch.Tensor) else p for p in params]
+    out = []
+    for p, need in zip(params, needs):
+        if not isinstance(p, torch.Tensor):
+            out.append(p)
+        elif need and p.is_floating_point():
+            out.append(p.detach().requires_grad_(True))
+        else:
+            out.append(p.detach())
+    return out
+
+
+def grads_or_zeros(outputs: torch.Tensor, leaves: Sequence, grad_outputs: torch.Tensor | None = None
+                   ) -> tuple[torch.Tensor | None, ...]:
+    """The VJP of ``outputs`` with every leaf of ``param_leaves`` that requires grad (zeros where
+    ``outputs`` does not depend on it), ``None`` for the other entries."""
+    idx = [i for i, p in enumerate(leaves) if isinstance(p, torch.Tensor) and p.requires_grad]
+    res: list[torch.Tensor | None] = [None] * len(leaves)
+    if not idx:
+        return tuple(res)
+    if outputs.requires_grad:
+        grads = torch.autograd.grad(outputs, [leaves[i] for i in idx], grad_outputs,
+                                    retain_graph=True, allow_unused=True)
+    else:
+        grads = [None] * len(idx)
+    for i, g in zip(idx, grads):
+        res[i] = torch.zeros_like(leaves[i]) if g is None else g
+    return tuple(res)
+
+
 class FixedPointLinearisation:
     """Products with the Jacobians of ``Φ(·, θ)`` at ``w`` (see the module docstring).
 
@@ -45,13 +79,9 @@ class FixedPointLinearisation:
                  needs: Sequence[bool]):
         w = w.detach()
         phi = problem.fixed_point_map(params, at=w)
-        self.needs = list(needs)
         with torch.enable_grad():
             self.w = w.requires_grad_(True)
-            self.params = [p.detach().requires_grad_(True) if (p is not None and need
-                                                                and p.is_floating_point()) else
-                           (None if p is None else p.detach())
-                           for p, need in zip(params, self.needs)]
+            self.params = param_leaves(params, needs)
             self.out = phi(self.w, *self.params)
         if self.out.shape != w.shape:
             raise ValueError(f"fixed-point map: expected Φ(w) of the shape of w {tuple(w.shape)}, "
@@ -87,18 +117,7 @@ class FixedPointLinearisation:
     def params_vjp(self, v: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         """``∂_θΦᵀ v`` for each parameter that needs a gradient (``None`` for the others; zeros
         for parameters ``Φ`` does not depend on)."""
-        idx = [i for i, p in enumerate(self.params) if p is not None and p.requires_grad]
-        out: list[torch.Tensor | None] = [None] * len(self.params)
-        if not idx:
-            return tuple(out)
-        if self.out.requires_grad:
-            grads = torch.autograd.grad(self.out, [self.params[i] for i in idx], v, retain_graph=True,
-                                        allow_unused=True)
-        else:
-            grads = [None] * len(idx)
-        for i, gr in zip(idx, grads):
-            out[i] = torch.zeros_like(self.params[i]) if gr is None else gr
-        return tuple(out)
+        return grads_or_zeros(self.out, self.params, v)
 
     def solve_adjoint(self, g: torch.Tensor, *, symmetric: bool, max_iter: int,
                       rtol: float = 0.0) -> LinearSolve:

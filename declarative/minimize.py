@@ -71,7 +71,7 @@ import torch
 
 from .solution import Solution
 from .status import Status
-from .validation import check_positive, check_same_dtype_device, check_tensor
+from .validation import check_count, check_positive, check_same_dtype_device, check_start, check_tensor
 
 __all__ = ["minimize", "default_tol"]
 
@@ -86,7 +86,7 @@ def default_tol(dtype: torch.dtype) -> float:
     return math.sqrt(torch.finfo(dtype).eps)
 
 
-def _bound_tensor(name, value, like: torch.Tensor, fill: float) -> torch.Tensor | None:
+def _bound_tensor(name, value, like: torch.Tensor) -> torch.Tensor | None:
     if value is None:
         return None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -147,22 +147,17 @@ def minimize(fun: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor, *,
     Shape:
         z0: ``(B, *event)``, fun(z): ``(B,)``.
     """
-    check_tensor("z0", z0)
-    if z0.dim() < 2:
-        raise ValueError(f"z0: expected shape (B, n) (a leading batch dimension), got "
-                         f"{tuple(z0.shape)}; use z0.unsqueeze(0) for a single problem")
+    check_start("z0", z0)
     if method != "lbfgs":
         raise ValueError(f"method: expected 'lbfgs', got {method!r}")
-    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 0:
-        raise ValueError(f"max_iter: expected an int >= 0, got {max_iter!r}")
-    if isinstance(history, bool) or not isinstance(history, int) or history < 1:
-        raise ValueError(f"history: expected an int >= 1, got {history!r}")
+    check_count("max_iter", max_iter)
+    check_count("history", history, minimum=1)
     tol = default_tol(z0.dtype) if tol is None else check_positive("tol", tol)
     check_positive("unbounded_below", unbounded_below)
     shape = z0.shape
     B = shape[0]
-    lo = _bound_tensor("lower", lower, z0, -math.inf)
-    hi = _bound_tensor("upper", upper, z0, math.inf)
+    lo = _bound_tensor("lower", lower, z0)
+    hi = _bound_tensor("upper", upper, z0)
     bounded = lo is not None or hi is not None
     if lo is not None and hi is not None and bool((lo > hi).any()):
         raise ValueError("lower/upper: expected lower <= upper everywhere")

@@ -22,6 +22,38 @@ def check_tensor(name: str, x, *, floating: bool = True) -> torch.Tensor:
     return x
 
 
+def check_params(params) -> None:
+    """Parameters must be tensors (or None); floating ones share the start point's dtype/device
+    (see ``check_start``)."""
+    for i, p in enumerate(params):
+        if p is not None and not isinstance(p, torch.Tensor):
+            raise TypeError(f"params[{i}]: expected a torch.Tensor, got {type(p).__name__}")
+
+
+def check_start(name: str, x, params=None) -> torch.Tensor:
+    """The start point of an iterative solve: a floating tensor ``(B, *event)`` with a leading batch
+    dimension. With ``params`` (a sequence), those must be tensors or None, the floating ones of
+    ``x``'s dtype and device."""
+    check_tensor(name, x)
+    if x.dim() < 2:
+        raise ValueError(f"{name}: expected shape (B, n) (a leading batch dimension), got "
+                         f"{tuple(x.shape)}; use {name}.unsqueeze(0) for a single problem")
+    if params is not None:
+        check_params(params)
+        floating = {f"params[{i}]": p for i, p in enumerate(params)
+                    if isinstance(p, torch.Tensor) and p.is_floating_point()}
+        check_same_dtype_device(**{name: x}, **floating)
+    return x
+
+
+def check_count(name: str, value, minimum: int = 0, what: str = "") -> int:
+    """A Python ``int`` (not a bool) ``>= minimum``, e.g. an iteration limit; ``what`` is appended
+    to the message (e.g. ``" (a number of steps)"``)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name}: expected an int >= {minimum}{what}, got {value!r}")
+    return value
+
+
 def check_same_dtype_device(**tensors: torch.Tensor | None) -> tuple[torch.dtype, torch.device]:
     """All given tensors (None entries skipped) share one dtype and one device."""
     items = [(k, v) for k, v in tensors.items() if v is not None]
