@@ -32,24 +32,11 @@ from typing import Callable
 import torch
 
 from .energy_problem import EnergyProblem
-from .errors import SolverError
-from .modes import GradientMode, resolve_mode
+from .modes import GradientMode, check_layer_solution, resolve_mode
 from .solution import Solution
-from .status import Status
 from .validation import check_start
 
-__all__ = ["argmin", "argmin_solution", "check_layer_solution"]
-
-
-def check_layer_solution(sol: Solution, mode: GradientMode, what: str) -> None:
-    """Raise a ``SolverError`` for failing elements; for truncated modes (``Unrolled``) an
-    unconverged ``w_t`` is the intended output, so only other failures raise."""
-    status = sol.status_tensor()
-    if getattr(mode, "truncated", False):
-        status = torch.where(status == Status.MAX_ITERATIONS, Status.SOLVED, status)
-    err = SolverError.from_status(status, sol, what)
-    if err is not None:
-        raise err
+__all__ = ["argmin", "argmin_solution"]
 
 
 def argmin_solution(energy: Callable[..., torch.Tensor], z0: torch.Tensor, *params: torch.Tensor,

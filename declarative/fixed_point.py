@@ -29,11 +29,10 @@ from typing import Callable
 
 import torch
 
-from .argmin import check_layer_solution
 from .linear_solvers import default_cg_rtol, warn_unconverged
 from .linearisation import FixedPointLinearisation, param_leaves
 from .minimize import default_tol
-from .modes import GradientMode, resolve_mode
+from .modes import GradientMode, check_layer_solution, resolve_mode
 from .problem import ArgminProblem
 from .solution import Solution
 from .status import Status
@@ -72,10 +71,6 @@ class FixedPointProblem(ArgminProblem):
         p = param_leaves(params)
         w = warm_start.z.detach()
         B = w.shape[0]
-        status = torch.full((B,), _RUNNING, dtype=torch.int64, device=w.device)
-        residual = torch.full((B,), float("inf"), dtype=w.dtype, device=w.device)
-        iterations = torch.zeros(B, dtype=torch.int64, device=w.device)
-        shape = (-1,) + (1,) * (w.dim() - 1)
         if self.tol == 0:  # exactly max_iter iterations, no convergence test (fixed-t experiments)
             with torch.no_grad():
                 w_prev = w
@@ -90,6 +85,10 @@ class FixedPointProblem(ArgminProblem):
             status = torch.where(finite, status, Status.NON_FINITE).to(torch.int64)
             iterations = torch.full((B,), self.max_iter, dtype=torch.int64, device=w.device)
             return Solution(z=w, status=status, iterations=iterations, residuals={"residual": r})
+        status = torch.full((B,), _RUNNING, dtype=torch.int64, device=w.device)
+        residual = torch.full((B,), float("inf"), dtype=w.dtype, device=w.device)
+        iterations = torch.zeros(B, dtype=torch.int64, device=w.device)
+        shape = (-1,) + (1,) * (w.dim() - 1)
         all_running = True
         with torch.no_grad():
             for it in range(self.max_iter + 1):

@@ -39,8 +39,8 @@ Method (one code path for the unconstrained and the box-constrained case):
   Elements are frozen as soon as they leave the running state: their iterates no longer change,
   though ``fun`` is still evaluated on the whole batch (it may close over batched tensors).
 * **Cost / syncs** – one ``fun`` evaluation and one backward per line-search trial (usually one
-  per iteration); one host sync per iteration (the convergence check) plus one per extra
-  line-search trial.
+  per iteration); three host syncs per iteration (the convergence check, the descent check of the
+  direction, the line search's acceptance) plus one per extra line-search trial.
 
 Tolerance guidance: the default ``tol`` is ``sqrt(eps)`` of the dtype (≈1.5e-8 in float64, ≈3.5e-4
 in float32), an absolute bound on the gradient norm; scale it with the magnitude of your energy.
@@ -217,7 +217,7 @@ def minimize(fun: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor, *,
             free = (~binding).to(dtype)
             q = g * free
         else:
-            q = g.clone()
+            q = g
         order = [(slot - 1 - i) % m for i in range(m)]  # newest first
         alphas = []
         for j in order:
@@ -234,20 +234,17 @@ def minimize(fun: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor, *,
             # projection stops them at the bound); freezing them would stall an element whose
             # only non-zero projected-gradient entries sit within eps of a bound
             d = d * free - (1 - free) * gamma[:, None] * g
-            steepest = -g
-        else:
-            steepest = -g
         slope = (g * d).sum(1)
         bad = ~(slope < 0) | ~torch.isfinite(slope)
         if bool(bad.any()):  # reset memory of these elements, steepest descent
             rho = torch.where(bad[None, :], torch.zeros_like(rho), rho)
             gamma = torch.where(bad, 1.0 / g.norm(dim=1).clamp_min(1.0), gamma)
-            d = torch.where(bad[:, None], steepest * gamma[:, None], d)
+            d = torch.where(bad[:, None], -g * gamma[:, None], d)
         # -- per-element backtracking line search along the projection arc ------------------------
         t = torch.ones(B, dtype=dtype, device=device)
         accepted = ~active
         first_trial = torch.zeros(B, dtype=torch.bool, device=device)
-        z_new, f_new, g_new = z.clone(), f.clone(), g.clone()
+        z_new, f_new, g_new = z, f, g  # replaced (never written in place) where a trial is accepted
         f_noise = _ROUNDOFF * torch.finfo(dtype).eps * (f.abs() + 1)
         unbounded = torch.zeros(B, dtype=torch.bool, device=device)
         for trial in range(_MAX_LINE_SEARCH):
@@ -271,7 +268,7 @@ def minimize(fun: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor, *,
             f_new = torch.where(ok, ft, f_new)
             g_new = torch.where(ok[:, None], gt, g_new)
             if trial == 0:
-                first_trial = ok.clone()
+                first_trial = ok
             accepted = accepted | ok
             if bool(accepted.all()):
                 break

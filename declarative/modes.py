@@ -18,14 +18,19 @@ from typing import Callable, Sequence
 import torch
 
 from .argmin_function import apply_argmin_function
+from .errors import SolverError
 from .problem import ArgminProblem, Grads
 from .solution import Solution
+from .status import Status
 
 
 class GradientMode:
     """Base class of gradient modes."""
 
     name: str = "mode"
+    #: True when the forward is a truncated iteration whose unconverged output is the intended one
+    #: (``Unrolled``): ``check_layer_solution`` then does not raise for ``MAX_ITERATIONS``.
+    truncated: bool = False
 
     def apply(self, problem: ArgminProblem, params, warm_start: Solution | None = None) -> Solution:
         return apply_argmin_function(problem, self, params, warm_start)
@@ -56,6 +61,18 @@ class Implicit(GradientMode):
 
     def vjp(self, problem, params, solution, g, needs):
         return problem.implicit_vjp(solution, params, g, needs)
+
+
+def check_layer_solution(sol: Solution, mode: GradientMode, what: str) -> None:
+    """Raise a ``SolverError`` naming the failing batch elements of a layer's solve; for truncated
+    modes (``mode.truncated``, e.g. ``Unrolled``) an unconverged ``w_t`` is the intended output, so
+    only other failures raise."""
+    status = sol.status_tensor()
+    if mode.truncated:
+        status = torch.where(status == Status.MAX_ITERATIONS, Status.SOLVED, status)
+    err = SolverError.from_status(status, sol, what)
+    if err is not None:
+        raise err
 
 
 def check_beta(beta, mode_name: str) -> float:
