@@ -5,6 +5,7 @@ from __future__ import annotations
 from declarative.modes import GradientMode, check_beta
 
 from .finite_difference import check_points, forward_difference_coefficients
+from .modes import nudged_solve
 
 __all__ = ["EquilibriumProp"]
 
@@ -47,9 +48,7 @@ class EquilibriumProp(GradientMode):
                  for a in problem.lagrangian_grads(solution, params, needs)]
         previous = solution
         for i in range(1, self.points):
-            nudge = i * self.beta
-            phase = problem.solve_nudged(params, g, nudge, warm_start=previous)
-            phase.raise_for_status(f"nudged re-solve (beta={nudge:g}) of {self!r}")
+            phase = nudged_solve(problem, params, g, i * self.beta, previous, self)
             grads = problem.lagrangian_grads(phase, params, needs)
             total = [None if t is None else t + self.alpha[i] * a for t, a in zip(total, grads)]
             previous = phase

@@ -5,9 +5,13 @@ from __future__ import annotations
 from declarative.modes import GradientMode, check_beta, register_mode
 
 
-def _nudged(problem, params, g, beta, warm_start):
+def nudged_solve(problem, params, g, beta: float, warm_start, mode: GradientMode):
+    """``ẑ_β = argmin_z E(z; θ) + β gᵀz`` by ``problem.solve_nudged``; a ``SolverError`` naming the
+    failing batch elements, β and ``mode`` if some element is not solved."""
     sol = problem.solve_nudged(params, g, beta, warm_start=warm_start)
-    return sol.raise_for_status(f"nudged re-solve (beta={beta:g})")
+    if sol.status is None:  # a closed form (activations: the per-layer hot path), solved by construction
+        return sol
+    return sol.raise_for_status(f"nudged re-solve (beta={beta:g}) of {mode!r}")
 
 
 class Contrastive(GradientMode):
@@ -30,7 +34,7 @@ class Contrastive(GradientMode):
         self.beta = check_beta(beta, self.name)
 
     def vjp(self, problem, params, solution, g, needs):
-        nudged = _nudged(problem, params, g, self.beta, solution)
+        nudged = nudged_solve(problem, params, g, self.beta, solution, self)
         return problem.lagrangian_grads_contrast(nudged, solution, params, needs, self.beta)
 
     def __repr__(self):
@@ -55,8 +59,8 @@ class Symmetric(GradientMode):
         self.beta = check_beta(beta, self.name)
 
     def vjp(self, problem, params, solution, g, needs):
-        plus = _nudged(problem, params, g, self.beta, solution)
-        minus = _nudged(problem, params, g, -self.beta, solution)
+        plus = nudged_solve(problem, params, g, self.beta, solution, self)
+        minus = nudged_solve(problem, params, g, -self.beta, solution, self)
         return problem.lagrangian_grads_contrast(plus, minus, params, needs, 2 * self.beta)
 
     def __repr__(self):
