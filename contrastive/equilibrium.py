@@ -210,10 +210,7 @@ def equilibrium_propagation(energy: Energy, loss: Energy, phi0: torch.Tensor, pa
     for nudge, weight, sol in zip(stencil.nudges, stencil.weights, solutions):
         if weight == 0.0:
             continue
-        value = energy(sol.z, *params)
-        if nudge != 0.0:
-            value = value + (nudge * beta) * loss(sol.z, *params)
-        term = (weight / beta) * value
+        term = (weight / beta) * _augmented(energy, loss, params, nudge * beta)(sol.z)
         surrogate = term if surrogate is None else surrogate + term
     if reduction == "mean":
         surrogate = surrogate.mean()
