@@ -268,13 +268,24 @@ def _static_reg(Q, AtA, opts):
     return opts.reg * (1.0 + qdiag)
 
 
+def _gather_rows(M: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Rows ``M[b, idx[b, j]]`` as ``(B, k, n)`` (``M`` may have batch size 1): one ``index_select``
+    of whole rows on the flattened batch, much faster on CPU than ``gather`` with an expanded index."""
+    B, k = idx.shape
+    Bm, m, n = M.shape
+    if Bm == 1:
+        return M[0].index_select(0, idx.reshape(-1)).reshape(B, k, n)
+    flat = idx + (torch.arange(B, device=idx.device) * m).unsqueeze(-1)
+    return M.reshape(B * m, n).index_select(0, flat.reshape(-1)).reshape(B, k, n)
+
+
 def _active_system(G, h, A, b, zero_eq, idx, valid):
     """Equality rows ``[A; G_K]``, right-hand side ``[b; h_K]`` and the padding indicator for the
     gathered active rows ``K = idx`` (rows with ``valid == False`` are zero padding)."""
     B, k = idx.shape
     n = G.shape[-1]
     m = G.shape[-2]
-    Gk = G.expand(B, m, n).gather(1, idx.unsqueeze(-1).expand(B, k, n)) * valid.unsqueeze(-1)
+    Gk = _gather_rows(G, idx) * valid.unsqueeze(-1)
     pad = (~valid).to(G.dtype)
     if h is not None:
         hk = h.expand(B, m).gather(1, idx) * valid
