@@ -38,7 +38,7 @@ from typing import Callable, Sequence
 import torch
 
 from declarative.errors import SolverError
-from declarative.minimize import minimize
+from declarative.minimizer import minimize
 from declarative.modes import check_beta
 from declarative.solution import Solution
 from declarative.status import Status

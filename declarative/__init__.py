@@ -4,15 +4,15 @@ Imports nothing from ``contrastive`` or ``layers``.
 """
 
 from .activations import ActivationProblem, BoxProblem, ReLUProblem, SoftmaxProblem, SparsemaxProblem
-from .argmin import argmin, argmin_solution
+from .argmin_layer import argmin, argmin_solution
 from .argmin_function import ArgminFunction, apply_argmin_function
 from .broadcasting import sum_to_shape
 from .energy_problem import EnergyProblem
 from .errors import SolverError
-from .fixed_point import FixedPointProblem, fixed_point, fixed_point_solution
+from .fixed_point_layer import FixedPointProblem, fixed_point, fixed_point_solution
 from .hypergradient_modes import ConjugateGradient, FirstOrder, FixedPoint, Unrolled
 from .lasso import LassoOptions, LassoProblem, solve_lasso
-from .minimize import minimize
+from .minimizer import minimize
 from .modes import GradientMode, Implicit, check_beta, register_mode, resolve_mode
 from .problem import ArgminProblem
 from .qp import QPOptions, QPProblem, solve_qp, solve_qp_ipm

@@ -44,7 +44,7 @@ import torch
 
 from .linear_solvers import batch_dot, conjugate_gradient, default_cg_rtol, warn_unconverged
 from .linearisation import grads_or_zeros, param_leaves
-from .minimize import _bound_tensor, default_tol, minimize
+from .minimizer import _bound_tensor, default_tol, minimize
 from .problem import ArgminProblem
 from .solution import Solution
 

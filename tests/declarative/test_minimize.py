@@ -10,7 +10,7 @@ import scipy.optimize
 import torch
 
 from declarative import Status
-from declarative.minimize import default_tol, minimize
+from declarative.minimizer import default_tol, minimize
 
 
 def _quadratic(B, n, dtype, device, mu=0.1):

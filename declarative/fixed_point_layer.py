@@ -31,7 +31,7 @@ import torch
 
 from .linear_solvers import default_cg_rtol, warn_unconverged
 from .linearisation import FixedPointLinearisation, param_leaves
-from .minimize import default_tol
+from .minimizer import default_tol
 from .modes import GradientMode, check_layer_solution, resolve_mode
 from .problem import ArgminProblem
 from .solution import Solution
