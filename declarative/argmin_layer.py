@@ -44,7 +44,11 @@ def argmin_solution(energy: Callable[..., torch.Tensor], z0: torch.Tensor, *para
                     lower=None, upper=None, solver=None, tol: float | None = None,
                     max_iter: int = 500, step_size=None, check: bool = True) -> Solution:
     """Like ``argmin`` but returns the full ``Solution`` (``z`` differentiable; ``status``,
-    ``iterations``, ``residuals``)."""
+    ``iterations``, ``residuals``).
+
+    Shape:
+        - Solution.z: ``(B, *event)``; status, iterations: ``(B,)``.
+    """
     check_start("z0", z0, params)
     mode = resolve_mode(mode, beta)
     problem = EnergyProblem(energy, like=z0, lower=lower, upper=upper, solver=solver, tol=tol,
@@ -79,6 +83,11 @@ def argmin(energy: Callable[..., torch.Tensor], z0: torch.Tensor, *params: torch
 
     Returns:
         ``z*`` of shape ``(B, *event)``.
+
+    Shape:
+        - z0: ``(B, *event)``; ``energy(z, *params)``: ``(B,)``; params: any shapes ``energy``
+          broadcasts (their gradients come out in each parameter's own shape).
+        - Output: ``(B, *event)``, the dtype and device of ``z0``.
     """
     return argmin_solution(energy, z0, *params, mode=mode, beta=beta, lower=lower, upper=upper,
                            solver=solver, tol=tol, max_iter=max_iter, step_size=step_size,

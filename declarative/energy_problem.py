@@ -85,6 +85,9 @@ class EnergyProblem(ArgminProblem):
         tol, max_iter: passed to the solver.
         step_size: ``η`` of the fixed-point map (float, or a ``(B,)`` tensor); default ``1/L̂``.
         cg_rtol, cg_max_iter: tolerance / iteration limit of the implicit CG.
+
+    Shape:
+        - z: ``(B, *event)`` (the shape of ``like``); ``energy(z, *params)``: ``(B,)``.
     """
 
     param_names = ()

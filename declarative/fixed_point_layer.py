@@ -52,6 +52,9 @@ class FixedPointProblem(ArgminProblem):
         symmetric: declare ``∂_wΦ`` symmetric (CG then runs on the system itself).
         tol, max_iter: forward stopping rule (absolute, on ``‖Φ(w) − w‖₂``).
         rtol, cg_max_iter: the implicit backward's CG tolerance and step limit.
+
+    Shape:
+        - w: ``(B, *event)``; ``phi(w, *params)``: ``(B, *event)``.
     """
 
     def __init__(self, phi: Callable[..., torch.Tensor], *, tol: float, max_iter: int,
@@ -136,7 +139,11 @@ def fixed_point_solution(phi: Callable[..., torch.Tensor], w0: torch.Tensor, *pa
                          mode: str | GradientMode = "implicit", tol: float | None = None,
                          max_iter: int = 1000, symmetric: bool = False, rtol: float | None = None,
                          check: bool = True) -> Solution:
-    """Like ``fixed_point`` but returns the full ``Solution``."""
+    """Like ``fixed_point`` but returns the full ``Solution``.
+
+    Shape:
+        - Solution.z: ``(B, *event)``; status, iterations, residuals["residual"]: ``(B,)``.
+    """
     check_start("w0", w0, params)
     tol = default_tol(w0.dtype) if tol is None else check_positive("tol", tol, allow_zero=True)
     check_count("max_iter", max_iter)
@@ -173,6 +180,11 @@ def fixed_point(phi: Callable[..., torch.Tensor], w0: torch.Tensor, *params: tor
 
     Returns:
         ``w*`` of shape ``(B, *event)``.
+
+    Shape:
+        - w0: ``(B, *event)``; ``phi(w, *params)``: ``(B, *event)``; params: any shapes ``phi``
+          broadcasts (their gradients come out in each parameter's own shape).
+        - Output: ``(B, *event)``, the dtype and device of ``w0``.
     """
     return fixed_point_solution(phi, w0, *params, mode=mode, tol=tol, max_iter=max_iter,
                                 symmetric=symmetric, rtol=rtol, check=check).z

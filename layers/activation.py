@@ -18,6 +18,11 @@ class ArgminActivation(nn.Module):
         mode: ``"implicit"`` (exact one-sided derivative), ``"contrastive"`` or ``"symmetric"``
             (finite nudging strength ``beta``), or a ``GradientMode`` object.
         beta: nudging strength for the contrastive modes (required there, rejected otherwise).
+
+    Shape:
+        - Input: ``(*)``, float32 or float64 (``(*, n, *)`` with the simplex over ``dim`` for the
+          simplex activations).
+        - Output: same shape, dtype and device as the input.
     """
 
     def __init__(self, problem: ActivationProblem, mode: str | GradientMode = "implicit",

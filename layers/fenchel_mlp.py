@@ -17,7 +17,11 @@ INITS = ("glorot", "negative")
 
 def negative_glorot_uniform_(weight: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Fill ``weight`` (out, in) with ``−|U(−a, a)|``, ``a = sqrt(6/(in + out))``: the paper's
-    "negative" initialisation, which leaves most ReLUs of the next layer dead at the start."""
+    "negative" initialisation, which leaves most ReLUs of the next layer dead at the start.
+
+    Shape:
+        - weight: ``(out, in)``, filled in place and returned.
+    """
     with torch.no_grad():
         nn.init.xavier_uniform_(weight, generator=generator)
         weight.abs_().neg_()
@@ -49,6 +53,10 @@ def fenchel_mlp(sizes: Sequence[int], beta: float | Sequence[float] | None, *,
 
     Returns:
         ``nn.Sequential`` mapping ``(B, sizes[0])`` to logits ``(B, sizes[-1])``.
+
+    Shape:
+        - Input: ``(B, sizes[0])``.
+        - Output: ``(B, sizes[-1])``.
     """
     if len(sizes) < 2:
         raise ValueError(f"sizes: expected at least two widths, got {list(sizes)}")

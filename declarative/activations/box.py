@@ -17,6 +17,9 @@ class BoxProblem(ActivationProblem):
 
     Args:
         lo, hi: finite or infinite bounds with ``lo < hi``.
+
+    Shape:
+        - a, z: ``(*)``, any shape.
     """
 
     def __init__(self, lo: float = -1.0, hi: float = 1.0):

@@ -13,6 +13,9 @@ class ReLUProblem(ActivationProblem):
     One-sided derivative in direction ``u``: ``u`` where ``a > 0``, ``0`` where ``a < 0`` and, at the
     kink ``a = 0``, ``max(0, u)`` (the constraint may be left, not crossed). With ``u = −g`` the
     implicit gradient passes ``g`` at ``a = 0`` iff ``g < 0``.
+
+    Shape:
+        - a, z: ``(*)``, any shape.
     """
 
     def activation(self, a):

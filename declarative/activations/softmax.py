@@ -11,6 +11,12 @@ class SoftmaxProblem(ActivationProblem):
     """``z* = argmin_z Σ_i z_i log z_i − aᵀz  s.t.  1ᵀz = 1  = softmax(a)`` over ``dim``.
 
     Smooth everywhere: the derivative in direction ``u`` is ``z ⊙ (u − ⟨u, z⟩)``.
+
+    Args:
+        dim: the dimension that lies on the simplex.
+
+    Shape:
+        - a, z: ``(*, n, *)``, the simplex over ``dim``.
     """
 
     def __init__(self, dim: int = -1):

@@ -38,6 +38,9 @@ class SparsemaxProblem(ActivationProblem):
 
     Args:
         dim: the dimension that lies on the simplex.
+
+    Shape:
+        - a, z: ``(*, n, *)``, the simplex over ``dim``.
     """
 
     def __init__(self, dim: int = -1):
