@@ -57,7 +57,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from contrastive import equilibrium_propagation  # noqa: E402
-from declarative.minimizer import minimize  # noqa: E402
+from declarative import minimize  # noqa: E402
 
 METHODS = ("ep2", "ep-centered", "bp")
 

@@ -95,7 +95,7 @@ def test_a_problem_without_a_nudged_solve_is_reported():
 def test_plugs_into_the_generic_argmin_layer():
     """On ``declarative.argmin`` (an ``EnergyProblem`` solved by L-BFGS) with a non-quadratic
     energy, the p-point estimate converges to the ``Implicit`` gradient at rate β^{p−1}."""
-    from declarative.argmin_layer import argmin
+    from declarative import argmin
 
     gen = torch.Generator().manual_seed(0)
     A = torch.randn(4, 4, generator=gen, dtype=torch.float64)
