@@ -194,9 +194,8 @@ def equilibrium_propagation(energy: Energy, loss: Energy, phi0: torch.Tensor, pa
     status = torch.full((batch,), int(Status.SOLVED), dtype=torch.int64, device=phi0.device)
     for nudge, warm in zip(stencil.nudges, stencil.warm_from):
         start = phi0 if warm is None else solutions[warm].z
-        with torch.enable_grad():
-            sol = minimize(_augmented(energy, loss, detached, nudge * beta), start.detach(), **options)
-        sol = sol.detach()
+        # minimize differentiates under its own enable_grad and returns detached tensors
+        sol = minimize(_augmented(energy, loss, detached, nudge * beta), start, **options)
         phase_status = sol.status_tensor().reshape(batch)
         finite = torch.isfinite(sol.z).all(dim=-1)
         phase_status = torch.where(finite, phase_status, torch.full_like(phase_status, int(Status.NON_FINITE)))
