@@ -53,3 +53,15 @@ class ActivationProblem(ArgminProblem):
 
     def lagrangian_grads_tangent(self, solution, tangent, params, needs):
         return (-tangent.z,)
+
+
+class SimplexActivationProblem(ActivationProblem):
+    """An ``ActivationProblem`` whose solution lies on the probability simplex along ``dim``
+    (``z ≥ 0``, ``1ᵀz = 1`` over that dimension): the base of sparsemax and softmax.
+
+    Args:
+        dim: the dimension that lies on the simplex.
+    """
+
+    def __init__(self, dim: int = -1):
+        self.dim = dim

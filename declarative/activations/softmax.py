@@ -4,23 +4,20 @@ from __future__ import annotations
 
 import torch
 
-from .base import ActivationProblem
+from .base import SimplexActivationProblem
 
 
-class SoftmaxProblem(ActivationProblem):
+class SoftmaxProblem(SimplexActivationProblem):
     """``z* = argmin_z Σ_i z_i log z_i − aᵀz  s.t.  1ᵀz = 1  = softmax(a)`` over ``dim``.
 
     Smooth everywhere: the derivative in direction ``u`` is ``z ⊙ (u − ⟨u, z⟩)``.
 
     Args:
-        dim: the dimension that lies on the simplex.
+        dim: the dimension that lies on the simplex (default ``-1``).
 
     Shape:
         - a, z: ``(*, n, *)``, the simplex over ``dim``.
     """
-
-    def __init__(self, dim: int = -1):
-        self.dim = dim
 
     def activation(self, a):
         return torch.softmax(a, dim=self.dim)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import ActivationProblem
+from .base import SimplexActivationProblem
 
 
 def _simplex_threshold(a: torch.Tensor) -> torch.Tensor:
@@ -18,7 +18,7 @@ def _simplex_threshold(a: torch.Tensor) -> torch.Tensor:
     return cs.gather(-1, support - 1) / support
 
 
-class SparsemaxProblem(ActivationProblem):
+class SparsemaxProblem(SimplexActivationProblem):
     """``z* = argmin_z ½‖z − a‖²  s.t.  z ≥ 0, 1ᵀz = 1`` over ``dim`` (Martins & Astudillo 2016).
 
     ``z = max(0, a − τ)`` with the threshold τ found by sorting. Implicit tangent in direction ``u``
@@ -37,14 +37,11 @@ class SparsemaxProblem(ActivationProblem):
     tiny positive ``z_i`` are detected in float32 and float64.
 
     Args:
-        dim: the dimension that lies on the simplex.
+        dim: the dimension that lies on the simplex (default ``-1``).
 
     Shape:
         - a, z: ``(*, n, *)``, the simplex over ``dim``.
     """
-
-    def __init__(self, dim: int = -1):
-        self.dim = dim
 
     def activation(self, a):
         a_t = a.movedim(self.dim, -1)
