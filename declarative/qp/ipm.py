@@ -80,14 +80,19 @@ def _mtv(M: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return (x.unsqueeze(-2) @ M).squeeze(-2)
 
 
-def _mmv(M: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
-    """``M x_j`` for the rows ``x_j`` of ``X (B, k, n)`` in one pass over ``M``: ``(B, k, m)``."""
-    return X @ M.mT
+def _mvs(M: torch.Tensor, xs) -> list:
+    """``[M x for x in xs]`` in one pass over ``M`` (one GEMM with ``len(xs)`` rows); separate
+    broadcast products for tiny ``M``, where the stacking costs more than it saves."""
+    if M.shape[-1] * M.shape[-2] * max(M.shape[0], xs[0].shape[0]) <= _SMALL:
+        return [_mv(M, x) for x in xs]
+    return list((torch.stack(xs, -2) @ M.mT).unbind(-2))
 
 
-def _mmtv(M: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
-    """``Mᵀ x_j`` for the rows ``x_j`` of ``X (B, k, m)`` in one pass over ``M``: ``(B, k, n)``."""
-    return X @ M
+def _mtvs(M: torch.Tensor, xs) -> list:
+    """``[Mᵀ x for x in xs]`` in one pass over ``M`` (see ``_mvs``)."""
+    if M.shape[-1] * M.shape[-2] * max(M.shape[0], xs[0].shape[0]) <= _SMALL:
+        return [_mtv(M, x) for x in xs]
+    return list((torch.stack(xs, -2) @ M).unbind(-2))
 
 
 def _loop_residuals(Q, q, G, h, A, b, z, s, lam, nu, w, hnorm, bnorm, qnorm, dz_last, dlp, dnu_last):
@@ -99,7 +104,7 @@ def _loop_residuals(Q, q, G, h, A, b, z, s, lam, nu, w, hnorm, bnorm, qnorm, dz_
         Qz = _mv(Q, z)
         Qd = None
     else:
-        Qz, Qd = _mmv(Q, torch.stack([z, dz_last], -2)).unbind(-2)
+        Qz, Qd = _mvs(Q, [z, dz_last])
     rd0 = Qz + q
     dscale = torch.maximum(_inf_norm(Qz), qnorm)
     pres = gap = mu = torch.zeros_like(dscale)
@@ -109,11 +114,11 @@ def _loop_residuals(Q, q, G, h, A, b, z, s, lam, nu, w, hnorm, bnorm, qnorm, dz_
         if dz_last is None:
             Az = _mv(A, z)
         else:
-            Az, Ad = _mmv(A, torch.stack([z, dz_last], -2)).unbind(-2)
+            Az, Ad = _mvs(A, [z, dz_last])
         if dnu_last is None:
             Atn = _mtv(A, nu)
         else:
-            Atn, Atd = _mmtv(A, torch.stack([nu, dnu_last], -2)).unbind(-2)
+            Atn, Atd = _mtvs(A, [nu, dnu_last])
         rd0 = rd0 + Atn
         re = Az - b
         dscale = torch.maximum(dscale, _inf_norm(Atn))
@@ -123,9 +128,9 @@ def _loop_residuals(Q, q, G, h, A, b, z, s, lam, nu, w, hnorm, bnorm, qnorm, dz_
         Gz = _mv(G, z)
         ri = Gz + s - h
         cols = [lam, w * ri] + ([] if dlp is None else [dlp])
-        GtX = _mmtv(G, torch.stack(cols, -2))
-        Gtl, Gtwri = GtX[..., 0, :], GtX[..., 1, :]
-        Gtd = None if dlp is None else GtX[..., 2, :]
+        GtX = _mtvs(G, cols)
+        Gtl, Gtwri = GtX[0], GtX[1]
+        Gtd = None if dlp is None else GtX[2]
         rd = rd0 + Gtl
         dscale = torch.maximum(dscale, _inf_norm(Gtl))
         pres = torch.maximum(
