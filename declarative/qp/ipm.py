@@ -305,7 +305,7 @@ def _active_system(G, h, A, b, zero_eq, idx, valid):
 def _polish(Q, q, G, h, A, b, z, s, lam, nu, solved, opts, reg, zero_eq, hnorm, bnorm, qnorm, rounds=4):
     """Active-set polishing of converged IPM solutions (cf. OSQP's solution polishing).
 
-    The constraints guessed active (``λ_i/mean(λ) > s_i/mean(s)``) are imposed as equalities and the
+    The constraints guessed active (``λ_i > s_i``) are imposed as equalities and the
     equality-constrained QP is solved exactly by the reduced factorisation (active rows gathered
     and padded, two steps of iterative refinement). The polished point replaces the IPM's if it is
     primal feasible and its multipliers are non-negative up to ``1e3·eps`` (or, as a fallback, up
@@ -324,12 +324,7 @@ def _polish(Q, q, G, h, A, b, z, s, lam, nu, solved, opts, reg, zero_eq, hnorm, 
     n = z.shape[-1]
     tol = opts.tol_primal
     strict = 1e3 * torch.finfo(z.dtype).eps
-    # active-set guess λ_i/mean(λ) > s_i/mean(s) (per element): invariant to scaling the objective
-    # or all constraints by a constant, unlike λ_i > s_i, whose misses (active constraints with
-    # small λ*, whose slacks still lag at the loose tolerance) sent 2/3 of random problems to a
-    # second round (1/6 with this guess)
-    tiny = torch.finfo(lam.dtype).tiny
-    act_all = lam * s.mean(-1, keepdim=True).clamp(min=tiny) > s * lam.mean(-1, keepdim=True).clamp(min=tiny)
+    act_all = lam > s
     act_final = act_all.clone()
     todo_all = solved.clone()
     fallback_all = torch.zeros_like(todo_all)
