@@ -116,27 +116,10 @@ class TorchOpt:
         self.o = ours
 
     def hypergradient(self, k, t):
-        import torchopt
-        from torchopt.diff.implicit import custom_root
-        o = self.o
-
-        def optimality(w, lam):
-            m = o.y * (w @ o.X.T)
-            return -(o.y * torch.sigmoid(-m)) @ o.X + lam * w
-
-        @custom_root(optimality, argnums=1, solve=torchopt.linear_solve.solve_cg(maxiter=k, rtol=0.0, atol=0.0))
-        def solve(w, lam):
-            with torch.no_grad():
-                for _ in range(t):
-                    w = o.phi(w, lam)
-            return w
-
-        lam = o.lam.clone().requires_grad_(True)
-        w = solve(torch.zeros(o.X.shape[1], dtype=torch.float64), lam)
-        return torch.autograd.grad(o.outer(w), lam)[0]
+        w, lam = torchopt_solution(self.o, k, t)
+        return torch.autograd.grad(self.o.outer(w), lam)[0]
 
 
-# -- JAXopt ---------------------------------------------------------------------------------------------
 class JaxOpt:
     def __init__(self, prob):
         import jax
@@ -217,7 +200,8 @@ def forward_only(ours: Ours, mode, t):
                        max_iter=t, tol=0.0, symmetric=True, check=False)
 
 
-def torchopt_forward_only(ours: Ours, k, t):
+def torchopt_solution(ours: Ours, k, t):
+    """torchopt's implicit layer (custom_root, CG with exactly k steps) after t inner steps: (w, lam)."""
     import torchopt
     from torchopt.diff.implicit import custom_root
 
@@ -233,7 +217,11 @@ def torchopt_forward_only(ours: Ours, k, t):
         return w
 
     lam = ours.lam.clone().requires_grad_(True)
-    return solve(torch.zeros(ours.X.shape[1], dtype=torch.float64), lam)
+    return solve(torch.zeros(ours.X.shape[1], dtype=torch.float64), lam), lam
+
+
+def torchopt_forward_only(ours: Ours, k, t):
+    return torchopt_solution(ours, k, t)[0]
 
 
 def fmt_bytes(b):
