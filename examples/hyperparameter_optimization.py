@@ -49,7 +49,8 @@ try:
 except ImportError:  # running from a checkout without installation
     sys.path.insert(0, str(ROOT))
     import declarative
-from declarative import ConjugateGradient, FixedPoint, Unrolled, fixed_point  # noqa: E402
+from declarative import fixed_point  # noqa: E402
+from hypergradient_error import make_mode  # noqa: E402  (the same method names → mode objects)
 
 METHODS = ("ITD", "FP k=t", "CG k=t", "FP k=10", "CG k=10")
 
@@ -67,11 +68,6 @@ def load_data(seed: int = 0, dtype=torch.float64):
     for name, (Xs, ys) in {"train": (X_tr, y_tr), "val": (X_va, y_va), "test": (X_te, y_te)}.items():
         out[name] = (torch.tensor((Xs - mean) / std, dtype=dtype), torch.tensor(2.0 * ys - 1.0, dtype=dtype))
     return out
-
-
-def make_mode(method: str, t: int):
-    return {"ITD": lambda: Unrolled(t), "FP k=t": lambda: FixedPoint(t), "CG k=t": lambda: ConjugateGradient(t),
-            "FP k=10": lambda: FixedPoint(10), "CG k=10": lambda: ConjugateGradient(10)}[method]()
 
 
 class InnerProblem:
