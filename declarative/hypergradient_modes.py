@@ -27,6 +27,11 @@ differ in how ``v`` is obtained — all products by reverse-mode autodiff
   meta-learning (e.g. first-order MAML) — biased unless ``∂_θΦ = 0``.
 * ``Implicit()`` (in ``modes``) – the problem's own matrix-free solve to a tolerance.
 
+``FixedPoint`` and ``ConjugateGradient`` take ``jacobian="auto" | "dense" | "products"``: whether
+the backward forms ``∂_wΦ`` as a dense matrix once (``D`` VJPs in one vmapped backward) instead of
+``k`` separate VJPs — same iterates up to round-off, much less autograd overhead when ``k`` is large
+against the size ``D`` of ``w`` (policy and the CG finite-termination shortcut: ``dense_jacobian``).
+
 String names: ``"first_order"`` resolves to ``FirstOrder()``. ``"fixed_point"``,
 ``"conjugate_gradient"`` and ``"unrolled"`` are registered too, but only to say that a string
 cannot carry ``k``/``t`` — pass the mode object (``resolve_mode`` takes ``beta`` only, and a
@@ -42,6 +47,7 @@ from __future__ import annotations
 
 import torch
 
+from .dense_jacobian import DenseJacobian, check_jacobian_policy, use_dense_jacobian
 from .linear_solvers import batch_dot, fixed_point_iteration
 from .linearisation import FixedPointLinearisation
 from .modes import GradientMode, register_mode
@@ -59,42 +65,57 @@ class FixedPoint(GradientMode):
 
     Args:
         k: number of steps (``k = 0`` gives ``FirstOrder``).
+        jacobian: ``"auto"`` (default), ``"dense"`` or ``"products"``: form ``∂_wΦ`` once or use
+            ``k`` VJPs (see ``declarative.dense_jacobian``).
     """
 
     name = "fixed_point"
 
-    def __init__(self, k: int):
+    def __init__(self, k: int, jacobian: str = "auto"):
         self.k = check_count("k", k, what=" (a number of steps)")
+        self.jacobian = check_jacobian_policy(jacobian)
 
     def vjp(self, problem, params, solution, g, needs):
         lin = FixedPointLinearisation(problem, params, solution.z, needs)
-        v = fixed_point_iteration(lin.jt, g, max_iter=self.k).x
+        if use_dense_jacobian(self.jacobian, lin.w, self.k):
+            v = DenseJacobian(lin).fixed_point(g, self.k).x
+        else:
+            v = fixed_point_iteration(lin.jt, g, max_iter=self.k).x
         return lin.params_vjp(v)
 
     def __repr__(self):
-        return f"FixedPoint(k={self.k})"
+        extra = "" if self.jacobian == "auto" else f", jacobian={self.jacobian!r}"
+        return f"FixedPoint(k={self.k}{extra})"
 
 
 class ConjugateGradient(GradientMode):
     """AID with exactly ``k`` conjugate-gradient steps from ``v = 0`` on ``(I − ∂_wΦᵀ) v = g``
     (symmetric ``∂_wΦ``), else on the normal equations; then ``∇_θ = ∂_θΦᵀ v``.
 
+    With a dense Jacobian and ``k ≥ D`` (the size of ``w``) the ``k``-step iterate is the exact
+    solution (CG's finite termination), computed by a factorisation (``dense_jacobian``).
+
     Args:
         k: number of CG steps.
+        jacobian: ``"auto"`` (default), ``"dense"`` or ``"products"``: form ``∂_wΦ`` once or use
+            one VJP per step (see ``declarative.dense_jacobian``).
     """
 
     name = "conjugate_gradient"
 
-    def __init__(self, k: int):
+    def __init__(self, k: int, jacobian: str = "auto"):
         self.k = check_count("k", k, what=" (a number of steps)")
+        self.jacobian = check_jacobian_policy(jacobian)
 
     def vjp(self, problem, params, solution, g, needs):
         lin = FixedPointLinearisation(problem, params, solution.z, needs)
-        v = lin.solve_adjoint(g, symmetric=problem.fixed_point_symmetric, max_iter=self.k).x
+        solver = DenseJacobian(lin) if use_dense_jacobian(self.jacobian, lin.w, self.k) else lin
+        v = solver.solve_adjoint(g, symmetric=problem.fixed_point_symmetric, max_iter=self.k).x
         return lin.params_vjp(v)
 
     def __repr__(self):
-        return f"ConjugateGradient(k={self.k})"
+        extra = "" if self.jacobian == "auto" else f", jacobian={self.jacobian!r}"
+        return f"ConjugateGradient(k={self.k}{extra})"
 
 
 class Unrolled(GradientMode):

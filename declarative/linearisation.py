@@ -7,6 +7,8 @@ leaves) and reused for every product:
 * ``jt(v) = ∂_wΦᵀ v``  – one backward (a VJP);
 * ``j(u)  = ∂_wΦ u``   – a JVP by the double-VJP trick: ``∂_wΦ u = ∂_x ⟨∂_wΦᵀ x, u⟩`` with the
   VJP built once with ``create_graph=True`` (so reverse mode only, as DESIGN.md §3.5 asks);
+* ``jacobian()``  = ``∂_wΦ`` as a dense ``(B, D, D)`` matrix, ``D`` VJPs in one vmapped backward
+  (``declarative.dense_jacobian`` decides when that beats ``k`` separate products);
 * ``params_vjp(v) = ∂_θΦᵀ v`` – the final product of the AID hypergradient
   ``∇_θ = ∂_θΦᵀ v``, with ``v`` the (approximate) solution of ``(I − ∂_wΦᵀ) v = g``;
 * ``solve_adjoint(g, ...)`` – that ``v`` by conjugate gradient (on the system itself when ``∂_wΦ``
@@ -113,6 +115,25 @@ class FixedPointLinearisation:
             return torch.zeros_like(u)
         (r,) = torch.autograd.grad(y, x, u, retain_graph=True, allow_unused=True)
         return torch.zeros_like(u) if r is None else r
+
+    def jacobian(self) -> torch.Tensor:
+        """``∂_wΦ`` per element as a dense matrix, row ``i`` = ``e_iᵀ ∂_wΦ`` (the VJP of the ``i``-th
+        unit vector); all ``D`` VJPs in one backward batched by vmap (``is_grads_batched``).
+
+        Shape:
+            ``(B, D, D)`` with ``D = w[0].numel()``.
+        """
+        B = self.w.shape[0]
+        D = self.w[0].numel()
+        if not self.out.requires_grad:
+            return self.w.new_zeros(B, D, D)
+        eye = torch.eye(D, dtype=self.w.dtype, device=self.w.device)
+        basis = eye.reshape((D, 1) + tuple(self.w.shape[1:])).expand((D,) + tuple(self.w.shape))
+        (rows,) = torch.autograd.grad(self.out, self.w, basis, retain_graph=True, allow_unused=True,
+                                      is_grads_batched=True)
+        if rows is None:
+            return self.w.new_zeros(B, D, D)
+        return rows.reshape(D, B, D).transpose(0, 1)
 
     def params_vjp(self, v: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         """``∂_θΦᵀ v`` for each parameter that needs a gradient (``None`` for the others; zeros

@@ -106,16 +106,20 @@ def _rel_err(g, ref):
     return (g - ref).norm(dim=1) / ref.norm(dim=1)
 
 
-MODES = {"ITD": Unrolled, "FP": FixedPoint, "CG": ConjugateGradient}
+def _modes(jacobian):
+    """ITD, FP and CG with the AID products by VJPs or by the dense Jacobian (dense_jacobian)."""
+    return {"ITD": Unrolled, "FP": lambda k: FixedPoint(k, jacobian=jacobian),
+            "CG": lambda k: ConjugateGradient(k, jacobian=jacobian)}
 
 
+@pytest.mark.parametrize("jacobian", ["products", "dense"])
 @pytest.mark.parametrize("name", ["BR", "KRR"])
-def test_linear_rates_and_paper_ordering(name):
+def test_linear_rates_and_paper_ordering(name, jacobian):
     prob = PROBLEMS[name]()
     ref = _exact(prob)
     ts = [20, 40, 80]
     errs = {m: torch.stack([_rel_err(_hypergrad(prob, cls(t), t), ref) for t in ts]) for m, cls in
-            MODES.items()}
+            _modes(jacobian).items()}
     log_q = torch.log(prob["q"]).mean().item()
     for m, e in errs.items():
         # linear convergence: log(mean error) is affine in t with the slope of the inner contraction
@@ -131,19 +135,21 @@ def test_linear_rates_and_paper_ordering(name):
         assert cg <= fp * (1 + 1e-9) and fp <= itd * (1 + 1e-9), (ts[i], cg, fp, itd)
 
 
-def test_fixed_k_plateaus_and_k_convergence():
+@pytest.mark.parametrize("jacobian", ["products", "dense"])
+def test_fixed_k_plateaus_and_k_convergence(jacobian):
     prob = _biased_regularisation(B=8)
     ref = _exact(prob)
+    modes = _modes(jacobian)
     # with w solved (t large) the AID error is the linear-solver error: FP ~ q^k, CG faster
     t = 400
-    fp = [_rel_err(_hypergrad(prob, FixedPoint(k), t), ref).mean().item() for k in (10, 20, 40)]
-    cg = [_rel_err(_hypergrad(prob, ConjugateGradient(k), t), ref).mean().item() for k in (5, 10, 20)]
+    fp = [_rel_err(_hypergrad(prob, modes["FP"](k), t), ref).mean().item() for k in (10, 20, 40)]
+    cg = [_rel_err(_hypergrad(prob, modes["CG"](k), t), ref).mean().item() for k in (5, 10, 20)]
     slope_fp, _ = np.polyfit([10, 20, 40], np.log(fp), 1)
     assert 2.0 * math.log(prob["q"][0]) < slope_fp < 0.5 * math.log(prob["q"][0])
     # (CG on a p = 15 dimensional system: exact after ~p steps up to the loss of orthogonality)
     assert cg[0] > cg[1] > cg[2] and cg[2] < 1e-10 and cg[1] < fp[0] and cg[2] < fp[1]
     # k = 10 fixed while t grows: the error stays at the k-step linear-solver error (a plateau)
-    plateau = [_rel_err(_hypergrad(prob, FixedPoint(10), t), ref).mean().item() for t in (100, 400)]
+    plateau = [_rel_err(_hypergrad(prob, modes["FP"](10), t), ref).mean().item() for t in (100, 400)]
     assert plateau[1] > 0.5 * plateau[0] > 1e-3
     # FirstOrder: no gradient through w (BR's outer loss has no direct λ dependence)
     assert torch.equal(_hypergrad(prob, FirstOrder(), t), torch.zeros_like(ref))
