@@ -19,7 +19,9 @@ Either way nothing is kept between the forward and the backward, so AID's saved 
 independent of ``t`` and ``k``.
 
 With ``J`` formed, the iterations are those of the matrix-free path with a cheaper operator (the
-same iterates up to round-off), with one shortcut: CG on a ``D``-dimensional symmetric positive
+same iterates up to round-off), with two shortcuts. ``FixedPoint(k)``'s iterate is the truncated
+Neumann series ``Σ_{i<k} (Jᵀ)ⁱ g``, which needs only ``O(log k)`` matrix products by doubling the
+number of terms (used when that is cheaper, ``neumann_by_doubling``). CG on a ``D``-dimensional symmetric positive
 definite system terminates in at most ``D`` steps in exact arithmetic (Hestenes & Stiefel 1952,
 finite termination), so ``ConjugateGradient(k)`` with ``k ≥ D`` *is* the solution of the system;
 we compute it by a Cholesky factorisation (symmetric ``∂_wΦ``) or an LU factorisation of
@@ -42,7 +44,8 @@ import torch
 from .linear_solvers import LinearSolve, batch_dot, conjugate_gradient, fixed_point_iteration
 from .linearisation import FixedPointLinearisation
 
-__all__ = ["JACOBIAN_POLICIES", "DenseJacobian", "check_jacobian_policy", "use_dense_jacobian"]
+__all__ = ["JACOBIAN_POLICIES", "DenseJacobian", "check_jacobian_policy", "neumann_by_doubling",
+           "use_dense_jacobian"]
 
 JACOBIAN_POLICIES = ("auto", "dense", "products")
 _MAX_ENTRIES = 1 << 22
@@ -65,6 +68,31 @@ def use_dense_jacobian(policy: str, w: torch.Tensor, k: int) -> bool:
     return 0 < D <= 4 * k and B * D * D <= _MAX_ENTRIES
 
 
+def neumann_by_doubling(D: int, k: int) -> bool:
+    """Whether ``k`` Neumann terms of a dense ``D × D`` matrix are cheaper by doubling: about
+    ``2 log₂k`` matrix products (``D³`` each, at GEMM speed) against ``k`` matrix–vector products
+    (``D²`` each, memory-bound and one dispatch each); we take GEMM as 8× faster per operation."""
+    return 2 * max(k - 1, 1).bit_length() * D <= 8 * k
+
+
+def _neumann_doubling(J: torch.Tensor, g: torch.Tensor, k: int) -> torch.Tensor:
+    """``Σ_{i<k} g_b ᵀ J_bⁱ`` per element (rows), ``k ≥ 1``, by binary doubling of the number of
+    terms: with ``S_m = Σ_{i<m} gᵀJⁱ`` and ``P = J^m``, ``S_{2m} = S_m + S_m P`` and
+    ``S_{m+1} = g + S_m J``."""
+    bits = bin(k)[2:]
+    r, P = g, J                                       # S_1 = g, P = J¹ (the leading bit is 1)
+    for i, bit in enumerate(bits[1:], start=1):
+        last = i == len(bits) - 1
+        r = r + _rows_times(r, P)                     # S_2m
+        if bit == "1":
+            r = g + _rows_times(r, J)                 # S_2m+1
+        if not last:
+            P = P @ P
+            if bit == "1":
+                P = P @ J
+    return r
+
+
 def _rows_times(v: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
     """``v_b ᵀ M_b`` for every element: ``(B, D) × (B, D, D) → (B, D)`` (one GEMM when ``B = 1``)."""
     if M.shape[0] == 1:
@@ -76,13 +104,18 @@ class DenseJacobian:
     """The AID solves of ``(I − ∂_wΦᵀ) v = g`` with ``J = ∂_wΦ`` formed once.
 
     Args:
-        lin: the linearisation of ``Φ`` at ``w`` (its ``jacobian()`` is called once).
+        J: ``∂_wΦ`` per element, ``(B, D, D)``.
+        event: the event shape of ``w`` (``prod(event) = D``).
     """
 
-    def __init__(self, lin: FixedPointLinearisation):
-        self.event = tuple(lin.w.shape[1:])
-        self.J = lin.jacobian()
-        self.B, self.D = self.J.shape[0], self.J.shape[-1]
+    def __init__(self, J: torch.Tensor, event: tuple):
+        self.J, self.event = J, tuple(event)
+        self.B, self.D = J.shape[0], J.shape[-1]
+
+    @classmethod
+    def of(cls, lin: FixedPointLinearisation) -> "DenseJacobian":
+        """From a linearisation (its ``jacobian()``, one vmapped backward)."""
+        return cls(lin.jacobian(), tuple(lin.w.shape[1:]))
 
     def _flat(self, x: torch.Tensor) -> torch.Tensor:
         return x.reshape(self.B, self.D)
@@ -95,11 +128,21 @@ class DenseJacobian:
         return self._shaped(_rows_times(self._flat(v), self.J))
 
     def fixed_point(self, g: torch.Tensor, k: int) -> LinearSolve:
-        """``k`` steps of ``v ← ∂_wΦᵀ v + g`` from ``v = 0`` (``FixedPoint(k)``)."""
+        """``v_k`` of ``k`` steps of ``v ← ∂_wΦᵀ v + g`` from ``v = 0`` (``FixedPoint(k)``), i.e. the
+        truncated Neumann series ``v_k = Σ_{i<k} (Jᵀ)ⁱ g``: by the ``k`` matrix–vector steps, or,
+        when ``neumann_by_doubling(D, k)``, by doubling the number of terms
+        (``S_{2m} = S_m + (Jᵀ)^m S_m``, ``S_{m+1} = g + Jᵀ S_m``) with ``O(log k)`` matrix products."""
+        b = self._flat(g)
         J = self.J
-        res = fixed_point_iteration(lambda v: _rows_times(v, J), self._flat(g), max_iter=k)
-        res.x = self._shaped(res.x)
-        return res
+        if k < 2 or not neumann_by_doubling(self.D, k):
+            res = fixed_point_iteration(lambda v: _rows_times(v, J), b, max_iter=k)
+            res.x = self._shaped(res.x)
+            return res
+        prev = _neumann_doubling(J, b, k - 1)             # v_{k−1}, then one step for the residual
+        x = b + _rows_times(prev, J)
+        steps = torch.full((self.B,), k, dtype=torch.int64, device=b.device)
+        return LinearSolve(self._shaped(x), steps, batch_dot(x - prev, x - prev).sqrt(),
+                           torch.ones(self.B, dtype=torch.bool, device=b.device))
 
     def solve_adjoint(self, g: torch.Tensor, *, symmetric: bool, max_iter: int) -> LinearSolve:
         """``v`` with ``(I − ∂_wΦᵀ) v = g``: exactly ``max_iter`` CG steps from ``v = 0`` on the

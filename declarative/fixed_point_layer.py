@@ -77,9 +77,9 @@ class FixedPointProblem(ArgminProblem):
         if self.tol == 0:  # exactly max_iter iterations, no convergence test (fixed-t experiments)
             with torch.no_grad():
                 w_prev = w
-                for _ in range(self.max_iter):
+                for i in range(self.max_iter):
                     w_prev, w = w, self.phi(w, *p)
-                    if w.shape != w_prev.shape:
+                    if i == 0 and w.shape != w_prev.shape:  # (once: the shape cannot change after)
                         raise ValueError(f"phi: expected Φ(w) of the shape of w {tuple(w_prev.shape)}, "
                                          f"got {tuple(w.shape)}")
                 r = torch.linalg.vector_norm((w - w_prev).reshape(B, -1), dim=1)

@@ -78,7 +78,7 @@ class FixedPoint(GradientMode):
     def vjp(self, problem, params, solution, g, needs):
         lin = FixedPointLinearisation(problem, params, solution.z, needs)
         if use_dense_jacobian(self.jacobian, lin.w, self.k):
-            v = DenseJacobian(lin).fixed_point(g, self.k).x
+            v = DenseJacobian.of(lin).fixed_point(g, self.k).x
         else:
             v = fixed_point_iteration(lin.jt, g, max_iter=self.k).x
         return lin.params_vjp(v)
@@ -109,7 +109,7 @@ class ConjugateGradient(GradientMode):
 
     def vjp(self, problem, params, solution, g, needs):
         lin = FixedPointLinearisation(problem, params, solution.z, needs)
-        solver = DenseJacobian(lin) if use_dense_jacobian(self.jacobian, lin.w, self.k) else lin
+        solver = DenseJacobian.of(lin) if use_dense_jacobian(self.jacobian, lin.w, self.k) else lin
         v = solver.solve_adjoint(g, symmetric=problem.fixed_point_symmetric, max_iter=self.k).x
         return lin.params_vjp(v)
 

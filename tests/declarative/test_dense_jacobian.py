@@ -11,7 +11,9 @@ import pytest
 import torch
 
 from declarative import ConjugateGradient, FixedPoint, argmin, fixed_point
-from declarative.dense_jacobian import DenseJacobian, use_dense_jacobian
+from declarative import dense_jacobian
+from declarative.dense_jacobian import DenseJacobian, _neumann_doubling, use_dense_jacobian
+from declarative.linear_solvers import fixed_point_iteration
 from declarative.fixed_point_layer import FixedPointProblem
 from declarative.linearisation import FixedPointLinearisation
 
@@ -58,10 +60,13 @@ def test_jacobian_matches_jacrev(device):
     assert torch.equal(lin0.jacobian(), torch.zeros(3, 6, 6, dtype=DT, device=device))
 
 
+@pytest.mark.parametrize("doubling", [True, False], ids=["fp-doubling", "fp-steps"])
 @pytest.mark.parametrize("symmetric", [False, True])
 @pytest.mark.parametrize("k", [1, 4, 9])
-def test_dense_equals_products(device, symmetric, k):
-    # D = 6: k = 1, 4 run the k CG steps with the dense operator, k = 9 ≥ D is the exact solve
+def test_dense_equals_products(device, symmetric, k, doubling, monkeypatch):
+    # D = 6: k = 1, 4 run the k CG steps with the dense operator, k = 9 ≥ D is the exact solve;
+    # FixedPoint(k) by Neumann doubling or by k dense steps
+    monkeypatch.setattr(dense_jacobian, "neumann_by_doubling", lambda D, k: doubling)
     phi, w0, theta = _tanh_map(device=device, symmetric=symmetric)
     c = torch.randn_like(w0)
     for cls in (FixedPoint, ConjugateGradient):
@@ -74,6 +79,19 @@ def test_dense_equals_products(device, symmetric, k):
             torch.testing.assert_close(products, exact, rtol=1e-6, atol=1e-8)
         else:
             torch.testing.assert_close(dense, products, rtol=1e-11, atol=1e-13)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 5, 8, 13, 64, 100])
+def test_neumann_doubling_equals_steps(k, monkeypatch):
+    J = 0.9 * torch.randn(2, 7, 7, dtype=DT) / 7 ** 0.5
+    g = torch.randn(2, 7, dtype=DT)
+    steps = fixed_point_iteration(lambda v: (v.unsqueeze(1) @ J).squeeze(1), g, max_iter=k)
+    torch.testing.assert_close(_neumann_doubling(J, g, k), steps.x, rtol=1e-12, atol=1e-13)
+    # DenseJacobian.fixed_point by doubling: also the residual ‖v_k − v_{k−1}‖ of the steps
+    monkeypatch.setattr(dense_jacobian, "neumann_by_doubling", lambda D, k: True)
+    res = DenseJacobian(J, (7,)).fixed_point(g, k)
+    torch.testing.assert_close(res.x, steps.x, rtol=1e-12, atol=1e-13)
+    torch.testing.assert_close(res.residual, steps.residual, rtol=1e-9, atol=1e-14)
 
 
 def test_cg_exact_solve_matches_dense_reference():
@@ -102,7 +120,7 @@ def test_failed_factorisation_falls_back_to_cg_steps():
     w = torch.zeros(1, 4, dtype=DT)
     lin = FixedPointLinearisation(FixedPointProblem(phi, tol=0.0, max_iter=1), (theta,), w, [True])
     g = torch.randn(1, 4, dtype=DT)
-    dense = DenseJacobian(lin).solve_adjoint(g, symmetric=True, max_iter=4)
+    dense = DenseJacobian.of(lin).solve_adjoint(g, symmetric=True, max_iter=4)
     products = lin.solve_adjoint(g, symmetric=True, max_iter=4)
     torch.testing.assert_close(dense.x, products.x, rtol=1e-10, atol=1e-12)
     # CG meets non-positive curvature on the indefinite system and freezes (finite, not exact)
