@@ -64,7 +64,7 @@ def use_dense_jacobian(policy: str, w: torch.Tensor, k: int) -> bool:
     policy of the module docstring)."""
     if policy != "auto":
         return policy == "dense"
-    B, D = w.shape[0], w[0].numel()
+    B, D = w.shape[0], w.shape[1:].numel()
     return 0 < D <= 4 * k and B * D * D <= _MAX_ENTRIES
 
 

@@ -149,7 +149,7 @@ def fixed_point_solution(phi: Callable[..., torch.Tensor], w0: torch.Tensor, *pa
     check_count("max_iter", max_iter)
     rtol = default_cg_rtol(w0.dtype) if rtol is None else rtol
     mode = resolve_mode(mode)
-    n = w0[0].numel()
+    n = w0.shape[1:].numel()
     problem = FixedPointProblem(phi, tol=tol, max_iter=max_iter, symmetric=symmetric, rtol=rtol,
                                 cg_max_iter=max(10 * n, 100))
     sol = mode.apply(problem, tuple(params), Solution(z=w0.detach()))

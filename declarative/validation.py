@@ -38,6 +38,9 @@ def check_start(name: str, x, params=None) -> torch.Tensor:
     if x.dim() < 2:
         raise ValueError(f"{name}: expected shape (B, n) (a leading batch dimension), got "
                          f"{tuple(x.shape)}; use {name}.unsqueeze(0) for a single problem")
+    if x.shape[0] == 0 or x[0].numel() == 0:
+        raise ValueError(f"{name}: expected a non-empty batch of non-empty problems, got shape "
+                         f"{tuple(x.shape)}")
     if params is not None:
         check_params(params)
         floating = {f"params[{i}]": p for i, p in enumerate(params)
