@@ -29,9 +29,12 @@ All batch elements advance in the same tensor operations; converged (or failed) 
 (their step length is zero), and once at most 3/4 of the working set is still running the working
 set is compacted to the running elements. The only host synchronisation is one convergence check
 per iteration. Converged solutions are then *polished* (``QPOptions.polish``): the
-equality-constrained QP on the identified active set is solved exactly (with iterative
-refinement), which removes the ``O(√μ)`` error of interior-point iterates at weakly active
-constraints and gives the exact active-set factorisation to the backward. A primal and gap
+equality-constrained QP on the identified active set is solved exactly, which removes the
+``O(√μ)`` error of interior-point iterates at weakly active constraints and gives the backward
+its factorisation. In float64 the polish is the method of multipliers on the interior-point
+matrix with a large penalty on the active rows, ``Q + c G_KᵀG_K + ρAᵀA`` (two or three
+refinement steps; no Schur complement of the active rows); elsewhere, and where that fails, the
+active rows are gathered and eliminated with a Schur complement (``_polish``). A primal and gap
 converged element whose dual residual grows (ill-conditioned Newton systems, typically float32) is
 stopped and handed to the polish as well.
 
@@ -56,6 +59,19 @@ _STALLED = -2
 
 
 _SMALL = 4096   # below this many entries of M, a broadcast multiply-and-sum beats GEMM dispatch
+#: penalty of the active rows in ``_polish_penalty`` relative to the scale of Q (float64 only: the
+#: penalised matrix has condition ~ γ·cond(Q))
+_PENALTY = 1e6
+
+
+def _strict(dtype) -> float:
+    """Feasibility and sign threshold of a polished point (relative)."""
+    return 1e3 * torch.finfo(dtype).eps
+
+
+def _refine_tol(dtype) -> float:
+    """Relative residual at which ``_refine_active`` stops."""
+    return 1e1 * torch.finfo(dtype).eps
 
 
 def _mv(M: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -302,6 +318,165 @@ def _active_system(G, h, A, b, zero_eq, idx, valid):
     return Ae, be, torch.cat([zero_eq.expand(B, p), pad], -1)
 
 
+def _refine_active(fac, wk, a, Q, G, A, cq, ch, cb, z, y, nu, rho, tol, steps, todo=None, gn=None):
+    """Solve the equality-constrained KKT system on an active set ``K`` (0/1 mask ``a``)
+
+        Q z + Gᵀy + Aᵀν = −c_q,   a ∘ (G z) = a ∘ c_h,   A z = c_b,   y = a ∘ y
+
+    by iterative refinement with a factorisation ``fac`` of ``H = Q + GᵀWG + ρAᵀA + δI`` whose
+    weights ``wk`` are zero off ``K`` (the method of multipliers with penalty ``W_K``): one
+    step solves ``H dz + Aᵀdν = r_a + G_Kᵀ(w_K ∘ r_K) + ρAᵀr_b, A dz = r_b`` and sets
+    ``dy_K = w_K ∘ (G_K dz − r_K)``; the error contracts by about
+    ``1 / (1 + w σ_min(G_K H⁻¹ G_Kᵀ))`` per step. ``c_h``, ``c_b`` may be None (zero). Elements whose
+    relative residuals are below ``tol`` are frozen; the loop ends when those of ``todo`` (all if
+    None) are. ``z = None`` starts from zero (``y``, ``ν`` must be None too); ``gn``: the largest
+    row 1-norm of ``G`` (``_row_norm``), computed if None.
+
+    Returns:
+        ``z, y, ν`` and the mask of elements whose residuals met ``tol`` (on the returned iterate).
+    """
+    tiny = torch.finfo(cq.dtype).tiny
+    conv = None
+    # max_i ‖g_i‖₁ bounds |g_i · z| / ‖z‖∞: the scale of the homogeneous rows
+    gn = _row_norm(G) if gn is None else gn
+    an = _row_norm(A) if A is not None else None
+    zero = z is None
+    if zero:
+        z, y = cq.new_zeros(cq.shape), cq.new_zeros(a.shape)
+        nu = cq.new_zeros(cq.shape[0], 0 if A is None else A.shape[-2])
+        Gz, Qz, Gty, Gtwr = y, z, z, z
+    else:
+        Gz = _mv(G, z)
+    for it in range(steps + 1):
+        rk = -Gz * a if ch is None else (ch - Gz) * a
+        if it > 0 or not zero:
+            Qz = _mv(Q, z)
+            Gty, Gtwr = _mtvs(G, [y, wk * rk])
+        elif ch is not None:
+            Gtwr = _mtv(G, wk * rk)
+        zn = _inf_norm(z)
+        ra = -cq - Qz - Gty
+        scale_a = torch.maximum(torch.maximum(_inf_norm(Qz), _inf_norm(cq)), _inf_norm(Gty))
+        scale_k = gn * zn if ch is None else torch.maximum(gn * zn, _inf_norm(ch * a))
+        r1 = ra + Gtwr
+        rb = None
+        if A is not None:
+            Az = _mv(A, z)
+            rb = -Az if cb is None else cb - Az
+            Atn, Atr = _mtvs(A, [nu, rb])
+            ra = ra - Atn
+            r1 = r1 - Atn + rho * Atr
+            scale_a = torch.maximum(scale_a, _inf_norm(Atn))
+        ok = (_inf_norm(ra) <= tol * (scale_a + tiny)) & (_inf_norm(rk) <= tol * (scale_k + tiny))
+        if A is not None:
+            scale_b = an * zn if cb is None else torch.maximum(an * zn, _inf_norm(cb))
+            ok = ok & (_inf_norm(rb) <= tol * (scale_b + tiny))
+        conv = ok if conv is None else conv | ok
+        if it == steps or bool((conv if todo is None else conv | ~todo).all()):
+            break
+        dz, dnu = fac.solve(r1, rb)
+        Gdz = _mv(G, dz)
+        dy = wk * (Gdz - rk)
+        go = (~conv).unsqueeze(-1).to(z.dtype)
+        z = torch.addcmul(z, go, dz)
+        Gz = torch.addcmul(Gz, go, Gdz)   # updated, not recomputed: one pass over G less a step
+        y = torch.addcmul(y, go, dy)
+        if A is not None:
+            nu = torch.addcmul(nu, go, dnu)
+    finite = torch.isfinite(z).all(-1) & torch.isfinite(y).all(-1)
+    conv = conv & finite
+    return z, y, nu, (conv if todo is None else conv & todo)
+
+
+def _row_norm(M: torch.Tensor) -> torch.Tensor:
+    """``max_i ‖M_i‖₁`` per batch element: bounds ``|M_i · z| / ‖z‖∞``."""
+    return torch.linalg.vector_norm(M, 1, -1).amax(-1)
+
+
+def _zeros_as(t: torch.Tensor, B: int) -> torch.Tensor:
+    """Zeros of ``t``'s shape with batch size ``B``, column-major per matrix if ``t`` is."""
+    if t.dim() == 3 and t.stride(-2) == 1 and t.shape[-1] > 1:
+        return t.new_zeros(B, t.shape[-1], t.shape[-2]).mT
+    return t.new_zeros(B, *t.shape[1:])
+
+
+def _polish_penalty(Q, q, G, h, A, b, z, s, lam, nu, todo, opts, reg, zero_eq, AtA, hnorm, rounds=4):
+    """Active-set polish by the method of multipliers (``_refine_active``) on the penalised
+    factorisation ``Q + Gᵀ diag(c·a) G + ρAᵀA`` of the guessed active set ``a`` (the interior-point
+    ``_Factor``: no gathered rows, no Schur complement of the active rows). Rounds as in
+    ``_polish``: a polished point must be primal feasible with non-negative multipliers up to
+    ``1e3·eps``; otherwise violated constraints are added and negative multipliers dropped.
+
+    The penalty ``c = γ (1 + max|Q_ii|) / max_i ‖g_i‖²`` (``γ = 1e6``) makes each step of the method
+    of multipliers gain about six digits, so two or three steps reach rounding level; used in
+    float64 only (the penalised matrix has condition ~ ``γ·cond(Q)``).
+
+    Returns:
+        ``z, s, λ, ν`` (polished where accepted), the accepted mask, the active mask and the
+        full-batch ``[U, Y, Us, w, gn]`` (factors and weights of the accepted elements' last round,
+        largest row 1-norm of G) for ``kkt_tangent``.
+    """
+    dtype = z.dtype
+    B, m = lam.shape
+    strict = _strict(dtype)
+    # penalty: γ times the scale of Q over the largest squared row norm of G
+    qscale = 1 + Q.diagonal(dim1=-2, dim2=-1).abs().amax(-1)
+    gscale = torch.linalg.vector_norm(G, 2, -1).amax(-1) ** 2
+    c = (_PENALTY * qscale / gscale.clamp(min=torch.finfo(dtype).tiny)).expand(B).unsqueeze(-1)
+    gn = _row_norm(G).expand(B)
+    act_all = lam > s
+    act_final = act_all.clone()
+    accepted = torch.zeros_like(todo)
+    todo_all = todo.clone()
+    store = None
+
+    def take(t, ix):
+        return t if t is None or t.dim() == 0 or t.shape[0] == 1 else t.index_select(0, ix)
+    for r in range(rounds):
+        if not bool(todo_all.any()):
+            break
+        every = bool(todo_all.all())
+        sub = None if every else torch.nonzero(todo_all).reshape(-1)
+        d = (Q, q, G, h, A, b, AtA, zero_eq, reg, hnorm, c, z, lam, nu, act_all, gn)
+        if sub is not None:
+            d = tuple(take(t, sub) for t in d)
+        Qs, qs_, Gs, hs, As, bs, AtAs, zqs, regs, hn, cs, zs, ls, ns, act, gns = d
+        a = act.to(dtype)
+        wk = cs * a
+        fac = _Factor(Qs, Gs, As, AtAs, wk, regs, zqs, opts.reg)
+        zp, yp, nup, conv = _refine_active(fac, wk, a, Qs, Gs, As, qs_, hs, bs, zs, ls * a, ns,
+                                           opts.rho, _refine_tol(dtype), 8, gn=gns)
+        viol = _mv(Gs, zp) - hs
+        hscale = (1 + hn).unsqueeze(-1)
+        lnorm = (1 + _inf_norm(yp)).unsqueeze(-1)
+        ok = conv & (viol <= strict * hscale).all(-1) & (yp >= -strict * lnorm).all(-1)
+        new_act = (act & (yp >= -strict * lnorm)) | (viol > strict * hscale)
+        o_ = ok.unsqueeze(-1)
+        upd = [(z, zp), (s, (-viol).clamp(min=0)), (lam, yp.clamp(min=0)), (nu, nup), (act_final, act)]
+        parts = [fac.L, fac.Y, fac.Ls, wk.expand(fac.L.shape[0], m)]
+        if store is None:
+            # the factors of the full batch, in their (column-major) layout: the triangular
+            # solves of the backward would copy a row-major factor on every call
+            store = parts if sub is None else [None if t is None else _zeros_as(t, B) for t in parts]
+        if sub is None:
+            z, s, lam, nu, act_final = (torch.where(o_, n_, o) for o, n_ in upd)
+            accepted = accepted | ok
+            todo_all = todo_all & ~ok
+            act_all = torch.where(o_, act_all, new_act)
+        else:
+            z, s, lam, nu, act_final = (o.index_copy(0, sub, torch.where(o_, n_, o.index_select(0, sub)))
+                                        for o, n_ in upd)
+            if bool(ok.any()):
+                dst = sub[ok]
+                for t, p_ in zip(store, parts):
+                    if t is not None:
+                        t.index_copy_(0, dst, p_[ok])   # in place: keeps the layout
+            accepted = accepted.index_copy(0, sub, accepted.index_select(0, sub) | ok)
+            todo_all = todo_all.index_copy(0, sub, ~ok)
+            act_all = act_all.index_copy(0, sub, new_act)
+    return z, s, lam, nu, accepted, act_final, (None if store is None else store + [gn])
+
+
 def _polish(Q, q, G, h, A, b, z, s, lam, nu, solved, opts, reg, zero_eq, hnorm, bnorm, qnorm, rounds=4):
     """Active-set polishing of converged IPM solutions (cf. OSQP's solution polishing).
 
@@ -330,9 +505,11 @@ def _polish(Q, q, G, h, A, b, z, s, lam, nu, solved, opts, reg, zero_eq, hnorm, 
     fallback_all = torch.zeros_like(todo_all)
     polished_all = torch.zeros_like(todo_all)
     first = None
-    mergeable = True
+    # a partial batch (the others already polished) starts on its subset and keeps no factors
+    partial = not bool(solved.all())
+    mergeable = not partial
     for r in range(rounds):
-        if r == 0:
+        if r == 0 and not partial:
             sub = None
             Qs, qs, Gs, hs, As, bs, zqs, regs, hn = Q, q, G, h, A, b, zero_eq, reg, hnorm
             act, todo, fb = act_all, todo_all, fallback_all
@@ -442,7 +619,9 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
         ``Solution`` with ``z (B, n)``, ``duals={"lam": (B, m), "nu": (B, p)}``, ``status (B,)``,
         ``iterations (B,)``, ``residuals={"primal", "dual", "gap"}`` each ``(B,)`` and ``cache``
         for the backward: the slack ``s``, the weights ``w = λ/s`` of the returned iterate and,
-        when every solved element was polished, its active mask ``act`` and — if the first polish
+        when every solved element was polished, its active mask ``act``, the penalty factors of
+        ``_polish_penalty`` (``pre_U``, ``pre_Y``, ``pre_Us``, ``pre_w``, ``pre_gn``; ``pre_ok``: the
+        elements polished that way) and — if the first polish
         round was final — the upper Cholesky factor ``U`` (``H = UᵀU``) of
         ``H = Q + ρÃᵀÃ + δI`` on the gathered active rows ``Ã = [A; G_K]`` (``act_idx``,
         ``act_valid``), ``Y = U⁻ᵀÃᵀ`` and the upper factor ``Us`` of the Schur complement
@@ -696,17 +875,33 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
     cache = {}
     if G is not None:
         if opts.polish:
+            pre = None
             for phase in (1, 2):
                 solved = status == Status.SOLVED
                 before = (z, s, lam, nu)
-                z, s, lam, nu, polished, act_final, first = _polish(
-                    Q, q, G, h, A, b, z, s, lam, nu, unfinished | solved, opts, reg, zero_eq, hnorm, bnorm, qnorm)
+                todo = unfinished | solved
+                fast = torch.zeros_like(todo)
+                act_fast = lam > s
+                if phase == 1 and dtype == torch.float64:
+                    # float64: the penalty polish (one interior-point-sized factorisation a round);
+                    # the exact active-set polish below takes the elements where it fails
+                    z, s, lam, nu, fast, act_fast, pre = _polish_penalty(
+                        Q, q, G, h, A, b, z, s, lam, nu, todo, opts, reg, zero_eq, AtA, hnorm)
+                rest = todo & ~fast
+                if bool(rest.any()):
+                    z, s, lam, nu, polished, act_final, first = _polish(
+                        Q, q, G, h, A, b, z, s, lam, nu, rest, opts, reg, zero_eq, hnorm, bnorm, qnorm)
+                    polished = polished | fast
+                    act_final = torch.where(fast.unsqueeze(-1), act_fast, act_final)
+                else:
+                    polished, act_final, first = fast, act_fast, None
                 _, _, _, pres, dres, gap, _ = _residuals(Q, q, G, h, A, b, z, s, lam, nu, hnorm, bnorm, qnorm)
                 converged = (pres <= opts.tol_primal) & (dres <= opts.tol_dual) & (gap <= opts.tol_gap)
                 status = torch.where(unfinished & converged, torch.full_like(status, int(Status.SOLVED)), status)
                 retry = solved & ~converged     # loose IPM solution, polish failed: iterate on
                 if phase == 2 or loose is None or not bool(retry.any()):
                     break
+                pre = None
                 status = torch.where(retry, torch.full_like(status, _RUNNING), status)
                 # continue from the interior iterate, not from the (boundary) polished point
                 r_ = retry.unsqueeze(-1)
@@ -718,6 +913,12 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
             if bool((polished | (status != Status.SOLVED)).all()):
                 # every solved element sits on its polished active set
                 cache = {"act": act_final}
+                if pre is not None and bool(fast.any()):
+                    # the penalty factors: the backward refines with them (``kkt_tangent``)
+                    for key, t_ in zip(("pre_U", "pre_Y", "pre_Us", "pre_w", "pre_gn"), pre):
+                        if t_ is not None:
+                            cache[key] = t_
+                    cache["pre_ok"] = fast
                 if first is not None:
                     U_, Y_, Us_, idx, valid, _ = first
                     if bool((act_final.gather(1, idx).sum(-1) == act_final.sum(-1)).all() and
@@ -746,7 +947,9 @@ def kkt_tangent(Q: torch.Tensor, G: torch.Tensor | None, A: torch.Tensor | None,
 
         Q dz + G_Kᵀ dλ_K + Aᵀ dν = −g,   G_K dz = 0,   A dz = 0,   dλ_i = 0 (i ∉ K)
 
-    with ``K`` the polished active set, reusing the forward's factorisation kept in
+    with ``K`` the polished active set: by the method of multipliers with the forward's penalty
+    factors (``_polish_penalty``, three steps) where the forward kept them, otherwise reusing the
+    forward's factorisation kept in
     ``solution.cache`` when the first polish round was final for every element (otherwise the
     active-set system is factorised once here), plus two steps of iterative refinement. If the forward was not polished,
     the barrier form ``(Q + GᵀWG) dz + Aᵀdν = −g, dλ = W G dz`` with ``W = λ/s`` of the last iterate
@@ -767,10 +970,31 @@ def kkt_tangent(Q: torch.Tensor, G: torch.Tensor | None, A: torch.Tensor | None,
         Gb = None
     if p == 0:
         Ab = None
+    empty = z.new_zeros(B, 0)
+    if Gb is not None and "pre_U" in cache:
+        # the method of multipliers with the forward's penalty factors (``_polish_penalty``); the
+        # elements polished otherwise, or where it does not converge, get the exact active-set
+        # factorisation
+        U_, Y_, Us_, wf, gn = (cache.get(k_) for k_ in ("pre_U", "pre_Y", "pre_Us", "pre_w", "pre_gn"))
+        act = cache["act"]
+        a = act.to(z.dtype)
+        dz, dlam, dnu, conv = _refine_active(
+            _Factor.from_cache(U_, Ab, Y_, Us_), wf * a, a, Qb, Gb, Ab, g, None, None, None, None, None,
+            opts.rho, _refine_tol(z.dtype), 5, cache["pre_ok"], gn)
+        if not bool(conv.all()):
+            sub = torch.nonzero(~conv).reshape(-1)
+
+            def take(t):
+                return t if t is None or t.shape[0] == 1 else t.index_select(0, sub)
+            part = Solution(z=take(z), cache={"act": take(act)})
+            dz_, dlam_, dnu_ = kkt_tangent(take(Qb), take(Gb), take(Ab), part, take(g), options)
+            dz, dlam = dz.index_copy(0, sub, dz_), dlam.index_copy(0, sub, dlam_)
+            if Ab is not None:
+                dnu = dnu.index_copy(0, sub, dnu_)
+        return dz, dlam, (dnu if Ab is not None else empty)
     zero_eq = None if Ab is None else (Ab.abs().amax(-1) == 0).to(z.dtype)
     AtA = None if Ab is None or opts.rho == 0 else opts.rho * (Ab.transpose(-1, -2) @ Ab)
     reg = _static_reg(Qb, AtA, opts)
-    empty = z.new_zeros(B, 0)
     if Gb is not None and "act" in cache and "act_idx" not in cache:
         act = cache["act"]
         k = int(act.sum(-1).amax())
