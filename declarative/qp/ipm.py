@@ -34,7 +34,8 @@ equality-constrained QP on the identified active set is solved exactly, which re
 its factorisation. In float64 the polish is the method of multipliers on the interior-point
 matrix with a large penalty on the active rows, ``Q + c G_KᵀG_K + ρAᵀA`` (two or three
 refinement steps; no Schur complement of the active rows); elsewhere, and where that fails, the
-active rows are gathered and eliminated with a Schur complement (``_polish``). A primal and gap
+active rows are gathered and eliminated with a Schur complement (``_polish``). The first
+iteration reuses the factorisation of the starting point (``λ = s``, weights 1). A primal and gap
 converged element whose dual residual grows (ill-conditioned Newton systems, typically float32) is
 stopped and handed to the polish as well.
 
@@ -672,9 +673,10 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
     qnorm = _inf_norm(q)
 
     # -- starting point ---------------------------------------------------------------------------
+    fac0 = None
     if warm_start is None:
         ones = torch.ones(B, m, dtype=dtype, device=device)
-        fac = _Factor(Q, G, A, AtA, ones, reg, zero_eq, opts.reg)
+        fac = fac0 = _Factor(Q, G, A, AtA, ones, reg, zero_eq, opts.reg)
         r1 = -q.expand(B, n)
         if G is not None:
             r1 = r1 + _mtv(G, h)
@@ -689,6 +691,8 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
             lam = -s
             s = s + (1.0 + (-s.amin(-1, keepdim=True))).clamp(min=0) * (s.amin(-1, keepdim=True) <= 0)
             lam = lam + (1.0 + (-lam.amin(-1, keepdim=True))).clamp(min=0) * (lam.amin(-1, keepdim=True) <= 0)
+            # λ = s: the weights of the first iteration are 1, so it reuses this factorisation
+            lam = s
         else:
             s = lam = z.new_zeros(B, 0)
     else:
@@ -721,8 +725,9 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
     def take(t, ix):
         return t if t is None or t.dim() == 0 or t.shape[0] == 1 else t.index_select(0, ix)
 
-    def run(z, s, lam, nu, status, iterations, tol_p, tol_d, tol_g, max_iter):
-        """The interior-point loop on the elements with status ``_RUNNING``."""
+    def run(z, s, lam, nu, status, iterations, tol_p, tol_d, tol_g, max_iter, fac0=None):
+        """The interior-point loop on the elements with status ``_RUNNING`` (``fac0``: the
+        factorisation at the starting point, if known)."""
         Q, q, G, h, A, b = data
         AtA, zero_eq, reg, hnorm, bnorm, qnorm = aux
         B = z.shape[0]
@@ -800,7 +805,10 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
                 running = status == _RUNNING
 
             # -- the factorisation at this iterate ------------------------------------------------------
-            fac = _Factor(Q, G, A, AtA, w, reg, zero_eq, opts.reg)
+            if k == 0 and fac0 is not None and widx is None:
+                fac = fac0
+            else:
+                fac = _Factor(Q, G, A, AtA, w, reg, zero_eq, opts.reg)
             iterations = iterations + running.to(iterations.dtype)
             ds = dlam = None
             r0 = -rd0 if A is None else -rd0 - opts.rho * _mtv(A, re)
@@ -870,7 +878,7 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
     tols = (opts.tol_primal, opts.tol_dual, opts.tol_gap)
     tols1 = tuple(max(t_, loose) for t_ in tols) if loose is not None else tols
     z, s, lam, nu, status, iterations, pres, dres, gap, fac = run(
-        z, s, lam, nu, status, iterations, *tols1, opts.max_iter)
+        z, s, lam, nu, status, iterations, *tols1, opts.max_iter, fac0)
     unfinished = (status == _RUNNING) | (status == _STALLED)
     cache = {}
     if G is not None:
