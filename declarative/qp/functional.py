@@ -65,14 +65,17 @@ def _check_psd(Q: torch.Tensor) -> None:
     Non-finite matrices are skipped here (the solver reports them as ``NON_FINITE``)."""
     tol = PSD_TOL.get(Q.dtype, 1e-4)
     Qs = Q if Q.dim() == 3 else Q.unsqueeze(0)
-    finite = torch.isfinite(Qs).flatten(1).all(-1)
+    finite = torch.isfinite(Qs.flatten(1).sum(-1))   # finite sum ⇒ finite entries (one pass)
+    if not bool(finite.all()):
+        finite = torch.isfinite(Qs).flatten(1).all(-1)
     Qf = Qs if bool(finite.all()) else torch.where(finite.view(-1, 1, 1), Qs, torch.zeros_like(Qs))
-    asym = (Qf - Qf.transpose(-1, -2)).abs().amax((-1, -2))
+    asym = torch.sub(Qf, Qf.transpose(-1, -2)).abs_().amax((-1, -2))
     scale = 1 + Qf.diagonal(dim1=-2, dim2=-1).abs().amax(-1)
-    # ½(Q + Qᵀ) + tol·scale·I with one temporary (fewer passes over Q than with an identity matrix)
-    Qsym = torch.add(Qf, Qf.transpose(-1, -2)).mul_(0.5)
-    Qsym.diagonal(dim1=-2, dim2=-1).add_((tol * scale).unsqueeze(-1))
-    _, info = torch.linalg.cholesky_ex(Qsym, upper=True)
+    # Q + tol·scale·I: the upper Cholesky reads the upper triangle only, which is that of ½(Q + Qᵀ)
+    # up to the asymmetry checked above (and is what the solver's factorisations read)
+    Qsh = Qf.clone()
+    Qsh.diagonal(dim1=-2, dim2=-1).add_((tol * scale).unsqueeze(-1))
+    _, info = torch.linalg.cholesky_ex(Qsh, upper=True)
     bad_sym = asym > tol * scale
     bad_psd = info > 0
     if bool((bad_sym | bad_psd).any()):

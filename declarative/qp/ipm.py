@@ -401,7 +401,7 @@ def _zeros_as(t: torch.Tensor, B: int) -> torch.Tensor:
     return t.new_zeros(B, *t.shape[1:])
 
 
-def _polish_penalty(Q, q, G, h, A, b, z, s, lam, nu, todo, opts, reg, zero_eq, AtA, hnorm, rounds=4):
+def _polish_penalty(Q, q, G, h, A, b, z, s, lam, nu, todo, opts, reg, zero_eq, QA, hnorm, rounds=4):
     """Active-set polish by the method of multipliers (``_refine_active``) on the penalised
     factorisation ``Q + Gᵀ diag(c·a) G + ρAᵀA`` of the guessed active set ``a`` (the interior-point
     ``_Factor``: no gathered rows, no Schur complement of the active rows). Rounds as in
@@ -438,13 +438,13 @@ def _polish_penalty(Q, q, G, h, A, b, z, s, lam, nu, todo, opts, reg, zero_eq, A
             break
         every = bool(todo_all.all())
         sub = None if every else torch.nonzero(todo_all).reshape(-1)
-        d = (Q, q, G, h, A, b, AtA, zero_eq, reg, hnorm, c, z, lam, nu, act_all, gn)
+        d = (Q, q, G, h, A, b, QA, zero_eq, reg, hnorm, c, z, lam, nu, act_all, gn)
         if sub is not None:
             d = tuple(take(t, sub) for t in d)
-        Qs, qs_, Gs, hs, As, bs, AtAs, zqs, regs, hn, cs, zs, ls, ns, act, gns = d
+        Qs, qs_, Gs, hs, As, bs, QAs, zqs, regs, hn, cs, zs, ls, ns, act, gns = d
         a = act.to(dtype)
         wk = cs * a
-        fac = _Factor(Qs, Gs, As, AtAs, wk, regs, zqs, opts.reg)
+        fac = _Factor(QAs, Gs, As, None, wk, regs, zqs, opts.reg)
         zp, yp, nup, conv = _refine_active(fac, wk, a, Qs, Gs, As, qs_, hs, bs, zs, ls * a, ns,
                                            opts.rho, _refine_tol(dtype), 8, gn=gns)
         viol = _mv(Gs, zp) - hs
@@ -649,8 +649,12 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
 
     # -- non-finite inputs: flag the elements, replace their data by a trivial problem ----------
     bad = torch.zeros(B, dtype=torch.bool, device=device)
-    for t in present:
-        bad = bad | ~torch.isfinite(t.reshape(t.shape[0], -1)).all(-1)
+    for t in present:   # a sum is finite only if every term is (one pass, no mask temporaries)
+        bad = bad | ~torch.isfinite(t.reshape(t.shape[0], -1).sum(-1))
+    if bool(bad.any()):
+        bad = torch.zeros_like(bad)   # exact check (the sum of finite values can overflow)
+        for t in present:
+            bad = bad | ~torch.isfinite(t.reshape(t.shape[0], -1)).all(-1)
     if bool(bad.any()):
         def clean(t, fill):
             keep = (~bad).reshape(-1, *([1] * (t.dim() - 1)))
@@ -668,6 +672,7 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
         AtA = opts.rho * (A.transpose(-1, -2) @ A) if opts.rho > 0 else None
         zero_eq = (A.abs().amax(-1) == 0).to(dtype)   # rows of zeros: fixed multiplier 0
     reg = _static_reg(Q, AtA, opts)
+    QA = Q if AtA is None else Q + AtA   # the constant part of every reduced KKT matrix, formed once
     hnorm = _inf_norm(h) if G is not None else torch.zeros((), dtype=dtype, device=device)
     bnorm = _inf_norm(b) if A is not None else torch.zeros((), dtype=dtype, device=device)
     qnorm = _inf_norm(q)
@@ -676,7 +681,7 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
     fac0 = None
     if warm_start is None:
         ones = torch.ones(B, m, dtype=dtype, device=device)
-        fac = fac0 = _Factor(Q, G, A, AtA, ones, reg, zero_eq, opts.reg)
+        fac = fac0 = _Factor(QA, G, A, None, ones, reg, zero_eq, opts.reg)
         r1 = -q.expand(B, n)
         if G is not None:
             r1 = r1 + _mtv(G, h)
@@ -720,7 +725,7 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
     stalled_code = _STALLED
     nonfinite_code = int(Status.NON_FINITE)
     data = (Q, q, G, h, A, b)
-    aux = (AtA, zero_eq, reg, hnorm, bnorm, qnorm)
+    aux = (QA, zero_eq, reg, hnorm, bnorm, qnorm)
 
     def take(t, ix):
         return t if t is None or t.dim() == 0 or t.shape[0] == 1 else t.index_select(0, ix)
@@ -729,7 +734,7 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
         """The interior-point loop on the elements with status ``_RUNNING`` (``fac0``: the
         factorisation at the starting point, if known)."""
         Q, q, G, h, A, b = data
-        AtA, zero_eq, reg, hnorm, bnorm, qnorm = aux
+        QA, zero_eq, reg, hnorm, bnorm, qnorm = aux
         B = z.shape[0]
         fac = None
         dres_prev = torch.full((B,), float("inf"), dtype=dtype, device=device)
@@ -798,17 +803,17 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
                 keep = torch.nonzero(running).reshape(-1)
                 widx = widx.index_select(0, keep)
                 (z, s, lam, nu, status, iterations, dres_prev, dz_last, Gdz_last, dlam_last, dnu_last,
-                 rd0, ri, re, mu, w, Gtwri, Q, q, G, h, A, b, AtA, zero_eq, reg, hnorm, bnorm, qnorm, pscale) = (
+                 rd0, ri, re, mu, w, Gtwri, Q, q, G, h, A, b, QA, zero_eq, reg, hnorm, bnorm, qnorm, pscale) = (
                     take(x, keep) for x in (
                         z, s, lam, nu, status, iterations, dres_prev, dz_last, Gdz_last, dlam_last, dnu_last,
-                        rd0, ri, re, mu, w, Gtwri, Q, q, G, h, A, b, AtA, zero_eq, reg, hnorm, bnorm, qnorm, pscale))
+                        rd0, ri, re, mu, w, Gtwri, Q, q, G, h, A, b, QA, zero_eq, reg, hnorm, bnorm, qnorm, pscale))
                 running = status == _RUNNING
 
             # -- the factorisation at this iterate ------------------------------------------------------
             if k == 0 and fac0 is not None and widx is None:
                 fac = fac0
             else:
-                fac = _Factor(Q, G, A, AtA, w, reg, zero_eq, opts.reg)
+                fac = _Factor(QA, G, A, None, w, reg, zero_eq, opts.reg)
             iterations = iterations + running.to(iterations.dtype)
             ds = dlam = None
             r0 = -rd0 if A is None else -rd0 - opts.rho * _mtv(A, re)
@@ -867,7 +872,7 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
                 f_.index_copy_(0, widx, x)
             z, s, lam, nu, status, iterations, pres, dres, gap = full
             Q, q, G, h, A, b = data
-            AtA, zero_eq, reg, hnorm, bnorm, qnorm = aux
+            QA, zero_eq, reg, hnorm, bnorm, qnorm = aux
             fac = None
         return z, s, lam, nu, status, iterations, pres, dres, gap, fac
 
@@ -894,7 +899,7 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
                     # float64: the penalty polish (one interior-point-sized factorisation a round);
                     # the exact active-set polish below takes the elements where it fails
                     z, s, lam, nu, fast, act_fast, pre = _polish_penalty(
-                        Q, q, G, h, A, b, z, s, lam, nu, todo, opts, reg, zero_eq, AtA, hnorm)
+                        Q, q, G, h, A, b, z, s, lam, nu, todo, opts, reg, zero_eq, QA, hnorm)
                 rest = todo & ~fast
                 if bool(rest.any()):
                     z, s, lam, nu, polished, act_final, first = _polish(
