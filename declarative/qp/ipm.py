@@ -424,8 +424,13 @@ def _polish_penalty(Q, q, G, h, A, b, z, s, lam, nu, todo, opts, reg, zero_eq, Q
     qscale = 1 + Q.diagonal(dim1=-2, dim2=-1).abs().amax(-1)
     gscale = torch.linalg.vector_norm(G, 2, -1).amax(-1) ** 2
     c = (_PENALTY * qscale / gscale.clamp(min=torch.finfo(dtype).tiny)).expand(B).unsqueeze(-1)
-    gn = _row_norm(G).expand(B)
-    act_all = lam > s
+    gn = _row_norm(G).expand(B).contiguous()
+    # the active-set guess: the barrier's curvature along g_i, w_i‖g_i‖² (w = λ/s), exceeds that of
+    # Q — invariant to the scaling of the rows of G, unlike λ_i > s_i, which at the loose
+    # tolerance of the interior-point phase misses many active constraints with small multipliers
+    # (a wrong guess costs a round; the Schur-complement polish, with λ > s, is the fallback)
+    g2 = torch.linalg.vector_norm(G, 2, -1) ** 2
+    act_all = lam * g2 > qscale.unsqueeze(-1) * s
     act_final = act_all.clone()
     accepted = torch.zeros_like(todo)
     todo_all = todo.clone()
@@ -889,32 +894,46 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
     if G is not None:
         if opts.polish:
             pre = None
+            fast_all = polished = torch.zeros_like(status, dtype=torch.bool)
+            act_final = lam > s
+            retry = None
             for phase in (1, 2):
                 solved = status == Status.SOLVED
                 before = (z, s, lam, nu)
-                todo = unfinished | solved
+                # phase 2 polishes the retried elements only; the others keep their phase-1 polish
+                todo = unfinished | solved if retry is None else (unfinished | solved) & retry
                 fast = torch.zeros_like(todo)
                 act_fast = lam > s
-                if phase == 1 and dtype == torch.float64:
+                if dtype == torch.float64:
                     # float64: the penalty polish (one interior-point-sized factorisation a round);
-                    # the exact active-set polish below takes the elements where it fails
-                    z, s, lam, nu, fast, act_fast, pre = _polish_penalty(
+                    # the Schur-complement polish below takes the elements where it fails
+                    z, s, lam, nu, fast, act_fast, pre_ = _polish_penalty(
                         Q, q, G, h, A, b, z, s, lam, nu, todo, opts, reg, zero_eq, QA, hnorm)
+                    if pre is None or pre_ is None:
+                        pre = pre if pre_ is None else pre_
+                    elif bool(fast.any()):
+                        ix = torch.nonzero(fast).reshape(-1)
+                        for t_, u_ in zip(pre, pre_):
+                            if t_ is not None:
+                                t_.index_copy_(0, ix, u_.index_select(0, ix))
                 rest = todo & ~fast
+                first = None
+                pol_rest = torch.zeros_like(todo)
+                act_rest = act_fast
                 if bool(rest.any()):
-                    z, s, lam, nu, polished, act_final, first = _polish(
+                    z, s, lam, nu, pol_rest, act_rest, first = _polish(
                         Q, q, G, h, A, b, z, s, lam, nu, rest, opts, reg, zero_eq, hnorm, bnorm, qnorm)
-                    polished = polished | fast
-                    act_final = torch.where(fast.unsqueeze(-1), act_fast, act_final)
-                else:
-                    polished, act_final, first = fast, act_fast, None
+                t_ = todo.unsqueeze(-1)
+                act_final = torch.where(t_, torch.where(fast.unsqueeze(-1), act_fast, act_rest), act_final)
+                polished = torch.where(todo, fast | pol_rest, polished)
+                fast_all = torch.where(todo, fast, fast_all)
                 _, _, _, pres, dres, gap, _ = _residuals(Q, q, G, h, A, b, z, s, lam, nu, hnorm, bnorm, qnorm)
                 converged = (pres <= opts.tol_primal) & (dres <= opts.tol_dual) & (gap <= opts.tol_gap)
                 status = torch.where(unfinished & converged, torch.full_like(status, int(Status.SOLVED)), status)
                 retry = solved & ~converged     # loose IPM solution, polish failed: iterate on
                 if phase == 2 or loose is None or not bool(retry.any()):
                     break
-                pre = None
+                first = None
                 status = torch.where(retry, torch.full_like(status, _RUNNING), status)
                 # continue from the interior iterate, not from the (boundary) polished point
                 r_ = retry.unsqueeze(-1)
@@ -926,12 +945,12 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
             if bool((polished | (status != Status.SOLVED)).all()):
                 # every solved element sits on its polished active set
                 cache = {"act": act_final}
-                if pre is not None and bool(fast.any()):
+                if pre is not None and bool(fast_all.any()):
                     # the penalty factors: the backward refines with them (``kkt_tangent``)
                     for key, t_ in zip(("pre_U", "pre_Y", "pre_Us", "pre_w", "pre_gn"), pre):
                         if t_ is not None:
                             cache[key] = t_
-                    cache["pre_ok"] = fast
+                    cache["pre_ok"] = fast_all
                 if first is not None:
                     U_, Y_, Us_, idx, valid, _ = first
                     if bool((act_final.gather(1, idx).sum(-1) == act_final.sum(-1)).all() and
