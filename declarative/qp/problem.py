@@ -99,16 +99,14 @@ class QPProblem(ArgminProblem):
         lam, nu = solution.duals.get("lam"), solution.duals.get("nu")
         dlam, dnu = tangent.duals.get("lam"), tangent.duals.get("nu")
         nQ, nq, nG, nh, nA, nb = needs
-        gQ = None
-        if nQ:
-            gQ = _outer(dz, z)
-            gQ = 0.5 * (gQ + gQ.transpose(-1, -2))
+        # the rank-2 sums u zᵀ + v dzᵀ as one (B, ·, 2) @ (B, 2, n) product (one pass over the output)
+        zdz = torch.stack([z, dz], -2) if (nQ or nG or nA) else None
         return (
-            gQ,
+            torch.bmm(torch.stack([dz, z], -1), zdz).mul_(0.5) if nQ else None,
             dz if nq else None,
-            _outer(dlam, z) + _outer(lam, dz) if nG and params[2] is not None else None,
+            torch.bmm(torch.stack([dlam, lam], -1), zdz) if nG and params[2] is not None else None,
             -dlam if nh and params[3] is not None else None,
-            _outer(dnu, z) + _outer(nu, dz) if nA and params[4] is not None else None,
+            torch.bmm(torch.stack([dnu, nu], -1), zdz) if nA and params[4] is not None else None,
             -dnu if nb and params[5] is not None else None,
         )
 
