@@ -227,12 +227,14 @@ class _Factor:
 
     def solve(self, r1: torch.Tensor, r2: torch.Tensor | None):
         """Solve ``[H Aᵀ; A 0][dz; dν] = [r1; r2]``."""
-        u = _chol_solve(self.L, r1.unsqueeze(-1)).squeeze(-1)
+        # v = U⁻ᵀr₁; with Y = U⁻ᵀAᵀ: A H⁻¹r₁ = Yᵀv and dz = U⁻¹(v − Y dν) — two triangular solves
+        # with the n×n factor (not three)
+        v = torch.linalg.solve_triangular(self.L.mT, r1.unsqueeze(-1), upper=False)
         if self.A is None:
-            return u, None
-        dnu = _chol_solve(self.Ls, (_mv(self.A, u) - r2).unsqueeze(-1)).squeeze(-1)
-        corr = torch.linalg.solve_triangular(self.L, (self.Y @ dnu.unsqueeze(-1)), upper=True).squeeze(-1)
-        return u - corr, dnu
+            return torch.linalg.solve_triangular(self.L, v, upper=True).squeeze(-1), None
+        dnu = _chol_solve(self.Ls, self.Y.mT @ v - r2.unsqueeze(-1))
+        dz = torch.linalg.solve_triangular(self.L, v - self.Y @ dnu, upper=True)
+        return dz.squeeze(-1), dnu.squeeze(-1)
 
 
 def _primal_infeasible(Gty, Aty, h, b, lam, nu, eps, scale):
