@@ -336,7 +336,8 @@ def _refine_active(fac, wk, a, Q, G, A, cq, ch, cb, z, y, nu, rho, tol, steps, t
     row 1-norm of ``G`` (``_row_norm``), computed if None.
 
     Returns:
-        ``z, y, ν`` and the mask of elements whose residuals met ``tol`` (on the returned iterate).
+        ``z, y, ν``, the mask of elements whose residuals met ``tol`` (on the returned iterate) and
+        ``G z`` (updated along with ``z``).
     """
     tiny = torch.finfo(cq.dtype).tiny
     conv = None
@@ -388,7 +389,7 @@ def _refine_active(fac, wk, a, Q, G, A, cq, ch, cb, z, y, nu, rho, tol, steps, t
             nu = torch.addcmul(nu, go, dnu)
     finite = torch.isfinite(z).all(-1) & torch.isfinite(y).all(-1)
     conv = conv & finite
-    return z, y, nu, (conv if todo is None else conv & todo)
+    return z, y, nu, (conv if todo is None else conv & todo), Gz
 
 
 def _row_norm(M: torch.Tensor) -> torch.Tensor:
@@ -452,9 +453,9 @@ def _polish_penalty(Q, q, G, h, A, b, z, s, lam, nu, todo, opts, reg, zero_eq, Q
         a = act.to(dtype)
         wk = cs * a
         fac = _Factor(QAs, Gs, As, None, wk, regs, zqs, opts.reg)
-        zp, yp, nup, conv = _refine_active(fac, wk, a, Qs, Gs, As, qs_, hs, bs, zs, ls * a, ns,
-                                           opts.rho, _refine_tol(dtype), 8, gn=gns)
-        viol = _mv(Gs, zp) - hs
+        zp, yp, nup, conv, Gzp = _refine_active(fac, wk, a, Qs, Gs, As, qs_, hs, bs, zs, ls * a, ns,
+                                                opts.rho, _refine_tol(dtype), 8, gn=gns)
+        viol = Gzp - hs
         hscale = (1 + hn).unsqueeze(-1)
         lnorm = (1 + _inf_norm(yp)).unsqueeze(-1)
         ok = conv & (viol <= strict * hscale).all(-1) & (yp >= -strict * lnorm).all(-1)
@@ -1012,7 +1013,7 @@ def kkt_tangent(Q: torch.Tensor, G: torch.Tensor | None, A: torch.Tensor | None,
         U_, Y_, Us_, wf, gn = (cache.get(k_) for k_ in ("pre_U", "pre_Y", "pre_Us", "pre_w", "pre_gn"))
         act = cache["act"]
         a = act.to(z.dtype)
-        dz, dlam, dnu, conv = _refine_active(
+        dz, dlam, dnu, conv, _ = _refine_active(
             _Factor.from_cache(U_, Ab, Y_, Us_), wf * a, a, Qb, Gb, Ab, g, None, None, None, None, None,
             opts.rho, _refine_tol(z.dtype), 5, cache["pre_ok"], gn)
         if not bool(conv.all()):
