@@ -8,6 +8,7 @@ from ..modes import GradientMode, resolve_mode
 from ..solution import Solution
 from ..validation import (check_batched, check_dim, check_same_dtype_device, check_tensor,
                           common_batch_size)
+from .ipm import _cholesky_upper
 from .options import QPOptions
 from .problem import QPProblem
 
@@ -73,9 +74,10 @@ def _check_psd(Q: torch.Tensor) -> None:
     scale = 1 + Qf.diagonal(dim1=-2, dim2=-1).abs().amax(-1)
     # Q + tol·scale·I: the upper Cholesky reads the upper triangle only, which is that of ½(Q + Qᵀ)
     # up to the asymmetry checked above (and is what the solver's factorisations read)
-    Qsh = Qf.clone()
-    Qsh.diagonal(dim1=-2, dim2=-1).add_((tol * scale).unsqueeze(-1))
-    _, info = torch.linalg.cholesky_ex(Qsh, upper=True)
+    with torch.no_grad():
+        Qsh = Qf.clone()
+        Qsh.diagonal(dim1=-2, dim2=-1).add_((tol * scale).unsqueeze(-1))
+        _, info = _cholesky_upper(Qsh)
     bad_sym = asym > tol * scale
     bad_psd = info > 0
     if bool((bad_sym | bad_psd).any()):

@@ -166,6 +166,21 @@ def _chol_solve(U: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
     return torch.linalg.solve_triangular(U, torch.linalg.solve_triangular(U.mT, R, upper=False), upper=True)
 
 
+def _cholesky_upper(H: torch.Tensor):
+    """Upper Cholesky factor ``U`` (``H = UᵀU``) and info of a symmetric ``H`` that may be
+    overwritten. Without autograd the factorisation runs in place on ``Hᵀ``, whose layout is
+    LAPACK's (column-major): torch otherwise copies ``H`` into a new column-major tensor while
+    zeroing its lower triangle, a strided copy that costs up to half of the factorisation at the
+    sizes of batched QPs (10–40% of it measured at B = 128, n = 50–100). ``Hᵀ``'s upper triangle is
+    ``H``'s lower one (equal, ``H`` symmetric). upper=True: LAPACK works column-major, the upper
+    factor of a row-major H is ~4× faster."""
+    if H.requires_grad or H.dim() != 3 or H.numel() < 1 << 16:   # small: the plain call is cheaper
+        return torch.linalg.cholesky_ex(H, upper=True)
+    Ht = H.transpose(-1, -2)
+    info = torch.empty(H.shape[0], dtype=torch.int32, device=H.device)
+    return torch.linalg.cholesky_ex(Ht, upper=True, out=(Ht, info))
+
+
 def _inf_norm(x: torch.Tensor) -> torch.Tensor:
     if x.shape[-1] == 0:
         return x.new_zeros(x.shape[:-1])
@@ -203,8 +218,7 @@ class _Factor:
             if AtA is not None:
                 H += AtA
         H.diagonal(dim1=-2, dim2=-1).add_(reg)
-        # upper=True: LAPACK works column-major, the upper factor of a row-major H is ~4× faster
-        self.L, self.info = torch.linalg.cholesky_ex(H, upper=True)
+        self.L, self.info = _cholesky_upper(H)
         self.A = A
         if A is not None:
             # Y = U⁻ᵀAᵀ: one triangular solve; the Schur complement A H⁻¹ Aᵀ = YᵀY
@@ -214,7 +228,7 @@ class _Factor:
             p = S.shape[-1]
             sscale = 1.0 + S.diagonal(dim1=-2, dim2=-1).abs().amax(-1, keepdim=True)
             S = S + torch.diag_embed(self.reg_rel * sscale.expand(*S.shape[:-2], p) + zero_eq)
-            self.Ls, info_s = torch.linalg.cholesky_ex(S, upper=True)
+            self.Ls, info_s = _cholesky_upper(S)
             self.info = self.info + info_s
         else:
             self.Y = self.Ls = None
