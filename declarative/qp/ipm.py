@@ -62,7 +62,7 @@ _STALLED = -2
 _SMALL = 4096   # below this many entries of M, a broadcast multiply-and-sum beats GEMM dispatch
 #: penalty of the active rows in ``_polish_penalty`` relative to the scale of Q (float64 only: the
 #: penalised matrix has condition ~ γ·cond(Q))
-_PENALTY = 1e6
+_PENALTY = 1e7
 
 
 def _strict(dtype) -> float:
@@ -397,9 +397,15 @@ def _refine_active(fac, wk, a, Q, G, A, cq, ch, cb, z, y, nu, rho, tol, steps, t
             if A is not None:
                 scale_b = an * zn if cb is None else torch.maximum(an * zn, cbn)
                 ok = ok & (_inf_norm(rb) <= tol * (scale_b + tiny))
-            conv = conv | ok
-            if it == steps or bool((conv if todo is None else conv | ~todo).all()):
+            done = conv | ok
+            # stop when all are done, or when a step (from the fourth on) converged none of the
+            # others: they are on a wrong or degenerate active set, the next round or the
+            # Schur-complement polish takes them
+            if it == steps or bool((done if todo is None else done | ~todo).all()) or \
+                    (it >= 3 and not bool((done & ~conv).any())):
+                conv = done
                 break
+            conv = done
         dz, dnu = fac.solve(r1, rb)
         Gdz = _mv(G, dz)
         dy = wk * (Gdz - rk)
@@ -436,8 +442,8 @@ def _polish_penalty(Q, q, G, h, A, b, z, s, lam, nu, todo, opts, reg, zero_eq, Q
     ``_polish``: a polished point must be primal feasible with non-negative multipliers up to
     ``1e3·eps``; otherwise violated constraints are added and negative multipliers dropped.
 
-    The penalty ``c = γ (1 + max|Q_ii|) / max_i ‖g_i‖²`` (``γ = 1e6``) makes each step of the method
-    of multipliers gain about six digits, so two or three steps reach rounding level; used in
+    The penalty ``c = γ (1 + max|Q_ii|) / max_i ‖g_i‖²`` (``γ = 1e7``) makes each step of the method
+    of multipliers gain about seven digits, so two or three steps reach rounding level; used in
     float64 only (the penalised matrix has condition ~ ``γ·cond(Q)``).
 
     Returns:
