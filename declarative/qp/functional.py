@@ -70,12 +70,14 @@ def _check_psd(Q: torch.Tensor) -> None:
     if not bool(finite.all()):
         finite = torch.isfinite(Qs).flatten(1).all(-1)
     Qf = Qs if bool(finite.all()) else torch.where(finite.view(-1, 1, 1), Qs, torch.zeros_like(Qs))
-    asym = torch.sub(Qf, Qf.transpose(-1, -2)).abs_().amax((-1, -2))
-    scale = 1 + Qf.diagonal(dim1=-2, dim2=-1).abs().amax(-1)
-    # Q + tol·scale·I: the upper Cholesky reads the upper triangle only, which is that of ½(Q + Qᵀ)
-    # up to the asymmetry checked above (and is what the solver's factorisations read)
     with torch.no_grad():
-        Qsh = Qf.clone()
+        work = torch.sub(Qf, Qf.transpose(-1, -2))
+        asym = work.abs_().amax((-1, -2))
+        scale = 1 + Qf.diagonal(dim1=-2, dim2=-1).abs().amax(-1)
+        # Q + tol·scale·I in the same buffer: the upper Cholesky reads the upper triangle only,
+        # which is that of ½(Q + Qᵀ) up to the asymmetry checked above (and is what the solver's
+        # factorisations read)
+        Qsh = work.copy_(Qf)
         Qsh.diagonal(dim1=-2, dim2=-1).add_((tol * scale).unsqueeze(-1))
         _, info = _cholesky_upper(Qsh)
     bad_sym = asym > tol * scale
