@@ -112,11 +112,11 @@ def _mtvs(M: torch.Tensor, xs) -> list:
     return list((torch.stack(xs, -2) @ M).unbind(-2))
 
 
-def _loop_residuals(Q, q, G, h, A, b, z, s, lam, nu, w, hnorm, bnorm, qnorm, dz_last, dlp, dnu_last):
+def _loop_residuals(Q, q, G, h, A, b, z, s, lam, nu, w, hnorm, bnorm, qnorm, dz_last, dlp, dnu_last, Gz):
     """``_residuals`` inside the interior-point loop, with the products the iteration needs fused
     into the same passes over ``Q``, ``G``, ``A``: ``Q dz_last``, ``Gᵀ dlp``, ``Aᵀ dnu_last`` (the
     infeasibility certificates; skipped when None), ``A dz_last`` and ``Gᵀ(w ∘ r_i)`` (the
-    predictor's right-hand side)."""
+    predictor's right-hand side). ``Gz`` is tracked by the loop (updated with each step)."""
     if dz_last is None:
         Qz = _mv(Q, z)
         Qd = None
@@ -142,7 +142,6 @@ def _loop_residuals(Q, q, G, h, A, b, z, s, lam, nu, w, hnorm, bnorm, qnorm, dz_
         pres = _inf_norm(re) / (1 + torch.maximum(_inf_norm(Az), bnorm))
         rd = rd0
     if G is not None:
-        Gz = _mv(G, z)
         ri = Gz + s - h
         cols = [lam, w * ri] + ([] if dlp is None else [dlp])
         GtX = _mtvs(G, cols)
@@ -785,6 +784,8 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
         widx = None
         full = None
         pres = dres = gap = torch.zeros(B, dtype=dtype, device=device)
+        # G z is updated with each step (one pass over G less an iteration; the drift is rounding)
+        Gz = _mv(G, z) if G is not None else None
 
 
         for k in range(max_iter + 1):
@@ -794,7 +795,7 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
             dlp = dlam_last.clamp(min=0) if certify and G is not None else None
             rd0, ri, re, pres, dres, gap, mu, Gtl, Atn, Gtwri, Qd, Gtd, Atd, Ad = _loop_residuals(
                 Q, q, G, h, A, b, z, s, lam, nu, w, hnorm, bnorm, qnorm,
-                dz_last if certify else None, dlp, dnu_last if certify else None)
+                dz_last if certify else None, dlp, dnu_last if certify else None, Gz)
             converged = (pres <= tol_p) & (dres <= tol_d) & (gap <= tol_g)
             # stalled: primal and gap converged but the dual residual grows (ill-conditioned Newton
             # systems, typically float32); such elements stop here and are handed to the polish
@@ -841,10 +842,10 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
                         f_.index_copy_(0, widx, x)
                 keep = torch.nonzero(running).reshape(-1)
                 widx = widx.index_select(0, keep)
-                (z, s, lam, nu, status, iterations, dres_prev, dz_last, Gdz_last, dlam_last, dnu_last,
+                (z, s, lam, nu, status, iterations, dres_prev, dz_last, Gdz_last, dlam_last, dnu_last, Gz,
                  rd0, ri, re, mu, w, Gtwri, Q, q, G, h, A, b, QA, zero_eq, reg, hnorm, bnorm, qnorm, pscale) = (
                     take(x, keep) for x in (
-                        z, s, lam, nu, status, iterations, dres_prev, dz_last, Gdz_last, dlam_last, dnu_last,
+                        z, s, lam, nu, status, iterations, dres_prev, dz_last, Gdz_last, dlam_last, dnu_last, Gz,
                         rd0, ri, re, mu, w, Gtwri, Q, q, G, h, A, b, QA, zero_eq, reg, hnorm, bnorm, qnorm, pscale))
                 running = status == _RUNNING
 
@@ -904,6 +905,7 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
                 s = torch.addcmul(s, a, ds)
                 lam = torch.addcmul(lam, a, dlam)
                 Gdz = torch.where(move, Gdz, 0.0)
+                Gz = torch.addcmul(Gz, a, Gdz)
             dz_last, Gdz_last, dlam_last, dnu_last = dz, Gdz, dlam, dnu
 
         if widx is not None:
