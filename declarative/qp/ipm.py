@@ -786,6 +786,8 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
         pres = dres = gap = torch.zeros(B, dtype=dtype, device=device)
         # G z is updated with each step (one pass over G less an iteration; the drift is rounding)
         Gz = _mv(G, z) if G is not None else None
+        X = None   # (s, λ) stacked: updated by the steps, rebuilt after a compaction
+        tiny = torch.finfo(dtype).tiny
 
 
         for k in range(max_iter + 1):
@@ -848,6 +850,7 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
                         z, s, lam, nu, status, iterations, dres_prev, dz_last, Gdz_last, dlam_last, dnu_last, Gz,
                         rd0, ri, re, mu, w, Gtwri, Q, q, G, h, A, b, QA, zero_eq, reg, hnorm, bnorm, qnorm, pscale))
                 running = status == _RUNNING
+                X = None
 
             # -- the factorisation at this iterate ------------------------------------------------------
             if k == 0 and fac0 is not None and widx is None:
@@ -855,37 +858,43 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
             else:
                 fac = _Factor(QA, G, A, None, w, reg, zero_eq, opts.reg)
             iterations = iterations + running.to(iterations.dtype)
-            ds = dlam = None
             r0 = -rd0 if A is None else -rd0 - opts.rho * _mtv(A, re)
             if G is not None:
                 # -- Mehrotra predictor (affine scaling) and corrector, one factorisation ---------------
                 # right-hand side r0 − Gᵀ(w∘r_i − r_c/s): with r_c = s∘λ (predictor) the Gᵀλ of the
                 # dual residual cancels, leaving −Gᵀ(w∘r_i) (computed with the residuals); the
                 # corrector adds Gᵀ((r_c − s∘λ)/s)
-                wri = w * ri
                 rhs_aff = r0 - Gtwri
                 ere = -re if A is not None else None
+                # step lengths from the stacked (s, λ): α = 1 / max(1, max_i −d_i/x_i / f) for the
+                # fraction f of the step to the boundary (f = 1 for the predictor)
+                if X is None:
+                    X = torch.cat([s, lam], -1)
+                Xn = X.clamp(min=tiny)
+                Xn1, Xnf = Xn.neg(), Xn * -frac
 
                 def step(rcs, rhs):
                     dz, dnu = fac.solve(rhs, ere)
                     Gdz = _mv(G, dz)
-                    dlam = w * Gdz + wri - rcs
-                    ds = -ri - Gdz
-                    return dz, ds, dlam, dnu, Gdz
+                    ds = torch.neg(ri + Gdz)
+                    # dλ = w∘(G dz + r_i) − r_c/s
+                    dlam = torch.addcmul(rcs, w, ds).neg_()
+                    return dz, torch.cat([ds, dlam], -1), dnu, Gdz
 
-                dz, ds, dlam, dnu, Gdz = step(lam, rhs_aff)
-                a = torch.minimum(_max_step(s, ds), _max_step(lam, dlam)).unsqueeze(-1)
-                mu_aff = ((s + a * ds) * (lam + a * dlam)).sum(-1) / m
+                dz, D, dnu, Gdz = step(lam, rhs_aff)
+                a = (D / Xn1).amax(-1, keepdim=True).clamp_(min=1.0).reciprocal_()
+                Xa = torch.addcmul(X, a, D)
+                mu_aff = (Xa[..., :m] * Xa[..., m:]).sum(-1) / m
                 sigma = (mu_aff / mu).clamp(min=0, max=1) ** 3
-                dc = (ds * dlam - (sigma * mu).unsqueeze(-1)) / s
-                dz, ds, dlam, dnu, Gdz = step(lam + dc, rhs_aff + _mtv(G, dc))
-                alpha = (frac * torch.minimum(_ratio(s, ds), _ratio(lam, dlam))).clamp(max=1.0)
-                check = dz.sum(-1) + ds.sum(-1) + dlam.sum(-1)
+                dc = (D[..., :m] * D[..., m:] - (sigma * mu).unsqueeze(-1)) / s
+                dz, D, dnu, Gdz = step(lam + dc, rhs_aff + _mtv(G, dc))
+                alpha = (D / Xnf).amax(-1, keepdim=True).clamp_(min=1.0).reciprocal_()
+                check = dz.sum(-1) + D.sum(-1)
             else:
                 # equality-constrained or unconstrained: Newton steps (one solves the problem)
                 dz, dnu = fac.solve(r0, -re if A is not None else None)
-                alpha = torch.ones(z.shape[0], dtype=dtype, device=device)
-                Gdz = None
+                alpha = torch.ones(z.shape[0], 1, dtype=dtype, device=device)
+                Gdz = D = None
                 check = dz.sum(-1)
             if dnu is not None:
                 check = check + dnu.sum(-1)
@@ -893,17 +902,18 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
             status = torch.where(running & ~finite, nonfinite_code, status)
             move = (running & finite).unsqueeze(-1)
             # frozen elements: zero direction (also clears non-finite directions), zero step
-            a = torch.where(move.squeeze(-1), alpha, torch.zeros_like(alpha)).unsqueeze(-1)
+            a = torch.where(move, alpha, 0.0)
             dz = torch.where(move, dz, 0.0)
             z = torch.addcmul(z, a, dz)
             if dnu is not None:
                 dnu = torch.where(move, dnu, 0.0)
                 nu = torch.addcmul(nu, a, dnu)
-            if ds is not None:
-                ds = torch.where(move, ds, 0.0)
-                dlam = torch.where(move, dlam, 0.0)
-                s = torch.addcmul(s, a, ds)
-                lam = torch.addcmul(lam, a, dlam)
+            dlam = None
+            if D is not None:
+                D = torch.where(move, D, 0.0)
+                X = torch.addcmul(X, a, D)
+                s, lam = X[..., :m], X[..., m:]
+                dlam = D[..., m:]
                 Gdz = torch.where(move, Gdz, 0.0)
                 Gz = torch.addcmul(Gz, a, Gdz)
             dz_last, Gdz_last, dlam_last, dnu_last = dz, Gdz, dlam, dnu
@@ -918,11 +928,15 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
         return z, s, lam, nu, status, iterations, pres, dres, gap, fac
 
     # phase 1: with polishing, iterate only to a loose tolerance (the polish makes the solution
-    # exact once the active set is identified); phase 2: elements whose polish fails continue
-    # to the full tolerance and are polished again
+    # exact once the active set is identified); later phases: elements whose polish fails continue
+    # to a 100× tighter tolerance (at most twice, then to the full tolerance) and are polished again
     loose = max(opts.tol, opts.polish_tol) if (opts.polish and G is not None) else None
     tols = (opts.tol_primal, opts.tol_dual, opts.tol_gap)
-    tols1 = tuple(max(t_, loose) for t_ in tols) if loose is not None else tols
+    ladder = [tols]
+    if loose is not None:
+        looser = [loose * f_ for f_ in (1.0, 1e-2) if loose * f_ > max(tols)]
+        ladder = [tuple(max(t_, l_) for t_ in tols) for l_ in looser] + [tols]
+    tols1 = ladder[0]
     z, s, lam, nu, status, iterations, pres, dres, gap, fac = run(
         z, s, lam, nu, status, iterations, *tols1, opts.max_iter, fac0)
     unfinished = (status == _RUNNING) | (status == _STALLED)
@@ -933,10 +947,10 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
             fast_all = polished = torch.zeros_like(status, dtype=torch.bool)
             act_final = lam > s
             retry = None
-            for phase in (1, 2):
+            for phase in range(1, len(ladder) + 1):
                 solved = status == Status.SOLVED
                 before = (z, s, lam, nu)
-                # phase 2 polishes the retried elements only; the others keep their phase-1 polish
+                # later phases polish the retried elements only; the others keep their earlier polish
                 todo = unfinished | solved if retry is None else (unfinished | solved) & retry
                 fast = torch.zeros_like(todo)
                 act_fast = lam > s
@@ -967,7 +981,7 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
                 converged = (pres <= opts.tol_primal) & (dres <= opts.tol_dual) & (gap <= opts.tol_gap)
                 status = torch.where(unfinished & converged, torch.full_like(status, int(Status.SOLVED)), status)
                 retry = solved & ~converged     # loose IPM solution, polish failed: iterate on
-                if phase == 2 or loose is None or not bool(retry.any()):
+                if phase == len(ladder) or not bool(retry.any()):
                     break
                 first = None
                 status = torch.where(retry, torch.full_like(status, _RUNNING), status)
@@ -976,7 +990,7 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
                 z, s, lam, nu = (torch.where(r_, a_, b_) for a_, b_ in zip(before, (z, s, lam, nu)))
                 budget = max(1, opts.max_iter - int(iterations.max()))
                 z, s, lam, nu, status, iterations, pres, dres, gap, fac = run(
-                    z, s, lam, nu, status, iterations, *tols, budget)
+                    z, s, lam, nu, status, iterations, *ladder[phase], budget)
                 unfinished = (status == _RUNNING) | (status == _STALLED)
             if bool((polished | (status != Status.SOLVED)).all()):
                 # every solved element sits on its polished active set
