@@ -498,6 +498,16 @@ def _polish_penalty(Q, q, G, h, A, b, z, s, lam, nu, todo, opts, reg, zero_eq, Q
             # solves of the backward would copy a row-major factor on every call
             store = parts if sub is None else [None if t is None else _zeros_as(t, B) for t in parts]
         if sub is None:
+            if r > 0 and store is not parts:
+                # a later round on the whole batch (every element retried): its accepted elements'
+                # factors replace those of the earlier round
+                if bool(ok.all()):
+                    store = parts
+                elif bool(ok.any()):
+                    dst = torch.nonzero(ok).reshape(-1)
+                    for t, p_ in zip(store, parts):
+                        if t is not None:
+                            t.index_copy_(0, dst, p_.index_select(0, dst))
             z, s, lam, nu, act_final = (torch.where(o_, n_, o) for o, n_ in upd)
             accepted = accepted | ok
             todo_all = todo_all & ~ok
