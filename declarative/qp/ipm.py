@@ -696,9 +696,13 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
     B = max(t.shape[0] for t in present)
 
     # -- non-finite inputs: flag the elements, replace their data by a trivial problem ----------
-    bad = torch.zeros(B, dtype=torch.bool, device=device)
-    for t in present:   # a sum is finite only if every term is (one pass, no mask temporaries)
-        bad = bad | ~torch.isfinite(t.reshape(t.shape[0], -1).sum(-1))
+    # a sum is finite only if every term is (one pass, no mask temporaries); the per-element sums
+    # of all inputs are added (an overflow only sends every element to the exact check below)
+    tot = None
+    for t in present:
+        st = t.sum(tuple(range(1, t.dim())))
+        tot = st if tot is None else tot + st
+    bad = ~torch.isfinite(tot.expand(B))
     if bool(bad.any()):
         bad = torch.zeros_like(bad)   # exact check (the sum of finite values can overflow)
         for t in present:
@@ -817,6 +821,10 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
             # -- statuses -------------------------------------------------------------------------------
             running = status == _RUNNING
             new_status = torch.where(converged, solved_code, status)
+            if certify and not bool((running & ~converged).any()):
+                # every running element converged: no certificates to check, nothing runs on
+                status = torch.where(running, new_status, status)
+                break
             if certify and (G is not None or A is not None):
                 # infeasibility certificates, on the iterates (λ, ν) and on the last Newton directions
                 pinf = _primal_infeasible(Gtl, Atn, h, b, lam, nu, eps_inf, pscale)
