@@ -812,10 +812,11 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
             rd0, ri, re, pres, dres, gap, mu, Gtl, Atn, Gtwri, Qd, Gtd, Atd, Ad = _loop_residuals(
                 Q, q, G, h, A, b, z, s, lam, nu, w, hnorm, bnorm, qnorm,
                 dz_last if certify else None, dlp, dnu_last if certify else None, Gz)
-            converged = (pres <= tol_p) & (dres <= tol_d) & (gap <= tol_g)
+            pg = (pres <= tol_p) & (gap <= tol_g)
+            converged = pg & (dres <= tol_d)
             # stalled: primal and gap converged but the dual residual grows (ill-conditioned Newton
             # systems, typically float32); such elements stop here and are handed to the polish
-            stalled = ~converged & (pres <= tol_p) & (gap <= tol_g) & (dres > dres_prev)
+            stalled = pg & (dres > dres_prev.clamp(min=tol_d))
             dres_prev = dres
 
             # -- statuses -------------------------------------------------------------------------------
@@ -917,22 +918,26 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
             if dnu is not None:
                 check = check + dnu.sum(-1)
             finite = torch.isfinite(check)
-            status = torch.where(running & ~finite, nonfinite_code, status)
-            move = (running & finite).unsqueeze(-1)
-            # frozen elements: zero direction (also clears non-finite directions), zero step
-            a = torch.where(move, alpha, 0.0)
-            dz = torch.where(move, dz, 0.0)
+            if bool(finite.all()):
+                # frozen elements: zero step (their directions are only read for running elements)
+                a = alpha * running.unsqueeze(-1)
+            else:
+                status = torch.where(running & ~finite, nonfinite_code, status)
+                move = (running & finite).unsqueeze(-1)
+                # frozen elements: zero direction (also clears non-finite directions), zero step
+                a = torch.where(move, alpha, 0.0)
+                dz = torch.where(move, dz, 0.0)
+                dnu = None if dnu is None else torch.where(move, dnu, 0.0)
+                if D is not None:
+                    D, Gdz = torch.where(move, D, 0.0), torch.where(move, Gdz, 0.0)
             z = torch.addcmul(z, a, dz)
             if dnu is not None:
-                dnu = torch.where(move, dnu, 0.0)
                 nu = torch.addcmul(nu, a, dnu)
             dlam = None
             if D is not None:
-                D = torch.where(move, D, 0.0)
                 X = torch.addcmul(X, a, D)
                 s, lam = X[..., :m], X[..., m:]
                 dlam = D[..., m:]
-                Gdz = torch.where(move, Gdz, 0.0)
                 Gz = torch.addcmul(Gz, a, Gdz)
             dz_last, Gdz_last, dlam_last, dnu_last = dz, Gdz, dlam, dnu
 
