@@ -455,14 +455,14 @@ def _polish_penalty(Q, q, G, h, A, b, z, s, lam, nu, todo, opts, reg, zero_eq, Q
     strict = _strict(dtype)
     # penalty: γ times the scale of Q over the largest squared row norm of G
     qscale = 1 + Q.diagonal(dim1=-2, dim2=-1).abs().amax(-1)
-    gscale = torch.linalg.vector_norm(G, 2, -1).amax(-1) ** 2
+    g2 = torch.linalg.vector_norm(G, 2, -1).square()   # squared row norms of G (one pass)
+    gscale = g2.amax(-1)
     c = (_PENALTY * qscale / gscale.clamp(min=torch.finfo(dtype).tiny)).expand(B).unsqueeze(-1)
     gn = _row_norm(G).expand(B).contiguous()
     # the active-set guess: the barrier's curvature along g_i, w_i‖g_i‖² (w = λ/s), exceeds that of
     # Q — invariant to the scaling of the rows of G, unlike λ_i > s_i, which at the loose
     # tolerance of the interior-point phase misses many active constraints with small multipliers
     # (a wrong guess costs a round; the Schur-complement polish, with λ > s, is the fallback)
-    g2 = torch.linalg.vector_norm(G, 2, -1) ** 2
     act_all = lam * g2 > qscale.unsqueeze(-1) * s
     act_final = act_all.clone()
     accepted = torch.zeros_like(todo)
