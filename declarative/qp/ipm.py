@@ -205,15 +205,21 @@ def _max_step(x: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
 class _Factor:
     """The factorised reduced KKT system at one iterate (and its solves)."""
 
-    def __init__(self, Q, G, A, AtA, w, reg, zero_eq, reg_rel=0.0):
+    def __init__(self, Q, G, A, AtA, w, reg, zero_eq, reg_rel=0.0, bufs=None):
         self.reg_rel = reg_rel
         if G is None:
             H = Q + AtA if AtA is not None else Q.clone()
         else:
             B = max(Q.shape[0], G.shape[0], w.shape[0])
             # (√w ∘ G)ᵀ(√w ∘ G): both operands from one buffer, 15–25% faster than Gᵀ(w ∘ G) on CPU
-            sG = (w.sqrt().unsqueeze(-1) * G).expand(B, *G.shape[-2:])
-            H = torch.baddbmm(Q.expand(B, *Q.shape[-2:]), sG.transpose(-1, -2), sG)
+            if bufs is None:
+                sG = (w.sqrt().unsqueeze(-1) * G).expand(B, *G.shape[-2:])
+                H = torch.baddbmm(Q.expand(B, *Q.shape[-2:]), sG.transpose(-1, -2), sG)
+            else:
+                # the interior-point loop's buffers (``run``): no fresh large allocations
+                # (each costs page faults when the allocator returns it to the OS in between)
+                sG = torch.mul(w.sqrt().unsqueeze(-1), G, out=bufs[0][:B])
+                H = torch.baddbmm(Q.expand(B, *Q.shape[-2:]), sG.transpose(-1, -2), sG, out=bufs[1][:B])
             if AtA is not None:
                 H += AtA
         H.diagonal(dim1=-2, dim2=-1).add_(reg)
@@ -801,6 +807,7 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
         # G z is updated with each step (one pass over G less an iteration; the drift is rounding)
         Gz = _mv(G, z) if G is not None else None
         X = None   # (s, λ) stacked: updated by the steps, rebuilt after a compaction
+        bufs = None   # (√w∘G, H) of the factorisations (large problems)
         tiny = torch.finfo(dtype).tiny
 
 
@@ -875,7 +882,12 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
             if k == 0 and fac0 is not None and widx is None:
                 fac = fac0
             else:
-                fac = _Factor(QA, G, A, None, w, reg, zero_eq, opts.reg)
+                if bufs is None and G is not None and Q.shape[-1] ** 2 * z.shape[0] >= 1 << 16 and \
+                        not (torch.is_grad_enabled() and (QA.requires_grad or G.requires_grad or w.requires_grad)):
+                    # reused by every factorisation of this loop: the previous factor is dead by then
+                    bufs = (torch.empty(z.shape[0], m, n, dtype=dtype, device=device),
+                            torch.empty(z.shape[0], n, n, dtype=dtype, device=device))
+                fac = _Factor(QA, G, A, None, w, reg, zero_eq, opts.reg, bufs)
             iterations = iterations + running.to(iterations.dtype)
             r0 = -rd0 if A is None else -rd0 - opts.rho * _mtv(A, re)
             if G is not None:
