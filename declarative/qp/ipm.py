@@ -1027,23 +1027,28 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
                 z, s, lam, nu, status, iterations, pres, dres, gap, fac = run(
                     z, s, lam, nu, status, iterations, *ladder[phase], budget)
                 unfinished = (status == _RUNNING) | (status == _STALLED)
-            if bool((polished | (status != Status.SOLVED)).all()):
-                # every solved element sits on its polished active set
-                cache = {"act": act_final}
-                if pre is not None and bool(fast_all.any()):
-                    # the penalty factors: the backward refines with them (``kkt_tangent``)
-                    for key, t_ in zip(("pre_U", "pre_Y", "pre_Us", "pre_w", "pre_gn"), pre):
-                        if t_ is not None:
-                            cache[key] = t_
-                    cache["pre_ok"] = fast_all
-                if first is not None:
-                    U_, Y_, Us_, idx, valid, _ = first
-                    if bool((act_final.gather(1, idx).sum(-1) == act_final.sum(-1)).all() and
-                            (act_final.gather(1, idx) == valid).all()):
-                        # ... whose factorisation (merged over the polish rounds) is kept
-                        cache.update(U=U_, act_idx=idx, act_valid=valid)
-                        if Y_ is not None:
-                            cache.update(Y=Y_, Us=Us_)
+            # the backward's active sets: the polished ones, and for elements left unpolished
+            # (their polish failed at every rung; they converged by the interior-point iterations
+            # alone) the strict-complementarity guess λ > s. The active-set form then serves every
+            # element — the barrier form's weights λ/s are infinite at the polished elements'
+            # exactly active constraints, which gave NaN gradients in mixed batches.
+            # ``cache["polished"]`` tells ``QPProblem`` which elements are exact to rounding.
+            act_final = torch.where(polished.unsqueeze(-1), act_final, lam > s)
+            cache = {"act": act_final, "polished": polished}
+            if pre is not None and bool(fast_all.any()):
+                # the penalty factors: the backward refines with them (``kkt_tangent``)
+                for key, t_ in zip(("pre_U", "pre_Y", "pre_Us", "pre_w", "pre_gn"), pre):
+                    if t_ is not None:
+                        cache[key] = t_
+                cache["pre_ok"] = fast_all
+            if first is not None:
+                U_, Y_, Us_, idx, valid, _ = first
+                if bool((act_final.gather(1, idx).sum(-1) == act_final.sum(-1)).all() and
+                        (act_final.gather(1, idx) == valid).all()):
+                    # ... whose factorisation (merged over the polish rounds) is kept
+                    cache.update(U=U_, act_idx=idx, act_valid=valid)
+                    if Y_ is not None:
+                        cache.update(Y=Y_, Us=Us_)
         cache["s"] = s
         cache["w"] = (lam / s.clamp(min=torch.finfo(dtype).tiny)).clamp(max=wmax)
     elif fac is not None:

@@ -117,11 +117,15 @@ class QPProblem(ArgminProblem):
         if G is None or lam is None or lam.shape[-1] == 0:
             return None
         s = solution.cache["s"]
-        if "act" in solution.cache:
-            # polished solutions are exact to rounding: only a rounding-level multiplier is zero
-            tau = self.options.active_tol or torch.finfo(lam.dtype).eps ** 0.5
+        loose = self.options.resolved(lam.dtype).active_tol
+        polished = solution.cache.get("polished")
+        if polished is not None:
+            # polished solutions are exact to rounding: only a rounding-level multiplier is zero;
+            # elements left unpolished keep the tolerance tied to the interior-point accuracy
+            tight = self.options.active_tol or torch.finfo(lam.dtype).eps ** 0.5
+            tau = torch.where(polished, lam.new_tensor(tight), lam.new_tensor(loose)).unsqueeze(-1)
         else:
-            tau = self.options.resolved(lam.dtype).active_tol
+            tau = loose
         lam_scale = 1 + lam.abs().amax(-1, keepdim=True)
         h_scale = 1 + h.abs().amax(-1, keepdim=True)
         strong = lam > tau * lam_scale

@@ -1,0 +1,130 @@
+"""The QP solver's fallback paths, forced: the penalty polish (float64) rejecting elements that the
+Schur-complement polish then takes, both polishes rejecting in the first phase (the elements iterate
+on to the full tolerance and are polished in phase 2), and polishes that never succeed (unpolished
+interior-point solutions). In each case the solution and the implicit gradients of all six
+parameters must equal those of the normal run — the factorisations cached for the backward come
+from different polishes for different elements, which is what could go wrong.
+
+The reference for the normal run itself is cvxpy (``test_qp_solver``/``test_qp_gradients``); here
+the normal run is the reference for the forced ones, plus cvxpy for the solution.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from declarative import Status, solve_qp
+from declarative.qp import ipm
+from declarative.reference.qp import degenerate_qp, qp_reference_batch, random_qp
+
+B = 6
+REJECT = torch.arange(B) % 2 == 1          # odd batch elements are rejected by the forced polish
+
+
+def _problems(kind):
+    """The parameters and the exact solution: cvxpy's for random problems, the constructed ``z*``
+    for the degenerate ones (cvxpy is only accurate to ~√tol at weakly active constraints)."""
+    if kind == "random":
+        params = random_qp(B, 5, 6, 2, seed=11)
+        return params, torch.as_tensor(qp_reference_batch(*params)[0])
+    Q, q, G, h, zs, *_ = degenerate_qp(B, seed=5)   # weakly active constraints: the backward QP
+    return (Q, q, G, h, None, None), zs
+
+
+def _solve_and_grads(params, w):
+    leaves = [None if t is None else t.detach().clone().requires_grad_() for t in params]
+    sol = solve_qp(*leaves)
+    present = [t for t in leaves if t is not None]
+    grads = torch.autograd.grad((sol.z * w).sum(), present)
+    return sol, grads
+
+
+def _rejecting(fn, phases):
+    """``fn`` (``_polish_penalty`` or ``_polish``) that rejects the odd elements on its first
+    ``phases`` calls: their iterates are returned unchanged and their accepted flag is False."""
+    calls = [0]
+
+    def wrapped(Q, q, G, h, A, b, z, s, lam, nu, todo, *args, **kwargs):
+        out = fn(Q, q, G, h, A, b, z, s, lam, nu, todo, *args, **kwargs)
+        calls[0] += 1
+        if calls[0] > phases:
+            return out
+        zo, so, lo, no, ok, act, factors = out
+        rej = REJECT.to(z.device)
+        r_ = rej.unsqueeze(-1)
+        return (torch.where(r_, z, zo), torch.where(r_, s, so), torch.where(r_, lam, lo),
+                torch.where(r_, nu, no) if nu is not None and no is not None else no, ok & ~rej, act, factors)
+
+    return wrapped, calls
+
+
+@pytest.mark.parametrize("kind", ["random", "degenerate"])
+@pytest.mark.parametrize("forced", ["penalty", "both-phase-1", "never"])
+def test_forced_polish_fallbacks_give_the_same_solution_and_gradients(kind, forced, monkeypatch):
+    params, z_ref = _problems(kind)
+    w = torch.randn(B, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    sol0, grads0 = _solve_and_grads(params, w)
+    assert (sol0.status == Status.SOLVED).all()
+
+    if forced == "penalty":
+        pen, pen_calls = _rejecting(ipm._polish_penalty, phases=10 ** 6)
+        monkeypatch.setattr(ipm, "_polish_penalty", pen)
+    elif forced == "both-phase-1":
+        pen, pen_calls = _rejecting(ipm._polish_penalty, phases=1)
+        sch, sch_calls = _rejecting(ipm._polish, phases=1)
+        monkeypatch.setattr(ipm, "_polish_penalty", pen)
+        monkeypatch.setattr(ipm, "_polish", sch)
+    else:
+        pen, pen_calls = _rejecting(ipm._polish_penalty, phases=10 ** 6)
+        sch, sch_calls = _rejecting(ipm._polish, phases=10 ** 6)
+        monkeypatch.setattr(ipm, "_polish_penalty", pen)
+        monkeypatch.setattr(ipm, "_polish", sch)
+    sol, grads = _solve_and_grads(params, w)
+    assert pen_calls[0] >= 1, "the forced polish was not called: the test no longer reaches the path"
+    assert (sol.status == Status.SOLVED).all()
+
+    if forced == "never":
+        # the odd elements stay unpolished interior-point solutions: accurate to the solver
+        # tolerance, not to rounding (O(√μ) at weakly active constraints); their gradients are
+        # those of the guessed active set λ > s. The polished elements must be exact, and no
+        # gradient may be NaN (a mixed batch once fell back to the barrier form for every element,
+        # whose weights are infinite at the polished elements' exactly active constraints).
+        keep = ~REJECT
+        # (IPM at tol 1e-8: z to ~1e-8·cond where strictly complementary, ~√1e-8 = 1e-4 times
+        # a constant at weakly active constraints)
+        torch.testing.assert_close(sol.z.detach(), z_ref, rtol=0, atol=1e-6 if kind == "random" else 1e-3)
+        torch.testing.assert_close(sol.z[keep], sol0.z[keep], rtol=0, atol=1e-12)
+        for g, g0 in zip(grads, grads0):
+            assert torch.isfinite(g).all()
+            torch.testing.assert_close(g[keep], g0[keep], rtol=1e-8, atol=1e-9)
+            if kind == "random":   # strictly complementary: the guess is right, IPM accuracy
+                torch.testing.assert_close(g, g0, rtol=1e-4, atol=1e-5)
+        return
+    torch.testing.assert_close(sol.z.detach(), z_ref, rtol=0, atol=1e-7)
+    torch.testing.assert_close(sol.z, sol0.z, rtol=0, atol=1e-11)
+    torch.testing.assert_close(sol.duals["lam"], sol0.duals["lam"], rtol=0, atol=1e-9)
+    for g, g0 in zip(grads, grads0):
+        torch.testing.assert_close(g, g0, rtol=1e-8, atol=1e-9)
+
+
+def test_mixed_batch_from_real_inputs_has_finite_gradients():
+    # (128, 30, 200): the polish fails at every rung for one element, which converges by the
+    # interior-point iterations alone; before the fix the whole batch's backward fell back to the
+    # barrier form and the polished elements' gradients were NaN
+    params = random_qp(128, 30, 200, 0, seed=3)
+    leaves = [None if t is None else t.detach().clone().requires_grad_() for t in params]
+    sol = solve_qp(*leaves)
+    assert (sol.status == Status.SOLVED).all()
+    unpolished = torch.nonzero(~sol.cache["polished"]).reshape(-1)
+    assert unpolished.numel() >= 1, "no unpolished element any more: pick another seed"
+    present = [t for t in leaves if t is not None]
+    grads = torch.autograd.grad(sol.z.sum(), present)
+    assert all(torch.isfinite(g).all() for g in grads)
+    # the unpolished element against the same problem solved on its own
+    for i in unpolished.tolist():
+        one = [None if t is None else t[i:i + 1].detach().clone().requires_grad_() for t in params]
+        sol1 = solve_qp(*one)
+        g1 = torch.autograd.grad(sol1.z.sum(), [t for t in one if t is not None])
+        for g, gi in zip(grads, g1):
+            torch.testing.assert_close(g[i:i + 1], gi, rtol=1e-4, atol=1e-6)
