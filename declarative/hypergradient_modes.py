@@ -58,7 +58,26 @@ from .validation import check_count
 __all__ = ["ConjugateGradient", "FirstOrder", "FixedPoint", "Unrolled"]
 
 
-class FixedPoint(GradientMode):
+class _AIDSteps(GradientMode):
+    """Shared by the AID modes with ``k`` steps: ``k``, the Jacobian policy, the linearisation at
+    the solution and the choice between the dense Jacobian and the VJPs (``dense_jacobian``)."""
+
+    def __init__(self, k: int, jacobian: str = "auto"):
+        self.k = check_count("k", k, what=" (a number of steps)")
+        self.jacobian = check_jacobian_policy(jacobian)
+
+    def _linearise(self, problem, params, solution, needs):
+        """``(lin, dense)``: the linearisation at ``solution.z`` and, when the policy says so, its
+        ``DenseJacobian`` (else None)."""
+        lin = FixedPointLinearisation(problem, params, solution.z, needs)
+        return lin, (DenseJacobian.of(lin) if use_dense_jacobian(self.jacobian, lin.w, self.k) else None)
+
+    def __repr__(self):
+        extra = "" if self.jacobian == "auto" else f", jacobian={self.jacobian!r}"
+        return f"{type(self).__name__}(k={self.k}{extra})"
+
+
+class FixedPoint(_AIDSteps):
     """AID with the fixed-point method (recurrent back-propagation / Neumann series):
 
         v₀ = 0,  v_{i+1} = ∂_wΦ(w, θ)ᵀ v_i + g  (k steps),   ∇_θ = ∂_θΦ(w, θ)ᵀ v_k .
@@ -71,24 +90,16 @@ class FixedPoint(GradientMode):
 
     name = "fixed_point"
 
-    def __init__(self, k: int, jacobian: str = "auto"):
-        self.k = check_count("k", k, what=" (a number of steps)")
-        self.jacobian = check_jacobian_policy(jacobian)
-
     def vjp(self, problem, params, solution, g, needs):
-        lin = FixedPointLinearisation(problem, params, solution.z, needs)
-        if use_dense_jacobian(self.jacobian, lin.w, self.k):
-            v = DenseJacobian.of(lin).fixed_point(g, self.k).x
+        lin, dense = self._linearise(problem, params, solution, needs)
+        if dense is not None:
+            v = dense.fixed_point(g, self.k).x
         else:
             v = fixed_point_iteration(lin.jt, g, max_iter=self.k).x
         return lin.params_vjp(v)
 
-    def __repr__(self):
-        extra = "" if self.jacobian == "auto" else f", jacobian={self.jacobian!r}"
-        return f"FixedPoint(k={self.k}{extra})"
 
-
-class ConjugateGradient(GradientMode):
+class ConjugateGradient(_AIDSteps):
     """AID with exactly ``k`` conjugate-gradient steps from ``v = 0`` on ``(I − ∂_wΦᵀ) v = g``
     (symmetric ``∂_wΦ``), else on the normal equations; then ``∇_θ = ∂_θΦᵀ v``.
 
@@ -103,19 +114,10 @@ class ConjugateGradient(GradientMode):
 
     name = "conjugate_gradient"
 
-    def __init__(self, k: int, jacobian: str = "auto"):
-        self.k = check_count("k", k, what=" (a number of steps)")
-        self.jacobian = check_jacobian_policy(jacobian)
-
     def vjp(self, problem, params, solution, g, needs):
-        lin = FixedPointLinearisation(problem, params, solution.z, needs)
-        solver = DenseJacobian.of(lin) if use_dense_jacobian(self.jacobian, lin.w, self.k) else lin
-        v = solver.solve_adjoint(g, symmetric=problem.fixed_point_symmetric, max_iter=self.k).x
+        lin, dense = self._linearise(problem, params, solution, needs)
+        v = (dense or lin).solve_adjoint(g, symmetric=problem.fixed_point_symmetric, max_iter=self.k).x
         return lin.params_vjp(v)
-
-    def __repr__(self):
-        extra = "" if self.jacobian == "auto" else f", jacobian={self.jacobian!r}"
-        return f"ConjugateGradient(k={self.k}{extra})"
 
 
 class Unrolled(GradientMode):
