@@ -8,7 +8,7 @@ from ..modes import GradientMode, resolve_mode
 from ..solution import Solution
 from ..validation import (check_batched, check_dim, check_same_dtype_device, check_tensor,
                           common_batch_size)
-from .ipm import _cholesky_upper
+from .linalg import _cholesky_upper
 from .options import QPOptions
 from .problem import QPProblem
 

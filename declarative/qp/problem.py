@@ -10,7 +10,8 @@ from ..errors import SolverError
 from ..problem import ArgminProblem
 from ..solution import Solution
 from ..status import Status
-from .ipm import kkt_tangent, solve_qp_ipm
+from .ipm import solve_qp_ipm
+from .kkt_tangent import kkt_tangent
 from .options import QPOptions
 
 __all__ = ["QPProblem"]

@@ -1,0 +1,370 @@
+"""Active-set polish of converged interior-point solutions (cf. OSQP's solution polishing).
+
+The constraints guessed active are imposed as equalities and the equality-constrained QP
+
+    Q z + G_Kᵀ y + Aᵀ ν = −q,   G_K z = h_K,   A z = b
+
+is solved to rounding level; this removes the ``O(√μ)`` error of interior-point iterates at weakly
+active constraints and gives the backward its factorisation. A polished point is accepted if it is
+primal feasible and its multipliers are non-negative up to ``1e3·eps``; otherwise constraints with
+negative multipliers are dropped, violated ones added, and the polish repeated on those elements
+only (a few rounds).
+
+Two forms:
+
+- ``_polish_penalty`` (float64): the method of multipliers (``_refine_active``) on the penalised
+  interior-point matrix ``Q + c G_KᵀG_K + ρAᵀA`` (the interior-point ``_Factor``: no gathered rows,
+  no Schur complement of the active rows). The penalty ``c = γ (1 + max|Q_ii|) / max_i ‖g_i‖²``
+  (``γ = 1e7``) makes each step gain about seven digits, so two or three steps reach rounding level;
+  the penalised matrix has condition ~ ``γ·cond(Q)``, hence float64 only.
+- ``_polish`` (elsewhere, and where the penalty polish fails): the active rows ``λ_i > s_i`` are
+  gathered and padded, and the equality block is eliminated with a Schur complement (two steps of
+  iterative refinement).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .linalg import _Factor, _gather_rows, _inf_norm, _mtv, _mtvs, _mv, _row_norm
+
+__all__: list[str] = []
+
+#: penalty of the active rows in ``_polish_penalty`` relative to the scale of Q (float64 only: the
+#: penalised matrix has condition ~ γ·cond(Q))
+_PENALTY = 1e7
+
+
+def _strict(dtype) -> float:
+    """Feasibility and sign threshold of a polished point (relative)."""
+    return 1e3 * torch.finfo(dtype).eps
+
+
+def _refine_tol(dtype) -> float:
+    """Relative residual at which ``_refine_active`` stops."""
+    return 1e1 * torch.finfo(dtype).eps
+
+
+def _active_system(G, h, A, b, zero_eq, idx, valid):
+    """Equality rows ``[A; G_K]``, right-hand side ``[b; h_K]`` and the padding indicator for the
+    gathered active rows ``K = idx`` (rows with ``valid == False`` are zero padding)."""
+    B, k = idx.shape
+    n = G.shape[-1]
+    m = G.shape[-2]
+    Gk = _gather_rows(G, idx) * valid.unsqueeze(-1)
+    pad = (~valid).to(G.dtype)
+    if h is not None:
+        hk = h.expand(B, m).gather(1, idx) * valid
+    if A is None:
+        return Gk, (hk if h is not None else None), pad
+    p = A.shape[-2]
+    Ae = torch.cat([A.expand(B, p, n), Gk], dim=-2)
+    be = torch.cat([b.expand(B, p), hk], dim=-1) if h is not None else None
+    return Ae, be, torch.cat([zero_eq.expand(B, p), pad], -1)
+
+
+def _refine_active(fac, wk, a, Q, G, A, cq, ch, cb, z, y, nu, rho, tol, steps, todo=None, gn=None):
+    """Solve the equality-constrained KKT system on an active set ``K`` (0/1 mask ``a``)
+
+        Q z + Gᵀy + Aᵀν = −c_q,   a ∘ (G z) = a ∘ c_h,   A z = c_b,   y = a ∘ y
+
+    by iterative refinement with a factorisation ``fac`` of ``H = Q + GᵀWG + ρAᵀA + δI`` whose
+    weights ``wk`` are zero off ``K`` (the method of multipliers with penalty ``W_K``): one
+    step solves ``H dz + Aᵀdν = r_a + G_Kᵀ(w_K ∘ r_K) + ρAᵀr_b, A dz = r_b`` and sets
+    ``dy_K = w_K ∘ (G_K dz − r_K)``; the error contracts by about
+    ``1 / (1 + w σ_min(G_K H⁻¹ G_Kᵀ))`` per step. ``c_h``, ``c_b`` may be None (zero). Elements whose
+    relative residuals are below ``tol`` are frozen; the loop ends when those of ``todo`` (all if
+    None) are. ``z = None`` starts from zero (``y``, ``ν`` must be None too); ``gn``: the largest
+    row 1-norm of ``G`` (``_row_norm``), computed if None.
+
+    Returns:
+        ``z, y, ν``, the mask of elements whose residuals met ``tol`` (on the returned iterate) and
+        ``G z`` (updated along with ``z``).
+    """
+    tiny = torch.finfo(cq.dtype).tiny
+    # max_i ‖g_i‖₁ bounds |g_i · z| / ‖z‖∞: the scale of the homogeneous rows
+    gn = _row_norm(G) if gn is None else gn
+    an = _row_norm(A) if A is not None else None
+    zero = z is None
+    if zero:
+        z, y = cq.new_zeros(cq.shape), cq.new_zeros(a.shape)
+        nu = cq.new_zeros(cq.shape[0], 0 if A is None else A.shape[-2])
+        Gz, Qz, Gty, Gtwr = y, z, z, z
+    else:
+        Gz = _mv(G, z)
+    # constant scales; the residuals are checked from the third iterate on (the first two are
+    # never converged: the error contracts by ~1e-6 a step from an interior-point iterate)
+    cqn = _inf_norm(cq)
+    chn = None if ch is None else _inf_norm(ch * a)
+    cbn = None if cb is None else _inf_norm(cb)
+    conv = torch.zeros(cq.shape[0], dtype=torch.bool, device=cq.device)
+    for it in range(steps + 1):
+        rk = -Gz * a if ch is None else (ch - Gz) * a
+        if it > 0 or not zero:
+            Qz = _mv(Q, z)
+            Gty, Gtwr = _mtvs(G, [y, wk * rk])
+        elif ch is not None:
+            Gtwr = _mtv(G, wk * rk)
+        ra = -cq - Qz - Gty
+        r1 = ra + Gtwr
+        rb = Atn = None
+        if A is not None:
+            Az = _mv(A, z)
+            rb = -Az if cb is None else cb - Az
+            Atn, Atr = _mtvs(A, [nu, rb])
+            ra = ra - Atn
+            r1 = r1 - Atn + rho * Atr
+        check = it >= 2 or it == steps
+        if check:
+            zn = _inf_norm(z)
+            scale_a = torch.maximum(torch.maximum(_inf_norm(Qz), cqn), _inf_norm(Gty))
+            scale_k = gn * zn if ch is None else torch.maximum(gn * zn, chn)
+            if A is not None:
+                scale_a = torch.maximum(scale_a, _inf_norm(Atn))
+            ok = (_inf_norm(ra) <= tol * (scale_a + tiny)) & (_inf_norm(rk) <= tol * (scale_k + tiny))
+            if A is not None:
+                scale_b = an * zn if cb is None else torch.maximum(an * zn, cbn)
+                ok = ok & (_inf_norm(rb) <= tol * (scale_b + tiny))
+            done = conv | ok
+            # stop when all are done, or when a step (from the fourth on) converged none of the
+            # others: they are on a wrong or degenerate active set, the next round or the
+            # Schur-complement polish takes them
+            if it == steps or bool((done if todo is None else done | ~todo).all()) or \
+                    (it >= 3 and not bool((done & ~conv).any())):
+                conv = done
+                break
+            conv = done
+        dz, dnu = fac.solve(r1, rb)
+        Gdz = _mv(G, dz)
+        dy = wk * (Gdz - rk)
+        if check:   # converged elements are frozen
+            go = (~conv).unsqueeze(-1).to(z.dtype)
+            dz, Gdz, dy = dz * go, Gdz * go, dy * go
+            dnu = None if dnu is None else dnu * go
+        z = z + dz
+        Gz = Gz + Gdz   # updated, not recomputed: one pass over G less a step
+        y = y + dy
+        if A is not None:
+            nu = nu + dnu
+    finite = torch.isfinite(z).all(-1) & torch.isfinite(y).all(-1)
+    conv = conv & finite
+    return z, y, nu, (conv if todo is None else conv & todo), Gz
+
+
+def _zeros_as(t: torch.Tensor, B: int) -> torch.Tensor:
+    """Zeros of ``t``'s shape with batch size ``B``, column-major per matrix if ``t`` is."""
+    if t.dim() == 3 and t.stride(-2) == 1 and t.shape[-1] > 1:
+        return t.new_zeros(B, t.shape[-1], t.shape[-2]).mT
+    return t.new_zeros(B, *t.shape[1:])
+
+
+def _polish_penalty(Q, q, G, h, A, b, z, s, lam, nu, todo, opts, reg, zero_eq, QA, hnorm, rounds=4):
+    """Active-set polish by the method of multipliers (``_refine_active``) on the penalised
+    factorisation ``Q + Gᵀ diag(c·a) G + ρAᵀA`` of the guessed active set ``a`` (the interior-point
+    ``_Factor``: no gathered rows, no Schur complement of the active rows). Rounds as in
+    ``_polish``: a polished point must be primal feasible with non-negative multipliers up to
+    ``1e3·eps``; otherwise violated constraints are added and negative multipliers dropped.
+
+    The penalty ``c = γ (1 + max|Q_ii|) / max_i ‖g_i‖²`` (``γ = 1e7``) makes each step of the method
+    of multipliers gain about seven digits, so two or three steps reach rounding level; used in
+    float64 only (the penalised matrix has condition ~ ``γ·cond(Q)``).
+
+    Returns:
+        ``z, s, λ, ν`` (polished where accepted), the accepted mask, the active mask and the
+        full-batch ``[U, Y, Us, w, gn]`` (factors and weights of the accepted elements' last round,
+        largest row 1-norm of G) for ``kkt_tangent``.
+    """
+    dtype = z.dtype
+    B, m = lam.shape
+    strict = _strict(dtype)
+    # penalty: γ times the scale of Q over the largest squared row norm of G
+    qscale = 1 + Q.diagonal(dim1=-2, dim2=-1).abs().amax(-1)
+    g2 = torch.linalg.vector_norm(G, 2, -1).square()   # squared row norms of G (one pass)
+    gscale = g2.amax(-1)
+    c = (_PENALTY * qscale / gscale.clamp(min=torch.finfo(dtype).tiny)).expand(B).unsqueeze(-1)
+    gn = _row_norm(G).expand(B).contiguous()
+    # the active-set guess: the barrier's curvature along g_i, w_i‖g_i‖² (w = λ/s), exceeds that of
+    # Q — invariant to the scaling of the rows of G, unlike λ_i > s_i, which at the loose
+    # tolerance of the interior-point phase misses many active constraints with small multipliers
+    # (a wrong guess costs a round; the Schur-complement polish, with λ > s, is the fallback)
+    act_all = lam * g2 > qscale.unsqueeze(-1) * s
+    act_final = act_all.clone()
+    accepted = torch.zeros_like(todo)
+    todo_all = todo.clone()
+    store = None
+
+    def take(t, ix):
+        return t if t is None or t.dim() == 0 or t.shape[0] == 1 else t.index_select(0, ix)
+    for r in range(rounds):
+        if not bool(todo_all.any()):
+            break
+        every = bool(todo_all.all())
+        sub = None if every else torch.nonzero(todo_all).reshape(-1)
+        d = (Q, q, G, h, A, b, QA, zero_eq, reg, hnorm, c, z, lam, nu, act_all, gn)
+        if sub is not None:
+            d = tuple(take(t, sub) for t in d)
+        Qs, qs_, Gs, hs, As, bs, QAs, zqs, regs, hn, cs, zs, ls, ns, act, gns = d
+        a = act.to(dtype)
+        wk = cs * a
+        fac = _Factor(QAs, Gs, As, None, wk, regs, zqs, opts.reg)
+        zp, yp, nup, conv, Gzp = _refine_active(fac, wk, a, Qs, Gs, As, qs_, hs, bs, zs, ls * a, ns,
+                                                opts.rho, _refine_tol(dtype), 8, gn=gns)
+        viol = Gzp - hs
+        hscale = (1 + hn).unsqueeze(-1)
+        lnorm = (1 + _inf_norm(yp)).unsqueeze(-1)
+        ok = conv & (viol <= strict * hscale).all(-1) & (yp >= -strict * lnorm).all(-1)
+        new_act = (act & (yp >= -strict * lnorm)) | (viol > strict * hscale)
+        o_ = ok.unsqueeze(-1)
+        upd = [(z, zp), (s, (-viol).clamp(min=0)), (lam, yp.clamp(min=0)), (nu, nup), (act_final, act)]
+        parts = [fac.L, fac.Y, fac.Ls, wk.expand(fac.L.shape[0], m)]
+        if store is None:
+            # the factors of the full batch, in their (column-major) layout: the triangular
+            # solves of the backward would copy a row-major factor on every call
+            store = parts if sub is None else [None if t is None else _zeros_as(t, B) for t in parts]
+        if sub is None:
+            if r > 0 and store is not parts:
+                # a later round on the whole batch (every element retried): its accepted elements'
+                # factors replace those of the earlier round
+                if bool(ok.all()):
+                    store = parts
+                elif bool(ok.any()):
+                    dst = torch.nonzero(ok).reshape(-1)
+                    for t, p_ in zip(store, parts):
+                        if t is not None:
+                            t.index_copy_(0, dst, p_.index_select(0, dst))
+            z, s, lam, nu, act_final = (torch.where(o_, n_, o) for o, n_ in upd)
+            accepted = accepted | ok
+            todo_all = todo_all & ~ok
+            act_all = torch.where(o_, act_all, new_act)
+        else:
+            z, s, lam, nu, act_final = (o.index_copy(0, sub, torch.where(o_, n_, o.index_select(0, sub)))
+                                        for o, n_ in upd)
+            if bool(ok.any()):
+                dst = sub[ok]
+                for t, p_ in zip(store, parts):
+                    if t is not None:
+                        t.index_copy_(0, dst, p_[ok])   # in place: keeps the layout
+            accepted = accepted.index_copy(0, sub, accepted.index_select(0, sub) | ok)
+            todo_all = todo_all.index_copy(0, sub, ~ok)
+            act_all = act_all.index_copy(0, sub, new_act)
+    return z, s, lam, nu, accepted, act_final, (None if store is None else store + [gn])
+
+
+def _polish(Q, q, G, h, A, b, z, s, lam, nu, solved, opts, reg, zero_eq, hnorm, bnorm, qnorm, rounds=4):
+    """Active-set polishing of converged IPM solutions (cf. OSQP's solution polishing).
+
+    The constraints guessed active (``λ_i > s_i``) are imposed as equalities and the
+    equality-constrained QP is solved exactly by the reduced factorisation (active rows gathered
+    and padded, two steps of iterative refinement). The polished point replaces the IPM's if it is
+    primal feasible and its multipliers are non-negative up to ``1e3·eps`` (or, as a fallback, up
+    to the solver tolerance); otherwise constraints with negative multipliers are dropped, violated
+    ones added, and the polish repeated on those elements only (at most ``rounds`` times). This
+    removes the ``O(√μ)`` error of interior-point iterates at weakly active constraints.
+
+    Returns:
+        ``z, s, λ, ν`` (polished where accepted), the mask of strictly polished elements, the
+        active mask ``(B, m)`` of each accepted solution, and ``[U, Y, Us, idx, valid, k]``: the
+        factorisation of the first (full-batch) round with the factors of elements accepted in
+        later rounds merged in (same padding), or None if they could not be merged.
+    """
+    B, m = lam.shape
+    p = 0 if A is None else A.shape[-2]
+    n = z.shape[-1]
+    tol = opts.tol_primal
+    strict = 1e3 * torch.finfo(z.dtype).eps
+    act_all = lam > s
+    act_final = act_all.clone()
+    todo_all = solved.clone()
+    fallback_all = torch.zeros_like(todo_all)
+    polished_all = torch.zeros_like(todo_all)
+    first = None
+    # a partial batch (the others already polished) starts on its subset and keeps no factors
+    partial = not bool(solved.all())
+    mergeable = not partial
+    for r in range(rounds):
+        if r == 0 and not partial:
+            sub = None
+            Qs, qs, Gs, hs, As, bs, zqs, regs, hn = Q, q, G, h, A, b, zero_eq, reg, hnorm
+            act, todo, fb = act_all, todo_all, fallback_all
+        else:
+            sub = torch.nonzero(todo_all).reshape(-1)
+
+            def take(t):
+                return t if t is None or t.dim() == 0 or t.shape[0] == 1 else t.index_select(0, sub)
+            Qs, qs, Gs, hs, As, bs, zqs, regs, hn = (take(x) for x in (Q, q, G, h, A, b, zero_eq, reg, hnorm))
+            act, todo, fb = take(act_all), take(todo_all), take(fallback_all)
+        Bs = act.shape[0]
+        k = int(act.sum(-1).amax())
+        if first is not None and k <= first[5]:
+            k = first[5]        # same padding as the first round: factors can be merged into it
+        elif first is not None:
+            mergeable = False
+        else:
+            k = min(m, k + 4)   # a little padding, so that later rounds usually fit (and merge)
+        if k == 0:
+            idx = act.new_zeros(Bs, 0, dtype=torch.int64)
+        else:
+            idx = torch.argsort(act.to(torch.int8), dim=-1, descending=True, stable=True)[:, :k]
+        valid = act.gather(1, idx)
+        Ae, be, zq = _active_system(Gs, hs, As, bs, zqs, idx, valid)
+        if Ae.shape[-2] == 0:
+            fac = _Factor(Qs, None, None, None, None, regs, None, opts.reg)
+            zp, _ = fac.solve(-qs.expand(Bs, n), None)
+            y = z.new_zeros(Bs, 0)
+        else:
+            fac = _Factor(Qs, None, Ae, opts.rho * (Ae.transpose(-1, -2) @ Ae), None, regs, zq, opts.reg)
+            zp, y = fac.solve(-qs.expand(Bs, n) + opts.rho * _mtv(Ae, be), be)
+            for _ in range(2):   # iterative refinement: undo the static regularisation's bias
+                ra = -qs - _mv(Qs, zp) - _mtv(Ae, y)
+                rb = (be - _mv(Ae, zp)) * (1 - zq)
+                dzp, dy = fac.solve(ra + opts.rho * _mtv(Ae, rb), rb)
+                zp, y = zp + dzp, y + dy
+        lp = z.new_zeros(Bs, m).scatter(1, idx, y[:, p:] * valid)
+        viol = _mv(Gs, zp) - hs
+        finite = torch.isfinite(zp).all(-1) & torch.isfinite(y).all(-1)
+        lnorm = (1 + _inf_norm(lp)).unsqueeze(-1)
+        hscale = (1 + hn).unsqueeze(-1)
+        ok_loose = finite & (viol <= tol * hscale).all(-1) & (lp >= -tol * lnorm).all(-1)
+        ok_strict = finite & (viol <= strict * hscale).all(-1) & (lp >= -strict * lnorm).all(-1)
+        # strictly consistent points are final; loosely consistent ones are kept as a fallback
+        # while the active set is refined
+        acc = (todo & (ok_strict | (ok_loose & ~fb))).unsqueeze(-1)
+        new = (zp, (-viol).clamp(min=0), lp.clamp(min=0), y[:, :p] if A is not None else None, act)
+        old = (z, s, lam, nu if A is not None else None, act_final)
+        out = []
+        for o_, n_ in zip(old, new):
+            if o_ is None:
+                out.append(None)
+            elif sub is None:
+                out.append(torch.where(acc, n_, o_))
+            else:
+                out.append(o_.index_copy(0, sub, torch.where(acc, n_, o_.index_select(0, sub))))
+        z, s, lam, nu_new, act_final = out
+        if A is not None:
+            nu = nu_new
+        flags = (acc.squeeze(-1), todo & ok_strict, todo & ~ok_strict,
+                 (act & (lp >= -strict * lnorm)) | (viol > strict * hscale))
+        if sub is None:
+            fallback_all = fallback_all | flags[0]
+            polished_all = polished_all | flags[1]
+            todo_all, act_all = flags[2], flags[3]
+            first = [fac.L, fac.Y, fac.Ls, idx, valid, k]
+        else:
+            # the factorisation of elements accepted in this round replaces theirs from round one
+            take_acc = flags[1]
+            if mergeable and bool(take_acc.any()):
+                dst = sub[take_acc]
+                parts = (fac.L, fac.Y, fac.Ls, idx, valid)
+                if any(a_ is not None and a_.shape[0] != take_acc.shape[0] for a_ in parts):
+                    mergeable = False
+                else:
+                    for j, a_ in enumerate(parts):
+                        if a_ is not None:
+                            first[j] = first[j].index_copy(0, dst, a_[take_acc])
+            fallback_all = fallback_all.index_copy(0, sub, fb | flags[0])
+            polished_all = polished_all.index_copy(0, sub, flags[1])
+            todo_all = todo_all.index_copy(0, sub, flags[2])
+            act_all = act_all.index_copy(0, sub, flags[3])
+        if not bool(todo_all.any()):
+            break
+    return z, s, lam, nu, polished_all, act_final, (first if mergeable else None)
