@@ -108,16 +108,6 @@ def _loop_residuals(Q, q, G, h, A, b, z, s, lam, nu, w, hnorm, bnorm, qnorm, dz_
     return rd0, ri, re, pres, dres, gap, mu, Gtl, Atn, Gtwri, Qd, Gtd, Atd, Ad
 
 
-def _ratio(x: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
-    """Largest ``α`` with ``x + α dx ≥ 0`` (per batch element; inf if ``dx ≥ 0``)."""
-    return torch.where(dx < 0, -x / dx, torch.full_like(x, float("inf"))).amin(-1)
-
-
-def _max_step(x: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
-    """Largest ``α ≤ 1`` with ``x + α dx ≥ 0`` (per batch element)."""
-    return _ratio(x, dx).clamp(max=1.0)
-
-
 def _primal_infeasible(Gty, Aty, h, b, lam, nu, eps, scale):
     """Certificate of primal infeasibility for ``y = (λ ≥ 0, ν)`` given ``Gᵀλ`` and ``Aᵀν``:
     ``‖Gᵀλ + Aᵀν‖ ≤ ε‖y‖`` and ``hᵀλ + bᵀν ≤ −ε(1 + scale)‖y‖``."""
