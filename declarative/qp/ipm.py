@@ -46,12 +46,14 @@ References:
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from ..solution import Solution
 from ..status import Status
 from .linalg import _Factor, _inf_norm, _mtv, _mtvs, _mv, _mvs, _static_reg, _with_batch
-from .options import QPOptions
+from .options import DEFAULT_REG, DEFAULT_TOL_INFEASIBLE, QPOptions
 # looked up in this namespace by ``solve_qp_ipm`` (the tests replace them here)
 from .polish import _polish, _polish_penalty
 
@@ -59,6 +61,79 @@ __all__ = ["solve_qp_ipm"]
 
 _RUNNING = -1
 _STALLED = -2
+
+
+#: iteration cap of the float32 phase of ``QPOptions.mixed_precision`` (elements still running are
+#: solved again in float64)
+_MIXED_MAX_ITER = 30
+#: ``mixed_precision=None`` lowers phase 1 to float32 from this many entries ``B·n·(n + m)`` of the
+#: per-iteration matrices on (below, the cost is per-operation overhead, not arithmetic)
+_MIXED_MIN_SIZE = 1 << 16
+
+
+class _Working(NamedTuple):
+    """The data of the interior-point loop in one precision: ``(Q, q, G, h, A, b)``, the constants
+    ``(QA, zero_eq, reg, hnorm, bnorm, qnorm)``, the dtype, the relative regularisation of the
+    equality Schur complement and the tolerance of the infeasibility certificates."""
+    data: tuple
+    aux: tuple
+    dtype: torch.dtype
+    reg_rel: float
+    eps_inf: float
+
+
+def _use_mixed_precision(opts: QPOptions, dtype, G, B: int, n: int, m: int) -> bool:
+    """Whether phase 1 runs in float32 (see ``QPOptions.mixed_precision``)."""
+    if dtype != torch.float64 or G is None or not opts.polish or opts.mixed_precision is False:
+        return False
+    return bool(opts.mixed_precision) or B * n * (n + m) >= _MIXED_MIN_SIZE
+
+
+def _lowered(work: _Working, dtype, opts: QPOptions) -> _Working:
+    """``work`` cast to ``dtype`` (float32) with that precision's regularisation and certificate
+    tolerance (the larger of the user's and the float32 defaults)."""
+    reg_rel = max(opts.reg, DEFAULT_REG[dtype])
+    QA, zero_eq, reg, hnorm, bnorm, qnorm = work.aux
+    aux = (QA, zero_eq, reg * (reg_rel / opts.reg), hnorm, bnorm, qnorm)
+
+    def cast(t):
+        return None if t is None else t.to(dtype)
+    return _Working(tuple(cast(t) for t in work.data), tuple(cast(t) for t in aux), dtype, reg_rel,
+                    max(opts.tol_infeasible, DEFAULT_TOL_INFEASIBLE[dtype]))
+
+
+def _cold_start(work: _Working, rho: float, B: int):
+    """The starting point: ``z`` minimises ``½zᵀ(Q + GᵀG + ρAᵀA)z + (q − Gᵀh − ρAᵀb)ᵀz`` subject to
+    ``Az = b`` (the reduced system with unit weights), the slacks ``h − Gz`` shifted to at least 1
+    when any is not positive, and ``λ = s`` — so the weights of the first iteration are 1 and it
+    reuses this factorisation (returned with the point).
+
+    Returns:
+        ``z (B, n), s (B, m), λ (B, m), ν (B, p)`` and the ``_Factor``.
+    """
+    Q, q, G, h, A, b = work.data
+    QA, zero_eq, reg, _, _, _ = work.aux
+    n = Q.shape[-1]
+    m = 0 if G is None else G.shape[-2]
+    ones = torch.ones(B, m, dtype=work.dtype, device=Q.device)
+    fac = _Factor(QA, G, A, None, ones, reg, zero_eq, work.reg_rel)
+    r1 = -q.expand(B, n)
+    if G is not None:
+        r1 = r1 + _mtv(G, h)
+    if A is not None:
+        r1 = r1 + rho * _mtv(A, b)
+    z, nu = fac.solve(r1, b)
+    z = torch.where(torch.isfinite(z), z, torch.zeros_like(z))
+    if nu is None:
+        nu = z.new_zeros(B, 0)
+    if G is not None:
+        s = h - _mv(G, z)
+        smin = s.amin(-1, keepdim=True)
+        s = s + (1.0 - smin).clamp(min=0) * (smin <= 0)
+        lam = s
+    else:
+        s = lam = z.new_zeros(B, 0)
+    return z, s, lam, nu, fac
 
 
 def _loop_residuals(Q, q, G, h, A, b, z, s, lam, nu, w, hnorm, bnorm, qnorm, dz_last, dlp, dnu_last, Gz):
@@ -237,29 +312,17 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
     bnorm = _inf_norm(b) if A is not None else torch.zeros((), dtype=dtype, device=device)
     qnorm = _inf_norm(q)
 
+    work64 = _Working((Q, q, G, h, A, b), (QA, zero_eq, reg, hnorm, bnorm, qnorm), dtype, opts.reg,
+                      opts.tol_infeasible)
+    # phase 1 in float32 (``QPOptions.mixed_precision``): its iterate only has to identify the
+    # active set for the float64 polish, which is checked against the KKT conditions
+    mixed = _use_mixed_precision(opts, dtype, G, B, n, m)
+    work1 = _lowered(work64, torch.float32, opts) if mixed else work64
+
     # -- starting point ---------------------------------------------------------------------------
     fac0 = None
     if warm_start is None:
-        ones = torch.ones(B, m, dtype=dtype, device=device)
-        fac = fac0 = _Factor(QA, G, A, None, ones, reg, zero_eq, opts.reg)
-        r1 = -q.expand(B, n)
-        if G is not None:
-            r1 = r1 + _mtv(G, h)
-        if A is not None:
-            r1 = r1 + opts.rho * _mtv(A, b)
-        z, nu = fac.solve(r1, b)
-        z = torch.where(torch.isfinite(z), z, torch.zeros_like(z))
-        if nu is None:
-            nu = z.new_zeros(B, 0)
-        if G is not None:
-            s = h - _mv(G, z)
-            lam = -s
-            s = s + (1.0 + (-s.amin(-1, keepdim=True))).clamp(min=0) * (s.amin(-1, keepdim=True) <= 0)
-            lam = lam + (1.0 + (-lam.amin(-1, keepdim=True))).clamp(min=0) * (lam.amin(-1, keepdim=True) <= 0)
-            # λ = s: the weights of the first iteration are 1, so it reuses this factorisation
-            lam = s
-        else:
-            s = lam = z.new_zeros(B, 0)
+        z, s, lam, nu, fac0 = _cold_start(work1, opts.rho, B)
     else:
         z = warm_start.z.detach().to(dtype).expand(B, n).clone()
         nu = warm_start.duals.get("nu") if A is not None else None
@@ -272,29 +335,32 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
             lam = torch.maximum(lam0, margin)
         else:
             s = lam = z.new_zeros(B, 0)
+        if mixed:
+            z, s, lam, nu = (t.to(work1.dtype) for t in (z, s, lam, nu))
 
     status = torch.full((B,), _RUNNING, dtype=torch.int64, device=device)
     status = torch.where(bad, torch.full_like(status, int(Status.NON_FINITE)), status)
     iterations = torch.zeros(B, dtype=torch.int64, device=device)
-    eps_inf = opts.tol_infeasible
     frac = opts.step_fraction
-    wmax = 1.0 / torch.finfo(dtype).eps ** 2   # keeps GᵀWG finite when a slack underflows
     solved_code = int(Status.SOLVED)
     pinf_code = int(Status.PRIMAL_INFEASIBLE)
     dinf_code = int(Status.DUAL_INFEASIBLE)
     stalled_code = _STALLED
     nonfinite_code = int(Status.NON_FINITE)
-    data = (Q, q, G, h, A, b)
-    aux = (QA, zero_eq, reg, hnorm, bnorm, qnorm)
 
     def take(t, ix):
         return t if t is None or t.dim() == 0 or t.shape[0] == 1 else t.index_select(0, ix)
 
-    def run(z, s, lam, nu, status, iterations, tol_p, tol_d, tol_g, max_iter, fac0=None):
+    def run(z, s, lam, nu, status, iterations, tol_p, tol_d, tol_g, max_iter, fac0=None, work=None):
         """The interior-point loop on the elements with status ``_RUNNING`` (``fac0``: the
-        factorisation at the starting point, if known)."""
-        Q, q, G, h, A, b = data
-        QA, zero_eq, reg, hnorm, bnorm, qnorm = aux
+        factorisation at the starting point, if known). ``work``: the data, its constants and the
+        numerical settings in the working precision (``_Working``; default: the input's)."""
+        work = work or work64
+        Q, q, G, h, A, b = work.data
+        QA, zero_eq, reg, hnorm, bnorm, qnorm = work.aux
+        dtype = work.dtype
+        wmax = 1.0 / torch.finfo(dtype).eps ** 2   # keeps GᵀWG finite when a slack underflows
+        eps_inf = work.eps_inf
         B = z.shape[0]
         fac = None
         dres_prev = torch.full((B,), float("inf"), dtype=dtype, device=device)
@@ -389,7 +455,7 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
                     # reused by every factorisation of this loop: the previous factor is dead by then
                     bufs = (torch.empty(z.shape[0], m, n, dtype=dtype, device=device),
                             torch.empty(z.shape[0], n, n, dtype=dtype, device=device))
-                fac = _Factor(QA, G, A, None, w, reg, zero_eq, opts.reg, bufs)
+                fac = _Factor(QA, G, A, None, w, reg, zero_eq, work.reg_rel, bufs)
             iterations = iterations + running.to(iterations.dtype)
             r0 = -rd0 if A is None else -rd0 - opts.rho * _mtv(A, re)
             if G is not None:
@@ -459,15 +525,14 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
             for f_, x in zip(full, (z, s, lam, nu, status, iterations, pres, dres, gap)):
                 f_.index_copy_(0, widx, x)
             z, s, lam, nu, status, iterations, pres, dres, gap = full
-            Q, q, G, h, A, b = data
-            QA, zero_eq, reg, hnorm, bnorm, qnorm = aux
             fac = None
         return z, s, lam, nu, status, iterations, pres, dres, gap, fac
 
     # phase 1: with polishing, iterate only to a loose tolerance (the polish makes the solution
     # exact once the active set is identified); later phases: elements whose polish fails continue
     # to a 100× tighter tolerance (at most twice, then to the full tolerance) and are polished again
-    loose = max(opts.tol, opts.polish_tol) if (opts.polish and G is not None) else None
+    polish_tol = opts.polish_tol if opts.polish_tol is not None else (1e-2 if mixed else 1e-1)
+    loose = max(opts.tol, polish_tol) if (opts.polish and G is not None) else None
     tols = (opts.tol_primal, opts.tol_dual, opts.tol_gap)
     ladder = [tols]
     if loose is not None:
@@ -475,7 +540,24 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
         ladder = [tuple(max(t_, l_) for t_ in tols) for l_ in looser] + [tols]
     tols1 = ladder[0]
     z, s, lam, nu, status, iterations, pres, dres, gap, fac = run(
-        z, s, lam, nu, status, iterations, *tols1, opts.max_iter, fac0)
+        z, s, lam, nu, status, iterations, *tols1, min(opts.max_iter, _MIXED_MAX_ITER) if mixed else opts.max_iter,
+        fac0, work1)
+    if mixed:
+        z, s, lam, nu, pres, dres, gap = (t.to(dtype) for t in (z, s, lam, nu, pres, dres, gap))
+        # elements the float32 phase did not bring to the loose tolerance (infeasibility
+        # certificates, non-finite or stalled-out iterations, the iteration cap) start again in
+        # float64 from the cold start: their statuses are those of the float64 solver
+        redo = (status != solved_code) & (status != _STALLED) & ~bad
+        if bool(redo.any()):
+            ix = torch.nonzero(redo).reshape(-1)
+            part = _Working(tuple(take(t, ix) for t in work64.data), tuple(take(t, ix) for t in work64.aux),
+                            dtype, work64.reg_rel, work64.eps_inf)
+            zr, sr, lr, nr, _ = _cold_start(part, opts.rho, ix.shape[0])
+            z, s, lam, nu = (t.index_copy(0, ix, u) for t, u in zip((z, s, lam, nu), (zr, sr, lr, nr)))
+            status = torch.where(redo, torch.full_like(status, _RUNNING), status)
+            iterations = torch.where(redo, torch.zeros_like(iterations), iterations)
+            z, s, lam, nu, status, iterations, pres, dres, gap, fac = run(
+                z, s, lam, nu, status, iterations, *tols1, opts.max_iter)
     unfinished = (status == _RUNNING) | (status == _STALLED)
     cache = {}
     if G is not None:
@@ -552,7 +634,7 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
                     if Y_ is not None:
                         cache.update(Y=Y_, Us=Us_)
         cache["s"] = s
-        cache["w"] = (lam / s.clamp(min=torch.finfo(dtype).tiny)).clamp(max=wmax)
+        cache["w"] = (lam / s.clamp(min=torch.finfo(dtype).tiny)).clamp(max=1.0 / torch.finfo(dtype).eps ** 2)
     elif fac is not None:
         cache = {"U": fac.L}
         if fac.Y is not None:

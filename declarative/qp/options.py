@@ -10,6 +10,8 @@ import torch
 DEFAULT_TOL = {torch.float64: 1e-8, torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 1e-2}
 #: Default static regularisation of the reduced KKT matrix (relative to its diagonal scale).
 DEFAULT_REG = {torch.float64: 1e-11, torch.float32: 1e-7, torch.float16: 1e-3, torch.bfloat16: 1e-3}
+#: Default tolerance of the infeasibility certificates per dtype.
+DEFAULT_TOL_INFEASIBLE = {torch.float64: 1e-8, torch.float32: 1e-5, torch.float16: 1e-5, torch.bfloat16: 1e-5}
 
 
 @dataclass(frozen=True)
@@ -50,8 +52,21 @@ class QPOptions:
         polish_tol: with ``polish``, the interior-point iterations stop at this looser relative
             tolerance (or ``tol`` if larger) and the polished solution must meet ``tol``; elements
             whose polish fails continue to ``polish_tol / 100`` and are polished again, then to
-            ``tol`` (polished a last time). The default ``1e-1`` usually identifies the active set
-            (fewer iterations); a wrong guess costs the retry.
+            ``tol`` (polished a last time). None (default): ``1e-1``, which usually identifies the
+            active set in fewer iterations (a wrong guess costs another polish round), or ``1e-2``
+            when ``mixed_precision`` applies: its float32 iterations cost about half of a float64
+            one, so a closer iterate, whose guess is right more often, saves float64 polish rounds
+            (measured: 20–30% less time at B = 128, n = 30–100).
+        mixed_precision: float64 problems with inequalities and ``polish``: run the first
+            interior-point phase (to ``polish_tol``) in float32 — about half the time of its
+            factorisations and matrix–vector products — and everything after it in float64: the
+            polish, its KKT check against ``tol``, the retries and the backward. The float32
+            iterate only guides the polish to the active set, so the result meets the same
+            tolerances. Elements the float32 phase does not bring to ``polish_tol`` (an
+            infeasibility certificate, non-finite steps, 30 iterations) are solved again in
+            float64 from the cold start, so their statuses are those of the float64 solver.
+            None (default): on when ``B·n·(n + m) ≥ 65536`` (below that the cost is per-operation
+            overhead, and float32 saves nothing); True: whenever it applies; False: never.
     """
 
     tol: float | None = None
@@ -66,7 +81,8 @@ class QPOptions:
     active_tol: float | None = None
     warm_start_margin: float = 1e-3
     polish: bool = True
-    polish_tol: float = 1e-1
+    polish_tol: float | None = None
+    mixed_precision: bool | None = None
 
     def __post_init__(self):
         for name in ("tol", "tol_primal", "tol_dual", "tol_gap", "reg", "tol_infeasible", "active_tol",
@@ -80,6 +96,8 @@ class QPOptions:
             raise ValueError(f"QPOptions.step_fraction: expected a number in (0, 1), got {self.step_fraction!r}")
         if not self.rho >= 0:
             raise ValueError(f"QPOptions.rho: expected a number >= 0, got {self.rho!r}")
+        if self.mixed_precision not in (None, True, False):
+            raise ValueError(f"QPOptions.mixed_precision: expected True, False or None, got {self.mixed_precision!r}")
         if not self.warm_start_margin > 0:
             raise ValueError(f"QPOptions.warm_start_margin: expected a number > 0, got {self.warm_start_margin!r}")
 
@@ -94,6 +112,6 @@ class QPOptions:
             tol_gap=self.tol_gap if self.tol_gap is not None else tol,
             reg=self.reg if self.reg is not None else DEFAULT_REG.get(dtype, 1e-11),
             tol_infeasible=(self.tol_infeasible if self.tol_infeasible is not None
-                            else (1e-8 if dtype == torch.float64 else 1e-5)),
+                            else DEFAULT_TOL_INFEASIBLE.get(dtype, 1e-5)),
             active_tol=self.active_tol if self.active_tol is not None else tol ** 0.25,
         )
