@@ -24,21 +24,22 @@ def _mv(M: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Batched ``M x`` with broadcasting of a leading batch dimension of size 1.
 
     Written as a row-vector product ``xᵀMᵀ`` (GEMM with one row, the faster layout on CPU; a
-    batched ``bmm`` with one column is 2–4× slower), one GEMM when ``M`` is shared by the batch,
-    and a broadcast multiply-and-sum for tiny ``M`` (dispatch overhead dominates)."""
+    batched ``bmm`` with one column is 2–4× slower), one GEMM when ``M`` is shared by the batch
+    (also for tiny ``M``: one call), and a broadcast multiply-and-sum for tiny batched ``M``
+    (dispatch overhead dominates)."""
+    if M.shape[0] == 1 and M.dim() == 3 and x.dim() == 2:
+        return torch.mm(x, M[0].t())
     if M.shape[-1] * M.shape[-2] * max(M.shape[0], x.shape[0]) <= _SMALL:
         return (M * x.unsqueeze(-2)).sum(-1)
-    if M.shape[0] == 1 and M.dim() == 3:
-        return x @ M[0].mT
     return (x.unsqueeze(-2) @ M.mT).squeeze(-2)
 
 
 def _mtv(M: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Batched ``Mᵀ x`` (see ``_mv``)."""
+    if M.shape[0] == 1 and M.dim() == 3 and x.dim() == 2:
+        return torch.mm(x, M[0])
     if M.shape[-1] * M.shape[-2] * max(M.shape[0], x.shape[0]) <= _SMALL:
         return (M * x.unsqueeze(-1)).sum(-2)
-    if M.shape[0] == 1 and M.dim() == 3:
-        return x @ M[0]
     return (x.unsqueeze(-2) @ M).squeeze(-2)
 
 
@@ -79,9 +80,10 @@ def _cholesky_upper(H: torch.Tensor):
 
 
 def _inf_norm(x: torch.Tensor) -> torch.Tensor:
+    """``max_i |x_i|`` over the last dimension (0 when it is empty)."""
     if x.shape[-1] == 0:
         return x.new_zeros(x.shape[:-1])
-    return x.abs().amax(-1)
+    return torch.linalg.vector_norm(x, float("inf"), -1)   # one kernel (abs + amax: two)
 
 
 def _with_batch(x: torch.Tensor | None, core: int) -> torch.Tensor | None:

@@ -102,7 +102,19 @@ class QPOptions:
             raise ValueError(f"QPOptions.warm_start_margin: expected a number > 0, got {self.warm_start_margin!r}")
 
     def resolved(self, dtype: torch.dtype) -> "QPOptions":
-        """A copy with every ``None`` replaced by its default for ``dtype``."""
+        """A copy with every ``None`` replaced by its default for ``dtype`` (built once per dtype
+        and kept on the instance: a ``replace`` costs about as much as ten small tensor ops, and
+        every solve and backward asks for it)."""
+        cache = self.__dict__.get("_resolved")
+        if cache is None:
+            cache = {}
+            object.__setattr__(self, "_resolved", cache)   # not a field: eq, hash, repr ignore it
+        out = cache.get(dtype)
+        if out is None:
+            out = cache[dtype] = self._resolve(dtype)
+        return out
+
+    def _resolve(self, dtype: torch.dtype) -> "QPOptions":
         tol = self.tol if self.tol is not None else DEFAULT_TOL.get(dtype, 1e-8)
         return replace(
             self,
