@@ -47,6 +47,21 @@ class Equilibration(NamedTuple):
     ineq: torch.Tensor | None
     eq: torch.Tensor | None
 
+    # -- in a Solution's cache (which travels through autograd as tensors) ---------------------------
+    def store(self, cache: dict) -> None:
+        """Put the scales into a solver cache (keys ``eq_cost``, ``eq_ineq``, ``eq_eq``)."""
+        cache["eq_cost"] = self.cost
+        for key, t in (("eq_ineq", self.ineq), ("eq_eq", self.eq)):
+            if t is not None:
+                cache[key] = t
+
+    @classmethod
+    def stored(cls, cache: dict) -> "Equilibration | None":
+        """The scales put into ``cache`` by ``store``, or None."""
+        if "eq_cost" not in cache:
+            return None
+        return cls(cache["eq_cost"], cache.get("eq_ineq"), cache.get("eq_eq"))
+
     # -- data ----------------------------------------------------------------------------------------
     def params(self, params):
         """``(σQ, σq, D_G G, D_G h, D_A A, D_A b)`` (None blocks stay None)."""

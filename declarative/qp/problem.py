@@ -11,6 +11,7 @@ from ..problem import ArgminProblem
 from ..solution import Solution
 from ..status import Status
 from .ipm import solve_qp_ipm
+from .equilibration import Equilibration, equilibration
 from .kkt_tangent import kkt_tangent
 from .options import QPOptions
 
@@ -63,6 +64,11 @@ class QPProblem(ArgminProblem):
     zero rows), its multipliers giving ``dλ`` (zero on inactive constraints) and ``dν``.
     Elements whose forward solve failed get a zero tangent.
 
+    **Badly scaled data** (an objective or constraint rows far from unit size) are equilibrated
+    before every solve and tangent (``equilibration``): the scaled problem has the same minimiser,
+    and its multipliers and tangents map back exactly; ``residuals`` and ``iterations`` are those
+    of the scaled problem.
+
     Args:
         options: ``QPOptions`` for the forward, nudged and backward solves.
     """
@@ -74,12 +80,19 @@ class QPProblem(ArgminProblem):
 
     # -- solves ------------------------------------------------------------------------------------
     def solve(self, params, warm_start: Solution | None = None) -> Solution:
-        Q, q, G, h, A, b = params
-        return solve_qp_ipm(Q, q, G, h, A, b, options=self.options, warm_start=warm_start)
+        """``solve_qp_ipm`` on the equilibrated data (``equilibration``; badly scaled data only),
+        with the multipliers returned in the original units."""
+        eq = equilibration(*params)
+        if eq is None:
+            return solve_qp_ipm(*params, options=self.options, warm_start=warm_start)
+        ws = None if warm_start is None else eq.scaled_solution(warm_start)
+        sol = solve_qp_ipm(*eq.params(params), options=self.options, warm_start=ws)
+        eq.store(sol.cache)
+        return eq.unscaled_solution(sol)
 
     def solve_nudged(self, params, g, beta, warm_start=None) -> Solution:
         Q, q, G, h, A, b = params
-        return solve_qp_ipm(Q, q + beta * g, G, h, A, b, options=self.options, warm_start=warm_start)
+        return self.solve((Q, q + beta * g, G, h, A, b), warm_start)
 
     # -- gradients -----------------------------------------------------------------------------------
     def lagrangian_grads(self, solution, params, needs: Sequence[bool]):
@@ -134,7 +147,14 @@ class QPProblem(ArgminProblem):
         return strong, weak
 
     def implicit_tangent(self, solution, params, g) -> Solution:
-        Q, q, G, h, A, b = params
+        eq = Equilibration.stored(solution.cache)
+        if eq is not None:
+            # the tangent of the equilibrated problem along σg: same dz, multipliers mapped back
+            tangent = self._implicit_tangent(eq.scaled_solution(solution), eq.params(params), eq.direction(g))
+            return eq.unscaled_solution(tangent)
+        return self._implicit_tangent(solution, params, g)
+
+    def _implicit_tangent(self, solution, params, g) -> Solution:
         masks = self.classify_constraints(solution, params)
         if masks is not None and bool(masks[1].any()):
             tangent = self._backward_qp(solution, params, g, *masks)

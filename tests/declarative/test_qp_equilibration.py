@@ -85,3 +85,51 @@ def test_non_finite_data_stay_in_their_element():
     Gs = eq.params((Q, q, G, h, A, b))[2]
     assert torch.isnan(Gs[1]).any()                 # ... and its NaN (the solver flags element 1)
     assert torch.isfinite(Gs[[0, 2]]).all()
+
+
+# -- the QP layer on badly scaled data ----------------------------------------------------------------
+@pytest.mark.parametrize("c, row_exp", [(1e-8, 0), (1e-6, 4), (1e8, 4), (1.0, 6), (1e30, 0)])
+def test_solution_and_multipliers_of_badly_scaled_problems(c, row_exp, device):
+    params, bad, (c, r, e) = _badly_scaled(c, row_exp)
+    sol = solve_qp(*(t.to(device) for t in bad))
+    z, lam, nu, st = qp_reference_batch(*params)
+    assert st == ["optimal"] * B and (sol.status == Status.SOLVED).all()
+    # without equilibration: 1e-2 away at c = 1e-6, MAX_ITERATIONS at c = 1e8, NON_FINITE for rows × 1e6
+    np.testing.assert_allclose(sol.z.cpu().numpy(), z, atol=1e-7)
+    # the multipliers cλ/r, cν/e, compared in the units of the well-scaled problem (cvxpy's zeros
+    # of inactive constraints are ~1e-14, which 1/r would inflate)
+    np.testing.assert_allclose(sol.duals["lam"].cpu().numpy() * r.numpy() / c, lam, atol=1e-6)
+    np.testing.assert_allclose(sol.duals["nu"].cpu().numpy() * e.numpy() / c, nu, atol=1e-6)
+
+
+def _grads(params, mode="implicit", beta=None):
+    leaves = [t.detach().clone().requires_grad_() for t in params]
+    sol = solve_qp(*leaves, mode=mode, beta=beta)
+    w = torch.linspace(-1.0, 1.0, sol.z.numel(), dtype=sol.z.dtype).reshape(sol.z.shape)
+    return torch.autograd.grad((sol.z * w).sum(), leaves)
+
+
+@pytest.mark.parametrize("mode, beta", [("implicit", None), ("contrastive", 1e-4), ("symmetric", 1e-4)])
+def test_gradients_follow_the_chain_rule(mode, beta):
+    """z*(cQ, cq, rG, rh, eA, eb) = z*(Q, q, G, h, A, b): ∂L/∂(cQ) = ∂L/∂Q / c, ∂L/∂(rG) = ∂L/∂G / r,
+    ∂L/∂(rh) = ∂L/∂h / r (and so on). The contrastive modes nudge by β relative to the data scale:
+    β·c for the scaled problem."""
+    import contrastive  # noqa: F401  (registers the contrastive modes)
+    params, bad, (c, r, e) = _badly_scaled(1e-6, 3, seed=8)
+    ref = _grads(params, mode, beta)
+    got = _grads(bad, mode, None if beta is None else beta * c)
+    factors = (c, c, r.unsqueeze(-1), r, e.unsqueeze(-1), e)
+    for name, gr, gb, f in zip("Q q G h A b".split(), ref, got, factors):
+        torch.testing.assert_close(gb * f, gr, atol=1e-7, rtol=1e-6, msg=name)
+
+
+def test_degenerate_problem_scaled_keeps_the_one_sided_gradient():
+    """Weakly active constraints at objective scale 1e-7: the classification runs on the scaled
+    problem, so the backward QP sees the same strong/weak sets as at unit scale."""
+    from declarative.reference.qp import degenerate_qp
+    Q, q, G, h, zs, *_ = degenerate_qp(4, seed=2)
+    ref = _grads((Q, q, G, h))
+    c = 1e-7
+    got = _grads((c * Q, c * q, G, h))
+    for gr, gb, f in zip(ref, got, (c, c, 1.0, 1.0)):
+        torch.testing.assert_close(gb * f, gr, atol=1e-8, rtol=1e-7)
