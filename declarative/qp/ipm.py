@@ -46,6 +46,7 @@ References:
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -59,6 +60,7 @@ from .polish import _polish, _polish_penalty
 
 __all__ = ["solve_qp_ipm"]
 
+#: internal statuses of the loop (negative: every ``Status`` code is ≥ 0, so ``status < 0`` tests both)
 _RUNNING = -1
 _STALLED = -2
 
@@ -123,13 +125,13 @@ def _cold_start(work: _Working, rho: float, B: int):
     if A is not None:
         r1 = r1 + rho * _mtv(A, b)
     z, nu = fac.solve(r1, b)
-    z = torch.where(torch.isfinite(z), z, torch.zeros_like(z))
+    z = torch.nan_to_num(z, nan=0.0, posinf=0.0, neginf=0.0)   # non-finite entries to 0
     if nu is None:
         nu = z.new_zeros(B, 0)
     if G is not None:
         s = h - _mv(G, z)
         smin = s.amin(-1, keepdim=True)
-        s = s + (1.0 - smin).clamp(min=0) * (smin <= 0)
+        s = s + (1.0 - smin).relu_() * (smin <= 0)
         lam = s
     else:
         s = lam = z.new_zeros(B, 0)
@@ -148,7 +150,7 @@ def _loop_residuals(Q, q, G, h, A, b, z, s, lam, nu, w, hnorm, bnorm, qnorm, dz_
         Qz, Qd = _mvs(Q, [z, dz_last])
     rd0 = Qz + q
     dscale = torch.maximum(_inf_norm(Qz), qnorm)
-    pres = gap = mu = torch.zeros_like(dscale)
+    pres = gap = mu = None
     ri = re = Gtl = Atn = Gtd = Atd = Ad = Gtwri = None
     rd = rd0
     if A is not None:
@@ -163,7 +165,7 @@ def _loop_residuals(Q, q, G, h, A, b, z, s, lam, nu, w, hnorm, bnorm, qnorm, dz_
         rd0 = rd0 + Atn
         re = Az - b
         dscale = torch.maximum(dscale, _inf_norm(Atn))
-        pres = _inf_norm(re) / (1 + torch.maximum(_inf_norm(Az), bnorm))
+        pres = _inf_norm(re) / (torch.maximum(_inf_norm(Az), bnorm) + 1)
         rd = rd0
     if G is not None:
         ri = Gz + s - h
@@ -173,13 +175,18 @@ def _loop_residuals(Q, q, G, h, A, b, z, s, lam, nu, w, hnorm, bnorm, qnorm, dz_
         Gtd = None if dlp is None else GtX[2]
         rd = rd0 + Gtl
         dscale = torch.maximum(dscale, _inf_norm(Gtl))
-        pres = torch.maximum(
-            pres, _inf_norm(ri) / (1 + torch.maximum(torch.maximum(_inf_norm(Gz), _inf_norm(s)), hnorm)))
-        sl = (s * lam).sum(-1)
+        # max(‖Gz‖, ‖s‖) as one norm of the concatenation
+        pri = _inf_norm(ri) / (torch.maximum(_inf_norm(torch.cat([Gz, s], -1)), hnorm) + 1)
+        pres = pri if pres is None else torch.maximum(pres, pri)
+        sl = torch.linalg.vecdot(s, lam)
         mu = sl / s.shape[-1]
-        pobj = 0.5 * (z * Qz).sum(-1) + (q * z).sum(-1)
-        gap = sl / (1 + pobj.abs())
-    dres = _inf_norm(rd) / (1 + dscale)
+        pobj = torch.linalg.vecdot(torch.add(q, Qz, alpha=0.5), z)   # ½zᵀQz + qᵀz
+        gap = sl / (pobj.abs() + 1)
+    dres = _inf_norm(rd) / (dscale + 1)
+    if pres is None:
+        pres = gap = mu = torch.zeros_like(dres)
+    elif gap is None:
+        gap = mu = torch.zeros_like(dres)
     return rd0, ri, re, pres, dres, gap, mu, Gtl, Atn, Gtwri, Qd, Gtd, Atd, Ad
 
 
@@ -202,7 +209,7 @@ def _residuals(Q, q, G, h, A, b, z, s, lam, nu, hnorm, bnorm, qnorm, products=Fa
     Qz = _mv(Q, z)
     rd = Qz + q
     dscale = torch.maximum(_inf_norm(Qz), qnorm)
-    pres = gap = mu = torch.zeros_like(dscale)
+    pres = gap = mu = None
     ri = re = Gtl = Atn = None
     if G is not None:
         Gz = _mv(G, z)
@@ -210,8 +217,8 @@ def _residuals(Q, q, G, h, A, b, z, s, lam, nu, hnorm, bnorm, qnorm, products=Fa
         rd = rd + Gtl
         ri = Gz + s - h
         dscale = torch.maximum(dscale, _inf_norm(Gtl))
-        pres = _inf_norm(ri) / (1 + torch.maximum(torch.maximum(_inf_norm(Gz), _inf_norm(s)), hnorm))
-        sl = (s * lam).sum(-1)
+        pres = _inf_norm(ri) / (torch.maximum(_inf_norm(torch.cat([Gz, s], -1)), hnorm) + 1)
+        sl = torch.linalg.vecdot(s, lam)
         mu = sl / s.shape[-1]
     if A is not None:
         Az = _mv(A, z)
@@ -219,11 +226,16 @@ def _residuals(Q, q, G, h, A, b, z, s, lam, nu, hnorm, bnorm, qnorm, products=Fa
         rd = rd + Atn
         re = Az - b
         dscale = torch.maximum(dscale, _inf_norm(Atn))
-        pres = torch.maximum(pres, _inf_norm(re) / (1 + torch.maximum(_inf_norm(Az), bnorm)))
-    dres = _inf_norm(rd) / (1 + dscale)
+        pre = _inf_norm(re) / (torch.maximum(_inf_norm(Az), bnorm) + 1)
+        pres = pre if pres is None else torch.maximum(pres, pre)
+    dres = _inf_norm(rd) / (dscale + 1)
     if G is not None:
-        pobj = 0.5 * (z * Qz).sum(-1) + (q * z).sum(-1)
-        gap = sl / (1 + pobj.abs())
+        pobj = torch.linalg.vecdot(torch.add(q, Qz, alpha=0.5), z)   # ½zᵀQz + qᵀz
+        gap = sl / (pobj.abs() + 1)
+    else:
+        gap = mu = torch.zeros_like(dres)
+        if pres is None:
+            pres = gap
     if products:
         return rd, ri, re, pres, dres, gap, mu, Gtl, Atn
     return rd, ri, re, pres, dres, gap, mu
@@ -250,8 +262,8 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
     Returns:
         ``Solution`` with ``z (B, n)``, ``duals={"lam": (B, m), "nu": (B, p)}``, ``status (B,)``,
         ``iterations (B,)``, ``residuals={"primal", "dual", "gap"}`` each ``(B,)`` and ``cache``
-        for the backward: the slack ``s``, the weights ``w = λ/s`` of the returned iterate and,
-        when every solved element was polished, its active mask ``act``, the penalty factors of
+        for the backward: the slack ``s``, without polish the weights ``w = λ/s`` of the returned
+        iterate, with polish the active mask ``act`` (``polished``: the elements polished), the penalty factors of
         ``_polish_penalty`` (``pre_U``, ``pre_Y``, ``pre_Us``, ``pre_w``, ``pre_gn``; ``pre_ok``: the
         elements polished that way) and — if the first polish
         round was final — the upper Cholesky factor ``U`` (``H = UᵀU``) of
@@ -343,6 +355,7 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
     iterations = torch.zeros(B, dtype=torch.int64, device=device)
     frac = opts.step_fraction
     solved_code = int(Status.SOLVED)
+    solved_t = torch.tensor(solved_code, device=device)   # a tensor operand: cheaper than a Python scalar
     pinf_code = int(Status.PRIMAL_INFEASIBLE)
     dinf_code = int(Status.DUAL_INFEASIBLE)
     stalled_code = _STALLED
@@ -364,7 +377,7 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
         B = z.shape[0]
         fac = None
         dres_prev = torch.full((B,), float("inf"), dtype=dtype, device=device)
-        dz_last = Gdz_last = dlam_last = dnu_last = None
+        dz_last = Gdz_last = D_last = dnu_last = None
         pscale = hnorm + bnorm
         # working set: the loop runs on the still-running elements only; when at most 3/4 of the
         # working set is still running it is compacted (finished elements written back to the full
@@ -379,55 +392,61 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
         tiny = torch.finfo(dtype).tiny
 
 
+        running = status == _RUNNING
         for k in range(max_iter + 1):
             # -- residuals at the current iterate -----------------------------------------------------
             certify = k >= 3   # infeasible problems show their certificates within a few iterations
-            w = (lam / s).clamp(max=wmax) if G is not None else None
-            dlp = dlam_last.clamp(min=0) if certify and G is not None else None
+            w = torch.div(lam, s).clamp_(max=wmax) if G is not None else None
+            dlp = D_last[..., m:].clamp(min=0) if certify and G is not None else None
             rd0, ri, re, pres, dres, gap, mu, Gtl, Atn, Gtwri, Qd, Gtd, Atd, Ad = _loop_residuals(
                 Q, q, G, h, A, b, z, s, lam, nu, w, hnorm, bnorm, qnorm,
                 dz_last if certify else None, dlp, dnu_last if certify else None, Gz)
             pg = (pres <= tol_p) & (gap <= tol_g)
             converged = pg & (dres <= tol_d)
-            # stalled: primal and gap converged but the dual residual grows (ill-conditioned Newton
-            # systems, typically float32); such elements stop here and are handed to the polish
-            stalled = pg & (dres > dres_prev.clamp(min=tol_d))
-            dres_prev = dres
 
             # -- statuses -------------------------------------------------------------------------------
-            running = status == _RUNNING
-            new_status = torch.where(converged, solved_code, status)
-            if certify and not bool((running & ~converged).any()):
-                # every running element converged: no certificates to check, nothing runs on
+            if not certify:
+                status = torch.where(running & converged, solved_t, status)
+            else:
+                if not bool((running & ~converged).any()):
+                    # every running element converged: no certificates to check, nothing runs on
+                    status = torch.where(running & converged, solved_t, status)
+                    break
+                new_status = torch.where(converged, solved_t, status)
+                if G is not None or A is not None:
+                    # stalled: primal and gap converged but the dual residual grows (ill-conditioned
+                    # Newton systems, typically float32); such elements stop here and are handed to
+                    # the polish
+                    stalled = pg & (dres > dres_prev.clamp(min=tol_d))
+                    # infeasibility certificates, on the iterates (λ, ν) and on the last Newton directions
+                    pinf = _primal_infeasible(Gtl, Atn, h, b, lam, nu, eps_inf, pscale)
+                    pinf = pinf | _primal_infeasible(Gtd, Atd, h, b, dlp, dnu_last, eps_inf, pscale)
+                    nd = _inf_norm(dz_last)
+                    dinf = (nd > 0) & (_inf_norm(Qd) <= eps_inf * nd) \
+                        & ((q * dz_last).sum(-1) <= -eps_inf * nd * (1 + qnorm))
+                    if G is not None:
+                        dinf = dinf & (Gdz_last.amax(-1) <= eps_inf * nd * (1 + hnorm))
+                    if A is not None:
+                        dinf = dinf & (_inf_norm(Ad) <= eps_inf * nd * (1 + bnorm))
+                    open_ = ~converged
+                    new_status = torch.where(open_ & pinf, pinf_code, new_status)
+                    open_ = open_ & ~pinf
+                    new_status = torch.where(open_ & dinf, dinf_code, new_status)
+                    new_status = torch.where(open_ & ~dinf & stalled, stalled_code, new_status)
+                else:
+                    nd = _inf_norm(dz_last)
+                    dinf = (nd > 0) & (_inf_norm(Qd) <= eps_inf * nd) \
+                        & ((q * dz_last).sum(-1) <= -eps_inf * nd * (1 + qnorm))
+                    new_status = torch.where(~converged & dinf, dinf_code, new_status)
                 status = torch.where(running, new_status, status)
-                break
-            if certify and (G is not None or A is not None):
-                # infeasibility certificates, on the iterates (λ, ν) and on the last Newton directions
-                pinf = _primal_infeasible(Gtl, Atn, h, b, lam, nu, eps_inf, pscale)
-                pinf = pinf | _primal_infeasible(Gtd, Atd, h, b, dlp, dnu_last, eps_inf, pscale)
-                nd = _inf_norm(dz_last)
-                dinf = (nd > 0) & (_inf_norm(Qd) <= eps_inf * nd) \
-                    & ((q * dz_last).sum(-1) <= -eps_inf * nd * (1 + qnorm))
-                if G is not None:
-                    dinf = dinf & (Gdz_last.amax(-1) <= eps_inf * nd * (1 + hnorm))
-                if A is not None:
-                    dinf = dinf & (_inf_norm(Ad) <= eps_inf * nd * (1 + bnorm))
-                open_ = ~converged
-                new_status = torch.where(open_ & pinf, pinf_code, new_status)
-                open_ = open_ & ~pinf
-                new_status = torch.where(open_ & dinf, dinf_code, new_status)
-                new_status = torch.where(open_ & ~dinf & stalled, stalled_code, new_status)
-            elif certify:
-                nd = _inf_norm(dz_last)
-                dinf = (nd > 0) & (_inf_norm(Qd) <= eps_inf * nd) \
-                    & ((q * dz_last).sum(-1) <= -eps_inf * nd * (1 + qnorm))
-                new_status = torch.where(~converged & dinf, dinf_code, new_status)
-            status = torch.where(running, new_status, status)
+            dres_prev = dres
             running = status == _RUNNING
-            nrun = int(running.sum())
+            Bw = z.shape[0]
+            # one host synchronisation: the number of running elements (only whether any runs when
+            # the working set is too small to be compacted)
+            nrun = int(running.sum()) if Bw >= 4 else int(bool(running.any()))
             if k == max_iter or nrun == 0:
                 break
-            Bw = z.shape[0]
             if nrun <= 0.75 * Bw and Bw >= 4:
                 state = (z, s, lam, nu, status, iterations, pres, dres, gap)
                 if widx is None:
@@ -438,12 +457,13 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
                         f_.index_copy_(0, widx, x)
                 keep = torch.nonzero(running).reshape(-1)
                 widx = widx.index_select(0, keep)
-                (z, s, lam, nu, status, iterations, dres_prev, dz_last, Gdz_last, dlam_last, dnu_last, Gz,
+                (z, s, lam, nu, status, iterations, dres_prev, dz_last, Gdz_last, D_last, dnu_last, Gz,
                  rd0, ri, re, mu, w, Gtwri, Q, q, G, h, A, b, QA, zero_eq, reg, hnorm, bnorm, qnorm, pscale) = (
                     take(x, keep) for x in (
-                        z, s, lam, nu, status, iterations, dres_prev, dz_last, Gdz_last, dlam_last, dnu_last, Gz,
+                        z, s, lam, nu, status, iterations, dres_prev, dz_last, Gdz_last, D_last, dnu_last, Gz,
                         rd0, ri, re, mu, w, Gtwri, Q, q, G, h, A, b, QA, zero_eq, reg, hnorm, bnorm, qnorm, pscale))
                 running = status == _RUNNING
+                nrun = Bw = z.shape[0]
                 X = None
 
             # -- the factorisation at this iterate ------------------------------------------------------
@@ -456,7 +476,7 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
                     bufs = (torch.empty(z.shape[0], m, n, dtype=dtype, device=device),
                             torch.empty(z.shape[0], n, n, dtype=dtype, device=device))
                 fac = _Factor(QA, G, A, None, w, reg, zero_eq, work.reg_rel, bufs)
-            iterations = iterations + running.to(iterations.dtype)
+            iterations = iterations + running
             r0 = -rd0 if A is None else -rd0 - opts.rho * _mtv(A, re)
             if G is not None:
                 # -- Mehrotra predictor (affine scaling) and corrector, one factorisation ---------------
@@ -465,17 +485,18 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
                 # corrector adds Gᵀ((r_c − s∘λ)/s)
                 rhs_aff = r0 - Gtwri
                 ere = -re if A is not None else None
+                nri = ri.neg()
                 # step lengths from the stacked (s, λ): α = 1 / max(1, max_i −d_i/x_i / f) for the
                 # fraction f of the step to the boundary (f = 1 for the predictor)
                 if X is None:
                     X = torch.cat([s, lam], -1)
-                Xn = X.clamp(min=tiny)
-                Xn1, Xnf = Xn.neg(), Xn * -frac
+                Xn1 = X.clamp(min=tiny).neg_()
+                Xnf = Xn1 * frac
 
                 def step(rcs, rhs):
                     dz, dnu = fac.solve(rhs, ere)
                     Gdz = _mv(G, dz)
-                    ds = torch.neg(ri + Gdz)
+                    ds = nri - Gdz
                     # dλ = w∘(G dz + r_i) − r_c/s
                     dlam = torch.addcmul(rcs, w, ds).neg_()
                     return dz, torch.cat([ds, dlam], -1), dnu, Gdz
@@ -483,27 +504,40 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
                 dz, D, dnu, Gdz = step(lam, rhs_aff)
                 a = (D / Xn1).amax(-1, keepdim=True).clamp_(min=1.0).reciprocal_()
                 Xa = torch.addcmul(X, a, D)
-                mu_aff = (Xa[..., :m] * Xa[..., m:]).sum(-1) / m
-                sigma = (mu_aff / mu).clamp(min=0, max=1) ** 3
-                dc = (D[..., :m] * D[..., m:] - (sigma * mu).unsqueeze(-1)) / s
+                Xas, Xal = Xa.chunk(2, -1)
+                mu_aff = torch.linalg.vecdot(Xas, Xal) / m
+                sigma = (mu_aff / mu).clamp_(min=0, max=1).pow_(3)
+                Ds, Dl = D.chunk(2, -1)
+                dc = torch.addcmul((sigma * mu).unsqueeze_(-1).neg_(), Ds, Dl).div_(s)
                 dz, D, dnu, Gdz = step(lam + dc, rhs_aff + _mtv(G, dc))
                 alpha = (D / Xnf).amax(-1, keepdim=True).clamp_(min=1.0).reciprocal_()
-                check = dz.sum(-1) + D.sum(-1)
+                check = dz.sum() + D.sum()
             else:
                 # equality-constrained or unconstrained: Newton steps (one solves the problem)
                 dz, dnu = fac.solve(r0, -re if A is not None else None)
                 alpha = torch.ones(z.shape[0], 1, dtype=dtype, device=device)
                 Gdz = D = None
-                check = dz.sum(-1)
+                check = dz.sum()
             if dnu is not None:
-                check = check + dnu.sum(-1)
-            finite = torch.isfinite(check)
-            if bool(finite.all()):
+                check = check + dnu.sum()
+            # one host synchronisation: the directions of the whole working set are finite (a sum is
+            # finite only if every term is; an overflow only sends it to the exact check below)
+            if math.isfinite(float(check)):
+                finite = None
+            else:
+                check = dz.sum(-1) + (D.sum(-1) if D is not None else 0)
+                if dnu is not None:
+                    check = check + dnu.sum(-1)
+                finite = torch.isfinite(check)
+                if bool(finite.all()):
+                    finite = None
+            if finite is None:
                 # frozen elements: zero step (their directions are only read for running elements)
-                a = alpha * running.unsqueeze(-1)
+                a = alpha if nrun == Bw else alpha * running.unsqueeze(-1)
             else:
                 status = torch.where(running & ~finite, nonfinite_code, status)
                 move = (running & finite).unsqueeze(-1)
+                running = running & finite
                 # frozen elements: zero direction (also clears non-finite directions), zero step
                 a = torch.where(move, alpha, 0.0)
                 dz = torch.where(move, dz, 0.0)
@@ -513,13 +547,11 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
             z = torch.addcmul(z, a, dz)
             if dnu is not None:
                 nu = torch.addcmul(nu, a, dnu)
-            dlam = None
             if D is not None:
                 X = torch.addcmul(X, a, D)
-                s, lam = X[..., :m], X[..., m:]
-                dlam = D[..., m:]
+                s, lam = X.chunk(2, -1)
                 Gz = torch.addcmul(Gz, a, Gdz)
-            dz_last, Gdz_last, dlam_last, dnu_last = dz, Gdz, dlam, dnu
+            dz_last, Gdz_last, D_last, dnu_last = dz, Gdz, D, dnu
 
         if widx is not None:
             for f_, x in zip(full, (z, s, lam, nu, status, iterations, pres, dres, gap)):
@@ -558,22 +590,22 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
             iterations = torch.where(redo, torch.zeros_like(iterations), iterations)
             z, s, lam, nu, status, iterations, pres, dres, gap, fac = run(
                 z, s, lam, nu, status, iterations, *tols1, opts.max_iter)
-    unfinished = (status == _RUNNING) | (status == _STALLED)
+    unfinished = status < 0   # running or stalled
     cache = {}
     if G is not None:
         if opts.polish:
             pre = None
-            fast_all = polished = torch.zeros_like(status, dtype=torch.bool)
-            act_final = lam > s
+            fast_all = polished = act_final = None
             retry = None
             for phase in range(1, len(ladder) + 1):
-                solved = status == Status.SOLVED
+                solved = status == solved_t
                 before = (z, s, lam, nu)
                 # later phases polish the retried elements only; the others keep their earlier polish
                 todo = unfinished | solved if retry is None else (unfinished | solved) & retry
-                fast = torch.zeros_like(todo)
-                act_fast = lam > s
-                if dtype == torch.float64:
+                if dtype != torch.float64:
+                    fast = torch.zeros_like(todo)
+                    act_fast = lam > s
+                else:
                     # float64: the penalty polish (one interior-point-sized factorisation a round);
                     # the Schur-complement polish below takes the elements where it fails
                     z, s, lam, nu, fast, act_fast, pre_ = _polish_penalty(
@@ -587,18 +619,23 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
                                 t_.index_copy_(0, ix, u_.index_select(0, ix))
                 rest = todo & ~fast
                 first = None
-                pol_rest = torch.zeros_like(todo)
-                act_rest = act_fast
+                act_new, pol_new = act_fast, fast
                 if bool(rest.any()):
                     z, s, lam, nu, pol_rest, act_rest, first = _polish(
                         Q, q, G, h, A, b, z, s, lam, nu, rest, opts, reg, zero_eq, hnorm, bnorm, qnorm)
-                t_ = todo.unsqueeze(-1)
-                act_final = torch.where(t_, torch.where(fast.unsqueeze(-1), act_fast, act_rest), act_final)
-                polished = torch.where(todo, fast | pol_rest, polished)
-                fast_all = torch.where(todo, fast, fast_all)
+                    act_new = torch.where(fast.unsqueeze(-1), act_fast, act_rest)
+                    pol_new = fast | pol_rest
+                if polished is None:
+                    # first phase (the accepted masks lie in ``todo``; the active sets of the other
+                    # elements are replaced by λ > s below, as they are not polished)
+                    act_final, polished, fast_all = act_new, pol_new, fast
+                else:
+                    act_final = torch.where(todo.unsqueeze(-1), act_new, act_final)
+                    polished = torch.where(todo, pol_new, polished)
+                    fast_all = torch.where(todo, fast, fast_all)
                 _, _, _, pres, dres, gap, _ = _residuals(Q, q, G, h, A, b, z, s, lam, nu, hnorm, bnorm, qnorm)
                 converged = (pres <= opts.tol_primal) & (dres <= opts.tol_dual) & (gap <= opts.tol_gap)
-                status = torch.where(unfinished & converged, torch.full_like(status, int(Status.SOLVED)), status)
+                status = torch.where(unfinished & converged, solved_t, status)
                 retry = solved & ~converged     # loose IPM solution, polish failed: iterate on
                 if phase == len(ladder) or not bool(retry.any()):
                     break
@@ -610,7 +647,7 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
                 budget = max(1, opts.max_iter - int(iterations.max()))
                 z, s, lam, nu, status, iterations, pres, dres, gap, fac = run(
                     z, s, lam, nu, status, iterations, *ladder[phase], budget)
-                unfinished = (status == _RUNNING) | (status == _STALLED)
+                unfinished = status < 0
             # the backward's active sets: the polished ones, and for elements left unpolished
             # (their polish failed at every rung; they converged by the interior-point iterations
             # alone) the strict-complementarity guess λ > s. The active-set form then serves every
@@ -634,13 +671,14 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
                     if Y_ is not None:
                         cache.update(Y=Y_, Us=Us_)
         cache["s"] = s
-        cache["w"] = (lam / s.clamp(min=torch.finfo(dtype).tiny)).clamp(max=1.0 / torch.finfo(dtype).eps ** 2)
+        if not opts.polish:
+            # the barrier form of the backward (``kkt_tangent``; with polish it uses ``act``)
+            cache["w"] = (lam / s.clamp(min=torch.finfo(dtype).tiny)).clamp(max=1.0 / torch.finfo(dtype).eps ** 2)
     elif fac is not None:
         cache = {"U": fac.L}
         if fac.Y is not None:
             cache.update(Y=fac.Y, Us=fac.Ls)
-    status = torch.where((status == _RUNNING) | (status == _STALLED),
-                         torch.full_like(status, int(Status.MAX_ITERATIONS)), status)
+    status = torch.where(status < 0, int(Status.MAX_ITERATIONS), status)   # running or stalled
     duals = {"lam": lam if G is not None else z.new_zeros(B, 0),
              "nu": nu if A is not None else z.new_zeros(B, 0)}
     return Solution(z=z, duals=duals, status=status, iterations=iterations,
