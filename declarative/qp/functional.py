@@ -63,23 +63,42 @@ def check_qp_inputs(Q, q, G=None, h=None, A=None, b=None) -> bool:
 def _check_psd(Q: torch.Tensor) -> None:
     """Q must be symmetric positive semidefinite up to a relative tolerance (one Cholesky of
     ``Q + εI``, ``ε = tol·(1 + max|Q_ii|)``; eigenvalues are computed only for the message).
-    Non-finite matrices are skipped here (the solver reports them as ``NON_FINITE``)."""
+    Non-finite matrices are skipped here (the solver reports them as ``NON_FINITE``).
+
+    One host synchronisation when every matrix passes: the checks run on ``Q`` as given, and only
+    if some matrix is non-finite, asymmetric or indefinite are they repeated with the non-finite
+    matrices set aside (``_check_psd_exact``), which raises."""
     tol = PSD_TOL.get(Q.dtype, 1e-4)
     Qs = Q if Q.dim() == 3 else Q.unsqueeze(0)
-    finite = torch.isfinite(Qs.flatten(1).sum(-1))   # finite sum ⇒ finite entries (one pass)
-    if not bool(finite.all()):
-        finite = torch.isfinite(Qs).flatten(1).all(-1)
+    with torch.no_grad():
+        # a NaN or ±inf entry makes the largest magnitude non-finite (NaN propagates)
+        finite = torch.linalg.vector_norm(Qs, float("inf"), (-1, -2)) < float("inf")
+        asym, scale, info = _psd_tests(Qs, tol)
+        bad = (asym > tol * scale) | (info > 0) | ~finite
+    if bool(bad.any()):
+        _check_psd_exact(Qs, tol)
+
+
+def _psd_tests(Qf: torch.Tensor, tol: float):
+    """``max |Q − Qᵀ|``, the scale ``1 + max|Q_ii|`` and the Cholesky info of ``Q + tol·scale·I``."""
+    work = torch.sub(Qf, Qf.mT)
+    asym = torch.linalg.vector_norm(work, float("inf"), (-1, -2))
+    scale = torch.linalg.vector_norm(Qf.diagonal(dim1=-2, dim2=-1), float("inf"), -1) + 1
+    # Q + tol·scale·I in the same buffer: the upper Cholesky reads the upper triangle only,
+    # which is that of ½(Q + Qᵀ) up to the asymmetry checked above (and is what the solver's
+    # factorisations read)
+    Qsh = work.copy_(Qf)
+    Qsh.diagonal(dim1=-2, dim2=-1).add_((tol * scale).unsqueeze(-1))
+    _, info = _cholesky_upper(Qsh)
+    return asym, scale, info
+
+
+def _check_psd_exact(Qs: torch.Tensor, tol: float) -> None:
+    """``_check_psd`` with the non-finite matrices replaced by zeros; raises on a failing one."""
+    finite = torch.isfinite(Qs).flatten(1).all(-1)
     Qf = Qs if bool(finite.all()) else torch.where(finite.view(-1, 1, 1), Qs, torch.zeros_like(Qs))
     with torch.no_grad():
-        work = torch.sub(Qf, Qf.transpose(-1, -2))
-        asym = work.abs_().amax((-1, -2))
-        scale = 1 + Qf.diagonal(dim1=-2, dim2=-1).abs().amax(-1)
-        # Q + tol·scale·I in the same buffer: the upper Cholesky reads the upper triangle only,
-        # which is that of ½(Q + Qᵀ) up to the asymmetry checked above (and is what the solver's
-        # factorisations read)
-        Qsh = work.copy_(Qf)
-        Qsh.diagonal(dim1=-2, dim2=-1).add_((tol * scale).unsqueeze(-1))
-        _, info = _cholesky_upper(Qsh)
+        asym, scale, info = _psd_tests(Qf, tol)
     bad_sym = asym > tol * scale
     bad_psd = info > 0
     if bool((bad_sym | bad_psd).any()):

@@ -98,6 +98,7 @@ def _refine_active(fac, wk, a, Q, G, A, cq, ch, cb, z, y, nu, rho, tol, steps, t
     chn = None if ch is None else _inf_norm(ch * a)
     cbn = None if cb is None else _inf_norm(cb)
     conv = torch.zeros(cq.shape[0], dtype=torch.bool, device=cq.device)
+    ncq = -cq
     for it in range(steps + 1):
         rk = -Gz * a if ch is None else (ch - Gz) * a
         if it > 0 or not zero:
@@ -105,7 +106,7 @@ def _refine_active(fac, wk, a, Q, G, A, cq, ch, cb, z, y, nu, rho, tol, steps, t
             Gty, Gtwr = _mtvs(G, [y, wk * rk])
         elif ch is not None:
             Gtwr = _mtv(G, wk * rk)
-        ra = -cq - Qz - Gty
+        ra = ncq - Qz - Gty
         r1 = ra + Gtwr
         rb = Atn = None
         if A is not None:
@@ -146,8 +147,8 @@ def _refine_active(fac, wk, a, Q, G, A, cq, ch, cb, z, y, nu, rho, tol, steps, t
         y = y + dy
         if A is not None:
             nu = nu + dnu
-    finite = torch.isfinite(z).all(-1) & torch.isfinite(y).all(-1)
-    conv = conv & finite
+    # every entry finite: the ∞-norms are (a NaN propagates through the norm and the maximum)
+    conv = conv & (torch.maximum(_inf_norm(z), _inf_norm(y)) < float("inf"))
     return z, y, nu, (conv if todo is None else conv & todo), Gz
 
 
@@ -178,11 +179,13 @@ def _polish_penalty(Q, q, G, h, A, b, z, s, lam, nu, todo, opts, reg, zero_eq, Q
     B, m = lam.shape
     strict = _strict(dtype)
     # penalty: γ times the scale of Q over the largest squared row norm of G
-    qscale = 1 + Q.diagonal(dim1=-2, dim2=-1).abs().amax(-1)
+    qscale = _inf_norm(Q.diagonal(dim1=-2, dim2=-1)) + 1
     g2 = torch.linalg.vector_norm(G, 2, -1).square()   # squared row norms of G (one pass)
     gscale = g2.amax(-1)
     c = (_PENALTY * qscale / gscale.clamp(min=torch.finfo(dtype).tiny)).expand(B).unsqueeze(-1)
-    gn = _row_norm(G).expand(B).contiguous()
+    gn = _row_norm(G)
+    if gn.shape[0] != B:
+        gn = gn.expand(B).contiguous()
     # the active-set guess: the barrier's curvature along g_i, w_i‖g_i‖² (w = λ/s), exceeds that of
     # Q — invariant to the scaling of the rows of G, unlike λ_i > s_i, which at the loose
     # tolerance of the interior-point phase misses many active constraints with small multipliers
@@ -196,10 +199,10 @@ def _polish_penalty(Q, q, G, h, A, b, z, s, lam, nu, todo, opts, reg, zero_eq, Q
     def take(t, ix):
         return t if t is None or t.dim() == 0 or t.shape[0] == 1 else t.index_select(0, ix)
     for r in range(rounds):
-        if not bool(todo_all.any()):
+        ntodo = int(todo_all.sum())   # one host synchronisation: any left, all left
+        if ntodo == 0:
             break
-        every = bool(todo_all.all())
-        sub = None if every else torch.nonzero(todo_all).reshape(-1)
+        sub = None if ntodo == B else torch.nonzero(todo_all).reshape(-1)
         d = (Q, q, G, h, A, b, QA, zero_eq, reg, hnorm, c, z, lam, nu, act_all, gn)
         if sub is not None:
             d = tuple(take(t, sub) for t in d)
@@ -210,10 +213,11 @@ def _polish_penalty(Q, q, G, h, A, b, z, s, lam, nu, todo, opts, reg, zero_eq, Q
         zp, yp, nup, conv, Gzp = _refine_active(fac, wk, a, Qs, Gs, As, qs_, hs, bs, zs, ls * a, ns,
                                                 opts.rho, _refine_tol(dtype), 8, gn=gns)
         viol = Gzp - hs
-        hscale = (1 + hn).unsqueeze(-1)
-        lnorm = (1 + _inf_norm(yp)).unsqueeze(-1)
-        ok = conv & (viol <= strict * hscale).all(-1) & (yp >= -strict * lnorm).all(-1)
-        new_act = (act & (yp >= -strict * lnorm)) | (viol > strict * hscale)
+        vtol = ((hn + 1) * strict).unsqueeze(-1)                   # feasibility threshold
+        ltol = ((_inf_norm(yp) + 1) * -strict).unsqueeze(-1)      # sign threshold
+        keep = yp >= ltol
+        ok = conv & (viol <= vtol).all(-1) & keep.all(-1)
+        new_act = (act & keep) | (viol > vtol)
         o_ = ok.unsqueeze(-1)
         upd = [(z, zp), (s, (-viol).clamp(min=0)), (lam, yp.clamp(min=0)), (nu, nup), (act_final, act)]
         parts = [fac.L, fac.Y, fac.Ls, wk.expand(fac.L.shape[0], m)]
