@@ -137,11 +137,12 @@ class QPProblem(ArgminProblem):
             # polished solutions are exact to rounding: only a rounding-level multiplier is zero;
             # elements left unpolished keep the tolerance tied to the interior-point accuracy
             tight = self.options.active_tol or torch.finfo(lam.dtype).eps ** 0.5
-            tau = torch.where(polished, lam.new_tensor(tight), lam.new_tensor(loose)).unsqueeze(-1)
+            tau = torch.where(polished, lam.new_tensor(tight), loose).unsqueeze(-1)
         else:
             tau = loose
-        lam_scale = 1 + lam.abs().amax(-1, keepdim=True)
-        h_scale = 1 + h.abs().amax(-1, keepdim=True)
+        inf = float("inf")
+        lam_scale = torch.linalg.vector_norm(lam, inf, -1, keepdim=True) + 1
+        h_scale = torch.linalg.vector_norm(h, inf, -1, keepdim=True) + 1
         strong = lam > tau * lam_scale
         weak = ~strong & (s <= tau * h_scale)
         return strong, weak
@@ -160,9 +161,11 @@ class QPProblem(ArgminProblem):
             tangent = self._backward_qp(solution, params, g, *masks)
         else:
             tangent = self._kkt_tangent(solution, params, g)
-        ok = solution.solved.unsqueeze(-1)
-        tangent.z = torch.where(ok, tangent.z, torch.zeros_like(tangent.z))
-        tangent.duals = {k: torch.where(ok, v, torch.zeros_like(v)) for k, v in tangent.duals.items()}
+        solved = solution.solved
+        if not bool(solved.all()):
+            ok = solved.unsqueeze(-1)
+            tangent.z = torch.where(ok, tangent.z, 0.0)
+            tangent.duals = {k: torch.where(ok, v, 0.0) for k, v in tangent.duals.items()}
         return tangent
 
     def _kkt_tangent(self, solution, params, g) -> Solution:
