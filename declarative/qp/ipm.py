@@ -53,7 +53,7 @@ import torch
 
 from ..solution import Solution
 from ..status import Status
-from .linalg import _Factor, _inf_norm, _mtv, _mtvs, _mv, _mvs, _static_reg, _with_batch
+from .linalg import _Factor, _inf_norm, _mtv, _mtvs, _mv, _mvs, _shared, _static_reg, _with_batch
 from .options import DEFAULT_REG, DEFAULT_TOL_INFEASIBLE, QPOptions
 # looked up in this namespace by ``solve_qp_ipm`` (the tests replace them here)
 from .polish import _polish, _polish_penalty
@@ -386,7 +386,9 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
         full = None
         pres = dres = gap = torch.zeros(B, dtype=dtype, device=device)
         # G z is updated with each step (one pass over G less an iteration; the drift is rounding)
-        Gz = _mv(G, z) if G is not None else None
+        # the matrices of the products, as (m, n) when shared by the batch (one call a product)
+        Qv, Gv, Av = _shared(Q), _shared(G), _shared(A)
+        Gz = _mv(Gv, z) if G is not None else None
         X = None   # (s, λ) stacked: updated by the steps, rebuilt after a compaction
         bufs = None   # (√w∘G, H) of the factorisations (large problems)
         tiny = torch.finfo(dtype).tiny
@@ -399,7 +401,7 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
             w = torch.div(lam, s).clamp_(max=wmax) if G is not None else None
             dlp = D_last[..., m:].clamp(min=0) if certify and G is not None else None
             rd0, ri, re, pres, dres, gap, mu, Gtl, Atn, Gtwri, Qd, Gtd, Atd, Ad = _loop_residuals(
-                Q, q, G, h, A, b, z, s, lam, nu, w, hnorm, bnorm, qnorm,
+                Qv, q, Gv, h, Av, b, z, s, lam, nu, w, hnorm, bnorm, qnorm,
                 dz_last if certify else None, dlp, dnu_last if certify else None, Gz)
             pg = (pres <= tol_p) & (gap <= tol_g)
             converged = pg & (dres <= tol_d)
@@ -464,6 +466,7 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
                         rd0, ri, re, mu, w, Gtwri, Q, q, G, h, A, b, QA, zero_eq, reg, hnorm, bnorm, qnorm, pscale))
                 running = status == _RUNNING
                 nrun = Bw = z.shape[0]
+                Qv, Gv, Av = _shared(Q), _shared(G), _shared(A)
                 X = None
 
             # -- the factorisation at this iterate ------------------------------------------------------
@@ -477,7 +480,7 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
                             torch.empty(z.shape[0], n, n, dtype=dtype, device=device))
                 fac = _Factor(QA, G, A, None, w, reg, zero_eq, work.reg_rel, bufs)
             iterations = iterations + running
-            r0 = -rd0 if A is None else -rd0 - opts.rho * _mtv(A, re)
+            r0 = -rd0 if A is None else -rd0 - opts.rho * _mtv(Av, re)
             if G is not None:
                 # -- Mehrotra predictor (affine scaling) and corrector, one factorisation ---------------
                 # right-hand side r0 − Gᵀ(w∘r_i − r_c/s): with r_c = s∘λ (predictor) the Gᵀλ of the
@@ -495,7 +498,7 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
 
                 def step(rcs, rhs):
                     dz, dnu = fac.solve(rhs, ere)
-                    Gdz = _mv(G, dz)
+                    Gdz = _mv(Gv, dz)
                     ds = nri - Gdz
                     # dλ = w∘(G dz + r_i) − r_c/s
                     dlam = torch.addcmul(rcs, w, ds).neg_()
@@ -509,7 +512,7 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
                 sigma = (mu_aff / mu).clamp_(min=0, max=1).pow_(3)
                 Ds, Dl = D.chunk(2, -1)
                 dc = torch.addcmul((sigma * mu).unsqueeze_(-1).neg_(), Ds, Dl).div_(s)
-                dz, D, dnu, Gdz = step(lam + dc, rhs_aff + _mtv(G, dc))
+                dz, D, dnu, Gdz = step(lam + dc, rhs_aff + _mtv(Gv, dc))
                 alpha = (D / Xnf).amax(-1, keepdim=True).clamp_(min=1.0).reciprocal_()
                 check = dz.sum() + D.sum()
             else:

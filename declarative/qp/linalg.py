@@ -20,14 +20,27 @@ __all__: list[str] = []
 _SMALL = 4096   # below this many entries of M, a broadcast multiply-and-sum beats GEMM dispatch
 
 
+_linear = torch.nn.functional.linear
+
+
+def _shared(M: torch.Tensor | None) -> torch.Tensor | None:
+    """``M`` without its batch dimension when that is 1 (a matrix shared by the batch), else ``M``:
+    the products below then take one call (``_mv``, ``_mtv`` accept either form). Loops that
+    multiply by the same matrix many times (``ipm``'s, ``_refine_active``) take this view once."""
+    return M[0] if M is not None and M.dim() == 3 and M.shape[0] == 1 else M
+
+
 def _mv(M: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Batched ``M x`` with broadcasting of a leading batch dimension of size 1.
+    """Batched ``M x`` with broadcasting of a leading batch dimension of size 1 (``M`` may also be
+    a matrix ``(m, n)`` shared by the batch, see ``_shared``).
 
     Written as a row-vector product ``xᵀMᵀ`` (GEMM with one row, the faster layout on CPU; a
     batched ``bmm`` with one column is 2–4× slower), one GEMM when ``M`` is shared by the batch
     (also for tiny ``M``: one call), and a broadcast multiply-and-sum for tiny batched ``M``
     (dispatch overhead dominates)."""
-    if M.shape[0] == 1 and M.dim() == 3 and x.dim() == 2:
+    if M.dim() == 2:
+        return _linear(x, M)
+    if M.shape[0] == 1 and x.dim() == 2:
         return torch.mm(x, M[0].t())
     if M.shape[-1] * M.shape[-2] * max(M.shape[0], x.shape[0]) <= _SMALL:
         return (M * x.unsqueeze(-2)).sum(-1)
@@ -36,7 +49,9 @@ def _mv(M: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 def _mtv(M: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Batched ``Mᵀ x`` (see ``_mv``)."""
-    if M.shape[0] == 1 and M.dim() == 3 and x.dim() == 2:
+    if M.dim() == 2:
+        return torch.mm(x, M)
+    if M.shape[0] == 1 and x.dim() == 2:
         return torch.mm(x, M[0])
     if M.shape[-1] * M.shape[-2] * max(M.shape[0], x.shape[0]) <= _SMALL:
         return (M * x.unsqueeze(-1)).sum(-2)
@@ -46,14 +61,14 @@ def _mtv(M: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 def _mvs(M: torch.Tensor, xs) -> list:
     """``[M x for x in xs]`` in one pass over ``M`` (one GEMM with ``len(xs)`` rows); separate
     broadcast products for tiny ``M``, where the stacking costs more than it saves."""
-    if M.shape[-1] * M.shape[-2] * max(M.shape[0], xs[0].shape[0]) <= _SMALL:
+    if M.shape[-1] * M.shape[-2] * max(M.shape[0] if M.dim() == 3 else 1, xs[0].shape[0]) <= _SMALL:
         return [_mv(M, x) for x in xs]
     return list((torch.stack(xs, -2) @ M.mT).unbind(-2))
 
 
 def _mtvs(M: torch.Tensor, xs) -> list:
     """``[Mᵀ x for x in xs]`` in one pass over ``M`` (see ``_mvs``)."""
-    if M.shape[-1] * M.shape[-2] * max(M.shape[0], xs[0].shape[0]) <= _SMALL:
+    if M.shape[-1] * M.shape[-2] * max(M.shape[0] if M.dim() == 3 else 1, xs[0].shape[0]) <= _SMALL:
         return [_mtv(M, x) for x in xs]
     return list((torch.stack(xs, -2) @ M).unbind(-2))
 

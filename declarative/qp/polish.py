@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import torch
 
-from .linalg import _Factor, _gather_rows, _inf_norm, _mtv, _mtvs, _mv, _row_norm
+from .linalg import _Factor, _gather_rows, _inf_norm, _mtv, _mtvs, _mv, _row_norm, _shared
 
 __all__: list[str] = []
 
@@ -85,6 +85,7 @@ def _refine_active(fac, wk, a, Q, G, A, cq, ch, cb, z, y, nu, rho, tol, steps, t
     # max_i ‖g_i‖₁ bounds |g_i · z| / ‖z‖∞: the scale of the homogeneous rows
     gn = _row_norm(G) if gn is None else gn
     an = _row_norm(A) if A is not None else None
+    Q, G, A = _shared(Q), _shared(G), _shared(A)   # (m, n) when shared: one call a product
     zero = z is None
     if zero:
         z, y = cq.new_zeros(cq.shape), cq.new_zeros(a.shape)
