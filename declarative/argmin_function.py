@@ -48,6 +48,8 @@ class ArgminFunction(torch.autograd.Function):
         ctx.n_params = len(inputs) - 4
         if len(output) > 1:
             ctx.mark_non_differentiable(*output[1:])
+            # only z is differentiable: no zero cotangents materialised for the other outputs
+            ctx.set_materialize_grads(False)
         ctx.save_for_backward(*inputs[4:], *output)
 
     @staticmethod
@@ -56,6 +58,8 @@ class ArgminFunction(torch.autograd.Function):
         n = ctx.n_params
         params = saved[:n]
         solution = Solution.unflatten(ctx.names, saved[n:])
+        if g is None:   # (materialize_grads off: z received no cotangent)
+            g = torch.zeros_like(solution.z)
         if ctx.problem.closed_form and torch.is_grad_enabled():
             # Double backward (create_graph=True): a closed form re-solved in torch ops makes the
             # backward's dependence on z* exact. Through the saved output it would be differentiated
