@@ -291,18 +291,18 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
     B = max(t.shape[0] for t in present)
 
     # -- non-finite inputs: flag the elements, replace their data by a trivial problem ----------
-    # a sum is finite only if every term is (one pass, no mask temporaries); the per-element sums
-    # of all inputs are added (an overflow only sends every element to the exact check below)
+    # a sum is finite only if every term is (one pass, no mask temporaries); the sums of all
+    # inputs are added (an overflow only sends the batch to the exact check below); one host sync
     tot = None
     for t in present:
-        st = t.sum(tuple(range(1, t.dim())))
+        st = t.sum()
         tot = st if tot is None else tot + st
-    bad = ~torch.isfinite(tot.expand(B))
-    if bool(bad.any()):
-        bad = torch.zeros_like(bad)   # exact check (the sum of finite values can overflow)
+    bad = None   # None: every element finite
+    if not math.isfinite(float(tot)):
+        bad = torch.zeros(B, dtype=torch.bool, device=device)   # exact check, per element
         for t in present:
             bad = bad | ~torch.isfinite(t.reshape(t.shape[0], -1)).all(-1)
-    if bool(bad.any()):
+    if bad is not None and bool(bad.any()):
         def clean(t, fill):
             keep = (~bad).reshape(-1, *([1] * (t.dim() - 1)))
             return torch.where(keep, t, torch.as_tensor(fill, dtype=dtype, device=device))
@@ -351,7 +351,8 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
             z, s, lam, nu = (t.to(work1.dtype) for t in (z, s, lam, nu))
 
     status = torch.full((B,), _RUNNING, dtype=torch.int64, device=device)
-    status = torch.where(bad, torch.full_like(status, int(Status.NON_FINITE)), status)
+    if bad is not None:
+        status = torch.where(bad, torch.full_like(status, int(Status.NON_FINITE)), status)
     iterations = torch.zeros(B, dtype=torch.int64, device=device)
     frac = opts.step_fraction
     solved_code = int(Status.SOLVED)
@@ -376,7 +377,8 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
         eps_inf = work.eps_inf
         B = z.shape[0]
         fac = None
-        dres_prev = torch.full((B,), float("inf"), dtype=dtype, device=device)
+        dres_prev = None   # set by every iteration before it is read (k ≥ 3)
+        tol_vec = torch.tensor([tol_p, tol_g, tol_d], dtype=dtype, device=device)
         dz_last = Gdz_last = D_last = dnu_last = None
         pscale = hnorm + bnorm
         # working set: the loop runs on the still-running elements only; when at most 3/4 of the
@@ -384,7 +386,6 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
         # batch, the data gathered for the others)
         widx = None
         full = None
-        pres = dres = gap = torch.zeros(B, dtype=dtype, device=device)
         # G z is updated with each step (one pass over G less an iteration; the drift is rounding)
         # the matrices of the products, as (m, n) when shared by the batch (one call a product)
         Qv, Gv, Av = _shared(Q), _shared(G), _shared(A)
@@ -403,8 +404,8 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
             rd0, ri, re, pres, dres, gap, mu, Gtl, Atn, Gtwri, Qd, Gtd, Atd, Ad = _loop_residuals(
                 Qv, q, Gv, h, Av, b, z, s, lam, nu, w, hnorm, bnorm, qnorm,
                 dz_last if certify else None, dlp, dnu_last if certify else None, Gz)
-            pg = (pres <= tol_p) & (gap <= tol_g)
-            converged = pg & (dres <= tol_d)
+            within = torch.stack([pres, gap, dres], -1) <= tol_vec   # (B, 3): one comparison
+            converged = within.all(-1)
 
             # -- statuses -------------------------------------------------------------------------------
             if not certify:
@@ -419,7 +420,7 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
                     # stalled: primal and gap converged but the dual residual grows (ill-conditioned
                     # Newton systems, typically float32); such elements stop here and are handed to
                     # the polish
-                    stalled = pg & (dres > dres_prev.clamp(min=tol_d))
+                    stalled = within[:, :2].all(-1) & (dres > dres_prev.clamp(min=tol_d))
                     # infeasibility certificates, on the iterates (λ, ν) and on the last Newton directions
                     pinf = _primal_infeasible(Gtl, Atn, h, b, lam, nu, eps_inf, pscale)
                     pinf = pinf | _primal_infeasible(Gtd, Atd, h, b, dlp, dnu_last, eps_inf, pscale)
@@ -582,7 +583,9 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
         # elements the float32 phase did not bring to the loose tolerance (infeasibility
         # certificates, non-finite or stalled-out iterations, the iteration cap) start again in
         # float64 from the cold start: their statuses are those of the float64 solver
-        redo = (status != solved_code) & (status != _STALLED) & ~bad
+        redo = (status != solved_code) & (status != _STALLED)
+        if bad is not None:
+            redo = redo & ~bad
         if bool(redo.any()):
             ix = torch.nonzero(redo).reshape(-1)
             part = _Working(tuple(take(t, ix) for t in work64.data), tuple(take(t, ix) for t in work64.aux),
