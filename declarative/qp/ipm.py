@@ -602,6 +602,7 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
         if opts.polish:
             pre = None
             fast_all = polished = act_final = None
+            tols_final = torch.tensor([opts.tol_primal, opts.tol_gap, opts.tol_dual], dtype=dtype, device=device)
             retry = None
             for phase in range(1, len(ladder) + 1):
                 solved = status == solved_t
@@ -640,7 +641,7 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
                     polished = torch.where(todo, pol_new, polished)
                     fast_all = torch.where(todo, fast, fast_all)
                 _, _, _, pres, dres, gap, _ = _residuals(Q, q, G, h, A, b, z, s, lam, nu, hnorm, bnorm, qnorm)
-                converged = (pres <= opts.tol_primal) & (dres <= opts.tol_dual) & (gap <= opts.tol_gap)
+                converged = (torch.stack([pres, gap, dres], -1) <= tols_final).all(-1)
                 status = torch.where(unfinished & converged, solved_t, status)
                 retry = solved & ~converged     # loose IPM solution, polish failed: iterate on
                 if phase == len(ladder) or not bool(retry.any()):

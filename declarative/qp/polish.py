@@ -192,9 +192,9 @@ def _polish_penalty(Q, q, G, h, A, b, z, s, lam, nu, todo, opts, reg, zero_eq, Q
     # tolerance of the interior-point phase misses many active constraints with small multipliers
     # (a wrong guess costs a round; the Schur-complement polish, with λ > s, is the fallback)
     act_all = lam * g2 > qscale.unsqueeze(-1) * s
-    act_final = act_all.clone()
+    act_final = act_all      # (never updated in place)
     accepted = torch.zeros_like(todo)
-    todo_all = todo.clone()
+    todo_all = todo
     store = None
 
     def take(t, ix):
@@ -227,16 +227,22 @@ def _polish_penalty(Q, q, G, h, A, b, z, s, lam, nu, todo, opts, reg, zero_eq, Q
             # solves of the backward would copy a row-major factor on every call
             store = parts if sub is None else [None if t is None else _zeros_as(t, B) for t in parts]
         if sub is None:
+            all_ok = bool(ok.all())
             if r > 0 and store is not parts:
                 # a later round on the whole batch (every element retried): its accepted elements'
                 # factors replace those of the earlier round
-                if bool(ok.all()):
+                if all_ok:
                     store = parts
                 elif bool(ok.any()):
                     dst = torch.nonzero(ok).reshape(-1)
                     for t, p_ in zip(store, parts):
                         if t is not None:
                             t.index_copy_(0, dst, p_.index_select(0, dst))
+            if all_ok:
+                # every element accepted: the polished points as they are, no further round
+                z, s, lam, nu, act_final = (n_ for _, n_ in upd)
+                accepted = ok
+                break
             z, s, lam, nu, act_final = (torch.where(o_, n_, o) for o, n_ in upd)
             accepted = accepted | ok
             todo_all = todo_all & ~ok
