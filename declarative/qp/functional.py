@@ -8,7 +8,7 @@ from ..modes import GradientMode, resolve_mode
 from ..solution import Solution
 from ..validation import (check_batched, check_dim, check_same_dtype_device, check_tensor,
                           common_batch_size)
-from .linalg import _cholesky_upper
+from .linalg import _NORM_SMALL, _abs_max, _cholesky_upper
 from .options import QPOptions
 from .problem import QPProblem
 
@@ -71,8 +71,12 @@ def _check_psd(Q: torch.Tensor) -> None:
     tol = PSD_TOL.get(Q.dtype, 1e-4)
     Qs = Q if Q.dim() == 3 else Q.unsqueeze(0)
     with torch.no_grad():
-        # a NaN or ±inf entry makes the largest magnitude non-finite (NaN propagates)
-        finite = torch.linalg.vector_norm(Qs, float("inf"), (-1, -2)) < float("inf")
+        # a NaN or ±inf entry makes the largest magnitude (small Q) or the sum non-finite (an
+        # overflow of the sum only sends Q to the exact check)
+        if Qs.numel() <= _NORM_SMALL:
+            finite = _abs_max(Qs, (-1, -2)) < float("inf")
+        else:
+            finite = torch.isfinite(Qs.sum((-1, -2)))
         asym, scale, info = _psd_tests(Qs, tol)
         bad = (asym > tol * scale) | (info > 0) | ~finite
     if bool(bad.any()):
@@ -82,8 +86,8 @@ def _check_psd(Q: torch.Tensor) -> None:
 def _psd_tests(Qf: torch.Tensor, tol: float):
     """``max |Q − Qᵀ|``, the scale ``1 + max|Q_ii|`` and the Cholesky info of ``Q + tol·scale·I``."""
     work = torch.sub(Qf, Qf.mT)
-    asym = torch.linalg.vector_norm(work, float("inf"), (-1, -2))
-    scale = torch.linalg.vector_norm(Qf.diagonal(dim1=-2, dim2=-1), float("inf"), -1) + 1
+    asym = _abs_max(work, (-1, -2)) if work.numel() <= _NORM_SMALL else work.abs_().amax((-1, -2))
+    scale = _abs_max(Qf.diagonal(dim1=-2, dim2=-1)) + 1
     # Q + tol·scale·I in the same buffer: the upper Cholesky reads the upper triangle only,
     # which is that of ½(Q + Qᵀ) up to the asymmetry checked above (and is what the solver's
     # factorisations read)

@@ -94,11 +94,23 @@ def _cholesky_upper(H: torch.Tensor):
     return torch.linalg.cholesky_ex(Ht, upper=True, out=(Ht, info))
 
 
+#: up to this many entries ``_abs_max`` is one ``vector_norm(∞)`` call (one dispatch instead of two);
+#: above, ``abs`` + ``amax``, whose vectorised kernels are several times faster per entry
+_NORM_SMALL = 256
+
+
+def _abs_max(x: torch.Tensor, dim=-1, keepdim: bool = False) -> torch.Tensor:
+    """``max |x|`` over ``dim`` (NaN propagates)."""
+    if x.numel() <= _NORM_SMALL:
+        return torch.linalg.vector_norm(x, float("inf"), dim, keepdim=keepdim)
+    return x.abs().amax(dim, keepdim=keepdim)
+
+
 def _inf_norm(x: torch.Tensor) -> torch.Tensor:
     """``max_i |x_i|`` over the last dimension (0 when it is empty)."""
     if x.shape[-1] == 0:
         return x.new_zeros(x.shape[:-1])
-    return torch.linalg.vector_norm(x, float("inf"), -1)   # one kernel (abs + amax: two)
+    return _abs_max(x)
 
 
 def _with_batch(x: torch.Tensor | None, core: int) -> torch.Tensor | None:

@@ -13,6 +13,7 @@ from ..status import Status
 from .ipm import solve_qp_ipm
 from .equilibration import Equilibration, equilibration
 from .kkt_tangent import kkt_tangent
+from .linalg import _abs_max
 from .options import QPOptions
 
 __all__ = ["QPProblem"]
@@ -140,9 +141,8 @@ class QPProblem(ArgminProblem):
             tau = torch.where(polished, lam.new_tensor(tight), loose).unsqueeze(-1)
         else:
             tau = loose
-        inf = float("inf")
-        lam_scale = torch.linalg.vector_norm(lam, inf, -1, keepdim=True) + 1
-        h_scale = torch.linalg.vector_norm(h, inf, -1, keepdim=True) + 1
+        lam_scale = _abs_max(lam, keepdim=True) + 1
+        h_scale = _abs_max(h, keepdim=True) + 1
         strong = lam > tau * lam_scale
         weak = ~strong & (s <= tau * h_scale)
         return strong, weak
