@@ -101,14 +101,19 @@ def _refine_active(fac, wk, a, Q, G, A, cq, ch, cb, z, y, nu, rho, tol, steps, t
     conv = torch.zeros(cq.shape[0], dtype=torch.bool, device=cq.device)
     ncq = -cq
     for it in range(steps + 1):
-        rk = -Gz * a if ch is None else (ch - Gz) * a
-        if it > 0 or not zero:
-            Qz = _mv(Q, z)
-            Gty, Gtwr = _mtvs(G, [y, wk * rk])
-        elif ch is not None:
-            Gtwr = _mtv(G, wk * rk)
-        ra = ncq - Qz - Gty
-        r1 = ra + Gtwr
+        if it == 0 and zero and ch is None:
+            # from zero with homogeneous rows: every residual but −c_q vanishes
+            rk = y
+            ra = r1 = ncq
+        else:
+            rk = -Gz * a if ch is None else (ch - Gz) * a
+            if it > 0 or not zero:
+                Qz = _mv(Q, z)
+                Gty, Gtwr = _mtvs(G, [y, wk * rk])
+            elif ch is not None:
+                Gtwr = _mtv(G, wk * rk)
+            ra = ncq - Qz - Gty
+            r1 = ra + Gtwr
         rb = Atn = None
         if A is not None:
             Az = _mv(A, z)
@@ -183,7 +188,8 @@ def _polish_penalty(Q, q, G, h, A, b, z, s, lam, nu, todo, opts, reg, zero_eq, Q
     qscale = _inf_norm(Q.diagonal(dim1=-2, dim2=-1)) + 1
     g2 = torch.linalg.vector_norm(G, 2, -1).square()   # squared row norms of G (one pass)
     gscale = g2.amax(-1)
-    c = (_PENALTY * qscale / gscale.clamp(min=torch.finfo(dtype).tiny)).expand(B).unsqueeze(-1)
+    c = (_PENALTY * qscale / gscale.clamp(min=torch.finfo(dtype).tiny))
+    c = (c if c.shape[0] == B else c.expand(B)).unsqueeze(-1)
     gn = _row_norm(G)
     if gn.shape[0] != B:
         gn = gn.expand(B).contiguous()
@@ -218,8 +224,6 @@ def _polish_penalty(Q, q, G, h, A, b, z, s, lam, nu, todo, opts, reg, zero_eq, Q
         ltol = ((_inf_norm(yp) + 1) * -strict).unsqueeze(-1)      # sign threshold
         keep = yp >= ltol
         ok = conv & (viol <= vtol).all(-1) & keep.all(-1)
-        new_act = (act & keep) | (viol > vtol)
-        o_ = ok.unsqueeze(-1)
         upd = [(z, zp), (s, (-viol).clamp(min=0)), (lam, yp.clamp(min=0)), (nu, nup), (act_final, act)]
         parts = [fac.L, fac.Y, fac.Ls, wk.expand(fac.L.shape[0], m)]
         if store is None:
@@ -243,6 +247,9 @@ def _polish_penalty(Q, q, G, h, A, b, z, s, lam, nu, todo, opts, reg, zero_eq, Q
                 z, s, lam, nu, act_final = (n_ for _, n_ in upd)
                 accepted = ok
                 break
+        new_act = (act & keep) | (viol > vtol)
+        o_ = ok.unsqueeze(-1)
+        if sub is None:
             z, s, lam, nu, act_final = (torch.where(o_, n_, o) for o, n_ in upd)
             accepted = accepted | ok
             todo_all = todo_all & ~ok
