@@ -141,8 +141,9 @@ def _cold_start(work: _Working, rho: float, B: int):
 def _loop_residuals(Q, q, G, h, A, b, z, s, lam, nu, w, hnorm, bnorm, qnorm, dz_last, dlp, dnu_last, Gz):
     """``_residuals`` inside the interior-point loop, with the products the iteration needs fused
     into the same passes over ``Q``, ``G``, ``A``: ``Q dz_last``, ``Gᵀ dlp``, ``Aᵀ dnu_last`` (the
-    infeasibility certificates; skipped when None), ``A dz_last`` and ``Gᵀ(w ∘ r_i)`` (the
-    predictor's right-hand side). ``Gz`` is tracked by the loop (updated with each step)."""
+    infeasibility certificates; skipped when None), ``A dz_last`` and ``−Gᵀ(w ∘ r_i)`` (the
+    predictor's right-hand side). ``Gz`` is tracked by the loop (updated with each step). The
+    inequality residual is returned negated, ``−r_i = h − (Gz + s)`` (what the steps use)."""
     if dz_last is None:
         Qz = _mv(Q, z)
         Qd = None
@@ -151,7 +152,7 @@ def _loop_residuals(Q, q, G, h, A, b, z, s, lam, nu, w, hnorm, bnorm, qnorm, dz_
     rd0 = Qz + q
     dscale = torch.maximum(_inf_norm(Qz), qnorm)
     pres = gap = mu = None
-    ri = re = Gtl = Atn = Gtd = Atd = Ad = Gtwri = None
+    nri = re = Gtl = Atn = Gtd = Atd = Ad = nGtwri = None
     rd = rd0
     if A is not None:
         if dz_last is None:
@@ -168,15 +169,15 @@ def _loop_residuals(Q, q, G, h, A, b, z, s, lam, nu, w, hnorm, bnorm, qnorm, dz_
         pres = _inf_norm(re) / (torch.maximum(_inf_norm(Az), bnorm) + 1)
         rd = rd0
     if G is not None:
-        ri = Gz + s - h
-        cols = [lam, w * ri] + ([] if dlp is None else [dlp])
+        nri = h - (Gz + s)   # exactly −r_i
+        cols = [lam, w * nri] + ([] if dlp is None else [dlp])
         GtX = _mtvs(G, cols)
-        Gtl, Gtwri = GtX[0], GtX[1]
+        Gtl, nGtwri = GtX[0], GtX[1]
         Gtd = None if dlp is None else GtX[2]
         rd = rd0 + Gtl
         dscale = torch.maximum(dscale, _inf_norm(Gtl))
         # max(‖Gz‖, ‖s‖) as one norm of the concatenation
-        pri = _inf_norm(ri) / (torch.maximum(_inf_norm(torch.cat([Gz, s], -1)), hnorm) + 1)
+        pri = _inf_norm(nri) / (torch.maximum(_inf_norm(torch.cat([Gz, s], -1)), hnorm) + 1)
         pres = pri if pres is None else torch.maximum(pres, pri)
         sl = torch.linalg.vecdot(s, lam)
         mu = sl / s.shape[-1]
@@ -187,7 +188,7 @@ def _loop_residuals(Q, q, G, h, A, b, z, s, lam, nu, w, hnorm, bnorm, qnorm, dz_
         pres = gap = mu = torch.zeros_like(dres)
     elif gap is None:
         gap = mu = torch.zeros_like(dres)
-    return rd0, ri, re, pres, dres, gap, mu, Gtl, Atn, Gtwri, Qd, Gtd, Atd, Ad
+    return rd0, nri, re, pres, dres, gap, mu, Gtl, Atn, nGtwri, Qd, Gtd, Atd, Ad
 
 
 def _primal_infeasible(Gty, Aty, h, b, lam, nu, eps, scale):
@@ -401,7 +402,7 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
             certify = k >= 3   # infeasible problems show their certificates within a few iterations
             w = torch.div(lam, s).clamp_(max=wmax) if G is not None else None
             dlp = D_last[..., m:].clamp(min=0) if certify and G is not None else None
-            rd0, ri, re, pres, dres, gap, mu, Gtl, Atn, Gtwri, Qd, Gtd, Atd, Ad = _loop_residuals(
+            rd0, nri, re, pres, dres, gap, mu, Gtl, Atn, nGtwri, Qd, Gtd, Atd, Ad = _loop_residuals(
                 Qv, q, Gv, h, Av, b, z, s, lam, nu, w, hnorm, bnorm, qnorm,
                 dz_last if certify else None, dlp, dnu_last if certify else None, Gz)
             within = torch.stack([pres, gap, dres], -1) <= tol_vec   # (B, 3): one comparison
@@ -461,10 +462,10 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
                 keep = torch.nonzero(running).reshape(-1)
                 widx = widx.index_select(0, keep)
                 (z, s, lam, nu, status, iterations, dres_prev, dz_last, Gdz_last, D_last, dnu_last, Gz,
-                 rd0, ri, re, mu, w, Gtwri, Q, q, G, h, A, b, QA, zero_eq, reg, hnorm, bnorm, qnorm, pscale) = (
+                 rd0, nri, re, mu, w, nGtwri, Q, q, G, h, A, b, QA, zero_eq, reg, hnorm, bnorm, qnorm, pscale) = (
                     take(x, keep) for x in (
                         z, s, lam, nu, status, iterations, dres_prev, dz_last, Gdz_last, D_last, dnu_last, Gz,
-                        rd0, ri, re, mu, w, Gtwri, Q, q, G, h, A, b, QA, zero_eq, reg, hnorm, bnorm, qnorm, pscale))
+                        rd0, nri, re, mu, w, nGtwri, Q, q, G, h, A, b, QA, zero_eq, reg, hnorm, bnorm, qnorm, pscale))
                 running = status == _RUNNING
                 nrun = Bw = z.shape[0]
                 Qv, Gv, Av = _shared(Q), _shared(G), _shared(A)
@@ -487,9 +488,8 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
                 # right-hand side r0 − Gᵀ(w∘r_i − r_c/s): with r_c = s∘λ (predictor) the Gᵀλ of the
                 # dual residual cancels, leaving −Gᵀ(w∘r_i) (computed with the residuals); the
                 # corrector adds Gᵀ((r_c − s∘λ)/s)
-                rhs_aff = r0 - Gtwri
+                rhs_aff = r0 + nGtwri
                 ere = -re if A is not None else None
-                nri = ri.neg()
                 # step lengths from the stacked (s, λ): α = 1 / max(1, max_i −d_i/x_i / f) for the
                 # fraction f of the step to the boundary (f = 1 for the predictor)
                 if X is None:
