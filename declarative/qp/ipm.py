@@ -116,9 +116,7 @@ def _cold_start(work: _Working, rho: float, B: int):
     Q, q, G, h, A, b = work.data
     QA, zero_eq, reg, _, _, _ = work.aux
     n = Q.shape[-1]
-    m = 0 if G is None else G.shape[-2]
-    ones = torch.ones(B, m, dtype=work.dtype, device=Q.device)
-    fac = _Factor(QA, G, A, None, ones, reg, zero_eq, work.reg_rel)
+    fac = _Factor(QA, G, A, None, None, reg, zero_eq, work.reg_rel)   # unit weights
     r1 = -q.expand(B, n)
     if G is not None:
         r1 = r1 + _mtv(G, h)

@@ -127,10 +127,12 @@ class _Factor:
         if G is None:
             H = Q + AtA if AtA is not None else Q.clone()
         else:
-            B = max(Q.shape[0], G.shape[0], w.shape[0])
+            # w None: unit weights (the cold start), GᵀG — batched like Q and G only (its solves
+            # broadcast over the iterates)
+            B = max(Q.shape[0], G.shape[0], 1 if w is None else w.shape[0])
             # (√w ∘ G)ᵀ(√w ∘ G): both operands from one buffer, 15–25% faster than Gᵀ(w ∘ G) on CPU
             if bufs is None:
-                sG = w.sqrt().unsqueeze_(-1) * G
+                sG = G if w is None else w.sqrt().unsqueeze_(-1) * G
                 if sG.shape[0] != B:
                     sG = sG.expand(B, *G.shape[-2:])
                 H = torch.baddbmm(Q if Q.shape[0] == B else Q.expand(B, *Q.shape[-2:]), sG.mT, sG)
