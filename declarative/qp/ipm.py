@@ -148,7 +148,7 @@ def _loop_residuals(Q, q, G, h, A, b, z, s, lam, nu, w, hnorm, bnorm, qnorm, dz_
     else:
         Qz, Qd = _mvs(Q, [z, dz_last])
     rd0 = Qz + q
-    dscale = torch.maximum(_inf_norm(Qz), qnorm)
+    scaled = [Qz]   # the terms of the dual residual whose largest entry scales it (with ‖q‖)
     pres = gap = mu = None
     nri = re = Gtl = Atn = Gtd = Atd = Ad = nGtwri = None
     rd = rd0
@@ -163,7 +163,7 @@ def _loop_residuals(Q, q, G, h, A, b, z, s, lam, nu, w, hnorm, bnorm, qnorm, dz_
             Atn, Atd = _mtvs(A, [nu, dnu_last])
         rd0 = rd0 + Atn
         re = Az - b
-        dscale = torch.maximum(dscale, _inf_norm(Atn))
+        scaled.append(Atn)
         pres = _inf_norm(re) / (torch.maximum(_inf_norm(Az), bnorm) + 1)
         rd = rd0
     if G is not None:
@@ -173,7 +173,7 @@ def _loop_residuals(Q, q, G, h, A, b, z, s, lam, nu, w, hnorm, bnorm, qnorm, dz_
         Gtl, nGtwri = GtX[0], GtX[1]
         Gtd = None if dlp is None else GtX[2]
         rd = rd0 + Gtl
-        dscale = torch.maximum(dscale, _inf_norm(Gtl))
+        scaled.append(Gtl)
         # max(‖Gz‖, ‖s‖) as one norm of the concatenation
         pri = _inf_norm(nri) / (torch.maximum(_inf_norm(torch.cat([Gz, s], -1)), hnorm) + 1)
         pres = pri if pres is None else torch.maximum(pres, pri)
@@ -181,6 +181,8 @@ def _loop_residuals(Q, q, G, h, A, b, z, s, lam, nu, w, hnorm, bnorm, qnorm, dz_
         mu = sl / s.shape[-1]
         pobj = torch.linalg.vecdot(torch.add(q, Qz, alpha=0.5), z)   # ½zᵀQz + qᵀz
         gap = sl / (pobj.abs() + 1)
+    # max(‖Qz‖, ‖Aᵀν‖, ‖Gᵀλ‖) as one norm of the concatenation
+    dscale = torch.maximum(_inf_norm(scaled[0] if len(scaled) == 1 else torch.cat(scaled, -1)), qnorm)
     dres = _inf_norm(rd) / (dscale + 1)
     if pres is None:
         pres = gap = mu = torch.zeros_like(dres)
@@ -501,17 +503,16 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
                     ds = nri - Gdz
                     # dλ = w∘(G dz + r_i) − r_c/s
                     dlam = torch.addcmul(rcs, w, ds).neg_()
-                    return dz, torch.cat([ds, dlam], -1), dnu, Gdz
+                    return dz, torch.cat([ds, dlam], -1), dnu, Gdz, ds, dlam
 
-                dz, D, dnu, Gdz = step(lam, rhs_aff)
+                dz, D, dnu, Gdz, Ds, Dl = step(lam, rhs_aff)
                 a = (D / Xn1).amax(-1, keepdim=True).clamp_(min=1.0).reciprocal_()
                 Xa = torch.addcmul(X, a, D)
                 Xas, Xal = Xa.chunk(2, -1)
                 mu_aff = torch.linalg.vecdot(Xas, Xal) / m
                 sigma = (mu_aff / mu).clamp_(min=0, max=1).pow_(3)
-                Ds, Dl = D.chunk(2, -1)
                 dc = torch.addcmul((sigma * mu).unsqueeze_(-1).neg_(), Ds, Dl).div_(s)
-                dz, D, dnu, Gdz = step(lam + dc, rhs_aff + _mtv(Gv, dc))
+                dz, D, dnu, Gdz, _, _ = step(lam + dc, rhs_aff + _mtv(Gv, dc))
                 alpha = (D / Xnf).amax(-1, keepdim=True).clamp_(min=1.0).reciprocal_()
                 check = dz.sum() + D.sum()
             else:

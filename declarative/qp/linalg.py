@@ -145,11 +145,12 @@ class _Factor:
                 H += AtA
         H.diagonal(dim1=-2, dim2=-1).add_(reg)
         self.L, self.info = _cholesky_upper(H)
+        self.Lt = self.L.mT
         self.A = A
         if A is not None:
             # Y = U⁻ᵀAᵀ: one triangular solve; the Schur complement A H⁻¹ Aᵀ = YᵀY
             At = A.transpose(-1, -2).expand(*self.L.shape[:-2], *A.shape[-1:], A.shape[-2])
-            self.Y = torch.linalg.solve_triangular(self.L.mT, At, upper=False)
+            self.Y = torch.linalg.solve_triangular(self.Lt, At, upper=False)
             S = self.Y.transpose(-1, -2) @ self.Y
             p = S.shape[-1]
             sscale = 1.0 + S.diagonal(dim1=-2, dim2=-1).abs().amax(-1, keepdim=True)
@@ -163,13 +164,14 @@ class _Factor:
     def from_cache(cls, L, A, Y=None, Ls=None) -> "_Factor":
         fac = cls.__new__(cls)
         fac.L, fac.A, fac.Y, fac.Ls = L, A, Y, Ls
+        fac.Lt = L.mT
         return fac
 
     def solve(self, r1: torch.Tensor, r2: torch.Tensor | None):
         """Solve ``[H Aᵀ; A 0][dz; dν] = [r1; r2]``."""
         # v = U⁻ᵀr₁; with Y = U⁻ᵀAᵀ: A H⁻¹r₁ = Yᵀv and dz = U⁻¹(v − Y dν) — two triangular solves
         # with the n×n factor (not three)
-        v = torch.linalg.solve_triangular(self.L.mT, r1.unsqueeze(-1), upper=False)
+        v = torch.linalg.solve_triangular(self.Lt, r1.unsqueeze(-1), upper=False)
         if self.A is None:
             return torch.linalg.solve_triangular(self.L, v, upper=True).squeeze(-1), None
         dnu = _chol_solve(self.Ls, self.Y.mT @ v - r2.unsqueeze(-1))
