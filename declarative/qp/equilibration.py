@@ -8,12 +8,22 @@ problem
 
     minimize ½ zᵀ(σQ)z + (σq)ᵀz   s.t.   (D_G G) z ≤ D_G h,   (D_A A) z = D_A b
 
-with ``σ = 1 / max|Q|`` (``1 / max|q|`` when ``Q = 0``), ``D_G = diag(1 / ‖G_i‖∞)`` and
-``D_A = diag(1 / ‖A_j‖∞)`` (zero rows keep 1). It has the same minimiser ``z*``; its multipliers
+with ``σ = 1 / max(max|Q|, max|q|)``, ``D_G = diag(1 / max(‖G_i‖∞, |h_i|))`` and
+``D_A = diag(1 / max(‖A_j‖∞, |b_j|))`` (all-zero rows keep 1). Every entry of the scaled data is
+then at most 1 in magnitude — including the right-hand sides, which the tolerances are measured
+against: a row scaled by its ``G_i`` alone would turn a nearly vacuous row (``10⁻⁸ gᵀz ≤ 1``) into
+``gᵀz ≤ 10⁸`` and loosen every tolerance of its element by ``10⁸``, while with ``h_i`` in the
+maximum the same row — and a big-M bound ``z_k ≤ 10⁸`` — becomes harmless (``10⁻⁸ gᵀz ≤ 1``).
+The scales are clipped to ``[1/c, c]`` with ``c = 1/√tiny`` of the dtype, so the scaled data stay
+finite. The scaled problem has the same minimiser ``z*``; its multipliers
 are ``λ' = σλ / d_G`` and ``ν' = σν / d_A``. The derivative of ``z*`` along a nudge ``q → q + βg``
 is that of the scaled problem along ``σg`` (same ``dz``; ``dλ = d_G dλ' / σ``, ``dν = d_A dν' / σ``),
 so every gradient mode works on the scaled problem and maps back exactly; the scales are
 constants for the gradient (``z*`` does not depend on them).
+
+What this does not fix: a solution far smaller than the data's natural scale (``q`` and ``h``
+both ``10⁻⁶`` of ``Q`` and ``G``, so ``z* ~ 10⁻⁶``) still meets the ``1 + scale`` tolerances
+absolutely (a scaling of ``z`` itself would be needed).
 
 Data whose scales all lie in ``[1/BAND, BAND]`` are left as they are (``equilibration`` returns
 None): the solver handles them directly, and bit-for-bit as without this module.
@@ -37,7 +47,8 @@ class Equilibration(NamedTuple):
     """The scales of one QP batch (see the module docstring).
 
     Shape:
-        - cost ``σ``: ``()`` when ``Q`` is unbatched and non-zero, else ``(B,)``
+        - cost ``σ``: ``()`` when ``Q`` is unbatched (one scale for the batch: ``Q`` stays
+          unbatched), else ``(B,)``
         - ineq ``d_G``: like ``h`` without its last axis plus ``m``: ``(m,)`` or ``(B, m)``; None
           without inequalities
         - eq ``d_A``: ``(p,)`` or ``(B, p)``; None without equalities
@@ -67,10 +78,7 @@ class Equilibration(NamedTuple):
         """``(σQ, σq, D_G G, D_G h, D_A A, D_A b)`` (None blocks stay None)."""
         Q, q, G, h, A, b = params
         c = self.cost
-        if Q.dim() == 2 and c.dim():
-            Qs = Q          # an unbatched Q with a batched σ is zero (see ``equilibration``)
-        else:
-            Qs = Q * (c.reshape(*c.shape, 1, 1) if c.dim() else c)
+        Qs = Q * (c.reshape(*c.shape, 1, 1) if c.dim() else c)
         qs = q * (c.unsqueeze(-1) if c.dim() else c)
         Gs = hs = As = bs = None
         if G is not None:
@@ -118,30 +126,35 @@ class Equilibration(NamedTuple):
                         iterations=sol.iterations, residuals=sol.residuals, cache=sol.cache)
 
 
-def _inverse_row_scale(M: torch.Tensor) -> torch.Tensor:
-    """``1 / ‖M_i‖∞`` for every row ``i`` (1 for zero rows)."""
-    r = M.abs().amax(-1)
-    return torch.where(r > 0, r, torch.ones_like(r)).reciprocal()
+def _inverse_row_scale(M: torch.Tensor, r: torch.Tensor, cap: float) -> torch.Tensor:
+    """``1 / max(‖M_i‖∞, |r_i|)`` for every row ``i`` (1 for all-zero rows), clipped to ``[1/cap, cap]``."""
+    size = torch.maximum(M.abs().amax(-1), r.abs())
+    return _inverse(size, cap)
+
+
+def _inverse(size: torch.Tensor, cap: float) -> torch.Tensor:
+    """``1 / size`` clipped to ``[1/cap, cap]``; 1 where ``size`` is 0 (NaN stays NaN)."""
+    inv = torch.where(size > 0, size, torch.ones_like(size)).reciprocal()
+    return inv.clamp(1 / cap, cap)
 
 
 def equilibration(Q, q, G=None, h=None, A=None, b=None) -> Equilibration | None:
     """The scales ``σ, d_G, d_A`` of the module docstring, or None when they all lie in
-    ``[1/BAND, BAND]`` (then nothing needs scaling). Non-finite data give non-finite scales for
-    their own batch elements only (which the solver reports as ``Status.NON_FINITE``).
+    ``[1/BAND, BAND]`` (then nothing needs scaling). NaN data give NaN scales for their own batch
+    elements only (which the solver reports as ``Status.NON_FINITE``).
 
     Shape:
         Q ``(B, n, n)|(n, n)``, q ``(B, n)|(n,)``, G ``(B, m, n)|(m, n)``, h ``(B, m)|(m,)``,
         A ``(B, p, n)|(p, n)``, b ``(B, p)|(p,)``; the scales as in ``Equilibration``.
     """
+    cap = torch.finfo(Q.dtype).tiny ** -0.5
     sQ = Q.abs().amax((-2, -1))
     sq = q.abs().amax(-1)
-    if Q.dim() == 2 and bool(sQ > 0):
-        cost = sQ.reciprocal()                 # one scale: Q stays unbatched
-    else:
-        one = torch.ones((), dtype=Q.dtype, device=Q.device)
-        cost = torch.where(sQ > 0, sQ, torch.where(sq > 0, sq, one)).reciprocal()
-    ineq = _inverse_row_scale(G) if G is not None else None
-    eq = _inverse_row_scale(A) if A is not None else None
+    if Q.dim() == 2:
+        sq = sq.amax() if sq.dim() else sq      # one scale for the batch: Q stays unbatched
+    cost = _inverse(torch.maximum(sQ, sq), cap)
+    ineq = _inverse_row_scale(G, h, cap) if G is not None else None
+    eq = _inverse_row_scale(A, b, cap) if A is not None else None
     scales = [cost.reshape(-1)] + [t.reshape(-1) for t in (ineq, eq) if t is not None]
     allscales = torch.cat(scales)
     if not bool(((allscales < 1 / BAND) | (allscales > BAND)).any()):

@@ -36,10 +36,11 @@ def test_scaled_problem_has_the_same_minimiser():
     eq = equilibration(*bad)
     assert eq is not None
     scaled = eq.params(bad)
-    # unit sizes: max|σQ| = 1, every constraint row of ∞-norm 1
-    torch.testing.assert_close(scaled[0].abs().amax((-2, -1)), torch.ones(B, dtype=torch.float64))
-    torch.testing.assert_close(scaled[2].abs().amax(-1), torch.ones(B, M, dtype=torch.float64))
-    torch.testing.assert_close(scaled[4].abs().amax(-1), torch.ones(B, P, dtype=torch.float64))
+    # unit sizes: max(max|σQ|, max|σq|) = 1, every constraint row [G_i, h_i] of ∞-norm 1
+    one = torch.ones(B, dtype=torch.float64)
+    torch.testing.assert_close(torch.maximum(scaled[0].abs().amax((-2, -1)), scaled[1].abs().amax(-1)), one)
+    for M_, r_, k in ((scaled[2], scaled[3], M), (scaled[4], scaled[5], P)):
+        torch.testing.assert_close(torch.maximum(M_.abs().amax(-1), r_.abs()), torch.ones(B, k, dtype=torch.float64))
     z, lam, nu, st = qp_reference_batch(*params)
     zs, lams, nus, sts = qp_reference_batch(*scaled)
     assert st == sts == ["optimal"] * B
@@ -64,16 +65,19 @@ def test_shapes_of_unbatched_and_mixed_inputs():
     Q, q, G, h, A, b = random_qp(None, N, M, P, seed=2)
     eq = equilibration(Q * 1e-5, q * 1e-5, G, h, A, b)
     assert eq.cost.shape == () and eq.ineq.shape == (M,) and eq.eq.shape == (P,)
-    qb = torch.randn(4, N, dtype=torch.float64)
+    qb = torch.randn(4, N, dtype=torch.float64) * 1e-5
     eq = equilibration(Q * 1e-5, qb, G, h, A, b)
-    assert eq.cost.shape == ()                       # Q non-zero and unbatched: one scale
+    assert eq.cost.shape == ()                       # Q unbatched: one scale for the batch
     assert eq.params((Q, qb, G, h, A, b))[0].shape == (N, N)
     Z = torch.zeros(N, N, dtype=torch.float64)
-    eq = equilibration(Z, qb * 1e-5, G, h)           # an LP: σ from q, per element; Q stays (n, n)
-    assert eq.cost.shape == (4,)
-    Qs, qs, *_ = eq.params((Z, qb * 1e-5, G, h, None, None))
+    eq = equilibration(Z, qb, G, h)                  # an LP: σ from q
+    Qs, qs, *_ = eq.params((Z, qb, G, h, None, None))
     assert Qs.shape == (N, N)
-    torch.testing.assert_close(qs.abs().amax(-1), torch.ones(4, dtype=torch.float64))
+    torch.testing.assert_close(qs.abs().amax(), torch.ones((), dtype=torch.float64))
+    eq = equilibration(Z.expand(4, N, N), qb, G, h)  # batched Q: one scale per element
+    assert eq.cost.shape == (4,)
+    torch.testing.assert_close(eq.params((Z, qb, G, h, None, None))[1].abs().amax(-1),
+                               torch.ones(4, dtype=torch.float64))
 
 
 def test_non_finite_data_stay_in_their_element():
@@ -133,3 +137,51 @@ def test_degenerate_problem_scaled_keeps_the_one_sided_gradient():
     got = _grads((c * Q, c * q, G, h))
     for gr, gb, f in zip(ref, got, (c, c, 1.0, 1.0)):
         torch.testing.assert_close(gb * f, gr, atol=1e-8, rtol=1e-7)
+
+
+def _z_and_grad_q(params):
+    q = params[1].detach().clone().requires_grad_()
+    sol = solve_qp(params[0], q, *params[2:])
+    w = torch.linspace(-1.0, 1.0, sol.z.shape[-1], dtype=sol.z.dtype)
+    return sol, torch.autograd.grad((sol.z * w).sum(), q)[0]
+
+
+@pytest.mark.parametrize("kind", ["vacuous row 1e-8", "vacuous row 1e-12", "big-M bounds 1e8"])
+def test_harmless_rows_change_nothing(kind):
+    """A nearly vacuous row (``1e-8 gᵀz ≤ 1``) or never-active big-M bounds (``z ≤ 1e8``) must give
+    the solution and gradient of the problem without them. Scaling rows by ‖G_i‖∞ alone had turned
+    the vacuous row into ``gᵀz ≤ 1e8`` — loosening every tolerance of its element by 1e8 (z 0.13
+    off, 5–9 constraints misclassified as weakly active); the big-M bounds did the same before any
+    equilibration."""
+    Q, q, G, h, _, _ = random_qp(8, 6, 10, 0, seed=5)
+    g = torch.Generator().manual_seed(0)
+    if kind.startswith("vacuous"):
+        size = float(kind.split()[-1])
+        extra = size * torch.randn(8, 1, 6, generator=g, dtype=torch.float64)
+        extra_h = torch.ones(8, 1, dtype=torch.float64)
+    else:
+        extra = torch.eye(6, dtype=torch.float64).expand(8, 6, 6)
+        extra_h = 1e8 * torch.ones(8, 6, dtype=torch.float64)
+    sol0, g0 = _z_and_grad_q((Q, q, G, h))
+    sol, g1 = _z_and_grad_q((Q, q, torch.cat([G, extra], 1), torch.cat([h, extra_h], 1)))
+    assert (sol.status == Status.SOLVED).all()
+    torch.testing.assert_close(sol.z, sol0.z, atol=1e-9, rtol=0)
+    torch.testing.assert_close(g1, g0, atol=1e-8, rtol=1e-8)
+
+
+@pytest.mark.parametrize("dtype, tiny", [(torch.float32, 1e-39), (torch.float64, 1e-309)])
+def test_subnormal_rows_and_objectives_stay_finite(dtype, tiny):
+    """Scales are clipped to [√tiny, 1/√tiny]: 1/‖row‖ of a subnormal row would overflow."""
+    Q, q, G, h, _, _ = random_qp(2, 4, 5, 0, seed=1, dtype=dtype)
+    G = G.clone()
+    G[0, 0] = tiny
+    assert (solve_qp(Q, q, G, h, check=False).status == Status.SOLVED).all()
+    assert (solve_qp(Q * tiny, q * tiny, G[:, 1:], h[:, 1:], check=False).status == Status.SOLVED).all()
+
+
+def test_near_lp_in_float32():
+    """σ = 1/max(max|Q|, max|q|): from Q alone (1e33 here) σq would overflow float32."""
+    n = 3
+    G = torch.cat([torch.eye(n), -torch.eye(n)])
+    sol = solve_qp(1e-33 * torch.eye(n), torch.tensor([1e6, -2e6, 5e5]), G, torch.ones(2 * n))
+    torch.testing.assert_close(sol.z, torch.tensor([-1.0, 1.0, -1.0]), atol=1e-4, rtol=0)
