@@ -177,9 +177,9 @@ def _loop_residuals(Q, q, G, h, A, b, z, s, lam, nu, w, hnorm, bnorm, qnorm, dz_
         # max(‖Gz‖, ‖s‖) as one norm of the concatenation
         pri = _inf_norm(nri) / (torch.maximum(_inf_norm(torch.cat([Gz, s], -1)), hnorm) + 1)
         pres = pri if pres is None else torch.maximum(pres, pri)
-        sl = torch.linalg.vecdot(s, lam)
+        sl = (s * lam).sum(-1)
         mu = sl / s.shape[-1]
-        pobj = torch.linalg.vecdot(torch.add(q, Qz, alpha=0.5), z)   # ½zᵀQz + qᵀz
+        pobj = 0.5 * (z * Qz).sum(-1) + (q * z).sum(-1)
         gap = sl / (pobj.abs() + 1)
     # max(‖Qz‖, ‖Aᵀν‖, ‖Gᵀλ‖) as one norm of the concatenation
     dscale = torch.maximum(_inf_norm(scaled[0] if len(scaled) == 1 else torch.cat(scaled, -1)), qnorm)
@@ -219,7 +219,7 @@ def _residuals(Q, q, G, h, A, b, z, s, lam, nu, hnorm, bnorm, qnorm, products=Fa
         ri = Gz + s - h
         dscale = torch.maximum(dscale, _inf_norm(Gtl))
         pres = _inf_norm(ri) / (torch.maximum(_inf_norm(torch.cat([Gz, s], -1)), hnorm) + 1)
-        sl = torch.linalg.vecdot(s, lam)
+        sl = (s * lam).sum(-1)
         mu = sl / s.shape[-1]
     if A is not None:
         Az = _mv(A, z)
@@ -231,7 +231,7 @@ def _residuals(Q, q, G, h, A, b, z, s, lam, nu, hnorm, bnorm, qnorm, products=Fa
         pres = pre if pres is None else torch.maximum(pres, pre)
     dres = _inf_norm(rd) / (dscale + 1)
     if G is not None:
-        pobj = torch.linalg.vecdot(torch.add(q, Qz, alpha=0.5), z)   # ½zᵀQz + qᵀz
+        pobj = 0.5 * (z * Qz).sum(-1) + (q * z).sum(-1)
         gap = sl / (pobj.abs() + 1)
     else:
         gap = mu = torch.zeros_like(dres)
@@ -509,9 +509,9 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
                 a = (D / Xn1).amax(-1, keepdim=True).clamp_(min=1.0).reciprocal_()
                 Xa = torch.addcmul(X, a, D)
                 Xas, Xal = Xa.chunk(2, -1)
-                mu_aff = torch.linalg.vecdot(Xas, Xal) / m
+                mu_aff = (Xas * Xal).sum(-1) / m
                 sigma = (mu_aff / mu).clamp_(min=0, max=1).pow_(3)
-                dc = torch.addcmul((sigma * mu).unsqueeze_(-1).neg_(), Ds, Dl).div_(s)
+                dc = (Ds * Dl - (sigma * mu).unsqueeze(-1)) / s
                 dz, D, dnu, Gdz, _, _ = step(lam + dc, rhs_aff + _mtv(Gv, dc))
                 alpha = (D / Xnf).amax(-1, keepdim=True).clamp_(min=1.0).reciprocal_()
                 check = dz.sum() + D.sum()
