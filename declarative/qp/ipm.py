@@ -642,7 +642,9 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
                 _, _, _, pres, dres, gap, _ = _residuals(Q, q, G, h, A, b, z, s, lam, nu, hnorm, bnorm, qnorm)
                 converged = (torch.stack([pres, gap, dres], -1) <= tols_final).all(-1)
                 status = torch.where(unfinished & converged, solved_t, status)
-                retry = solved & ~converged     # loose IPM solution, polish failed: iterate on
+                # loose IPM solution or stalled iterations, polish failed: iterate on (in float64;
+                # stalled elements are typical of the float32 phase, and of cond(Q) ≳ 1e8)
+                retry = (solved & ~converged) | (status == _STALLED)
                 if phase == len(ladder) or not bool(retry.any()):
                     break
                 first = None
@@ -650,7 +652,9 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
                 # continue from the interior iterate, not from the (boundary) polished point
                 r_ = retry.unsqueeze(-1)
                 z, s, lam, nu = (torch.where(r_, a_, b_) for a_, b_ in zip(before, (z, s, lam, nu)))
-                budget = max(1, opts.max_iter - int(iterations.max()))
+                # the iteration limit counts per element: the retried ones' own iterations, not
+                # those of an element that ran out of iterations elsewhere in the batch
+                budget = max(1, opts.max_iter - int(iterations[retry].max()))
                 z, s, lam, nu, status, iterations, pres, dres, gap, fac = run(
                     z, s, lam, nu, status, iterations, *ladder[phase], budget)
                 unfinished = status < 0
