@@ -249,3 +249,14 @@ def test_stalled_elements_are_retried(mixed):
     ref = objective(z_ref)
     assert (objective(z) <= ref + 1e-9 * (1 + ref.abs())).all()
     np.testing.assert_allclose(z.numpy(), z_ref.numpy(), atol=1e-4)
+
+
+@pytest.mark.parametrize("mixed", [True, False])
+def test_unbounded_element_found_after_a_stall(mixed):
+    """Element 13 of this batch is unbounded (cvxpy: "unbounded"); its iterations stall first, and
+    before stalled elements were retried it ended as MAX_ITERATIONS after 10 iterations."""
+    params = random_qp(64, 20, 40, 5, seed=2, psd_rank=3)
+    sol = solve_qp_ipm(*params, options=QPOptions(mixed_precision=mixed))
+    expected = torch.zeros(64, dtype=torch.int64)
+    expected[13] = int(Status.DUAL_INFEASIBLE)
+    assert sol.status.tolist() == expected.tolist()
