@@ -36,7 +36,14 @@ that fails with a Schur complement of the gathered active rows (``_polish``). El
 fails iterate on to a tighter tolerance and are polished again. The first iteration reuses the
 factorisation of the starting point (``λ = s``, weights 1). A primal and gap converged element
 whose dual residual grows (ill-conditioned Newton systems, typically float32) is stopped and handed
-to the polish as well.
+to the polish as well; if that polish fails it iterates on (in float64) like the others.
+
+Mixed precision (``QPOptions.mixed_precision``): for float64 problems with inequalities the first
+phase (to ``polish_tol``) runs on a float32 copy of the data (``_Working``, ``_lowered``) — the
+factorisations and matrix–vector products of the loop take about half the time — and its iterate
+is cast back for the float64 polish, which checks the KKT conditions itself. Elements the float32
+phase does not solve (certificates, non-finite steps, its iteration cap) start again in float64 from
+the cold start (``_cold_start``).
 
 References:
     S. Mehrotra, "On the implementation of a primal-dual interior point method", SIAM J. Optim. 1992.
