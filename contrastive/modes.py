@@ -2,16 +2,47 @@
 
 from __future__ import annotations
 
+import torch
+
+from declarative.errors import SolverError
 from declarative.modes import GradientMode, check_beta, register_mode
+from declarative.solution import Solution
+from declarative.status import Status
 
 
 def nudged_solve(problem, params, g, beta: float, warm_start, mode: GradientMode):
-    """``ẑ_β = argmin_z E(z; θ) + β gᵀz`` by ``problem.solve_nudged``; a ``SolverError`` naming the
-    failing batch elements, β and ``mode`` if some element is not solved."""
+    """``ẑ_β = argmin_z E(z; θ) + β gᵀz`` by ``problem.solve_nudged``, warm-started from the forward
+    solution ``warm_start``.
+
+    Elements the forward did not solve (a caller that passed ``check=False`` receives their
+    statuses) are not differentiated: their nudged solution is replaced by the forward one, so that
+    their contrast — and their share of the gradient of unbatched parameters — is exactly zero, as
+    in ``Implicit``. A ``SolverError`` names the elements (with β and ``mode``) that the forward
+    solved and the nudged re-solve did not.
+    """
     sol = problem.solve_nudged(params, g, beta, warm_start=warm_start)
     if sol.status is None:  # a closed form (activations: the per-layer hot path), solved by construction
         return sol
-    return sol.raise_for_status(f"nudged re-solve (beta={beta:g}) of {mode!r}")
+    what = f"nudged re-solve (beta={beta:g}) of {mode!r}"
+    if warm_start is None or warm_start.status is None:
+        return sol.raise_for_status(what)
+    forward_ok = warm_start.solved
+    if bool(forward_ok.all()):
+        return sol.raise_for_status(what)
+    err = SolverError.from_status(torch.where(forward_ok, sol.status_tensor(), Status.SOLVED), sol, what)
+    if err is not None:
+        raise err
+    return _keep_unsolved(sol, warm_start, forward_ok)
+
+
+def _keep_unsolved(nudged: Solution, forward: Solution, ok: torch.Tensor) -> Solution:
+    """``nudged`` with the forward's ``z`` and multipliers where ``ok`` is False."""
+
+    def pick(a, b):
+        return torch.where(ok.reshape(-1, *([1] * (a.dim() - 1))), a, b)
+    duals = {k: pick(v, forward.duals[k]) if k in forward.duals else v for k, v in nudged.duals.items()}
+    return Solution(z=pick(nudged.z, forward.z), duals=duals, status=forward.status,
+                    iterations=nudged.iterations, residuals=nudged.residuals, cache=nudged.cache)
 
 
 class Contrastive(GradientMode):
