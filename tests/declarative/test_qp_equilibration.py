@@ -185,3 +185,17 @@ def test_near_lp_in_float32():
     G = torch.cat([torch.eye(n), -torch.eye(n)])
     sol = solve_qp(1e-33 * torch.eye(n), torch.tensor([1e6, -2e6, 5e5]), G, torch.ones(2 * n))
     torch.testing.assert_close(sol.z, torch.tensor([-1.0, 1.0, -1.0]), atol=1e-4, rtol=0)
+
+
+def test_gradcheck_through_equilibration():
+    """Finite differences of the layer itself on a problem that is equilibrated (objective × 1e4,
+    constraint rows × 1e-3)."""
+    params, bad, _ = _badly_scaled(1e4, 0, seed=12)
+    Q, q, G, h, A, b = (t[:1] for t in bad)
+    G, h, A, b = G * 1e-3, h * 1e-3, A * 1e-3, b * 1e-3
+    assert equilibration(Q, q, G, h, A, b) is not None
+    inputs = tuple(t.detach().clone().requires_grad_() for t in (Q, q, G, h, A, b))
+
+    def f(Q, q, G, h, A, b):
+        return solve_qp(0.5 * (Q + Q.mT), q, G, h, A, b).z
+    assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-6, rtol=1e-4)
