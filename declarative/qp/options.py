@@ -67,6 +67,11 @@ class QPOptions:
             float64 from the cold start, so their statuses are those of the float64 solver.
             None (default): on when ``B·n·(n + m) ≥ 65536`` (below that the cost is per-operation
             overhead, and float32 saves nothing); True: whenever it applies; False: never.
+        active_set: one problem (batch size 1) with ``n + m + p ≤ 64`` and positive definite ``Q``
+            is solved by the dual active-set method (``qp.active_set``: a few small dense solves,
+            exact, no polish) instead of the interior-point method, which takes over whenever it
+            does not apply or does not succeed. Used by ``QPProblem`` (the layer and ``solve_qp``),
+            not by the raw ``solve_qp_ipm``. False: always the interior-point method.
     """
 
     tol: float | None = None
@@ -83,6 +88,7 @@ class QPOptions:
     polish: bool = True
     polish_tol: float | None = None
     mixed_precision: bool | None = None
+    active_set: bool = True
 
     def __post_init__(self):
         for name in ("tol", "tol_primal", "tol_dual", "tol_gap", "reg", "tol_infeasible", "active_tol",
@@ -98,6 +104,8 @@ class QPOptions:
             raise ValueError(f"QPOptions.rho: expected a number >= 0, got {self.rho!r}")
         if self.mixed_precision not in (None, True, False):
             raise ValueError(f"QPOptions.mixed_precision: expected True, False or None, got {self.mixed_precision!r}")
+        if not isinstance(self.active_set, bool):
+            raise ValueError(f"QPOptions.active_set: expected True or False, got {self.active_set!r}")
         if not self.warm_start_margin > 0:
             raise ValueError(f"QPOptions.warm_start_margin: expected a number > 0, got {self.warm_start_margin!r}")
 

@@ -11,6 +11,7 @@ from ..problem import ArgminProblem
 from ..solution import Solution
 from ..status import Status
 from .ipm import solve_qp_ipm
+from .active_set import solve_qp_active_set, use_active_set
 from .equilibration import Equilibration, equilibration
 from .kkt_tangent import kkt_tangent
 from .linalg import _abs_max
@@ -85,11 +86,20 @@ class QPProblem(ArgminProblem):
         with the multipliers returned in the original units."""
         eq = equilibration(*params)
         if eq is None:
-            return solve_qp_ipm(*params, options=self.options, warm_start=warm_start)
+            return self._solve(params, warm_start)
         ws = None if warm_start is None else eq.scaled_solution(warm_start)
-        sol = solve_qp_ipm(*eq.params(params), options=self.options, warm_start=ws)
+        sol = self._solve(eq.params(params), ws)
         eq.store(sol.cache)
         return eq.unscaled_solution(sol)
+
+    def _solve(self, params, warm_start):
+        """One problem: the dual active-set method when it applies and succeeds
+        (``QPOptions.active_set``); otherwise, and for batches, the interior-point method."""
+        if use_active_set(self.options, *params):
+            sol = solve_qp_active_set(*params, options=self.options)
+            if sol is not None:
+                return sol
+        return solve_qp_ipm(*params, options=self.options, warm_start=warm_start)
 
     def solve_nudged(self, params, g, beta, warm_start=None) -> Solution:
         Q, q, G, h, A, b = params

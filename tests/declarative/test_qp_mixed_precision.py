@@ -17,8 +17,9 @@ from declarative import QPOptions, Status, solve_qp, solve_qp_ipm
 from declarative.qp import ipm
 from declarative.reference.qp import degenerate_qp, qp_reference_batch, random_qp
 
-MIXED = QPOptions(mixed_precision=True)
-PLAIN = QPOptions(mixed_precision=False)
+# (one problem would go to the dual active-set method: these tests are about the interior-point path)
+MIXED = QPOptions(mixed_precision=True, active_set=False)
+PLAIN = QPOptions(mixed_precision=False, active_set=False)
 
 
 @pytest.fixture

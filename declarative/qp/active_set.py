@@ -1,0 +1,250 @@
+"""Dual active-set solver for one small strictly convex QP (Goldfarb–Idnani), the fast path at B = 1.
+
+    minimize_z  ½ zᵀQz + qᵀz   subject to   Gz ≤ h,  Az = b,   Q ≻ 0
+
+At batch size 1 the interior-point method's cost is per-operation overhead (~100 torch operations an
+iteration, then the polish), not arithmetic. The dual active-set method needs a handful of small
+dense solves instead, and it ends on the exact active-set solution, with nothing to polish.
+
+It starts from the equality-constrained minimiser (dual feasible: no inequality multiplier) and
+repeatedly adds the most violated inequality ``p``, raising its multiplier ``t ≥ 0`` along
+
+    [Q  Cᵀ] [dz]   [−g_p]
+    [C  0 ] [dμ] = [ 0  ],      C = [A; G_W]  (equalities and the active set W),
+
+the step ``t`` being the smaller of the full step (constraint ``p`` becomes active and joins W) and
+the partial step at which an active multiplier reaches zero (that constraint leaves W, and the
+step on ``p`` continues). Each full step strictly increases the dual objective, so no active set
+repeats: the method ends after finitely many steps on the optimum, or on a certificate of primal
+infeasibility (a violated constraint that no step can reach).
+
+D. Goldfarb and A. Idnani, "A numerically stable dual method for solving strictly convex quadratic
+programs", Math. Programming 27, 1983 (here with a fresh dense solve per step, fine for tiny
+problems, instead of their factorisation updates).
+
+The result is accepted only if it passes the same strict test as the polish (primal feasible and
+multipliers non-negative to ``1e3·eps`` of the data scale) and the solver's tolerances; otherwise
+— and for anything outside this method's scope (``Q`` not positive definite, singular equality
+blocks, infeasibility, the step limit) — ``solve_qp_active_set`` returns None and the caller runs
+the interior-point method, whose statuses and certificates then apply.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..solution import Solution
+from ..status import Status
+from .linalg import _inf_norm, _with_batch
+from .options import QPOptions
+from .polish import _strict
+
+__all__ = ["solve_qp_active_set", "use_active_set"]
+
+#: the fast path applies up to this many variables plus constraints
+MAX_SIZE = 64
+
+
+def use_active_set(opts: QPOptions, Q, q, G, h, A, b) -> bool:
+    """Whether ``QPOptions.active_set`` sends this problem to ``solve_qp_active_set``: one problem
+    (every input unbatched or of batch size 1) with ``n + m + p ≤ 64``, unless disabled."""
+    if opts.active_set is False:
+        return False
+    if any(t is not None and t.dim() == 3 and t.shape[0] != 1 for t in (Q, G, A)) or \
+            any(t is not None and t.dim() == 2 and t.shape[0] != 1 for t in (q, h, b)):
+        return False
+    n = Q.shape[-1]
+    m = 0 if G is None else G.shape[-2]
+    p = 0 if A is None else A.shape[-2]
+    return n + m + p <= MAX_SIZE
+
+
+def _kkt_matrix(Q, C):
+    """``[Q Cᵀ; C 0]``."""
+    k = C.shape[0]
+    if k == 0:
+        return Q
+    return torch.cat([torch.cat([Q, C.mT], 1), torch.cat([C, C.new_zeros(k, k)], 1)], 0)
+
+
+def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None,
+                        h: torch.Tensor | None = None, A: torch.Tensor | None = None,
+                        b: torch.Tensor | None = None, *, options: QPOptions | None = None) -> Solution | None:
+    """The exact solution of one small strictly convex QP by the dual active-set method (see the
+    module docstring), or None when it does not apply or fails (run ``solve_qp_ipm`` then).
+
+    Returns:
+        ``Solution`` as ``solve_qp_ipm``'s with batch size 1: ``z (1, n)``, ``duals`` ``lam (1, m)``
+        and ``nu (1, p)``, ``status`` SOLVED, ``iterations`` the number of KKT solves, the residuals, and
+        ``cache`` with the slack ``s``, the active mask ``act``, ``polished`` (exact to rounding:
+        the backward's weak-activity threshold is ``√eps``) and the LU factors of the KKT matrix
+        on the final active set (``kkt_lu``, ``kkt_piv``; ``kkt_idx``: the active rows of G) for
+        ``kkt_tangent``.
+
+    Shape:
+        inputs as ``solve_qp_ipm``'s, batch size 1 or unbatched.
+    """
+    opts = (options or QPOptions()).resolved(Q.dtype)
+    Qb, qb = _with_batch(Q, 2), _with_batch(q, 1)
+    Gb, hb = _with_batch(G, 2), _with_batch(h, 1)
+    Ab, bb = _with_batch(A, 2), _with_batch(b, 1)
+    Q1, q1 = Qb[0], qb[0]
+    n = Q1.shape[-1]
+    G1 = None if Gb is None or Gb.shape[-2] == 0 else Gb[0]
+    h1 = None if G1 is None else hb[0]
+    A1 = None if Ab is None or Ab.shape[-2] == 0 else Ab[0]
+    b1 = None if A1 is None else bb[0]
+    m = 0 if G1 is None else G1.shape[0]
+    p = 0 if A1 is None else A1.shape[0]
+    dtype = Q1.dtype
+    strict = _strict(dtype)
+    hnorm = _inf_norm(h1) if G1 is not None else Q1.new_zeros(())
+    bnorm = _inf_norm(b1) if A1 is not None else Q1.new_zeros(())
+    qnorm = _inf_norm(q1)
+    # finite data (the interior-point method flags the others) and positive definite Q (the
+    # unconstrained minimiser exists); the scalars the steps compare against — one host sync
+    data = [t.reshape(-1) for t in (Q1, q1, G1, h1, A1, b1) if t is not None]
+    checks = [torch.isfinite(torch.cat(data)).all().to(dtype),
+              (torch.linalg.cholesky_ex(Q1).info == 0).to(dtype), Q1.abs().amax()]
+    if G1 is not None:
+        checks.append(hnorm)
+    vals = torch.stack(checks)
+    if G1 is not None:
+        vals = torch.cat([vals, (G1 * G1).sum(-1)])   # ‖g_i‖², for the dependence test
+    vals = vals.tolist()
+    if vals[0] != 1.0 or vals[1] != 1.0:
+        return None
+    qscale = max(vals[2], torch.finfo(dtype).tiny)
+    vtol = strict * (1 + vals[3]) if G1 is not None else 0.0   # feasibility threshold (the polish's)
+    gsq = vals[4:]
+
+    def kkt_solve(C, rhs):
+        """``[Q Cᵀ; C 0]⁻¹ rhs`` (LU); None if the matrix is singular."""
+        try:
+            return torch.linalg.solve(_kkt_matrix(Q1, C), rhs)
+        except torch.linalg.LinAlgError:
+            return None
+
+    # equality-constrained minimiser
+    sol = kkt_solve(A1 if A1 is not None else Q1.new_zeros(0, n), torch.cat([-q1, b1]) if b1 is not None else -q1)
+    if sol is None:
+        return None
+    z = sol[:n]
+    nu = sol[n:].tolist()                     # equality multipliers (Python floats: tiny, updated often)
+    active: list[int] = []                    # inequality indices in W, in the order of C's rows
+    lam_w: list[float] = []                   # their multipliers
+    zeros = Q1.new_zeros(p + m)
+    steps = 0
+    max_steps = 4 * (m + p) + n + 10
+    inf = float("inf")
+    while G1 is not None:
+        r = (G1 @ z - h1).tolist()            # constraint values g_i·z − h_i
+        ip = max(range(m), key=r.__getitem__)
+        viol = r[ip]
+        if not all(map(math.isfinite, r)):
+            return None
+        if viol <= vtol:
+            break
+        gp = G1[ip]
+        gap_p = -viol                          # h_p − g_p·z, updated with z
+        lam_p = 0.0
+        while True:
+            steps += 1
+            if steps > max_steps:
+                return None
+            k = len(active)
+            if A1 is None:
+                C = G1[active] if k else Q1.new_zeros(0, n)
+            else:
+                C = torch.cat([A1, G1[active]], 0) if k else A1
+            sol = kkt_solve(C, torch.cat([gp, zeros[:p + k]]))
+            if sol is None:
+                return None
+            # sol = −(dz, dμ): the direction for a unit increase of λ_p (signs folded in below)
+            dz = sol[:n]
+            vals = torch.cat([sol[n:], (gp @ dz).unsqueeze(0)]).tolist()
+            if not all(map(math.isfinite, vals)):
+                return None
+            dmu = [-v for v in vals[:p + k]]
+            gdz = -vals[-1]
+            dlam_w = dmu[p:]                   # inequality multipliers' rates (equalities: free)
+            # partial step: the first active multiplier to reach zero (ratio λ_j / −dλ_j)
+            t1, drop = inf, -1
+            for jj, (lj, dj) in enumerate(zip(lam_w, dlam_w)):
+                if dj < 0 and lj / -dj < t1:
+                    t1, drop = lj / -dj, jj
+            # full step: constraint p becomes active (its slack h_p − g_p·z over −g_p·dz)
+            dependent = -gdz <= 1e-12 * gsq[ip] / qscale
+            t2 = inf if dependent else gap_p / gdz
+            if t1 == inf and t2 == inf:
+                return None                    # no step reaches p: primal infeasible (IPM certifies)
+            t = min(t1, t2)
+            if not dependent:
+                z = torch.add(z, dz, alpha=-t)
+                gap_p -= t * gdz
+            nu = [v + t * d for v, d in zip(nu, dmu[:p])]
+            lam_w = [v + t * d for v, d in zip(lam_w, dlam_w)]
+            lam_p += t
+            if t2 <= t1:
+                active.append(ip)
+                lam_w.append(lam_p)
+                break
+            del active[drop]
+            del lam_w[drop]
+    nu = torch.tensor(nu, dtype=dtype, device=Q1.device)
+
+    # assemble and verify (the same strict test as the polish, and the solver's tolerances): the
+    # last violation check above found every row feasible to ``vtol``; the multipliers' signs
+    if active and min(lam_w) < -strict * (1 + max(map(abs, lam_w))):
+        return None
+    zb = z.unsqueeze(0)
+    idx = torch.tensor(active, dtype=torch.int64, device=Q1.device)
+    if G1 is not None:
+        lam = Q1.new_zeros(m).index_copy(0, idx, torch.tensor(lam_w, dtype=dtype, device=Q1.device))
+        lam = lam.clamp(min=0).unsqueeze(0)
+        Gz = G1 @ z
+        s1 = (h1 - Gz).clamp(min=0)
+        s = s1.unsqueeze(0)
+        act = torch.zeros(1, m, dtype=torch.bool, device=Q1.device).index_fill(1, idx, True)
+    else:
+        lam = s = Q1.new_zeros(1, 0)
+        act = None
+    nub = nu.unsqueeze(0) if p else Q1.new_zeros(1, 0)
+    # the relative residuals of ``QPOptions``
+    Qz = Q1 @ z
+    terms = [Qz, q1]
+    if G1 is not None:
+        terms.append(lam[0] @ G1)
+    if p:
+        terms.append(nu @ A1)
+    T = torch.stack(terms)
+    dres = T.sum(0).abs().amax() / (T.abs().amax() + 1)
+    pparts = []
+    if G1 is not None:
+        pparts.append((Gz + s1 - h1).abs().amax() / (torch.maximum(torch.cat([Gz, s1]).abs().amax(), hnorm) + 1))
+        gap = (s1 * lam[0]).sum() / ((0.5 * Qz + q1) @ z).abs().add(1)
+    else:
+        gap = torch.zeros_like(dres)
+    if p:
+        Az = A1 @ z
+        pparts.append((Az - b1).abs().amax() / (torch.maximum(Az.abs().amax(), bnorm) + 1))
+    pres = torch.stack(pparts).amax() if pparts else torch.zeros_like(dres)
+    # the backward's KKT system on the final active set, factorised once (``kkt_tangent``)
+    Cw = G1.index_select(0, idx) if active else Q1.new_zeros(0, n)
+    C = Cw if A1 is None else torch.cat([A1, Cw], 0)
+    LU, piv, info = torch.linalg.lu_factor_ex(_kkt_matrix(Q1, C))
+    res = torch.stack([pres, dres, gap])
+    r_p, r_d, r_g, info_ = torch.cat([res, info.to(dtype).reshape(1)]).tolist()
+    if not (r_p <= opts.tol_primal and r_d <= opts.tol_dual and r_g <= opts.tol_gap and info_ == 0):
+        return None
+    pres, dres, gap = res.reshape(3, 1).unbind(0)
+    cache = {"s": s, "polished": torch.ones(1, dtype=torch.bool, device=Q1.device),
+             "kkt_lu": LU.unsqueeze(0), "kkt_piv": piv.unsqueeze(0), "kkt_idx": idx.unsqueeze(0)}
+    if act is not None:
+        cache["act"] = act
+    return Solution(z=zb, duals={"lam": lam, "nu": nub},
+                    status=torch.full((1,), int(Status.SOLVED), dtype=torch.int64, device=Q1.device),
+                    iterations=torch.full((1,), steps + 1, dtype=torch.int64, device=Q1.device),
+                    residuals={"primal": pres, "dual": dres, "gap": gap}, cache=cache)

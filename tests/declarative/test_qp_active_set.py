@@ -1,0 +1,168 @@
+"""The dual active-set fast path for one small QP (``declarative.qp.active_set``).
+
+It must give what the interior-point path gives — solution, multipliers, statuses and the
+gradients of all six parameters, including the one-sided ones at weakly active constraints — and
+hand every case outside its scope (semidefinite Q, infeasible or non-finite data, dependent
+equalities) to the interior-point method.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from declarative import QPOptions, Status, solve_qp
+from declarative.qp import active_set
+from declarative.qp.active_set import solve_qp_active_set
+from declarative.reference.qp import degenerate_qp, qp_reference_batch, random_qp
+
+IPM = QPOptions(active_set=False)
+BLOCKS = {"none": (0, 0), "ineq": (9, 0), "eq": (0, 2), "both": (9, 2), "many": (30, 3)}
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    """Counts the active-set solves that succeeded."""
+    calls = {"ok": 0, "none": 0}
+    real = active_set.solve_qp_active_set
+
+    def counted(*a, **k):
+        out = real(*a, **k)
+        calls["ok" if out is not None else "none"] += 1
+        return out
+    import declarative.qp.problem as problem
+    monkeypatch.setattr(problem, "solve_qp_active_set", counted)
+    return calls
+
+
+@pytest.mark.parametrize("blocks", list(BLOCKS))
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_matches_cvxpy_and_the_interior_point_path(blocks, seed, device, spy):
+    m, p = BLOCKS[blocks]
+    params = tuple(None if t is None else t.to(device) for t in random_qp(1, 6, m, p, seed=seed + 7 * m))
+    sol = solve_qp(*params)
+    assert spy["ok"] == 1 and (sol.status == Status.SOLVED).all()
+    # exact: the KKT stationarity residual is at rounding level
+    Q, q, G, h, A, b = params
+    r = Q[0] @ sol.z[0] + q[0]
+    if m:
+        r = r + G[0].T @ sol.duals["lam"][0]
+    if p:
+        r = r + A[0].T @ sol.duals["nu"][0]
+    assert r.abs().max() <= 1e-12 * (1 + q.abs().max())
+    # the interior-point path polishes only with inequalities; without, its Newton step carries the
+    # static regularisation (stationarity ~3e-10 here)
+    ipm = solve_qp(*params, options=IPM)
+    atol = 1e-10 if m else 1e-8
+    torch.testing.assert_close(sol.z, ipm.z, atol=atol, rtol=0)
+    torch.testing.assert_close(sol.duals["lam"], ipm.duals["lam"], atol=10 * atol, rtol=0)
+    torch.testing.assert_close(sol.duals["nu"], ipm.duals["nu"], atol=10 * atol, rtol=0)
+    z, lam, nu, st = qp_reference_batch(*[None if t is None else t.cpu() for t in params])
+    assert st == ["optimal"]
+    np.testing.assert_allclose(sol.z.cpu().numpy(), z, atol=1e-7)
+    for r in ("primal", "dual", "gap"):
+        assert (sol.residuals[r] <= 1e-8).all(), r
+
+
+def _grads(params, options=None, mode="implicit", beta=None):
+    leaves = [None if t is None else t.detach().clone().requires_grad_() for t in params]
+    sol = solve_qp(*leaves, options=options, mode=mode, beta=beta)
+    w = torch.linspace(-1.0, 1.0, sol.z.numel(), dtype=sol.z.dtype, device=sol.z.device).reshape(sol.z.shape)
+    return torch.autograd.grad((sol.z * w).sum(), [t for t in leaves if t is not None])
+
+
+@pytest.mark.parametrize("kind", ["random", "degenerate", "unbatched"])
+def test_gradients_as_the_interior_point_path(kind, spy):
+    if kind == "random":
+        params = random_qp(1, 6, 9, 2, seed=3)
+    elif kind == "degenerate":
+        Q, q, G, h, *_ = degenerate_qp(1, seed=4)   # weakly active constraints: the backward QP
+        params = (Q, q, G, h, None, None)
+    else:
+        params = random_qp(None, 5, 7, 1, seed=5)
+    got, ref = _grads(params), _grads(params, IPM)
+    assert spy["ok"] == 1
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b, atol=1e-8, rtol=1e-8)
+
+
+def test_contrastive_modes_as_the_interior_point_path():
+    import contrastive  # noqa: F401  (registers the modes)
+    params = random_qp(1, 5, 8, 1, seed=6)
+    for mode in ("contrastive", "symmetric"):
+        for a, b in zip(_grads(params, None, mode, 1e-3), _grads(params, IPM, mode, 1e-3)):
+            torch.testing.assert_close(a, b, atol=1e-8, rtol=1e-8)
+
+
+def test_gradcheck():
+    Q, q, G, h, A, b = random_qp(1, 3, 4, 1, seed=21)
+    inputs = tuple(t.clone().requires_grad_() for t in (Q, q, G, h, A, b))
+
+    def f(Q, q, G, h, A, b):
+        return solve_qp(0.5 * (Q + Q.mT), q, G, h, A, b).z
+    assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-6, rtol=1e-4)
+
+
+def test_dependent_and_repeated_constraints(spy):
+    """A repeated row and a row that is the sum of two others (dependent active constraints: the
+    method drops one before it adds the other)."""
+    Q, q, G, h, _, _ = random_qp(1, 4, 6, 0, seed=8)
+    G = torch.cat([G, G[:, :1], G[:, 1:2] + G[:, 2:3]], 1)
+    h = torch.cat([h, h[:, :1], h[:, 1:2] + h[:, 2:3]], 1)
+    q = q * 20                                   # push the minimiser against many rows
+    sol = solve_qp(Q, q, G, h)
+    ref = solve_qp(Q, q, G, h, options=IPM)
+    torch.testing.assert_close(sol.z, ref.z, atol=1e-9, rtol=0)
+    z, *_ = qp_reference_batch(Q, q, G, h)
+    np.testing.assert_allclose(sol.z.numpy(), z, atol=1e-6)
+
+
+def test_out_of_scope_goes_to_the_interior_point_method(spy):
+    f64 = torch.float64
+    # an LP (Q = 0): not strictly convex
+    G = torch.cat([torch.eye(3), -torch.eye(3)]).double()
+    sol = solve_qp(torch.zeros(3, 3, dtype=f64), torch.tensor([1.0, -2.0, 0.5], dtype=f64), G, torch.ones(6, dtype=f64))
+    torch.testing.assert_close(sol.z, torch.tensor([-1.0, 1.0, -1.0], dtype=f64), atol=1e-8, rtol=0)
+    # infeasible, unbounded, non-finite: the interior-point method's statuses
+    Q, q = torch.eye(2, dtype=f64), torch.zeros(2, dtype=f64)
+    Gi, hi = torch.tensor([[1.0, 0.0], [-1.0, 0.0]], dtype=f64), torch.tensor([-1.0, -1.0], dtype=f64)
+    assert int(solve_qp(Q, q, Gi, hi, check=False).status) == Status.PRIMAL_INFEASIBLE
+    Qs = torch.diag(torch.tensor([1.0, 0.0], dtype=f64))
+    assert int(solve_qp(Qs, torch.tensor([0.0, -1.0], dtype=f64), torch.tensor([[1.0, 0.0]], dtype=f64),
+                        torch.ones(1, dtype=f64), check=False).status) == Status.DUAL_INFEASIBLE
+    qn = torch.tensor([float("nan"), 0.0], dtype=f64)
+    assert int(solve_qp(Q, qn, Gi.abs(), hi.abs(), check=False).status) == Status.NON_FINITE
+    assert spy["ok"] == 0 and spy["none"] == 4
+    # the raw solver directly: None for each
+    assert solve_qp_active_set(Q, q, Gi, hi) is None
+    assert solve_qp_active_set(Qs, q, Gi, -hi) is None
+
+
+def test_only_single_small_problems(spy):
+    solve_qp(*random_qp(2, 4, 5, 0, seed=1))                       # a batch
+    solve_qp(*random_qp(1, 30, 40, 0, seed=1))                     # n + m > 64
+    solve_qp(*random_qp(1, 4, 5, 0, seed=1), options=IPM)          # switched off
+    assert spy["ok"] == spy["none"] == 0
+    with pytest.raises(ValueError, match="active_set"):
+        QPOptions(active_set="yes")
+
+
+def test_float32():
+    params = random_qp(1, 5, 8, 1, seed=9, dtype=torch.float32)
+    sol = solve_qp(*params)
+    z, *_ = qp_reference_batch(*[t.double() for t in params])
+    np.testing.assert_allclose(sol.z.double().numpy(), z, atol=1e-4)
+
+
+def test_random_problems_gradients_as_the_interior_point_path():
+    """40 random single problems of random shape: solution and implicit gradients of all six
+    parameters as on the interior-point path."""
+    g = torch.Generator().manual_seed(0)
+    for seed in range(40):
+        n, m, p = (int(v) for v in torch.randint(1, 8, (3,), generator=g))
+        p = min(p % 3, n - 1)
+        params = random_qp(1, n, m, p, seed=100 + seed)
+        a, b = _grads(params), _grads(params, IPM)
+        for x, y in zip(a, b):
+            torch.testing.assert_close(x, y, atol=1e-7, rtol=1e-7, msg=f"seed {seed} (n, m, p) = {(n, m, p)}")
