@@ -126,12 +126,6 @@ class Equilibration(NamedTuple):
                         iterations=sol.iterations, residuals=sol.residuals, cache=sol.cache)
 
 
-def _inverse_row_scale(M: torch.Tensor, r: torch.Tensor, cap: float) -> torch.Tensor:
-    """``1 / max(‖M_i‖∞, |r_i|)`` for every row ``i`` (1 for all-zero rows), clipped to ``[1/cap, cap]``."""
-    size = torch.maximum(M.abs().amax(-1), r.abs())
-    return _inverse(size, cap)
-
-
 def _inverse(size: torch.Tensor, cap: float) -> torch.Tensor:
     """``1 / size`` clipped to ``[1/cap, cap]``; 1 where ``size`` is 0 (NaN stays NaN)."""
     inv = torch.where(size > 0, size, torch.ones_like(size)).reciprocal()
@@ -147,16 +141,17 @@ def equilibration(Q, q, G=None, h=None, A=None, b=None) -> Equilibration | None:
         Q ``(B, n, n)|(n, n)``, q ``(B, n)|(n,)``, G ``(B, m, n)|(m, n)``, h ``(B, m)|(m,)``,
         A ``(B, p, n)|(p, n)``, b ``(B, p)|(p,)``; the scales as in ``Equilibration``.
     """
-    cap = torch.finfo(Q.dtype).tiny ** -0.5
     sQ = Q.abs().amax((-2, -1))
     sq = q.abs().amax(-1)
     if Q.dim() == 2:
         sq = sq.amax() if sq.dim() else sq      # one scale for the batch: Q stays unbatched
-    cost = _inverse(torch.maximum(sQ, sq), cap)
-    ineq = _inverse_row_scale(G, h, cap) if G is not None else None
-    eq = _inverse_row_scale(A, b, cap) if A is not None else None
-    scales = [cost.reshape(-1)] + [t.reshape(-1) for t in (ineq, eq) if t is not None]
-    allscales = torch.cat(scales)
-    if not bool(((allscales < 1 / BAND) | (allscales > BAND)).any()):
+    sizes = [torch.maximum(sQ, sq)]             # the objective's, then every row's [G_i, h_i], [A_j, b_j]
+    for M, r in ((G, h), (A, b)):
+        sizes.append(None if M is None else torch.maximum(M.abs().amax(-1), r.abs()))
+    flat = torch.cat([t.reshape(-1) for t in sizes if t is not None])
+    # in band (zero sizes keep the scale 1): nothing to do — one host sync, no scales formed
+    if not bool(((flat > BAND) | ((flat > 0) & (flat < 1 / BAND))).any()):
         return None
+    cap = torch.finfo(Q.dtype).tiny ** -0.5
+    cost, ineq, eq = (None if t is None else _inverse(t, cap) for t in sizes)
     return Equilibration(cost, ineq, eq)
