@@ -120,15 +120,25 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
     vtol = strict * (1 + vals[3]) if G1 is not None else 0.0   # feasibility threshold (the polish's)
     gsq = vals[4:]
 
-    def kkt_solve(C, rhs):
-        """``[Q Cᵀ; C 0]⁻¹ rhs`` (LU); None if the matrix is singular."""
+    # the KKT matrix of every row, [Q Cᵀ; C 0] with C = [A; G], formed once: the system of an
+    # active set W is its principal submatrix on the variables, the equalities and W
+    rows = [t for t in (A1, G1) if t is not None]
+    K_all = _kkt_matrix(Q1, torch.cat(rows, 0) if len(rows) > 1 else (rows[0] if rows else Q1.new_zeros(0, n)))
+    base = list(range(n + p))
+
+    def kkt(active):
+        ix = torch.tensor(base + [n + p + i for i in active], device=Q1.device)
+        return K_all.index_select(0, ix).index_select(1, ix)
+
+    def kkt_solve(active, rhs):
+        """``[Q Cᵀ; C 0]⁻¹ rhs`` on the active set (LU); None if the matrix is singular."""
         try:
-            return torch.linalg.solve(_kkt_matrix(Q1, C), rhs)
+            return torch.linalg.solve(kkt(active), rhs)
         except torch.linalg.LinAlgError:
             return None
 
     # equality-constrained minimiser
-    sol = kkt_solve(A1 if A1 is not None else Q1.new_zeros(0, n), torch.cat([-q1, b1]) if b1 is not None else -q1)
+    sol = kkt_solve([], torch.cat([-q1, b1]) if b1 is not None else -q1)
     if sol is None:
         return None
     z = sol[:n]
@@ -155,11 +165,7 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
             if steps > max_steps:
                 return None
             k = len(active)
-            if A1 is None:
-                C = G1[active] if k else Q1.new_zeros(0, n)
-            else:
-                C = torch.cat([A1, G1[active]], 0) if k else A1
-            sol = kkt_solve(C, torch.cat([gp, zeros[:p + k]]))
+            sol = kkt_solve(active, torch.cat([gp, zeros[:p + k]]))
             if sol is None:
                 return None
             # sol = −(dz, dμ): the direction for a unit increase of λ_p (signs folded in below)
@@ -232,9 +238,7 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
         pparts.append((Az - b1).abs().amax() / (torch.maximum(Az.abs().amax(), bnorm) + 1))
     pres = torch.stack(pparts).amax() if pparts else torch.zeros_like(dres)
     # the backward's KKT system on the final active set, factorised once (``kkt_tangent``)
-    Cw = G1.index_select(0, idx) if active else Q1.new_zeros(0, n)
-    C = Cw if A1 is None else torch.cat([A1, Cw], 0)
-    LU, piv, info = torch.linalg.lu_factor_ex(_kkt_matrix(Q1, C))
+    LU, piv, info = torch.linalg.lu_factor_ex(kkt(active))
     res = torch.stack([pres, dres, gap])
     r_p, r_d, r_g, info_ = torch.cat([res, info.to(dtype).reshape(1)]).tolist()
     if not (r_p <= opts.tol_primal and r_d <= opts.tol_dual and r_g <= opts.tol_gap and info_ == 0):
