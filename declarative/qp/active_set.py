@@ -102,7 +102,6 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
     strict = _strict(dtype)
     hnorm = _inf_norm(h1) if G1 is not None else Q1.new_zeros(())
     bnorm = _inf_norm(b1) if A1 is not None else Q1.new_zeros(())
-    qnorm = _inf_norm(q1)
     # finite data (the interior-point method flags the others) and positive definite Q (the
     # unconstrained minimiser exists); the scalars the steps compare against — one host sync
     data = [t.reshape(-1) for t in (Q1, q1, G1, h1, A1, b1) if t is not None]
