@@ -107,17 +107,20 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
     data = [t.reshape(-1) for t in (Q1, q1, G1, h1, A1, b1) if t is not None]
     checks = [torch.isfinite(torch.cat(data)).all().to(dtype),
               (torch.linalg.cholesky_ex(Q1).info == 0).to(dtype), Q1.abs().amax()]
-    if G1 is not None:
-        checks.append(hnorm)
     vals = torch.stack(checks)
     if G1 is not None:
-        vals = torch.cat([vals, (G1 * G1).sum(-1)])   # ‖g_i‖², for the dependence test
+        # ‖g_i‖² (the dependence test), ‖g_i‖₁ and |h_i| (the rounding level of g_i·z − h_i)
+        absG = G1.abs()
+        vals = torch.cat([vals, (G1 * G1).sum(-1), absG.sum(-1), h1.abs()])
     vals = vals.tolist()
     if vals[0] != 1.0 or vals[1] != 1.0:
         return None
     qscale = max(vals[2], torch.finfo(dtype).tiny)
-    vtol = strict * (1 + vals[3]) if G1 is not None else 0.0   # feasibility threshold (the polish's)
-    gsq = vals[4:]
+    gsq, g1, habs = vals[3:3 + m], vals[3 + m:3 + 2 * m], vals[3 + 2 * m:]
+    # a row counts as violated when g_i·z − h_i exceeds the rounding level of its evaluation,
+    # c·eps·(|h_i| + ‖g_i‖₁‖z‖∞) — per row and relative (a threshold tied to ‖h‖∞, like the
+    # polish's 1e3·eps·(1 + ‖h‖∞), let float32 solutions violate a row by 1e-4·(1 + ‖h‖∞))
+    reps = max(n, 16) * torch.finfo(dtype).eps
 
     # the KKT matrix of every row, [Q Cᵀ; C 0] with C = [A; G], formed once: the system of an
     # active set W is its principal submatrix on the variables, the equalities and W
@@ -149,12 +152,17 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
     max_steps = 4 * (m + p) + n + 10
     inf = float("inf")
     while G1 is not None:
-        r = (G1 @ z - h1).tolist()            # constraint values g_i·z − h_i
-        ip = max(range(m), key=r.__getitem__)
-        viol = r[ip]
-        if not all(map(math.isfinite, r)):
+        rz = torch.cat([G1 @ z - h1, z]).tolist()   # constraint values g_i·z − h_i, then z
+        if not all(map(math.isfinite, rz)):
             return None
-        if viol <= vtol:
+        zmax = max(map(abs, rz[m:]), default=0.0)
+        # the most violated row outside W, relative to its rounding level (W's rows hold by the solve)
+        ip, viol = -1, 0.0
+        in_w = set(active)
+        for i in range(m):
+            if i not in in_w and rz[i] > reps * (habs[i] + g1[i] * zmax) and rz[i] > viol:
+                ip, viol = i, rz[i]
+        if ip < 0:
             break
         gp = G1[ip]
         gap_p = -viol                          # h_p − g_p·z, updated with z
@@ -198,17 +206,19 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
                 break
             del active[drop]
             del lam_w[drop]
-    nu = torch.tensor(nu, dtype=dtype, device=Q1.device)
-
-    # assemble and verify (the same strict test as the polish, and the solver's tolerances): the
-    # last violation check above found every row feasible to ``vtol``; the multipliers' signs
-    if active and min(lam_w) < -strict * (1 + max(map(abs, lam_w))):
-        return None
-    zb = z.unsqueeze(0)
+    # the final active set's KKT system solved afresh (the steps' updates accumulate rounding),
+    # with one step of iterative refinement; its LU factors serve the backward (``kkt_tangent``).
+    # The last violation check above found every row outside W feasible to its rounding level.
     idx = torch.tensor(active, dtype=torch.int64, device=Q1.device)
+    K = kkt(active)
+    LU, piv, info = torch.linalg.lu_factor_ex(K)
+    rhs = torch.cat([-q1] + ([b1] if p else []) + ([h1.index_select(0, idx)] if active else [])).unsqueeze(-1)
+    x = torch.linalg.lu_solve(LU, piv, rhs)
+    x = (x + torch.linalg.lu_solve(LU, piv, rhs - K @ x)).squeeze(-1)
+    z, nu, lam_act = x[:n], x[n:n + p], x[n + p:]
+    zb = z.unsqueeze(0)
     if G1 is not None:
-        lam = Q1.new_zeros(m).index_copy(0, idx, torch.tensor(lam_w, dtype=dtype, device=Q1.device))
-        lam = lam.clamp(min=0).unsqueeze(0)
+        lam = Q1.new_zeros(m).index_copy(0, idx, lam_act).clamp(min=0).unsqueeze(0)
         Gz = G1 @ z
         s1 = (h1 - Gz).clamp(min=0)
         s = s1.unsqueeze(0)
@@ -236,11 +246,17 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
         Az = A1 @ z
         pparts.append((Az - b1).abs().amax() / (torch.maximum(Az.abs().amax(), bnorm) + 1))
     pres = torch.stack(pparts).amax() if pparts else torch.zeros_like(dres)
-    # the backward's KKT system on the final active set, factorised once (``kkt_tangent``)
-    LU, piv, info = torch.linalg.lu_factor_ex(kkt(active))
+    # accept: the solver's tolerances, a successful factorisation and the multipliers' signs (the
+    # polish's test: non-negative to 1e3·eps of their scale)
     res = torch.stack([pres, dres, gap])
-    r_p, r_d, r_g, info_ = torch.cat([res, info.to(dtype).reshape(1)]).tolist()
+    checks = [res, info.to(dtype).reshape(1)]
+    if active:
+        checks.append((lam_act.amin() + strict * (1 + lam_act.abs().amax())).reshape(1))
+    vals = torch.cat(checks).tolist()
+    r_p, r_d, r_g, info_ = vals[:4]
     if not (r_p <= opts.tol_primal and r_d <= opts.tol_dual and r_g <= opts.tol_gap and info_ == 0):
+        return None
+    if active and not vals[4] >= 0:
         return None
     pres, dres, gap = res.reshape(3, 1).unbind(0)
     cache = {"s": s, "polished": torch.ones(1, dtype=torch.bool, device=Q1.device),

@@ -166,3 +166,24 @@ def test_random_problems_gradients_as_the_interior_point_path():
         a, b = _grads(params), _grads(params, IPM)
         for x, y in zip(a, b):
             torch.testing.assert_close(x, y, atol=1e-7, rtol=1e-7, msg=f"seed {seed} (n, m, p) = {(n, m, p)}")
+
+
+def test_float32_small_violations_are_not_accepted():
+    """Rows violated by more than their rounding level join the active set, also in float32 (found
+    by review: a threshold of 1e3·eps·(1 + ‖h‖∞) accepted z₁ = 2 against z₁ ≤ 1.99 when
+    max|h| = 100, with λ = 0 and the wrong gradient); inconsistent rows are infeasible."""
+    f32 = torch.float32
+    Q, q = torch.eye(2, dtype=f32), torch.tensor([-2.0, -2.0], dtype=f32)
+    G, h = torch.eye(2, dtype=f32), torch.tensor([1.99, 100.0], dtype=f32)
+    leaves = [t.clone().requires_grad_() for t in (Q, q, G, h)]
+    sol = solve_qp(*leaves)
+    torch.testing.assert_close(sol.z, torch.tensor([1.99, 2.0], dtype=f32), atol=1e-6, rtol=0)
+    torch.testing.assert_close(sol.duals["lam"], torch.tensor([0.01, 0.0], dtype=f32), atol=1e-6, rtol=0)
+    dq, dh = torch.autograd.grad(sol.z.sum(), [leaves[1], leaves[3]])
+    torch.testing.assert_close(dq, torch.tensor([0.0, -1.0], dtype=f32), atol=1e-6, rtol=0)
+    torch.testing.assert_close(dh, torch.tensor([1.0, 0.0], dtype=f32), atol=1e-6, rtol=0)
+    # z₁ ≤ 1 and z₁ ≥ 1.001: infeasible (was SOLVED with z₁ = 1.001)
+    Gi = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0]], dtype=f32)
+    hi = torch.tensor([1.0, -1.001, 10.0], dtype=f32)
+    assert int(solve_qp(torch.eye(2, dtype=f32), torch.zeros(2, dtype=f32), Gi, hi, check=False).status) \
+        == Status.PRIMAL_INFEASIBLE
