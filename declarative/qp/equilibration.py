@@ -1,29 +1,31 @@
-"""Equilibration of QP data: the objective and the constraint rows brought to unit size.
+"""Equilibration of QP data: the objective, the constraint rows and the variables brought to unit size.
 
 The solver's convergence tests, its polish and the weak-activity classification of the backward
 measure residuals, multipliers and slacks against ``1 + scale``; the ``1`` makes them absolute when
 the data are small. An objective of size 1e-6 then passes as converged 1% away from its minimiser,
 with the wrong active set (and the wrong gradient). ``QPProblem`` therefore solves the equivalent
-problem
+problem in ``z = t z'``
 
-    minimize ½ zᵀ(σQ)z + (σq)ᵀz   s.t.   (D_G G) z ≤ D_G h,   (D_A A) z = D_A b
+    minimize ½ z'ᵀ(σt²Q)z' + (σtq)ᵀz'   s.t.   (D_G tG) z' ≤ D_G h,   (D_A tA) z' = D_A b
 
-with ``σ = 1 / max(max|Q|, max|q|)``, ``D_G = diag(1 / max(‖G_i‖∞, |h_i|))`` and
-``D_A = diag(1 / max(‖A_j‖∞, |b_j|))`` (all-zero rows keep 1). Every entry of the scaled data is
-then at most 1 in magnitude — including the right-hand sides, which the tolerances are measured
-against: a row scaled by its ``G_i`` alone would turn a nearly vacuous row (``10⁻⁸ gᵀz ≤ 1``) into
-``gᵀz ≤ 10⁸`` and loosen every tolerance of its element by ``10⁸``, while with ``h_i`` in the
-maximum the same row — and a big-M bound ``z_k ≤ 10⁸`` — becomes harmless (``10⁻⁸ gᵀz ≤ 1``).
-The scales are clipped to ``[1/c, c]`` with ``c = 1/√tiny`` of the dtype, so the scaled data stay
-finite. The scaled problem has the same minimiser ``z*``; its multipliers
-are ``λ' = σλ / d_G`` and ``ν' = σν / d_A``. The derivative of ``z*`` along a nudge ``q → q + βg``
-is that of the scaled problem along ``σg`` (same ``dz``; ``dλ = d_G dλ' / σ``, ``dν = d_A dν' / σ``),
-so every gradient mode works on the scaled problem and maps back exactly; the scales are
-constants for the gradient (``z*`` does not depend on them).
+The variable scale ``t`` estimates the size of the minimiser: the median over the constraint rows
+of ``|h_i| / ‖G_i‖∞`` and ``|b_j| / ‖A_j‖∞`` (``max|q| / max|Q|`` without rows), used when it is
+outside ``[1/BAND, BAND]`` — without it a minimiser of size 1e-8 (``q``, ``h``, ``b`` small against
+``Q``, ``G``) met the tolerances only absolutely, and its active rows were classified as weakly
+active (wrong gradients). Then ``σ = 1 / max(t² max|Q|, t max|q|)``,
+``D_G = diag(1 / max(t‖G_i‖∞, |h_i|))`` and ``D_A = diag(1 / max(t‖A_j‖∞, |b_j|))`` (all-zero rows
+keep 1). Every entry of the scaled data is then at most 1 in magnitude — including the right-hand
+sides, which the tolerances are measured against: a row scaled by its ``G_i`` alone would turn a
+nearly vacuous row (``10⁻⁸ gᵀz ≤ 1``) into ``gᵀz ≤ 10⁸`` and loosen every tolerance of its element
+by ``10⁸``, while with ``h_i`` in the maximum the same row — and a big-M bound ``z_k ≤ 10⁸`` —
+becomes harmless (``10⁻⁸ gᵀz ≤ 1``). The scales are clipped to ``[1/c, c]`` with ``c = 1/√tiny``
+of the dtype, so the scaled data stay finite.
 
-What this does not fix: a solution far smaller than the data's natural scale (``q`` and ``h``
-both ``10⁻⁶`` of ``Q`` and ``G``, so ``z* ~ 10⁻⁶``) still meets the ``1 + scale`` tolerances
-absolutely (a scaling of ``z`` itself would be needed).
+The scaled problem's minimiser is ``z' = z*/t``; its multipliers are ``λ' = σλ / d_G`` and
+``ν' = σν / d_A``. The derivative of ``z*`` along a nudge ``q → q + βg`` is ``t`` times that of the
+scaled problem along ``σtg`` (``dλ = d_G dλ' / σ``, ``dν = d_A dν' / σ``), so every gradient mode
+works on the scaled problem and maps back exactly; the scales are constants for the gradient
+(``z*`` does not depend on them).
 
 Data whose scales all lie in ``[1/BAND, BAND]`` are left as they are (``equilibration`` returns
 None): the solver handles them directly, and bit-for-bit as without this module.
@@ -52,16 +54,19 @@ class Equilibration(NamedTuple):
         - ineq ``d_G``: like ``h`` without its last axis plus ``m``: ``(m,)`` or ``(B, m)``; None
           without inequalities
         - eq ``d_A``: ``(p,)`` or ``(B, p)``; None without equalities
+        - var ``t``: like ``σ``
     """
 
     cost: torch.Tensor
     ineq: torch.Tensor | None
     eq: torch.Tensor | None
+    var: torch.Tensor
 
     # -- in a Solution's cache (which travels through autograd as tensors) ---------------------------
     def store(self, cache: dict) -> None:
-        """Put the scales into a solver cache (keys ``eq_cost``, ``eq_ineq``, ``eq_eq``)."""
+        """Put the scales into a solver cache (keys ``eq_cost``, ``eq_var``, ``eq_ineq``, ``eq_eq``)."""
         cache["eq_cost"] = self.cost
+        cache["eq_var"] = self.var
         for key, t in (("eq_ineq", self.ineq), ("eq_eq", self.eq)):
             if t is not None:
                 cache[key] = t
@@ -71,25 +76,32 @@ class Equilibration(NamedTuple):
         """The scales put into ``cache`` by ``store``, or None."""
         if "eq_cost" not in cache:
             return None
-        return cls(cache["eq_cost"], cache.get("eq_ineq"), cache.get("eq_eq"))
+        return cls(cache["eq_cost"], cache.get("eq_ineq"), cache.get("eq_eq"), cache["eq_var"])
 
     # -- data ----------------------------------------------------------------------------------------
+    @staticmethod
+    def _per_element(c: torch.Tensor, dims: int) -> torch.Tensor:
+        """``c`` (``()`` or ``(B,)``) shaped to broadcast against a tensor with ``dims`` core axes."""
+        return c.reshape(*c.shape, *([1] * dims)) if c.dim() else c
+
     def params(self, params):
-        """``(σQ, σq, D_G G, D_G h, D_A A, D_A b)`` (None blocks stay None)."""
+        """``(σt²Q, σtq, D_G tG, D_G h, D_A tA, D_A b)`` (None blocks stay None)."""
         Q, q, G, h, A, b = params
-        c = self.cost
-        Qs = Q * (c.reshape(*c.shape, 1, 1) if c.dim() else c)
-        qs = q * (c.unsqueeze(-1) if c.dim() else c)
+        c = self._per_element(self.cost, 0)
+        t = self._per_element(self.var, 0)
+        ct = c * t
+        Qs = Q * self._per_element(ct * t, 2)
+        qs = q * self._per_element(ct, 1)
         Gs = hs = As = bs = None
         if G is not None:
-            Gs, hs = G * self.ineq.unsqueeze(-1), h * self.ineq
+            Gs, hs = G * (self.ineq * self._per_element(t, 1)).unsqueeze(-1), h * self.ineq
         if A is not None:
-            As, bs = A * self.eq.unsqueeze(-1), b * self.eq
+            As, bs = A * (self.eq * self._per_element(t, 1)).unsqueeze(-1), b * self.eq
         return Qs, qs, Gs, hs, As, bs
 
     def direction(self, g: torch.Tensor) -> torch.Tensor:
-        """The nudge direction of the scaled problem, ``σg``."""
-        return g * (self.cost.unsqueeze(-1) if self.cost.dim() else self.cost)
+        """The nudge direction of the scaled problem, ``σtg``."""
+        return g * self._per_element(self.cost * self.var, 1)
 
     # -- multipliers ---------------------------------------------------------------------------------
     def _ratio(self, d: torch.Tensor) -> torch.Tensor:
@@ -115,15 +127,16 @@ class Equilibration(NamedTuple):
         return out
 
     def scaled_solution(self, sol: Solution) -> Solution:
-        """``sol`` (in the original units) with the multipliers of the scaled problem; the cache,
-        which the solver filled for the scaled problem, is shared."""
-        return Solution(z=sol.z, duals=self.scale_duals(sol.duals), status=sol.status,
-                        iterations=sol.iterations, residuals=sol.residuals, cache=sol.cache)
+        """``sol`` (in the original units) as a solution of the scaled problem: ``z' = z / t`` and
+        its multipliers; the cache, which the solver filled for the scaled problem, is shared."""
+        return Solution(z=sol.z / self._per_element(self.var, 1), duals=self.scale_duals(sol.duals),
+                        status=sol.status, iterations=sol.iterations, residuals=sol.residuals, cache=sol.cache)
 
     def unscaled_solution(self, sol: Solution) -> Solution:
-        """``sol`` of the scaled problem in the original units (same ``z``; cache shared)."""
-        return Solution(z=sol.z, duals=self.unscale_duals(sol.duals), status=sol.status,
-                        iterations=sol.iterations, residuals=sol.residuals, cache=sol.cache)
+        """``sol`` of the scaled problem in the original units (``z = t z'``; also for tangents,
+        which map like solutions; cache shared)."""
+        return Solution(z=sol.z * self._per_element(self.var, 1), duals=self.unscale_duals(sol.duals),
+                        status=sol.status, iterations=sol.iterations, residuals=sol.residuals, cache=sol.cache)
 
 
 def _inverse(size: torch.Tensor, cap: float) -> torch.Tensor:
@@ -132,8 +145,34 @@ def _inverse(size: torch.Tensor, cap: float) -> torch.Tensor:
     return inv.clamp(1 / cap, cap)
 
 
+def _solution_scale(Q, q, G, h, A, b) -> torch.Tensor:
+    """An estimate ``t`` of the size of the minimiser: the median over the constraint rows of
+    ``|h_i| / ‖G_i‖∞`` and ``|b_j| / ‖A_j‖∞`` (rows with a zero side skipped; a median, so that a
+    few big-M or tiny rows do not set it), or ``max|q| / max|Q|`` without such rows, or 1.
+    ``()`` when ``Q`` is unbatched (one scale for the batch), else ``(B,)``."""
+    ratios = []
+    for M, r in ((G, h), (A, b)):
+        if M is not None and M.shape[-2] > 0:
+            rowmax = M.abs().amax(-1)
+            ra = r.abs().expand(torch.broadcast_shapes(rowmax.shape, r.shape))
+            rowmax = rowmax.expand_as(ra)
+            ratios.append(torch.where((rowmax > 0) & (ra > 0), ra / rowmax, float("nan")))
+    sQ = Q.abs().amax((-2, -1))
+    sq = q.abs().amax(-1)
+    obj = torch.where((sQ > 0) & (sq > 0), sq / torch.where(sQ > 0, sQ, 1.0), 1.0)
+    if Q.dim() == 2:
+        obj = obj.amax() if obj.dim() else obj
+    if not ratios:
+        return obj
+    R = torch.cat(ratios, -1)
+    if Q.dim() == 2:
+        R = R.reshape(-1)
+    t = R.nanmedian(-1).values if R.dim() > 1 else R.nanmedian()
+    return torch.where(torch.isnan(t), obj, t)
+
+
 def equilibration(Q, q, G=None, h=None, A=None, b=None) -> Equilibration | None:
-    """The scales ``σ, d_G, d_A`` of the module docstring, or None when they all lie in
+    """The scales ``t, σ, d_G, d_A`` of the module docstring, or None when they all lie in
     ``[1/BAND, BAND]`` (then nothing needs scaling). NaN data give NaN scales for their own batch
     elements only (which the solver reports as ``Status.NON_FINITE``).
 
@@ -141,17 +180,20 @@ def equilibration(Q, q, G=None, h=None, A=None, b=None) -> Equilibration | None:
         Q ``(B, n, n)|(n, n)``, q ``(B, n)|(n,)``, G ``(B, m, n)|(m, n)``, h ``(B, m)|(m,)``,
         A ``(B, p, n)|(p, n)``, b ``(B, p)|(p,)``; the scales as in ``Equilibration``.
     """
-    sQ = Q.abs().amax((-2, -1))
-    sq = q.abs().amax(-1)
+    t = _solution_scale(Q, q, G, h, A, b)
+    t = torch.where((t > BAND) | (t < 1 / BAND), t, torch.ones_like(t))   # in band: no variable scaling
+    tc = t.reshape(*t.shape, 1) if t.dim() else t
+    sQ = Q.abs().amax((-2, -1)) * t * t
+    sq = q.abs().amax(-1) * t
     if Q.dim() == 2:
         sq = sq.amax() if sq.dim() else sq      # one scale for the batch: Q stays unbatched
-    sizes = [torch.maximum(sQ, sq)]             # the objective's, then every row's [G_i, h_i], [A_j, b_j]
+    sizes = [torch.maximum(sQ, sq)]             # the objective's, then every row's [tG_i, h_i], [tA_j, b_j]
     for M, r in ((G, h), (A, b)):
-        sizes.append(None if M is None else torch.maximum(M.abs().amax(-1), r.abs()))
-    flat = torch.cat([t.reshape(-1) for t in sizes if t is not None])
+        sizes.append(None if M is None else torch.maximum(M.abs().amax(-1) * tc, r.abs()))
+    flat = torch.cat([t.reshape(-1)] + [s_.reshape(-1) for s_ in sizes if s_ is not None])
     # in band (zero sizes keep the scale 1): nothing to do — one host sync, no scales formed
     if not bool(((flat > BAND) | ((flat > 0) & (flat < 1 / BAND))).any()):
         return None
     cap = torch.finfo(Q.dtype).tiny ** -0.5
-    cost, ineq, eq = (None if t is None else _inverse(t, cap) for t in sizes)
-    return Equilibration(cost, ineq, eq)
+    cost, ineq, eq = (None if s_ is None else _inverse(s_, cap) for s_ in sizes)
+    return Equilibration(cost, ineq, eq, t.clamp(1 / cap, cap))

@@ -199,3 +199,37 @@ def test_gradcheck_through_equilibration():
     def f(Q, q, G, h, A, b):
         return solve_qp(0.5 * (Q + Q.mT), q, G, h, A, b).z
     assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype, c", [(torch.float64, 1e-8), (torch.float32, 1e-4), (torch.float64, 1e8)])
+@pytest.mark.parametrize("active_set", [True, False])
+def test_solution_far_from_unit_size(dtype, c, active_set):
+    """z* = (c, 2c) for min ½‖z‖² − 2c(z₁ + z₂) s.t. z₁ ≤ c: the minimiser's size is c, the data's 1.
+    Without the variable scale t the weak-activity thresholds τ(1 + ‖λ‖), τ(1 + ‖h‖) classified
+    the active row as weakly active at c = 1e-8 (float64) and 1e-4 (float32): dq = (−1, −1),
+    dh = 0 instead of (0, −1) and 1 (found by review)."""
+    Q = torch.eye(2, dtype=dtype)
+    q = torch.tensor([-2 * c, -2 * c], dtype=dtype, requires_grad=True)
+    G = torch.tensor([[1.0, 0.0]], dtype=dtype)
+    h = torch.tensor([c], dtype=dtype, requires_grad=True)
+    sol = solve_qp(Q, q, G, h, options=QPOptions(active_set=active_set))
+    torch.testing.assert_close(sol.z / c, torch.tensor([1.0, 2.0], dtype=dtype), atol=1e-5, rtol=0)
+    torch.testing.assert_close(sol.duals["lam"] / c, torch.tensor([1.0], dtype=dtype), atol=1e-5, rtol=0)
+    dq, dh = torch.autograd.grad(sol.z.sum(), [q, h])
+    torch.testing.assert_close(dq, torch.tensor([0.0, -1.0], dtype=dtype), atol=1e-5, rtol=0)
+    torch.testing.assert_close(dh, torch.tensor([1.0], dtype=dtype), atol=1e-5, rtol=0)
+
+
+def test_small_solutions_match_the_scaled_problem():
+    """q, h and b × 1e-7 (z* × 1e-7): solution, multipliers and gradients are those of the unit
+    problem scaled back — ∂L/∂q and ∂L/∂h are unchanged, ∂L/∂Q and ∂L/∂G scale by 1e-7."""
+    c = 1e-7
+    params = random_qp(3, 5, 8, 1, seed=13)
+    Q, q, G, h, A, b = params
+    small = (Q, q * c, G, h * c, A, b * c)
+    ref, got = _grads(params), _grads(small)
+    factors = (c, 1.0, c, 1.0, c, 1.0)
+    for name, gr, gs, f in zip("Q q G h A b".split(), ref, got, factors):
+        torch.testing.assert_close(gs, gr * f, atol=1e-8 * f, rtol=1e-6, msg=name)
+    z = solve_qp(*small).z
+    torch.testing.assert_close(z / c, solve_qp(*params).z, atol=1e-8, rtol=0)

@@ -208,11 +208,13 @@ def test_unknown_mode_and_bad_beta():
 @settings(max_examples=12, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(n=st.integers(1, 4), m=st.integers(0, 5), p=st.integers(0, 2), B=st.integers(1, 3),
        seed=st.integers(0, 10_000), psd=st.booleans(), mixed=st.sampled_from([None, True]),
-       obj_scale=st.sampled_from([1.0, 1e-6, 1e6]), row_scale=st.sampled_from([1.0, 1e-5, 1e5]))
-def test_property_random_qps_match_cvxpy(n, m, p, B, seed, psd, mixed, obj_scale, row_scale):
+       obj_scale=st.sampled_from([1.0, 1e-6, 1e6]), row_scale=st.sampled_from([1.0, 1e-5, 1e5]),
+       z_scale=st.sampled_from([1.0, 1e-6, 1e5]))
+def test_property_random_qps_match_cvxpy(n, m, p, B, seed, psd, mixed, obj_scale, row_scale, z_scale):
     """``mixed=True``: the first interior-point phase in float32 (``QPOptions.mixed_precision``).
-    The solver sees the objective × ``obj_scale`` and the constraint rows × ``row_scale`` (the same
-    minimiser; equilibrated by ``QPProblem``); cvxpy solves the unscaled problem."""
+    The solver sees the objective × ``obj_scale``, the constraint rows × ``row_scale`` (the same
+    minimiser) and ``q, h, b`` × ``z_scale`` (the minimiser × ``z_scale``), all equilibrated by
+    ``QPProblem``; cvxpy solves the unscaled problem."""
     p = min(p, n)
     params = random_qp(B, n, m, p, seed=seed)
     if psd and m:
@@ -222,10 +224,10 @@ def test_property_random_qps_match_cvxpy(n, m, p, B, seed, psd, mixed, obj_scale
         params = (Q, params[1], torch.cat([params[2], box], 1),
                   torch.cat([params[3], 10 + torch.zeros(B, 2 * n, dtype=torch.float64)], 1), params[4], params[5])
     Q, q, G, h, A, b = params
-    scaled = (Q * obj_scale, q * obj_scale, None if G is None else G * row_scale,
-              None if h is None else h * row_scale, None if A is None else A * row_scale,
-              None if b is None else b * row_scale)
+    scaled = (Q * obj_scale, q * obj_scale * z_scale, None if G is None else G * row_scale,
+              None if h is None else h * row_scale * z_scale, None if A is None else A * row_scale,
+              None if b is None else b * row_scale * z_scale)
     sol = solve_qp(*scaled, options=QPOptions(mixed_precision=mixed))
     z, _, _, statuses = _ref(params)
     assert all(s == "optimal" for s in statuses)
-    np.testing.assert_allclose(sol.z.numpy(), z, atol=1e-5, rtol=1e-6)
+    np.testing.assert_allclose(sol.z.numpy() / z_scale, z, atol=1e-5, rtol=1e-6)
