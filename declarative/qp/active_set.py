@@ -121,6 +121,8 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
     # c·eps·(|h_i| + ‖g_i‖₁‖z‖∞) — per row and relative (a threshold tied to ‖h‖∞, like the
     # polish's 1e3·eps·(1 + ‖h‖∞), let float32 solutions violate a row by 1e-4·(1 + ‖h‖∞))
     reps = max(n, 16) * torch.finfo(dtype).eps
+    thr_h = [reps * v for v in habs]
+    thr_g = [reps * v for v in g1]
 
     # the KKT matrix of every row, [Q Cᵀ; C 0] with C = [A; G], formed once: the system of an
     # active set W is its principal submatrix on the variables, the equalities and W
@@ -153,15 +155,14 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
     inf = float("inf")
     while G1 is not None:
         rz = torch.cat([G1 @ z - h1, z]).tolist()   # constraint values g_i·z − h_i, then z
-        if not all(map(math.isfinite, rz)):
+        if not math.isfinite(sum(rz)):                # (an overflowing sum only sends it to the IPM)
             return None
         zmax = max(map(abs, rz[m:]), default=0.0)
         # the most violated row outside W, relative to its rounding level (W's rows hold by the solve)
         ip, viol = -1, 0.0
-        in_w = set(active)
-        for i in range(m):
-            if i not in in_w and rz[i] > reps * (habs[i] + g1[i] * zmax) and rz[i] > viol:
-                ip, viol = i, rz[i]
+        for i, (ri, th, tg) in enumerate(zip(rz, thr_h, thr_g)):
+            if ri > viol and ri > th + tg * zmax and i not in active:
+                ip, viol = i, ri
         if ip < 0:
             break
         gp = G1[ip]
@@ -178,7 +179,7 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
             # sol = −(dz, dμ): the direction for a unit increase of λ_p (signs folded in below)
             dz = sol[:n]
             vals = torch.cat([sol[n:], (gp @ dz).unsqueeze(0)]).tolist()
-            if not all(map(math.isfinite, vals)):
+            if not math.isfinite(sum(vals)):
                 return None
             dmu = [-v for v in vals[:p + k]]
             gdz = -vals[-1]
@@ -207,14 +208,17 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
             del active[drop]
             del lam_w[drop]
     # the final active set's KKT system solved afresh (the steps' updates accumulate rounding),
-    # with one step of iterative refinement; its LU factors serve the backward (``kkt_tangent``).
+    # below float64 with one step of iterative refinement; its LU factors serve the backward
+    # (``kkt_tangent``).
     # The last violation check above found every row outside W feasible to its rounding level.
     idx = torch.tensor(active, dtype=torch.int64, device=Q1.device)
     K = kkt(active)
     LU, piv, info = torch.linalg.lu_factor_ex(K)
     rhs = torch.cat([-q1] + ([b1] if p else []) + ([h1.index_select(0, idx)] if active else [])).unsqueeze(-1)
     x = torch.linalg.lu_solve(LU, piv, rhs)
-    x = (x + torch.linalg.lu_solve(LU, piv, rhs - K @ x)).squeeze(-1)
+    if dtype != torch.float64:                # one step of iterative refinement (float32 and below)
+        x = x + torch.linalg.lu_solve(LU, piv, rhs - K @ x)
+    x = x.squeeze(-1)
     z, nu, lam_act = x[:n], x[n:n + p], x[n + p:]
     zb = z.unsqueeze(0)
     if G1 is not None:

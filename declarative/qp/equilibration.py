@@ -180,20 +180,31 @@ def equilibration(Q, q, G=None, h=None, A=None, b=None) -> Equilibration | None:
         Q ``(B, n, n)|(n, n)``, q ``(B, n)|(n,)``, G ``(B, m, n)|(m, n)``, h ``(B, m)|(m,)``,
         A ``(B, p, n)|(p, n)``, b ``(B, p)|(p,)``; the scales as in ``Equilibration``.
     """
-    t = _solution_scale(Q, q, G, h, A, b)
-    t = torch.where((t > BAND) | (t < 1 / BAND), t, torch.ones_like(t))   # in band: no variable scaling
-    tc = t.reshape(*t.shape, 1) if t.dim() else t
-    sQ = Q.abs().amax((-2, -1)) * t * t
-    sq = q.abs().amax(-1) * t
+    sQ = Q.abs().amax((-2, -1))
+    sq = q.abs().amax(-1)
     if Q.dim() == 2:
         sq = sq.amax() if sq.dim() else sq      # one scale for the batch: Q stays unbatched
-    sizes = [torch.maximum(sQ, sq)]             # the objective's, then every row's [tG_i, h_i], [tA_j, b_j]
-    for M, r in ((G, h), (A, b)):
-        sizes.append(None if M is None else torch.maximum(M.abs().amax(-1) * tc, r.abs()))
-    flat = torch.cat([t.reshape(-1)] + [s_.reshape(-1) for s_ in sizes if s_ is not None])
+    rows = [None if M is None else (M.abs().amax(-1), r.abs()) for M, r in ((G, h), (A, b))]
+    sizes = [torch.maximum(sQ, sq)] + [None if r_ is None else torch.maximum(*r_) for r_ in rows]
+    # a cheap bound for the minimiser's size: the largest right-hand side (q, h, b) over the
+    # largest matrix entry (Q, G, A); the median estimate ``_solution_scale`` only when it is far
+    # from 1
+    rhs = [sq.amax()] + [r_[1].amax() for r_ in rows if r_ is not None and r_[1].numel()]
+    mat = [sQ.amax()] + [r_[0].amax() for r_ in rows if r_ is not None and r_[0].numel()]
+    ratio = (torch.stack(rhs).amax() / torch.stack(mat).amax()).reshape(1)
+    flat = torch.cat([s_.reshape(-1) for s_ in sizes if s_ is not None] + [ratio])
     # in band (zero sizes keep the scale 1): nothing to do — one host sync, no scales formed
     if not bool(((flat > BAND) | ((flat > 0) & (flat < 1 / BAND))).any()):
         return None
+    t = _solution_scale(Q, q, G, h, A, b)
+    t = torch.where((t > BAND) | (t < 1 / BAND), t, torch.ones_like(t))   # in band: no variable scaling
+    if bool((t != 1).any()):
+        tc = t.reshape(*t.shape, 1) if t.dim() else t
+        sQt, sqt = sQ * t * t, q.abs().amax(-1) * t
+        if Q.dim() == 2:
+            sqt = sqt.amax() if sqt.dim() else sqt
+        sizes = [torch.maximum(sQt, sqt)] + [None if r_ is None else torch.maximum(r_[0] * tc, r_[1])
+                                            for r_ in rows]
     cap = torch.finfo(Q.dtype).tiny ** -0.5
     cost, ineq, eq = (None if s_ is None else _inverse(s_, cap) for s_ in sizes)
     return Equilibration(cost, ineq, eq, t.clamp(1 / cap, cap))
