@@ -37,6 +37,7 @@ import torch
 
 from ..solution import Solution
 from ..status import Status
+from .ipm import _residuals
 from .linalg import _inf_norm, _with_batch
 from .options import QPOptions
 from .polish import _strict
@@ -102,6 +103,7 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
     strict = _strict(dtype)
     hnorm = _inf_norm(h1) if G1 is not None else Q1.new_zeros(())
     bnorm = _inf_norm(b1) if A1 is not None else Q1.new_zeros(())
+    qnorm = _inf_norm(q1)
     # finite data (the interior-point method flags the others) and positive definite Q (the
     # unconstrained minimiser exists); the scalars the steps compare against — one host sync
     data = [t.reshape(-1) for t in (Q1, q1, G1, h1, A1, b1) if t is not None]
@@ -110,8 +112,7 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
     vals = torch.stack(checks)
     if G1 is not None:
         # ‖g_i‖² (the dependence test), ‖g_i‖₁ and |h_i| (the rounding level of g_i·z − h_i)
-        absG = G1.abs()
-        vals = torch.cat([vals, (G1 * G1).sum(-1), absG.sum(-1), h1.abs()])
+        vals = torch.cat([vals, (G1 * G1).sum(-1), G1.abs().sum(-1), h1.abs()])
     vals = vals.tolist()
     if vals[0] != 1.0 or vals[1] != 1.0:
         return None
@@ -223,33 +224,17 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
     zb = z.unsqueeze(0)
     if G1 is not None:
         lam = Q1.new_zeros(m).index_copy(0, idx, lam_act).clamp(min=0).unsqueeze(0)
-        Gz = G1 @ z
-        s1 = (h1 - Gz).clamp(min=0)
-        s = s1.unsqueeze(0)
+        s = (h1 - G1 @ z).clamp(min=0).unsqueeze(0)
         act = torch.zeros(1, m, dtype=torch.bool, device=Q1.device).index_fill(1, idx, True)
     else:
         lam = s = Q1.new_zeros(1, 0)
         act = None
     nub = nu.unsqueeze(0) if p else Q1.new_zeros(1, 0)
-    # the relative residuals of ``QPOptions``
-    Qz = Q1 @ z
-    terms = [Qz, q1]
-    if G1 is not None:
-        terms.append(lam[0] @ G1)
-    if p:
-        terms.append(nu @ A1)
-    T = torch.stack(terms)
-    dres = T.sum(0).abs().amax() / (T.abs().amax() + 1)
-    pparts = []
-    if G1 is not None:
-        pparts.append((Gz + s1 - h1).abs().amax() / (torch.maximum(torch.cat([Gz, s1]).abs().amax(), hnorm) + 1))
-        gap = (s1 * lam[0]).sum() / ((0.5 * Qz + q1) @ z).abs().add(1)
-    else:
-        gap = torch.zeros_like(dres)
-    if p:
-        Az = A1 @ z
-        pparts.append((Az - b1).abs().amax() / (torch.maximum(Az.abs().amax(), bnorm) + 1))
-    pres = torch.stack(pparts).amax() if pparts else torch.zeros_like(dres)
+    # the relative residuals of ``QPOptions`` (the solver's definition)
+    _, _, _, pres, dres, gap, _ = _residuals(Qb, qb, Gb if m else None, hb if m else None,
+                                             Ab if p else None, bb if p else None, zb, s, lam, nub,
+                                             hnorm, bnorm, qnorm)
+    pres, dres, gap = pres[0], dres[0], gap[0]
     # accept: the solver's tolerances, a successful factorisation and the multipliers' signs (the
     # polish's test: non-negative to 1e3·eps of their scale)
     res = torch.stack([pres, dres, gap])

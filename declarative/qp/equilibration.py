@@ -145,27 +145,25 @@ def _inverse(size: torch.Tensor, cap: float) -> torch.Tensor:
     return inv.clamp(1 / cap, cap)
 
 
-def _solution_scale(Q, q, G, h, A, b) -> torch.Tensor:
+def _solution_scale(sQ, sq, rows, unbatched_q: bool) -> torch.Tensor:
     """An estimate ``t`` of the size of the minimiser: the median over the constraint rows of
     ``|h_i| / ‖G_i‖∞`` and ``|b_j| / ‖A_j‖∞`` (rows with a zero side skipped; a median, so that a
     few big-M or tiny rows do not set it), or ``max|q| / max|Q|`` without such rows, or 1.
-    ``()`` when ``Q`` is unbatched (one scale for the batch), else ``(B,)``."""
+    From the reductions ``equilibration`` forms: ``sQ = max|Q|``, ``sq = max|q|`` (per element)
+    and ``rows``: ``(‖M_i‖∞, |r_i|)`` for ``(G, h)`` and ``(A, b)`` (or None). ``()`` when ``Q`` is
+    unbatched (``unbatched_q``: one scale for the batch), else ``(B,)``."""
     ratios = []
-    for M, r in ((G, h), (A, b)):
-        if M is not None and M.shape[-2] > 0:
-            rowmax = M.abs().amax(-1)
-            ra = r.abs().expand(torch.broadcast_shapes(rowmax.shape, r.shape))
-            rowmax = rowmax.expand_as(ra)
+    for r_ in rows:
+        if r_ is not None and r_[0].shape[-1] > 0:
+            rowmax, ra = torch.broadcast_tensors(*r_)
             ratios.append(torch.where((rowmax > 0) & (ra > 0), ra / rowmax, float("nan")))
-    sQ = Q.abs().amax((-2, -1))
-    sq = q.abs().amax(-1)
     obj = torch.where((sQ > 0) & (sq > 0), sq / torch.where(sQ > 0, sQ, 1.0), 1.0)
-    if Q.dim() == 2:
+    if unbatched_q:
         obj = obj.amax() if obj.dim() else obj
     if not ratios:
         return obj
     R = torch.cat(ratios, -1)
-    if Q.dim() == 2:
+    if unbatched_q:
         R = R.reshape(-1)
     t = R.nanmedian(-1).values if R.dim() > 1 else R.nanmedian()
     return torch.where(torch.isnan(t), obj, t)
@@ -181,9 +179,8 @@ def equilibration(Q, q, G=None, h=None, A=None, b=None) -> Equilibration | None:
         A ``(B, p, n)|(p, n)``, b ``(B, p)|(p,)``; the scales as in ``Equilibration``.
     """
     sQ = Q.abs().amax((-2, -1))
-    sq = q.abs().amax(-1)
-    if Q.dim() == 2:
-        sq = sq.amax() if sq.dim() else sq      # one scale for the batch: Q stays unbatched
+    sq_el = q.abs().amax(-1)                    # per element
+    sq = sq_el.amax() if Q.dim() == 2 and sq_el.dim() else sq_el   # one scale for the batch: Q stays unbatched
     rows = [None if M is None else (M.abs().amax(-1), r.abs()) for M, r in ((G, h), (A, b))]
     sizes = [torch.maximum(sQ, sq)] + [None if r_ is None else torch.maximum(*r_) for r_ in rows]
     # a cheap bound for the minimiser's size: the largest right-hand side (q, h, b) over the
@@ -196,11 +193,11 @@ def equilibration(Q, q, G=None, h=None, A=None, b=None) -> Equilibration | None:
     # in band (zero sizes keep the scale 1): nothing to do — one host sync, no scales formed
     if not bool(((flat > BAND) | ((flat > 0) & (flat < 1 / BAND))).any()):
         return None
-    t = _solution_scale(Q, q, G, h, A, b)
+    t = _solution_scale(sQ, sq_el, rows, Q.dim() == 2)
     t = torch.where((t > BAND) | (t < 1 / BAND), t, torch.ones_like(t))   # in band: no variable scaling
     if bool((t != 1).any()):
         tc = t.reshape(*t.shape, 1) if t.dim() else t
-        sQt, sqt = sQ * t * t, q.abs().amax(-1) * t
+        sQt, sqt = sQ * t * t, sq_el * t
         if Q.dim() == 2:
             sqt = sqt.amax() if sqt.dim() else sqt
         sizes = [torch.maximum(sQt, sqt)] + [None if r_ is None else torch.maximum(r_[0] * tc, r_[1])

@@ -367,7 +367,6 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
     solved_t = torch.tensor(solved_code, device=device)   # a tensor operand: cheaper than a Python scalar
     pinf_code = int(Status.PRIMAL_INFEASIBLE)
     dinf_code = int(Status.DUAL_INFEASIBLE)
-    stalled_code = _STALLED
     nonfinite_code = int(Status.NON_FINITE)
 
     def take(t, ix):
@@ -424,30 +423,30 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
                     status = torch.where(running & converged, solved_t, status)
                     break
                 new_status = torch.where(converged, solved_t, status)
+                # dual infeasibility (unbounded below): the last direction d is a descent ray,
+                # ‖Qd‖ ≈ 0, qᵀd < 0, Gd ≤ 0, Ad = 0 (relative to ‖d‖)
+                nd = _inf_norm(dz_last)
+                dinf = (nd > 0) & (_inf_norm(Qd) <= eps_inf * nd) \
+                    & ((q * dz_last).sum(-1) <= -eps_inf * nd * (1 + qnorm))
+                if G is not None:
+                    dinf = dinf & (Gdz_last.amax(-1) <= eps_inf * nd * (1 + hnorm))
+                if A is not None:
+                    dinf = dinf & (_inf_norm(Ad) <= eps_inf * nd * (1 + bnorm))
                 if G is not None or A is not None:
                     # stalled: primal and gap converged but the dual residual grows (ill-conditioned
                     # Newton systems, typically float32); such elements stop here and are handed to
                     # the polish
                     stalled = within[:, :2].all(-1) & (dres > dres_prev.clamp(min=tol_d))
-                    # infeasibility certificates, on the iterates (λ, ν) and on the last Newton directions
+                    # primal infeasibility certificates, on the iterates (λ, ν) and on the last
+                    # Newton directions
                     pinf = _primal_infeasible(Gtl, Atn, h, b, lam, nu, eps_inf, pscale)
                     pinf = pinf | _primal_infeasible(Gtd, Atd, h, b, dlp, dnu_last, eps_inf, pscale)
-                    nd = _inf_norm(dz_last)
-                    dinf = (nd > 0) & (_inf_norm(Qd) <= eps_inf * nd) \
-                        & ((q * dz_last).sum(-1) <= -eps_inf * nd * (1 + qnorm))
-                    if G is not None:
-                        dinf = dinf & (Gdz_last.amax(-1) <= eps_inf * nd * (1 + hnorm))
-                    if A is not None:
-                        dinf = dinf & (_inf_norm(Ad) <= eps_inf * nd * (1 + bnorm))
                     open_ = ~converged
                     new_status = torch.where(open_ & pinf, pinf_code, new_status)
                     open_ = open_ & ~pinf
                     new_status = torch.where(open_ & dinf, dinf_code, new_status)
-                    new_status = torch.where(open_ & ~dinf & stalled, stalled_code, new_status)
+                    new_status = torch.where(open_ & ~dinf & stalled, _STALLED, new_status)
                 else:
-                    nd = _inf_norm(dz_last)
-                    dinf = (nd > 0) & (_inf_norm(Qd) <= eps_inf * nd) \
-                        & ((q * dz_last).sum(-1) <= -eps_inf * nd * (1 + qnorm))
                     new_status = torch.where(~converged & dinf, dinf_code, new_status)
                 status = torch.where(running, new_status, status)
             dres_prev = dres
@@ -587,8 +586,9 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
     if mixed:
         z, s, lam, nu, pres, dres, gap = (t.to(dtype) for t in (z, s, lam, nu, pres, dres, gap))
         # elements the float32 phase did not bring to the loose tolerance (infeasibility
-        # certificates, non-finite or stalled-out iterations, the iteration cap) start again in
-        # float64 from the cold start: their statuses are those of the float64 solver
+        # certificates, non-finite steps, the iteration cap) start again in float64 from the cold
+        # start: their statuses are those of the float64 solver (stalled elements go to the polish
+        # and, where it fails, iterate on in float64 like the others)
         redo = (status != solved_code) & (status != _STALLED)
         if bad is not None:
             redo = redo & ~bad
