@@ -18,6 +18,14 @@ step on ``p`` continues). Each full step strictly increases the dual objective, 
 repeats: the method ends after finitely many steps on the optimum, or on a certificate of primal
 infeasibility (a violated constraint that no step can reach).
 
+At this size each torch operation costs microseconds of dispatch whatever its arithmetic, so the
+method is written for few of them: ``K = [Q Cᵀ −q; C 0 r]`` (``C = [A; G]``, ``r = [b; h]``) is
+formed once, and a step is one principal submatrix of it (two ``index_select``), one dense solve
+and one host transfer of the solution with ``G·dz``; the iterate (``z``, the multipliers,
+``g_i·z − h_i``) is updated on the host in Python floats. The final active set's system is then
+solved afresh and its residuals computed from one product ``K [z ν λ]``; a row that the host
+updates' rounding let through is found there, and the steps go on from the fresh solution.
+
 D. Goldfarb and A. Idnani, "A numerically stable dual method for solving strictly convex quadratic
 programs", Math. Programming 27, 1983 (here with a fresh dense solve per step, fine for tiny
 problems, instead of their factorisation updates).
@@ -32,13 +40,13 @@ the interior-point method, whose statuses and certificates then apply.
 from __future__ import annotations
 
 import math
+from array import array
 
 import torch
 
 from ..solution import Solution
 from ..status import Status
-from .ipm import _residuals
-from .linalg import _inf_norm, _with_batch
+from .linalg import _with_batch
 from .options import QPOptions
 from .polish import _strict
 
@@ -62,12 +70,32 @@ def use_active_set(opts: QPOptions, Q, q, G, h, A, b) -> bool:
     return n + m + p <= MAX_SIZE
 
 
-def _kkt_matrix(Q, C):
-    """``[Q Cᵀ; C 0]``."""
+_ARRAY_CODES = {torch.float64: "d", torch.float32: "f", torch.int64: "q", torch.bool: "b"}
+
+
+def _lift(values: list, dtype: torch.dtype, device) -> torch.Tensor:
+    """A 1-D tensor of Python numbers (``torch.frombuffer`` of an ``array``: a quarter of the cost
+    of ``torch.tensor`` on small lists)."""
+    code = _ARRAY_CODES.get(dtype)
+    if code is None:
+        return torch.tensor(values, dtype=dtype, device=device)
+    t = torch.frombuffer(array(code, values), dtype=dtype) if values else torch.empty(0, dtype=dtype)
+    return t if t.device == torch.device(device) else t.to(device)
+
+
+def _kkt_matrix(Q, q, A, b, G, h):
+    """``[Q Cᵀ −q; C 0 r]`` with ``C = [A; G]`` and ``r = [b; h]`` (absent blocks left out): the
+    KKT matrix of every row with the right-hand sides as a last column — the system of an active
+    set W is its principal submatrix on the variables, the equalities and W, and its right-hand
+    side (or a row's step direction ``[g_p; 0]``) a column of it."""
+    rows = [t for t in (A, G) if t is not None]
+    top = [Q, (-q).unsqueeze(1)]
+    if not rows:
+        return torch.cat(top, 1)
+    C = torch.cat(rows, 0) if len(rows) > 1 else rows[0]
+    r = torch.cat([b, h]) if len(rows) > 1 else (b if A is not None else h)
     k = C.shape[0]
-    if k == 0:
-        return Q
-    return torch.cat([torch.cat([Q, C.mT], 1), torch.cat([C, C.new_zeros(k, k)], 1)], 0)
+    return torch.cat([torch.cat([Q, C.mT, top[1]], 1), torch.cat([C, C.new_zeros(k, k), r.unsqueeze(1)], 1)], 0)
 
 
 def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None,
@@ -88,171 +116,178 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
         inputs as ``solve_qp_ipm``'s, batch size 1 or unbatched.
     """
     opts = (options or QPOptions()).resolved(Q.dtype)
-    Qb, qb = _with_batch(Q, 2), _with_batch(q, 1)
-    Gb, hb = _with_batch(G, 2), _with_batch(h, 1)
-    Ab, bb = _with_batch(A, 2), _with_batch(b, 1)
-    Q1, q1 = Qb[0], qb[0]
+    Q1, q1 = _with_batch(Q, 2)[0], _with_batch(q, 1)[0]
+    G1 = None if G is None or G.shape[-2] == 0 else _with_batch(G, 2)[0]
+    A1 = None if A is None or A.shape[-2] == 0 else _with_batch(A, 2)[0]
+    h1 = None if G1 is None else _with_batch(h, 1)[0]
+    b1 = None if A1 is None else _with_batch(b, 1)[0]
     n = Q1.shape[-1]
-    G1 = None if Gb is None or Gb.shape[-2] == 0 else Gb[0]
-    h1 = None if G1 is None else hb[0]
-    A1 = None if Ab is None or Ab.shape[-2] == 0 else Ab[0]
-    b1 = None if A1 is None else bb[0]
     m = 0 if G1 is None else G1.shape[0]
     p = 0 if A1 is None else A1.shape[0]
-    dtype = Q1.dtype
-    strict = _strict(dtype)
-    hnorm = _inf_norm(h1) if G1 is not None else Q1.new_zeros(())
-    bnorm = _inf_norm(b1) if A1 is not None else Q1.new_zeros(())
-    qnorm = _inf_norm(q1)
-    # finite data (the interior-point method flags the others) and positive definite Q (the
-    # unconstrained minimiser exists); the scalars the steps compare against — one host sync
-    data = [t.reshape(-1) for t in (Q1, q1, G1, h1, A1, b1) if t is not None]
-    checks = [torch.isfinite(torch.cat(data)).all().to(dtype),
-              (torch.linalg.cholesky_ex(Q1).info == 0).to(dtype), Q1.abs().amax()]
-    vals = torch.stack(checks)
-    if G1 is not None:
-        # ‖g_i‖² (the dependence test), ‖g_i‖₁ and |h_i| (the rounding level of g_i·z − h_i)
-        vals = torch.cat([vals, (G1 * G1).sum(-1), G1.abs().sum(-1), h1.abs()])
-    vals = vals.tolist()
-    if vals[0] != 1.0 or vals[1] != 1.0:
+    N = n + p + m
+    dtype, device = Q1.dtype, Q1.device
+    K = _kkt_matrix(Q1, q1, A1, b1, G1, h1)
+    C = K[n:, :n]
+    Cg = C[p:]                                 # G
+    # one host sync for the scalars the steps compare against: max|Q| and the Cholesky info of Q
+    # (positive definite: the unconstrained minimiser exists), ‖c_i‖₁ and ‖c_i‖₂ of the rows of
+    # C = [A; G], and the right-hand sides (−q, b, h); any non-finite datum makes one of them
+    # non-finite (the interior-point method flags it)
+    pre = torch.cat([K[:n, :n].abs().amax().reshape(1),
+                     torch.linalg.cholesky_ex(Q1).info.to(dtype).reshape(1),
+                     C.abs().sum(-1), torch.linalg.vector_norm(C, 2, -1), K[:, N]]).tolist()
+    if not math.isfinite(sum(pre)) or pre[1] != 0.0:
         return None
-    qscale = max(vals[2], torch.finfo(dtype).tiny)
-    gsq, g1, habs = vals[3:3 + m], vals[3 + m:3 + 2 * m], vals[3 + 2 * m:]
+    qscale = max(pre[0], torch.finfo(dtype).tiny)
+    c1, c2, rhs = pre[2 + p:2 + p + m], pre[2 + N - n:2 + 2 * (N - n)], pre[2 + 2 * (N - n):]
+    q_v = [-v for v in rhs[:n]]
+    b_v, h_v = rhs[n:n + p], rhs[n + p:]
     # a row counts as violated when g_i·z − h_i exceeds the rounding level of its evaluation,
     # c·eps·(|h_i| + ‖g_i‖₁‖z‖∞) — per row and relative (a threshold tied to ‖h‖∞, like the
     # polish's 1e3·eps·(1 + ‖h‖∞), let float32 solutions violate a row by 1e-4·(1 + ‖h‖∞))
     reps = max(n, 16) * torch.finfo(dtype).eps
-    thr_h = [reps * v for v in habs]
-    thr_g = [reps * v for v in g1]
-
-    # the KKT matrix of every row, [Q Cᵀ; C 0] with C = [A; G], formed once: the system of an
-    # active set W is its principal submatrix on the variables, the equalities and W
-    rows = [t for t in (A1, G1) if t is not None]
-    K_all = _kkt_matrix(Q1, torch.cat(rows, 0) if len(rows) > 1 else (rows[0] if rows else Q1.new_zeros(0, n)))
+    thr_h = [reps * abs(v) for v in h_v]
+    thr_g = [reps * v for v in c1]
     base = list(range(n + p))
-
-    def kkt(active):
-        ix = torch.tensor(base + [n + p + i for i in active], device=Q1.device)
-        return K_all.index_select(0, ix).index_select(1, ix)
-
-    def kkt_solve(active, rhs):
-        """``[Q Cᵀ; C 0]⁻¹ rhs`` on the active set (LU); None if the matrix is singular."""
-        try:
-            return torch.linalg.solve(kkt(active), rhs)
-        except torch.linalg.LinAlgError:
-            return None
-
-    # equality-constrained minimiser
-    sol = kkt_solve([], torch.cat([-q1, b1]) if b1 is not None else -q1)
-    if sol is None:
-        return None
-    z = sol[:n]
-    nu = sol[n:].tolist()                     # equality multipliers (Python floats: tiny, updated often)
-    active: list[int] = []                    # inequality indices in W, in the order of C's rows
-    lam_w: list[float] = []                   # their multipliers
-    zeros = Q1.new_zeros(p + m)
-    steps = 0
-    max_steps = 4 * (m + p) + n + 10
     inf = float("inf")
-    while G1 is not None:
-        rz = torch.cat([G1 @ z - h1, z]).tolist()   # constraint values g_i·z − h_i, then z
-        if not math.isfinite(sum(rz)):                # (an overflowing sum only sends it to the IPM)
-            return None
-        zmax = max(map(abs, rz[m:]), default=0.0)
-        # the most violated row outside W, relative to its rounding level (W's rows hold by the solve)
+
+    def most_violated(rz, zmax, active):
         ip, viol = -1, 0.0
         for i, (ri, th, tg) in enumerate(zip(rz, thr_h, thr_g)):
             if ri > viol and ri > th + tg * zmax and i not in active:
                 ip, viol = i, ri
-        if ip < 0:
-            break
-        gp = G1[ip]
-        gap_p = -viol                          # h_p − g_p·z, updated with z
-        lam_p = 0.0
-        while True:
-            steps += 1
-            if steps > max_steps:
-                return None
-            k = len(active)
-            sol = kkt_solve(active, torch.cat([gp, zeros[:p + k]]))
-            if sol is None:
-                return None
-            # sol = −(dz, dμ): the direction for a unit increase of λ_p (signs folded in below)
-            dz = sol[:n]
-            vals = torch.cat([sol[n:], (gp @ dz).unsqueeze(0)]).tolist()
-            if not math.isfinite(sum(vals)):
-                return None
-            dmu = [-v for v in vals[:p + k]]
-            gdz = -vals[-1]
-            dlam_w = dmu[p:]                   # inequality multipliers' rates (equalities: free)
-            # partial step: the first active multiplier to reach zero (ratio λ_j / −dλ_j)
-            t1, drop = inf, -1
-            for jj, (lj, dj) in enumerate(zip(lam_w, dlam_w)):
-                if dj < 0 and lj / -dj < t1:
-                    t1, drop = lj / -dj, jj
-            # full step: constraint p becomes active (its slack h_p − g_p·z over −g_p·dz)
-            dependent = -gdz <= 1e-12 * gsq[ip] / qscale
-            t2 = inf if dependent else gap_p / gdz
-            if t1 == inf and t2 == inf:
-                return None                    # no step reaches p: primal infeasible (IPM certifies)
-            t = min(t1, t2)
-            if not dependent:
-                z = torch.add(z, dz, alpha=-t)
-                gap_p -= t * gdz
-            nu = [v + t * d for v, d in zip(nu, dmu[:p])]
-            lam_w = [v + t * d for v, d in zip(lam_w, dlam_w)]
-            lam_p += t
-            if t2 <= t1:
-                active.append(ip)
-                lam_w.append(lam_p)
+        return ip
+
+    def kkt_solve(active, col):
+        """``[Q Cᵀ; C 0]⁻¹`` on the active set applied to column ``col`` of ``K`` (``[g_p; 0]`` for
+        row p of G, ``[−q; b; h_W]`` for the last), with ``G·dz`` appended; a list, or None if the
+        system is singular."""
+        ix = _lift(base + [n + p + i for i in active] + [col], torch.int64, device)
+        Kw = K.index_select(0, ix[:-1]).index_select(1, ix)
+        # singular systems give non-finite values (no error check: it would cost a host sync)
+        x = torch.linalg.solve_ex(Kw[:, :-1], Kw[:, -1:], check_errors=False)[0].view(-1)
+        v = torch.cat([x, Cg @ x[:n]]).tolist() if m else x.tolist()
+        return v if math.isfinite(sum(v)) else None
+
+    # the state is kept in Python floats (tiny, updated every step): z, the equality multipliers ν,
+    # the active set W (rows of G, in the order of C's rows) with its multipliers, and g_i·z − h_i
+    v = kkt_solve([], N)
+    if v is None:
+        return None
+    z, nu, rz = v[:n], v[n:n + p], [gz - hv for gz, hv in zip(v[n + p:], h_v)]
+    active: list[int] = []
+    lam_w: list[float] = []
+    steps = 1
+    max_steps = 4 * (m + p) + n + 11
+    for _ in range(3):      # rounds: the loop, then a fresh solve that must confirm it
+        while m:
+            ip = most_violated(rz, max(map(abs, z)), active)
+            if ip < 0:
                 break
-            del active[drop]
-            del lam_w[drop]
-    # the final active set's KKT system solved afresh (the steps' updates accumulate rounding),
-    # below float64 with one step of iterative refinement; its LU factors serve the backward
-    # (``kkt_tangent``).
-    # The last violation check above found every row outside W feasible to its rounding level.
-    idx = torch.tensor(active, dtype=torch.int64, device=Q1.device)
-    K = kkt(active)
-    LU, piv, info = torch.linalg.lu_factor_ex(K)
-    rhs = torch.cat([-q1] + ([b1] if p else []) + ([h1.index_select(0, idx)] if active else [])).unsqueeze(-1)
-    x = torch.linalg.lu_solve(LU, piv, rhs)
-    if dtype != torch.float64:                # one step of iterative refinement (float32 and below)
-        x = x + torch.linalg.lu_solve(LU, piv, rhs - K @ x)
-    x = x.squeeze(-1)
-    z, nu, lam_act = x[:n], x[n:n + p], x[n + p:]
-    zb = z.unsqueeze(0)
-    if G1 is not None:
-        lam = Q1.new_zeros(m).index_copy(0, idx, lam_act).clamp(min=0).unsqueeze(0)
-        s = (h1 - G1 @ z).clamp(min=0).unsqueeze(0)
-        act = torch.zeros(1, m, dtype=torch.bool, device=Q1.device).index_fill(1, idx, True)
+            lam_p = 0.0
+            while True:
+                steps += 1
+                if steps > max_steps:
+                    return None
+                k = len(active)
+                v = kkt_solve(active, n + p + ip)
+                if v is None:
+                    return None
+                # v = −(dz, dμ, G·dz): the direction for a unit increase of λ_p
+                dz, dmu, gdz = v[:n], v[n:n + p + k], v[n + p + k:]
+                dlam_w = dmu[p:]               # inequality multipliers' rates (equalities: free)
+                # partial step: the first active multiplier to reach zero (ratio λ_j / dλ_j, as −dλ_j)
+                t1, drop = inf, -1
+                for jj, (lj, dj) in enumerate(zip(lam_w, dlam_w)):
+                    if dj > 0 and lj / dj < t1:
+                        t1, drop = lj / dj, jj
+                # full step: constraint p becomes active (its slack h_p − g_p·z over −g_p·dz)
+                dependent = gdz[ip] <= 1e-12 * c2[p + ip] ** 2 / qscale
+                t2 = inf if dependent else rz[ip] / gdz[ip]
+                if t1 == inf and t2 == inf:
+                    return None                # no step reaches p: primal infeasible (IPM certifies)
+                t = min(t1, t2)
+                if not dependent:
+                    z = [a - t * d for a, d in zip(z, dz)]
+                    rz = [a - t * d for a, d in zip(rz, gdz)]
+                nu = [a - t * d for a, d in zip(nu, dmu[:p])]
+                lam_w = [a - t * d for a, d in zip(lam_w, dlam_w)]
+                lam_p += t
+                if t2 <= t1:
+                    active.append(ip)
+                    lam_w.append(lam_p)
+                    break
+                del active[drop]
+                del lam_w[drop]
+        # the final active set's KKT system solved afresh (the steps' updates accumulate rounding),
+        # below float64 with one step of iterative refinement; its LU factors serve the backward
+        # (``kkt_tangent``)
+        k = len(active)
+        ix = _lift(base + [n + p + i for i in active] + [N], torch.int64, device)
+        Kw = K.index_select(0, ix[:-1]).index_select(1, ix)
+        Kk, rhs_w = Kw[:, :-1], Kw[:, -1:]
+        LU, piv, _ = torch.linalg.lu_factor_ex(Kk)
+        x = torch.linalg.lu_solve(LU, piv, rhs_w)
+        if dtype != torch.float64:            # one step of iterative refinement (float32 and below)
+            x = x + torch.linalg.lu_solve(LU, piv, rhs_w - Kk @ x)
+        # [Qz, Aᵀν, G_Wᵀλ_W; Az, 0, 0; Gz, 0, 0] in one product: x spread over three columns
+        cols = [3 * i for i in range(n)] + [3 * i + 1 for i in range(n, n + p)] + \
+            [3 * (n + p + i) + 2 for i in active]
+        X = x.new_zeros(3 * N).index_copy_(0, _lift(cols, torch.int64, device), x.view(-1)).view(N, 3)
+        Y = K[:, :N] @ X
+        v = torch.cat([Y.view(-1), x.view(-1)]).tolist()
+        if not math.isfinite(sum(v)):          # a singular final system
+            return None
+        z, nu, lam_w = v[3 * N:3 * N + n], v[3 * N + n:3 * N + n + p], v[3 * N + n + p:]
+        Gz = v[3 * (n + p):3 * N:3]
+        rz = [gz - hv for gz, hv in zip(Gz, h_v)]
+        if m and most_violated(rz, max(map(abs, z)), active) >= 0:
+            continue                           # a row the loop's rounding let through: go on from here
+        break
     else:
-        lam = s = Q1.new_zeros(1, 0)
-        act = None
-    nub = nu.unsqueeze(0) if p else Q1.new_zeros(1, 0)
-    # the relative residuals of ``QPOptions`` (the solver's definition)
-    _, _, _, pres, dres, gap, _ = _residuals(Qb, qb, Gb if m else None, hb if m else None,
-                                             Ab if p else None, bb if p else None, zb, s, lam, nub,
-                                             hnorm, bnorm, qnorm)
-    pres, dres, gap = pres[0], dres[0], gap[0]
-    # accept: the solver's tolerances, a successful factorisation and the multipliers' signs (the
-    # polish's test: non-negative to 1e3·eps of their scale)
-    res = torch.stack([pres, dres, gap])
-    checks = [res, info.to(dtype).reshape(1)]
-    if active:
-        checks.append((lam_act.amin() + strict * (1 + lam_act.abs().amax())).reshape(1))
-    vals = torch.cat(checks).tolist()
-    r_p, r_d, r_g, info_ = vals[:4]
-    if not (r_p <= opts.tol_primal and r_d <= opts.tol_dual and r_g <= opts.tol_gap and info_ == 0):
         return None
-    if active and not vals[4] >= 0:
+    # the relative residuals of ``QPOptions`` (``ipm._residuals``' definitions; those of the
+    # solve's multipliers: the returned λ is clamped at 0, a change below 1e3·eps of its scale)
+    Qz, Az = v[0:3 * n:3], v[3 * n:3 * (n + p):3]
+    Atn, Gtl = v[1:3 * n:3], v[2:3 * n:3]
+    rd = [a + c + d + e for a, c, d, e in zip(Qz, q_v, Atn, Gtl)]
+    ninf = lambda xs: max(map(abs, xs), default=0.0)   # noqa: E731
+    dres = ninf(rd) / (max(ninf(Qz), ninf(q_v), ninf(Gtl), ninf(Atn)) + 1)
+    pres = gap = 0.0
+    lam = [0.0] * m
+    for i, l in zip(active, lam_w):
+        lam[i] = max(l, 0.0)
+    s = [max(-r, 0.0) for r in rz]
+    if m:
+        ri = [max(r, 0.0) for r in rz]
+        pres = ninf(ri) / (max(ninf(Gz), ninf(s), ninf(h_v)) + 1)
+        pobj = sum(0.5 * a * c + d * a for a, c, d in zip(z, Qz, q_v))
+        gap = sum(a * c for a, c in zip(s, lam)) / (abs(pobj) + 1)
+    if p:
+        pres = max(pres, ninf([a - c for a, c in zip(Az, b_v)]) / (max(ninf(Az), ninf(b_v)) + 1))
+    # accept: the solver's tolerances and the multipliers' signs (the polish's test: non-negative
+    # to 1e3·eps of their scale)
+    if not (pres <= opts.tol_primal and dres <= opts.tol_dual and gap <= opts.tol_gap):
         return None
-    pres, dres, gap = res.reshape(3, 1).unbind(0)
-    cache = {"s": s, "polished": torch.ones(1, dtype=torch.bool, device=Q1.device),
-             "kkt_lu": LU.unsqueeze(0), "kkt_piv": piv.unsqueeze(0), "kkt_idx": idx.unsqueeze(0)}
-    if act is not None:
-        cache["act"] = act
-    return Solution(z=zb, duals={"lam": lam, "nu": nub},
-                    status=torch.full((1,), int(Status.SOLVED), dtype=torch.int64, device=Q1.device),
-                    iterations=torch.full((1,), steps + 1, dtype=torch.int64, device=Q1.device),
-                    residuals={"primal": pres, "dual": dres, "gap": gap}, cache=cache)
+    if active and not min(lam_w) + _strict(dtype) * (1 + ninf(lam_w)) >= 0:
+        return None
+    out = _lift(s + lam + [pres, dres, gap], dtype, device).view(1, -1)
+    ints = _lift([int(Status.SOLVED), steps] + active, torch.int64, device).view(1, -1)
+    flags = _lift([i in active for i in range(m)] + [True], torch.bool, device).view(1, -1)
+    cache = {"s": out[:, :m], "polished": flags[0, m:],
+             "kkt_lu": LU.unsqueeze(0), "kkt_piv": piv.unsqueeze(0), "kkt_idx": ints[:, 2:]}
+    if m:
+        cache["act"] = flags[:, :m]
+        # the backward's classification (``QPProblem.classify_constraints`` with the threshold
+        # of polished solutions), done here on the host: when every active row is strongly active
+        # and no other row weakly active, the active mask is also stored as ``act_strict`` and the
+        # backward goes straight to the KKT system
+        tau = (options.active_tol if options is not None else None) or torch.finfo(dtype).eps ** 0.5
+        lam_thr, s_thr = tau * (1 + ninf(lam)), tau * (1 + ninf(h_v))
+        if all(lam[i] > lam_thr for i in active) and \
+                not any(si <= s_thr for i, si in enumerate(s) if lam[i] <= lam_thr):
+            cache["act_strict"] = cache["act"]
+    return Solution(z=x[:n].view(1, n), duals={"lam": out[:, m:2 * m], "nu": x[n:n + p].view(1, p)},
+                    status=ints[:, 0], iterations=ints[:, 1],
+                    residuals={"primal": out[:, 2 * m], "dual": out[:, 2 * m + 1], "gap": out[:, 2 * m + 2]},
+                    cache=cache)

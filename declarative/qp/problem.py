@@ -166,6 +166,9 @@ class QPProblem(ArgminProblem):
         return self._implicit_tangent(solution, params, g)
 
     def _implicit_tangent(self, solution, params, g) -> Solution:
+        if "act_strict" in solution.cache:
+            # classified by the active-set solver (one solved problem): strictly complementary
+            return self._kkt_tangent(solution, params, g)
         masks = self.classify_constraints(solution, params)
         if masks is not None and bool(masks[1].any()):
             tangent = self._backward_qp(solution, params, g, *masks)

@@ -187,3 +187,69 @@ def test_float32_small_violations_are_not_accepted():
     hi = torch.tensor([1.0, -1.001, 10.0], dtype=f32)
     assert int(solve_qp(torch.eye(2, dtype=f32), torch.zeros(2, dtype=f32), Gi, hi, check=False).status) \
         == Status.PRIMAL_INFEASIBLE
+
+
+def _ill_conditioned_f32(seed):
+    """float32, cond(Q) 1e4, rows scaled over 1e-2…1e2, half of them near copies of the others."""
+    g = torch.Generator().manual_seed(seed)
+    f64 = torch.float64
+    n, m = 8, 40
+    U = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=f64))[0]
+    Q = U @ torch.diag(torch.logspace(-3, 1, n, dtype=f64)) @ U.T
+    G = torch.randn(m, n, generator=g, dtype=f64) * torch.logspace(-2, 2, m, dtype=f64)[:, None]
+    G[m // 2:] = G[:m // 2] * (1 + 1e-5 * torch.randn(m // 2, 1, generator=g, dtype=f64))
+    h = torch.rand(m, generator=g, dtype=f64) * G.abs().sum(-1) * 0.1
+    q = torch.randn(n, generator=g, dtype=f64) * 10
+    return tuple(t.float() for t in (Q, q, G, h))
+
+
+@pytest.mark.parametrize("seed", [33, 34, 129, 211])
+def test_float32_rows_the_steps_let_through_are_caught_by_the_fresh_solve(seed, monkeypatch):
+    """The steps track ``g_i·z − h_i`` on the host; their rounding can let a row through that the
+    final active set's fresh solve finds violated, and the method goes on from there (these seeds
+    do: more than one final factorisation). The result is feasible to each row's rounding level,
+    with non-negative multipliers, and agrees with the float64 interior-point solution."""
+    factorisations = []
+    real = torch.linalg.lu_factor_ex
+    monkeypatch.setattr(torch.linalg, "lu_factor_ex", lambda *a, **k: factorisations.append(1) or real(*a, **k))
+    Q, q, G, h = _ill_conditioned_f32(seed)
+    sol = solve_qp_active_set(Q, q, G, h, options=QPOptions())
+    assert sol is not None and len(factorisations) > 1
+    z = sol.z[0]
+    level = 16 * torch.finfo(torch.float32).eps * (h.abs() + G.abs().sum(-1) * z.abs().max())
+    assert ((G @ z - h) <= level).all()
+    assert (sol.duals["lam"] >= 0).all()
+    ref = solve_qp(*(t.double() for t in (Q, q, G, h)), options=IPM)
+    assert (sol.z.double() - ref.z).abs().max() <= 1e-3 * (1 + ref.z.abs().max())
+
+
+@pytest.mark.parametrize("kind", ["random", "degenerate"])
+def test_strict_complementarity_is_classified_as_the_backward_does(kind):
+    """``act_strict`` (the host-side classification that sends the backward straight to the KKT
+    system) is present exactly when ``QPProblem.classify_constraints`` finds no weakly active row,
+    and then equals its strongly active mask."""
+    from declarative.qp.problem import QPProblem
+    problem = QPProblem()
+    seen = set()
+    for seed in range(12):
+        if kind == "random":
+            params = random_qp(1, 5, 8, seed % 3, seed=300 + seed)
+        else:
+            params = degenerate_qp(1, seed=seed)[:4] + (None, None)
+        sol = solve_qp_active_set(*params, options=problem.options)
+        assert sol is not None
+        strong, weak = problem.classify_constraints(sol, params)
+        strict = "act_strict" in sol.cache
+        assert strict == (not bool(weak.any()))
+        if strict:
+            assert torch.equal(sol.cache["act_strict"], strong)
+        seen.add(strict)
+    assert seen == ({True} if kind == "random" else {False})
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.int64, torch.bool, torch.float16])
+def test_lift(dtype, device):
+    values = [1, 0, 1] if dtype == torch.bool else [1.5, -2.0, 3.0] if dtype.is_floating_point else [4, -1, 7]
+    t = active_set._lift(values, dtype, device)
+    assert t.dtype == dtype and t.device.type == device.type and t.tolist() == values
+    assert active_set._lift([], dtype, device).shape == (0,)
