@@ -233,3 +233,40 @@ def test_small_solutions_match_the_scaled_problem():
         torch.testing.assert_close(gs, gr * f, atol=1e-8 * f, rtol=1e-6, msg=name)
     z = solve_qp(*small).z
     torch.testing.assert_close(z / c, solve_qp(*params).z, atol=1e-8, rtol=0)
+
+
+def test_host_in_band_test_agrees_with_the_tensor_test(monkeypatch):
+    """One small problem decides "nothing to scale" on the host (``_in_band_on_host``); it must
+    decide as the batched tensor test does, over random block scales (1e-4…1e4), zero rows and
+    zero blocks, unbatched and batch-size-1 inputs, with and without each constraint block."""
+    from declarative.qp import equilibration as eqm
+    g = torch.Generator().manual_seed(0)
+    scales = [0.0, 1e-4, 0.009, 0.011, 1.0, 99.0, 101.0, 1e4]
+    checked = {True: 0, False: 0}
+    for trial in range(400):
+        m, p = (int(v) for v in torch.randint(0, 4, (2,), generator=g))
+        Q, q, G, h, A, b = random_qp(1, 4, m, p, seed=trial)
+        def pick():
+            if float(torch.rand(1, generator=g)) < 0.75:
+                return 1.0
+            return scales[int(torch.randint(0, len(scales), (1,), generator=g))]
+        Q, q = Q * pick(), q * pick()
+        if m:
+            G, h = G * pick(), h * pick()
+            G[:, 0] *= pick()                              # one row of its own size
+        if p:
+            A, b = A * pick(), b * pick()
+        data = [Q, q, G if m else None, h if m else None, A if p else None, b if p else None]
+        if trial % 2:
+            data = [None if t is None else t[0] for t in data]   # unbatched
+        assert eqm._one_small_problem(*data)
+        host = eqm._in_band_on_host(*data)
+        monkeypatch.setattr(eqm, "_one_small_problem", lambda *a: False)
+        tensor = equilibration(*data) is None
+        monkeypatch.undo()
+        assert host == tensor, f"trial {trial}"
+        checked[host] += 1
+    assert min(checked.values()) > 40                     # both outcomes exercised
+    # batches and large problems take the tensor test
+    assert not eqm._one_small_problem(*random_qp(2, 4, 3, 0, seed=1))
+    assert not eqm._one_small_problem(*random_qp(1, 60, 60, 0, seed=1))

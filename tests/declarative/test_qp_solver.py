@@ -172,6 +172,14 @@ def test_indefinite_and_asymmetric_q():
         solve_qp(Qb, q)
     with pytest.raises(ValueError, match="not symmetric"):
         solve_qp(torch.tensor([[1.0, 1.0], [0.0, 1.0]], dtype=torch.float64), q)
+    with pytest.raises(ValueError, match=r"indefinite for batch indices \[0\]"):
+        solve_qp(Q.unsqueeze(0), q)                      # one problem: the short check, then the full one
+    # semidefinite (a singular Cholesky) and indefinite within the tolerance pass
+    G, h = torch.eye(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64)
+    for d in (0.0, -1e-12):
+        Qs = torch.diag(torch.tensor([1.0, d], dtype=torch.float64))
+        sol = solve_qp(Qs, torch.tensor([0.0, -1.0], dtype=torch.float64), G, h)
+        torch.testing.assert_close(sol.z, torch.tensor([0.0, 1.0], dtype=torch.float64), atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("args, match", [
