@@ -42,18 +42,17 @@ def kkt_tangent(Q: torch.Tensor, G: torch.Tensor | None, A: torch.Tensor | None,
         Gb = None
     if p == 0:
         Ab = None
-    empty = z.new_zeros(B, 0)
     if "kkt_lu" in cache:
         # the dual active-set solver's LU factors of [Q Cᵀ; C 0], C = [A; G_K] (``active_set``)
         idx = cache["kkt_idx"]
         k = idx.shape[-1]
-        rhs = torch.cat([-g, z.new_zeros(B, p + k)], -1).unsqueeze(-1)
+        rhs = torch.nn.functional.pad(-g, (0, p + k)).unsqueeze(-1)
         sol = torch.linalg.lu_solve(cache["kkt_lu"], cache["kkt_piv"], rhs).squeeze(-1)
-        dz, dnu = sol[:, :n], sol[:, n:n + p]
         dlam = z.new_zeros(B, m)
         if k:
             dlam = dlam.scatter(1, idx, sol[:, n + p:])
-        return dz, dlam, (dnu if Ab is not None else empty)
+        return sol[:, :n], dlam, sol[:, n:n + p]
+    empty = z.new_zeros(B, 0)
     if Gb is not None and "pre_U" in cache:
         # the method of multipliers with the forward's penalty factors (``_polish_penalty``); the
         # elements polished otherwise, or where it does not converge, get the exact active-set

@@ -64,6 +64,8 @@ class QPProblem(ArgminProblem):
 
     is solved for the whole batch by the same batched IPM (constraints outside S/W are masked to
     zero rows), its multipliers giving ``dλ`` (zero on inactive constraints) and ``dν``.
+    Below float64, elements whose backward QP fails (a weakly active row that repeats a strongly
+    active one to rounding leaves its multipliers undetermined) are solved again in float64.
     Elements whose forward solve failed get a zero tangent.
 
     **Badly scaled data** (an objective or constraint rows far from unit size) are equilibrated
@@ -202,6 +204,12 @@ class QPProblem(ArgminProblem):
         beq = Aeq.new_zeros(Aeq.shape[:-1])
         sol = solve_qp_ipm(Q, g, Gw, hw, Aeq, beq, options=self.options)
         bad = ~sol.solved & solution.solved
+        if z.dtype != torch.float64 and bool(bad.any()):
+            # below float64, a weakly active row that nearly repeats a strongly active one (to
+            # rounding) leaves the backward QP's multipliers undetermined at the dtype's precision:
+            # those elements are solved again in float64 (the tangent is returned in the dtype)
+            sol = self._backward_qp_float64(sol, bad, (Q, g, Gw, hw, Aeq, beq))
+            bad = ~sol.solved & solution.solved
         if bool(bad.any()):
             idx = torch.nonzero(bad).reshape(-1).tolist()
             codes = sol.status[bad].tolist()
@@ -211,3 +219,17 @@ class QPProblem(ArgminProblem):
         dnu = eq[..., :p]
         return Solution(z=sol.z, duals={"lam": dlam, "nu": dnu}, status=sol.status,
                         iterations=sol.iterations, residuals=sol.residuals)
+
+    def _backward_qp_float64(self, sol: Solution, bad: torch.Tensor, data) -> Solution:
+        """``sol`` with its elements ``bad`` replaced by the float64 solve of their backward QP
+        ``data = (Q, g, G_W, h_W, A_eq, b_eq)`` (unbatched ones shared)."""
+        idx = torch.nonzero(bad).reshape(-1)
+        cores = (2, 1, 2, 1, 2, 1)          # the dimensions of one problem's Q, g, G, h, A, b
+        redo = solve_qp_ipm(*(t.index_select(0, idx).double() if t.dim() > c else t.double()
+                              for t, c in zip(data, cores)), options=self.options)
+
+        def put(a, b_):
+            return a.index_copy(0, idx, b_.to(a.dtype))
+        return Solution(z=put(sol.z, redo.z), duals={k: put(v, redo.duals[k]) for k, v in sol.duals.items()},
+                        status=put(sol.status, redo.status), iterations=put(sol.iterations, redo.iterations),
+                        residuals={k: put(v, redo.residuals[k]) for k, v in sol.residuals.items()})

@@ -208,3 +208,29 @@ def test_contrastive_beta_validation():
     for bad in (0.0, -1e-3, math.inf):
         with pytest.raises(ValueError):
             solve_qp(*params, mode="contrastive", beta=bad)
+
+
+@pytest.mark.parametrize("active_set", [True, False])
+def test_float32_weak_row_repeating_a_strong_one(active_set):
+    """float32, a row repeated ×(1 + 1e-7) (equal to rounding): the copy is weakly active, and its
+    backward QP (the original as an equality, the copy as ``≤ 0``) has undetermined multipliers at
+    float32 precision — its interior-point solve failed with NON_FINITE in some draws (these
+    seeds; found by review). Failing elements are re-solved in float64. The tangent ``dz``
+    (``∇q``) is that of the problem without the copy, and the two rows' ``∇h`` add up to the
+    original row's (only their sum is determined). Single problems and a batch of all of them."""
+    from declarative import QPOptions
+    opts = QPOptions(active_set=active_set)
+    seeds = [11, 27, 45, 81]
+    data = [random_qp(1, 5, 6, 0, seed=s, dtype=torch.float32)[:4] for s in seeds]
+    Q, q, G, h = (torch.cat(parts) for parts in zip(*data))
+    q = q * 5
+    Gd, hd = torch.cat([G, G[:, :1] * 1.0000001], 1), torch.cat([h, h[:, :1]], 1)
+    for sl in [slice(i, i + 1) for i in range(len(seeds))] + [slice(None)]:
+        leaves = [t[sl].clone().requires_grad_() for t in (Q, q, Gd, hd)]
+        sol = solve_qp(*leaves, options=opts)
+        dq, dh = torch.autograd.grad(sol.z.sum(), [leaves[1], leaves[3]])
+        ref = [t[sl].clone().requires_grad_() for t in (Q, q, G, h)]
+        rq, rh = torch.autograd.grad(solve_qp(*ref, options=opts).z.sum(), [ref[1], ref[3]])
+        torch.testing.assert_close(dq, rq, atol=1e-3, rtol=1e-3)
+        torch.testing.assert_close(dh[:, 1:6], rh[:, 1:], atol=1e-3, rtol=1e-3)
+        torch.testing.assert_close(dh[:, 0] + dh[:, 6], rh[:, 0], atol=1e-3, rtol=1e-3)
