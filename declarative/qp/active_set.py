@@ -279,13 +279,14 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
     if m:
         cache["act"] = flags[:, :m]
         # the backward's classification (``QPProblem.classify_constraints`` with the threshold
-        # of polished solutions), done here on the host: when every active row is strongly active
-        # and no other row weakly active, the active mask is also stored as ``act_strict`` and the
-        # backward goes straight to the KKT system
+        # of polished solutions), done here on the host: when every row is clearly strongly active
+        # or clearly not weakly active — 1e-3 away from its threshold, so that the backward's
+        # evaluation (in the dtype, after equilibration's round trip of λ) cannot decide
+        # otherwise — the active mask is also stored as ``act_strict`` and the backward goes
+        # straight to the KKT system; rows near a threshold leave it to ``classify_constraints``
         tau = (options.active_tol if options is not None else None) or torch.finfo(dtype).eps ** 0.5
-        lam_thr, s_thr = tau * (1 + ninf(lam)), tau * (1 + ninf(h_v))
-        if all(lam[i] > lam_thr for i in active) and \
-                not any(si <= s_thr for i, si in enumerate(s) if lam[i] <= lam_thr):
+        lam_thr, s_thr = 1.001 * tau * (1 + ninf(lam)), 1.001 * tau * (1 + ninf(h_v))
+        if all(lam[i] > lam_thr if i in active else s[i] > s_thr for i in range(m)):
             cache["act_strict"] = cache["act"]
     return Solution(z=x[:n].view(1, n), duals={"lam": out[:, m:2 * m], "nu": x[n:n + p].view(1, p)},
                     status=ints[:, 0], iterations=ints[:, 1],

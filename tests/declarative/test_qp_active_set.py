@@ -253,3 +253,37 @@ def test_lift(dtype, device):
     t = active_set._lift(values, dtype, device)
     assert t.dtype == dtype and t.device.type == device.type and t.tolist() == values
     assert active_set._lift([], dtype, device).shape == (0,)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("scale", [1.0, 1e-4])
+def test_classification_on_the_host_near_its_thresholds(dtype, scale):
+    """Multipliers and slacks within a few ulps of the weak-activity thresholds (found by review:
+    ``act_strict`` was set where ``classify_constraints``, evaluated in the dtype and after
+    equilibration's round trip, found a weakly active row — dz 0 instead of −1). With or without
+    ``act_strict``, the implicit tangent must be the same; ``scale`` 1e-4 goes through equilibration."""
+    from declarative.qp.problem import QPProblem
+    problem = QPProblem()
+    tau = torch.finfo(dtype).eps ** 0.5
+    eye = torch.eye(3, dtype=dtype)
+    g = torch.tensor([[0.0, 1.0, 0.0]], dtype=dtype)
+    cases = [(torch.tensor([-32.75385214977677, -0.011654091067612171, 0.0], dtype=dtype),
+              torch.tensor([0.0, 0.0, 1.0], dtype=dtype)),
+             (torch.tensor([-2.0, -1.0, 0.0], dtype=dtype), torch.tensor([0.0, 0.0, 1.0], dtype=dtype))]
+    for big in (0.7, 3.0, 41.0):
+        edge = torch.tensor(tau * (1 + big), dtype=dtype)
+        for k in range(-3, 4):
+            v = float(edge) + k * float(torch.finfo(dtype).eps) * float(edge)
+            cases.append((torch.tensor([-big, -v, 0.0], dtype=dtype), torch.tensor([0.0, 0.0, 1.0], dtype=dtype)))
+            cases.append((torch.tensor([-1.0, 0.0, 0.0], dtype=dtype), torch.tensor([0.0, v, big], dtype=dtype)))
+    strict_seen = 0
+    for q, h in cases:
+        params = (eye, q * scale, eye, h * scale, None, None)
+        sol = problem.solve(params)
+        t1 = problem.implicit_tangent(sol, params, g)
+        strict_seen += "act_strict" in sol.cache
+        sol.cache.pop("act_strict", None)
+        t2 = problem.implicit_tangent(sol, params, g)
+        torch.testing.assert_close(t1.z, t2.z, atol=0, rtol=0)
+        torch.testing.assert_close(t1.duals["lam"], t2.duals["lam"], atol=0, rtol=0)
+    assert strict_seen > 0
