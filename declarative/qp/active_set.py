@@ -235,10 +235,16 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
             [3 * (n + p + i) + 2 for i in active]
         X = x.new_zeros(3 * N).index_copy_(0, _lift(cols, torch.int64, device), x.view(-1)).view(N, 3)
         Y = K[:, :N] @ X
-        v = torch.cat([Y.view(-1), x.view(-1)]).tolist()
+        v = torch.cat([Y.view(-1), x.view(-1), LU.diagonal()]).tolist()
         if not math.isfinite(sum(v)):          # a singular final system
             return None
-        z, nu, lam_w = v[3 * N:3 * N + n], v[3 * N + n:3 * N + n + p], v[3 * N + n + p:]
+        # a nearly singular one (LU pivots at rounding level: e.g. equality rows dependent up to
+        # rounding) has multipliers fixed by rounding alone — the interior-point method's
+        # regularised solve decides them instead
+        pivots = [abs(u) for u in v[3 * N + n + p + k:]]
+        if min(pivots) <= len(pivots) * torch.finfo(dtype).eps * max(pivots):
+            return None
+        z, nu, lam_w = v[3 * N:3 * N + n], v[3 * N + n:3 * N + n + p], v[3 * N + n + p:3 * N + n + p + k]
         Gz = v[3 * (n + p):3 * N:3]
         rz = [gz - hv for gz, hv in zip(Gz, h_v)]
         if m and most_violated(rz, max(map(abs, z)), active) >= 0:

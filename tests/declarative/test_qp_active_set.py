@@ -287,3 +287,17 @@ def test_classification_on_the_host_near_its_thresholds(dtype, scale):
         torch.testing.assert_close(t1.z, t2.z, atol=0, rtol=0)
         torch.testing.assert_close(t1.duals["lam"], t2.duals["lam"], atol=0, rtol=0)
     assert strict_seen > 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_equality_rows_dependent_to_rounding_go_to_the_interior_point_method(dtype):
+    """Equality rows that are dependent up to rounding (a row and 3× it in floating point, or two
+    rows 1e-12 apart) make the final KKT system nearly singular: its multipliers would be fixed by
+    rounding alone (ν ≈ ±2e7 found by review; the old version accepted them). The method hands
+    these to the interior-point method (LU pivots at rounding level)."""
+    Q, q = torch.eye(3, dtype=dtype), torch.tensor([1.0, -1.0, 0.5], dtype=dtype)
+    G, h = torch.tensor([[1.0, 1.0, 1.0]], dtype=dtype), torch.tensor([0.2], dtype=dtype)
+    for A, b in ([[0.1, 0.7, 0.3], [0.3, 2.1, 0.9]], [0.1, 0.3]), ([[0.1, 0.7, 0.3], [0.1, 0.7, 0.3 + 1e-12]], [0.1, 0.1]):
+        A, b = torch.tensor(A, dtype=dtype), torch.tensor(b, dtype=dtype)
+        for P in ((Q, q, None, None, A, b), (Q, q, G, h, A, b)):
+            assert solve_qp_active_set(*P, options=QPOptions()) is None
