@@ -132,14 +132,19 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
     # one host sync for the scalars the steps compare against: max|Q| and the Cholesky info of Q
     # (positive definite: the unconstrained minimiser exists), ‖c_i‖₁ and ‖c_i‖₂ of the rows of
     # C = [A; G], and the right-hand sides (−q, b, h); any non-finite datum makes one of them
-    # non-finite (the interior-point method flags it)
-    pre = torch.cat([K[:n, :n].abs().amax().reshape(1),
-                     torch.linalg.cholesky_ex(Q1).info.to(dtype).reshape(1),
-                     C.abs().sum(-1), torch.linalg.vector_norm(C, 2, -1), K[:, N]]).tolist()
+    # non-finite (the interior-point method flags it). Without equalities the starting point,
+    # the unconstrained minimiser −Q⁻¹q, and its G·z come with them (by that Cholesky factor).
+    L, info = torch.linalg.cholesky_ex(Q1)
+    parts = [torch.linalg.vector_norm(Q1, float("inf")).reshape(1), info.to(dtype).reshape(1),
+             torch.linalg.vector_norm(C, 1, -1), torch.linalg.vector_norm(C, 2, -1), K[:, N]]
+    if p == 0:
+        z0 = torch.cholesky_solve(K[:n, N:], L).view(-1)
+        parts += [z0, Cg @ z0] if m else [z0]
+    pre = torch.cat(parts).tolist()
     if not math.isfinite(sum(pre)) or pre[1] != 0.0:
         return None
     qscale = max(pre[0], torch.finfo(dtype).tiny)
-    c1, c2, rhs = pre[2 + p:2 + p + m], pre[2 + N - n:2 + 2 * (N - n)], pre[2 + 2 * (N - n):]
+    c1, c2, rhs = pre[2 + p:2 + p + m], pre[2 + N - n:2 + 2 * (N - n)], pre[2 + 2 * (N - n):2 + 2 * (N - n) + N]
     q_v = [-v for v in rhs[:n]]
     b_v, h_v = rhs[n:n + p], rhs[n + p:]
     # a row counts as violated when g_i·z − h_i exceeds the rounding level of its evaluation,
@@ -171,7 +176,7 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
 
     # the state is kept in Python floats (tiny, updated every step): z, the equality multipliers ν,
     # the active set W (rows of G, in the order of C's rows) with its multipliers, and g_i·z − h_i
-    v = kkt_solve([], N)
+    v = pre[2 + 2 * (N - n) + N:] if p == 0 else kkt_solve([], N)
     if v is None:
         return None
     z, nu, rz = v[:n], v[n:n + p], [gz - hv for gz, hv in zip(v[n + p:], h_v)]
