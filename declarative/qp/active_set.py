@@ -50,7 +50,7 @@ from .linalg import _with_batch
 from .options import QPOptions
 from .polish import _strict
 
-__all__ = ["solve_qp_active_set", "use_active_set"]
+__all__ = ["refine_lu", "solve_qp_active_set", "use_active_set"]
 
 #: the fast path applies up to this many variables plus constraints
 MAX_SIZE = 64
@@ -81,6 +81,21 @@ def _lift(values: list, dtype: torch.dtype, device) -> torch.Tensor:
         return torch.tensor(values, dtype=dtype, device=device)
     t = torch.frombuffer(array(code, values), dtype=dtype) if values else torch.empty(0, dtype=dtype)
     return t if t.device == torch.device(device) else t.to(device)
+
+
+def refine_lu(LU, piv, K, rhs, x, steps: int = 2):
+    """``x`` improved by iterative refinement for ``K x = rhs`` with ``K``'s LU factors, below
+    float64 only (float64 is returned as is): ``steps`` corrections ``x += K⁻¹(rhs − K x)`` with
+    the residual evaluated in float64 — for KKT systems whose condition the working precision does
+    not resolve (e.g. a vertex solution, where ``dz = 0`` exactly, came out O(10) in float32).
+
+    Shape: ``LU, K (..., k, k)``, ``piv (..., k)``, ``rhs, x (..., k, r)``."""
+    if x.dtype == torch.float64:
+        return x
+    K64, rhs64 = K.double(), rhs.double()
+    for _ in range(steps):
+        x = x + torch.linalg.lu_solve(LU, piv, (rhs64 - K64 @ x.double()).to(x.dtype))
+    return x
 
 
 def _kkt_matrix(Q, q, A, b, G, h):
@@ -232,24 +247,16 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
         Kw = K.index_select(0, ix[:-1]).index_select(1, ix)
         Kk, rhs_w = Kw[:, :-1], Kw[:, -1:]
         LU, piv, _ = torch.linalg.lu_factor_ex(Kk)
-        x = torch.linalg.lu_solve(LU, piv, rhs_w)
-        if dtype != torch.float64:            # one step of iterative refinement (float32 and below)
-            x = x + torch.linalg.lu_solve(LU, piv, rhs_w - Kk @ x)
+        x = refine_lu(LU, piv, Kk, rhs_w, torch.linalg.lu_solve(LU, piv, rhs_w))
         # [Qz, Aᵀν, G_Wᵀλ_W; Az, 0, 0; Gz, 0, 0] in one product: x spread over three columns
         cols = [3 * i for i in range(n)] + [3 * i + 1 for i in range(n, n + p)] + \
             [3 * (n + p + i) + 2 for i in active]
         X = x.new_zeros(3 * N).index_copy_(0, _lift(cols, torch.int64, device), x.view(-1)).view(N, 3)
         Y = K[:, :N] @ X
-        v = torch.cat([Y.view(-1), x.view(-1), LU.diagonal()]).tolist()
+        v = torch.cat([Y.view(-1), x.view(-1)]).tolist()
         if not math.isfinite(sum(v)):          # a singular final system
             return None
-        # a nearly singular one (LU pivots at rounding level: e.g. equality rows dependent up to
-        # rounding) has multipliers fixed by rounding alone — the interior-point method's
-        # regularised solve decides them instead
-        pivots = [abs(u) for u in v[3 * N + n + p + k:]]
-        if min(pivots) <= len(pivots) * torch.finfo(dtype).eps * max(pivots):
-            return None
-        z, nu, lam_w = v[3 * N:3 * N + n], v[3 * N + n:3 * N + n + p], v[3 * N + n + p:3 * N + n + p + k]
+        z, nu, lam_w = v[3 * N:3 * N + n], v[3 * N + n:3 * N + n + p], v[3 * N + n + p:]
         Gz = v[3 * (n + p):3 * N:3]
         rz = [gz - hv for gz, hv in zip(Gz, h_v)]
         if m and most_violated(rz, max(map(abs, z)), active) >= 0:
@@ -287,6 +294,8 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
     flags = _lift([i in active for i in range(m)] + [True], torch.bool, device).view(1, -1)
     cache = {"s": out[:, :m], "polished": flags[0, m:],
              "kkt_lu": LU.unsqueeze(0), "kkt_piv": piv.unsqueeze(0), "kkt_idx": ints[:, 2:]}
+    if dtype != torch.float64:
+        cache["kkt_mat"] = Kk.unsqueeze(0)   # for the backward's refinement
     if m:
         cache["act"] = flags[:, :m]
         # the backward's classification (``QPProblem.classify_constraints`` with the threshold

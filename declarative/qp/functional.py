@@ -70,7 +70,7 @@ def _check_psd(Q: torch.Tensor) -> None:
     (``_check_psd_exact``), which raises."""
     tol = PSD_TOL.get(Q.dtype, 1e-4)
     Qs = Q if Q.dim() == 3 else Q.unsqueeze(0)
-    if Qs.shape[0] == 1 and _single_passes(Qs.detach()[0], tol):
+    if Qs.shape[0] == 1 and Qs.numel() < 1 << 16 and _single_passes(Qs.detach()[0], tol):
         return
     with torch.no_grad():
         # a non-finite Q needs no test of its own: it passes here (the solver flags it) or fails
@@ -85,7 +85,8 @@ def _single_passes(Q1: torch.Tensor, tol: float) -> bool:
     """One matrix (B = 1): the checks of ``_check_psd`` with fewer operations, through one host
     transfer — the asymmetry, and a Cholesky of ``Q`` itself: if it succeeds, ``Q`` is positive
     definite and so is ``Q + εI``. False (not necessarily failing) otherwise: then the full
-    checks decide."""
+    checks decide. Below ``2¹⁶`` entries only, where the full check's Cholesky reads the same
+    (upper) triangle (above, it factors the transposed layout: the lower one)."""
     asym = torch.linalg.vector_norm(torch.sub(Q1, Q1.mT), float("inf"))
     scale = torch.linalg.vector_norm(Q1.diagonal(), float("inf"))
     info = torch.linalg.cholesky_ex(Q1, upper=True).info

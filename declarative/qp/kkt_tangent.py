@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from ..solution import Solution
+from .active_set import refine_lu
 from .linalg import _Factor, _mtv, _mv, _static_reg, _with_batch
 from .options import QPOptions
 from .polish import _active_system, _refine_active, _refine_tol
@@ -47,7 +48,11 @@ def kkt_tangent(Q: torch.Tensor, G: torch.Tensor | None, A: torch.Tensor | None,
         idx = cache["kkt_idx"]
         k = idx.shape[-1]
         rhs = torch.nn.functional.pad(-g, (0, p + k)).unsqueeze(-1)
-        sol = torch.linalg.lu_solve(cache["kkt_lu"], cache["kkt_piv"], rhs).squeeze(-1)
+        LU, piv = cache["kkt_lu"], cache["kkt_piv"]
+        sol = torch.linalg.lu_solve(LU, piv, rhs)
+        if "kkt_mat" in cache:                # below float64: refined with float64 residuals
+            sol = refine_lu(LU, piv, cache["kkt_mat"], rhs, sol)
+        sol = sol.squeeze(-1)
         dlam = z.new_zeros(B, m)
         if k:
             dlam = dlam.scatter(1, idx, sol[:, n + p:])

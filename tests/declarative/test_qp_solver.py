@@ -174,6 +174,13 @@ def test_indefinite_and_asymmetric_q():
         solve_qp(torch.tensor([[1.0, 1.0], [0.0, 1.0]], dtype=torch.float64), q)
     with pytest.raises(ValueError, match=r"indefinite for batch indices \[0\]"):
         solve_qp(Q.unsqueeze(0), q)                      # one problem: the short check, then the full one
+    # n = 256: the full check factors the lower triangle; a Q asymmetric within the tolerance,
+    # definite in its upper triangle and indefinite in its lower one must fail as before (the
+    # short check read the upper triangle: found by review)
+    n, a = 256, 1e-6
+    Qt = a * torch.eye(n, dtype=torch.float64) + torch.tril(torch.full((n, n), -1e-8 * (1 + a), dtype=torch.float64), -1)
+    with pytest.raises(ValueError, match="indefinite"):
+        solve_qp(Qt, torch.ones(n, dtype=torch.float64))
     # semidefinite (a singular Cholesky) and indefinite within the tolerance pass
     G, h = torch.eye(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64)
     for d in (0.0, -1e-12):
