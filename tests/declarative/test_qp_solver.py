@@ -246,3 +246,18 @@ def test_property_random_qps_match_cvxpy(n, m, p, B, seed, psd, mixed, obj_scale
     z, _, _, statuses = _ref(params)
     assert all(s == "optimal" for s in statuses)
     np.testing.assert_allclose(sol.z.numpy() / z_scale, z, atol=1e-5, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype, e", [(torch.float32, 1e-5), (torch.float64, 1e-8)])
+def test_a_small_row_is_not_an_infeasibility_certificate(dtype, e):
+    """``−ε z₁ ≤ −1`` with ε = 1e-8 (float64) or 1e-5 (float32) is feasible (z* = (1/ε, −1)); the
+    certificate ``‖Gᵀλ‖ ≤ ε_inf‖λ‖`` held for the row alone and the interior-point method reported
+    PRIMAL_INFEASIBLE after 3 iterations (found by review). The certificate is now relative to the
+    rows' sizes. A batch of two (the interior-point path), the second element truly infeasible."""
+    Q = torch.eye(2, dtype=dtype).expand(2, 2, 2)
+    q = torch.tensor([0.0, 1.0], dtype=dtype).expand(2, 2)
+    G = torch.tensor([[[-e, 0.0], [0.0, 0.0]], [[1.0, 0.0], [-1.0, 0.0]]], dtype=dtype)
+    h = torch.tensor([[-1.0, 1.0], [-1.0, -1.0]], dtype=dtype)
+    sol = solve_qp(Q, q, G, h, check=False)
+    assert sol.status.tolist() == [Status.SOLVED, Status.PRIMAL_INFEASIBLE]
+    torch.testing.assert_close(sol.z[0], torch.tensor([1 / e, -1.0], dtype=dtype), rtol=1e-5, atol=0)
