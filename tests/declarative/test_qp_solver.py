@@ -246,6 +246,24 @@ def test_property_random_qps_match_cvxpy(n, m, p, B, seed, psd, mixed, obj_scale
     z, _, _, statuses = _ref(params)
     assert all(s == "optimal" for s in statuses)
     np.testing.assert_allclose(sol.z.numpy() / z_scale, z, atol=1e-5, rtol=1e-6)
+    for r in ("primal", "dual", "gap"):     # SOLVED means the tolerances are met
+        assert (sol.residuals[r] <= 1e-8).all(), r
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_solved_means_the_tolerances_are_met(dtype):
+    """Q = diag(1, 1e-9) (float32: 1e-5), z* = (−1, 1e9): the polish's regularised factorisation
+    cannot resolve the small eigenvalue, and the last rung's polished point (dual residual 4e-6)
+    was reported SOLVED (found by review). Now the interior-point iterate is returned instead, SOLVED
+    only if it meets the tolerances. A batch of two (the interior-point path)."""
+    e, tol = (1e-9, 1e-8) if dtype == torch.float64 else (1e-5, 1e-4)
+    Q = torch.diag(torch.tensor([1.0, e], dtype=dtype)).expand(2, 2, 2)
+    q = torch.tensor([1.0, -1.0], dtype=dtype).expand(2, 2)
+    G, h = torch.tensor([[1.0, 0.0]], dtype=dtype), torch.tensor([10.0], dtype=dtype)
+    sol = solve_qp(Q, q, G, h)
+    for r in ("primal", "dual", "gap"):
+        assert (sol.residuals[r] <= tol).all(), r
+    torch.testing.assert_close(sol.z, torch.tensor([[-1.0, 1 / e]] * 2, dtype=dtype), rtol=10 * tol, atol=0)
 
 
 @pytest.mark.parametrize("dtype, e", [(torch.float32, 1e-5), (torch.float64, 1e-8)])
