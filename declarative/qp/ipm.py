@@ -60,7 +60,7 @@ import torch
 
 from ..solution import Solution
 from ..status import Status
-from .linalg import _Factor, _abs_max, _inf_norm, _mtv, _mtvs, _mv, _mvs, _shared, _static_reg, _with_batch
+from .linalg import _Factor, _inf_norm, _mtv, _mtvs, _mv, _mvs, _shared, _static_reg, _with_batch
 from .options import DEFAULT_REG, DEFAULT_TOL_INFEASIBLE, QPOptions
 # looked up in this namespace by ``solve_qp_ipm`` (the tests replace them here)
 from .polish import _polish, _polish_penalty
@@ -198,22 +198,18 @@ def _loop_residuals(Q, q, G, h, A, b, z, s, lam, nu, w, hnorm, bnorm, qnorm, dz_
     return rd0, nri, re, pres, dres, gap, mu, Gtl, Atn, nGtwri, Qd, Gtd, Atd, Ad
 
 
-def _primal_infeasible(Gty, Aty, h, b, lam, nu, eps, scale, grow, arow):
+def _primal_infeasible(Gty, Aty, h, b, lam, nu, eps, scale):
     """Certificate of primal infeasibility for ``y = (λ ≥ 0, ν)`` given ``Gᵀλ`` and ``Aᵀν``:
-    ``‖Gᵀλ + Aᵀν‖∞ ≤ ε Σ_i |y_i| ‖c_i‖∞`` (the combination cancels to ε of the size of its
-    terms; ``grow``, ``arow``: the rows' ∞-norms ``‖c_i‖∞`` of G and A) and
-    ``hᵀλ + bᵀν ≤ −ε(1 + scale)‖y‖∞``. Relative to the rows' own sizes, not to ``‖y‖``: a
-    single row of norm 1e-8 (``−10⁻⁸ z₁ ≤ −1``, feasible) passed ``‖Gᵀλ‖ ≤ ε‖λ‖`` as a certificate."""
-    gt = ct = ny = mag = None
+    ``‖Gᵀλ + Aᵀν‖ ≤ ε‖y‖`` and ``hᵀλ + bᵀν ≤ −ε(1 + scale)‖y‖``."""
+    gt = ct = ny = None
     if Gty is not None:
-        gt, ct, ny, mag = Gty, (h * lam).sum(-1), _inf_norm(lam), (lam.abs() * grow).sum(-1)
+        gt, ct, ny = Gty, (h * lam).sum(-1), _inf_norm(lam)
     if Aty is not None:
-        cb, nb, ma = (b * nu).sum(-1), _inf_norm(nu), (nu.abs() * arow).sum(-1)
+        cb, nb = (b * nu).sum(-1), _inf_norm(nu)
         gt = Aty if gt is None else gt + Aty
         ct = cb if ct is None else ct + cb
         ny = nb if ny is None else torch.maximum(ny, nb)
-        mag = ma if mag is None else mag + ma
-    return (ny > 0) & (_inf_norm(gt) <= eps * mag) & (ct <= -eps * ny * (1 + scale))
+    return (ny > 0) & (_inf_norm(gt) <= eps * ny) & (ct <= -eps * ny * (1 + scale))
 
 
 def _residuals(Q, q, G, h, A, b, z, s, lam, nu, hnorm, bnorm, qnorm, products=False):
@@ -401,9 +397,6 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
         # the matrices of the products, as (m, n) when shared by the batch (one call a product)
         Qv, Gv, Av = _shared(Q), _shared(G), _shared(A)
         Gz = _mv(Gv, z) if G is not None else None
-        # the rows' ∞-norms, the scale of the infeasibility certificates (``_primal_infeasible``)
-        grow = None if G is None else _abs_max(G, -1)
-        arow = None if A is None else _abs_max(A, -1)
         X = None   # (s, λ) stacked: updated by the steps, rebuilt after a compaction
         bufs = None   # (√w∘G, H) of the factorisations (large problems)
         tiny = torch.finfo(dtype).tiny
@@ -446,8 +439,8 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
                     stalled = within[:, :2].all(-1) & (dres > dres_prev.clamp(min=tol_d))
                     # primal infeasibility certificates, on the iterates (λ, ν) and on the last
                     # Newton directions
-                    pinf = _primal_infeasible(Gtl, Atn, h, b, lam, nu, eps_inf, pscale, grow, arow)
-                    pinf = pinf | _primal_infeasible(Gtd, Atd, h, b, dlp, dnu_last, eps_inf, pscale, grow, arow)
+                    pinf = _primal_infeasible(Gtl, Atn, h, b, lam, nu, eps_inf, pscale)
+                    pinf = pinf | _primal_infeasible(Gtd, Atd, h, b, dlp, dnu_last, eps_inf, pscale)
                     open_ = ~converged
                     new_status = torch.where(open_ & pinf, pinf_code, new_status)
                     open_ = open_ & ~pinf
@@ -475,12 +468,10 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
                 keep = torch.nonzero(running).reshape(-1)
                 widx = widx.index_select(0, keep)
                 (z, s, lam, nu, status, iterations, dres_prev, dz_last, Gdz_last, D_last, dnu_last, Gz,
-                 rd0, nri, re, mu, w, nGtwri, Q, q, G, h, A, b, QA, zero_eq, reg, hnorm, bnorm, qnorm, pscale,
-                 grow, arow) = (
+                 rd0, nri, re, mu, w, nGtwri, Q, q, G, h, A, b, QA, zero_eq, reg, hnorm, bnorm, qnorm, pscale) = (
                     take(x, keep) for x in (
                         z, s, lam, nu, status, iterations, dres_prev, dz_last, Gdz_last, D_last, dnu_last, Gz,
-                        rd0, nri, re, mu, w, nGtwri, Q, q, G, h, A, b, QA, zero_eq, reg, hnorm, bnorm, qnorm, pscale,
-                        grow, arow))
+                        rd0, nri, re, mu, w, nGtwri, Q, q, G, h, A, b, QA, zero_eq, reg, hnorm, bnorm, qnorm, pscale))
                 running = status == _RUNNING
                 nrun = Bw = z.shape[0]
                 Qv, Gv, Av = _shared(Q), _shared(G), _shared(A)
