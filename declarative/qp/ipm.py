@@ -613,6 +613,7 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
             for phase in range(1, len(ladder) + 1):
                 solved = status == solved_t
                 before = (z, s, lam, nu)
+                before_res = (pres, dres, gap)   # the interior-point loop's, at ``before``
                 # later phases polish the retried elements only; the others keep their earlier polish
                 todo = unfinished | solved if retry is None else (unfinished | solved) & retry
                 if dtype != torch.float64:
@@ -667,15 +668,15 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
                 unfinished = status < 0
             # the last rung's polish left a point that misses the tolerances (its factorisation's
             # regularisation can dominate a tiny eigenvalue of Q, e.g. 1e-9 with a minimiser of
-            # size 1e9): the interior-point iterate instead, SOLVED only if it meets them
+            # size 1e9): the interior-point iterate instead, which the loop found converged (its
+            # residuals as the loop measured them: recomputed over the whole batch they round
+            # differently, and at ‖A‖‖z‖ ~ 1e8 that alone crossed the tolerance)
             worse = solved & ~converged
             if bool(worse.any()):
                 w_ = worse.unsqueeze(-1)
                 z, s, lam, nu = (torch.where(w_, a_, b_) for a_, b_ in zip(before, (z, s, lam, nu)))
+                pres, dres, gap = (torch.where(worse, a_, b_) for a_, b_ in zip(before_res, (pres, dres, gap)))
                 polished, fast_all = polished & ~worse, fast_all & ~worse
-                _, _, _, pres, dres, gap, _ = _residuals(Q, q, G, h, A, b, z, s, lam, nu, hnorm, bnorm, qnorm)
-                met = (torch.stack([pres, gap, dres], -1) <= tols_final).all(-1)
-                status = torch.where(worse & ~met, torch.full_like(status, int(Status.MAX_ITERATIONS)), status)
             # the backward's active sets: the polished ones, and for elements left unpolished
             # (their polish failed at every rung; they converged by the interior-point iterations
             # alone) the strict-complementarity guess λ > s. The active-set form then serves every
