@@ -240,9 +240,8 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
                 del active[drop]
                 del lam_w[drop]
         # the final active set's KKT system solved afresh (the steps' updates accumulate rounding),
-        # below float64 with one step of iterative refinement; its LU factors serve the backward
-        # (``kkt_tangent``)
-        k = len(active)
+        # below float64 refined with float64 residuals (``refine_lu``); its LU factors serve the
+        # backward (``kkt_tangent``)
         ix = _lift(base + [n + p + i for i in active] + [N], torch.int64, device)
         Kw = K.index_select(0, ix[:-1]).index_select(1, ix)
         Kk, rhs_w = Kw[:, :-1], Kw[:, -1:]
