@@ -150,7 +150,8 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
     # non-finite (the interior-point method flags it). Without equalities the starting point,
     # the unconstrained minimiser −Q⁻¹q, and its G·z come with them (by that Cholesky factor).
     L, info = torch.linalg.cholesky_ex(Q1)
-    parts = [torch.linalg.vector_norm(Q1, float("inf")).reshape(1), info.to(dtype).reshape(1),
+    gmax = torch.linalg.vector_norm(Cg, float("inf")).reshape(1) if m else info.new_zeros(1, dtype=dtype)
+    parts = [torch.linalg.vector_norm(Q1, float("inf")).reshape(1), info.to(dtype).reshape(1), gmax,
              torch.linalg.vector_norm(C, 1, -1), torch.linalg.vector_norm(C, 2, -1), K[:, N]]
     if p == 0:
         z0 = torch.cholesky_solve(K[:n, N:], L).view(-1)
@@ -158,8 +159,8 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
     pre = torch.cat(parts).tolist()
     if not math.isfinite(sum(pre)) or pre[1] != 0.0:
         return None
-    qscale = max(pre[0], torch.finfo(dtype).tiny)
-    c1, c2, rhs = pre[2 + p:2 + p + m], pre[2 + N - n:2 + 2 * (N - n)], pre[2 + 2 * (N - n):2 + 2 * (N - n) + N]
+    qscale, gmax = max(pre[0], torch.finfo(dtype).tiny), pre[2]
+    c1, c2, rhs = pre[3 + p:3 + p + m], pre[3 + N - n:3 + 2 * (N - n)], pre[3 + 2 * (N - n):3 + 2 * (N - n) + N]
     q_v = [-v for v in rhs[:n]]
     b_v, h_v = rhs[n:n + p], rhs[n + p:]
     # a row counts as violated when g_i·z − h_i exceeds the rounding level of its evaluation,
@@ -191,7 +192,7 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
 
     # the state is kept in Python floats (tiny, updated every step): z, the equality multipliers ν,
     # the active set W (rows of G, in the order of C's rows) with its multipliers, and g_i·z − h_i
-    v = pre[2 + 2 * (N - n) + N:] if p == 0 else kkt_solve([], N)
+    v = pre[3 + 2 * (N - n) + N:] if p == 0 else kkt_solve([], N)
     if v is None:
         return None
     z, nu, rz = v[:n], v[n:n + p], [gz - hv for gz, hv in zip(v[n + p:], h_v)]
@@ -304,7 +305,8 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
         # otherwise — the active mask is also stored as ``act_strict`` and the backward goes
         # straight to the KKT system; rows near a threshold leave it to ``classify_constraints``
         tau = (options.active_tol if options is not None else None) or torch.finfo(dtype).eps ** 0.5
-        lam_thr, s_thr = 1.001 * tau * (1 + ninf(lam)), 1.001 * tau * (1 + ninf(h_v))
+        lam_nat = max(ninf(Qz), ninf(q_v)) / max(gmax, torch.finfo(dtype).tiny)
+        lam_thr, s_thr = 1.001 * tau * (lam_nat + ninf(lam)), 1.001 * tau * (1 + ninf(h_v))
         if all(lam[i] > lam_thr if i in active else s[i] > s_thr for i in range(m)):
             cache["act_strict"] = cache["act"]
     return Solution(z=x[:n].view(1, n), duals={"lam": out[:, m:2 * m], "nu": x[n:n + p].view(1, p)},

@@ -49,7 +49,9 @@ class QPProblem(ArgminProblem):
     both ``O(√tol)``; ``tol^¼`` separates them geometrically) — constraint ``i`` of a batch
     element is
 
-    * strongly active if ``λ_i > τ (1 + ‖λ‖∞)``;
+    * strongly active if ``λ_i > τ (λ̄ + ‖λ‖∞)`` with ``λ̄ = max(‖Qz‖∞, ‖q‖∞) / max|G|``, the
+      multipliers' own scale (``1`` before: absolute when equilibration leaves the objective's
+      gradient small against the data, a minimiser in a near-null direction of ``Q``);
     * weakly active if not strongly active and ``s_i ≤ τ (1 + ‖h‖∞)``;
     * inactive otherwise.
 
@@ -153,7 +155,12 @@ class QPProblem(ArgminProblem):
             tau = torch.where(polished, lam.new_tensor(tight), loose).unsqueeze(-1)
         else:
             tau = loose
-        lam_scale = _abs_max(lam, keepdim=True) + 1
+        # the multipliers' own scale: max(‖Qz‖∞, ‖q‖∞) / max|G| (what Gᵀλ balances at the
+        # solution), not 1 — equilibration can leave the objective's gradient at 1e-8 of the
+        # scaled data (a minimiser in a near-null direction of Q), and every multiplier with it
+        lam_nat = torch.maximum(_abs_max(_mv(params[0], solution.z)), _abs_max(params[1])) / \
+            _abs_max(G, (-2, -1)).clamp(min=torch.finfo(lam.dtype).tiny)
+        lam_scale = _abs_max(lam, keepdim=True) + lam_nat.reshape(-1, 1)
         h_scale = _abs_max(h, keepdim=True) + 1
         strong = lam > tau * lam_scale
         weak = ~strong & (s <= tau * h_scale)

@@ -270,3 +270,37 @@ def test_host_in_band_test_agrees_with_the_tensor_test(monkeypatch):
     # batches and large problems take the tensor test
     assert not eqm._one_small_problem(*random_qp(2, 4, 3, 0, seed=1))
     assert not eqm._one_small_problem(*random_qp(1, 60, 60, 0, seed=1))
+
+
+def test_multipliers_kept_small_by_equilibration_stay_strongly_active():
+    """An ill-conditioned Q (eigenvalues down to ~5e-9) whose minimiser lies along its near-null
+    direction, against rows ~1e8 away: equilibration's objective scale (from t² max|Q|) leaves the
+    scaled gradient — and the active row's multiplier — at ~1e-8, and the weak-activity threshold
+    τ(1 + ‖λ‖∞) called the row weakly active: ∇q off by 4e4 relative (found by review). The
+    threshold is now relative to the multipliers' own scale. Reference: the KKT system on the
+    active row, solved directly."""
+    f64 = torch.float64
+    Q = torch.tensor([[0.29204798020649125, 0.12509672839823938, 0.43715398087617796],
+                      [0.12509672839823938, 0.053627271497825764, 0.18721294310794873],
+                      [0.43715398087617796, 0.18721294310794873, 0.6543921886137131]], dtype=f64)
+    q = torch.tensor([0.72247635929237, -1.307880261788649, 0.14405851188829263], dtype=f64)
+    G = torch.tensor([[0.7929374490305129, -0.5615437472775419, -0.6727865575517371],
+                      [0.3363881376339575, -0.3375714108750242, -1.0397343142174817],
+                      [0.3456291209687137, 0.9619705764361135, -0.6064698623075115],
+                      [1.8400550267309173, 0.8553825504268673, 0.47305831057741554],
+                      [1.0468970252373533, 0.032227620854141034, 1.1075790952169364],
+                      [-1.4697490412918202, 1.300989067029531, 0.6976432774060118]], dtype=f64)
+    h = torch.tensor([82780506.7674191, 138862853.57730436, 21255773.014948554, 140700906.68022802,
+                      275232591.5876952, 155101003.8760245], dtype=f64)
+    w = torch.tensor([-1.907253985078493, -0.21736564405383157, -0.48544926116259557], dtype=f64)
+    assert equilibration(Q, q, G, h) is not None
+    for batch in (1, 2):               # the active-set path and the interior-point path
+        leaves = [t.expand(batch, *t.shape).clone().requires_grad_() for t in (Q, q, G, h)]
+        sol = solve_qp(*leaves)
+        active = (sol.duals["lam"][0] > 0).nonzero().reshape(-1)
+        assert active.tolist() == [5]
+        dq, = torch.autograd.grad((sol.z * w).sum(), leaves[1])
+        g5 = G[5:6]
+        K = torch.cat([torch.cat([Q, g5.T], 1), torch.cat([g5, torch.zeros(1, 1, dtype=f64)], 1)], 0)
+        ref = torch.linalg.solve(K, torch.cat([-w, torch.zeros(1, dtype=f64)]))[:3]
+        torch.testing.assert_close(dq, ref.expand(batch, 3), rtol=1e-6, atol=0)
