@@ -306,7 +306,7 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
         # straight to the KKT system; rows near a threshold leave it to ``classify_constraints``
         tau = (options.active_tol if options is not None else None) or torch.finfo(dtype).eps ** 0.5
         lam_nat = max(ninf(Qz), ninf(q_v)) / max(gmax, torch.finfo(dtype).tiny)
-        lam_thr, s_thr = 1.001 * tau * (lam_nat + ninf(lam)), 1.001 * tau * (1 + ninf(h_v))
+        lam_thr, s_thr = 1.001 * tau * (min(1.0, lam_nat) + ninf(lam)), 1.001 * tau * (1 + ninf(h_v))
         if all(lam[i] > lam_thr if i in active else s[i] > s_thr for i in range(m)):
             cache["act_strict"] = cache["act"]
     return Solution(z=x[:n].view(1, n), duals={"lam": out[:, m:2 * m], "nu": x[n:n + p].view(1, p)},

@@ -49,9 +49,10 @@ class QPProblem(ArgminProblem):
     both ``O(√tol)``; ``tol^¼`` separates them geometrically) — constraint ``i`` of a batch
     element is
 
-    * strongly active if ``λ_i > τ (λ̄ + ‖λ‖∞)`` with ``λ̄ = max(‖Qz‖∞, ‖q‖∞) / max|G|``, the
-      multipliers' own scale (``1`` before: absolute when equilibration leaves the objective's
-      gradient small against the data, a minimiser in a near-null direction of ``Q``);
+    * strongly active if ``λ_i > τ (f + ‖λ‖∞)``, with ``f = 1``, or for polished elements
+      ``f = min(1, λ̄)``, ``λ̄ = max(‖Qz‖∞, ‖q‖∞) / max|G|`` the multipliers' own scale (with
+      ``f = 1`` the test was absolute when equilibration leaves the objective's gradient small
+      against the data, a minimiser in a near-null direction of ``Q``);
     * weakly active if not strongly active and ``s_i ≤ τ (1 + ‖h‖∞)``;
     * inactive otherwise.
 
@@ -148,19 +149,24 @@ class QPProblem(ArgminProblem):
         s = solution.cache["s"]
         loose = self.options.resolved(lam.dtype).active_tol
         polished = solution.cache.get("polished")
+        # the floor of the multipliers' scale: 1, or for polished elements (exact to rounding)
+        # min(1, λ̄) with λ̄ = max(‖Qz‖∞, ‖q‖∞) / max|G|, what Gᵀλ balances at the solution —
+        # equilibration can leave the objective's gradient, and every multiplier, at 1e-8 of the
+        # scaled data (a minimiser in a near-null direction of Q), where a floor of 1 called
+        # active rows weakly active; interior-point multipliers keep 1 (their error on weak rows
+        # is O(√tol), absolute)
+        floor = 1.0
         if polished is not None:
             # polished solutions are exact to rounding: only a rounding-level multiplier is zero;
             # elements left unpolished keep the tolerance tied to the interior-point accuracy
             tight = self.options.active_tol or torch.finfo(lam.dtype).eps ** 0.5
             tau = torch.where(polished, lam.new_tensor(tight), loose).unsqueeze(-1)
+            lam_nat = torch.maximum(_abs_max(_mv(params[0], solution.z)), _abs_max(params[1])) / \
+                _abs_max(G, (-2, -1)).clamp(min=torch.finfo(lam.dtype).tiny)
+            floor = torch.where(polished, lam_nat.reshape(-1).clamp(max=1.0), 1.0).unsqueeze(-1)
         else:
             tau = loose
-        # the multipliers' own scale: max(‖Qz‖∞, ‖q‖∞) / max|G| (what Gᵀλ balances at the
-        # solution), not 1 — equilibration can leave the objective's gradient at 1e-8 of the
-        # scaled data (a minimiser in a near-null direction of Q), and every multiplier with it
-        lam_nat = torch.maximum(_abs_max(_mv(params[0], solution.z)), _abs_max(params[1])) / \
-            _abs_max(G, (-2, -1)).clamp(min=torch.finfo(lam.dtype).tiny)
-        lam_scale = _abs_max(lam, keepdim=True) + lam_nat.reshape(-1, 1)
+        lam_scale = _abs_max(lam, keepdim=True) + floor
         h_scale = _abs_max(h, keepdim=True) + 1
         strong = lam > tau * lam_scale
         weak = ~strong & (s <= tau * h_scale)

@@ -279,9 +279,10 @@ def test_classification_on_the_host_near_its_thresholds(dtype, scale):
               torch.tensor([0.0, 0.0, 1.0], dtype=dtype)),
              (torch.tensor([-2.0, -1.0, 0.0], dtype=dtype), torch.tensor([0.0, 0.0, 1.0], dtype=dtype))]
     for big in (0.7, 3.0, 41.0):
-        # the multiplier threshold τ(λ̄ + ‖λ‖∞), λ̄ = max|q| = big here (z* = 0), and the slack
-        # threshold τ(1 + ‖h‖∞)
-        edge_lam, edge_s = float(torch.tensor(2 * tau * big, dtype=dtype)), float(torch.tensor(tau * (1 + big), dtype=dtype))
+        # the multiplier threshold τ(min(1, λ̄) + ‖λ‖∞), λ̄ = max|q| = big here (z* = 0), and the
+        # slack threshold τ(1 + ‖h‖∞)
+        edge_lam = float(torch.tensor(tau * (min(1.0, big) + big), dtype=dtype))
+        edge_s = float(torch.tensor(tau * (1 + big), dtype=dtype))
         ulp = float(torch.finfo(dtype).eps)
         for k in range(-3, 4):
             v = edge_lam * (1 + k * ulp)

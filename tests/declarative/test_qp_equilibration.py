@@ -276,9 +276,9 @@ def test_multipliers_kept_small_by_equilibration_stay_strongly_active():
     """An ill-conditioned Q (eigenvalues down to ~5e-9) whose minimiser lies along its near-null
     direction, against rows ~1e8 away: equilibration's objective scale (from t² max|Q|) leaves the
     scaled gradient — and the active row's multiplier — at ~1e-8, and the weak-activity threshold
-    τ(1 + ‖λ‖∞) called the row weakly active: ∇q off by 4e4 relative (found by review). The
-    threshold is now relative to the multipliers' own scale. Reference: the KKT system on the
-    active row, solved directly."""
+    τ(1 + ‖λ‖∞) called the row weakly active: ∇q off by 4e4 relative (found by review). For
+    polished solutions the floor 1 is now min(1, λ̄), λ̄ the multipliers' own scale. Reference: the
+    KKT system on the active row, solved directly."""
     f64 = torch.float64
     Q = torch.tensor([[0.29204798020649125, 0.12509672839823938, 0.43715398087617796],
                       [0.12509672839823938, 0.053627271497825764, 0.18721294310794873],
