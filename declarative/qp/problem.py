@@ -215,22 +215,27 @@ class QPProblem(ArgminProblem):
         Gs = Gs.expand(B, *Gs.shape[-2:])
         Aeq = Gs if A is None else torch.cat([A.expand(B, *A.shape[-2:]), Gs], dim=-2)
         beq = Aeq.new_zeros(Aeq.shape[:-1])
-        sol = solve_qp_ipm(Q, g, Gw, hw, Aeq, beq, options=self.options)
+        # the solution is positively homogeneous in g (its constraints are cones): solved for
+        # g/‖g‖∞ and scaled back — a small g (e.g. 1e-6 after equilibration) fell below the
+        # solver's absolute tolerances, and ∇q came out up to 250% off in float32
+        gscale = _abs_max(g, keepdim=True)
+        gscale = torch.where(gscale > 0, gscale, 1.0)
+        sol = solve_qp_ipm(Q, g / gscale, Gw, hw, Aeq, beq, options=self.options)
         bad = ~sol.solved & solution.solved
         if z.dtype != torch.float64 and bool(bad.any()):
             # below float64, a weakly active row that nearly repeats a strongly active one (to
             # rounding) leaves the backward QP's multipliers undetermined at the dtype's precision:
             # those elements are solved again in float64 (the tangent is returned in the dtype)
-            sol = self._backward_qp_float64(sol, bad, (Q, g, Gw, hw, Aeq, beq))
+            sol = self._backward_qp_float64(sol, bad, (Q, g / gscale, Gw, hw, Aeq, beq))
             bad = ~sol.solved & solution.solved
         if bool(bad.any()):
             idx = torch.nonzero(bad).reshape(-1).tolist()
             codes = sol.status[bad].tolist()
             raise SolverError(idx, [Status(c) for c in codes], sol, "implicit backward QP")
-        eq = sol.duals["nu"]
-        dlam = torch.where(strong, eq[..., p:], torch.where(weak, sol.duals["lam"], torch.zeros_like(sol.duals["lam"])))
+        eq = sol.duals["nu"] * gscale
+        dlam = torch.where(strong, eq[..., p:], torch.where(weak, sol.duals["lam"] * gscale, 0.0))
         dnu = eq[..., :p]
-        return Solution(z=sol.z, duals={"lam": dlam, "nu": dnu}, status=sol.status,
+        return Solution(z=sol.z * gscale, duals={"lam": dlam, "nu": dnu}, status=sol.status,
                         iterations=sol.iterations, residuals=sol.residuals)
 
     def _backward_qp_float64(self, sol: Solution, bad: torch.Tensor, data) -> Solution:
