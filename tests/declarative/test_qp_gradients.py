@@ -120,6 +120,17 @@ def _degenerate(B=4):
     return (Q, q, G, h, None, None), g, strong, weak
 
 
+def _closed_form(G, g, strong, weak):
+    """For Q = I: the projection of −g onto {d : G_S d = 0, G_W d ≤ 0}, per element (cvxpy)."""
+    closed = []
+    for i in range(g.shape[0]):
+        Gi = G[i].numpy()
+        d, *_ = qp_reference(np.eye(Gi.shape[1]), g[i].numpy(), Gi[weak[i].numpy()], np.zeros(int(weak[i].sum())),
+                             Gi[strong[i].numpy()], np.zeros(int(strong[i].sum())))
+        closed.append(d)
+    return np.stack(closed)
+
+
 def test_weakly_active_classification():
     params, g, strong, weak = _degenerate()
     problem = QPProblem()
@@ -140,13 +151,7 @@ def test_degenerate_one_sided_gradient_equals_tiny_beta_contrastive_and_closed_f
         torch.testing.assert_close(con[k], imp[k], atol=1e-6, rtol=1e-6, msg=NAMES[k])
     Q, q, G, h = params[:4]
     dz = imp[1]           # ∇q = dz
-    closed = []
-    for i in range(g.shape[0]):
-        Gi = G[i].numpy()
-        d, *_ = qp_reference(np.eye(5), g[i].numpy(), Gi[weak[i].numpy()], np.zeros(int(weak[i].sum())),
-                             Gi[strong[i].numpy()], np.zeros(int(strong[i].sum())))
-        closed.append(d)
-    closed = np.stack(closed)
+    closed = _closed_form(G, g, strong, weak)
     np.testing.assert_allclose(dz.numpy(), closed, atol=1e-7)
     # not vacuous: some weakly active constraint binds (G_W d = 0 where the unconstrained
     # projection would violate it) and some is left (G_W d < 0)
@@ -246,11 +251,5 @@ def test_degenerate_one_sided_gradient_with_large_solutions(dtype):
     t = 1e5
     params = tuple(x.to(dtype) for x in (Q, q * t, G, h * t)) + (None, None)
     dz = _grads(params, g.to(dtype))[1].double()
-    closed = []
-    for i in range(g.shape[0]):
-        Gi = G[i].numpy()
-        d, *_ = qp_reference(np.eye(5), g[i].numpy(), Gi[weak[i].numpy()], np.zeros(int(weak[i].sum())),
-                             Gi[strong[i].numpy()], np.zeros(int(strong[i].sum())))
-        closed.append(d)
     tol = 1e-3 if dtype == torch.float32 else 1e-7
-    np.testing.assert_allclose(dz.numpy(), np.stack(closed), atol=tol)
+    np.testing.assert_allclose(dz.numpy(), _closed_form(G, g, strong, weak), atol=tol)
