@@ -46,7 +46,7 @@ import torch
 
 from ..solution import Solution
 from ..status import Status
-from .linalg import _with_batch
+from .linalg import _one_problem, _with_batch
 from .options import QPOptions
 from .polish import _strict
 
@@ -61,8 +61,7 @@ def use_active_set(opts: QPOptions, Q, q, G, h, A, b) -> bool:
     (every input unbatched or of batch size 1) with ``n + m + p ≤ 64``, unless disabled."""
     if opts.active_set is False:
         return False
-    if any(t is not None and t.dim() == 3 and t.shape[0] != 1 for t in (Q, G, A)) or \
-            any(t is not None and t.dim() == 2 and t.shape[0] != 1 for t in (q, h, b)):
+    if not _one_problem(Q, q, G, h, A, b):
         return False
     n = Q.shape[-1]
     m = 0 if G is None else G.shape[-2]

@@ -39,6 +39,7 @@ from typing import NamedTuple
 import torch
 
 from ..solution import Solution
+from .linalg import _one_problem
 
 __all__ = ["Equilibration", "equilibration"]
 
@@ -176,8 +177,7 @@ HOST_TEST_SIZE = 4096
 
 def _one_small_problem(*data) -> bool:
     """One problem (batch size 1 or unbatched) of at most ``HOST_TEST_SIZE`` entries."""
-    return sum(t.numel() for t in data if t is not None) <= HOST_TEST_SIZE and \
-        all(t is None or t.dim() < 2 + (i % 2 == 0) or t.shape[0] == 1 for i, t in enumerate(data))
+    return sum(t.numel() for t in data if t is not None) <= HOST_TEST_SIZE and _one_problem(*data)
 
 
 def _in_band_on_host(Q, q, G, h, A, b) -> bool:

@@ -113,6 +113,12 @@ def _inf_norm(x: torch.Tensor) -> torch.Tensor:
     return _abs_max(x)
 
 
+def _one_problem(Q, q, G=None, h=None, A=None, b=None) -> bool:
+    """Whether the QP data describe one problem: every input unbatched or of batch size 1."""
+    return all(t is None or t.dim() == core or t.shape[0] == 1
+               for t, core in ((Q, 2), (q, 1), (G, 2), (h, 1), (A, 2), (b, 1)))
+
+
 def _with_batch(x: torch.Tensor | None, core: int) -> torch.Tensor | None:
     if x is None:
         return None
