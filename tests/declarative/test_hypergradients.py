@@ -128,8 +128,9 @@ def test_linear_rates_and_paper_ordering(name, jacobian):
         assert 2.0 * log_q < slope < 0.5 * log_q, (m, slope, log_q)
         assert (e[-1] < 1e-3).all()
     # the ordering of the paper on average over the random hyperparameters at t = k:
-    # CG ≤ FP ≤ ITD (for these quadratic inner problems ITD and FP coincide up to round-off,
-    # Grazzi et al. 2020 §2.3, hence the 1e-9 relative slack)
+    # CG ≤ FP ≤ ITD (for BR, whose ∂_λΦ does not depend on w, ITD and FP with k = t coincide up
+    # to round-off, hence the 1e-9 relative slack; for KRR, ∂_γΦ depends on w and they differ:
+    # test_itd_vs_fixed_point.py)
     for i in range(1, len(ts)):
         cg, fp, itd = (errs[m][i].mean() for m in ("CG", "FP", "ITD"))
         assert cg <= fp * (1 + 1e-9) and fp <= itd * (1 + 1e-9), (ts[i], cg, fp, itd)
