@@ -8,7 +8,7 @@ TORCH_PIN := torch==2.13.0
 STAMP := $(VENV)/.argmin-layers-installed
 PYTEST_ARGS ?=
 
-.PHONY: setup test demo bench bench-setup clean-venv
+.PHONY: setup test demo docs bench bench-setup clean-venv
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,14 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) examples/fenchel_mnist.py
+
+# The documentation site (Sphinx, MyST Markdown, Furo), warnings as errors; open docs/_build/html/index.html.
+$(VENV)/.docs-installed: $(STAMP)
+	$(PY) -m pip install --quiet "$(TORCH_PIN)" -e ".[docs]"
+	touch $@
+
+docs: $(VENV)/.docs-installed
+	$(PY) -m sphinx -W --keep-going -b html docs docs/_build/html
 
 $(VENV)/.bench-installed: $(STAMP)
 	$(PY) -m pip install --quiet "$(TORCH_PIN)" -e ".[benchmarks]"

@@ -1,4 +1,4 @@
-"""Equilibrium propagation with a full (non-linearised) outer loss (DESIGN.md §3.1, §3.4).
+"""Equilibrium propagation with a full (non-linearised) outer loss (``docs/guide/modes.md``).
 
 For an energy ``E(φ, θ)`` and an outer loss ``ℓ(φ, θ)``, the augmented loss and its minimisers are
 

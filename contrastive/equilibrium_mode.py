@@ -11,7 +11,7 @@ __all__ = ["EquilibriumProp"]
 
 
 class EquilibriumProp(GradientMode):
-    """p-point forward equilibrium propagation on the linearised loss (DESIGN.md §2, §3.4).
+    """p-point forward equilibrium propagation on the linearised loss (``docs/guide/modes.md``).
 
     Inside a layer's backward only the cotangent ``g = ∂ℓ/∂z*`` is known, so the outer loss is
     linearised, ``ℓ(z) ≈ ℓ(z*) + gᵀ(z − z*)``, and the phases are the nudged problems

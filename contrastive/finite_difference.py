@@ -1,4 +1,4 @@
-"""Finite-difference stencils in the nudging strength β (equilibrium propagation, DESIGN.md §3.4).
+"""Finite-difference stencils in the nudging strength β (equilibrium propagation, ``docs/guide/modes.md``).
 
 Equilibrium propagation writes the outer gradient as a derivative in a *scalar*,
 ``∇_θ = d/dβ F(β)|_{β=0}`` with ``F(β) = ∂_θ𝓛(φ*_β, θ, β)``, and estimates it from a few phases

@@ -46,7 +46,7 @@ def _keep_unsolved(nudged: Solution, forward: Solution, ok: torch.Tensor) -> Sol
 
 
 class Contrastive(GradientMode):
-    """One-sided contrastive gradient (Zach 2021, Def. 2; DESIGN.md §3.1, formula (C)):
+    """One-sided contrastive gradient (Zach 2021, Def. 2; formula (C) of ``docs/guide/modes.md``):
 
         ∇_θ ≈ (1/β) [ ∂_θ𝓛(ẑ_β, λ̂_β; θ) − ∂_θ𝓛(z*, λ*; θ) ],   ẑ_β = argmin_z E(z;θ) + β gᵀz,
 
@@ -73,7 +73,7 @@ class Contrastive(GradientMode):
 
 
 class Symmetric(GradientMode):
-    """Symmetric (centered) contrastive gradient (DESIGN.md §3.1):
+    """Symmetric (centered) contrastive gradient (``docs/guide/modes.md``):
 
         ∇_θ ≈ (1/2β) [ ∂_θ𝓛(ẑ_β) − ∂_θ𝓛(ẑ_{−β}) ],
 

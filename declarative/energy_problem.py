@@ -11,7 +11,7 @@ protocol follows from autograd:
 * ``solve`` / ``solve_nudged`` – the batched solver (default ``declarative.minimize``) on ``E`` and
   on ``E + β⟨g, z⟩``, warm-started;
 * ``lagrangian_grads`` – ``∂_θE(z, θ)``;
-* ``implicit_tangent`` – the one-sided tangent ``dz`` of DESIGN.md §3.2: coordinates at a bound
+* ``implicit_tangent`` – the one-sided tangent ``dz`` of ``docs/guide/modes.md``: coordinates at a bound
   with a strictly positive multiplier (strongly active) are fixed (``dz_i = 0``); on the free
   coordinates ``H_FF dz_F = −g_F`` is solved by matrix-free conjugate gradient (Hessian-vector
   products by double backward) to a relative tolerance. If some coordinates are *weakly* active

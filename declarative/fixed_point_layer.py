@@ -6,7 +6,7 @@ Forward: the iteration ``w ← Φ(w, θ)`` from ``w0``, batched, until ``‖Φ(w
 element is reported ``MAX_ITERATIONS`` (or ``NON_FINITE`` when the iterates overflow) and, with
 ``check=True``, a ``SolverError`` names it — never a silently wrong ``w``.
 
-Backward, by mode (DESIGN.md §3.5, ``hypergradient_modes``): with ``g = ∂ℓ/∂w*``,
+Backward, by mode (``docs/guide/modes.md``, ``hypergradient_modes``): with ``g = ∂ℓ/∂w*``,
 ``∇_θ = ∂_θΦᵀ v`` where ``(I − ∂_wΦᵀ) v = g`` is solved
 
 * ``"implicit"`` – to a relative tolerance (``rtol``, default ``1e-10`` float64 / ``1e-5`` float32)

@@ -1,4 +1,4 @@
-"""Bilevel hypergradient modes (Grazzi et al. 2020; DESIGN.md §3.5) as ``GradientMode`` objects.
+"""Bilevel hypergradient modes (Grazzi et al. 2020; ``docs/guide/modes.md``) as ``GradientMode`` objects.
 
 They work on every problem that declares a fixed-point map ``w = Φ(w, θ)`` through
 ``ArgminProblem.fixed_point_map`` (``declarative.argmin`` uses ``Φ = w − η∇_wE``,

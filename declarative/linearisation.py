@@ -6,7 +6,7 @@ leaves) and reused for every product:
 
 * ``jt(v) = ∂_wΦᵀ v``  – one backward (a VJP);
 * ``j(u)  = ∂_wΦ u``   – a JVP by the double-VJP trick: ``∂_wΦ u = ∂_x ⟨∂_wΦᵀ x, u⟩`` with the
-  VJP built once with ``create_graph=True`` (so reverse mode only, as DESIGN.md §3.5 asks);
+  VJP built once with ``create_graph=True`` (so reverse mode only);
 * ``jacobian()``  = ``∂_wΦ`` as a dense ``(B, D, D)`` matrix, ``D`` VJPs in one vmapped backward
   (``declarative.dense_jacobian`` decides when that beats ``k`` separate products);
 * ``params_vjp(v) = ∂_θΦᵀ v`` – the final product of the AID hypergradient

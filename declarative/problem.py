@@ -1,7 +1,7 @@
 """``ArgminProblem``: the declaration every gradient mode works from.
 
 A problem *declares* ``z*(θ) = argmin_z E(z; θ) s.t. z ∈ C(θ)``; it neither chooses nor implements
-a way of differentiating. It exposes exactly what the gradient modes need (DESIGN.md §2–3):
+a way of differentiating. It exposes exactly what the gradient modes need (``docs/guide/concepts.md``):
 
 * ``solve(params)`` – the free solution ``z*`` with its multipliers, as a ``Solution``;
 * ``solve_nudged(params, g, beta, warm_start)`` – the nudged solution
@@ -11,7 +11,7 @@ a way of differentiating. It exposes exactly what the gradient modes need (DESIG
   modes contrast this at two solutions (formula (C));
 * ``implicit_tangent(solution, params, g)`` – the one-sided limit ``(dz, dλ, dν) =
   lim_{β→0⁺} (ŝ_β − s*)/β`` (a ``Solution`` holding the tangent), i.e. the solution of the
-  backward QP of DESIGN.md §3.2, which reduces to the KKT linear system under strict
+  backward QP of ``docs/guide/modes.md``, which reduces to the KKT linear system under strict
   complementarity;
 * ``lagrangian_grads_tangent(solution, tangent, params, needs)`` – the directional derivative of
   ``∂_θ𝓛`` along that tangent: ``∂²_{θz}𝓛·dz + (∂_θ c)ᵀ dλ``.
@@ -84,7 +84,7 @@ class ArgminProblem:
     fixed_point_symmetric: bool = False
 
     def fixed_point_map(self, params: Params, at: torch.Tensor):
-        """A map ``Φ(w, *params)`` whose fixed point ``w = Φ(w, θ)`` is the solution (DESIGN.md §3.5).
+        """A map ``Φ(w, *params)`` whose fixed point ``w = Φ(w, θ)`` is the solution (``docs/guide/modes.md``).
 
         Returns a callable written in differentiable torch ops (in ``w`` and the params); the modes
         differentiate it by reverse-mode autodiff. ``at`` (a detached point, e.g. the warm start or

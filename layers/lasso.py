@@ -15,12 +15,14 @@ from declarative.validation import check_positive
 class LassoLayer(nn.Module):
     r"""The lasso / elastic net as a layer:
 
-        z* = argmin_z ½‖Dz − x‖² + Σ_i lam_i |z_i| + (mu/2)‖z‖²
+    .. math::
+
+        z^\star = \arg\min_z \tfrac12\|Dz - x\|^2 + \sum_i \lambda_i |z_i| + \tfrac{\mu}{2}\|z\|^2
 
     solved by batched FISTA with adaptive restart plus an exact polish on the support (float64
     optimality residual ≤ 1e-10, exact zeros), differentiable in ``D``, ``x``, ``lam`` (and a tensor
     ``mu``). ``"implicit"`` solves the linear system on the support and, where a zero coefficient
-    has ``|correlation| = lam`` exactly (weakly active), the one-sided backward QP (DESIGN.md §3.2).
+    has ``|correlation| = lam`` exactly (weakly active), the one-sided backward QP (``docs/guide/modes.md``).
 
     Args:
         mode: ``"implicit"``, ``"contrastive"``, ``"symmetric"`` or a ``GradientMode`` object.

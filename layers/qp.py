@@ -22,7 +22,7 @@ class QPLayer(nn.Module):
       ``min ½dᵀQd + gᵀd s.t. G_S d = 0, G_W d ≤ 0, A d = 0`` where constraints are weakly active
       (active with zero multiplier) — there the two-sided derivative does not exist.
     * ``"contrastive"``: ``(1/β)[∂_θ𝓛(ẑ_β) − ∂_θ𝓛(z*)]`` with the nudged re-solve ``q → q + βg``
-      (DESIGN.md §3.1, formula (C)); ``"symmetric"``: the centred version with ``±β``.
+      (formula (C) of ``docs/guide/modes.md``); ``"symmetric"``: the centred version with ``±β``.
 
     Either constraint block may be omitted. Unbatched parameters (e.g. a learned ``G``) broadcast
     against batched ones and receive the gradient summed over the batch.

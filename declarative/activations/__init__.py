@@ -1,4 +1,4 @@
-"""Activations declared as argmin problems (DESIGN.md §3.3)."""
+"""Activations declared as argmin problems (``docs/guide/problems.md``)."""
 
 from .base import ActivationProblem
 from .box import BoxProblem

@@ -9,7 +9,7 @@ from ..solution import Solution
 
 
 class ActivationProblem(ArgminProblem):
-    """An activation ``z = f(a) = argmin_z ψ(z) − aᵀz`` for a strictly convex ψ (DESIGN.md §3.3).
+    """An activation ``z = f(a) = argmin_z ψ(z) − aᵀz`` for a strictly convex ψ (``docs/guide/problems.md``).
 
     Subclasses give the closed form ``activation(a)`` and its one-sided directional derivative
     ``directional_derivative(a, z, u) = lim_{t→0⁺} (f(a + t u) − f(a))/t``. Everything a gradient

@@ -22,7 +22,7 @@ class SparsemaxProblem(SimplexActivationProblem):
     """``z* = argmin_z ½‖z − a‖²  s.t.  z ≥ 0, 1ᵀz = 1`` over ``dim`` (Martins & Astudillo 2016).
 
     ``z = max(0, a − τ)`` with the threshold τ found by sorting. Implicit tangent in direction ``u``
-    (DESIGN.md §3.2, the backward QP on the simplex): with support ``S = {z_i > 0}`` and weakly
+    (the backward QP on the simplex, ``docs/guide/problems.md``): with support ``S = {z_i > 0}`` and weakly
     active set ``W = {z_i = 0, a_i = τ}``,
 
         d = argmin ½‖d − u‖²  s.t.  1ᵀd = 0,  d_i ≥ 0 (i ∈ W),  d_i = 0 (i ∉ S ∪ W),

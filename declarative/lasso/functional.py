@@ -43,7 +43,9 @@ def solve_lasso(D: torch.Tensor, x: torch.Tensor, lam, mu=0.0, *,
                 check: bool = True) -> Solution:
     r"""Solve the (batched) lasso / elastic net, differentiably.
 
-        z* = argmin_z ½‖Dz − x‖² + Σ_i lam_i |z_i| + (mu/2)‖z‖²
+    .. math::
+
+        z^\star = \arg\min_z \tfrac12\|Dz - x\|^2 + \sum_i \lambda_i |z_i| + \tfrac{\mu}{2}\|z\|^2
 
     Args:
         D: dictionary, ``(B, d, k)`` or ``(d, k)``.

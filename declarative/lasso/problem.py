@@ -1,4 +1,4 @@
-"""``LassoProblem``: the lasso / elastic net as a declared argmin problem (DESIGN.md §3.2)."""
+"""``LassoProblem``: the lasso / elastic net as a declared argmin problem (``docs/guide/problems.md``)."""
 
 from __future__ import annotations
 
@@ -34,7 +34,10 @@ def _canonical(params, z=None):
 class LassoProblem(ArgminProblem):
     r"""The lasso / elastic net
 
-        z*(D, x, lam, mu) = argmin_z  E(z) = ½‖Dz − x‖² + Σ_i lam_i |z_i| + (mu/2)‖z‖²
+    .. math::
+
+        z^\star(D, x, \lambda, \mu) = \arg\min_z\; E(z) = \tfrac12\|Dz - x\|^2
+            + \sum_i \lambda_i |z_i| + \tfrac{\mu}{2}\|z\|^2
 
     with parameters ``params = (D, x, lam, mu)`` (``mu`` may be ``None`` for the plain lasso).
 

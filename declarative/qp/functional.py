@@ -138,7 +138,7 @@ def solve_qp(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None,
     The forward is the batched interior-point method ``solve_qp_ipm``; the gradient of a loss of
     ``z*`` reaches all six parameters through ``mode``: ``"implicit"`` (exact one-sided limit,
     including weakly active constraints via the backward QP), ``"contrastive"`` or
-    ``"symmetric"`` with ``beta`` (nudged re-solves ``q → q ± βg``, DESIGN.md §3.1; these modes
+    ``"symmetric"`` with ``beta`` (nudged re-solves ``q → q ± βg``, ``docs/guide/modes.md``; these modes
     are registered when the ``contrastive`` package is imported), or any ``GradientMode``.
 
     Args:

@@ -29,7 +29,7 @@ def _mv(M: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 class QPProblem(ArgminProblem):
-    r"""``z* = argmin_z ½zᵀQz + qᵀz  s.t.  Gz ≤ h,  Az = b`` (DESIGN.md §3.2, QP paragraph).
+    r"""``z* = argmin_z ½zᵀQz + qᵀz  s.t.  Gz ≤ h,  Az = b`` (``docs/guide/problems.md``, QP).
 
     Parameters ``params = (Q, q, G, h, A, b)``; ``G, h`` and/or ``A, b`` may be None. The Lagrangian
     is ``𝓛 = ½zᵀQz + qᵀz + λᵀ(Gz − h) + νᵀ(Az − b)`` and the nudge is ``q → q + βg``.

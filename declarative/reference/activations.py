@@ -1,7 +1,7 @@
-"""cvxpy reference solutions of the activation argmin problems (DESIGN.md §3.3).
+"""cvxpy reference solutions of the activation argmin problems (``docs/guide/problems.md``).
 
 Each activation ``f(a) = argmin_z ψ(z) − aᵀz`` is solved here as a generic convex program with
-Clarabel at tight tolerance, optionally *nudged* (``argmin_z ψ(z) − aᵀz + β gᵀz``, DESIGN.md §3.1),
+Clarabel at tight tolerance, optionally *nudged* (``argmin_z ψ(z) − aᵀz + β gᵀz``, ``docs/guide/modes.md``),
 so that tests can compare the closed forms of ``declarative.activations`` and the difference
 quotients ``(ẑ_β − z*)/β`` of their gradient modes with solutions we did not write:
 
@@ -137,7 +137,7 @@ def nudged_difference_quotient(name: str, a, g, beta: float, *, base_beta: float
 
 def simplex_backward_qp_reference(a, g, *, active_tol: float = 1e-5) -> np.ndarray:
     """The one-sided tangent ``dz`` of sparsemax at ``a`` in the cotangent ``g``, by the backward QP
-    of DESIGN.md §3.2 solved with cvxpy (rows of ``a`` independent):
+    of ``docs/guide/problems.md`` solved with cvxpy (rows of ``a`` independent):
 
         dz = argmin_d ½‖d‖² + gᵀd  s.t.  1ᵀd = 0,  d_i = 0 (strongly active i),  d_i ≥ 0 (weakly
         active i),

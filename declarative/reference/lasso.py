@@ -1,4 +1,4 @@
-"""cvxpy reference solutions of the lasso / elastic net (DESIGN.md §3.2), free and nudged.
+"""cvxpy reference solutions of the lasso / elastic net (``docs/guide/problems.md``), free and nudged.
 
 Per batch element, with Clarabel at tight tolerance,
 

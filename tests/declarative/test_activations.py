@@ -1,4 +1,4 @@
-"""Activations as argmin problems (DESIGN.md §3.2–3.3) in the three gradient modes.
+"""Activations as argmin problems (``docs/guide/problems.md``) in the three gradient modes.
 
 References: cvxpy + Clarabel solutions of the free and nudged problems
 (``declarative.reference.activations``), the backward QP on the simplex solved by cvxpy,
@@ -217,7 +217,7 @@ def test_implicit_at_kinks_equals_cvxpy_difference_quotient(name, dtype, device)
 
 
 def test_relu_one_sided_rule_at_zero(dtype, device):
-    """ReLU at a = 0 passes g iff g < 0 (DESIGN.md §3.2); g where a > 0, 0 where a < 0."""
+    """ReLU at a = 0 passes g iff g < 0 (``docs/guide/modes.md``); g where a > 0, 0 where a < 0."""
     a = torch.tensor([0.0, 0.0, 0.0, 1.0, 1.0, -1.0, -1.0], dtype=dtype, device=device)
     g = torch.tensor([-2.0, 3.0, 0.0, -2.0, 3.0, -2.0, 3.0], dtype=dtype, device=device)
     gi = grad_input(ReLUProblem(), Implicit(), a, g)

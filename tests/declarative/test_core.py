@@ -246,7 +246,7 @@ def test_mode_reprs():
 
 
 def test_register_mode_plugs_into_every_problem():
-    """A new mode is one object registered by name; no problem is edited (DESIGN.md §2, idea 3)."""
+    """A new mode is one object registered by name; no problem is edited (``docs/guide/concepts.md``)."""
     from declarative import GradientMode, ReLUProblem, SoftmaxProblem, register_mode
     from declarative import modes as modes_module
 

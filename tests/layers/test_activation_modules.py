@@ -1,4 +1,4 @@
-"""Contract test over every argmin activation module × every gradient mode (DESIGN.md §4):
+"""Contract test over every argmin activation module × every gradient mode (``docs/guide/concepts.md``):
 dtype/device preserved, batch of 1 equals unbatched, nn.Sequential training, torch.func.vmap
 (also of grad), double backward, bad input, repr."""
 

@@ -1,4 +1,4 @@
-"""Fenchel back-propagation (Zach 2021, Sec. 4.2; DESIGN.md §3.3) with ``layers.fenchel_mlp``."""
+"""Fenchel back-propagation (Zach 2021, Sec. 4.2; ``docs/guide/modes.md``) with ``layers.fenchel_mlp``."""
 
 import math
 
@@ -29,7 +29,7 @@ def _batch(n_in, n_out, batch=8, seed=1):
 
 
 def fenchel_bp_by_hand(linears, betas, x, y):
-    """DESIGN.md §3.3 written out: δ_L = ∇ℓ(z_L); for k = L..1: ẑ_k = f(a_k − β_k δ_k),
+    """Fenchel BP (``docs/guide/modes.md``): δ_L = ∇ℓ(z_L); for k = L..1: ẑ_k = f(a_k − β_k δ_k),
     e_k = (z_k − ẑ_k)/β_k, ∇W_k = Σ_batch e_k z_{k−1}ᵀ, ∇b_k = Σ_batch e_k, δ_{k−1} = W_kᵀ e_k.
     The last Linear produces logits (no activation): its error is δ_L itself."""
     zs, pre = [x], []
