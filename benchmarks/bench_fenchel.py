@@ -13,7 +13,7 @@ Every timed block starts from the same weights and Adam state. For reference, th
 backward written in Python pays is also timed: a minimal ``torch.autograd.Function`` ReLU with
 ``nn.ReLU``'s own backward inside.
 
-Targets (issue 2): contrastive and symmetric ≤ 1.10×, implicit ≤ 1.05×.
+Targets: contrastive and symmetric ≤ 1.10×, implicit ≤ 1.05×.
 
 Usage::
 

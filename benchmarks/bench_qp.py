@@ -22,7 +22,7 @@ Our gradients are also checked against central finite differences on a small cas
 direction; the forward is polished, so exact to ~1e-15 relative) and against cvxpy/Clarabel
 finite differences.
 
-Targets (issue 3) at (128,50,50,0) and (128,100,100,10): faster than every peer, within 1.5× of
+Targets at (128,50,50,0) and (128,100,100,10): faster than every peer, within 1.5× of
 the floor, backward ≤ 0.25× forward; at B = 1 within 3× of proxsuite.
 
 Usage::
@@ -208,7 +208,7 @@ def main(argv=None):
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--cvxpy-reps", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--sizes", type=str, nargs="*", help="B,n,m,p (default: the four sizes of the issue)")
+    ap.add_argument("--sizes", type=str, nargs="*", help="B,n,m,p (default: 1,10,10,0 32,20,20,0 128,50,50,0 128,100,100,10)")
     ap.add_argument("--skip", type=str, nargs="*", default=[], help="peers to skip")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)

@@ -17,7 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 #: Pages whose ```python blocks are complete programs (the other pages show fragments).
-RUNNABLE_PAGES = ("index.md", "guide/getting_started.md")
+RUNNABLE_PAGES = ("README.md", "docs/index.md", "docs/guide/getting_started.md")
 
 
 def _missing_docs_tools() -> list[str]:
@@ -45,7 +45,7 @@ def test_docs_build_without_warnings(tmp_path):
 
 
 def _python_blocks(page: str) -> list[str]:
-    return re.findall(r"```python\n(.*?)```", (DOCS / page).read_text(), re.S)
+    return re.findall(r"```python\n(.*?)```", (ROOT / page).read_text(), re.S)
 
 
 @pytest.mark.parametrize("page", RUNNABLE_PAGES)

@@ -169,8 +169,8 @@ def test_random_problems_gradients_as_the_interior_point_path():
 
 
 def test_float32_small_violations_are_not_accepted():
-    """Rows violated by more than their rounding level join the active set, also in float32 (found
-    by review: a threshold of 1e3·eps·(1 + ‖h‖∞) accepted z₁ = 2 against z₁ ≤ 1.99 when
+    """Rows violated by more than their rounding level join the active set, also in float32 (a
+    threshold of 1e3·eps·(1 + ‖h‖∞) accepted z₁ = 2 against z₁ ≤ 1.99 when
     max|h| = 100, with λ = 0 and the wrong gradient); inconsistent rows are infeasible."""
     f32 = torch.float32
     Q, q = torch.eye(2, dtype=f32), torch.tensor([-2.0, -2.0], dtype=f32)
@@ -266,7 +266,7 @@ def test_lift(dtype, device):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("scale", [1.0, 1e-4])
 def test_classification_on_the_host_near_its_thresholds(dtype, scale):
-    """Multipliers and slacks within a few ulps of the weak-activity thresholds (found by review:
+    """Multipliers and slacks within a few ulps of the weak-activity thresholds (a regression:
     ``act_strict`` was set where ``classify_constraints``, evaluated in the dtype and after
     equilibration's round trip, found a weakly active row — dz 0 instead of −1). With or without
     ``act_strict``, the implicit tangent must be the same; ``scale`` 1e-4 goes through equilibration."""
@@ -307,7 +307,7 @@ def test_rows_of_very_different_norms(dtype):
     """A row of norm 1e-5 (float32) or 1e-8 (float64) against unit data: z₁ ≥ 1/ε, so
     z* = (1/ε, −1). Exact on this path; a test of the final system's LU pivots against the largest
     pivot (scale-dependent: a row of norm ε gives a pivot ratio ε²) sent it to the interior-point
-    method, which fails on it (found by review)."""
+    method, which fails on it."""
     e = 1e-5 if dtype == torch.float32 else 1e-8
     Q, q = torch.eye(2, dtype=dtype), torch.tensor([0.0, 1.0], dtype=dtype)
     G, h = torch.tensor([[-e, 0.0]], dtype=dtype), torch.tensor([-1.0], dtype=dtype)
@@ -337,7 +337,7 @@ def _vertex(seed, n=4, cond=100.0):
 def test_float32_vertex_tangent_is_zero(t):
     """At a vertex (n strongly active rows) z* does not move with q: ∇q = 0. The float32 LU
     solve of the backward's KKT system left ∇q at up to 1.7e-4 (times t², the scale of ∇q) here,
-    and 23 on a variable-scaled case found by review; the solve is refined with float64 residuals
+    and 23 on a variable-scaled case; the solve is refined with float64 residuals
     (t = 1e4: z = z'/t, through equilibration's variable scale)."""
     worst, vertices = 0.0, 0
     for seed in range(20):

@@ -207,7 +207,7 @@ def test_solution_far_from_unit_size(dtype, c, active_set):
     """z* = (c, 2c) for min ½‖z‖² − 2c(z₁ + z₂) s.t. z₁ ≤ c: the minimiser's size is c, the data's 1.
     Without the variable scale t the weak-activity thresholds τ(1 + ‖λ‖), τ(1 + ‖h‖) classified
     the active row as weakly active at c = 1e-8 (float64) and 1e-4 (float32): dq = (−1, −1),
-    dh = 0 instead of (0, −1) and 1 (found by review)."""
+    dh = 0 instead of (0, −1) and 1."""
     Q = torch.eye(2, dtype=dtype)
     q = torch.tensor([-2 * c, -2 * c], dtype=dtype, requires_grad=True)
     G = torch.tensor([[1.0, 0.0]], dtype=dtype)
@@ -276,8 +276,8 @@ def test_multipliers_kept_small_by_equilibration_stay_strongly_active():
     """An ill-conditioned Q (eigenvalues down to ~5e-9) whose minimiser lies along its near-null
     direction, against rows ~1e8 away: equilibration's objective scale (from t² max|Q|) leaves the
     scaled gradient — and the active row's multiplier — at ~1e-8, and the weak-activity threshold
-    τ(1 + ‖λ‖∞) called the row weakly active: ∇q off by 4e4 relative (found by review). For
-    polished solutions the floor 1 is now min(1, λ̄), λ̄ the multipliers' own scale. Reference: the
+    τ(1 + ‖λ‖∞) called the row weakly active: ∇q off by 4e4 relative. For
+    polished solutions the floor 1 is min(1, λ̄), λ̄ the multipliers' own scale. Reference: the
     KKT system on the active row, solved directly."""
     f64 = torch.float64
     Q = torch.tensor([[0.29204798020649125, 0.12509672839823938, 0.43715398087617796],

@@ -220,7 +220,7 @@ def test_float32_weak_row_repeating_a_strong_one(active_set):
     """float32, a row repeated ×(1 + 1e-7) (equal to rounding): the copy is weakly active, and its
     backward QP (the original as an equality, the copy as ``≤ 0``) has undetermined multipliers at
     float32 precision — its interior-point solve failed with NON_FINITE in some draws (these
-    seeds; found by review). Failing elements are re-solved in float64. The tangent ``dz``
+    seeds). Failing elements are re-solved in float64. The tangent ``dz``
     (``∇q``) is that of the problem without the copy, and the two rows' ``∇h`` add up to the
     original row's (only their sum is determined). Single problems and a batch of all of them."""
     from declarative import QPOptions
@@ -245,7 +245,7 @@ def test_float32_weak_row_repeating_a_strong_one(active_set):
 def test_degenerate_one_sided_gradient_with_large_solutions(dtype):
     """The degenerate problems with z* scaled by 1e5 (q, h × 1e5): equilibration's variable scale
     makes the backward QP's direction ~1e-6, below the solver's absolute tolerances — in float32
-    ∇q came out up to 250% off the closed form (found by review). The backward QP is solved for
+    ∇q came out up to 250% off the closed form. The backward QP is solved for
     g/‖g‖∞ (its solution is positively homogeneous in g) and scaled back."""
     (Q, q, G, h, _, _), g, strong, weak = _degenerate()
     t = 1e5

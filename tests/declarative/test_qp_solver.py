@@ -175,8 +175,8 @@ def test_indefinite_and_asymmetric_q():
     with pytest.raises(ValueError, match=r"indefinite for batch indices \[0\]"):
         solve_qp(Q.unsqueeze(0), q)                      # one problem: the short check, then the full one
     # n = 256: the full check factors the lower triangle; a Q asymmetric within the tolerance,
-    # definite in its upper triangle and indefinite in its lower one must fail as before (the
-    # short check read the upper triangle: found by review)
+    # definite in its upper triangle and indefinite in its lower one must fail as before (a
+    # short check that read the upper triangle would pass it)
     n, a = 256, 1e-6
     Qt = a * torch.eye(n, dtype=torch.float64) + torch.tril(torch.full((n, n), -1e-8 * (1 + a), dtype=torch.float64), -1)
     with pytest.raises(ValueError, match="indefinite"):
@@ -254,7 +254,7 @@ def test_property_random_qps_match_cvxpy(n, m, p, B, seed, psd, mixed, obj_scale
 def test_solved_means_the_tolerances_are_met(dtype):
     """Q = diag(1, 1e-9) (float32: 1e-5), z* = (−1, 1e9): the polish's regularised factorisation
     cannot resolve the small eigenvalue, and the last rung's polished point (dual residual 4e-6)
-    was reported SOLVED (found by review). Now the interior-point iterate is returned instead, SOLVED
+    must not be reported SOLVED: the interior-point iterate is returned instead, SOLVED
     only if it meets the tolerances. A batch of two (the interior-point path)."""
     e, tol = (1e-9, 1e-8) if dtype == torch.float64 else (1e-5, 1e-4)
     Q = torch.diag(torch.tensor([1.0, e], dtype=dtype)).expand(2, 2, 2)
@@ -269,7 +269,7 @@ def test_solved_means_the_tolerances_are_met(dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_a_zero_row_with_negative_right_hand_side_is_infeasible(dtype):
     """``0ᵀz ≤ −1``: certified PRIMAL_INFEASIBLE, alone and in a batch (a certificate relative to
-    the rows' sizes, tried and reverted in this session, lost it: review)."""
+    the rows' sizes would lose it)."""
     Q, q = torch.eye(2, dtype=dtype), torch.ones(2, dtype=dtype)
     G, h = torch.tensor([[0.0, 0.0], [0.0, 1.0]], dtype=dtype), torch.tensor([-1.0, -3.0], dtype=dtype)
     assert int(solve_qp(Q, q, G, h, check=False).status) == Status.PRIMAL_INFEASIBLE
