@@ -31,6 +31,8 @@ myst_heading_anchors = 3
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 napoleon_use_rtype = False
+# The house docstrings have a "Shape:" section (as torch.nn does).
+napoleon_custom_sections = ["Shape"]
 autodoc_member_order = "bysource"
 # torch.autograd.Function and nn.Module docstrings are not ours (and cite labels of torch's docs).
 autodoc_inherit_docstrings = False
