@@ -31,10 +31,11 @@ from typing import Callable
 
 import torch
 
+from .empty_batch import empty_batch_solution
 from .energy_problem import EnergyProblem
 from .modes import GradientMode, check_layer_solution, resolve_mode
 from .solution import Solution
-from .validation import check_start
+from .validation import check_callable, check_start
 
 __all__ = ["argmin", "argmin_solution"]
 
@@ -49,10 +50,13 @@ def argmin_solution(energy: Callable[..., torch.Tensor], z0: torch.Tensor, *para
     Shape:
         - Solution.z: ``(B, *event)``; status, iterations: ``(B,)``.
     """
+    check_callable("energy", energy, "energy(z, *params) -> (B,)")
     check_start("z0", z0, params)
     mode = resolve_mode(mode, beta)
     problem = EnergyProblem(energy, like=z0, lower=lower, upper=upper, solver=solver, tol=tol,
                             max_iter=max_iter, step_size=step_size)
+    if z0.shape[0] == 0:
+        return empty_batch_solution(z0.shape, z0, params, residuals=("grad_norm", "energy"))
     sol = mode.apply(problem, tuple(params), Solution(z=z0.detach()))
     if check:
         check_layer_solution(sol, mode, "argmin")
@@ -83,6 +87,17 @@ def argmin(energy: Callable[..., torch.Tensor], z0: torch.Tensor, *params: torch
 
     Returns:
         ``z*`` of shape ``(B, *event)``.
+
+    Raises:
+        TypeError / ValueError: bad input, each message naming the argument (``energy`` not
+            callable or not returning ``(B,)`` energies, ``z0`` without a batch dimension or with
+            an empty event, parameters of another dtype or device — 0-d tensors and Python numbers
+            are scalars and exempt, as in torch's type promotion —, ``tol``/``step_size`` not
+            finite and positive, ``max_iter`` < 0, an unknown ``mode``).
+        SolverError: ``check=True`` and some element was not solved.
+
+    A batch of zero problems (``B = 0``) returns an empty ``(0, *event)`` result (zero gradients).
+    float16/bfloat16 are computed in that dtype (the default ``tol`` is ``sqrt(eps)`` of the dtype).
 
     Shape:
         - z0: ``(B, *event)``; ``energy(z, *params)``: ``(B,)``; params: any shapes ``energy``

@@ -51,9 +51,10 @@ from .dense_jacobian import DenseJacobian, check_jacobian_policy, use_dense_jaco
 from .linear_solvers import batch_dot, fixed_point_iteration
 from .linearisation import FixedPointLinearisation
 from .modes import GradientMode, register_mode
+from .problem import ArgminProblem
 from .solution import Solution
 from .status import Status
-from .validation import check_count
+from .validation import check_count, check_real
 
 __all__ = ["ConjugateGradient", "FirstOrder", "FixedPoint", "Unrolled"]
 
@@ -139,9 +140,13 @@ class Unrolled(GradientMode):
 
     def __init__(self, t: int, tol: float = 0.0):
         self.t = check_count("t", t, what=" (a number of steps)")
-        self.tol = float(tol)
+        self.tol = check_real("tol", tol, minimum=0.0, inclusive=True)
 
     def apply(self, problem, params, warm_start: Solution | None = None) -> Solution:
+        if type(problem).fixed_point_map is ArgminProblem.fixed_point_map:
+            raise ValueError(f"mode {self!r} needs a problem with a fixed-point map Φ(w, θ) to "
+                             f"unroll; {type(problem).__name__} declares none (use "
+                             "declarative.argmin or declarative.fixed_point, or another mode)")
         if warm_start is None:
             raise ValueError("Unrolled needs a warm start w₀ (the initial point of the unrolled "
                              "iteration)")

@@ -256,10 +256,11 @@ def test_mode_names_and_errors():
                       ("conjugate_gradient", "ConjugateGradient")]:
         with pytest.raises(ValueError, match=cls):
             resolve_mode(name)
-    for bad in (-1, 2.5, True, None):
-        with pytest.raises(ValueError, match="int >= 0"):
+    # a negative count is a wrong value, a float / bool / None a wrong type
+    for bad, exc in ((-1, ValueError), (2.5, TypeError), (True, TypeError), (None, TypeError)):
+        with pytest.raises(exc, match="int >= 0"):
             FixedPoint(bad)
-        with pytest.raises(ValueError, match="int >= 0"):
+        with pytest.raises(exc, match="int >= 0"):
             Unrolled(bad)
     assert repr(ConjugateGradient(3)) == "ConjugateGradient(k=3)"
 
