@@ -6,9 +6,9 @@ import torch
 
 from ..modes import GradientMode, resolve_mode
 from ..solution import Solution
-from ..validation import (check_batched, check_dim, check_instance, check_same_dtype_device,
-                          check_tensor, check_warm_start, common_batch_size, downcast_solution,
-                          upcast_low_precision)
+from ..validation import (LOW_PRECISION, check_batched, check_dim, check_instance,
+                          check_same_dtype_device, check_tensor, check_warm_start, common_batch_size,
+                          downcast_solution, upcast_low_precision)
 from ..empty_batch import empty_batch_solution
 from .linalg import _NORM_SMALL, _abs_max, _cholesky_upper
 from .options import QPOptions
@@ -60,8 +60,8 @@ def check_qp_inputs(Q, q, G=None, h=None, A=None, b=None) -> bool:
         check_dim("A", A.shape[-1], n, "n (the size of Q) columns")
         check_dim("b", b.shape[-1], A.shape[-2], "p (the number of rows of A)")
     B = common_batch_size(**{k: (named[k], v) for k, v in batched.items()})
-    if B != 0:
-        _check_psd(Q)
+    if B != 0:   # (float16/bfloat16 have no Cholesky kernel on the CPU: checked in float32)
+        _check_psd(Q.float() if Q.dtype in LOW_PRECISION else Q)
     return not any(batched.values())
 
 
