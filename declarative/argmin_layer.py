@@ -35,7 +35,7 @@ from .empty_batch import empty_batch_solution
 from .energy_problem import EnergyProblem
 from .modes import GradientMode, check_layer_solution, resolve_mode
 from .solution import Solution
-from .validation import check_callable, check_start
+from .validation import check_callable, check_start, scalar_params
 
 __all__ = ["argmin", "argmin_solution"]
 
@@ -52,6 +52,7 @@ def argmin_solution(energy: Callable[..., torch.Tensor], z0: torch.Tensor, *para
     """
     check_callable("energy", energy, "energy(z, *params) -> (B,)")
     check_start("z0", z0, params)
+    params = scalar_params(params, z0)
     mode = resolve_mode(mode, beta)
     problem = EnergyProblem(energy, like=z0, lower=lower, upper=upper, solver=solver, tol=tol,
                             max_iter=max_iter, step_size=step_size)
@@ -73,7 +74,8 @@ def argmin(energy: Callable[..., torch.Tensor], z0: torch.Tensor, *params: torch
         energy: ``energy(z, *params) -> (B,)`` per-element energies, a differentiable torch
             expression; element ``b`` must depend on ``z[b]`` only.
         z0: ``(B, *event)`` warm start (a constant for autograd).
-        *params: the tensors θ (gradients flow to those that require them).
+        *params: the tensors θ (gradients flow to those that require them); Python numbers and
+            0-d tensors of another floating dtype are scalars (torch's type promotion).
         mode: a ``GradientMode`` or a registered name (``"implicit"``, ``"contrastive"``,
             ``"symmetric"``, ``"first_order"``).
         beta: nudging strength for the contrastive modes given by name.

@@ -37,7 +37,8 @@ from .problem import ArgminProblem
 from .solution import Solution
 from .status import Status
 from .empty_batch import empty_batch_solution
-from .validation import check_callable, check_count, check_positive, check_real, check_start
+from .validation import (check_callable, check_count, check_positive, check_real, check_start,
+                         scalar_params)
 
 __all__ = ["FixedPointProblem", "fixed_point", "fixed_point_solution"]
 
@@ -145,6 +146,7 @@ def fixed_point_solution(phi: Callable[..., torch.Tensor], w0: torch.Tensor, *pa
     """
     check_callable("phi", phi, "phi(w, *params) -> w")
     check_start("w0", w0, params)
+    params = scalar_params(params, w0)
     tol = default_tol(w0.dtype) if tol is None else check_positive("tol", tol, allow_zero=True)
     check_count("max_iter", max_iter)
     rtol = default_cg_rtol(w0.dtype) if rtol is None else check_real("rtol", rtol, minimum=0.0)
@@ -168,7 +170,8 @@ def fixed_point(phi: Callable[..., torch.Tensor], w0: torch.Tensor, *params: tor
     Args:
         phi: ``phi(w, *params)``, same shape as ``w``, differentiable torch ops.
         w0: ``(B, *event)`` initial point (a constant for autograd).
-        *params: the tensors θ.
+        *params: the tensors θ; Python numbers and 0-d tensors of another floating dtype are
+            scalars (torch's type promotion).
         mode: ``"implicit"``, ``"first_order"`` or a mode object (``FixedPoint(k)``,
             ``ConjugateGradient(k)``, ``Unrolled(t)``, ...).
         tol: stop an element when ``‖Φ(w) − w‖₂ ≤ tol`` (default ``sqrt(eps)`` of the dtype);

@@ -28,11 +28,19 @@ def check_tensor(name: str, x, *, floating: bool = True) -> torch.Tensor:
 
 
 def check_params(params) -> None:
-    """Parameters must be tensors, Python numbers (constants for autograd) or None; floating
+    """Parameters must be tensors, Python real numbers (see ``scalar_params``) or None; floating
     tensors share the start point's dtype/device (see ``check_start``)."""
     for i, p in enumerate(params):
-        if p is not None and not isinstance(p, (torch.Tensor, numbers.Number)):
+        if p is not None and (isinstance(p, bool) or not isinstance(p, (torch.Tensor, numbers.Real))):
             raise TypeError(f"params[{i}]: expected a torch.Tensor or a number, got {type(p).__name__}")
+
+
+def scalar_params(params, like: torch.Tensor) -> tuple:
+    """``params`` with each Python real number replaced by a 0-d tensor of ``like``'s dtype and
+    device (torch's promotion of a Python scalar; a constant for autograd)."""
+    return tuple(promote_scalar(f"params[{i}]", p, like)
+                 if isinstance(p, numbers.Real) and not isinstance(p, bool) else p
+                 for i, p in enumerate(params))
 
 
 def check_start(name: str, x, params=None) -> torch.Tensor:
@@ -241,10 +249,10 @@ def check_warm_start(name: str, warm_start, like: torch.Tensor, z_shapes: tuple,
         if v is not None:
             checks.append((f"{name}.duals[{k!r}]", v, shapes))
     for what, t, shapes in checks:
+        check_tensor(what, t)
         if tuple(t.shape) not in [tuple(s) for s in shapes]:
             want = " or ".join(_fmt_shape(s) for s in shapes)
             raise ValueError(f"{what}: expected shape {want}, got {_fmt_shape(t.shape)}")
-        check_tensor(what, t)
         if t.dtype != like.dtype or t.device != like.device:
             raise TypeError(f"{what}: expected dtype {like.dtype} on {like.device} (the inputs'), "
                             f"got {t.dtype} on {t.device}")

@@ -187,6 +187,9 @@ def _rejected() -> list:
     add("solve_qp-warm-start-duals", lambda: dc.solve_qp(**qp(), warm_start=dc.Solution(
         z=torch.zeros(4, 3, dtype=F64), duals={"lam": torch.zeros(4, 7, dtype=F64)})),
         ValueError, r"warm_start\.duals\['lam'\]: expected shape")
+    add("solve_qp-warm-start-duals-type", lambda: dc.solve_qp(**qp(), warm_start=dc.Solution(
+        z=torch.zeros(4, 3, dtype=F64), duals={"lam": [0.0, 0.0, 0.0]})),
+        TypeError, r"warm_start\.duals\['lam'\]: expected a torch\.Tensor")
     add("solve_qp-warm-start-dtype", lambda: dc.solve_qp(**qp(), warm_start=dc.Solution(z=torch.zeros(4, 3))),
         TypeError, r"warm_start\.z: expected dtype torch\.float64")
     add("QPLayer-bad-mode", lambda: layers.QPLayer(mode="newton"), ValueError, r"mode.*'newton'")
@@ -249,6 +252,7 @@ def _rejected() -> list:
     add("argmin-empty-problem", lambda: call_argmin(z0=torch.zeros(2, 0)), ValueError, r"z0: expected non-empty problems")
     add("argmin-param-dtype", lambda: call_argmin(torch.ones(3, dtype=F64)), TypeError, r"mixed dtypes: z0 .* params\[0\]")
     add("argmin-param-type", lambda: call_argmin("a"), TypeError, r"params\[0\]: expected a torch\.Tensor or a number")
+    add("argmin-param-bool", lambda: call_argmin(True), TypeError, r"params\[0\]: expected a torch\.Tensor or a number")
     add("argmin-tol-nan", lambda: call_argmin(tol=NAN), ValueError, r"tol: expected a finite number > 0")
     add("argmin-tol-zero", lambda: call_argmin(tol=0.0), ValueError, r"tol: expected a finite number > 0")
     add("argmin-max-iter", lambda: call_argmin(max_iter=-1), ValueError, r"max_iter: expected an int >= 0")
@@ -586,8 +590,16 @@ def test_zero_dim_scalars_follow_torch_promotion():
     torch.testing.assert_close(a.grad, torch.tensor(6.0))
     w = dc.fixed_point(phi, torch.zeros(2, 3, dtype=F64), torch.tensor(1.0))
     torch.testing.assert_close(w, torch.full((2, 3), 2.0, dtype=F64), atol=1e-6, rtol=0)
-    zp = dc.argmin(energy, torch.zeros(2, 3, dtype=F64), 2.0)     # a Python number: a constant
-    torch.testing.assert_close(zp, torch.full((2, 3), 2.0, dtype=F64))
+    b = torch.ones(3, dtype=F64, requires_grad=True)      # a Python number: a constant scalar
+    for solve, expected in ((lambda: dc.argmin(lambda z, c, b: energy(z, c * b), torch.zeros(2, 3, dtype=F64), 2.0, b),
+                             2.0),
+                            (lambda: dc.fixed_point(lambda w, c, b: 0.5 * w + c * b, torch.zeros(2, 3, dtype=F64),
+                                                    2.0, b), 4.0)):
+        zp = solve()
+        torch.testing.assert_close(zp, torch.full((2, 3), expected, dtype=F64), atol=1e-7, rtol=0)
+        zp.sum().backward()
+        torch.testing.assert_close(b.grad, torch.full((3,), 2 * expected, dtype=F64), atol=1e-7, rtol=0)
+        b.grad = None
 
 
 @pytest.mark.parametrize("entry", ["QPLayer", "LassoLayer"])
