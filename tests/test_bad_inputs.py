@@ -142,6 +142,8 @@ def _rejected() -> list:
         add(f"{name}-dim-type", lambda cls=cls: cls(dim=1.5), TypeError, r"dim: expected an int")
     add("ArgminBox-lo-nan", lambda: layers.ArgminBox(NAN, 1.0), ValueError, r"lo")
     add("ArgminBox-lo>=hi", lambda: layers.ArgminBox(1.0, 0.0), ValueError, r"lo < hi")
+    add("ArgminActivation-problem-type", lambda: layers.ArgminActivation(dc.QPProblem()), TypeError,
+        r"problem: expected ActivationProblem, got QPProblem")
     add("ArgminActivation-problem-mode", lambda: layers.ArgminActivation(dc.ReLUProblem(), mode=None),
         TypeError, r"mode")
 
