@@ -123,7 +123,8 @@ def _rejected() -> list:
 
     # activations (layers) ----------------------------------------------------------------------
     for name, cls in ACTIVATIONS.items():
-        add(f"{name}-not-tensor", lambda cls=cls: cls()([1.0, 2.0]), TypeError, r"input: expected a torch\.Tensor")
+        add(f"{name}-not-tensor", lambda cls=cls: cls()([1.0, 2.0]),
+            TypeError, r"input: expected a torch\.Tensor")
         add(f"{name}-int", lambda cls=cls: cls()(torch.arange(3)), TypeError, r"input: .*floating-point.*int64")
         add(f"{name}-bad-mode", lambda cls=cls: cls(mode="newton"), ValueError, r"mode.*'newton'")
         add(f"{name}-mode-type", lambda cls=cls: cls(mode=3), TypeError, r"mode")
@@ -138,7 +139,8 @@ def _rejected() -> list:
         add(f"{name}-0d", lambda cls=cls: cls()(torch.tensor(1.0)), ValueError, r"input: .*0-d")
         add(f"{name}-dim-range", lambda cls=cls: cls(dim=2)(torch.randn(2, 3)), IndexError,
             r"dim: .*\[-2, 1\].*2 dimensions.*got 2")
-        add(f"{name}-dim-negative", lambda cls=cls: cls(dim=-3)(torch.randn(2, 3)), IndexError, r"dim: .*got -3")
+        add(f"{name}-dim-negative", lambda cls=cls: cls(dim=-3)(torch.randn(2, 3)),
+            IndexError, r"dim: .*got -3")
         add(f"{name}-dim-type", lambda cls=cls: cls(dim=1.5), TypeError, r"dim: expected an int")
     add("ArgminBox-lo-nan", lambda: layers.ArgminBox(NAN, 1.0), ValueError, r"lo")
     add("ArgminBox-lo>=hi", lambda: layers.ArgminBox(1.0, 0.0), ValueError, r"lo < hi")
@@ -161,30 +163,42 @@ def _rejected() -> list:
         def run(f=f, **kw):
             return f(**qp(**kw))
         add(f"{entry}-Q-not-tensor", lambda run=run: run(Q=[[1.0]]), TypeError, r"Q: expected a torch\.Tensor")
-        add(f"{entry}-q-int", lambda run=run: run(q=torch.ones(4, 3, dtype=torch.long)), TypeError, r"q: .*floating-point")
-        add(f"{entry}-Q-int", lambda run=run: run(Q=torch.eye(3, dtype=torch.int32)), TypeError, r"Q: .*floating-point")
-        add(f"{entry}-mixed-dtypes", lambda run=run: run(q=torch.ones(4, 3)), TypeError, r"mixed dtypes: Q .* q ")
-        add(f"{entry}-mixed-f16-f32", lambda run=run: run(dtype=F16, h=torch.zeros(3)), TypeError, r"mixed dtypes: .*h")
-        add(f"{entry}-Q-shape", lambda run=run: run(Q=torch.ones(2, 3, 3, 3, dtype=F64)), ValueError, r"Q: expected shape")
-        add(f"{entry}-Q-not-square", lambda run=run: run(Q=torch.ones(2, 3, dtype=F64)), ValueError, r"Q: expected a square")
+        add(f"{entry}-q-int", lambda run=run: run(q=torch.ones(4, 3, dtype=torch.long)),
+            TypeError, r"q: .*floating-point")
+        add(f"{entry}-Q-int", lambda run=run: run(Q=torch.eye(3, dtype=torch.int32)),
+            TypeError, r"Q: .*floating-point")
+        add(f"{entry}-mixed-dtypes", lambda run=run: run(q=torch.ones(4, 3)),
+            TypeError, r"mixed dtypes: Q .* q ")
+        add(f"{entry}-mixed-f16-f32", lambda run=run: run(dtype=F16, h=torch.zeros(3)),
+            TypeError, r"mixed dtypes: .*h")
+        add(f"{entry}-Q-shape", lambda run=run: run(Q=torch.ones(2, 3, 3, 3, dtype=F64)),
+            ValueError, r"Q: expected shape")
+        add(f"{entry}-Q-not-square", lambda run=run: run(Q=torch.ones(2, 3, dtype=F64)),
+            ValueError, r"Q: expected a square")
         add(f"{entry}-q-size", lambda run=run: run(q=torch.ones(4, 2, dtype=F64)), ValueError, r"q: expected n")
         add(f"{entry}-h-size", lambda run=run: run(h=torch.zeros(2, dtype=F64)), ValueError, r"h: expected m")
-        add(f"{entry}-G-columns", lambda run=run: run(G=torch.ones(3, 2, dtype=F64)), ValueError, r"G: expected n")
+        add(f"{entry}-G-columns", lambda run=run: run(G=torch.ones(3, 2, dtype=F64)),
+            ValueError, r"G: expected n")
         add(f"{entry}-batch-mismatch", lambda run=run: run(h=torch.zeros(5, 3, dtype=F64)), ValueError,
             r"batch sizes differ: q .* h")
         add(f"{entry}-G-without-h", lambda run=run: run(h=None), ValueError, r"G and h")
-        add(f"{entry}-Q-indefinite", lambda run=run: run(Q=-torch.eye(3, dtype=F64)), ValueError, r"Q: .*semidefinite")
-        add(f"{entry}-Q-asymmetric", lambda run=run: run(Q=torch.eye(3, dtype=F64) + torch.triu(torch.ones(3, 3, dtype=F64), 1)),
+        add(f"{entry}-Q-indefinite", lambda run=run: run(Q=-torch.eye(3, dtype=F64)),
+            ValueError, r"Q: .*semidefinite")
+        add(f"{entry}-Q-asymmetric",
+            lambda run=run: run(Q=torch.eye(3, dtype=F64) + torch.triu(torch.ones(3, 3, dtype=F64), 1)),
             ValueError, r"Q: expected a symmetric")
-        add(f"{entry}-empty-problem", lambda run=run: run(n=0, G=None, h=None), ValueError, r"Q: .*non-empty problem")
+        add(f"{entry}-empty-problem", lambda run=run: run(n=0, G=None, h=None),
+            ValueError, r"Q: .*non-empty problem")
         add(f"{entry}-nan", lambda run=run: run(q=torch.full((4, 3), NAN, dtype=F64)), dc.SolverError,
             r"NON_FINITE")
     add("solve_qp-options-dict", lambda: dc.solve_qp(**qp(), options={"tol": 1e-6}), TypeError,
         r"options: expected QPOptions")
-    add("QPLayer-options-dict", lambda: layers.QPLayer(options={"tol": 1e-6}), TypeError, r"options: expected QPOptions")
+    add("QPLayer-options-dict", lambda: layers.QPLayer(options={"tol": 1e-6}),
+        TypeError, r"options: expected QPOptions")
     add("solve_qp-warm-start-type", lambda: dc.solve_qp(**qp(), warm_start=torch.zeros(4, 3, dtype=F64)),
         TypeError, r"warm_start: expected a Solution")
-    add("solve_qp-warm-start-shape", lambda: dc.solve_qp(**qp(), warm_start=dc.Solution(z=torch.zeros(2, 5, dtype=F64))),
+    add("solve_qp-warm-start-shape",
+        lambda: dc.solve_qp(**qp(), warm_start=dc.Solution(z=torch.zeros(2, 5, dtype=F64))),
         ValueError, r"warm_start\.z: expected shape \(4, 3\) or \(3,\), got \(2, 5\)")
     add("solve_qp-warm-start-duals", lambda: dc.solve_qp(**qp(), warm_start=dc.Solution(
         z=torch.zeros(4, 3, dtype=F64), duals={"lam": torch.zeros(4, 7, dtype=F64)})),
@@ -208,16 +222,24 @@ def _rejected() -> list:
         def run(f=f, **kw):
             return f(**lasso(**kw))
         add(f"{entry}-D-not-tensor", lambda run=run: run(D=[[1.0]]), TypeError, r"D: expected a torch\.Tensor")
-        add(f"{entry}-x-int", lambda run=run: run(x=torch.ones(5, 8, dtype=torch.long)), TypeError, r"x: .*floating-point")
-        add(f"{entry}-mixed-dtypes", lambda run=run: run(x=torch.ones(5, 8)), TypeError, r"mixed dtypes: D .* x ")
-        add(f"{entry}-lam-vector-dtype", lambda run=run: run(lam=torch.full((6,), 0.1)), TypeError, r"mixed dtypes: .*lam")
-        add(f"{entry}-lam-type", lambda run=run: run(lam="0.1"), TypeError, r"lam: expected a float or a tensor")
-        add(f"{entry}-D-shape", lambda run=run: run(D=torch.ones(8, dtype=F64)), ValueError, r"D: expected shape")
+        add(f"{entry}-x-int", lambda run=run: run(x=torch.ones(5, 8, dtype=torch.long)),
+            TypeError, r"x: .*floating-point")
+        add(f"{entry}-mixed-dtypes", lambda run=run: run(x=torch.ones(5, 8)),
+            TypeError, r"mixed dtypes: D .* x ")
+        add(f"{entry}-lam-vector-dtype", lambda run=run: run(lam=torch.full((6,), 0.1)),
+            TypeError, r"mixed dtypes: .*lam")
+        add(f"{entry}-lam-type", lambda run=run: run(lam="0.1"),
+            TypeError, r"lam: expected a float or a tensor")
+        add(f"{entry}-D-shape", lambda run=run: run(D=torch.ones(8, dtype=F64)),
+            ValueError, r"D: expected shape")
         add(f"{entry}-x-size", lambda run=run: run(x=torch.ones(5, 7, dtype=F64)), ValueError, r"x: expected d")
-        add(f"{entry}-lam-shape", lambda run=run: run(lam=torch.ones(3, dtype=F64)), ValueError, r"lam: expected")
+        add(f"{entry}-lam-shape", lambda run=run: run(lam=torch.ones(3, dtype=F64)),
+            ValueError, r"lam: expected")
         add(f"{entry}-lam-negative", lambda run=run: run(lam=-0.1), ValueError, r"lam: expected values >= 0")
-        add(f"{entry}-batch-mismatch", lambda run=run: run(x=torch.ones(4, 8, dtype=F64)), ValueError, r"batch sizes differ: D .* x")
-        add(f"{entry}-x-nan", lambda run=run: run(x=torch.full((5, 8), NAN, dtype=F64)), ValueError, r"x: expected finite")
+        add(f"{entry}-batch-mismatch", lambda run=run: run(x=torch.ones(4, 8, dtype=F64)),
+            ValueError, r"batch sizes differ: D .* x")
+        add(f"{entry}-x-nan", lambda run=run: run(x=torch.full((5, 8), NAN, dtype=F64)),
+            ValueError, r"x: expected finite")
         add(f"{entry}-lam-inf", lambda run=run: run(lam=math.inf), ValueError, r"lam: expected finite")
         add(f"{entry}-empty-k", lambda run=run: run(k=0), ValueError, r"D: expected a non-empty dictionary")
         add(f"{entry}-empty-d", lambda run=run: run(d=0), ValueError, r"D: expected a non-empty dictionary")
@@ -226,10 +248,13 @@ def _rejected() -> list:
     add("LassoLayer-options-dict", lambda: layers.LassoLayer(options={"tol": 1e-6}), TypeError,
         r"options: expected LassoOptions")
     add("LassoLayer-mu-negative", lambda: layers.LassoLayer(mu=-1.0), ValueError, r"mu")
-    add("solve_lasso-mu-shape", lambda: dc.solve_lasso(**lasso(), mu=torch.ones(2, 2, dtype=F64)), ValueError, r"mu: expected")
-    add("solve_lasso-warm-start-type", lambda: dc.solve_lasso(**lasso(), warm_start=torch.zeros(5, 6, dtype=F64)),
+    add("solve_lasso-mu-shape", lambda: dc.solve_lasso(**lasso(), mu=torch.ones(2, 2, dtype=F64)),
+        ValueError, r"mu: expected")
+    add("solve_lasso-warm-start-type",
+        lambda: dc.solve_lasso(**lasso(), warm_start=torch.zeros(5, 6, dtype=F64)),
         TypeError, r"warm_start: expected a Solution")
-    add("solve_lasso-warm-start-shape", lambda: dc.solve_lasso(**lasso(), warm_start=dc.Solution(z=torch.zeros(3, 7, dtype=F64))),
+    add("solve_lasso-warm-start-shape",
+        lambda: dc.solve_lasso(**lasso(), warm_start=dc.Solution(z=torch.zeros(3, 7, dtype=F64))),
         ValueError, r"warm_start\.z: expected shape \(5, 6\)")
     add("solve_lasso-bad-mode", lambda: dc.solve_lasso(**lasso(), mode="newton"), ValueError, r"mode.*'newton'")
     add("solve_lasso-unrolled", lambda: dc.solve_lasso(**lasso(), mode=dc.Unrolled(2)), ValueError,
@@ -247,24 +272,34 @@ def _rejected() -> list:
     add("argmin-energy-not-callable", lambda: call_argmin(energy=3), TypeError, r"energy: expected a callable")
     add("argmin-energy-shape", lambda: call_argmin(energy=lambda z, a: z), ValueError,
         r"energy: expected energies of shape \(B,\) = \(2,\)")
-    add("argmin-energy-scalar", lambda: call_argmin(energy=lambda z, a: z.sum()), ValueError, r"energy: expected energies")
+    add("argmin-energy-scalar", lambda: call_argmin(energy=lambda z, a: z.sum()),
+        ValueError, r"energy: expected energies")
     add("argmin-z0-not-tensor", lambda: call_argmin(z0=[[0.0]]), TypeError, r"z0: expected a torch\.Tensor")
-    add("argmin-z0-int", lambda: call_argmin(z0=torch.zeros(2, 3, dtype=torch.long)), TypeError, r"z0: .*floating-point")
-    add("argmin-z0-unbatched", lambda: call_argmin(z0=torch.zeros(3)), ValueError, r"z0: expected shape \(B, n\)")
-    add("argmin-empty-problem", lambda: call_argmin(z0=torch.zeros(2, 0)), ValueError, r"z0: expected non-empty problems")
-    add("argmin-param-dtype", lambda: call_argmin(torch.ones(3, dtype=F64)), TypeError, r"mixed dtypes: z0 .* params\[0\]")
-    add("argmin-param-type", lambda: call_argmin("a"), TypeError, r"params\[0\]: expected a torch\.Tensor or a number")
-    add("argmin-param-bool", lambda: call_argmin(True), TypeError, r"params\[0\]: expected a torch\.Tensor or a number")
+    add("argmin-z0-int", lambda: call_argmin(z0=torch.zeros(2, 3, dtype=torch.long)),
+        TypeError, r"z0: .*floating-point")
+    add("argmin-z0-unbatched", lambda: call_argmin(z0=torch.zeros(3)),
+        ValueError, r"z0: expected shape \(B, n\)")
+    add("argmin-empty-problem", lambda: call_argmin(z0=torch.zeros(2, 0)),
+        ValueError, r"z0: expected non-empty problems")
+    add("argmin-param-dtype", lambda: call_argmin(torch.ones(3, dtype=F64)),
+        TypeError, r"mixed dtypes: z0 .* params\[0\]")
+    add("argmin-param-type", lambda: call_argmin("a"),
+        TypeError, r"params\[0\]: expected a torch\.Tensor or a number")
+    add("argmin-param-bool", lambda: call_argmin(True),
+        TypeError, r"params\[0\]: expected a torch\.Tensor or a number")
     add("argmin-tol-nan", lambda: call_argmin(tol=NAN), ValueError, r"tol: expected a finite number > 0")
     add("argmin-tol-zero", lambda: call_argmin(tol=0.0), ValueError, r"tol: expected a finite number > 0")
     add("argmin-max-iter", lambda: call_argmin(max_iter=-1), ValueError, r"max_iter: expected an int >= 0")
     add("argmin-max-iter-type", lambda: call_argmin(max_iter=10.0), TypeError, r"max_iter: expected an int")
     add("argmin-step-size-nan", lambda: call_argmin(step_size=NAN, mode=dc.FixedPoint(3)), ValueError,
         r"step_size: expected a finite number > 0")
-    add("argmin-step-size-zero", lambda: call_argmin(step_size=0.0, mode=dc.Unrolled(3)), ValueError, r"step_size")
-    add("argmin-step-size-tensor", lambda: call_argmin(step_size=torch.tensor([1.0, -1.0]), mode=dc.Unrolled(3)),
+    add("argmin-step-size-zero", lambda: call_argmin(step_size=0.0, mode=dc.Unrolled(3)),
+        ValueError, r"step_size")
+    add("argmin-step-size-tensor",
+        lambda: call_argmin(step_size=torch.tensor([1.0, -1.0]), mode=dc.Unrolled(3)),
         ValueError, r"step_size: expected finite values > 0")
-    add("argmin-lower-nan", lambda: call_argmin(lower=torch.full((3,), NAN)), ValueError, r"lower: expected numbers")
+    add("argmin-lower-nan", lambda: call_argmin(lower=torch.full((3,), NAN)),
+        ValueError, r"lower: expected numbers")
     add("argmin-bounds-order", lambda: call_argmin(lower=1.0, upper=0.0), ValueError, r"lower <= upper")
     add("argmin-lower-shape", lambda: call_argmin(lower=torch.zeros(4)), ValueError, r"lower: shape")
     add("argmin-solver", lambda: call_argmin(solver=3), TypeError, r"solver: expected a callable")
@@ -277,34 +312,47 @@ def _rejected() -> list:
 
     # fixed_point --------------------------------------------------------------------------------------
     add("fixed_point-phi-not-callable", lambda: call_fixed_point(phi=3), TypeError, r"phi: expected a callable")
-    add("fixed_point-phi-shape", lambda: call_fixed_point(phi=lambda w, a: w[:, :1]), ValueError, r"phi: .*shape of w")
-    add("fixed_point-w0-int", lambda: call_fixed_point(w0=torch.zeros(2, 3, dtype=torch.long)), TypeError, r"w0: .*floating-point")
-    add("fixed_point-w0-unbatched", lambda: call_fixed_point(w0=torch.zeros(3)), ValueError, r"w0: expected shape \(B, n\)")
-    add("fixed_point-empty-problem", lambda: call_fixed_point(w0=torch.zeros(2, 0)), ValueError, r"w0: expected non-empty")
-    add("fixed_point-param-dtype", lambda: call_fixed_point(torch.ones(3, dtype=F64)), TypeError, r"mixed dtypes: w0 .* params\[0\]")
+    add("fixed_point-phi-shape", lambda: call_fixed_point(phi=lambda w, a: w[:, :1]),
+        ValueError, r"phi: .*shape of w")
+    add("fixed_point-w0-int", lambda: call_fixed_point(w0=torch.zeros(2, 3, dtype=torch.long)),
+        TypeError, r"w0: .*floating-point")
+    add("fixed_point-w0-unbatched", lambda: call_fixed_point(w0=torch.zeros(3)),
+        ValueError, r"w0: expected shape \(B, n\)")
+    add("fixed_point-empty-problem", lambda: call_fixed_point(w0=torch.zeros(2, 0)),
+        ValueError, r"w0: expected non-empty")
+    add("fixed_point-param-dtype", lambda: call_fixed_point(torch.ones(3, dtype=F64)),
+        TypeError, r"mixed dtypes: w0 .* params\[0\]")
     add("fixed_point-tol", lambda: call_fixed_point(tol=-1.0), ValueError, r"tol: expected")
     add("fixed_point-tol-nan", lambda: call_fixed_point(tol=NAN), ValueError, r"tol: expected")
-    add("fixed_point-rtol-nan", lambda: call_fixed_point(rtol=NAN), ValueError, r"rtol: expected a finite number > 0")
+    add("fixed_point-rtol-nan", lambda: call_fixed_point(rtol=NAN),
+        ValueError, r"rtol: expected a finite number > 0")
     add("fixed_point-rtol-zero", lambda: call_fixed_point(rtol=0.0), ValueError, r"rtol: expected")
-    add("fixed_point-max-iter", lambda: call_fixed_point(max_iter=-2), ValueError, r"max_iter: expected an int >= 0")
+    add("fixed_point-max-iter", lambda: call_fixed_point(max_iter=-2),
+        ValueError, r"max_iter: expected an int >= 0")
     add("fixed_point-bad-mode", lambda: call_fixed_point(mode="newton"), ValueError, r"mode.*'newton'")
-    add("fixed_point-mode-string-steps", lambda: call_fixed_point(mode="fixed_point"), ValueError, r"FixedPoint\(k=")
+    add("fixed_point-mode-string-steps", lambda: call_fixed_point(mode="fixed_point"),
+        ValueError, r"FixedPoint\(k=")
     add("fixed_point-diverges", lambda: call_fixed_point(phi=lambda w, a: 2 * w + a, max_iter=50),
         dc.SolverError, r"MAX_ITERATIONS|NON_FINITE")
-    add("FixedPointProblem-cg-max-iter", lambda: dc.FixedPointProblem(phi, tol=1e-6, max_iter=10, cg_max_iter=0),
+    add("FixedPointProblem-cg-max-iter",
+        lambda: dc.FixedPointProblem(phi, tol=1e-6, max_iter=10, cg_max_iter=0),
         ValueError, r"cg_max_iter")
 
     # minimize -----------------------------------------------------------------------------------------
     add("minimize-fun-not-callable", lambda: call_minimize(fun=3), TypeError, r"fun: expected a callable")
-    add("minimize-fun-shape", lambda: call_minimize(fun=lambda z: z), ValueError, r"fun: expected energies of shape")
-    add("minimize-z0-int", lambda: call_minimize(z0=torch.zeros(2, 3, dtype=torch.long)), TypeError, r"z0: .*floating-point")
-    add("minimize-empty-problem", lambda: call_minimize(z0=torch.zeros(2, 0)), ValueError, r"z0: expected non-empty")
+    add("minimize-fun-shape", lambda: call_minimize(fun=lambda z: z),
+        ValueError, r"fun: expected energies of shape")
+    add("minimize-z0-int", lambda: call_minimize(z0=torch.zeros(2, 3, dtype=torch.long)),
+        TypeError, r"z0: .*floating-point")
+    add("minimize-empty-problem", lambda: call_minimize(z0=torch.zeros(2, 0)),
+        ValueError, r"z0: expected non-empty")
     add("minimize-method", lambda: call_minimize(method="bfgs"), ValueError, r"method: expected 'lbfgs'")
     add("minimize-history", lambda: call_minimize(history=0), ValueError, r"history: expected an int >= 1")
     add("minimize-tol-nan", lambda: call_minimize(tol=NAN), ValueError, r"tol: expected")
     add("minimize-max-iter", lambda: call_minimize(max_iter=-1), ValueError, r"max_iter")
     add("minimize-unbounded-below", lambda: call_minimize(unbounded_below=-1.0), ValueError, r"unbounded_below")
-    add("minimize-lower-dtype", lambda: call_minimize(lower=torch.zeros(3, dtype=F64)), TypeError, r"mixed dtypes: z0 .* lower")
+    add("minimize-lower-dtype", lambda: call_minimize(lower=torch.zeros(3, dtype=F64)),
+        TypeError, r"mixed dtypes: z0 .* lower")
 
     # gradient modes -------------------------------------------------------------------------------------
     add("resolve_mode-type", lambda: dc.resolve_mode(3), TypeError, r"mode")
@@ -323,7 +371,8 @@ def _rejected() -> list:
         add(f"{cls.__name__}-beta-bool", lambda cls=cls: cls(True), TypeError, r"beta")
         add(f"{cls.__name__}-beta-vector", lambda cls=cls: cls(torch.ones(2)), ValueError, r"beta")
     add("EquilibriumProp-points", lambda: contrastive.EquilibriumProp(0.1, points=1), ValueError, r"points")
-    add("EquilibriumProp-points-type", lambda: contrastive.EquilibriumProp(0.1, points=2.0), TypeError, r"points")
+    add("EquilibriumProp-points-type", lambda: contrastive.EquilibriumProp(0.1, points=2.0),
+        TypeError, r"points")
 
     # contrastive estimators -------------------------------------------------------------------------------
     for entry, f in (("equilibrium_propagation", call_ep),
@@ -332,13 +381,19 @@ def _rejected() -> list:
                          kw.pop("params", (ONES3,)), **{"beta": 0.1, **kw}))):
         add(f"{entry}-energy", lambda f=f: f(energy=3), TypeError, r"energy: expected a callable")
         add(f"{entry}-loss", lambda f=f: f(loss=None), TypeError, r"loss: expected a callable")
-        add(f"{entry}-loss-shape", lambda f=f: f(loss=lambda p, a: p), ValueError, r"loss: expected a tensor of shape \(B,\)")
-        add(f"{entry}-phi0-int", lambda f=f: f(phi0=torch.zeros(2, 3, dtype=torch.long)), TypeError, r"phi0: .*floating-point")
-        add(f"{entry}-phi0-unbatched", lambda f=f: f(phi0=torch.zeros(3)), ValueError, r"phi0: expected shape \(B, n\)")
-        add(f"{entry}-phi0-nan", lambda f=f: f(phi0=torch.full((2, 3), NAN)), ValueError, r"phi0: expected finite")
-        add(f"{entry}-empty-problem", lambda f=f: f(phi0=torch.zeros(2, 0)), ValueError, r"phi0: expected a non-empty problem")
+        add(f"{entry}-loss-shape", lambda f=f: f(loss=lambda p, a: p),
+            ValueError, r"loss: expected a tensor of shape \(B,\)")
+        add(f"{entry}-phi0-int", lambda f=f: f(phi0=torch.zeros(2, 3, dtype=torch.long)),
+            TypeError, r"phi0: .*floating-point")
+        add(f"{entry}-phi0-unbatched", lambda f=f: f(phi0=torch.zeros(3)),
+            ValueError, r"phi0: expected shape \(B, n\)")
+        add(f"{entry}-phi0-nan", lambda f=f: f(phi0=torch.full((2, 3), NAN)),
+            ValueError, r"phi0: expected finite")
+        add(f"{entry}-empty-problem", lambda f=f: f(phi0=torch.zeros(2, 0)),
+            ValueError, r"phi0: expected a non-empty problem")
         add(f"{entry}-params-tensor", lambda f=f: f(params=ONES3), TypeError, r"params: expected a sequence")
-        add(f"{entry}-params-dtype", lambda f=f: f(params=(torch.ones(3, dtype=F64),)), TypeError, r"mixed dtypes: phi0 .* params\[0\]")
+        add(f"{entry}-params-dtype", lambda f=f: f(params=(torch.ones(3, dtype=F64),)),
+            TypeError, r"mixed dtypes: phi0 .* params\[0\]")
         add(f"{entry}-beta", lambda f=f: f(beta=-0.1), ValueError, r"beta")
         add(f"{entry}-estimator", lambda f=f: f(estimator="backward"), ValueError, r"estimator")
         add(f"{entry}-points", lambda f=f: f(points=1), ValueError, r"points")
@@ -525,8 +580,8 @@ def _empty_cases():
     def argmin_case(mode):
         def build():
             a = torch.ones(3, requires_grad=True)
-            return dc.argmin(energy, torch.zeros(0, 3), a, mode=mode, beta=0.1 if mode == "contrastive" else None), \
-                (0, 3), [a]
+            beta = 0.1 if mode == "contrastive" else None
+            return dc.argmin(energy, torch.zeros(0, 3), a, mode=mode, beta=beta), (0, 3), [a]
         return build
 
     def fixed_point_case():
@@ -593,10 +648,9 @@ def test_zero_dim_scalars_follow_torch_promotion():
     w = dc.fixed_point(phi, torch.zeros(2, 3, dtype=F64), torch.tensor(1.0))
     torch.testing.assert_close(w, torch.full((2, 3), 2.0, dtype=F64), atol=1e-6, rtol=0)
     b = torch.ones(3, dtype=F64, requires_grad=True)      # a Python number: a constant scalar
-    for solve, expected in ((lambda: dc.argmin(lambda z, c, b: energy(z, c * b), torch.zeros(2, 3, dtype=F64), 2.0, b),
-                             2.0),
-                            (lambda: dc.fixed_point(lambda w, c, b: 0.5 * w + c * b, torch.zeros(2, 3, dtype=F64),
-                                                    2.0, b), 4.0)):
+    start = torch.zeros(2, 3, dtype=F64)
+    for solve, expected in ((lambda: dc.argmin(lambda z, c, b: energy(z, c * b), start, 2.0, b), 2.0),
+                            (lambda: dc.fixed_point(lambda w, c, b: 0.5 * w + c * b, start, 2.0, b), 4.0)):
         zp = solve()
         torch.testing.assert_close(zp, torch.full((2, 3), expected, dtype=F64), atol=1e-7, rtol=0)
         zp.sum().backward()
