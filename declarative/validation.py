@@ -194,9 +194,10 @@ def upcast_low_precision(**tensors: torch.Tensor | None) -> tuple[dict, torch.dt
             for k, v in tensors.items()}, low
 
 
-def downcast_solution(sol, dtype: torch.dtype | None):
-    """``sol`` with its floating tensors (z, duals, residuals) cast to ``dtype`` (the inverse of
-    ``upcast_low_precision``; ``z`` stays differentiable); ``sol`` itself when ``dtype`` is None."""
+def cast_solution(sol, dtype: torch.dtype | None):
+    """``sol`` with its floating tensors (z, duals, residuals) cast to ``dtype`` — back to the input
+    dtype after ``upcast_low_precision``, or a warm start to float32 (``z`` stays
+    differentiable); ``sol`` itself when ``dtype`` is None."""
     if dtype is None:
         return sol
 

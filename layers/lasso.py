@@ -33,7 +33,7 @@ class LassoLayer(nn.Module):
 
     Attributes:
         last_status: ``(B,)`` (or ``()`` for unbatched inputs) int64 ``Status`` codes of the last
-            forward or ``solve`` call (detached), None before the first one.
+            forward or ``solve`` call that returned (detached), None before the first one.
 
     Shape:
         - D: ``(B, d, k)`` or ``(d, k)``; x: ``(B, d)`` or ``(d,)``;

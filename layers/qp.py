@@ -39,8 +39,8 @@ class QPLayer(nn.Module):
 
     Attributes:
         last_status: ``(B,)`` (or ``()`` for unbatched inputs) int64 ``Status`` codes of the last
-            forward or ``solve`` call (detached), None before the first one. With ``check=False``
-            this is how a forward's failures are seen, e.g.
+            forward or ``solve`` call that returned (detached), None before the first one. With
+            ``check=False`` this is how a forward's failures are seen, e.g.
             ``ok = layer.last_status == declarative.Status.SOLVED``.
 
     Shape:

@@ -8,7 +8,7 @@ from ..modes import GradientMode, resolve_mode
 from ..solution import Solution
 from ..validation import (check_batched, check_dim, check_finite, check_instance,
                           check_same_dtype_device, check_tensor, check_warm_start, common_batch_size,
-                          downcast_solution, promote_scalar, upcast_low_precision)
+                          cast_solution, promote_scalar, upcast_low_precision)
 from .problem import LassoProblem
 from .solver import LassoOptions
 
@@ -104,10 +104,10 @@ def solve_lasso(D: torch.Tensor, x: torch.Tensor, lam, mu=0.0, *,
     check_warm_start("warm_start", warm_start, D, z_shapes)
     t, low = upcast_low_precision(D=D, x=x, lam=lam_c, mu=mu_t)
     if warm_start is not None and low is not None:
-        warm_start = downcast_solution(warm_start, torch.float32)
+        warm_start = cast_solution(warm_start, torch.float32)
     problem = LassoProblem(options)
     params = (t["D"], t["x"], t["lam"]) if mu_t is None else (t["D"], t["x"], t["lam"], t["mu"])
-    sol = downcast_solution(gm.apply(problem, params, warm_start), low)
+    sol = cast_solution(gm.apply(problem, params, warm_start), low)
     if check:
         sol.raise_for_status("lasso solve")
     return sol

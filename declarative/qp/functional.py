@@ -8,7 +8,7 @@ from ..modes import GradientMode, resolve_mode
 from ..solution import Solution
 from ..validation import (LOW_PRECISION, check_batched, check_dim, check_instance,
                           check_same_dtype_device, check_tensor, check_warm_start, common_batch_size,
-                          downcast_solution, upcast_low_precision)
+                          cast_solution, upcast_low_precision)
 from ..empty_batch import empty_batch_solution
 from .linalg import _NORM_SMALL, _abs_max, _cholesky_upper
 from .options import QPOptions
@@ -206,9 +206,9 @@ def solve_qp(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None,
         return empty_batch_solution((0, n), Q, (Q, q, G, h, A, b), duals={"lam": m, "nu": p},
                                     residuals=("primal", "dual", "gap"))
     if warm_start is not None and low is not None:
-        warm_start = downcast_solution(warm_start, torch.float32)
+        warm_start = cast_solution(warm_start, torch.float32)
     problem = QPProblem(options)
-    sol = downcast_solution(gm.apply(problem, tuple(t.values()), warm_start), low)
+    sol = cast_solution(gm.apply(problem, tuple(t.values()), warm_start), low)
     if unbatched:
         sol = Solution(
             z=sol.z[0], duals={k: v[0] for k, v in sol.duals.items()},
