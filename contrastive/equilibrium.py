@@ -93,6 +93,8 @@ def _check_inputs(energy, loss, phi0, params, reduction) -> tuple:
     if not check_batched("phi0", phi0, "n"):
         raise ValueError(f"phi0: expected shape (B, n), got ({phi0.shape[0]},); "
                          "add a batch dimension with phi0.unsqueeze(0)")
+    if phi0.shape[1] == 0:
+        raise ValueError(f"phi0: expected a non-empty problem (n >= 1), got shape {tuple(phi0.shape)}")
     check_finite("phi0", phi0)
     if isinstance(params, torch.Tensor):
         raise TypeError("params: expected a sequence of parameters, got a single tensor; "

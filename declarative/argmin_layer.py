@@ -31,10 +31,11 @@ from typing import Callable
 
 import torch
 
+from .empty_batch import empty_batch_solution
 from .energy_problem import EnergyProblem
 from .modes import GradientMode, check_layer_solution, resolve_mode
 from .solution import Solution
-from .validation import check_start
+from .validation import check_callable, check_start, scalar_params
 
 __all__ = ["argmin", "argmin_solution"]
 
@@ -49,10 +50,14 @@ def argmin_solution(energy: Callable[..., torch.Tensor], z0: torch.Tensor, *para
     Shape:
         - Solution.z: ``(B, *event)``; status, iterations: ``(B,)``.
     """
+    check_callable("energy", energy, "energy(z, *params) -> (B,)")
     check_start("z0", z0, params)
+    params = scalar_params(params, z0)
     mode = resolve_mode(mode, beta)
     problem = EnergyProblem(energy, like=z0, lower=lower, upper=upper, solver=solver, tol=tol,
                             max_iter=max_iter, step_size=step_size)
+    if z0.shape[0] == 0:
+        return empty_batch_solution(z0.shape, z0, params, residuals=("grad_norm", "energy"))
     sol = mode.apply(problem, tuple(params), Solution(z=z0.detach()))
     if check:
         check_layer_solution(sol, mode, "argmin")
@@ -69,7 +74,8 @@ def argmin(energy: Callable[..., torch.Tensor], z0: torch.Tensor, *params: torch
         energy: ``energy(z, *params) -> (B,)`` per-element energies, a differentiable torch
             expression; element ``b`` must depend on ``z[b]`` only.
         z0: ``(B, *event)`` warm start (a constant for autograd).
-        *params: the tensors θ (gradients flow to those that require them).
+        *params: the tensors θ (gradients flow to those that require them); Python numbers and
+            0-d tensors of another floating dtype are scalars (torch's type promotion).
         mode: a ``GradientMode`` or a registered name (``"implicit"``, ``"contrastive"``,
             ``"symmetric"``, ``"first_order"``).
         beta: nudging strength for the contrastive modes given by name.
@@ -83,6 +89,17 @@ def argmin(energy: Callable[..., torch.Tensor], z0: torch.Tensor, *params: torch
 
     Returns:
         ``z*`` of shape ``(B, *event)``.
+
+    Raises:
+        TypeError / ValueError: bad input, each message naming the argument (``energy`` not
+            callable or not returning ``(B,)`` energies, ``z0`` without a batch dimension or with
+            an empty event, parameters of another dtype or device — 0-d tensors and Python numbers
+            are scalars and exempt, as in torch's type promotion —, ``tol``/``step_size`` not
+            finite and positive, ``max_iter`` < 0, an unknown ``mode``).
+        SolverError: ``check=True`` and some element was not solved.
+
+    A batch of zero problems (``B = 0``) returns an empty ``(0, *event)`` result (zero gradients).
+    float16/bfloat16 are computed in that dtype (the default ``tol`` is ``sqrt(eps)`` of the dtype).
 
     Shape:
         - z0: ``(B, *event)``; ``energy(z, *params)``: ``(B,)``; params: any shapes ``energy``

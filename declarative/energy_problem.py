@@ -47,6 +47,7 @@ from .linearisation import grads_or_zeros, param_leaves
 from .minimizer import _bound_tensor, default_tol, minimize
 from .problem import ArgminProblem
 from .solution import Solution
+from .validation import check_callable, check_count, check_energies, check_real, check_tensor
 
 __all__ = ["EnergyProblem"]
 
@@ -73,6 +74,18 @@ class _GradientGraph:
         return grads_or_zeros(self.gz, self.params, v)
 
 
+def _check_step_size(step_size):
+    """``η``: None, a finite number > 0, or a tensor of finite values > 0 (one host sync)."""
+    if step_size is None:
+        return None
+    if isinstance(step_size, torch.Tensor):
+        check_tensor("step_size", step_size)
+        if not bool((torch.isfinite(step_size) & (step_size > 0)).all()):
+            raise ValueError(f"step_size: expected finite values > 0, got {step_size.detach().cpu()}")
+        return step_size
+    return check_real("step_size", step_size, minimum=0.0)
+
+
 class EnergyProblem(ArgminProblem):
     """``argmin_z E(z, θ)`` s.t. ``lower ≤ z ≤ upper`` for a user energy (see module docstring).
 
@@ -95,10 +108,7 @@ class EnergyProblem(ArgminProblem):
     def __init__(self, energy: Callable[..., torch.Tensor], *, like: torch.Tensor, lower=None,
                  upper=None, solver=None, tol: float | None = None, max_iter: int = 500,
                  step_size=None, cg_rtol: float | None = None, cg_max_iter: int | None = None):
-        if not callable(energy):
-            raise TypeError(f"energy: expected a callable energy(z, *params) -> (B,), got "
-                            f"{type(energy).__name__}")
-        self.energy = energy
+        self.energy = check_callable("energy", energy, "energy(z, *params) -> (B,)")
         self.shape = like.shape
         lo = _bound_tensor("lower", lower, like)
         hi = _bound_tensor("upper", upper, like)
@@ -108,15 +118,16 @@ class EnergyProblem(ArgminProblem):
         self.upper = None if hi is None else hi.reshape(like.shape)
         self.bounded = self.lower is not None or self.upper is not None
         self.fixed_point_symmetric = not self.bounded
-        self.solver = minimize if solver is None else solver
-        if not callable(self.solver):
-            raise TypeError(f"solver: expected a callable, got {type(self.solver).__name__}")
-        self.tol = default_tol(like.dtype) if tol is None else tol
-        self.max_iter = max_iter
-        self.step_size = step_size
-        self.cg_rtol = default_cg_rtol(like.dtype) if cg_rtol is None else cg_rtol
-        n = like[0].numel()
-        self.cg_max_iter = max(2 * n, 50) if cg_max_iter is None else cg_max_iter
+        self.solver = minimize if solver is None else check_callable(
+            "solver", solver, "solver(fun, z0, *, lower, upper, tol, max_iter) -> Solution")
+        self.tol = default_tol(like.dtype) if tol is None else check_real("tol", tol, minimum=0.0)
+        self.max_iter = check_count("max_iter", max_iter)
+        self.step_size = _check_step_size(step_size)
+        self.cg_rtol = (default_cg_rtol(like.dtype) if cg_rtol is None
+                        else check_real("cg_rtol", cg_rtol, minimum=0.0))
+        n = like.shape[1:].numel()
+        self.cg_max_iter = (max(2 * n, 50) if cg_max_iter is None
+                            else check_count("cg_max_iter", cg_max_iter, minimum=1))
 
     # -- solves ------------------------------------------------------------------------------------
     def _solve(self, fun, warm_start: Solution | None) -> Solution:
@@ -125,14 +136,18 @@ class EnergyProblem(ArgminProblem):
         return self.solver(fun, warm_start.z.detach(), lower=self.lower, upper=self.upper,
                            tol=self.tol, max_iter=self.max_iter)
 
+    def _energies(self, z, p):
+        # shape-checked here, so that a wrong energy is reported under the user's name for it
+        return check_energies("energy", self.energy(z, *p), z.shape[0])
+
     def solve(self, params, warm_start=None):
         p = param_leaves(params)
-        return self._solve(lambda z: self.energy(z, *p), warm_start)
+        return self._solve(lambda z: self._energies(z, p), warm_start)
 
     def solve_nudged(self, params, g, beta, warm_start=None):
         p = param_leaves(params)
         g = g.detach()
-        return self._solve(lambda z: self.energy(z, *p) + beta * batch_dot(g, z), warm_start)
+        return self._solve(lambda z: self._energies(z, p) + beta * batch_dot(g, z), warm_start)
 
     # -- gradients ---------------------------------------------------------------------------------
     def lagrangian_grads(self, solution, params, needs):

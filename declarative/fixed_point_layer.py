@@ -36,7 +36,9 @@ from .modes import GradientMode, check_layer_solution, resolve_mode
 from .problem import ArgminProblem
 from .solution import Solution
 from .status import Status
-from .validation import check_count, check_positive, check_start
+from .empty_batch import empty_batch_solution
+from .validation import (check_callable, check_count, check_positive, check_real, check_start,
+                         scalar_params)
 
 __all__ = ["FixedPointProblem", "fixed_point", "fixed_point_solution"]
 
@@ -59,14 +61,12 @@ class FixedPointProblem(ArgminProblem):
 
     def __init__(self, phi: Callable[..., torch.Tensor], *, tol: float, max_iter: int,
                  symmetric: bool = False, rtol: float = 1e-10, cg_max_iter: int = 500):
-        if not callable(phi):
-            raise TypeError(f"phi: expected a callable phi(w, *params), got {type(phi).__name__}")
-        self.phi = phi
-        self.tol = tol
-        self.max_iter = max_iter
+        self.phi = check_callable("phi", phi, "phi(w, *params) -> w")
+        self.tol = check_real("tol", tol, minimum=0.0, inclusive=True)
+        self.max_iter = check_count("max_iter", max_iter)
         self.fixed_point_symmetric = bool(symmetric)
-        self.rtol = rtol
-        self.cg_max_iter = cg_max_iter
+        self.rtol = check_real("rtol", rtol, minimum=0.0)
+        self.cg_max_iter = check_count("cg_max_iter", cg_max_iter, minimum=1)
 
     def solve(self, params, warm_start=None):
         if warm_start is None:
@@ -144,14 +144,18 @@ def fixed_point_solution(phi: Callable[..., torch.Tensor], w0: torch.Tensor, *pa
     Shape:
         - Solution.z: ``(B, *event)``; status, iterations, residuals["residual"]: ``(B,)``.
     """
+    check_callable("phi", phi, "phi(w, *params) -> w")
     check_start("w0", w0, params)
+    params = scalar_params(params, w0)
     tol = default_tol(w0.dtype) if tol is None else check_positive("tol", tol, allow_zero=True)
     check_count("max_iter", max_iter)
-    rtol = default_cg_rtol(w0.dtype) if rtol is None else rtol
+    rtol = default_cg_rtol(w0.dtype) if rtol is None else check_real("rtol", rtol, minimum=0.0)
     mode = resolve_mode(mode)
     n = w0.shape[1:].numel()
     problem = FixedPointProblem(phi, tol=tol, max_iter=max_iter, symmetric=symmetric, rtol=rtol,
                                 cg_max_iter=max(10 * n, 100))
+    if w0.shape[0] == 0:
+        return empty_batch_solution(w0.shape, w0, params, residuals=("residual",))
     sol = mode.apply(problem, tuple(params), Solution(z=w0.detach()))
     if check:
         check_layer_solution(sol, mode, "fixed_point")
@@ -166,7 +170,8 @@ def fixed_point(phi: Callable[..., torch.Tensor], w0: torch.Tensor, *params: tor
     Args:
         phi: ``phi(w, *params)``, same shape as ``w``, differentiable torch ops.
         w0: ``(B, *event)`` initial point (a constant for autograd).
-        *params: the tensors θ.
+        *params: the tensors θ; Python numbers and 0-d tensors of another floating dtype are
+            scalars (torch's type promotion).
         mode: ``"implicit"``, ``"first_order"`` or a mode object (``FixedPoint(k)``,
             ``ConjugateGradient(k)``, ``Unrolled(t)``, ...).
         tol: stop an element when ``‖Φ(w) − w‖₂ ≤ tol`` (default ``sqrt(eps)`` of the dtype);
@@ -175,11 +180,19 @@ def fixed_point(phi: Callable[..., torch.Tensor], w0: torch.Tensor, *params: tor
             ``‖w_t − w_{t−1}‖`` as residual, or ``NON_FINITE``).
         max_iter: iteration limit of the forward.
         symmetric: ``∂_wΦ`` is symmetric (e.g. ``Φ = w − η∇E``): CG without normal equations.
-        rtol: relative tolerance of the implicit backward's CG.
+        rtol: relative tolerance of the implicit backward's CG (finite, > 0).
         check: raise ``SolverError`` for elements that did not converge.
 
     Returns:
-        ``w*`` of shape ``(B, *event)``.
+        ``w*`` of shape ``(B, *event)``; for a batch of zero problems (``B = 0``) an empty result
+        (zero gradients).
+
+    Raises:
+        TypeError / ValueError: ``phi`` not callable or changing the shape of ``w``, ``w0``
+            without a batch dimension or with an empty event, parameters of another dtype or
+            device (0-d tensors and Python numbers are exempt), ``tol`` < 0, ``rtol`` ≤ 0, NaN,
+            ``max_iter`` < 0, an unknown ``mode``.
+        SolverError: ``check=True`` and some element did not converge.
 
     Shape:
         - w0: ``(B, *event)``; ``phi(w, *params)``: ``(B, *event)``; params: any shapes ``phi``

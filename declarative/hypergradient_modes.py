@@ -51,11 +51,21 @@ from .dense_jacobian import DenseJacobian, check_jacobian_policy, use_dense_jaco
 from .linear_solvers import batch_dot, fixed_point_iteration
 from .linearisation import FixedPointLinearisation
 from .modes import GradientMode, register_mode
+from .problem import ArgminProblem
 from .solution import Solution
 from .status import Status
-from .validation import check_count
+from .validation import check_count, check_real
 
 __all__ = ["ConjugateGradient", "FirstOrder", "FixedPoint", "Unrolled"]
+
+
+def _require_fixed_point_map(mode: GradientMode, problem) -> None:
+    """A ``ValueError`` naming the mode and the missing capability when ``problem`` declares no
+    fixed-point map (raised before the forward solve, not in the backward)."""
+    if type(problem).fixed_point_map is ArgminProblem.fixed_point_map:
+        raise ValueError(f"mode {mode!r} needs a problem with a fixed-point map Φ(w, θ); "
+                         f"{type(problem).__name__} declares none (use declarative.argmin or "
+                         "declarative.fixed_point, or another mode)")
 
 
 class _AIDSteps(GradientMode):
@@ -65,6 +75,10 @@ class _AIDSteps(GradientMode):
     def __init__(self, k: int, jacobian: str = "auto"):
         self.k = check_count("k", k, what=" (a number of steps)")
         self.jacobian = check_jacobian_policy(jacobian)
+
+    def apply(self, problem, params, warm_start: Solution | None = None) -> Solution:
+        _require_fixed_point_map(self, problem)
+        return super().apply(problem, params, warm_start)
 
     def _linearise(self, problem, params, solution, needs):
         """``(lin, dense)``: the linearisation at ``solution.z`` and, when the policy says so, its
@@ -139,9 +153,10 @@ class Unrolled(GradientMode):
 
     def __init__(self, t: int, tol: float = 0.0):
         self.t = check_count("t", t, what=" (a number of steps)")
-        self.tol = float(tol)
+        self.tol = check_real("tol", tol, minimum=0.0, inclusive=True)
 
     def apply(self, problem, params, warm_start: Solution | None = None) -> Solution:
+        _require_fixed_point_map(self, problem)
         if warm_start is None:
             raise ValueError("Unrolled needs a warm start w₀ (the initial point of the unrolled "
                              "iteration)")

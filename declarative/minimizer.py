@@ -71,7 +71,8 @@ import torch
 
 from .solution import Solution
 from .status import Status
-from .validation import check_count, check_positive, check_same_dtype_device, check_start, check_tensor
+from .validation import (check_callable, check_count, check_energies, check_positive,
+                         check_same_dtype_device, check_start, check_tensor)
 
 __all__ = ["minimize", "default_tol"]
 
@@ -100,16 +101,13 @@ def _bound_tensor(name, value, like: torch.Tensor) -> torch.Tensor | None:
     except RuntimeError:
         raise ValueError(f"{name}: shape {tuple(value.shape)} does not broadcast to z0's shape "
                          f"{tuple(like.shape)}") from None
-    return value.reshape(like.shape[0], -1)
+    return value.reshape(like.shape[0], like.shape[1:].numel())
 
 
 def _energy_and_grad(fun, z_flat: torch.Tensor, shape) -> tuple[torch.Tensor, torch.Tensor]:
     with torch.enable_grad():
         zz = z_flat.detach().reshape(shape).requires_grad_(True)
-        f = fun(zz)
-        if not isinstance(f, torch.Tensor) or f.shape != (shape[0],):
-            got = tuple(f.shape) if isinstance(f, torch.Tensor) else type(f).__name__
-            raise ValueError(f"fun: expected energies of shape (B,) = ({shape[0]},), got {got}")
+        f = check_energies("fun", fun(zz), shape[0])
         (g,) = torch.autograd.grad(f.sum(), zz, allow_unused=True)
     if g is None:
         g = torch.zeros_like(zz)
@@ -147,6 +145,7 @@ def minimize(fun: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor, *,
     Shape:
         z0: ``(B, *event)``, fun(z): ``(B,)``.
     """
+    check_callable("fun", fun, "fun(z) -> (B,)")
     check_start("z0", z0)
     if method != "lbfgs":
         raise ValueError(f"method: expected 'lbfgs', got {method!r}")
@@ -169,7 +168,7 @@ def minimize(fun: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor, *,
             x = torch.minimum(x, hi)
         return x
 
-    z = project(z0.detach().reshape(B, -1).clone())
+    z = project(z0.detach().reshape(B, shape[1:].numel()).clone())
     n = z.shape[1]
     dtype, device = z.dtype, z.device
     f, g = _energy_and_grad(fun, z, shape)

@@ -7,7 +7,7 @@ from torch import nn
 
 import contrastive  # noqa: F401  (registers the "contrastive" and "symmetric" mode names)
 from declarative import ActivationProblem, GradientMode, resolve_mode
-from declarative.validation import check_tensor
+from declarative.validation import check_instance, check_tensor
 
 
 class ArgminActivation(nn.Module):
@@ -28,7 +28,7 @@ class ArgminActivation(nn.Module):
     def __init__(self, problem: ActivationProblem, mode: str | GradientMode = "implicit",
                  beta: float | None = None):
         super().__init__()
-        self.problem = problem
+        self.problem = check_instance("problem", problem, ActivationProblem, optional=False)
         self.mode = resolve_mode(mode, beta)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

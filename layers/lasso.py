@@ -9,7 +9,7 @@ import contrastive  # noqa: F401  (registers the "contrastive" and "symmetric" m
 from declarative import GradientMode, resolve_mode
 from declarative.lasso import LassoOptions, solve_lasso
 from declarative.solution import Solution
-from declarative.validation import check_positive
+from declarative.validation import check_instance, check_positive
 
 
 class LassoLayer(nn.Module):
@@ -29,7 +29,13 @@ class LassoLayer(nn.Module):
         beta: nudging strength for the contrastive modes.
         mu: elastic-net weight (float ≥ 0, or a tensor ``()`` / ``(B,)``, then differentiable).
         options: ``LassoOptions``.
-        check: raise ``SolverError`` on failed batch elements (else see ``.solve(...).status``).
+        check: raise ``SolverError`` on failed batch elements; if False, the forward returns
+            ``z`` for every element and records the per-element statuses in ``last_status``
+            (``solve`` returns the full ``Solution``).
+
+    Attributes:
+        last_status: ``(B,)`` (or ``()`` for unbatched inputs) int64 ``Status`` codes of the last
+            forward or ``solve`` call that returned (detached), None before the first one.
 
     Shape:
         - D: ``(B, d, k)`` or ``(d, k)``; x: ``(B, d)`` or ``(d,)``;
@@ -51,13 +57,16 @@ class LassoLayer(nn.Module):
         if not isinstance(mu, torch.Tensor):
             mu = check_positive("mu", mu, allow_zero=True)
         self.mu = mu
-        self.options = options
+        self.options = check_instance("options", options, LassoOptions)
         self.check = check
+        self.last_status: torch.Tensor | None = None
 
     def solve(self, D: torch.Tensor, x: torch.Tensor, lam, warm_start: Solution | None = None) -> Solution:
         """The full ``Solution`` (z, status, iterations, residuals["kkt"])."""
-        return solve_lasso(D, x, lam, self.mu, mode=self.mode, options=self.options,
-                           warm_start=warm_start, check=self.check)
+        sol = solve_lasso(D, x, lam, self.mu, mode=self.mode, options=self.options,
+                          warm_start=warm_start, check=self.check)
+        self.last_status = sol.status_tensor().detach()
+        return sol
 
     def forward(self, D: torch.Tensor, x: torch.Tensor, lam) -> torch.Tensor:
         return self.solve(D, x, lam).z

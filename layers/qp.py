@@ -33,7 +33,15 @@ class QPLayer(nn.Module):
         options: ``QPOptions`` (tolerances: relative residuals ≤ 1e-8 in float64, ≤ 1e-4 in
             float32 by default).
         check: raise a ``SolverError`` naming the failing batch indices (default); if False,
-            ``solve`` returns per-element statuses instead.
+            the forward returns ``z`` for every element (a failed element's ``z`` is the solver's
+            last iterate, finite or not, and is not a solution) and records the per-element
+            statuses in ``last_status``; ``solve`` returns the full ``Solution``.
+
+    Attributes:
+        last_status: ``(B,)`` (or ``()`` for unbatched inputs) int64 ``Status`` codes of the last
+            forward or ``solve`` call that returned (detached), None before the first one. With
+            ``check=False`` this is how a forward's failures are seen, e.g.
+            ``ok = layer.last_status == declarative.Status.SOLVED``.
 
     Shape:
         - Q: ``(B, n, n)`` or ``(n, n)``;  q: ``(B, n)`` or ``(n,)``
@@ -63,14 +71,17 @@ class QPLayer(nn.Module):
             raise TypeError(f"options: expected QPOptions, got {type(options).__name__}")
         self.options = options
         self.check = check
+        self.last_status: torch.Tensor | None = None
 
     def solve(self, Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None,
               h: torch.Tensor | None = None, A: torch.Tensor | None = None,
               b: torch.Tensor | None = None, warm_start: Solution | None = None) -> Solution:
         """The full ``Solution``: ``z`` (differentiable), ``duals["lam"]``, ``duals["nu"]``,
         per-element ``status``, ``iterations`` and ``residuals``."""
-        return solve_qp(Q, q, G, h, A, b, mode=self.mode, options=self.options,
-                        warm_start=warm_start, check=self.check)
+        sol = solve_qp(Q, q, G, h, A, b, mode=self.mode, options=self.options,
+                       warm_start=warm_start, check=self.check)
+        self.last_status = sol.status_tensor().detach()
+        return sol
 
     def forward(self, Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None,
                 h: torch.Tensor | None = None, A: torch.Tensor | None = None,

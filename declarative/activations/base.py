@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 from ..problem import ArgminProblem
@@ -34,6 +36,10 @@ class ActivationProblem(ArgminProblem):
     def directional_derivative(self, a: torch.Tensor, z: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def check_input(self, a: torch.Tensor) -> None:
+        """Raise for an input this activation does not accept (beyond a floating tensor, which the
+        layers check); element-wise activations accept every shape."""
+
     # -- the ArgminProblem protocol ---------------------------------------------------------------
     def solve(self, params, warm_start=None):
         return Solution(z=self.activation(params[0]))
@@ -61,7 +67,24 @@ class SimplexActivationProblem(ActivationProblem):
 
     Args:
         dim: the dimension that lies on the simplex.
+
+    Raises:
+        TypeError: ``dim`` is not an int.
     """
 
     def __init__(self, dim: int = -1):
-        self.dim = dim
+        if isinstance(dim, bool) or not isinstance(dim, numbers.Integral):
+            raise TypeError(f"dim: expected an int, got {type(dim).__name__} {dim!r}")
+        self.dim = int(dim)
+
+    def check_input(self, a: torch.Tensor) -> None:
+        """The input must have a dimension ``dim`` (a simplex needs one): ``ValueError`` for a 0-d
+        input, ``IndexError`` (as torch's) for a ``dim`` out of range, naming ``dim`` and the
+        input's number of dimensions."""
+        nd = a.dim()
+        if nd == 0:
+            raise ValueError(f"input: expected at least one dimension (the simplex lies along "
+                             f"dim={self.dim}), got a 0-d tensor; use input.reshape(1) for one value")
+        if not -nd <= self.dim < nd:
+            raise IndexError(f"dim: expected an int in [{-nd}, {nd - 1}] for an input with {nd} "
+                             f"dimension{'s' if nd > 1 else ''} (shape {tuple(a.shape)}), got {self.dim}")

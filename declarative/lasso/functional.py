@@ -6,20 +6,13 @@ import torch
 
 from ..modes import GradientMode, resolve_mode
 from ..solution import Solution
-from ..validation import (check_batched, check_dim, check_finite, check_same_dtype_device,
-                          check_tensor, common_batch_size)
+from ..validation import (check_batched, check_dim, check_finite, check_instance,
+                          check_same_dtype_device, check_tensor, check_warm_start, common_batch_size,
+                          cast_solution, promote_scalar, upcast_low_precision)
 from .problem import LassoProblem
 from .solver import LassoOptions
 
 __all__ = ["solve_lasso"]
-
-
-def _as_tensor(name, v, like):
-    if isinstance(v, torch.Tensor):
-        return check_tensor(name, v)
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise TypeError(f"{name}: expected a float or a tensor, got {type(v).__name__}")
-    return torch.tensor(float(v), dtype=like.dtype, device=like.device)
 
 
 def _canonical_lam(lam: torch.Tensor, B: int | None, k: int) -> torch.Tensor:
@@ -65,23 +58,36 @@ def solve_lasso(D: torch.Tensor, x: torch.Tensor, lam, mu=0.0, *,
         ``Solution`` with ``z`` ``(B, k)`` (or ``(k,)``), ``status``, ``iterations`` and
         ``residuals["kkt"]`` (the optimality residual, see ``declarative.lasso.solver``).
 
+    float16 / bfloat16 inputs are solved in float32 (no CPU kernels for the factorisations in
+    half precision) and the solution is returned in the input dtype; gradients reach the inputs in
+    their own dtype. A batch of zero problems (``B = 0``) returns empty results (and zero
+    gradients); an empty problem (``d = 0`` or ``k = 0``) is a ``ValueError``. A scalar ``lam`` or
+    ``mu`` (a Python number or a 0-d tensor) takes the dtype of ``D``, as in torch's type promotion.
+
     Raises:
-        ValueError / TypeError: wrong shapes, mixed dtypes or devices, NaN/inf, lam < 0, mu < 0.
+        ValueError / TypeError: wrong shapes, mixed dtypes or devices, NaN/inf, lam < 0, mu < 0,
+            ``options`` that is not a ``LassoOptions``, a ``warm_start`` that is not a ``Solution``
+            of the solution's shape.
 
     Shape:
         - D: ``(B, d, k)`` or ``(d, k)``; x: ``(B, d)`` or ``(d,)``; z: ``(B, k)`` or ``(k,)``.
     """
     gm = resolve_mode(mode, beta)
+    check_instance("options", options, LassoOptions)
     check_tensor("D", D)
     check_tensor("x", x)
     bD = check_batched("D", D, "dk")
     bx = check_batched("x", x, "d")
     d, k = D.shape[-2:]
+    if d == 0 or k == 0:
+        raise ValueError(f"D: expected a non-empty dictionary (d >= 1 rows, k >= 1 atoms), got "
+                         f"shape {tuple(D.shape)}")
     check_dim("x", x.shape[-1], d, "d (the number of rows of D)")
-    lam_t = _as_tensor("lam", lam, D)
+    check_same_dtype_device(D=D, x=x)
+    lam_t = promote_scalar("lam", lam, D)
     mu_t = None
     if isinstance(mu, torch.Tensor) or mu != 0:
-        mu_t = _as_tensor("mu", mu, D)
+        mu_t = promote_scalar("mu", mu, D)
     check_same_dtype_device(D=D, x=x, lam=lam_t, mu=mu_t)
     B = common_batch_size(D=(D, bD), x=(x, bx),
                           mu=(mu_t, mu_t is not None and mu_t.dim() == 1))
@@ -96,9 +102,14 @@ def solve_lasso(D: torch.Tensor, x: torch.Tensor, lam, mu=0.0, *,
         raise ValueError(f"lam: expected values >= 0, got minimum {lam_t.min().item():g}")
     if mu_t is not None and bool((mu_t < 0).any()):
         raise ValueError(f"mu: expected values >= 0, got minimum {mu_t.min().item():g}")
+    z_shapes = [(B, k)] if B is not None else [(k,)]
+    check_warm_start("warm_start", warm_start, D, z_shapes)
+    t, low = upcast_low_precision(D=D, x=x, lam=lam_c, mu=mu_t)
+    if warm_start is not None and low is not None:
+        warm_start = cast_solution(warm_start, torch.float32)
     problem = LassoProblem(options)
-    params = (D, x, lam_c) if mu_t is None else (D, x, lam_c, mu_t)
-    sol = gm.apply(problem, params, warm_start)
+    params = (t["D"], t["x"], t["lam"]) if mu_t is None else (t["D"], t["x"], t["lam"], t["mu"])
+    sol = cast_solution(gm.apply(problem, params, warm_start), low)
     if check:
         sol.raise_for_status("lasso solve")
     return sol

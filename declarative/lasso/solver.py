@@ -51,6 +51,7 @@ import torch
 
 from ..solution import Solution
 from ..status import Status
+from ..validation import check_count, check_real
 
 __all__ = ["LassoOptions", "lasso_fista_polish", "support_solve", "lasso_correlation",
            "lasso_kkt_residual", "default_tol"]
@@ -77,6 +78,10 @@ class LassoOptions:
             perturbations larger than g).
         polish_rounds: active-set correction rounds per polish (sign flips dropped, violators
             added).
+
+    Raises:
+        TypeError / ValueError: a field of the wrong type, or out of range (``max_iter``,
+            ``check_every`` ≥ 1, ``polish_rounds`` ≥ 0, ``tol``, ``weak_tol`` finite and > 0).
     """
 
     max_iter: int = 10000
@@ -84,6 +89,13 @@ class LassoOptions:
     check_every: int = 5
     weak_tol: float | None = None
     polish_rounds: int = 4
+
+    def __post_init__(self):
+        check_count("LassoOptions.max_iter", self.max_iter, minimum=1)
+        check_count("LassoOptions.check_every", self.check_every, minimum=1)
+        check_count("LassoOptions.polish_rounds", self.polish_rounds, minimum=0)
+        check_real("LassoOptions.tol", self.tol, minimum=0.0, optional=True)
+        check_real("LassoOptions.weak_tol", self.weak_tol, minimum=0.0, optional=True)
 
     def tol_for(self, dtype: torch.dtype) -> float:
         return self.tol if self.tol is not None else default_tol(dtype)

@@ -6,8 +6,10 @@ import torch
 
 from ..modes import GradientMode, resolve_mode
 from ..solution import Solution
-from ..validation import (check_batched, check_dim, check_same_dtype_device, check_tensor,
-                          common_batch_size)
+from ..validation import (LOW_PRECISION, check_batched, check_dim, check_instance,
+                          check_same_dtype_device, check_tensor, check_warm_start, common_batch_size,
+                          cast_solution, upcast_low_precision)
+from ..empty_batch import empty_batch_solution
 from .linalg import _NORM_SMALL, _abs_max, _cholesky_upper
 from .options import QPOptions
 from .problem import QPProblem
@@ -43,6 +45,8 @@ def check_qp_inputs(Q, q, G=None, h=None, A=None, b=None) -> bool:
         "q": check_batched("q", q, "n"),
     }
     n = Q.shape[-1]
+    if n == 0:
+        raise ValueError(f"Q: expected a non-empty problem (n >= 1 variables), got shape {tuple(Q.shape)}")
     check_dim("Q", Q.shape[-2], n, "a square matrix: rows = columns")
     check_dim("q", q.shape[-1], n, "n (the size of Q)")
     if G is not None:
@@ -55,8 +59,9 @@ def check_qp_inputs(Q, q, G=None, h=None, A=None, b=None) -> bool:
         batched["b"] = check_batched("b", b, "p")
         check_dim("A", A.shape[-1], n, "n (the size of Q) columns")
         check_dim("b", b.shape[-1], A.shape[-2], "p (the number of rows of A)")
-    common_batch_size(**{k: (named[k], v) for k, v in batched.items()})
-    _check_psd(Q)
+    B = common_batch_size(**{k: (named[k], v) for k, v in batched.items()})
+    if B != 0:   # (float16/bfloat16 have no Cholesky kernel on the CPU: checked in float32)
+        _check_psd(Q.float() if Q.dtype in LOW_PRECISION else Q)
     return not any(batched.values())
 
 
@@ -164,21 +169,46 @@ def solve_qp(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None,
         - A: ``(B, p, n)`` or ``(p, n)``;  b: ``(B, p)`` or ``(p,)``
         - z: ``(B, n)``, or ``(n,)`` when every input is unbatched.
 
+    float16 / bfloat16 inputs are solved in float32 (no CPU kernels for the factorisations in
+    half precision) and the solution is returned in the input dtype; gradients reach the inputs in
+    their own dtype. A batch of zero problems (``B = 0``) returns empty results (and zero
+    gradients); an empty problem (``n = 0``) is a ``ValueError``; ``m = 0`` or ``p = 0`` rows are
+    the same as omitting the block.
+
     Raises:
-        TypeError, ValueError: invalid inputs (see ``check_qp_inputs``); NaN/inf entries are not
-            an input error: those elements get ``Status.NON_FINITE``.
+        TypeError, ValueError: invalid inputs (see ``check_qp_inputs``), ``options`` that is not a
+            ``QPOptions``, a ``warm_start`` that is not a ``Solution`` of the solution's shape;
+            NaN/inf entries are not an input error: those elements get ``Status.NON_FINITE``.
         SolverError: ``check=True`` and some element was not solved.
 
     References:
         B. Amos, J. Z. Kolter, "OptNet: Differentiable Optimization as a Layer in Neural
         Networks", ICML 2017. C. Zach, "Bilevel Programs Meet Deep Learning", 2021 (Prop. 2).
     """
-    unbatched = check_qp_inputs(Q, q, G, h, A, b)
     gm = resolve_mode(mode, beta)
-    if options is not None and not isinstance(options, QPOptions):
-        raise TypeError(f"options: expected QPOptions, got {type(options).__name__}")
+    check_instance("options", options, QPOptions)
+    named = {"Q": Q, "q": q, "G": G, "h": h, "A": A, "b": b}
+    for k, v in named.items():
+        if v is not None or k in ("Q", "q"):
+            check_tensor(k, v)
+    check_same_dtype_device(**named)
+    t, low = upcast_low_precision(**named)
+    unbatched = check_qp_inputs(*t.values())
+    n, m, p = Q.shape[-1], 0 if G is None else G.shape[-2], 0 if A is None else A.shape[-2]
+    sizes = [v.shape[0] for v, nd in ((Q, 3), (q, 2), (G, 3), (h, 2), (A, 3), (b, 2))
+             if v is not None and v.dim() == nd]
+    B = sizes[0] if sizes else 1
+    batch = [(n,)] if unbatched else [(B, n), (n,)]
+    check_warm_start("warm_start", warm_start, Q, batch,
+                     {"lam": [(m,)] if unbatched else [(B, m), (m,)],
+                      "nu": [(p,)] if unbatched else [(B, p), (p,)]})
+    if B == 0:
+        return empty_batch_solution((0, n), Q, (Q, q, G, h, A, b), duals={"lam": m, "nu": p},
+                                    residuals=("primal", "dual", "gap"))
+    if warm_start is not None and low is not None:
+        warm_start = cast_solution(warm_start, torch.float32)
     problem = QPProblem(options)
-    sol = gm.apply(problem, (Q, q, G, h, A, b), warm_start)
+    sol = cast_solution(gm.apply(problem, tuple(t.values()), warm_start), low)
     if unbatched:
         sol = Solution(
             z=sol.z[0], duals={k: v[0] for k, v in sol.duals.items()},

@@ -95,8 +95,7 @@ def test_non_contractive_maps_report_non_convergence():
 
 @pytest.mark.parametrize("kwargs, exc, match", [
     (dict(w0=torch.zeros(3)), ValueError, r"expected shape \(B, n\)"),
-    (dict(w0=torch.zeros(0, 3)), ValueError, "non-empty batch"),
-    (dict(w0=torch.zeros(2, 0)), ValueError, "non-empty batch"),
+    (dict(w0=torch.zeros(2, 0)), ValueError, "non-empty problems"),
     (dict(phi=lambda w, a: w[:, :1]), ValueError, "shape of w"),
     (dict(phi=3), TypeError, "callable"),
     (dict(tol=-1.0), ValueError, "tol"),

@@ -10,6 +10,7 @@ A batch of 20 random hyperparameters is one batched problem.
 """
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -257,10 +258,11 @@ def test_mode_names_and_errors():
                       ("conjugate_gradient", "ConjugateGradient")]:
         with pytest.raises(ValueError, match=cls):
             resolve_mode(name)
-    for bad in (-1, 2.5, True, None):
-        with pytest.raises(ValueError, match="int >= 0"):
+    # a negative count is a wrong value, a float / bool / None a wrong type
+    for bad, exc in ((-1, ValueError), (2.5, TypeError), (True, TypeError), (None, TypeError)):
+        with pytest.raises(exc, match="int >= 0"):
             FixedPoint(bad)
-        with pytest.raises(ValueError, match="int >= 0"):
+        with pytest.raises(exc, match="int >= 0"):
             Unrolled(bad)
     assert repr(ConjugateGradient(3)) == "ConjugateGradient(k=3)"
 
@@ -268,9 +270,12 @@ def test_mode_names_and_errors():
 def test_modes_need_a_fixed_point_map():
     from declarative import ReLUProblem
     x = torch.randn(3, 4, requires_grad=True)
-    sol = FixedPoint(5).apply(ReLUProblem(), (x,), None)
+    # raised at the forward, naming the mode and the missing capability (not later, in the backward)
+    for mode in (FixedPoint(5), ConjugateGradient(5), Unrolled(5)):
+        with pytest.raises(ValueError, match=re.escape(repr(mode)) + ".*fixed-point map.*ReLUProblem"):
+            mode.apply(ReLUProblem(), (x,), None)
     with pytest.raises(NotImplementedError, match="fixed-point map"):
-        sol.z.sum().backward()
+        ReLUProblem().fixed_point_map((x,), at=x)
 
 
 def test_linear_solvers_against_dense_solve():
