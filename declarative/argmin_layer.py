@@ -39,6 +39,7 @@ from .validation import check_start
 __all__ = ["argmin", "argmin_solution"]
 
 
+@torch.compiler.disable  # solver: host checks, data-dependent loops (a graph break)
 def argmin_solution(energy: Callable[..., torch.Tensor], z0: torch.Tensor, *params: torch.Tensor,
                     mode: str | GradientMode = "implicit", beta: float | None = None,
                     lower=None, upper=None, solver=None, tol: float | None = None,

@@ -135,6 +135,7 @@ class FixedPointProblem(ArgminProblem):
                                   "implicit_vjp)")
 
 
+@torch.compiler.disable  # solver: host checks, data-dependent loops (a graph break)
 def fixed_point_solution(phi: Callable[..., torch.Tensor], w0: torch.Tensor, *params: torch.Tensor,
                          mode: str | GradientMode = "implicit", tol: float | None = None,
                          max_iter: int = 1000, symmetric: bool = False, rtol: float | None = None,

@@ -37,6 +37,7 @@ def _canonical_lam(lam: torch.Tensor, B: int | None, k: int) -> torch.Tensor:
     raise ValueError(f"lam: expected a float or a tensor of shape {want}, got {tuple(lam.shape)}")
 
 
+@torch.compiler.disable  # solver: host checks, data-dependent loops (a graph break)
 def solve_lasso(D: torch.Tensor, x: torch.Tensor, lam, mu=0.0, *,
                 mode: "str | GradientMode" = "implicit", beta: float | None = None,
                 options: LassoOptions | None = None, warm_start: Solution | None = None,

@@ -128,6 +128,7 @@ def _check_psd_exact(Qs: torch.Tensor, tol: float) -> None:
                          f"{lo.min().item():.3g})")
 
 
+@torch.compiler.disable  # solver: host checks, data-dependent loops (a graph break)
 def solve_qp(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None,
              h: torch.Tensor | None = None, A: torch.Tensor | None = None,
              b: torch.Tensor | None = None, *, mode: "str | GradientMode" = "implicit",
