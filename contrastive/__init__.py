@@ -1,6 +1,7 @@
 """Contrastive differentiation: nudged solves and everything built on contrasting solutions.
 
-Importing this package registers the mode names ``"contrastive"`` and ``"symmetric"``.
+Its gradient modes are also reachable by name from every entry point (``mode="contrastive"`` or
+``"symmetric"`` with ``beta``), whether or not this package was imported first.
 """
 
 from .equilibrium import EquilibriumEstimate, equilibrium_gradient, equilibrium_propagation

@@ -4,7 +4,7 @@
 
 solved by ``declarative.minimize`` (or a solver passed in), differentiated by any gradient mode:
 ``"implicit"`` (matrix-free CG on the Hessian; one-sided rule at weakly active bounds),
-``"contrastive"``/``"symmetric"`` (with ``beta``; nudged re-solves, import ``contrastive`` first),
+``"contrastive"``/``"symmetric"`` (with ``beta``; nudged re-solves),
 or the bilevel modes ``FixedPoint(k)``, ``ConjugateGradient(k)``, ``Unrolled(t)``, ``FirstOrder()``
 on the map ``Φ(w) = P(w − η∇_wE)`` (see ``EnergyProblem`` and ``hypergradient_modes``).
 
@@ -51,7 +51,7 @@ def argmin_solution(energy: Callable[..., torch.Tensor], z0: torch.Tensor, *para
         - Solution.z: ``(B, *event)``; status, iterations: ``(B,)``.
     """
     check_start("z0", z0, params)
-    mode = resolve_mode(mode, beta)
+    mode = resolve_mode(mode, beta, problem=EnergyProblem)
     problem = EnergyProblem(energy, like=z0, lower=lower, upper=upper, solver=solver, tol=tol,
                             max_iter=max_iter, step_size=step_size)
     sol = mode.apply(problem, tuple(params), Solution(z=z0.detach()))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-import contrastive  # noqa: F401  (registers the "contrastive" and "symmetric" mode names)
 from declarative import ActivationProblem, GradientMode, resolve_mode
 from declarative.validation import check_tensor
 
@@ -29,7 +28,7 @@ class ArgminActivation(nn.Module):
                  beta: float | None = None):
         super().__init__()
         self.problem = problem
-        self.mode = resolve_mode(mode, beta)
+        self.mode = resolve_mode(mode, beta, problem=problem)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_tensor("input", x)

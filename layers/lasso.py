@@ -5,9 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-import contrastive  # noqa: F401  (registers the "contrastive" and "symmetric" mode names)
 from declarative import GradientMode, resolve_mode
-from declarative.lasso import LassoOptions, solve_lasso
+from declarative.lasso import LassoOptions, LassoProblem, solve_lasso
 from declarative.solution import Solution
 from declarative.validation import check_positive
 
@@ -45,7 +44,7 @@ class LassoLayer(nn.Module):
                  mu: "float | torch.Tensor" = 0.0, options: LassoOptions | None = None,
                  check: bool = True):
         super().__init__()
-        self.mode = resolve_mode(mode, beta)
+        self.mode = resolve_mode(mode, beta, problem=LassoProblem)
         if not isinstance(mu, torch.Tensor):
             mu = check_positive("mu", mu, allow_zero=True)
         self.mu = mu

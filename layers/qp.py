@@ -5,9 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-import contrastive  # noqa: F401  (registers the "contrastive" and "symmetric" mode names)
 from declarative import GradientMode, resolve_mode
-from declarative.qp import QPOptions, solve_qp
+from declarative.qp import QPOptions, QPProblem, solve_qp
 from declarative.solution import Solution
 
 
@@ -58,7 +57,7 @@ class QPLayer(nn.Module):
     def __init__(self, mode: str | GradientMode = "implicit", beta: float | None = None,
                  options: QPOptions | None = None, check: bool = True):
         super().__init__()
-        self.mode = resolve_mode(mode, beta)
+        self.mode = resolve_mode(mode, beta, problem=QPProblem)
         if options is not None and not isinstance(options, QPOptions):
             raise TypeError(f"options: expected QPOptions, got {type(options).__name__}")
         self.options = options

@@ -139,8 +139,8 @@ def solve_qp(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None,
     The forward is the batched interior-point method ``solve_qp_ipm``; the gradient of a loss of
     ``z*`` reaches all six parameters through ``mode``: ``"implicit"`` (exact one-sided limit,
     including weakly active constraints via the backward QP), ``"contrastive"`` or
-    ``"symmetric"`` with ``beta`` (nudged re-solves ``q → q ± βg``, DESIGN.md §3.1; these modes
-    are registered when the ``contrastive`` package is imported), or any ``GradientMode``.
+    ``"symmetric"`` with ``beta`` (nudged re-solves ``q → q ± βg``, DESIGN.md §3.1), or any
+    ``GradientMode``.
 
     Args:
         Q: quadratic term, symmetric positive semidefinite.
@@ -175,7 +175,7 @@ def solve_qp(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None,
         Networks", ICML 2017. C. Zach, "Bilevel Programs Meet Deep Learning", 2021 (Prop. 2).
     """
     unbatched = check_qp_inputs(Q, q, G, h, A, b)
-    gm = resolve_mode(mode, beta)
+    gm = resolve_mode(mode, beta, problem=QPProblem)
     if options is not None and not isinstance(options, QPOptions):
         raise TypeError(f"options: expected QPOptions, got {type(options).__name__}")
     problem = QPProblem(options)
