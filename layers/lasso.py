@@ -24,7 +24,8 @@ class LassoLayer(nn.Module):
     Args:
         mode: ``"implicit"``, ``"contrastive"``, ``"symmetric"`` or a ``GradientMode`` object.
         beta: nudging strength for the contrastive modes.
-        mu: elastic-net weight (float ≥ 0, or a tensor ``()`` / ``(B,)``, then differentiable).
+        mu: elastic-net weight: a float ≥ 0, or a tensor ``()`` / ``(B,)`` (then differentiable; a
+            tensor is registered as a buffer, an ``nn.Parameter`` as a parameter of the module).
         options: ``LassoOptions``.
         check: raise ``SolverError`` on failed batch elements (else see ``.solve(...).status``).
 
@@ -45,9 +46,13 @@ class LassoLayer(nn.Module):
                  check: bool = True):
         super().__init__()
         self.mode = resolve_mode(mode, beta, problem=LassoProblem)
-        if not isinstance(mu, torch.Tensor):
-            mu = check_positive("mu", mu, allow_zero=True)
-        self.mu = mu
+        if isinstance(mu, nn.Parameter):
+            self.mu = mu   # learned: a parameter of the module
+        elif isinstance(mu, torch.Tensor):
+            # a buffer: in the state_dict, moved by .to(device, dtype), copied with the module
+            self.register_buffer("mu", mu)
+        else:
+            self.mu = check_positive("mu", mu, allow_zero=True)
         self.options = options
         self.check = check
 
