@@ -1,5 +1,6 @@
 """``torch.nn.Module`` wrappers around declared argmin problems, usable in ``nn.Sequential``."""
 
+from . import ddp
 from .activation import ArgminActivation
 from .box import ArgminBox, ArgminHardsigmoid, ArgminHardtanh
 from .lasso import LassoLayer

@@ -2,6 +2,11 @@
 a batch, get the gradients of one process on the whole batch, for a model with ``ArgminReLU``
 (contrastive), ``QPLayer`` and ``LassoLayer`` (with a learned dictionary).
 
+The contrastive backward is not linear in the cotangent, so each rank's loss is its share of the
+*global* batch loss (sum over its samples / global batch size: every sample receives the cotangent
+it receives in one process) and the ranks' gradients are summed, not averaged
+(``layers.ddp.allreduce_sum_hook``).
+
 The processes are started by ``torch.multiprocessing.spawn`` and meet over TCP on localhost, on a
 free port; the test is bounded by a timeout.
 """
@@ -16,6 +21,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 import layers
+from layers.ddp import allreduce_sum_hook
 
 WORLD = 2
 BATCH = 8
@@ -29,7 +35,7 @@ class ArgminNet(nn.Module):
         super().__init__()
         gen = torch.Generator().manual_seed(0)
         self.lin1 = nn.Linear(6, 4).double()
-        self.act = layers.ArgminReLU(mode="contrastive", beta=0.5)
+        self.act = layers.ArgminReLU(mode="contrastive", beta=20.0)
         self.qp = layers.QPLayer()
         self.lin2 = nn.Linear(4, 5).double()
         self.D = nn.Parameter(torch.randn(5, 7, generator=gen, dtype=F64))
@@ -53,7 +59,8 @@ def _data():
 
 
 def _loss(model, x, y):
-    return ((model(x) - y) ** 2).sum(1).mean()
+    """This batch's share of the global batch-mean loss (the mean when x is the whole batch)."""
+    return ((model(x) - y) ** 2).sum() / BATCH
 
 
 def _worker(rank, port, out_dir):
@@ -62,9 +69,10 @@ def _worker(rank, port, out_dir):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
     try:
         model = nn.parallel.DistributedDataParallel(ArgminNet())
+        model.register_comm_hook(None, allreduce_sum_hook)
         x, y = _data()
         shard = slice(rank * BATCH // WORLD, (rank + 1) * BATCH // WORLD)
-        _loss(model, x[shard], y[shard]).backward()   # DDP averages the gradients over the ranks
+        _loss(model, x[shard], y[shard]).backward()   # the hook sums the gradients over the ranks
         grads = {name: p.grad.detach().clone() for name, p in model.module.named_parameters()}
         torch.save(grads, os.path.join(out_dir, f"grads{rank}.pt"))
     finally:
@@ -93,9 +101,13 @@ def test_ddp_two_processes_equal_one_process_on_the_whole_batch(tmp_path):
     model = ArgminNet()
     x, y = _data()
     _loss(model, x, y).backward()
-    expected = {name: p.grad for name, p in model.named_parameters()}
+    expected = {name: p.grad.clone() for name, p in model.named_parameters()}
     per_rank = [torch.load(tmp_path / f"grads{r}.pt", weights_only=True) for r in range(WORLD)]
     assert set(per_rank[0]) == set(expected) == {"lin1.weight", "lin1.bias", "lin2.weight", "lin2.bias", "D"}
+    # the test exercises the nonlinearity: twice the cotangent does not give twice the gradient
+    model.zero_grad()
+    (2 * _loss(model, x, y)).backward()
+    assert not torch.allclose(model.lin1.weight.grad, 2 * expected["lin1.weight"], rtol=1e-3)
     for name, g in expected.items():
         assert bool((g != 0).any()), name
         torch.testing.assert_close(per_rank[1][name], per_rank[0][name], rtol=0, atol=0)  # all-reduced
