@@ -12,6 +12,10 @@ from declarative.validation import check_tensor
 class ArgminActivation(nn.Module):
     """``z = argmin_z ψ(z) − aᵀz`` applied to the input, differentiated by a gradient mode.
 
+    The closed form and the mode's backward are torch operations in a ``torch.autograd.Function``
+    with ``setup_context``: ``torch.compile(..., fullgraph=True)`` traces both into the graph, and
+    ``torch.func.vmap`` batches them (``generate_vmap_rule``).
+
     Args:
         problem: the ``ActivationProblem`` (closed form and one-sided derivative).
         mode: ``"implicit"`` (exact one-sided derivative), ``"contrastive"`` or ``"symmetric"``

@@ -21,6 +21,9 @@ class LassoLayer(nn.Module):
     ``mu``). ``"implicit"`` solves the linear system on the support and, where a zero coefficient
     has ``|correlation| = lam`` exactly (weakly active), the one-sided backward QP (DESIGN.md §3.2).
 
+    Under ``torch.compile`` the solve runs eagerly (``solve_lasso`` is wrapped in
+    ``torch.compiler.disable``: one graph break); the model around the layer compiles.
+
     Args:
         mode: ``"implicit"``, ``"contrastive"``, ``"symmetric"`` or a ``GradientMode`` object.
         beta: nudging strength for the contrastive modes.

@@ -26,6 +26,10 @@ class QPLayer(nn.Module):
     Either constraint block may be omitted. Unbatched parameters (e.g. a learned ``G``) broadcast
     against batched ones and receive the gradient summed over the batch.
 
+    Under ``torch.compile`` the solve runs eagerly (``solve_qp`` is wrapped in
+    ``torch.compiler.disable``: one graph break, since the solver checks convergence on the host);
+    the model around the layer compiles, and gradients equal the eager ones.
+
     Args:
         mode: ``"implicit"``, ``"contrastive"``, ``"symmetric"`` or a ``GradientMode`` object.
         beta: nudging strength, required by the contrastive modes.
