@@ -1,7 +1,6 @@
 """Smoke tests of the main job (examples/fenchel_mnist.py) and its MNIST loader, on tiny subsets."""
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -106,21 +105,11 @@ def test_main_writes_table_and_plot(data, tmp_path, capsys):
 def test_ddp_under_torchrun_trains_as_one_process(data, tmp_path):
     """``torchrun --nproc_per_node=2 fenchel_mnist.py --ddp`` (gloo, localhost) writes the history of
     the single-process run: the same errors, the same losses up to float32 round-off."""
-    import socket
-    import subprocess
+    from torchrun import run_torchrun
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     args = ["--train-size", "500", "--test-size", "200", "--epochs", "2", "--inits", "glorot",
             "--methods", "fenchel", "--betas", "10", "--no-progress"]
-    root = EXAMPLES.parent
-    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                          "--master_addr=127.0.0.1", f"--master_port={port}", str(EXAMPLES / "fenchel_mnist.py"),
-                          "--ddp", "--out", str(tmp_path / "ddp"), *args],
-                         cwd=root, capture_output=True, text=True, timeout=240,
-                         env={**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"})
-    assert out.returncode == 0, out.stderr[-3000:]
+    out = run_torchrun("fenchel_mnist.py", ["--ddp", "--out", str(tmp_path / "ddp"), *args])
     assert out.stdout.count("epoch  1:") == 1   # rank 0 prints, rank 1 does not
     config = fm.Config("glorot", "fenchel", 10.0)
     single = fm.train_config(config, data, 2, tmp_path / "single", train_size=500, test_size=200,
