@@ -72,7 +72,6 @@ class _MinimalReLUFunction(torch.autograd.Function):
         return torch.ops.aten.threshold_backward(g, z, 0)
 
 
-
 # the precomputed signature that ``declarative.argmin_function`` gives its Functions' forward
 _MinimalReLUFunction.forward.__signature__ = inspect.signature(_MinimalReLUFunction.forward)
 
