@@ -1,14 +1,18 @@
 """Contrastive differentiation: nudged solves and everything built on contrasting solutions.
 
-Importing this package registers the mode names ``"contrastive"`` and ``"symmetric"``.
+Its gradient modes are also reachable by name from every entry point (``mode="contrastive"`` or
+``"symmetric"`` with ``beta``), whether or not this package was imported first. The
+finite-difference stencils of equilibrium propagation are in ``contrastive.finite_difference``.
 """
+
+from declarative._version import __version__
 
 from .equilibrium import EquilibriumEstimate, equilibrium_gradient, equilibrium_propagation
 from .equilibrium_mode import EquilibriumProp
-from .finite_difference import ep_stencil, forward_difference_coefficients
 from .modes import Contrastive, Symmetric
 
 __all__ = [
-    "Contrastive", "EquilibriumEstimate", "EquilibriumProp", "Symmetric", "ep_stencil",
-    "equilibrium_gradient", "equilibrium_propagation", "forward_difference_coefficients",
+    "__version__",
+    "Contrastive", "EquilibriumEstimate", "EquilibriumProp", "Symmetric",
+    "equilibrium_gradient", "equilibrium_propagation",
 ]

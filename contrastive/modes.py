@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from declarative.errors import SolverError
-from declarative.modes import GradientMode, check_beta, register_mode
+from declarative.modes import GradientMode, check_beta
 from declarative.solution import Solution
 from declarative.status import Status
 
@@ -60,6 +60,7 @@ class Contrastive(GradientMode):
     """
 
     name = "contrastive"
+    requires = frozenset({"nudged"})
 
     def __init__(self, beta: float):
         self.beta = check_beta(beta, self.name)
@@ -85,6 +86,7 @@ class Symmetric(GradientMode):
     """
 
     name = "symmetric"
+    requires = frozenset({"nudged"})
 
     def __init__(self, beta: float):
         self.beta = check_beta(beta, self.name)
@@ -97,6 +99,3 @@ class Symmetric(GradientMode):
     def __repr__(self):
         return f"Symmetric(beta={self.beta:g})"
 
-
-register_mode("contrastive", Contrastive, takes_beta=True)
-register_mode("symmetric", Symmetric, takes_beta=True)

@@ -1,29 +1,40 @@
 """Declarative core: problems declare, solvers return a ``Solution``, gradient modes are objects.
 
-Imports nothing from ``contrastive`` or ``layers``.
+Imports nothing from ``contrastive`` or ``layers`` at import time (the mode names ``"contrastive"``
+and ``"symmetric"`` import ``contrastive.modes`` by name on first use). Exceptions follow one
+policy (``declarative.errors``): ``TypeError`` for wrong types and dtypes, ``ValueError`` for wrong
+values and shapes, ``SolverError`` for numerical failure.
+
+Internals are reached through their submodules (e.g. ``declarative.argmin_function``,
+``declarative.broadcasting``, ``declarative.validation``), not from this namespace.
 """
 
+from ._version import __version__
 from .activations import ActivationProblem, BoxProblem, ReLUProblem, SoftmaxProblem, SparsemaxProblem
 from .argmin_layer import argmin, argmin_solution
-from .argmin_function import ArgminFunction, apply_argmin_function
-from .broadcasting import sum_to_shape
 from .energy_problem import EnergyProblem
 from .errors import SolverError
 from .fixed_point_layer import FixedPointProblem, fixed_point, fixed_point_solution
 from .hypergradient_modes import ConjugateGradient, FirstOrder, FixedPoint, Unrolled
 from .lasso import LassoOptions, LassoProblem, solve_lasso
 from .minimizer import minimize
-from .modes import GradientMode, Implicit, check_beta, register_mode, resolve_mode
+from .modes import GradientMode, Implicit, register_mode, resolve_mode
 from .problem import ArgminProblem
 from .qp import QPOptions, QPProblem, solve_qp, solve_qp_ipm
 from .solution import Solution
 from .status import Status
 
 __all__ = [
-    "ActivationProblem", "ArgminFunction", "ArgminProblem", "BoxProblem", "GradientMode",
-    "Implicit", "LassoOptions", "LassoProblem", "ReLUProblem", "SoftmaxProblem", "Solution", "SolverError", "SparsemaxProblem",
-    "ConjugateGradient", "EnergyProblem", "FirstOrder", "FixedPoint", "FixedPointProblem", "Unrolled",
+    "__version__",
+    # functions: differentiable argmin / fixed point / QP / lasso, and the plain minimiser
     "argmin", "argmin_solution", "fixed_point", "fixed_point_solution", "minimize",
-    "QPOptions", "QPProblem", "solve_qp", "solve_qp_ipm",
-    "Status", "apply_argmin_function", "check_beta", "register_mode", "resolve_mode", "solve_lasso", "sum_to_shape",
+    "solve_lasso", "solve_qp", "solve_qp_ipm",
+    # gradient modes
+    "ConjugateGradient", "FirstOrder", "FixedPoint", "GradientMode", "Implicit", "Unrolled",
+    "register_mode", "resolve_mode",
+    # problems
+    "ActivationProblem", "ArgminProblem", "BoxProblem", "EnergyProblem", "FixedPointProblem",
+    "LassoProblem", "QPProblem", "ReLUProblem", "SoftmaxProblem", "SparsemaxProblem",
+    # options, results, errors
+    "LassoOptions", "QPOptions", "Solution", "SolverError", "Status",
 ]

@@ -1,21 +1,83 @@
-"""The one ``torch.autograd.Function`` through which every declared problem is differentiated.
+"""The ``torch.autograd.Function`` objects through which every declared problem is differentiated.
 
-Its forward calls ``problem.solve``; its backward hands the cotangent ``g = ∂ℓ/∂z`` to the gradient
-mode's ``vjp``. Problems never contain a backward and modes never contain a solver, so a new
-problem gets every mode and a new mode works for every problem that declares what it needs.
+Their forward calls ``problem.solve``; their backward hands the cotangent ``g = ∂ℓ/∂z`` to the
+gradient mode's ``vjp``. Problems never contain a backward and modes never contain a solver, so a
+new problem gets every mode and a new mode works for every problem that declares what it needs.
+
+Two Functions, one protocol:
+
+* ``ClosedFormFunction`` for problems with ``closed_form = True`` (the activations): one tensor in
+  the problem's own shape out, written in torch ops only. ``torch.compile`` traces its forward and
+  the mode's backward into the graph (``fullgraph=True`` works), and ``torch.func.vmap`` batches it
+  through the public rule ``generate_vmap_rule = True``.
+* ``ArgminFunction`` for iterative solvers: the whole ``Solution`` (multipliers, statuses, solver
+  caches) travels as a tuple of tensors. Solvers check convergence on the host and run
+  data-dependent loops, so ``apply_argmin_function`` runs them outside ``torch.compile``'s graph
+  (``torch.compiler.disable``: one clean graph break; the model around the layer still compiles,
+  and autograd connects the compiled parts with the solver's backward).
 """
 
 from __future__ import annotations
 
+import inspect
+
 import torch
-from torch._functorch.autograd_function import custom_function_call
 
 from .broadcasting import sum_to_shape
 from .solution import Solution
 
 
+def _with_cached_signature(forward):
+    # ``Function.apply`` binds its arguments to ``inspect.signature(forward)`` on every call when
+    # ``setup_context`` is defined; a precomputed ``__signature__`` spares recomputing it (the
+    # binding itself remains, a few µs per call).
+    forward.__signature__ = inspect.signature(forward)
+    return forward
+
+
+def _vjp_grads(problem, mode, params, solution, g, needs):
+    """The mode's gradients summed back to each parameter's own shape (``None`` where not needed)."""
+    grads = mode.vjp(problem, params, solution, g, needs)
+    return [sum_to_shape(grad, p.shape) if need and grad is not None else None
+            for grad, need, p in zip(grads, needs, params)]
+
+
+class ClosedFormFunction(torch.autograd.Function):
+    """``z* = argmin_z E(z; θ)`` for a problem whose forward is a closed form in torch ops.
+
+    Inputs: ``problem, mode, *params``; output: ``z`` (``problem.solve(params).z``).
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    @_with_cached_signature
+    def forward(problem, mode, *params):
+        return problem.solve(params).z
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        # Kept lean: this and ``backward`` run once per layer per training step (bench_fenchel.py).
+        ctx.problem, ctx.mode = inputs[0], inputs[1]
+        ctx.save_for_backward(*inputs[2:], output)
+
+    @staticmethod
+    def backward(ctx, g):
+        *params, z = ctx.saved_tensors
+        problem = ctx.problem
+        if torch.is_grad_enabled():
+            # Double backward (create_graph=True): the closed form re-solved in torch ops makes the
+            # backward's dependence on z* exact. Through the saved output it would be differentiated
+            # by this mode's own vjp, so e.g. Contrastive's second derivative would mix in its O(β) bias.
+            solution = problem.solve(params)
+        else:
+            solution = Solution(z=z)
+        needs = ctx.needs_input_grad[2:]
+        return (None, None, *_vjp_grads(problem, ctx.mode, params, solution, g, needs))
+
+
 class ArgminFunction(torch.autograd.Function):
-    """``z* = argmin_z E(z; θ)`` as an autograd node (forward + ``setup_context`` + backward).
+    """``z* = argmin_z E(z; θ)`` for an iterative solver, as an autograd node.
 
     Inputs: ``problem, mode, warm_start, names_box, *params``. ``names_box`` is a list that the
     forward fills with the names of the flattened ``Solution`` fields, so that the caller can
@@ -23,18 +85,8 @@ class ArgminFunction(torch.autograd.Function):
     Outputs: ``(z, *other solution tensors)``; only ``z`` is differentiable.
     """
 
-    generate_vmap_rule = True
-
-    @classmethod
-    def apply(cls, *args):
-        # ``Function.apply`` binds the arguments with ``inspect.signature`` on every call when
-        # ``setup_context`` is defined (~50 µs); ``forward`` has no defaults or keywords, so the
-        # binding is the identity and is skipped here. Everything else is as in ``Function.apply``.
-        if not torch._C._are_functorch_transforms_active():
-            return super(torch.autograd.Function, cls).apply(*args)
-        return custom_function_call(cls, *args)
-
     @staticmethod
+    @_with_cached_signature
     def forward(problem, mode, warm_start, names_box, *params):
         sol = problem.solve(params, warm_start=warm_start)
         names, tensors = sol.flatten()
@@ -43,7 +95,6 @@ class ArgminFunction(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        # Kept lean: this and ``backward`` run once per layer per training step (bench_fenchel.py).
         ctx.problem, ctx.mode, ctx.names = inputs[0], inputs[1], tuple(inputs[3])
         ctx.n_params = len(inputs) - 4
         if len(output) > 1:
@@ -60,24 +111,26 @@ class ArgminFunction(torch.autograd.Function):
         solution = Solution.unflatten(ctx.names, saved[n:])
         if g is None:   # (materialize_grads off: z received no cotangent)
             g = torch.zeros_like(solution.z)
-        if ctx.problem.closed_form and torch.is_grad_enabled():
-            # Double backward (create_graph=True): a closed form re-solved in torch ops makes the
-            # backward's dependence on z* exact. Through the saved output it would be differentiated
-            # by this mode's own vjp, so e.g. Contrastive's second derivative would mix in its O(β) bias.
-            solution = ctx.problem.solve(params)
         needs = ctx.needs_input_grad[4:]
-        grads = ctx.mode.vjp(ctx.problem, params, solution, g, needs)
-        # Each gradient is summed back to its parameter's shape (the saved parameter; None ones need none).
-        return (None, None, None, None,
-                *[sum_to_shape(grad, p.shape) if need and grad is not None else None
-                  for grad, need, p in zip(grads, needs, params)])
+        return (None, None, None, None, *_vjp_grads(ctx.problem, ctx.mode, params, solution, g, needs))
 
 
-def apply_argmin_function(problem, mode, params, warm_start: Solution | None = None) -> Solution:
-    """Solve ``problem`` at ``params`` and return a ``Solution`` whose ``z`` is differentiable
-    through ``mode``."""
+@torch.compiler.disable
+def _apply_solver_function(problem, mode, params, warm_start: Solution | None) -> Solution:
     names: list[str] = []
     outputs = ArgminFunction.apply(problem, mode, warm_start, names, *params)
     if not isinstance(outputs, tuple):
         outputs = (outputs,)
     return Solution.unflatten(names, outputs)
+
+
+def apply_argmin_function(problem, mode, params, warm_start: Solution | None = None) -> Solution:
+    """Solve ``problem`` at ``params`` and return a ``Solution`` whose ``z`` is differentiable
+    through ``mode``.
+
+    Closed forms (``problem.closed_form``) go through ``ClosedFormFunction`` and compile into a
+    ``torch.compile`` graph; iterative solvers go through ``ArgminFunction``, run outside it.
+    """
+    if problem.closed_form:
+        return Solution(z=ClosedFormFunction.apply(problem, mode, *params))
+    return _apply_solver_function(problem, mode, params, warm_start)

@@ -4,7 +4,7 @@
 
 solved by ``declarative.minimize`` (or a solver passed in), differentiated by any gradient mode:
 ``"implicit"`` (matrix-free CG on the Hessian; one-sided rule at weakly active bounds),
-``"contrastive"``/``"symmetric"`` (with ``beta``; nudged re-solves, import ``contrastive`` first),
+``"contrastive"``/``"symmetric"`` (with ``beta``; nudged re-solves),
 or the bilevel modes ``FixedPoint(k)``, ``ConjugateGradient(k)``, ``Unrolled(t)``, ``FirstOrder()``
 on the map ``Φ(w) = P(w − η∇_wE)`` (see ``EnergyProblem`` and ``hypergradient_modes``).
 
@@ -40,6 +40,7 @@ from .validation import check_callable, check_start, scalar_params
 __all__ = ["argmin", "argmin_solution"]
 
 
+@torch.compiler.disable  # solver: host checks, data-dependent loops (a graph break)
 def argmin_solution(energy: Callable[..., torch.Tensor], z0: torch.Tensor, *params: torch.Tensor,
                     mode: str | GradientMode = "implicit", beta: float | None = None,
                     lower=None, upper=None, solver=None, tol: float | None = None,
@@ -53,7 +54,7 @@ def argmin_solution(energy: Callable[..., torch.Tensor], z0: torch.Tensor, *para
     check_callable("energy", energy, "energy(z, *params) -> (B,)")
     check_start("z0", z0, params)
     params = scalar_params(params, z0)
-    mode = resolve_mode(mode, beta)
+    mode = resolve_mode(mode, beta, problem=EnergyProblem)
     problem = EnergyProblem(energy, like=z0, lower=lower, upper=upper, solver=solver, tol=tol,
                             max_iter=max_iter, step_size=step_size)
     if z0.shape[0] == 0:

@@ -1,4 +1,25 @@
-"""The one exception type raised when a solve fails for some batch elements."""
+"""The exception policy of the library, and ``SolverError``, the exception of numerical failure.
+
+Every public entry point (``declarative``, ``contrastive``, ``layers``) raises exactly one of three
+exception types, chosen by what went wrong:
+
+* ``TypeError`` – an argument of the wrong *type* or *dtype*: a list where a tensor is expected, an
+  integer tensor where a floating one is expected, an options object of the wrong class, a ``bool``
+  where a number is expected, a mode that is neither a string nor a ``GradientMode``.
+* ``ValueError`` – an argument of the right type with a wrong *value* or *shape*: mismatched or
+  missing dimensions, mixed dtypes or devices between arguments, a negative weight, a non-positive
+  tolerance or step, an unknown mode name, a mode the problem cannot support, a matrix that is not
+  symmetric positive semidefinite where one is required.
+* ``SolverError`` (a ``RuntimeError``) – valid inputs on which the numerical method did not deliver:
+  infeasible, unbounded or non-finite problems, iteration limits. It names the failing batch
+  elements and their ``Status``; the ``Solution`` it carries holds the other, solved, elements.
+  With ``check=False`` the entry points return the per-element statuses instead of raising.
+
+Messages name the offending argument (as the user spelled it), say what was expected and what was
+received. Non-finite values *inside* the data of a batched solver are not an input error: those
+elements get ``Status.NON_FINITE`` (and a ``SolverError`` under ``check=True``), so that one bad
+element never takes the others down.
+"""
 
 from __future__ import annotations
 

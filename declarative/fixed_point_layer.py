@@ -135,6 +135,7 @@ class FixedPointProblem(ArgminProblem):
                                   "implicit_vjp)")
 
 
+@torch.compiler.disable  # solver: host checks, data-dependent loops (a graph break)
 def fixed_point_solution(phi: Callable[..., torch.Tensor], w0: torch.Tensor, *params: torch.Tensor,
                          mode: str | GradientMode = "implicit", tol: float | None = None,
                          max_iter: int = 1000, symmetric: bool = False, rtol: float | None = None,
@@ -150,7 +151,7 @@ def fixed_point_solution(phi: Callable[..., torch.Tensor], w0: torch.Tensor, *pa
     tol = default_tol(w0.dtype) if tol is None else check_positive("tol", tol, allow_zero=True)
     check_count("max_iter", max_iter)
     rtol = default_cg_rtol(w0.dtype) if rtol is None else check_real("rtol", rtol, minimum=0.0)
-    mode = resolve_mode(mode)
+    mode = resolve_mode(mode, problem=FixedPointProblem)
     n = w0.shape[1:].numel()
     problem = FixedPointProblem(phi, tol=tol, max_iter=max_iter, symmetric=symmetric, rtol=rtol,
                                 cg_max_iter=max(10 * n, 100))

@@ -32,10 +32,11 @@ the backward forms ``∂_wΦ`` as a dense matrix once (``D`` VJPs in one vmapped
 ``k`` separate VJPs — same iterates up to round-off, much less autograd overhead when ``k`` is large
 against the size ``D`` of ``w`` (policy and the CG finite-termination shortcut: ``dense_jacobian``).
 
-String names: ``"first_order"`` resolves to ``FirstOrder()``. ``"fixed_point"``,
-``"conjugate_gradient"`` and ``"unrolled"`` are registered too, but only to say that a string
-cannot carry ``k``/``t`` — pass the mode object (``resolve_mode`` takes ``beta`` only, and a
-default number of steps would silently decide the accuracy of the gradient).
+String names: ``"first_order"`` resolves to ``FirstOrder()``. ``FixedPoint``,
+``ConjugateGradient`` and ``Unrolled`` are passed as objects: a string cannot carry ``k``/``t``
+(and a default number of steps would silently decide the accuracy of the gradient);
+``resolve_mode`` says so for the names ``"fixed_point"``, ``"conjugate_gradient"`` and
+``"unrolled"``.
 
 References:
     R. Grazzi, L. Franceschi, M. Pontil, S. Salzo. On the iteration complexity of hypergradient
@@ -50,8 +51,7 @@ import torch
 from .dense_jacobian import DenseJacobian, check_jacobian_policy, use_dense_jacobian
 from .linear_solvers import batch_dot, fixed_point_iteration
 from .linearisation import FixedPointLinearisation
-from .modes import GradientMode, register_mode
-from .problem import ArgminProblem
+from .modes import GradientMode, check_mode_supports
 from .solution import Solution
 from .status import Status
 from .validation import check_count, check_real
@@ -59,25 +59,18 @@ from .validation import check_count, check_real
 __all__ = ["ConjugateGradient", "FirstOrder", "FixedPoint", "Unrolled"]
 
 
-def _require_fixed_point_map(mode: GradientMode, problem) -> None:
-    """A ``ValueError`` naming the mode and the missing capability when ``problem`` declares no
-    fixed-point map (raised before the forward solve, not in the backward)."""
-    if type(problem).fixed_point_map is ArgminProblem.fixed_point_map:
-        raise ValueError(f"mode {mode!r} needs a problem with a fixed-point map Φ(w, θ); "
-                         f"{type(problem).__name__} declares none (use declarative.argmin or "
-                         "declarative.fixed_point, or another mode)")
-
-
 class _AIDSteps(GradientMode):
     """Shared by the AID modes with ``k`` steps: ``k``, the Jacobian policy, the linearisation at
     the solution and the choice between the dense Jacobian and the VJPs (``dense_jacobian``)."""
+
+    requires = frozenset({"fixed_point_map"})
 
     def __init__(self, k: int, jacobian: str = "auto"):
         self.k = check_count("k", k, what=" (a number of steps)")
         self.jacobian = check_jacobian_policy(jacobian)
 
     def apply(self, problem, params, warm_start: Solution | None = None) -> Solution:
-        _require_fixed_point_map(self, problem)
+        check_mode_supports(self, problem)
         return super().apply(problem, params, warm_start)
 
     def _linearise(self, problem, params, solution, needs):
@@ -148,6 +141,7 @@ class Unrolled(GradientMode):
     """
 
     name = "unrolled"
+    requires = frozenset({"fixed_point_map"})
     #: the forward is a truncated iteration: layers do not raise for MAX_ITERATIONS
     truncated = True
 
@@ -156,7 +150,7 @@ class Unrolled(GradientMode):
         self.tol = check_real("tol", tol, minimum=0.0, inclusive=True)
 
     def apply(self, problem, params, warm_start: Solution | None = None) -> Solution:
-        _require_fixed_point_map(self, problem)
+        check_mode_supports(self, problem)
         if warm_start is None:
             raise ValueError("Unrolled needs a warm start w₀ (the initial point of the unrolled "
                              "iteration)")
@@ -193,16 +187,3 @@ class FirstOrder(GradientMode):
         return tuple(torch.zeros_like(p) if need and p is not None else None
                      for p, need in zip(params, needs))
 
-
-def _needs_steps(name: str, cls: str, arg: str):
-    def factory():
-        raise ValueError(f"mode {name!r} needs its number of steps, which a string cannot carry: "
-                         f"pass the object declarative.{cls}({arg}=...)")
-    return factory
-
-
-register_mode("first_order", FirstOrder, takes_beta=False)
-register_mode("fixed_point", _needs_steps("fixed_point", "FixedPoint", "k"), takes_beta=False)
-register_mode("conjugate_gradient", _needs_steps("conjugate_gradient", "ConjugateGradient", "k"),
-              takes_beta=False)
-register_mode("unrolled", _needs_steps("unrolled", "Unrolled", "t"), takes_beta=False)

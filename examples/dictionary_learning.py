@@ -28,6 +28,14 @@ Usage::
     python examples/dictionary_learning.py            # default: < 3 min on one core
     python examples/dictionary_learning.py --full     # more atoms and epochs
     python examples/dictionary_learning.py --modes implicit --epochs 5
+    torchrun --nproc_per_node=2 examples/dictionary_learning.py --ddp   # data-parallel, gloo
+
+With ``--ddp`` (under ``torchrun``) every mini-batch of ``--batch`` images is split over the ``W``
+processes (rank ``r`` takes every ``W``-th image of it); each rank's loss is its share of the batch
+mean (its summed loss / the batch size) and the ranks' gradients are summed
+(``layers.ddp.allreduce_sum_hook``), so the training is that of one process: the contrastive
+backward is not linear in the cotangent, and each image must receive the cotangent it receives in
+one process. Rank 0 prints and saves the picture.
 
 References:
     J. Mairal, F. Bach, J. Ponce, "Task-driven dictionary learning", IEEE TPAMI 34(4), 2012.
@@ -38,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import sys
 import time
 from pathlib import Path
@@ -104,32 +113,64 @@ def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
     return (logits.argmax(-1) == y).double().mean().item()
 
 
+class TaskDrivenModel(torch.nn.Module):
+    """Lasso codes of a learned dictionary ``D`` (64 × k), classified by a linear ``head``."""
+
+    def __init__(self, D0: torch.Tensor, head: torch.nn.Linear, lasso: LassoLayer, lam: float):
+        super().__init__()
+        self.D = torch.nn.Parameter(D0.clone())
+        self.head = head
+        self.lasso = lasso
+        self.lam = lam
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.lasso(self.D, x, self.lam))
+
+
+def _rank_and_world() -> tuple[int, int]:
+    """``(rank, world size)``: ``(0, 1)`` unless a process group is initialised (``--ddp``)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
 def train_task_driven(mode: str, data, D0: torch.Tensor, head0: torch.nn.Linear, args,
                       progress: bool) -> dict:
     from tqdm import tqdm
 
     x_tr, y_tr, x_te, y_te = data
+    rank, world = _rank_and_world()
     beta = None if mode == "implicit" else args.beta
-    lasso = LassoLayer(mode=mode, beta=beta, mu=args.mu)
     torch.manual_seed(args.seed)
-    D = torch.nn.Parameter(D0.clone())
-    head = copy.deepcopy(head0)  # start from the classifier of the unlearned dictionary
+    # start from the classifier of the unlearned dictionary
+    net = TaskDrivenModel(D0, copy.deepcopy(head0), LassoLayer(mode=mode, beta=beta, mu=args.mu), args.lam)
+    D, head = net.D, net.head
+    model = net
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(net)
+        model.register_comm_hook(None, layers.ddp.allreduce_sum_hook)
     opt = torch.optim.Adam([{"params": [D], "lr": args.lr_dict},
                             {"params": head.parameters(), "lr": args.lr}])
     gen = torch.Generator().manual_seed(args.seed)
     t0 = time.perf_counter()
     n_steps = args.epochs * ((x_tr.shape[0] + args.batch - 1) // args.batch)
-    bar = tqdm(total=n_steps, desc=f"{mode:>11}", disable=not progress, leave=True)
+    bar = tqdm(total=n_steps, desc=f"{mode:>11}", disable=not progress or rank > 0, leave=True)
     loss_val = float("nan")
     for _ in range(args.epochs):
         perm = torch.randperm(x_tr.shape[0], generator=gen)
         for i in range(0, len(perm), args.batch):
             j = perm[i:i + args.batch]
-            z = lasso(D, x_tr[j], args.lam)
-            loss = F.cross_entropy(head(z), y_tr[j])
+            if world == 1:
+                loss = F.cross_entropy(model(x_tr[j]), y_tr[j])
+            else:   # this rank's share of the batch mean; the hook sums the ranks' gradients
+                mine = j[rank::world]
+                loss = F.cross_entropy(model(x_tr[mine]), y_tr[mine], reduction="sum") / len(j)
             opt.zero_grad()
             loss.backward()
             opt.step()
+            if world > 1:   # the batch's loss, for the progress bar and the table
+                loss = loss.detach().clone()
+                torch.distributed.all_reduce(loss)
             with torch.no_grad():  # unit-norm atoms (the constraint set of the dictionary)
                 D /= D.norm(dim=0, keepdim=True).clamp(min=1e-12)
             loss_val = loss.item()
@@ -218,6 +259,9 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--ddp", action="store_true",
+                   help="data-parallel under torchrun (gloo): torchrun --nproc_per_node=2 "
+                        "examples/dictionary_learning.py --ddp")
     args = p.parse_args(argv)
     if args.atoms is None:
         args.atoms = 100 if args.full else 48
@@ -232,24 +276,44 @@ def parse_args(argv=None):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if not args.ddp:
+        return run(args)
+    if "RANK" not in os.environ:
+        raise SystemExit("--ddp: run under torchrun, e.g. torchrun --nproc_per_node=2 "
+                         "examples/dictionary_learning.py --ddp")
+    torch.distributed.init_process_group("gloo")
+    try:
+        return run(args)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def run(args) -> dict:
+    """Baselines, then task-driven training in every mode; prints the table and saves the atoms
+    (rank 0 only under ``--ddp``; every rank returns the results)."""
+    rank, world = _rank_and_world()
+    say = print if rank == 0 else (lambda *a, **k: None)
     torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)   # the baseline heads' initialisation: reproducible, equal on every rank
     data = load_data(args.seed, args.train_size, args.test_size)
     D0 = initial_dictionary(data[0], args.atoms, args.seed)
-    print(f"load_digits: {data[0].shape[0]} train / {data[2].shape[0]} test images, "
-          f"{args.atoms} atoms, lam={args.lam}, mu={args.mu}, beta={args.beta}, {args.epochs} epochs")
+    say(f"load_digits: {data[0].shape[0]} train / {data[2].shape[0]} test images, "
+        f"{args.atoms} atoms, lam={args.lam}, mu={args.mu}, beta={args.beta}, {args.epochs} epochs"
+        + (f", {world} processes" if world > 1 else ""))
     results, head0 = baselines(data, D0, args)
     learned = {}
     for mode in args.modes:
         r = train_task_driven(mode, data, D0, head0, args, progress=not args.no_progress)
         learned[mode] = r.pop("D")
         results.append(r)
-    print(f"\n{'method':28s} {'test acc':>9s} {'train acc':>10s} {'train loss':>11s} "
-          f"{'nonzeros':>9s} {'time (s)':>9s}")
+    say(f"\n{'method':28s} {'test acc':>9s} {'train acc':>10s} {'train loss':>11s} "
+        f"{'nonzeros':>9s} {'time (s)':>9s}")
     for r in results:
-        print(f"{r['method']:28s} {r['test_accuracy']:9.4f} {r['train_accuracy']:10.4f} "
-              f"{r['train_loss']:11.4f} {r['sparsity']:9.3f} {r['time']:9.1f}")
-    save_atoms(D0, learned, args.out)
-    print(f"\natoms saved to {args.out}")
+        say(f"{r['method']:28s} {r['test_accuracy']:9.4f} {r['train_accuracy']:10.4f} "
+            f"{r['train_loss']:11.4f} {r['sparsity']:9.3f} {r['time']:9.1f}")
+    if rank == 0:
+        save_atoms(D0, learned, args.out)
+        say(f"\natoms saved to {args.out}")
     return {"results": results, "out": args.out}
 
 

@@ -38,6 +38,15 @@ Usage::
     python examples/fenchel_mnist.py --full                # the paper's 50 epochs (runs/fenchel_mnist_full/)
     python examples/fenchel_mnist.py --full --threads 1 --inits negative --betas 1e4,1e3
     python examples/fenchel_mnist.py --full --report-only  # table + plot from the histories so far
+    torchrun --nproc_per_node=2 examples/fenchel_mnist.py --ddp   # data-parallel, 2 CPU processes (gloo)
+
+Scaling out: with ``--ddp`` (under ``torchrun``) each of the ``W`` processes takes every ``W``-th
+image of the training set (``DistributedSampler`` without shuffling) in mini-batches of ``50/W``,
+so that the ``W`` shards of step ``b`` are exactly the single-process batch ``b``. Each rank's loss is
+its share of that batch's mean loss (``sum / 50``) and ``DistributedDataParallel`` sums the ranks'
+gradients (``layers.ddp.allreduce_sum_hook``): the contrastive backward is not linear in the
+cotangent, so every sample must receive the cotangent it receives in one process (a per-rank mean
+would hand it ``W`` times that). Rank 0 prints, evaluates and writes the checkpoints and histories.
 
 Reference: C. Zach, "Bilevel Programs Meet Deep Learning: A Unifying View on Inference Learning
 Methods", 2021, Sec. 4.2, Fig. 1 and App. C.
@@ -133,6 +142,28 @@ def _save_atomic(obj, path: Path, as_json: bool = False) -> None:
     os.replace(tmp, path)
 
 
+def _rank_and_world() -> tuple[int, int]:
+    """``(rank, world size)`` of this process: ``(0, 1)`` unless a process group is initialised."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _shard(x: torch.Tensor, y: torch.Tensor, rank: int, world: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """This rank's part of the training set: every ``world``-th sample (``DistributedSampler``
+    without shuffling), so that consecutive mini-batches of ``BATCH_SIZE // world`` of the ranks
+    together are the single-process mini-batches."""
+    from torch.utils.data.distributed import DistributedSampler
+
+    if world == 1:
+        return x, y
+    if BATCH_SIZE % world or x.shape[0] % BATCH_SIZE:
+        raise ValueError(f"--ddp: the batch size {BATCH_SIZE} and the training set size {x.shape[0]} must "
+                         f"be multiples of the number of processes {world} (resp. of {BATCH_SIZE})")
+    idx = torch.tensor(list(DistributedSampler(range(x.shape[0]), num_replicas=world, rank=rank, shuffle=False)))
+    return x[idx], y[idx]
+
+
 def train_config(config: Config, data: MNIST, epochs: int, out_dir: Path, *, seed: int = 42,
                  train_size: int | None = None, test_size: int | None = None, progress: bool = True,
                  verbose: bool = True,
@@ -152,6 +183,9 @@ def train_config(config: Config, data: MNIST, epochs: int, out_dir: Path, *, see
         on_batch: called as ``on_batch(epoch, batch_index)`` before every step (tests use it to
             interrupt a run).
 
+    Under an initialised process group (``--ddp``) every rank trains on its shard (see ``_shard``)
+    with ``DistributedDataParallel``; only rank 0 prints and writes files.
+
     Returns:
         The history: ``{"config", "seed", "train_size", "test_size", "epochs": [{"epoch",
         "train_error", "test_error", "train_loss", "seconds"}, ...]}``.
@@ -161,11 +195,14 @@ def train_config(config: Config, data: MNIST, epochs: int, out_dir: Path, *, see
     cdir = Path(out_dir) / config.name
     cdir.mkdir(parents=True, exist_ok=True)
     ckpt_path, hist_path = cdir / "checkpoint.pt", cdir / "history.json"
-    x_tr, y_tr = data.train.x[:train_size], data.train.y[:train_size]
+    rank, world = _rank_and_world()
+    progress, verbose = progress and rank == 0, verbose and rank == 0
+    x_all, y_all = data.train.x[:train_size], data.train.y[:train_size]
+    x_tr, y_tr = _shard(x_all, y_all, rank, world)
     x_te, y_te = data.test.x[:test_size], data.test.y[:test_size]
-    model = build_model(config, seed)
-    opt = torch.optim.Adam(model.parameters(), lr=LR)
-    history = {"config": asdict(config), "seed": seed, "train_size": x_tr.shape[0],
+    net = build_model(config, seed)
+    opt = torch.optim.Adam(net.parameters(), lr=LR)
+    history = {"config": asdict(config), "seed": seed, "train_size": x_all.shape[0],
                "test_size": x_te.shape[0], "batch_size": BATCH_SIZE, "lr": LR, "epochs": []}
     if ckpt_path.exists():
         ckpt = torch.load(ckpt_path, weights_only=True)
@@ -173,11 +210,16 @@ def train_config(config: Config, data: MNIST, epochs: int, out_dir: Path, *, see
             if ckpt["history"][key] != history[key]:
                 raise ValueError(f"{ckpt_path}: checkpoint has {key}={ckpt['history'][key]!r}, this run "
                                  f"asks for {history[key]!r}; use another --out directory")
-        model.load_state_dict(ckpt["model"])
+        net.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         torch.set_rng_state(ckpt["rng_state"])
         history = ckpt["history"]
-    n_batches = math.ceil(x_tr.shape[0] / BATCH_SIZE)
+    model = net
+    if world > 1:   # DDP broadcasts rank 0's weights at construction; the hook sums the gradients
+        model = torch.nn.parallel.DistributedDataParallel(net)
+        model.register_comm_hook(None, layers.ddp.allreduce_sum_hook)
+    batch = BATCH_SIZE // world
+    n_batches = math.ceil(x_tr.shape[0] / batch)
     for epoch in range(len(history["epochs"]) + 1, epochs + 1):
         model.train()
         t0 = time.perf_counter()
@@ -188,26 +230,34 @@ def train_config(config: Config, data: MNIST, epochs: int, out_dir: Path, *, see
         for b in bar:
             if on_batch is not None:
                 on_batch(epoch, b)
-            xb = x_tr[b * BATCH_SIZE:(b + 1) * BATCH_SIZE]
-            yb = y_tr[b * BATCH_SIZE:(b + 1) * BATCH_SIZE]
+            xb = x_tr[b * batch:(b + 1) * batch]
+            yb = y_tr[b * batch:(b + 1) * batch]
             logits = model(xb)
-            loss = F.cross_entropy(logits, yb)  # batch mean, as Flux's crossentropy
+            if world == 1:
+                loss = F.cross_entropy(logits, yb)  # batch mean, as Flux's crossentropy
+            else:   # this rank's share of the global batch mean
+                loss = F.cross_entropy(logits, yb, reduction="sum") / BATCH_SIZE
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             with torch.no_grad():
                 wrong += (logits.argmax(1) != yb).sum()
-                loss_sum += loss.detach() * yb.shape[0]
+                loss_sum += loss.detach() * (yb.shape[0] if world == 1 else BATCH_SIZE)
         model.eval()
+        if world > 1:   # the epoch's counts over all ranks
+            counts = torch.stack([wrong.double(), loss_sum.double()])
+            torch.distributed.all_reduce(counts)
+            wrong, loss_sum = counts[0], counts[1]
         record = {"epoch": epoch,
-                  "train_error": 100.0 * wrong.item() / x_tr.shape[0],
-                  "test_error": error_rate(model, x_te, y_te),
-                  "train_loss": loss_sum.item() / x_tr.shape[0],
+                  "train_error": 100.0 * wrong.item() / x_all.shape[0],
+                  "test_error": error_rate(net, x_te, y_te),
+                  "train_loss": loss_sum.item() / x_all.shape[0],
                   "seconds": time.perf_counter() - t0}
         history["epochs"].append(record)
-        _save_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                      "rng_state": torch.get_rng_state(), "history": history}, ckpt_path)
-        _save_atomic(history, hist_path, as_json=True)
+        if rank == 0:
+            _save_atomic({"model": net.state_dict(), "optimizer": opt.state_dict(),
+                          "rng_state": torch.get_rng_state(), "history": history}, ckpt_path)
+            _save_atomic(history, hist_path, as_json=True)
         if verbose:
             (tqdm.write if progress else print)(f"{config.name:28s} epoch {epoch:2d}: train error {record['train_error']:6.2f}%  "
                        f"test error {record['test_error']:6.2f}%  ({record['seconds']:.1f} s)")
@@ -328,6 +378,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--report-only", action="store_true",
                    help="no training: print the table and draw the plot from the histories in --out")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
+    p.add_argument("--ddp", action="store_true",
+                   help="data-parallel training under torchrun (gloo): torchrun --nproc_per_node=2 "
+                        "examples/fenchel_mnist.py --ddp")
     args = p.parse_args(argv)
     if args.epochs is None:
         args.epochs = FULL_EPOCHS if args.full else DEFAULT_EPOCHS
@@ -358,15 +411,28 @@ def main(argv=None) -> int:
         report(args.out)
         return 0
     torch.set_num_threads(args.threads)
-    t0 = time.perf_counter()
-    data = load_mnist()
-    configs = make_configs(args.inits, args.methods, args.betas)
-    print(f"{len(configs)} configurations x {args.epochs} epochs, {args.threads} thread(s), output {args.out}")
-    for config in configs:
-        train_config(config, data, args.epochs, args.out, seed=args.seed, train_size=args.train_size,
-                     test_size=args.test_size, progress=not args.no_progress)
-    print(f"\ntotal time {time.perf_counter() - t0:.0f} s\n")
-    report(args.out)
+    if args.ddp:
+        if "RANK" not in os.environ:
+            raise SystemExit("--ddp: run under torchrun, e.g. torchrun --nproc_per_node=2 "
+                             "examples/fenchel_mnist.py --ddp")
+        torch.distributed.init_process_group("gloo")
+    try:
+        rank, world = _rank_and_world()
+        t0 = time.perf_counter()
+        data = load_mnist()
+        configs = make_configs(args.inits, args.methods, args.betas)
+        if rank == 0:
+            print(f"{len(configs)} configurations x {args.epochs} epochs, {args.threads} thread(s) x "
+                  f"{world} process(es), output {args.out}")
+        for config in configs:
+            train_config(config, data, args.epochs, args.out, seed=args.seed, train_size=args.train_size,
+                         test_size=args.test_size, progress=not args.no_progress)
+        if rank == 0:
+            print(f"\ntotal time {time.perf_counter() - t0:.0f} s\n")
+            report(args.out)
+    finally:
+        if args.ddp:
+            torch.distributed.destroy_process_group()
     return 0
 
 

@@ -5,13 +5,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-import contrastive  # noqa: F401  (registers the "contrastive" and "symmetric" mode names)
 from declarative import ActivationProblem, GradientMode, resolve_mode
 from declarative.validation import check_instance, check_tensor
 
 
 class ArgminActivation(nn.Module):
     """``z = argmin_z ψ(z) − aᵀz`` applied to the input, differentiated by a gradient mode.
+
+    The closed form and the mode's backward are torch operations in a ``torch.autograd.Function``
+    with ``setup_context``: ``torch.compile(..., fullgraph=True)`` traces both into the graph, and
+    ``torch.func.vmap`` batches them (``generate_vmap_rule``).
 
     Args:
         problem: the ``ActivationProblem`` (closed form and one-sided derivative).
@@ -29,7 +32,7 @@ class ArgminActivation(nn.Module):
                  beta: float | None = None):
         super().__init__()
         self.problem = check_instance("problem", problem, ActivationProblem, optional=False)
-        self.mode = resolve_mode(mode, beta)
+        self.mode = resolve_mode(mode, beta, problem=problem)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_tensor("input", x)

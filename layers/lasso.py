@@ -5,9 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-import contrastive  # noqa: F401  (registers the "contrastive" and "symmetric" mode names)
 from declarative import GradientMode, resolve_mode
-from declarative.lasso import LassoOptions, solve_lasso
+from declarative.lasso import LassoOptions, LassoProblem, solve_lasso
 from declarative.solution import Solution
 from declarative.validation import check_instance, check_positive
 
@@ -24,10 +23,14 @@ class LassoLayer(nn.Module):
     ``mu``). ``"implicit"`` solves the linear system on the support and, where a zero coefficient
     has ``|correlation| = lam`` exactly (weakly active), the one-sided backward QP (``docs/guide/modes.md``).
 
+    Under ``torch.compile`` the solve runs eagerly (``solve_lasso`` is wrapped in
+    ``torch.compiler.disable``: one graph break); the model around the layer compiles.
+
     Args:
         mode: ``"implicit"``, ``"contrastive"``, ``"symmetric"`` or a ``GradientMode`` object.
         beta: nudging strength for the contrastive modes.
-        mu: elastic-net weight (float ≥ 0, or a tensor ``()`` / ``(B,)``, then differentiable).
+        mu: elastic-net weight: a float ≥ 0, or a tensor ``()`` / ``(B,)`` (then differentiable; a
+            tensor is registered as a buffer, an ``nn.Parameter`` as a parameter of the module).
         options: ``LassoOptions``.
         check: raise ``SolverError`` on failed batch elements; if False, the forward returns
             ``z`` for every element and records the per-element statuses in ``last_status``
@@ -53,10 +56,14 @@ class LassoLayer(nn.Module):
                  mu: "float | torch.Tensor" = 0.0, options: LassoOptions | None = None,
                  check: bool = True):
         super().__init__()
-        self.mode = resolve_mode(mode, beta)
-        if not isinstance(mu, torch.Tensor):
-            mu = check_positive("mu", mu, allow_zero=True)
-        self.mu = mu
+        self.mode = resolve_mode(mode, beta, problem=LassoProblem)
+        if isinstance(mu, nn.Parameter):
+            self.mu = mu   # learned: a parameter of the module
+        elif isinstance(mu, torch.Tensor):
+            # a buffer: in the state_dict, moved by .to(device, dtype), copied with the module
+            self.register_buffer("mu", mu)
+        else:
+            self.mu = check_positive("mu", mu, allow_zero=True)
         self.options = check_instance("options", options, LassoOptions)
         self.check = check
         self.last_status: torch.Tensor | None = None

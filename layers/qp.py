@@ -5,9 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-import contrastive  # noqa: F401  (registers the "contrastive" and "symmetric" mode names)
 from declarative import GradientMode, resolve_mode
-from declarative.qp import QPOptions, solve_qp
+from declarative.qp import QPOptions, QPProblem, solve_qp
 from declarative.solution import Solution
 
 
@@ -26,6 +25,10 @@ class QPLayer(nn.Module):
 
     Either constraint block may be omitted. Unbatched parameters (e.g. a learned ``G``) broadcast
     against batched ones and receive the gradient summed over the batch.
+
+    Under ``torch.compile`` the solve runs eagerly (``solve_qp`` is wrapped in
+    ``torch.compiler.disable``: one graph break, since the solver checks convergence on the host);
+    the model around the layer compiles, and gradients equal the eager ones.
 
     Args:
         mode: ``"implicit"``, ``"contrastive"``, ``"symmetric"`` or a ``GradientMode`` object.
@@ -66,7 +69,7 @@ class QPLayer(nn.Module):
     def __init__(self, mode: str | GradientMode = "implicit", beta: float | None = None,
                  options: QPOptions | None = None, check: bool = True):
         super().__init__()
-        self.mode = resolve_mode(mode, beta)
+        self.mode = resolve_mode(mode, beta, problem=QPProblem)
         if options is not None and not isinstance(options, QPOptions):
             raise TypeError(f"options: expected QPOptions, got {type(options).__name__}")
         self.options = options

@@ -418,7 +418,8 @@ def test_table_covers_every_public_entry_point():
     """Each public callable of ``layers``, the declarative entry points and the contrastive
     estimators and modes appears in the rejected table."""
     ids = " ".join(c.id for c in REJECTED)
-    entries = [n for n in layers.__all__ if n != "negative_glorot_uniform_"]
+    entries = [n for n in layers.__all__
+               if n != "negative_glorot_uniform_" and callable(getattr(layers, n))]
     entries += ["solve_qp", "solve_lasso", "argmin", "minimize", "fixed_point", "LassoOptions",
                 "FixedPoint", "ConjugateGradient", "Unrolled", "resolve_mode",
                 "Contrastive", "Symmetric", "EquilibriumProp", "equilibrium_propagation",

@@ -30,6 +30,7 @@ def _canonical_lam(lam: torch.Tensor, B: int | None, k: int) -> torch.Tensor:
     raise ValueError(f"lam: expected a float or a tensor of shape {want}, got {tuple(lam.shape)}")
 
 
+@torch.compiler.disable  # solver: host checks, data-dependent loops (a graph break)
 def solve_lasso(D: torch.Tensor, x: torch.Tensor, lam, mu=0.0, *,
                 mode: "str | GradientMode" = "implicit", beta: float | None = None,
                 options: LassoOptions | None = None, warm_start: Solution | None = None,
@@ -47,7 +48,7 @@ def solve_lasso(D: torch.Tensor, x: torch.Tensor, lam, mu=0.0, *,
             (per coordinate; this reading wins when ``B == k``, pass ``(B, 1)`` then), or ``(B, k)``.
         mu: elastic-net weight ≥ 0: a float or a tensor of shape ``()`` or ``(B,)``.
         mode: ``"implicit"`` (exact, one-sided at weakly active coordinates), ``"contrastive"``,
-            ``"symmetric"`` (need ``beta`` and ``import contrastive``) or a ``GradientMode``.
+            ``"symmetric"`` (need ``beta``) or a ``GradientMode``.
         beta: nudging strength of the contrastive modes.
         options: ``LassoOptions``.
         warm_start: a previous ``Solution`` (its ``z`` is polished first).
@@ -72,7 +73,7 @@ def solve_lasso(D: torch.Tensor, x: torch.Tensor, lam, mu=0.0, *,
     Shape:
         - D: ``(B, d, k)`` or ``(d, k)``; x: ``(B, d)`` or ``(d,)``; z: ``(B, k)`` or ``(k,)``.
     """
-    gm = resolve_mode(mode, beta)
+    gm = resolve_mode(mode, beta, problem=LassoProblem)
     check_instance("options", options, LassoOptions)
     check_tensor("D", D)
     check_tensor("x", x)

@@ -5,9 +5,9 @@ declares the QP for the gradient modes; ``solve_qp`` validates inputs and return
 ``Solution``.
 """
 
-from .functional import check_qp_inputs, solve_qp
+from .functional import solve_qp
 from .ipm import solve_qp_ipm
 from .options import QPOptions
 from .problem import QPProblem
 
-__all__ = ["QPOptions", "QPProblem", "check_qp_inputs", "solve_qp", "solve_qp_ipm"]
+__all__ = ["QPOptions", "QPProblem", "solve_qp", "solve_qp_ipm"]

@@ -133,6 +133,7 @@ def _check_psd_exact(Qs: torch.Tensor, tol: float) -> None:
                          f"{lo.min().item():.3g})")
 
 
+@torch.compiler.disable  # solver: host checks, data-dependent loops (a graph break)
 def solve_qp(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None,
              h: torch.Tensor | None = None, A: torch.Tensor | None = None,
              b: torch.Tensor | None = None, *, mode: "str | GradientMode" = "implicit",
@@ -143,8 +144,8 @@ def solve_qp(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None,
     The forward is the batched interior-point method ``solve_qp_ipm``; the gradient of a loss of
     ``z*`` reaches all six parameters through ``mode``: ``"implicit"`` (exact one-sided limit,
     including weakly active constraints via the backward QP), ``"contrastive"`` or
-    ``"symmetric"`` with ``beta`` (nudged re-solves ``q → q ± βg``, ``docs/guide/modes.md``; these modes
-    are registered when the ``contrastive`` package is imported), or any ``GradientMode``.
+    ``"symmetric"`` with ``beta`` (nudged re-solves ``q → q ± βg``, ``docs/guide/modes.md``), or any
+    ``GradientMode``.
 
     Args:
         Q: quadratic term, symmetric positive semidefinite.
@@ -185,7 +186,7 @@ def solve_qp(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None,
         B. Amos, J. Z. Kolter, "OptNet: Differentiable Optimization as a Layer in Neural
         Networks", ICML 2017. C. Zach, "Bilevel Programs Meet Deep Learning", 2021 (Prop. 2).
     """
-    gm = resolve_mode(mode, beta)
+    gm = resolve_mode(mode, beta, problem=QPProblem)
     check_instance("options", options, QPOptions)
     named = {"Q": Q, "q": q, "G": G, "h": h, "A": A, "b": b}
     for k, v in named.items():

@@ -8,7 +8,8 @@ import torch
 
 import contrastive  # noqa: F401  (registers "contrastive" and "symmetric")
 from contrastive import Contrastive, Symmetric
-from declarative import Implicit, Solution, SolverError, Status, resolve_mode, sum_to_shape
+from declarative import Implicit, Solution, SolverError, Status, resolve_mode
+from declarative.broadcasting import sum_to_shape
 from declarative.validation import (check_batched, check_dim, check_finite, check_positive,
                                     check_same_dtype_device, check_tensor, common_batch_size)
 

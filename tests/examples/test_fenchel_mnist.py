@@ -99,3 +99,24 @@ def test_main_writes_table_and_plot(data, tmp_path, capsys):
     again = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("| negative", "| glorot"))]
     assert again == rows
     assert png.exists()
+
+
+@pytest.mark.slow
+def test_ddp_under_torchrun_trains_as_one_process(data, tmp_path):
+    """``torchrun --nproc_per_node=2 fenchel_mnist.py --ddp`` (gloo, localhost) writes the history of
+    the single-process run: the same errors, the same losses up to float32 round-off."""
+    from torchrun import run_torchrun
+
+    args = ["--train-size", "500", "--test-size", "200", "--epochs", "2", "--inits", "glorot",
+            "--methods", "fenchel", "--betas", "10", "--no-progress"]
+    out = run_torchrun("fenchel_mnist.py", ["--ddp", "--out", str(tmp_path / "ddp"), *args])
+    assert out.stdout.count("epoch  1:") == 1   # rank 0 prints, rank 1 does not
+    config = fm.Config("glorot", "fenchel", 10.0)
+    single = fm.train_config(config, data, 2, tmp_path / "single", train_size=500, test_size=200,
+                             progress=False, verbose=False)
+    ddp = json.loads((tmp_path / "ddp" / config.name / "history.json").read_text())
+    assert ddp["train_size"] == single["train_size"] == 500
+    for a, b in zip(ddp["epochs"], single["epochs"]):
+        assert a["train_error"] == b["train_error"] and a["test_error"] == b["test_error"]
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+    assert single["epochs"][1]["train_error"] < single["epochs"][0]["train_error"]   # it trains
