@@ -36,10 +36,14 @@ def check_params(params) -> None:
 
 
 def scalar_params(params, like: torch.Tensor) -> tuple:
-    """``params`` with each Python real number replaced by a 0-d tensor of ``like``'s dtype and
-    device (torch's promotion of a Python scalar; a constant for autograd)."""
+    """``params`` with each Python real number and each 0-d floating tensor as a 0-d tensor of
+    ``like``'s dtype and device (torch's scalar promotion: a number becomes a constant, a 0-d tensor
+    of another dtype is cast differentiably, so that both phases of a contrastive mode are evaluated
+    in ``like``'s precision and the gradient reaches the parameter in its own dtype)."""
     return tuple(promote_scalar(f"params[{i}]", p, like)
-                 if isinstance(p, numbers.Real) and not isinstance(p, bool) else p
+                 if (isinstance(p, numbers.Real) and not isinstance(p, bool))
+                 or (isinstance(p, torch.Tensor) and p.dim() == 0 and p.is_floating_point())
+                 else p
                  for i, p in enumerate(params))
 
 

@@ -626,6 +626,25 @@ def test_empty_batch_solutions_carry_empty_statuses():
     assert dc.solve_lasso(**lasso(B=0)).status.shape == (0,)
 
 
+@pytest.mark.parametrize("low", [torch.float32, torch.float16])
+def test_zero_dim_parameter_of_another_dtype_contrastive_in_the_data_precision(low):
+    """A 0-d parameter of a lower precision is cast to the data's dtype before the solve: both
+    phases of a contrastive mode are evaluated in float64 (else their difference loses its digits:
+    −49.6 and 0.0 instead of −48)."""
+    from contrastive import Contrastive
+
+    def quad(w, lam):
+        return (w ** 2).sum(-1) * lam - 2 * w.sum(-1)
+
+    lam = torch.tensor(0.5, dtype=low, requires_grad=True)
+    w = dc.argmin(quad, torch.zeros(3, 4, dtype=F64), lam, mode=Contrastive(1e-6))
+    w.sum().backward()
+    assert lam.grad.dtype == low
+    # w* = 1/lam per entry, so d(Σw*)/dlam = −12/lam² = −48
+    torch.testing.assert_close(lam.grad.double(), torch.tensor(-48.0, dtype=F64),
+                               atol=0.05 if low == torch.float16 else 1e-3, rtol=0)
+
+
 def test_zero_dim_scalars_follow_torch_promotion():
     """A 0-d float32 ``lam`` with float64 data is a scalar (torch's promotion): accepted, the
     result is float64, and its gradient comes back in float32."""

@@ -72,8 +72,11 @@ class SparsemaxProblem(SimplexActivationProblem):
         n = a_t.shape[-1]
         if n == 0:
             return torch.zeros_like(u)
-        s = a_t - a_t.amax(-1, keepdim=True)   # as in the forward
-        tol = (16 * torch.finfo(a_t.dtype).eps * (1 + a_t.abs().amax(-1, keepdim=True))).clamp(max=0.25 / n)
+        m = a_t.amax(-1, keepdim=True)
+        s = a_t - m   # as in the forward
+        # the scale of the support's entries, which lie in (m − 1, m]: taken from the row maximum, not
+        # from max|a_i| (a −inf or −1e9 mask entry would blow the band up to the cap)
+        tol = (16 * torch.finfo(a_t.dtype).eps * (2 + m.abs())).clamp(max=0.25 / n)
         # the band |a_i − τ| ≤ tol is weakly active on both sides: a tie rounded to z_i = 1e-17 > 0
         # is a tie too (else Implicit would disagree with its own β → 0⁺ limit there)
         in_s = z_t > tol

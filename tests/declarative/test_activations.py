@@ -397,3 +397,14 @@ def test_symmetric_at_kinks_averages_the_one_sided_derivatives(name):
     if name == "relu":
         at0 = a == 0
         torch.testing.assert_close(gs[at0], g[at0] / 2, atol=1e-7, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("masked", [float("-inf"), -1e9])
+def test_sparsemax_masked_entries_keep_the_support_jacobian(dtype, masked):
+    """A masked entry (−inf or −1e9, as in masked attention) must not widen the weak-activity band:
+    the implicit gradient is that of the support, here ∂z₁/∂a = (−½, ½, 0) (it was 0)."""
+    a = torch.tensor([[1.0, 0.15, masked]], dtype=dtype)
+    g = torch.tensor([[0.0, 1.0, 0.0]], dtype=dtype)
+    gi = grad_input(SparsemaxProblem(), Implicit(), a, g)
+    torch.testing.assert_close(gi, torch.tensor([[-0.5, 0.5, 0.0]], dtype=dtype), atol=1e-6, rtol=0)
