@@ -10,6 +10,15 @@ from .relu import ArgminReLU
 from .simplex import ArgminSoftmax, ArgminSparsemax
 
 __all__ = [
-    "ArgminActivation", "ArgminBox", "ArgminHardsigmoid", "ArgminHardtanh", "ArgminReLU",
+    "ArgminActivation", "ArgminBox", "ArgminQPSolver", "ArgminHardsigmoid", "ArgminHardtanh", "ArgminReLU",
     "ArgminSoftmax", "ArgminSparsemax", "CvxpyLayer", "LassoLayer", "QPLayer", "fenchel_mlp", "negative_glorot_uniform_",
 ]
+
+
+def __getattr__(name):
+    # ``ArgminQPSolver`` subclasses cvxpylayers' SolverInterface: imported on first use only, so
+    # that ``import layers`` does not import cvxpylayers (and cvxpy)
+    if name == "ArgminQPSolver":
+        from .cvxpylayers_backend import ArgminQPSolver
+        return ArgminQPSolver
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
