@@ -2,6 +2,7 @@
 
 from .activation import ArgminActivation
 from .cvxpy_layer import CvxpyLayer
+from . import cvxpy_references as _cvxpy_references  # noqa: F401  (registers check_against_cvxpy references)
 from .box import ArgminBox, ArgminHardsigmoid, ArgminHardtanh
 from .lasso import LassoLayer
 from .fenchel_mlp import fenchel_mlp, negative_glorot_uniform_

@@ -149,6 +149,14 @@ class CvxpyLayer(nn.Module):
     def forward(self, *params: torch.Tensor) -> tuple:
         return self.solve(*params)[0]
 
+    def cvxpy_reference(self):
+        """The cvxpy reference of ``declarative.testing.check_against_cvxpy``: the problem itself,
+        solved per batch element by Clarabel at tight tolerance
+        (``declarative.reference.cvxpy_problem.problem_reference``; sets the parameters' values)."""
+        from declarative.reference.cvxpy_problem import problem_reference
+
+        return lambda *values: problem_reference(self.problem, self.parameters, self.variables, values)
+
     def extra_repr(self) -> str:
         c = self.canonical
         return (f"parameters={[s.name for s in c.parameters]}, variables={[s.name for s in c.outputs]}, "
