@@ -108,7 +108,7 @@ class CvxpyLayer(nn.Module):
             core = tuple(v.shape[v.dim() - len(s.shape):]) if v.dim() >= len(s.shape) else None
             if core != s.shape or v.dim() > len(s.shape) + 1:
                 raise ValueError(f"parameter {s.name}: expected shape {_fmt(s.shape)} or "
-                                 f"(B, {_fmt(s.shape)[1:]}, got {_fmt(v.shape)}")
+                                 f"(B, {', '.join(map(str, s.shape))}), got {_fmt(v.shape)}")
             if v.dim() == len(s.shape) + 1:
                 if batch is not None and v.shape[0] != batch:
                     raise ValueError(f"parameter {s.name}: expected batch size {batch} (that of "
