@@ -12,6 +12,7 @@ from declarative.solution import Solution
 from declarative.validation import check_same_dtype_device, check_tensor
 
 from .cvxpy_canonical import CanonicalQP, QPDataMap, canonicalise
+from .cvxpy_elimination import Elimination, eliminable
 
 __all__ = ["CvxpyLayer"]
 
@@ -38,7 +39,9 @@ class CvxpyLayer(nn.Module):
         z^\star(\theta) = \arg\min_z \tfrac12 z^\top Q(\theta) z + q(\theta)^\top z
         \quad \text{s.t.} \quad G(\theta) z \le h(\theta),\; A(\theta) z = b(\theta),
 
-    with every block affine in the parameters ``θ``. Each call evaluates the blocks in torch
+    with every block affine in the parameters ``θ``. Auxiliary variables that cvxpy defines by one
+    equality each (``t = Fx − g`` for ``sum_squares(Fx − g)``) are eliminated (``presolve``; see
+    ``layers.cvxpy_elimination``), which can halve the QP. Each call evaluates the blocks in torch
     (differentiable, on the parameters' device and dtype), solves the batch with
     ``declarative.qp.solve_qp`` — so every gradient mode applies (``"implicit"``, the exact
     one-sided derivative also at weakly active constraints; ``"contrastive"``; ``"symmetric"``) —
@@ -54,6 +57,10 @@ class CvxpyLayer(nn.Module):
         options: ``declarative.QPOptions`` of the solver.
         check: raise ``declarative.SolverError`` naming failed batch elements (default); if
             False, failed elements are reported by ``solve(...)[1].status``.
+        presolve: eliminate cvxpy's auxiliary equality-defined variables (default True; the
+            minimiser, multipliers and gradients are the same either way).
+
+    Multipliers (constraints in ``variables``) are returned without gradient.
 
     Raises:
         ValueError: at construction, a problem that is not DCP or not DPP, whose canonical form
@@ -80,7 +87,8 @@ class CvxpyLayer(nn.Module):
     """
 
     def __init__(self, problem, parameters, variables, mode: "str | GradientMode" = "implicit",
-                 beta: float | None = None, options: QPOptions | None = None, check: bool = True):
+                 beta: float | None = None, options: QPOptions | None = None, check: bool = True,
+                 presolve: bool = True):
         super().__init__()
         self.mode = resolve_mode(mode, beta)
         if options is not None and not isinstance(options, QPOptions):
@@ -92,6 +100,8 @@ class CvxpyLayer(nn.Module):
         self.variables = list(variables)
         self.canonical: CanonicalQP = canonicalise(problem, self.parameters, self.variables)
         self.data_map = QPDataMap(self.canonical)
+        elim = eliminable(self.canonical) if presolve else None
+        self.elimination = None if elim is None else Elimination(self.canonical, elim)
 
     # -- call ------------------------------------------------------------------------------------
     def _check_params(self, values) -> int | None:
@@ -123,19 +133,37 @@ class CvxpyLayer(nn.Module):
         return self.data_map(list(params))
 
     def solve(self, *params: torch.Tensor) -> tuple[tuple, Solution]:
-        """The outputs and the canonical QP's full ``Solution`` (status, iterations, residuals)."""
+        """The outputs and the full ``Solution`` of the QP solved (after ``presolve``: the reduced
+        QP's ``z``; status, iterations, residuals)."""
         batch = self._check_params(params)
-        Q, q, G, h, A, b = self.data_map(list(params))
+        blocks = self.data_map(list(params))
+        reduced = blocks
+        if self.elimination is not None:
+            reduced, affine = self.elimination.reduce(*blocks)
+        Q, q, G, h, A, b = reduced
         if batch is not None and q.dim() == 1:
             q = q.expand(batch, -1)         # one batched input makes every output batched
         sol = solve_qp(Q, q, G, h, A, b, mode=self.mode, options=self.options, check=self.check)
-        return self._outputs(sol, batch), sol
+        full = {"z": sol.z, "lam": sol.duals.get("lam"), "nu": sol.duals.get("nu")}
+        if self.elimination is not None:
+            full = self._undo_elimination(full, blocks, affine, batch)
+        return self._outputs(full, batch), sol
 
-    def _outputs(self, sol: Solution, batch: int | None) -> tuple:
+    def _undo_elimination(self, full: dict, blocks, affine, batch) -> dict:
+        """The canonical ``z`` (and ``ν`` if an output needs it) from the reduced solution."""
+        one = batch is None
+        lift = (lambda t: None if t is None else t.unsqueeze(0)) if one else (lambda t: t)
+        z = self.elimination.primal(lift(full["z"]), *affine)
+        out = {"z": z, "lam": lift(full["lam"]), "nu": None}
+        if any(s.source == "nu" for s in self.canonical.outputs):
+            out["nu"] = self.elimination.equality_duals(lift(full["nu"]), z, blocks[0], blocks[1])
+        return {k: (None if v is None else v[0]) for k, v in out.items()} if one else out
+
+    def _outputs(self, full: dict, batch: int | None) -> tuple:
         lead = () if batch is None else (batch,)
         outs = []
         for slot in self.canonical.outputs:
-            src = sol.z if slot.source == "z" else sol.duals[slot.source]
+            src = full[slot.source]
             idx = torch.as_tensor(slot.index, device=src.device)
             val = src.index_select(-1, idx) * slot.sign
             # cvxpy's flattening is column-major: reshape reversed, then reverse the axes back

@@ -148,7 +148,8 @@ class ArgminQPSolver(SolverInterface):
                              "(the multipliers are returned without gradient)")
         z, leaves = saved_state
         wanted = [t for t in leaves if t is not None]
-        grads = torch.autograd.grad(z, wanted, dprimal, allow_unused=True)
+        # retain_graph: cvxpylayers may call the backward more than once (retain_graph outside)
+        grads = torch.autograd.grad(z, wanted, dprimal, allow_unused=True, retain_graph=True)
         it = iter(grads)
         out = []
         for t in leaves:

@@ -297,3 +297,21 @@ def test_wrong_parameter_count_and_shapes():
         layer(values[0], values[1], values[2], values[3][:3])
     with pytest.raises(TypeError, match="floating-point"):
         layer(values[0], values[1].long(), values[2], values[3])
+
+
+@pytest.mark.parametrize("make", [constrained_least_squares, shared_parameter_equalities, l1_regression],
+                         ids=["cls", "shared", "l1"])
+def test_presolve_changes_nothing_but_the_size(make):
+    """Eliminating cvxpy's auxiliary variables keeps outputs, multipliers and gradients."""
+    prob, params, variables, values = make()
+    variables = variables + [c for c in prob.constraints]
+    results = []
+    for presolve in (True, False):
+        layer = layers.CvxpyLayer(prob, params, variables, presolve=presolve)
+        leaves = [v.clone().requires_grad_() for v in values]
+        outs = layer(*leaves)
+        outs[0].pow(2).sum().backward()
+        results.append(([o.detach() for o in outs], [t.grad for t in leaves], layer))
+    assert results[0][2].elimination is not None and results[1][2].elimination is None
+    for a, c in zip(results[0][0] + results[0][1], results[1][0] + results[1][1]):
+        torch.testing.assert_close(a, c, atol=1e-7, rtol=1e-6)

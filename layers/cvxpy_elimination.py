@@ -1,0 +1,131 @@
+r"""Elimination of cvxpy's auxiliary variables from a canonical QP.
+
+cvxpy's canonicalisation introduces variables defined by one equality each — ``t = Fx − g`` for
+``sum_squares(Fx − g)``, ``t = y − x`` for ``sum_squares(y − x)`` — which can double the size of
+the QP. A canonical variable ``t_j`` is eliminated when it appears in no inequality and in exactly
+one equality row ``r``, with a constant coefficient ``a = A_{rj}`` (one such variable per row):
+
+.. math::
+
+    t_E = M y + c, \qquad M = −A_{R,K} / a, \quad c = b_R / a,
+
+with ``K`` the kept variables ``y`` and ``R`` the eliminated rows. With ``z = (y, My + c)`` the QP
+becomes
+
+.. math::
+
+    Q' = Q_{KK} + Q_{KE} M + M^\top Q_{EK} + M^\top Q_{EE} M, \quad
+    q' = q_K + M^\top q_E + (Q_{KE} + M^\top Q_{EE}) c,
+
+``G' = G_{:,K}``, ``h' = h``, ``A' = A_{R^c,K}``, ``b' = b_{R^c}`` — the same minimiser, ``Q'``
+positive semidefinite when ``Q`` is. Everything is torch (differentiable: ``M`` and ``c`` may
+depend on the parameters, then ``Q'``/``q'`` do too). The multiplier of an eliminated row follows
+from stationarity in ``t_j``: ``ν_r = −(Qz + q)_j / a``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["Elimination", "eliminable"]
+
+
+def _structure(const: np.ndarray, maps, shape) -> tuple[np.ndarray, np.ndarray]:
+    """(nonzero mask, parameter-dependent mask) of a block, as dense boolean arrays."""
+    nz = const.reshape(-1) != 0
+    dep = np.zeros(nz.shape, dtype=bool)
+    for m in maps:
+        if m is not None:
+            dep[m[0]] = True
+    return (nz | dep).reshape(shape), dep.reshape(shape)
+
+
+def eliminable(canon) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(variables E, rows R)`` that can be eliminated (see the module docstring), or None."""
+    n, m, p = canon.n, canon.m, canon.p
+    if p == 0:
+        return None
+    A_nz, A_dep = _structure(canon.constants["A"], canon.maps["A"], (p, n))
+    G_nz = _structure(canon.constants["G"], canon.maps["G"], (m, n))[0] if m else np.zeros((0, n), bool)
+    in_g = G_nz.any(0)
+    once = A_nz.sum(0) == 1
+    cand = A_nz & ~A_dep & once[None, :] & ~in_g[None, :]
+    rows, cols = [], []
+    for r in range(p):
+        js = np.nonzero(cand[r])[0]
+        if len(js):
+            rows.append(r)
+            cols.append(js[0])
+    if not rows:
+        return None
+    return np.asarray(cols), np.asarray(rows)
+
+
+class Elimination(nn.Module):
+    """Reduce the canonical QP blocks and map the reduced solution back (module docstring).
+
+    Args:
+        canon: the ``CanonicalQP``.
+        elim: ``(E, R)`` from ``eliminable``.
+    """
+
+    def __init__(self, canon, elim):
+        super().__init__()
+        E, R = elim
+        n, p = canon.n, canon.p
+        K = np.setdiff1d(np.arange(n), E)
+        Rc = np.setdiff1d(np.arange(p), R)
+        a = canon.constants["A"][R, E]
+        for name, val in (("E", E), ("R", R), ("K", K), ("Rc", Rc)):
+            self.register_buffer(name, torch.as_tensor(val, dtype=torch.int64))
+        self.register_buffer("a", torch.as_tensor(a, dtype=torch.float64))
+        self.n = n
+
+    def _affine(self, A, b):
+        """``M (…, |E|, |K|)`` and ``c (…, |E|)`` of ``t_E = M y + c``."""
+        a = self.a.to(A.dtype)
+        AR = A.index_select(-2, self.R)
+        M = -AR.index_select(-1, self.K) / a.unsqueeze(-1)
+        c = b.index_select(-1, self.R) / a
+        return M, c
+
+    def reduce(self, Q, q, G, h, A, b):
+        """The reduced blocks ``(Q', q', G', h', A', b')`` and ``(M, c)``."""
+        M, c = self._affine(A, b)
+        K, E = self.K, self.E
+        QKK = Q.index_select(-2, K).index_select(-1, K)
+        QKE = Q.index_select(-2, K).index_select(-1, E)
+        QEE = Q.index_select(-2, E).index_select(-1, E)
+        Mt = M.transpose(-1, -2)
+        QKE_M = QKE @ M
+        W = QKE + Mt @ QEE                                   # (…, |K|, |E|)
+        Qr = QKK + QKE_M + QKE_M.transpose(-1, -2) + Mt @ QEE @ M
+        qE = q.index_select(-1, E)
+        qr = q.index_select(-1, K) + (Mt @ qE.unsqueeze(-1)).squeeze(-1) + (W @ c.unsqueeze(-1)).squeeze(-1)
+        Gr = None if G is None else G.index_select(-1, K)
+        Ar = br = None
+        if self.Rc.numel():
+            Ar = A.index_select(-2, self.Rc).index_select(-1, K)
+            br = b.index_select(-1, self.Rc)
+        return (Qr, qr, Gr, h, Ar, br), (M, c)
+
+    def primal(self, y, M, c):
+        """The canonical ``z (B, n)`` from the reduced solution ``y (B, |K|)``."""
+        tE = (M @ y.unsqueeze(-1)).squeeze(-1) + c
+        tE = tE.expand(y.shape[0], -1)
+        z = y.new_zeros(y.shape[0], self.n)
+        return z.index_copy(-1, self.K, y).index_copy(-1, self.E, tE)
+
+    def equality_duals(self, nu_rest, z, Q, q):
+        """Multipliers ``ν (B, p)`` of every equality row: the reduced problem's for the kept
+        rows, ``−(Qz + q)_j / a`` for the eliminated ones (without gradient)."""
+        z, Q, q = z.detach(), Q.detach(), q.detach()
+        grad = (Q @ z.unsqueeze(-1)).squeeze(-1) + q if Q.dim() == 3 else z @ Q.T + q
+        nuR = -grad.index_select(-1, self.E) / self.a.to(z.dtype)
+        p = self.R.numel() + self.Rc.numel()
+        nu = z.new_zeros(z.shape[0], p).index_copy(-1, self.R, nuR.expand(z.shape[0], -1))
+        if nu_rest is not None and self.Rc.numel():
+            nu = nu.index_copy(-1, self.Rc, nu_rest.detach())
+        return nu
