@@ -45,7 +45,6 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 
 try:

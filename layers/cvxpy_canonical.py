@@ -129,18 +129,19 @@ def _offending_atoms(problem) -> list[str]:
 def _check_dpp(problem) -> None:
     from cvxpy.utilities import scopes
 
+    with scopes.quad_form_dpp_scope():
+        dpp = problem.is_dpp()
+    if dpp:
+        return
     if not problem.is_dcp():
         raise UnsupportedProblemError(
             "problem: expected a DCP problem (convex objective, convex constraints), got one that "
             "is not DCP; see cvxpy's DCP rules")
-    with scopes.quad_form_dpp_scope():
-        dpp = problem.is_dpp()
-    if not dpp:
-        raise UnsupportedProblemError(
-            "problem: expected a DPP problem (parameters enter affinely: no product of two "
-            "parameter expressions, no parameter inside a nonlinear atom except quad_form's "
-            "matrix in the objective), got a problem that is DCP but not DPP; rewrite it "
-            "(e.g. introduce a parameter for the product), see cvxpy's DPP rules")
+    raise UnsupportedProblemError(
+        "problem: expected a DPP problem (parameters enter affinely: no product of two "
+        "parameter expressions, no parameter inside a nonlinear atom except quad_form's "
+        "matrix in the objective), got a problem that is DCP but not DPP; rewrite it "
+        "(e.g. introduce a parameter for the product), see cvxpy's DPP rules")
 
 
 def _check_members(problem, parameters, variables, dual_of) -> None:

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["Elimination", "eliminable"]
+__all__ = ["Elimination", "EliminationChain", "eliminable"]
 
 
 def _structure(const: np.ndarray, maps, shape) -> tuple[np.ndarray, np.ndarray]:
@@ -42,42 +42,56 @@ def _structure(const: np.ndarray, maps, shape) -> tuple[np.ndarray, np.ndarray]:
     return (nz | dep).reshape(shape), dep.reshape(shape)
 
 
-def eliminable(canon) -> tuple[np.ndarray, np.ndarray] | None:
-    """``(variables E, rows R)`` that can be eliminated (see the module docstring), or None."""
-    n, m, p = canon.n, canon.m, canon.p
-    if p == 0:
-        return None
-    A_nz, A_dep = _structure(canon.constants["A"], canon.maps["A"], (p, n))
-    G_nz = _structure(canon.constants["G"], canon.maps["G"], (m, n))[0] if m else np.zeros((0, n), bool)
+def _eliminable_once(A_nz, A_dep, G_nz):
+    """``(E, R)``: one eliminable variable per equality row where there is one, or None."""
     in_g = G_nz.any(0)
     once = A_nz.sum(0) == 1
     cand = A_nz & ~A_dep & once[None, :] & ~in_g[None, :]
     rows, cols = [], []
-    for r in range(p):
+    for r in range(A_nz.shape[0]):
         js = np.nonzero(cand[r])[0]
         if len(js):
             rows.append(r)
             cols.append(js[0])
-    if not rows:
-        return None
-    return np.asarray(cols), np.asarray(rows)
+    return (np.asarray(cols), np.asarray(rows)) if rows else None
+
+
+def eliminable(canon, max_rounds: int = 64) -> list:
+    """Rounds of eliminations ``[(n, p, E, R, a), ...]`` (module docstring), each on the QP left by
+    the previous ones: eliminating ``t`` can leave a variable that appeared in two rows in one
+    (e.g. the states of an MPC, condensed from the last one back to ``x_0``). Empty if none."""
+    n, m, p = canon.n, canon.m, canon.p
+    if p == 0:
+        return []
+    A_nz, A_dep = _structure(canon.constants["A"], canon.maps["A"], (p, n))
+    G_nz = _structure(canon.constants["G"], canon.maps["G"], (m, n))[0] if m else np.zeros((0, n), bool)
+    A_const = canon.constants["A"]
+    rounds = []
+    while A_nz.shape[0] and len(rounds) < max_rounds:
+        found = _eliminable_once(A_nz, A_dep, G_nz)
+        if found is None:
+            break
+        E, R = found
+        n_cur, p_cur = A_nz.shape[1], A_nz.shape[0]
+        rounds.append((n_cur, p_cur, E, R, A_const[R, E]))
+        K, Rc = np.setdiff1d(np.arange(n_cur), E), np.setdiff1d(np.arange(p_cur), R)
+        A_nz, A_dep, A_const = (x[Rc][:, K] for x in (A_nz, A_dep, A_const))
+        G_nz = G_nz[:, K]
+    return rounds
 
 
 class Elimination(nn.Module):
-    """Reduce the canonical QP blocks and map the reduced solution back (module docstring).
+    """One round: reduce the QP blocks and map the reduced solution back (module docstring).
 
     Args:
-        canon: the ``CanonicalQP``.
-        elim: ``(E, R)`` from ``eliminable``.
+        n, p: variables and equality rows of the QP it reduces.
+        E, R: eliminated variables and their rows. a: their (constant) coefficients ``A_{R,E}``.
     """
 
-    def __init__(self, canon, elim):
+    def __init__(self, n, p, E, R, a):
         super().__init__()
-        E, R = elim
-        n, p = canon.n, canon.p
         K = np.setdiff1d(np.arange(n), E)
         Rc = np.setdiff1d(np.arange(p), R)
-        a = canon.constants["A"][R, E]
         for name, val in (("E", E), ("R", R), ("K", K), ("Rc", Rc)):
             self.register_buffer(name, torch.as_tensor(val, dtype=torch.int64))
         self.register_buffer("a", torch.as_tensor(a, dtype=torch.float64))
@@ -129,3 +143,29 @@ class Elimination(nn.Module):
         if nu_rest is not None and self.Rc.numel():
             nu = nu.index_copy(-1, self.Rc, nu_rest.detach())
         return nu
+
+
+class EliminationChain(nn.Module):
+    """The rounds of ``eliminable`` applied in turn (``reduce``) and undone in reverse
+    (``recover``)."""
+
+    def __init__(self, rounds):
+        super().__init__()
+        self.rounds = nn.ModuleList(Elimination(*r) for r in rounds)
+
+    def reduce(self, *blocks):
+        """The reduced blocks and what ``recover`` needs (each round's blocks and ``(M, c)``)."""
+        trail = []
+        for r in self.rounds:
+            reduced, affine = r.reduce(*blocks)
+            trail.append((blocks, affine))
+            blocks = reduced
+        return blocks, trail
+
+    def recover(self, z, lam, nu, trail, need_nu: bool):
+        """The canonical ``z`` and (if ``need_nu``) ``ν`` from the reduced solution ``(B, ·)``."""
+        for r, (blocks, affine) in zip(reversed(self.rounds), reversed(trail)):
+            z = r.primal(z, *affine)
+            if need_nu:
+                nu = r.equality_duals(nu, z, blocks[0], blocks[1])
+        return z, lam, nu

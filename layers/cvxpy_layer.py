@@ -12,7 +12,7 @@ from declarative.solution import Solution
 from declarative.validation import check_same_dtype_device, check_tensor
 
 from .cvxpy_canonical import CanonicalQP, QPDataMap, canonicalise
-from .cvxpy_elimination import Elimination, eliminable
+from .cvxpy_elimination import EliminationChain, eliminable
 
 __all__ = ["CvxpyLayer"]
 
@@ -100,8 +100,8 @@ class CvxpyLayer(nn.Module):
         self.variables = list(variables)
         self.canonical: CanonicalQP = canonicalise(problem, self.parameters, self.variables)
         self.data_map = QPDataMap(self.canonical)
-        elim = eliminable(self.canonical) if presolve else None
-        self.elimination = None if elim is None else Elimination(self.canonical, elim)
+        rounds = eliminable(self.canonical) if presolve else []
+        self.elimination = EliminationChain(rounds) if rounds else None
 
     # -- call ------------------------------------------------------------------------------------
     def _check_params(self, values) -> int | None:
@@ -139,24 +139,24 @@ class CvxpyLayer(nn.Module):
         blocks = self.data_map(list(params))
         reduced = blocks
         if self.elimination is not None:
-            reduced, affine = self.elimination.reduce(*blocks)
+            reduced, trail = self.elimination.reduce(*blocks)
         Q, q, G, h, A, b = reduced
         if batch is not None and q.dim() == 1:
             q = q.expand(batch, -1)         # one batched input makes every output batched
         sol = solve_qp(Q, q, G, h, A, b, mode=self.mode, options=self.options, check=self.check)
         full = {"z": sol.z, "lam": sol.duals.get("lam"), "nu": sol.duals.get("nu")}
         if self.elimination is not None:
-            full = self._undo_elimination(full, blocks, affine, batch)
+            full = self._undo_elimination(full, trail, batch)
         return self._outputs(full, batch), sol
 
-    def _undo_elimination(self, full: dict, blocks, affine, batch) -> dict:
+    def _undo_elimination(self, full: dict, trail, batch) -> dict:
         """The canonical ``z`` (and ``ν`` if an output needs it) from the reduced solution."""
         one = batch is None
         lift = (lambda t: None if t is None else t.unsqueeze(0)) if one else (lambda t: t)
-        z = self.elimination.primal(lift(full["z"]), *affine)
-        out = {"z": z, "lam": lift(full["lam"]), "nu": None}
-        if any(s.source == "nu" for s in self.canonical.outputs):
-            out["nu"] = self.elimination.equality_duals(lift(full["nu"]), z, blocks[0], blocks[1])
+        need_nu = any(s.source == "nu" for s in self.canonical.outputs)
+        nu = lift(full["nu"]) if full["nu"] is not None and full["nu"].shape[-1] else None
+        z, lam, nu = self.elimination.recover(lift(full["z"]), lift(full["lam"]), nu, trail, need_nu)
+        out = {"z": z, "lam": lam, "nu": nu}
         return {k: (None if v is None else v[0]) for k, v in out.items()} if one else out
 
     def _outputs(self, full: dict, batch: int | None) -> tuple:

@@ -89,7 +89,7 @@ class ArgminQPSolver(SolverInterface):
         A_struct = ctx.reduced_A.problem_data_index
         rows, cols = _csc_positions(A_struct)
         self.n = int(A_struct[2][1]) - 1
-        n, p = self.n, self.p
+        n = self.n
         is_b = cols == n
         self._a_pos = torch.as_tensor(np.where(is_b, 0, rows * n + np.minimum(cols, n - 1)))
         self._b_pos = torch.as_tensor(rows)
@@ -102,7 +102,6 @@ class ArgminQPSolver(SolverInterface):
             self._const_p = not _depends_on_parameters(ctx.reduced_P.reduced_mat, np.arange(len(prow)))
         else:
             self._p_pos, self._const_p = None, True
-        del p
         self._ready = True
 
     # -- forward -----------------------------------------------------------------------------------

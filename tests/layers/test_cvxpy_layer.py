@@ -299,8 +299,26 @@ def test_wrong_parameter_count_and_shapes():
         layer(values[0], values[1].long(), values[2], values[3])
 
 
-@pytest.mark.parametrize("make", [constrained_least_squares, shared_parameter_equalities, l1_regression],
-                         ids=["cls", "shared", "l1"])
+def small_mpc():
+    """Dynamics equalities: the presolve condenses the states over several rounds."""
+    T, nx, nu = 3, 2, 1
+    A, B, x0 = cp.Parameter((nx, nx)), cp.Parameter((nx, nu)), cp.Parameter(nx)
+    x, u = cp.Variable((nx, T + 1)), cp.Variable((nu, T))
+    cons = [x[:, 0] == x0, u <= 0.5, u >= -0.5] + [x[:, t + 1] == A @ x[:, t] + B @ u[:, t] for t in range(T)]
+    prob = cp.Problem(cp.Minimize(cp.sum_squares(x) + cp.sum_squares(u)), cons)
+    values = [torch.eye(nx, **F64) + 0.2 * _randn(nx, nx, seed=25), _randn(nx, nu, seed=26), 2 * _randn(4, nx, seed=27)]
+    return prob, [A, B, x0], [u, x], values
+
+
+def test_condensed_mpc_matches_cvxpy():
+    prob, params, variables, values = small_mpc()
+    layer = layers.CvxpyLayer(prob, params, variables)
+    assert len(layer.elimination.rounds) > 1
+    assert_close_to_cvxpy(layer, *values, forward_tol=1e-7, gradient_tol=1e-5)
+
+
+@pytest.mark.parametrize("make", [constrained_least_squares, shared_parameter_equalities, l1_regression, small_mpc],
+                         ids=["cls", "shared", "l1", "mpc"])
 def test_presolve_changes_nothing_but_the_size(make):
     """Eliminating cvxpy's auxiliary variables keeps outputs, multipliers and gradients."""
     prob, params, variables, values = make()
