@@ -96,12 +96,12 @@ def train(backend, expert, data, init, args, progress):
     start = time.perf_counter()
     for _ in tqdm(range(args.steps), desc=f"{backend:>11}", disable=not progress, leave=True):
         idx = torch.randint(0, x_train.shape[0], (args.batch,), generator=gen)
-        with warnings.catch_warnings():
+        with warnings.catch_warnings():      # cvxpylayers' numpy-2 deprecation warnings
             warnings.simplefilter("ignore")
             (u,) = layer(A, B, log_umax.exp(), x_train[idx])
-        loss = (u - u_train[idx]).pow(2).mean()
-        opt.zero_grad()
-        loss.backward()
+            loss = (u - u_train[idx]).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
         opt.step()
         curve.append(loss.item())
     seconds = time.perf_counter() - start

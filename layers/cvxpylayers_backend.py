@@ -14,7 +14,8 @@ with ``declarative.qp.solve_qp`` under its gradient mode and returns cvxpylayers
 dual ``y = (−ν, λ)`` (the sign of ``dual_value``). The backward differentiates the same scatter.
 
 Only zero and nonnegative cones are accepted (checked at ``setup``). Matrices that depend on no
-parameter are solved unbatched (shared by the batch).
+parameter are solved unbatched (shared by the batch), and cvxpy's equality-defined auxiliary
+variables are eliminated first, as in ``layers.CvxpyLayer`` (``presolve``).
 
 Examples::
 
@@ -31,6 +32,8 @@ from cvxpylayers.interfaces.base import SolverInterface
 import contrastive  # noqa: F401  (registers the "contrastive" and "symmetric" mode names)
 from declarative import GradientMode, resolve_mode
 from declarative.qp import QPOptions, solve_qp
+
+from .cvxpy_elimination import EliminationChain, eliminable
 
 __all__ = ["ArgminQPSolver"]
 
@@ -58,6 +61,7 @@ class ArgminQPSolver(SolverInterface):
         mode: ``"implicit"``, ``"contrastive"``, ``"symmetric"`` or a ``GradientMode`` object.
         beta: nudging strength of the contrastive modes.
         options: ``declarative.QPOptions``.
+        presolve: eliminate equality-defined auxiliary variables (``layers.cvxpy_elimination``).
 
     Raises:
         ValueError: at ``setup``, a canonical form with cones other than zero and nonnegative; in
@@ -69,8 +73,9 @@ class ArgminQPSolver(SolverInterface):
     supports_quad_obj = True
 
     def __init__(self, mode: "str | GradientMode" = "implicit", beta: float | None = None,
-                 options: QPOptions | None = None):
+                 options: QPOptions | None = None, presolve: bool = True):
         self.mode = resolve_mode(mode, beta)
+        self.presolve = presolve
         if options is not None and not isinstance(options, QPOptions):
             raise TypeError(f"options: expected QPOptions, got {type(options).__name__}")
         self.options = options
@@ -102,7 +107,31 @@ class ArgminQPSolver(SolverInterface):
             self._const_p = not _depends_on_parameters(ctx.reduced_P.reduced_mat, np.arange(len(prow)))
         else:
             self._p_pos, self._const_p = None, True
+        self._chain = self._elimination(ctx.reduced_A.reduced_mat, rows, cols) if self.presolve else None
         self._ready = True
+
+    def _elimination(self, mat, rows, cols):
+        """The presolve's rounds from the constraint structure (constant part and which entries
+        depend on parameters), or None."""
+        n, p, m = self.n, self.p, self.m
+        csr = mat.tocsr()
+        const = np.asarray(csr[:, -1].todense()).reshape(-1)
+        dep = np.diff(csr[:, :-1].tocsr().indptr) > 0
+        blocks = {}
+        for name, sel, r0, nrows in (("A", (cols < n) & (rows < p), 0, p), ("G", (cols < n) & (rows >= p), p, m)):
+            dense = np.zeros((nrows, n))
+            dense[rows[sel] - r0, cols[sel]] = const[sel] if name == "A" else -const[sel]
+            dst = (rows[sel & dep] - r0) * n + cols[sel & dep]
+            blocks[name] = (dense, [(dst, None, None)])
+
+        class _Structure:
+            pass
+        canon = _Structure()
+        canon.n, canon.m, canon.p = n, m, p
+        canon.constants = {k: v[0] for k, v in blocks.items()}
+        canon.maps = {k: v[1] for k, v in blocks.items()}
+        rounds = eliminable(canon)
+        return EliminationChain(rounds) if rounds else None
 
     # -- forward -----------------------------------------------------------------------------------
     def _qp(self, P, q, A):
@@ -135,10 +164,20 @@ class ArgminQPSolver(SolverInterface):
                                "cvxpylayers.torch.CvxpyLayer)")
         with torch.enable_grad():
             leaves = [None if t is None else t.detach().requires_grad_(needs_grad) for t in (P, q, A)]
-            sol = solve_qp(*self._qp(*leaves), mode=self.mode, options=self.options)
-        dual = torch.cat([-sol.duals["nu"], sol.duals["lam"]], -1)
-        state = (sol.z, leaves) if needs_grad else None
-        return sol.z.detach(), dual.detach(), state
+            blocks = self._qp(*leaves)
+            if self._chain is None:
+                sol = solve_qp(*blocks, mode=self.mode, options=self.options)
+                z, lam, nu = sol.z, sol.duals["lam"], sol.duals["nu"]
+            else:
+                reduced, trail = self._chain.reduce(*blocks)
+                Qr, qr, *rest = reduced
+                qr = qr.expand(q.shape[0], -1) if qr.dim() == 1 else qr
+                sol = solve_qp(Qr, qr, *rest, mode=self.mode, options=self.options)
+                nu = sol.duals["nu"] if sol.duals["nu"].shape[-1] else None
+                z, lam, nu = self._chain.recover(sol.z, sol.duals["lam"], nu, trail, True)
+        dual = torch.cat([-nu, lam], -1)
+        state = (z, leaves) if needs_grad else None
+        return z.detach(), dual.detach(), state
 
     # -- backward ----------------------------------------------------------------------------------
     def derivative_torch_batch(self, dprimal, ddual, saved_state):

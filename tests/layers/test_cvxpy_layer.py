@@ -172,19 +172,19 @@ def test_one_sided_gradient_at_a_degenerate_point_equals_contrastive():
         torch.testing.assert_close(a, c, atol=1e-5, rtol=1e-5)
 
 
-def test_cvxpylayers_backend_returns_what_cvxpy_layer_returns():
+@pytest.mark.parametrize("make", ["constrained_least_squares", "l1_regression", "small_mpc"])
+def test_cvxpylayers_backend_returns_what_cvxpy_layer_returns(make):
     from cvxpylayers.torch import CvxpyLayer as CvxpylayersLayer
 
-    prob, params, variables, values = constrained_least_squares()
+    prob, params, variables, values = globals()[make]()
     ours = layers.CvxpyLayer(prob, params, variables)
     backend = CvxpylayersLayer(prob, parameters=params, variables=variables, solver=layers.ArgminQPSolver())
-    w = _randn(4, 5, seed=19)
     results = []
     for layer in (ours, backend):
         leaves = [v.clone().requires_grad_() for v in values]
-        (x,) = layer(*leaves)
-        (x * w).sum().backward()
-        results.append([x] + [t.grad for t in leaves])
+        outs = layer(*leaves)
+        sum((o * _randn(*o.shape, seed=19 + i)).sum() for i, o in enumerate(outs)).backward()
+        results.append(list(outs) + [t.grad for t in leaves])
     for a, c in zip(*results):
         torch.testing.assert_close(a, c, atol=1e-9, rtol=1e-8)
 
