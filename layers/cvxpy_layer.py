@@ -168,7 +168,7 @@ class CvxpyLayer(nn.Module):
             val = src.index_select(-1, idx) * slot.sign
             # cvxpy's flattening is column-major: reshape reversed, then reverse the axes back
             rev = tuple(reversed(slot.shape))
-            val = val.reshape(*lead, *rev)
+            val = val.reshape(lead + rev)
             nb = len(lead)
             val = val.permute(*range(nb), *reversed(range(nb, val.dim())))
             outs.append(val)

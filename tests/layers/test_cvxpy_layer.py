@@ -130,6 +130,10 @@ def test_duals_match_cvxpy():
     assert [o.shape for o in outs] == [(5, 3), (5, 3), (5,)]
     for o, r in zip(outs, ref):
         np.testing.assert_allclose(o.numpy(), r, atol=1e-7)
+    single = layer(a_t[1])                     # unbatched: no batch dimension anywhere
+    assert [o.shape for o in single] == [(3,), (3,), ()]
+    for o, r in zip(single, ref):
+        np.testing.assert_allclose(o.numpy(), r[1], atol=1e-7)
 
 
 def test_equals_qp_layer_on_the_same_qp():
