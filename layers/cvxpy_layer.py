@@ -170,7 +170,8 @@ class CvxpyLayer(nn.Module):
             rev = tuple(reversed(slot.shape))
             val = val.reshape(lead + rev)
             nb = len(lead)
-            val = val.permute(*range(nb), *reversed(range(nb, val.dim())))
+            if len(rev) >= 2:
+                val = val.permute(*range(nb), *reversed(range(nb, val.dim())))
             outs.append(val)
         return tuple(outs)
 
