@@ -26,7 +26,7 @@ numpy/cvxpy run only here, at construction.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -99,7 +99,6 @@ class CanonicalQP:
     maps: dict
     parameters: list
     outputs: list
-    depends: dict = field(default_factory=dict)
 
 
 # -- construction -----------------------------------------------------------------------------
@@ -262,8 +261,8 @@ def _output_slots(problem, variables, param_prob, chain, dims, dual_of):
         r0 = rows[cid] + offset
         eq = r0 < dims.zero
         idx = np.arange(r0, r0 + v.size) - (0 if eq else dims.zero)
-        slots.append(VariableSlot(f"dual of {con.constr_id if hasattr(con, 'constr_id') else con.id}",
-                                  "nu" if eq else "lam", idx, tuple(v.shape), -1.0 if eq else 1.0))
+        slots.append(VariableSlot(f"dual of constraint {con.id}", "nu" if eq else "lam", idx,
+                                  tuple(v.shape), -1.0 if eq else 1.0))
     return slots
 
 
