@@ -15,7 +15,8 @@ Methods: **ours** (``layers.CvxpyLayer``), **backend** (``cvxpylayers.torch.Cvxp
 solver=layers.ArgminQPSolver())``), **diffcp** (cvxpylayers' default, DIFFCP/SCS with
 ``eps=1e-9``), **diffcp-clarabel** (DIFFCP with ``solve_method="Clarabel"``). One *call* is
 forward + backward of ``ℓ = Σ wᵀ(outputs)``; the median of ``--reps`` calls (after one warm-up) is
-reported with ``peer / ours`` ratios. *Construction* is the layer's constructor on a freshly built
+reported with ``peer / ours`` ratios (construction: the median of 3); repetitions are interleaved (each runs every method once, in
+a shuffled order) so that the load of the machine affects every method alike. *Construction* is the layer's constructor on a freshly built
 problem (cvxpy caches canonicalisations on the problem object).
 
 *Gradient error*: ``declarative.testing.check_against_cvxpy`` on the first 8 batch elements —
@@ -39,6 +40,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import random
 import statistics
 import sys
 import time
@@ -137,29 +139,40 @@ def call(layer, values, ws):
 def run_problem(name, methods, reps, step, gen):
     build, make_values = PROBLEMS[name]
     values = make_values(gen)
-    prob, params, variables = build()
+    _, params, _ = build()
     batched = [v.dim() > len(p.shape) for v, p in zip(values, params)]
     small = [v[:8] if b else v for v, b in zip(values, batched)]
     print(f"\n== ({name}) batch {next(v.shape[0] for v, b in zip(values, batched) if b)}, "
           f"parameters {[tuple(p.shape) for p in params]} ==", flush=True)
+    builds = {m: [] for m in methods}
+    for _ in range(3):                                          # construction: median of 3, interleaved
+        for m in methods:
+            builds[m].append(make(m, build))
+    built = {m: (builds[m][-1][0], statistics.median(t for _, t in builds[m])) for m in methods}
+    times = {m: [] for m in methods}
+    order = random.Random(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ws = [torch.randn(o.shape, generator=torch.Generator().manual_seed(1), **F64)
+              for o in built[methods[0]][0](*values)]
+        for m in methods:
+            call(built[m][0], values, ws)                      # warm-up
+        for _ in range(reps):                                   # interleaved, shuffled
+            for m in order.sample(methods, len(methods)):
+                t = time.perf_counter()
+                call(built[m][0], values, ws)
+                times[m].append(time.perf_counter() - t)
     rows = {}
     for method in methods:
-        layer, t_build = make(method, build)
+        layer, t_build = built[method]
+        small_prob, small_params, small_vars = build()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            outs = layer(*values)           # warm-up
-            ws = [torch.randn(o.shape, generator=torch.Generator().manual_seed(1), **F64) for o in outs]
-            times = []
-            for _ in range(reps):
-                t = time.perf_counter()
-                call(layer, values, ws)
-                times.append(time.perf_counter() - t)
-            small_prob, small_params, small_vars = build()
             rep = check_against_cvxpy(
                 layer, *small, step=step,
                 reference=lambda *v: problem_reference(small_prob, small_params, small_vars, v, active_set=True))
-        rows[method] = dict(time=statistics.median(times), build=t_build, grad=rep.max_gradient_error,
-                            fwd=rep.max_forward_error)
+        rows[method] = dict(time=statistics.median(times[method]), build=t_build,
+                            grad=rep.max_gradient_error, fwd=rep.max_forward_error)
         print(f"  {method:16s} call {rows[method]['time'] * 1e3:9.2f} ms   construction "
               f"{t_build * 1e3:8.1f} ms   max forward error {rep.max_forward_error:.1e}   "
               f"max gradient error {rep.max_gradient_error:.1e}", flush=True)
