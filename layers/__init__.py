@@ -7,6 +7,8 @@ from declarative._version import __version__
 
 from . import ddp
 from .activation import ArgminActivation
+from .cvxpy_layer import CvxpyLayer
+from . import cvxpy_references as _cvxpy_references  # noqa: F401  (registers check_against_cvxpy references)
 from .box import ArgminBox, ArgminHardsigmoid, ArgminHardtanh
 from .lasso import LassoLayer
 from .fenchel_mlp import fenchel_mlp, negative_glorot_uniform_
@@ -16,6 +18,15 @@ from .simplex import ArgminSoftmax, ArgminSparsemax
 
 __all__ = [
     "__version__",
-    "ArgminActivation", "ArgminBox", "ArgminHardsigmoid", "ArgminHardtanh", "ArgminReLU",
-    "ArgminSoftmax", "ArgminSparsemax", "LassoLayer", "QPLayer", "fenchel_mlp", "negative_glorot_uniform_",
+    "ArgminActivation", "ArgminBox", "ArgminQPSolver", "ArgminHardsigmoid", "ArgminHardtanh", "ArgminReLU",
+    "ArgminSoftmax", "ArgminSparsemax", "CvxpyLayer", "LassoLayer", "QPLayer", "fenchel_mlp", "negative_glorot_uniform_",
 ]
+
+
+def __getattr__(name):
+    # ``ArgminQPSolver`` subclasses cvxpylayers' SolverInterface: imported on first use only, so
+    # that ``import layers`` does not import cvxpylayers (and cvxpy)
+    if name == "ArgminQPSolver":
+        from .cvxpylayers_backend import ArgminQPSolver
+        return ArgminQPSolver
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

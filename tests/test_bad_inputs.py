@@ -400,6 +400,41 @@ def _rejected() -> list:
         add(f"{entry}-reduction", lambda f=f: f(reduction="max"), ValueError, r"reduction: expected")
         add(f"{entry}-tol", lambda f=f: f(tol=NAN), ValueError, r"tol: expected")
         add(f"{entry}-max-iter", lambda f=f: f(max_iter=-1), ValueError, r"max_iter: expected")
+
+    # cvxpy problems: CvxpyLayer and the cvxpylayers backend ------------------------------------
+    def nnls():
+        import cvxpy as cp
+        A, b = cp.Parameter((4, 3), name="A"), cp.Parameter(4, name="b")
+        x = cp.Variable(3, name="x")
+        return cp.Problem(cp.Minimize(cp.sum_squares(A @ x - b)), [x >= 0]), [A, b], [x]
+
+    def soc():
+        import cvxpy as cp
+        b = cp.Parameter(4, name="b")
+        x = cp.Variable(4, name="x")
+        return cp.Problem(cp.Minimize(cp.norm(x - b, 2)), [x >= 0]), [b], [x]
+
+    from layers.cvxpy_canonical import UnsupportedProblemError   # a ValueError
+
+    add("CvxpyLayer-soc-cone", lambda: layers.CvxpyLayer(*soc()), UnsupportedProblemError,
+        r"problem: .*second-order")
+    add("CvxpyLayer-variables-type", lambda: layers.CvxpyLayer(*nnls()[:2], "x"),
+        TypeError, r"variables")
+    add("CvxpyLayer-param-count", lambda: layers.CvxpyLayer(*nnls())(torch.randn(4, 3, dtype=F64)),
+        ValueError, r"expected 2 parameter tensors")
+    add("CvxpyLayer-param-shape", lambda: layers.CvxpyLayer(*nnls())(torch.randn(4, 2, dtype=F64),
+                                                                      torch.randn(4, dtype=F64)),
+        ValueError, r"parameter A: expected shape")
+    add("CvxpyLayer-param-not-tensor", lambda: layers.CvxpyLayer(*nnls())([[1.0]], torch.randn(4)),
+        TypeError, r"parameter A")
+    add("CvxpyLayer-bad-mode", lambda: layers.CvxpyLayer(*nnls(), mode="newton"), ValueError,
+        r"mode.*'newton'")
+    add("CvxpyLayer-options-dict", lambda: layers.CvxpyLayer(*nnls(), options={"tol": 1e-6}),
+        TypeError, r"options")
+    add("ArgminQPSolver-options-dict", lambda: layers.ArgminQPSolver(options={"tol": 1e-6}),
+        TypeError, r"options")
+    add("ArgminQPSolver-bad-mode", lambda: layers.ArgminQPSolver(mode="newton"), ValueError,
+        r"mode.*'newton'")
     return c
 
 

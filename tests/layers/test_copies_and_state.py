@@ -42,6 +42,33 @@ def _mlp_inputs(dtype=F64, device="cpu"):
     return (torch.rand(4, 6, generator=torch.Generator().manual_seed(4), dtype=F64).to(dtype=dtype, device=device),)
 
 
+class _FirstOutput(torch.nn.Module):
+    """A ``CvxpyLayer`` returns a tuple (one tensor per variable): its first output."""
+
+    def __init__(self, layer):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, *inputs):
+        return self.layer(*inputs)[0]
+
+
+def _nnls_layer():
+    import cvxpy as cp
+
+    A, b = cp.Parameter((6, 4), name="A"), cp.Parameter(6, name="b")
+    x = cp.Variable(4, name="x")
+    return _FirstOutput(layers.CvxpyLayer(cp.Problem(cp.Minimize(cp.sum_squares(A @ x - b)), [x >= 0]),
+                                          [A, b], [x]))
+
+
+def _nnls_inputs(dtype=F64, device="cpu"):
+    gen = torch.Generator().manual_seed(5)
+    A = torch.randn(3, 6, 4, generator=gen, dtype=F64)
+    b = torch.randn(3, 6, generator=gen, dtype=F64)
+    return A.to(dtype=dtype, device=device), b.to(dtype=dtype, device=device)
+
+
 # name -> (builder(seed), inputs(dtype, device))
 MODULES = {
     "ArgminActivation": (lambda s: layers.ArgminActivation(ReLUProblem(), mode="symmetric", beta=0.3), _act_inputs),
@@ -57,6 +84,7 @@ MODULES = {
     "LassoLayer-tensor-mu": (lambda s: layers.LassoLayer(mu=torch.tensor(0.05, dtype=F64)), _lasso_inputs),
     "LassoLayer-parameter-mu": (lambda s: layers.LassoLayer(mu=torch.nn.Parameter(torch.tensor(0.05 + s, dtype=F64))),
                                 _lasso_inputs),
+    "CvxpyLayer": (lambda s: _nnls_layer(), _nnls_inputs),
     "fenchel_mlp": (lambda s: layers.fenchel_mlp((6, 5, 4, 3), 0.5, generator=torch.Generator().manual_seed(s)).double(),
                     _mlp_inputs),
 }
@@ -132,7 +160,7 @@ def test_to_dtype(name):
     reference = _run(module, inputs(F64))
     moved = copy.deepcopy(module).to(torch.float32)
     for t in [*moved.parameters(), *moved.buffers()]:
-        assert t.dtype == torch.float32
+        assert t.dtype == torch.float32 or not t.is_floating_point()   # index buffers stay integer
     out32, grads32 = _run(moved, inputs(torch.float32))
     assert out32.dtype == torch.float32
     # float32 solves (QP/lasso at their float32 tolerances) against the float64 reference

@@ -1,0 +1,190 @@
+"""``CvxpyLayer``: a DPP cvxpy problem (LP/QP canonical form) as a differentiable layer."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from declarative import GradientMode, resolve_mode
+from declarative.qp import QPOptions, QPProblem, solve_qp
+from declarative.solution import Solution
+from declarative.validation import check_instance, check_same_dtype_device, check_tensor
+
+from .cvxpy_canonical import CanonicalQP, QPDataMap, canonicalise, check_members_types
+from .cvxpy_elimination import EliminationChain, eliminable
+
+__all__ = ["CvxpyLayer"]
+
+
+def _fmt(shape) -> str:
+    return "(" + ", ".join(str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+class CvxpyLayer(nn.Module):
+    r"""A parametrised cvxpy problem as a layer: parameters in, optimal variables out.
+
+    The call signature and batching follow ``cvxpylayers.torch.CvxpyLayer``: ``layer(*params)``
+    takes one tensor per cvxpy ``Parameter`` (in the order of ``parameters``) and returns a tuple
+    with one tensor per entry of ``variables``. A leading batch dimension on any parameter batches
+    the solve; unbatched parameters are shared by every element (their gradient is summed).
+
+    The problem must be DPP and its canonical cone form must have zero and nonnegative cones only
+    (LPs and QPs: linear constraints; objectives with ``sum_squares``, ``quad_form`` with a constant
+    matrix or a PSD parameter matrix, ``norm1``, ``norm_inf``, ``abs``, ``maximum``, ``pos``, …).
+    At construction cvxpy canonicalises it once into
+
+    .. math::
+
+        z^\star(\theta) = \arg\min_z \tfrac12 z^\top Q(\theta) z + q(\theta)^\top z
+        \quad \text{s.t.} \quad G(\theta) z \le h(\theta),\; A(\theta) z = b(\theta),
+
+    with every block affine in the parameters ``θ``. Auxiliary variables that cvxpy defines by one
+    equality each (``t = Fx − g`` for ``sum_squares(Fx − g)``) are eliminated (``presolve``; see
+    ``layers.cvxpy_elimination``), which can halve the QP. Each call evaluates the blocks in torch
+    (differentiable, on the parameters' device and dtype), solves the batch with
+    ``declarative.qp.solve_qp`` — so every gradient mode applies (``"implicit"``, the exact
+    one-sided derivative also at weakly active constraints; ``"contrastive"``; ``"symmetric"``) —
+    and reads the requested variables (or constraint multipliers) out of ``z*`` (and ``λ``, ``ν``).
+
+    Args:
+        problem: a ``cvxpy.Problem`` (DPP).
+        parameters: its ``cvxpy.Parameter``\ s, each exactly once, in the order of the call.
+        variables: what the layer returns: variables of the problem, or constraints / their
+            ``dual_variables[0]`` for the multipliers (cvxpy's sign convention, ``dual_value``).
+        mode: ``"implicit"``, ``"contrastive"``, ``"symmetric"`` or a ``GradientMode`` object.
+        beta: nudging strength of the contrastive modes.
+        options: ``declarative.QPOptions`` of the solver.
+        check: raise ``declarative.SolverError`` naming failed batch elements (default); if
+            False, failed elements are reported by ``solve(...)[1].status``.
+        presolve: eliminate cvxpy's auxiliary equality-defined variables (default True; the
+            minimiser, multipliers and gradients are the same either way).
+
+    Multipliers (constraints in ``variables``) are returned without gradient.
+
+    Raises:
+        ValueError: at construction, a problem that is not DCP or not DPP, whose canonical form
+            needs second-order, exponential, PSD or power cones (the message names the cone and
+            the atoms, and points to cvxpylayers' DIFFCP solver), or parameters / variables that
+            do not belong to the problem; at call time, a wrong number of tensors or a wrong shape
+            (named parameter, expected and received shape).
+        TypeError: non-tensor or non-floating parameters, mixed dtypes or devices.
+
+    Shape:
+        - Parameter ``i``: ``param.shape`` or ``(B, *param.shape)`` (one common ``B``).
+        - Output ``j``: ``variables[j].shape``, or ``(B, *variables[j].shape)`` when any parameter
+          is batched.
+
+    Examples::
+
+        >>> import cvxpy as cp, torch, layers
+        >>> x = cp.Variable(3); a = cp.Parameter(3)
+        >>> problem = cp.Problem(cp.Minimize(cp.sum_squares(x - a)), [x >= 0, cp.sum(x) == 1])
+        >>> layer = layers.CvxpyLayer(problem, parameters=[a], variables=[x])
+        >>> a_t = torch.randn(8, 3, dtype=torch.float64, requires_grad=True)
+        >>> (z,) = layer(a_t)                       # (8, 3): sparsemax of each row
+        >>> z.sum().backward()
+    """
+
+    def __init__(self, problem, parameters, variables, mode: "str | GradientMode" = "implicit",
+                 beta: float | None = None, options: QPOptions | None = None, check: bool = True,
+                 presolve: bool = True):
+        super().__init__()
+        self.mode = resolve_mode(mode, beta, problem=QPProblem)
+        self.options = check_instance("options", options, QPOptions)
+        self.check = check
+        self.problem = problem
+        check_members_types(parameters, variables)
+        self.parameters = list(parameters)
+        self.variables = list(variables)
+        self.canonical: CanonicalQP = canonicalise(problem, self.parameters, self.variables)
+        self.data_map = QPDataMap(self.canonical)
+        rounds = eliminable(self.canonical) if presolve else []
+        self.elimination = EliminationChain(rounds) if rounds else None
+
+    # -- call ------------------------------------------------------------------------------------
+    def _check_params(self, values) -> int | None:
+        """Validate the call's tensors; return the batch size (None if nothing is batched)."""
+        slots = self.canonical.parameters
+        if len(values) != len(slots):
+            raise ValueError(f"expected {len(slots)} parameter tensors "
+                             f"({', '.join(s.name for s in slots)}), got {len(values)}")
+        for v, s in zip(values, slots):
+            check_tensor(f"parameter {s.name}", v)
+        check_same_dtype_device(**{f"parameter {s.name}": v for v, s in zip(values, slots)})
+        batch = None
+        for v, s in zip(values, slots):
+            core = tuple(v.shape[v.dim() - len(s.shape):]) if v.dim() >= len(s.shape) else None
+            if core != s.shape or v.dim() > len(s.shape) + 1:
+                raise ValueError(f"parameter {s.name}: expected shape {_fmt(s.shape)} or "
+                                 f"(B, {', '.join(map(str, s.shape))}), got {_fmt(v.shape)}")
+            if v.dim() == len(s.shape) + 1:
+                if batch is not None and v.shape[0] != batch:
+                    raise ValueError(f"parameter {s.name}: expected batch size {batch} (that of "
+                                     f"the other batched parameters), got {v.shape[0]}")
+                batch = v.shape[0]
+        return batch
+
+    def qp_data(self, *params: torch.Tensor) -> tuple:
+        """The canonical QP ``(Q, q, G, h, A, b)`` at these parameters (differentiable; blocks
+        that depend on no batched parameter are unbatched; absent blocks are None)."""
+        self._check_params(params)
+        return self.data_map(list(params))
+
+    def solve(self, *params: torch.Tensor) -> tuple[tuple, Solution]:
+        """The outputs and the full ``Solution`` of the QP solved (after ``presolve``: the reduced
+        QP's ``z``; status, iterations, residuals)."""
+        batch = self._check_params(params)
+        blocks = self.data_map(list(params))
+        reduced = blocks
+        if self.elimination is not None:
+            reduced, trail = self.elimination.reduce(*blocks)
+        Q, q, G, h, A, b = reduced
+        if batch is not None and q.dim() == 1:
+            q = q.expand(batch, -1)         # one batched input makes every output batched
+        sol = solve_qp(Q, q, G, h, A, b, mode=self.mode, options=self.options, check=self.check)
+        full = {"z": sol.z, "lam": sol.duals.get("lam"), "nu": sol.duals.get("nu")}
+        if self.elimination is not None:
+            full = self._undo_elimination(full, trail, batch)
+        return self._outputs(full, batch), sol
+
+    def _undo_elimination(self, full: dict, trail, batch) -> dict:
+        """The canonical ``z`` (and ``ν`` if an output needs it) from the reduced solution."""
+        one = batch is None
+        lift = (lambda t: None if t is None else t.unsqueeze(0)) if one else (lambda t: t)
+        need_nu = any(s.source == "nu" for s in self.canonical.outputs)
+        nu = lift(full["nu"]) if full["nu"] is not None and full["nu"].shape[-1] else None
+        z, lam, nu = self.elimination.recover(lift(full["z"]), lift(full["lam"]), nu, trail, need_nu)
+        out = {"z": z, "lam": lam, "nu": nu}
+        return {k: (None if v is None else v[0]) for k, v in out.items()} if one else out
+
+    def _outputs(self, full: dict, batch: int | None) -> tuple:
+        lead = () if batch is None else (batch,)
+        outs = []
+        for slot in self.canonical.outputs:
+            src = full[slot.source]
+            idx = torch.as_tensor(slot.index, device=src.device)
+            val = src.index_select(-1, idx) * slot.sign
+            # cvxpy's flattening is column-major: reshape reversed, then reverse the axes back
+            rev = tuple(reversed(slot.shape))
+            val = val.reshape(lead + rev)
+            nb = len(lead)
+            if len(rev) >= 2:
+                val = val.permute(*range(nb), *reversed(range(nb, val.dim())))
+            outs.append(val)
+        return tuple(outs)
+
+    def forward(self, *params: torch.Tensor) -> tuple:
+        return self.solve(*params)[0]
+
+    def cvxpy_reference(self):
+        """The cvxpy reference of ``declarative.testing.check_against_cvxpy``: the problem itself,
+        solved per batch element by Clarabel at tight tolerance
+        (``declarative.reference.cvxpy_problem.problem_reference``; sets the parameters' values)."""
+        from declarative.reference.cvxpy_problem import problem_reference
+
+        return lambda *values: problem_reference(self.problem, self.parameters, self.variables, values)
+
+    def extra_repr(self) -> str:
+        c = self.canonical
+        return (f"parameters={[s.name for s in c.parameters]}, variables={[s.name for s in c.outputs]}, "
+                f"canonical n={c.n}, m={c.m}, p={c.p}, mode={self.mode!r}")
