@@ -49,6 +49,7 @@ from ..status import Status
 from .linalg import _one_problem, _with_batch
 from .options import QPOptions
 from .polish import _strict
+from .residuals import ROUNDING_FACTOR
 
 __all__ = ["refine_lu", "solve_qp_active_set", "use_active_set"]
 
@@ -289,7 +290,22 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
     # 1e3·eps of their scale)
     ea, er = opts.eps_abs, opts.eps_rel
     if not (pres <= ea + er * pscale and dres <= ea + er * dscale and gap <= ea + er * gscale):
-        return None
+        # the contract's rounding term (``residuals.meets_tolerances``), only where it matters:
+        # the same products with every term in absolute value
+        Xa = X.abs() if dtype == torch.float64 else X.double().abs()
+        Ka = K[:, :N].abs() if dtype == torch.float64 else K[:, :N].double().abs()
+        w_ = (Ka @ Xa).view(-1).tolist()
+        aQz, aAtn, aGtl = w_[0:3 * n:3], w_[1:3 * n:3], w_[2:3 * n:3]
+        aAz, aGz = w_[3 * n:3 * (n + p):3], w_[3 * (n + p):3 * N:3]
+        az = [abs(a) for a in z]
+        ad = max((a + abs(c) + d + e for a, c, d, e in zip(aQz, q_v, aAtn, aGtl)), default=0.0)
+        ag = sum(a * c for a, c in zip(az, aQz)) + sum(abs(a) * c for a, c in zip(q_v, az)) + \
+            sum(abs(a) * c for a, c in zip(h_v, lam)) + sum(abs(a * c) for a, c in zip(b_v, nu))
+        ap = max([a + abs(c) for a, c in zip(aGz, h_v)] + [a + abs(c) for a, c in zip(aAz, b_v)], default=0.0)
+        r_ = ROUNDING_FACTOR * torch.finfo(dtype).eps / 2
+        if not (pres <= ea + er * pscale + r_ * ap and dres <= ea + er * dscale + r_ * ad
+                and gap <= ea + er * gscale + r_ * ag):
+            return None
     if active and not min(lam_w) + _strict(dtype) * (1 + ninf(lam_w)) >= 0:
         return None
     out = _lift(s + lam + [pres, dres, gap], dtype, device).view(1, -1)

@@ -13,7 +13,7 @@ DEFAULT_REG = {torch.float64: 1e-11, torch.float32: 1e-7, torch.float16: 1e-3, t
 #: Default absolute tolerance ``eps_abs`` on the original problem, per dtype.
 DEFAULT_EPS_ABS = {torch.float64: 1e-8, torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 1e-2}
 #: Default relative tolerance ``eps_rel`` on the original problem, per dtype.
-DEFAULT_EPS_REL = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}
+DEFAULT_EPS_REL = {torch.float64: 0.0, torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}
 #: Default tolerance of the infeasibility certificates per dtype.
 DEFAULT_TOL_INFEASIBLE = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 1e-5, torch.bfloat16: 1e-5}
 
@@ -38,18 +38,23 @@ class QPOptions:
         r_g &= |z^TQz + q^Tz + h^T\lambda + b^T\nu|
             \le \epsilon_{abs} + \epsilon_{rel} \max(|z^TQz|, |q^Tz|, |h^T\lambda|, |b^T\nu|)
 
-    (``λ ≥ 0``; ``r_g`` is the difference of the primal and dual objectives). An element whose
-    iterations stop without meeting them is ``Status.INACCURATE`` (or ``MAX_ITERATIONS`` at the
-    iteration limit); ``Solution.residuals`` holds ``r_p``, ``r_d``, ``r_g`` of the original problem.
+    (``λ ≥ 0``; ``r_g`` is the difference of the primal and dual objectives), each right-hand side
+    plus ``64·u·a``. An element whose iterations stop without meeting them is
+    ``Status.INACCURATE`` (or ``MAX_ITERATIONS`` at the iteration limit); ``Solution.residuals``
+    holds ``r_p``, ``r_d``, ``r_g`` of the original problem.
 
-    Defaults: float64 ``eps_abs = 1e-8``, ``eps_rel = 1e-10``; float32 ``eps_abs = 1e-4``,
-    ``eps_rel = 1e-5``. The absolute part serves data of unit size (the common case of a layer);
-    the relative part is what remains attainable when the data are large (an objective of 1e8
-    cannot have an absolute gap below its rounding, ~1e-8 in float64). ``1e-10`` is about a
-    million times float64's rounding, which a polished (active-set exact) solution meets, and
-    keeps an objective of 1e4 within 1e-6 — where a looser ``1e-9`` let interior-point iterates of
-    the Maros–Meszaros problems (objectives 1e4–1e8) pass with absolute gaps of 1e-5 to 1e-2.
-    ``1e-5`` is about a hundred times float32's rounding of a sum of a hundred products.
+    ``u·a`` is the rounding of the residual's own evaluation: ``u`` the unit roundoff of the
+    answer's dtype, ``a`` the same sums with every term in absolute value (see
+    ``declarative.qp.residuals``) — without it a minimiser of size 1e8 along a near-null direction of
+    ``Q`` (``zᵀQz`` cancelling from terms of 1e15) could never be SOLVED, however exact.
+
+    Defaults: float64 ``eps_abs = 1e-8``, ``eps_rel = 0``; float32 ``eps_abs = 1e-4``,
+    ``eps_rel = 1e-5``. In float64 the test is absolute (plus the rounding term): a relative
+    tolerance lets a large problem pass with a large absolute error — with ``eps_rel = 1e-10``,
+    Maros–Meszaros problems with objectives of 1e4–1e8 were SOLVED with absolute duality gaps of
+    1e-5 to 1e-3 — while polished answers, exact to rounding, meet the absolute test at any scale
+    through the rounding term. float32 keeps a relative part: its rounding, ~6e-8 per operation,
+    accumulates to ~1e-6 relative over sums of a few hundred products.
     Setting only ``tol`` (its meaning before ``eps_abs``/``eps_rel`` existed: a relative
     tolerance with ``1 +`` in the denominators, i.e. absolute for data of unit size) sets
     ``eps_abs = tol`` and leaves ``eps_rel`` at its default.
@@ -68,8 +73,8 @@ class QPOptions:
     Attributes:
         eps_abs: absolute tolerance of the SOLVED contract (None: ``1e-8`` float64, ``1e-4``
             float32; ``tol`` if only that is given).
-        eps_rel: relative tolerance of the SOLVED contract (None: ``1e-10`` float64, ``1e-5``
-            float32). May be 0 (a purely absolute test).
+        eps_rel: relative tolerance of the SOLVED contract (None: ``0`` float64, ``1e-5``
+            float32). 0: an absolute test (up to the rounding term).
         contract: check the SOLVED contract on the original problem (default). False: SOLVED
             means the iterations' relative tolerances are met — for inner solves whose accuracy
             their caller judges (the implicit backward's QP), not for answers given to users.
@@ -184,7 +189,7 @@ class QPOptions:
             eps_abs = self.tol                  # ``tol`` alone: absolute for data of unit size
         else:
             eps_abs = DEFAULT_EPS_ABS.get(dtype, 1e-8)
-        eps_rel = self.eps_rel if self.eps_rel is not None else DEFAULT_EPS_REL.get(dtype, 1e-10)
+        eps_rel = self.eps_rel if self.eps_rel is not None else DEFAULT_EPS_REL.get(dtype, 0.0)
         tol = self.tol if self.tol is not None else DEFAULT_TOL.get(dtype, 1e-8)
         if self.tol is None and eps_given:
             tol = min(tol, max(eps_abs, eps_rel))

@@ -44,11 +44,11 @@ def test_invalid_options_name_the_field(field, value):
 
 def test_defaults_per_dtype_and_tol_alone():
     o64, o32 = QPOptions().resolved(torch.float64), QPOptions().resolved(torch.float32)
-    assert (o64.eps_abs, o64.eps_rel) == (1e-8, 1e-10)
+    assert (o64.eps_abs, o64.eps_rel) == (1e-8, 0.0)
     assert (o32.eps_abs, o32.eps_rel) == (1e-4, 1e-5)
     # ``tol`` alone: the iterations' tolerance and the contract's absolute one
     t = QPOptions(tol=1e-6).resolved(torch.float64)
-    assert (t.eps_abs, t.eps_rel, t.tol) == (1e-6, 1e-10, 1e-6)
+    assert (t.eps_abs, t.eps_rel, t.tol) == (1e-6, 0.0, 1e-6)
     # eps given: the iterations' tolerance is capped by them; eps_rel = 0 is a purely absolute test
     e = QPOptions(eps_abs=1e-10, eps_rel=0.0).resolved(torch.float64)
     assert (e.eps_abs, e.eps_rel, e.tol) == (1e-10, 0.0, 1e-10)
