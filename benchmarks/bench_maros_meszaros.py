@@ -13,7 +13,7 @@ Solvers, one process, one thread, in this order per problem:
 
 * ``ours``         — ``declarative.solve_qp`` (float64, default ``QPOptions()``, ``check=False``);
 * ``ours-1e-9``    — the same with ``QPOptions(tol=1e-9)``;
-* ``proxqp``       — ProxQP dense backend (``eps_abs=1e-9``, ``eps_rel=0``);
+* ``proxqp``       — ProxQP dense backend (``eps_abs=1e-9``, ``eps_rel=0``, duality gap checked);
 * ``clarabel``     — Clarabel (``tol_feas = tol_gap_abs = 1e-9``, ``tol_gap_rel = 0``);
 * ``piqp``         — PIQP dense backend (``eps_abs = eps_duality_gap_abs = 1e-9``, relative 0);
 
@@ -90,7 +90,10 @@ def run_ours(data, options):
 
 
 PEER_SETTINGS = {
-    "proxqp": dict(backend="dense", eps_abs=1e-9, eps_rel=0.0, eps_duality_gap_abs=1e-9, eps_duality_gap_rel=0.0),
+    # check_duality_gap: without it ProxQP stops on the primal and dual residuals alone (its
+    # absolute gaps were then up to 1e-6 at eps_abs = 1e-9)
+    "proxqp": dict(backend="dense", eps_abs=1e-9, eps_rel=0.0, eps_duality_gap_abs=1e-9, eps_duality_gap_rel=0.0,
+                   check_duality_gap=True),
     "clarabel": dict(tol_feas=1e-9, tol_gap_abs=1e-9, tol_gap_rel=0.0),
     "piqp": dict(backend="dense", eps_abs=1e-9, eps_rel=0.0, eps_duality_gap_abs=1e-9, eps_duality_gap_rel=0.0),
 }
