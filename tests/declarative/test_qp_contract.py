@@ -162,3 +162,20 @@ def test_unbounded_ray_is_verified():
     assert ((Q @ d.unsqueeze(-1)).squeeze(-1).abs().amax(-1) <= 1e-10 * nd).all()
     assert ((q * d).sum(-1) < 0).all()
     assert ((G @ d.unsqueeze(-1)).squeeze(-1).amax(-1) <= 1e-10 * nd).all()
+
+
+# -- Q indefinite by rounding only ----------------------------------------------------------------
+@pytest.mark.parametrize("B", [1, 3])
+def test_q_indefinite_by_rounding_is_solved_and_genuinely_indefinite_q_is_an_error(B):
+    """Smallest eigenvalue −1e-10 (relative to max|Q_ii| = 2: rounding of a PSD matrix) is treated
+    as PSD and solved (box constraints bound the problem); −1e-3 is an error naming it."""
+    q = torch.tensor([1.0, 1.0, -1.0], dtype=torch.float64).expand(B, 3)
+    G = torch.cat([torch.eye(3), -torch.eye(3)]).double().expand(B, 6, 3)
+    h = torch.ones(B, 6, dtype=torch.float64)
+    Q = torch.diag(torch.tensor([1.0, -1e-10, 2.0], dtype=torch.float64)).expand(B, 3, 3)
+    sol = solve_qp(Q, q, G, h)
+    torch.testing.assert_close(sol.z, torch.tensor([[-1.0, -1.0, 0.5]] * B, dtype=torch.float64),
+                               rtol=0, atol=1e-8)
+    Qbad = torch.diag(torch.tensor([1.0, -1e-3, 2.0], dtype=torch.float64)).expand(B, 3, 3)
+    with pytest.raises(ValueError, match=r"smallest eigenvalue -0\.001"):
+        solve_qp(Qbad, q, G, h)
