@@ -20,6 +20,7 @@ class Status(enum.IntEnum):
     DUAL_INFEASIBLE = 3
     NON_FINITE = 4
     UNBOUNDED_BELOW = 5
+    INACCURATE = 6
 
     @property
     def message(self) -> str:
@@ -33,6 +34,8 @@ _MESSAGES = {
     Status.DUAL_INFEASIBLE: "dual infeasible: the objective is unbounded below on the feasible set",
     Status.NON_FINITE: "non-finite (NaN or inf) value in the input or in the iterates",
     Status.UNBOUNDED_BELOW: "the energy is unbounded below (e.g. a negative nudging strength)",
+    Status.INACCURATE: ("stopped with an answer that misses the requested tolerances on the original "
+                        "problem (see the solution's residuals)"),
 }
 
 

@@ -49,6 +49,7 @@ from ..status import Status
 from .linalg import _one_problem, _with_batch
 from .options import QPOptions
 from .polish import _strict
+from .residuals import ROUNDING_FACTOR
 
 __all__ = ["refine_lu", "solve_qp_active_set", "use_active_set"]
 
@@ -251,7 +252,8 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
         cols = [3 * i for i in range(n)] + [3 * i + 1 for i in range(n, n + p)] + \
             [3 * (n + p + i) + 2 for i in active]
         X = x.new_zeros(3 * N).index_copy_(0, _lift(cols, torch.int64, device), x.view(-1)).view(N, 3)
-        Y = K[:, :N] @ X
+        # the residuals of the SOLVED contract are judged in float64
+        Y = K[:, :N] @ X if dtype == torch.float64 else K[:, :N].double() @ X.double()
         v = torch.cat([Y.view(-1), x.view(-1)]).tolist()
         if not math.isfinite(sum(v)):          # a singular final system
             return None
@@ -263,29 +265,47 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
         break
     else:
         return None
-    # the relative residuals of ``QPOptions`` (``ipm._residuals``' definitions; those of the
-    # solve's multipliers: the returned λ is clamped at 0, a change below 1e3·eps of its scale)
+    # the SOLVED contract of ``QPOptions`` on the data as given (``residuals.qp_residuals``'
+    # definitions, in float64; those of the solve's multipliers: the returned λ is clamped at 0, a
+    # change below 1e3·eps of its scale)
     Qz, Az = v[0:3 * n:3], v[3 * n:3 * (n + p):3]
     Atn, Gtl = v[1:3 * n:3], v[2:3 * n:3]
     rd = [a + c + d + e for a, c, d, e in zip(Qz, q_v, Atn, Gtl)]
     ninf = lambda xs: max(map(abs, xs), default=0.0)   # noqa: E731
-    dres = ninf(rd) / (max(ninf(Qz), ninf(q_v), ninf(Gtl), ninf(Atn)) + 1)
-    pres = gap = 0.0
+    dres = ninf(rd)
+    dscale = max(ninf(Qz), ninf(q_v), ninf(Gtl), ninf(Atn))
     lam = [0.0] * m
     for i, l in zip(active, lam_w):
         lam[i] = max(l, 0.0)
     s = [max(-r, 0.0) for r in rz]
-    if m:
-        ri = [max(r, 0.0) for r in rz]
-        pres = ninf(ri) / (max(ninf(Gz), ninf(s), ninf(h_v)) + 1)
-        pobj = sum(0.5 * a * c + d * a for a, c, d in zip(z, Qz, q_v))
-        gap = sum(a * c for a, c in zip(s, lam)) / (abs(pobj) + 1)
+    zQz, qz = sum(a * c for a, c in zip(z, Qz)), sum(a * c for a, c in zip(z, q_v))
+    hl, bn = sum(a * c for a, c in zip(h_v, lam)), sum(a * c for a, c in zip(b_v, nu))
+    gap, gscale = abs(zQz + qz + hl + bn), max(abs(zQz), abs(qz), abs(hl), abs(bn))
+    pres = max(max(rz, default=0.0), 0.0)
+    pscale = max(ninf(Gz), ninf(h_v))
     if p:
-        pres = max(pres, ninf([a - c for a, c in zip(Az, b_v)]) / (max(ninf(Az), ninf(b_v)) + 1))
-    # accept: the solver's tolerances and the multipliers' signs (the polish's test: non-negative
-    # to 1e3·eps of their scale)
-    if not (pres <= opts.tol_primal and dres <= opts.tol_dual and gap <= opts.tol_gap):
-        return None
+        pres = max(pres, ninf([a - c for a, c in zip(Az, b_v)]))
+        pscale = max(pscale, ninf(Az), ninf(b_v))
+    # accept: the tolerances and the multipliers' signs (the polish's test: non-negative to
+    # 1e3·eps of their scale)
+    ea, er = opts.eps_abs, opts.eps_rel
+    if not (pres <= ea + er * pscale and dres <= ea + er * dscale and gap <= ea + er * gscale):
+        # the contract's rounding term (``residuals.meets_tolerances``), only where it matters:
+        # the same products with every term in absolute value
+        Xa = X.abs() if dtype == torch.float64 else X.double().abs()
+        Ka = K[:, :N].abs() if dtype == torch.float64 else K[:, :N].double().abs()
+        w_ = (Ka @ Xa).view(-1).tolist()
+        aQz, aAtn, aGtl = w_[0:3 * n:3], w_[1:3 * n:3], w_[2:3 * n:3]
+        aAz, aGz = w_[3 * n:3 * (n + p):3], w_[3 * (n + p):3 * N:3]
+        az = [abs(a) for a in z]
+        ad = max((a + abs(c) + d + e for a, c, d, e in zip(aQz, q_v, aAtn, aGtl)), default=0.0)
+        ag = sum(a * c for a, c in zip(az, aQz)) + sum(abs(a) * c for a, c in zip(q_v, az)) + \
+            sum(abs(a) * c for a, c in zip(h_v, lam)) + sum(abs(a * c) for a, c in zip(b_v, nu))
+        ap = max([a + abs(c) for a, c in zip(aGz, h_v)] + [a + abs(c) for a, c in zip(aAz, b_v)], default=0.0)
+        r_ = ROUNDING_FACTOR * torch.finfo(dtype).eps / 2
+        if not (pres <= ea + er * pscale + r_ * ap and dres <= ea + er * dscale + r_ * ad
+                and gap <= ea + er * gscale + r_ * ag):
+            return None
     if active and not min(lam_w) + _strict(dtype) * (1 + ninf(lam_w)) >= 0:
         return None
     out = _lift(s + lam + [pres, dres, gap], dtype, device).view(1, -1)

@@ -161,7 +161,11 @@ def solve_qp(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None,
 
     Returns:
         ``Solution``: ``z`` (differentiable), ``duals["lam"]``, ``duals["nu"]``, ``status``,
-        ``iterations``, ``residuals``. When every input is unbatched the batch dimension is
+        ``iterations``, ``residuals`` (``"primal"``, ``"dual"``, ``"gap"``: absolute, on the
+        problem as given, in float64 — see ``QPOptions``). ``Status.SOLVED`` means that the
+        tolerances ``eps_abs``/``eps_rel`` of ``QPOptions`` hold on the problem as given;
+        ``Status.INACCURATE`` that the iterations stopped without meeting them; infeasibility
+        verdicts come with a certificate verified on the data as given. When every input is unbatched the batch dimension is
         removed from ``z``, the duals, the status, the iterations and the residuals.
 
     Shape:

@@ -62,6 +62,8 @@ from ..solution import Solution
 from ..status import Status
 from .linalg import _Factor, _inf_norm, _mtv, _mtvs, _mv, _mvs, _shared, _static_reg, _with_batch
 from .options import DEFAULT_REG, DEFAULT_TOL_INFEASIBLE, QPOptions
+from .residuals import (CERTIFICATE_TOL, dual_certificate_holds, meets_tolerances, primal_certificate_holds,
+                        qp_residuals)
 # looked up in this namespace by ``solve_qp_ipm`` (the tests replace them here)
 from .polish import _polish, _polish_penalty
 
@@ -252,7 +254,8 @@ def _residuals(Q, q, G, h, A, b, z, s, lam, nu, hnorm, bnorm, qnorm, products=Fa
 def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None,
                  h: torch.Tensor | None = None, A: torch.Tensor | None = None,
                  b: torch.Tensor | None = None, *, options: QPOptions | None = None,
-                 warm_start: Solution | None = None) -> Solution:
+                 warm_start: Solution | None = None, original: tuple | None = None,
+                 scales=None) -> Solution:
     """Solve a batch of convex QPs ``min ½zᵀQz + qᵀz s.t. Gz ≤ h, Az = b`` (not differentiable).
 
     This is the raw solver: inputs are assumed valid (see ``solve_qp`` for validated, differentiable
@@ -266,10 +269,22 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
         options: ``QPOptions`` (defaults per dtype).
         warm_start: a previous ``Solution`` of a nearby problem (same shapes); its ``z``, ``λ``,
             ``ν`` start the iteration, slacks and multipliers lifted into the interior.
+        original, scales: when the inputs are an equilibration (``Equilibration``: ``scales``) of
+            the problem ``original = (Q, q, G, h, A, b)``, the SOLVED contract of ``QPOptions`` and
+            the infeasibility certificates are checked on ``original`` (default: on the inputs).
+
+    Statuses: ``SOLVED`` only where the answer meets ``eps_abs``/``eps_rel`` on the original
+    problem (``QPOptions``); elements whose iterations converge without meeting them iterate on
+    to tighter tolerances, then are ``INACCURATE``. ``PRIMAL_INFEASIBLE`` and ``DUAL_INFEASIBLE``
+    only with a certificate verified on the original data in float64 (``residuals``); then the
+    duals hold the certificate ``(λ, ν)``, resp. ``z`` the descent ray. A certificate that does
+    not hold there sends the element back to the iterations with a thousand times tighter
+    certificate tolerance, and, failing again, it is ``INACCURATE``.
 
     Returns:
         ``Solution`` with ``z (B, n)``, ``duals={"lam": (B, m), "nu": (B, p)}``, ``status (B,)``,
-        ``iterations (B,)``, ``residuals={"primal", "dual", "gap"}`` each ``(B,)`` and ``cache``
+        ``iterations (B,)``, ``residuals={"primal", "dual", "gap"}`` each ``(B,)`` (absolute, on the
+        original problem: see ``residuals.qp_residuals``) and ``cache``
         for the backward: the slack ``s``, without polish the weights ``w = λ/s`` of the returned
         iterate, with polish the active mask ``act`` (``polished``: the elements polished), the penalty factors of
         ``_polish_penalty`` (``pre_U``, ``pre_Y``, ``pre_Us``, ``pre_w``, ``pre_gn``; ``pre_ok``: the
@@ -297,6 +312,50 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
         A = b = None
     present = [t for t in (Q, q, G, h, A, b) if t is not None]
     B = max(t.shape[0] for t in present)
+    orig = original if original is not None else (Q, q, G, h, A, b)
+
+    def on_original(z, lam, nu):
+        """The residuals of ``(z, λ, ν)`` on the original problem and the contract's mask."""
+        if scales is not None:
+            z = z * scales._per_element(scales.var, 1)
+            d_ = scales.unscale_duals({"lam": lam, "nu": nu})
+            lam, nu = d_["lam"], d_["nu"]
+        res = qp_residuals(*orig, z, lam, nu)
+        if not opts.contract:
+            return res, torch.ones_like(res.primal, dtype=torch.bool)
+        return res, meets_tolerances(res, opts.eps_abs, opts.eps_rel, torch.finfo(dtype).eps / 2)
+
+    # elements that met the iterations' tolerances but not the contract are iterated on; their
+    # last such point is kept and returned (INACCURATE) if the tighter iterations end worse
+    # (non-finite steps or the iteration limit, e.g. an unbounded set of optimal multipliers)
+    kept = {}
+
+    def keep(mask, state):
+        if not bool(mask.any()):
+            return
+        if not kept:
+            kept.update(mask=mask, state=state)
+            return
+        m_ = mask.unsqueeze(-1)
+        kept["state"] = tuple(torch.where(m_, a_, b_) for a_, b_ in zip(state, kept["state"]))
+        kept["mask"] = kept["mask"] | mask
+
+    def certificates_hold(z, lam, nu, st):
+        """Per element: True where ``st`` claims no infeasibility, or where its certificate holds
+        on the original data."""
+        eps_c = CERTIFICATE_TOL.get(orig[0].dtype, 1e-5)
+        if scales is not None:
+            z = z * scales._per_element(scales.var, 1)
+            d_ = scales.unscale_duals({"lam": lam, "nu": nu})
+            lam, nu = d_["lam"], d_["nu"]
+        ok = torch.ones_like(st, dtype=torch.bool)
+        pinf_, dinf_ = st == int(Status.PRIMAL_INFEASIBLE), st == int(Status.DUAL_INFEASIBLE)
+        if bool(pinf_.any()):
+            oG, oh, oA, ob = orig[2:]
+            ok = ok & (~pinf_ | primal_certificate_holds(oG, oh, oA, ob, lam, nu, eps_c))
+        if bool(dinf_.any()):
+            ok = ok & (~dinf_ | dual_certificate_holds(orig[0], orig[1], orig[2], orig[4], z, eps_c))
+        return ok
 
     # -- non-finite inputs: flag the elements, replace their data by a trivial problem ----------
     # a sum is finite only if every term is (one pass, no mask temporaries); the sums of all
@@ -439,15 +498,27 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
                     stalled = within[:, :2].all(-1) & (dres > dres_prev.clamp(min=tol_d))
                     # primal infeasibility certificates, on the iterates (λ, ν) and on the last
                     # Newton directions
-                    pinf = _primal_infeasible(Gtl, Atn, h, b, lam, nu, eps_inf, pscale)
-                    pinf = pinf | _primal_infeasible(Gtd, Atd, h, b, dlp, dnu_last, eps_inf, pscale)
+                    pinf_it = _primal_infeasible(Gtl, Atn, h, b, lam, nu, eps_inf, pscale)
+                    pinf_dir = _primal_infeasible(Gtd, Atd, h, b, dlp, dnu_last, eps_inf, pscale)
+                    pinf = pinf_it | pinf_dir
                     open_ = ~converged
                     new_status = torch.where(open_ & pinf, pinf_code, new_status)
                     open_ = open_ & ~pinf
                     new_status = torch.where(open_ & dinf, dinf_code, new_status)
                     new_status = torch.where(open_ & ~dinf & stalled, _STALLED, new_status)
+                    # the certificates are returned (and verified on the original data): a
+                    # direction's (λ, ν) replaces the iterate's, a descent ray replaces z
+                    cert_dir = (running & ~converged & pinf_dir & ~pinf_it).unsqueeze(-1)
+                    ray = (running & open_ & dinf).unsqueeze(-1)
+                    if G is not None:
+                        X = torch.where(cert_dir, torch.cat([s, dlp], -1), torch.cat([s, lam], -1) if X is None else X)
+                        s, lam = X.chunk(2, -1)
+                    if A is not None:
+                        nu = torch.where(cert_dir, dnu_last, nu)
+                    z = torch.where(ray, dz_last, z)
                 else:
                     new_status = torch.where(~converged & dinf, dinf_code, new_status)
+                    z = torch.where((running & ~converged & dinf).unsqueeze(-1), dz_last, z)
                 status = torch.where(running, new_status, status)
             dres_prev = dres
             running = status == _RUNNING
@@ -579,6 +650,13 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
     if loose is not None:
         looser = [loose * f_ for f_ in (1.0, 1e-2) if loose * f_ > max(tols)]
         ladder = [tuple(max(t_, l_) for t_ in tols) for l_ in looser] + [tols]
+        # elements that meet the iteration tolerances but not the contract on the original
+        # problem: two more rungs, each a hundred times tighter (down to the rounding level)
+        floor = 10 * torch.finfo(dtype).eps
+        for f_ in (1e-2, 1e-4):
+            tighter = tuple(max(t_ * f_, floor) for t_ in tols)
+            if tighter != ladder[-1]:
+                ladder.append(tighter)
     tols1 = ladder[0]
     z, s, lam, nu, status, iterations, pres, dres, gap, fac = run(
         z, s, lam, nu, status, iterations, *tols1, min(opts.max_iter, _MIXED_MAX_ITER) if mixed else opts.max_iter,
@@ -602,6 +680,45 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
             iterations = torch.where(redo, torch.zeros_like(iterations), iterations)
             z, s, lam, nu, status, iterations, pres, dres, gap, fac = run(
                 z, s, lam, nu, status, iterations, *tols1, opts.max_iter)
+    # infeasibility verdicts only with a certificate that holds on the original data; the others
+    # start again from the cold start with a thousand times tighter certificate tolerance, and
+    # are INACCURATE if that fails too
+    for attempt in range(2):
+        infeasible = (status == pinf_code) | (status == dinf_code)
+        if not bool(infeasible.any()):
+            break
+        redo = infeasible & ~certificates_hold(z, lam, nu, status)
+        if not bool(redo.any()):
+            break
+        if attempt == 1:
+            status = torch.where(redo, int(Status.INACCURATE), status)
+            break
+        ix = torch.nonzero(redo).reshape(-1)
+        part = _Working(tuple(take(t, ix) for t in work64.data), tuple(take(t, ix) for t in work64.aux),
+                        dtype, work64.reg_rel, work64.eps_inf)
+        zr, sr, lr, nr, _ = _cold_start(part, opts.rho, ix.shape[0])
+        z, s, lam, nu = (t.index_copy(0, ix, u) for t, u in zip((z, s, lam, nu), (zr, sr, lr, nr)))
+        status = torch.where(redo, torch.full_like(status, _RUNNING), status)
+        iterations = torch.where(redo, torch.zeros_like(iterations), iterations)
+        z, s, lam, nu, status, iterations, pres, dres, gap, fac = run(
+            z, s, lam, nu, status, iterations, *tols1, opts.max_iter, None,
+            work64._replace(eps_inf=work64.eps_inf * 1e-3))
+    if not (opts.polish and G is not None) and opts.contract:
+        # without the polish ladder: elements that met the iterations' tolerances but not the
+        # contract iterate on (Newton steps on the equality-constrained problem refine the point)
+        floor = 10 * torch.finfo(dtype).eps
+        for f_ in (1e-2, 1e-4):
+            solved = status == solved_code
+            if not bool(solved.any()):
+                break
+            fail = solved & ~on_original(z, lam, nu)[1]
+            if not bool(fail.any()):
+                break
+            keep(fail, (z, s, lam, nu))
+            status = torch.where(fail, torch.full_like(status, _RUNNING), status)
+            budget = max(1, opts.max_iter - int(iterations[fail].max()))
+            z, s, lam, nu, status, iterations, pres, dres, gap, fac = run(
+                z, s, lam, nu, status, iterations, *(max(t_ * f_, floor) for t_ in tols), budget)
     unfinished = status < 0   # running or stalled
     cache = {}
     if G is not None:
@@ -649,6 +766,10 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
                     fast_all = torch.where(todo, fast, fast_all)
                 _, _, _, pres, dres, gap, _ = _residuals(Q, q, G, h, A, b, z, s, lam, nu, hnorm, bnorm, qnorm)
                 converged = (torch.stack([pres, gap, dres], -1) <= tols_final).all(-1)
+                # ... and the SOLVED contract on the original problem
+                ok_c = on_original(z, lam, nu)[1]
+                keep((unfinished | solved) & converged & ~ok_c, (z, s, lam, nu))
+                converged = converged & ok_c
                 status = torch.where(unfinished & converged, solved_t, status)
                 # loose IPM solution or stalled iterations, polish failed: iterate on (in float64;
                 # stalled elements are typical of the float32 phase, and of cond(Q) ≳ 1e8)
@@ -708,6 +829,25 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
         if fac.Y is not None:
             cache.update(Y=fac.Y, Us=fac.Ls)
     status = torch.where(status < 0, int(Status.MAX_ITERATIONS), status)   # running or stalled
+    # the SOLVED contract on the original problem, and its residuals reported
+    lam_, nu_ = (lam if G is not None else z.new_zeros(B, 0)), (nu if A is not None else z.new_zeros(B, 0))
+    res, ok = on_original(z, lam_, nu_)
+    status = torch.where((status == solved_code) & ~ok, int(Status.INACCURATE), status)
+    if kept:
+        # tighter iterations that ended worse: the last point that met the iterations' tolerances
+        back = kept["mask"] & ((status == int(Status.INACCURATE)) | (status == int(Status.MAX_ITERATIONS))
+                               | (status == nonfinite_code))
+        if bad is not None:
+            back = back & ~bad
+        if bool(back.any()):
+            b_ = back.unsqueeze(-1)
+            z, s, lam, nu = (torch.where(b_, a_, c_) for a_, c_ in zip(kept["state"], (z, s, lam, nu)))
+            status = torch.where(back, int(Status.INACCURATE), status)
+            if G is not None and "act" in cache:
+                cache["act"] = torch.where(b_, lam > s, cache["act"])
+            lam_, nu_ = (lam if G is not None else z.new_zeros(B, 0)), (nu if A is not None else z.new_zeros(B, 0))
+            res, _ = on_original(z, lam_, nu_)
+    pres, dres, gap = (r_.to(dtype) for r_ in (res.primal, res.dual, res.gap))
     duals = {"lam": lam if G is not None else z.new_zeros(B, 0),
              "nu": nu if A is not None else z.new_zeros(B, 0)}
     return Solution(z=z, duals=duals, status=status, iterations=iterations,

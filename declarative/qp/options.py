@@ -10,25 +10,76 @@ import torch
 DEFAULT_TOL = {torch.float64: 1e-8, torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 1e-2}
 #: Default static regularisation of the reduced KKT matrix (relative to its diagonal scale).
 DEFAULT_REG = {torch.float64: 1e-11, torch.float32: 1e-7, torch.float16: 1e-3, torch.bfloat16: 1e-3}
+#: Default absolute tolerance ``eps_abs`` on the original problem, per dtype.
+DEFAULT_EPS_ABS = {torch.float64: 1e-8, torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 1e-2}
+#: Default relative tolerance ``eps_rel`` on the original problem, per dtype.
+DEFAULT_EPS_REL = {torch.float64: 0.0, torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}
 #: Default tolerance of the infeasibility certificates per dtype.
-DEFAULT_TOL_INFEASIBLE = {torch.float64: 1e-8, torch.float32: 1e-5, torch.float16: 1e-5, torch.bfloat16: 1e-5}
+DEFAULT_TOL_INFEASIBLE = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 1e-5, torch.bfloat16: 1e-5}
 
 
 @dataclass(frozen=True)
 class QPOptions:
-    """Numerical settings of ``solve_qp_ipm`` (every field has a per-dtype default).
+    r"""Numerical settings of the QP solver (every field has a per-dtype default).
 
-    Convergence of a batch element is declared when all three relative residuals are below
-    their tolerances (∞-norms; ``s = h − Gz`` is the slack, ``λ ≥ 0, ν`` the multipliers):
+    **The SOLVED contract.** A batch element is reported ``Status.SOLVED`` only if its answer
+    ``(z, λ, ν)`` meets the tolerances ``eps_abs``, ``eps_rel`` on the *original* problem (the
+    data as given, before any equilibration), with residuals evaluated in float64 (∞-norms; the
+    definitions of qpbenchmark / ``qpsolvers.Solution``):
+
+    .. math::
+
+        r_p &= \max(\|[Gz - h]_+\|_\infty,\ \|Az - b\|_\infty)
+            \le \epsilon_{abs} + \epsilon_{rel} \max(\|Gz\|_\infty, \|h\|_\infty,
+            \|Az\|_\infty, \|b\|_\infty) \\
+        r_d &= \|Qz + q + G^T\lambda + A^T\nu\|_\infty
+            \le \epsilon_{abs} + \epsilon_{rel} \max(\|Qz\|_\infty, \|q\|_\infty,
+            \|G^T\lambda\|_\infty, \|A^T\nu\|_\infty) \\
+        r_g &= |z^TQz + q^Tz + h^T\lambda + b^T\nu|
+            \le \epsilon_{abs} + \epsilon_{rel} \max(|z^TQz|, |q^Tz|, |h^T\lambda|, |b^T\nu|)
+
+    (``λ ≥ 0``; ``r_g`` is the difference of the primal and dual objectives), each right-hand side
+    plus ``64·u·a``. An element whose iterations stop without meeting them is
+    ``Status.INACCURATE`` (or ``MAX_ITERATIONS`` at the iteration limit); ``Solution.residuals``
+    holds ``r_p``, ``r_d``, ``r_g`` of the original problem.
+
+    ``u·a`` is the rounding of the residual's own evaluation: ``u`` the unit roundoff of the
+    answer's dtype, ``a`` the same sums with every term in absolute value (see
+    ``declarative.qp.residuals``) — without it a minimiser of size 1e8 along a near-null direction of
+    ``Q`` (``zᵀQz`` cancelling from terms of 1e15) could never be SOLVED, however exact.
+
+    Defaults: float64 ``eps_abs = 1e-8``, ``eps_rel = 0``; float32 ``eps_abs = 1e-4``,
+    ``eps_rel = 1e-5``. In float64 the test is absolute (plus the rounding term): a relative
+    tolerance lets a large problem pass with a large absolute error — with ``eps_rel = 1e-10``,
+    Maros–Meszaros problems with objectives of 1e4–1e8 were SOLVED with absolute duality gaps of
+    1e-5 to 1e-3 — while polished answers, exact to rounding, meet the absolute test at any scale
+    through the rounding term. float32 keeps a relative part: its rounding, ~6e-8 per operation,
+    accumulates to ~1e-6 relative over sums of a few hundred products.
+    Setting only ``tol`` (its meaning before ``eps_abs``/``eps_rel`` existed: a relative
+    tolerance with ``1 +`` in the denominators, i.e. absolute for data of unit size) sets
+    ``eps_abs = tol`` and leaves ``eps_rel`` at its default.
+
+    **The iterations** stop on relative residuals of the (equilibrated) problem they work on,
+    below ``tol`` (default ``1e-8`` float64, ``1e-4`` float32; the largest of ``eps_abs`` and
+    ``eps_rel`` caps it when those are given): ``s = h − Gz`` is the slack,
 
     * primal: ``max(‖Gz + s − h‖ / (1 + max(‖Gz‖, ‖s‖, ‖h‖)), ‖Az − b‖ / (1 + max(‖Az‖, ‖b‖)))``
     * dual:   ``‖Qz + q + Gᵀλ + Aᵀν‖ / (1 + max(‖Qz‖, ‖q‖, ‖Gᵀλ‖, ‖Aᵀν‖))``
     * gap:    ``sᵀλ / (1 + |½zᵀQz + qᵀz|)``
 
-    Defaults: ``1e-8`` for float64 and ``1e-4`` for float32 (all three).
+    An element that stops there but misses the contract above is solved again with a hundred
+    times tighter iteration tolerances (at most twice) before it is called ``INACCURATE``.
 
     Attributes:
-        tol: relative tolerance for all three residuals (None: ``1e-8`` float64, ``1e-4`` float32).
+        eps_abs: absolute tolerance of the SOLVED contract (None: ``1e-8`` float64, ``1e-4``
+            float32; ``tol`` if only that is given).
+        eps_rel: relative tolerance of the SOLVED contract (None: ``0`` float64, ``1e-5``
+            float32). 0: an absolute test (up to the rounding term).
+        contract: check the SOLVED contract on the original problem (default). False: SOLVED
+            means the iterations' relative tolerances are met — for inner solves whose accuracy
+            their caller judges (the implicit backward's QP), not for answers given to users.
+        tol: relative tolerance of the iterations for all three residuals (None: ``1e-8``
+            float64, ``1e-4`` float32, at most ``max(eps_abs, eps_rel)`` when those are given).
         tol_primal, tol_dual, tol_gap: override ``tol`` for one residual.
         max_iter: iteration limit (elements not converged get ``Status.MAX_ITERATIONS``).
         reg: static regularisation ``δ`` added to the diagonal of the reduced KKT matrix
@@ -37,7 +88,7 @@ class QPOptions:
             ``Q``. None: ``1e-11`` float64, ``1e-7`` float32.
         rho: weight of the augmented term ``ρAᵀA`` (makes the reduced matrix definite when ``Q`` is
             only definite on the null space of ``A``).
-        tol_infeasible: tolerance of the infeasibility certificates (None: ``1e-8`` float64,
+        tol_infeasible: tolerance of the infeasibility certificates (None: ``1e-10`` float64,
             ``1e-5`` float32).
         step_fraction: fraction of the step to the boundary of the positive orthant.
         active_tol: relative threshold of the weakly-active classification used by the implicit
@@ -74,6 +125,8 @@ class QPOptions:
             not by the raw ``solve_qp_ipm``. False: always the interior-point method.
     """
 
+    eps_abs: float | None = None
+    eps_rel: float | None = None
     tol: float | None = None
     tol_primal: float | None = None
     tol_dual: float | None = None
@@ -89,14 +142,18 @@ class QPOptions:
     polish_tol: float | None = None
     mixed_precision: bool | None = None
     active_set: bool = True
+    contract: bool = True
 
     def __post_init__(self):
         for name in ("tol", "tol_primal", "tol_dual", "tol_gap", "reg", "tol_infeasible", "active_tol",
-                     "polish_tol"):
+                     "polish_tol", "eps_abs"):
             v = getattr(self, name)
-            if v is not None and not (isinstance(v, (int, float)) and 0 < v < 1):
+            if v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1):
                 raise ValueError(f"QPOptions.{name}: expected a number in (0, 1) or None, got {v!r}")
-        if not isinstance(self.max_iter, int) or self.max_iter < 1:
+        v = self.eps_rel
+        if v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1):
+            raise ValueError(f"QPOptions.eps_rel: expected a number in [0, 1) or None, got {v!r}")
+        if isinstance(self.max_iter, bool) or not isinstance(self.max_iter, int) or self.max_iter < 1:
             raise ValueError(f"QPOptions.max_iter: expected an integer >= 1, got {self.max_iter!r}")
         if not 0 < self.step_fraction < 1:
             raise ValueError(f"QPOptions.step_fraction: expected a number in (0, 1), got {self.step_fraction!r}")
@@ -104,6 +161,8 @@ class QPOptions:
             raise ValueError(f"QPOptions.rho: expected a number >= 0, got {self.rho!r}")
         if self.mixed_precision not in (None, True, False):
             raise ValueError(f"QPOptions.mixed_precision: expected True, False or None, got {self.mixed_precision!r}")
+        if not isinstance(self.contract, bool):
+            raise ValueError(f"QPOptions.contract: expected True or False, got {self.contract!r}")
         if not isinstance(self.active_set, bool):
             raise ValueError(f"QPOptions.active_set: expected True or False, got {self.active_set!r}")
         if not self.warm_start_margin > 0:
@@ -123,9 +182,21 @@ class QPOptions:
         return out
 
     def _resolve(self, dtype: torch.dtype) -> "QPOptions":
+        eps_given = self.eps_abs is not None or self.eps_rel is not None
+        if self.eps_abs is not None:
+            eps_abs = self.eps_abs
+        elif self.tol is not None:
+            eps_abs = self.tol                  # ``tol`` alone: absolute for data of unit size
+        else:
+            eps_abs = DEFAULT_EPS_ABS.get(dtype, 1e-8)
+        eps_rel = self.eps_rel if self.eps_rel is not None else DEFAULT_EPS_REL.get(dtype, 0.0)
         tol = self.tol if self.tol is not None else DEFAULT_TOL.get(dtype, 1e-8)
+        if self.tol is None and eps_given:
+            tol = min(tol, max(eps_abs, eps_rel))
         return replace(
             self,
+            eps_abs=eps_abs,
+            eps_rel=eps_rel,
             tol=tol,
             tol_primal=self.tol_primal if self.tol_primal is not None else tol,
             tol_dual=self.tol_dual if self.tol_dual is not None else tol,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Sequence
 
 import torch
@@ -16,6 +17,7 @@ from .equilibration import Equilibration, equilibration
 from .kkt_tangent import kkt_tangent
 from .linalg import _abs_max
 from .options import QPOptions
+from .residuals import meets_tolerances, qp_residuals
 
 __all__ = ["QPProblem"]
 
@@ -73,8 +75,9 @@ class QPProblem(ArgminProblem):
 
     **Badly scaled data** (an objective or constraint rows far from unit size) are equilibrated
     before every solve and tangent (``equilibration``): the scaled problem has the same minimiser,
-    and its multipliers and tangents map back exactly; ``residuals`` and ``iterations`` are those
-    of the scaled problem.
+    and its multipliers and tangents map back exactly; ``residuals`` are those of the original
+    problem (the SOLVED contract of ``QPOptions`` is checked there), ``iterations`` those of the
+    scaled problem.
 
     Args:
         options: ``QPOptions`` for the forward, nudged and backward solves.
@@ -84,6 +87,8 @@ class QPProblem(ArgminProblem):
 
     def __init__(self, options: QPOptions | None = None):
         self.options = options if options is not None else QPOptions()
+        # the backward QP's accuracy is judged by the backward (no SOLVED contract of its own)
+        self._inner_options = replace(self.options, contract=False)
 
     # -- solves ------------------------------------------------------------------------------------
     def solve(self, params, warm_start: Solution | None = None) -> Solution:
@@ -93,18 +98,31 @@ class QPProblem(ArgminProblem):
         if eq is None:
             return self._solve(params, warm_start)
         ws = None if warm_start is None else eq.scaled_solution(warm_start)
-        sol = self._solve(eq.params(params), ws)
+        sol = self._solve(eq.params(params), ws, params, eq)
         eq.store(sol.cache)
         return eq.unscaled_solution(sol)
 
-    def _solve(self, params, warm_start):
+    def _solve(self, params, warm_start, original=None, scales=None):
         """One problem: the dual active-set method when it applies and succeeds
-        (``QPOptions.active_set``); otherwise, and for batches, the interior-point method."""
+        (``QPOptions.active_set``); otherwise, and for batches, the interior-point method. The
+        SOLVED contract is checked on ``original`` (the data ``params`` are an equilibration of,
+        with ``scales``), default ``params``."""
         if use_active_set(self.options, *params):
             sol = solve_qp_active_set(*params, options=self.options)
-            if sol is not None:
+            if sol is not None and (scales is None or self._meets_contract(sol, original, scales)):
                 return sol
-        return solve_qp_ipm(*params, options=self.options, warm_start=warm_start)
+        return solve_qp_ipm(*params, options=self.options, warm_start=warm_start, original=original,
+                            scales=scales)
+
+    def _meets_contract(self, sol, original, scales) -> bool:
+        """Whether an active-set solution of the equilibrated problem meets the SOLVED contract on
+        the original one (its residuals replaced by the original's)."""
+        opts = self.options.resolved(sol.z.dtype)
+        un = scales.unscaled_solution(sol)
+        res = qp_residuals(*original, un.z, un.duals["lam"], un.duals["nu"])
+        sol.residuals = {"primal": res.primal.to(sol.z.dtype), "dual": res.dual.to(sol.z.dtype),
+                         "gap": res.gap.to(sol.z.dtype)}
+        return bool(meets_tolerances(res, opts.eps_abs, opts.eps_rel, torch.finfo(sol.z.dtype).eps / 2).all())
 
     def solve_nudged(self, params, g, beta, warm_start=None) -> Solution:
         Q, q, G, h, A, b = params
@@ -220,7 +238,7 @@ class QPProblem(ArgminProblem):
         # solver's absolute tolerances, and ∇q came out up to 250% off in float32
         gscale = _abs_max(g, keepdim=True)
         gscale = torch.where(gscale > 0, gscale, 1.0)
-        sol = solve_qp_ipm(Q, g / gscale, Gw, hw, Aeq, beq, options=self.options)
+        sol = solve_qp_ipm(Q, g / gscale, Gw, hw, Aeq, beq, options=self._inner_options)
         bad = ~sol.solved & solution.solved
         if z.dtype != torch.float64 and bool(bad.any()):
             # below float64, a weakly active row that nearly repeats a strongly active one (to
@@ -244,7 +262,7 @@ class QPProblem(ArgminProblem):
         idx = torch.nonzero(bad).reshape(-1)
         cores = (2, 1, 2, 1, 2, 1)          # the dimensions of one problem's Q, g, G, h, A, b
         redo = solve_qp_ipm(*(t.index_select(0, idx).double() if t.dim() > c else t.double()
-                              for t, c in zip(data, cores)), options=self.options)
+                              for t, c in zip(data, cores)), options=self._inner_options)
 
         def put(a, b_):
             return a.index_copy(0, idx, b_.to(a.dtype))

@@ -34,7 +34,7 @@ def _problems(kind):
 
 def _solve_and_grads(params, w):
     leaves = [None if t is None else t.detach().clone().requires_grad_() for t in params]
-    sol = solve_qp(*leaves)
+    sol = solve_qp(*leaves, check=False)
     present = [t for t in leaves if t is not None]
     grads = torch.autograd.grad((sol.z * w).sum(), present)
     return sol, grads
@@ -82,7 +82,12 @@ def test_forced_polish_fallbacks_give_the_same_solution_and_gradients(kind, forc
         monkeypatch.setattr(ipm, "_polish", sch)
     sol, grads = _solve_and_grads(params, w)
     assert pen_calls[0] >= 1, "the forced polish was not called: the test no longer reaches the path"
-    assert (sol.status == Status.SOLVED).all()
+    if forced == "never" and kind == "degenerate":
+        # unpolished interior-point iterates at weakly active constraints may miss the SOLVED
+        # contract on the original problem (absolute 1e-8); they must then say so
+        assert ((sol.status == Status.SOLVED) | (REJECT & (sol.status == Status.INACCURATE))).all()
+    else:
+        assert (sol.status == Status.SOLVED).all()
 
     if forced == "never":
         # the odd elements stay unpolished interior-point solutions: accurate to the solver
@@ -114,10 +119,14 @@ def test_mixed_batch_from_real_inputs_has_finite_gradients():
     # barrier form and the polished elements' gradients were NaN
     params = random_qp(128, 30, 200, 0, seed=3)
     leaves = [None if t is None else t.detach().clone().requires_grad_() for t in params]
-    sol = solve_qp(*leaves)
+    sol = solve_qp(*leaves, check=False)
     assert (sol.status == Status.SOLVED).all()
+    # this element used to stay unpolished; the SOLVED contract on the original problem now sends
+    # it up the tolerance ladder until a polish succeeds (no seed of 4–29 leaves one unpolished
+    # either). The mixed polished/unpolished batch is forced in
+    # ``test_forced_polish_fallbacks_give_the_same_solution_and_gradients[never-*]``; here any
+    # unpolished element is still checked against its own solve.
     unpolished = torch.nonzero(~sol.cache["polished"]).reshape(-1)
-    assert unpolished.numel() >= 1, "no unpolished element any more: pick another seed"
     present = [t for t in leaves if t is not None]
     grads = torch.autograd.grad(sol.z.sum(), present)
     assert all(torch.isfinite(g).all() for g in grads)
