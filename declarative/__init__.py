@@ -13,6 +13,7 @@ from .fixed_point_layer import FixedPointProblem, fixed_point, fixed_point_solut
 from .hypergradient_modes import ConjugateGradient, FirstOrder, FixedPoint, Unrolled
 from .lasso import LassoOptions, LassoProblem, solve_lasso
 from .minimizer import minimize
+from .norm_ball_projection import project_inf_norm_ball, project_spectral_ball
 from .modes import GradientMode, Implicit, check_beta, register_mode, resolve_mode
 from .problem import ArgminProblem
 from .qp import QPOptions, QPProblem, solve_qp, solve_qp_ipm
@@ -24,6 +25,7 @@ __all__ = [
     "Implicit", "LassoOptions", "LassoProblem", "ReLUProblem", "SoftmaxProblem", "Solution", "SolverError", "SparsemaxProblem",
     "ConjugateGradient", "EnergyProblem", "FirstOrder", "FixedPoint", "FixedPointProblem", "Unrolled",
     "argmin", "argmin_solution", "fixed_point", "fixed_point_solution", "minimize",
+    "project_inf_norm_ball", "project_spectral_ball",
     "QPOptions", "QPProblem", "solve_qp", "solve_qp_ipm",
     "Status", "apply_argmin_function", "check_beta", "register_mode", "resolve_mode", "solve_lasso", "sum_to_shape",
 ]
