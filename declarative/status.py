@@ -20,6 +20,7 @@ class Status(enum.IntEnum):
     DUAL_INFEASIBLE = 3
     NON_FINITE = 4
     UNBOUNDED_BELOW = 5
+    INDEFINITE = 6
 
     @property
     def message(self) -> str:
@@ -33,6 +34,9 @@ _MESSAGES = {
     Status.DUAL_INFEASIBLE: "dual infeasible: the objective is unbounded below on the feasible set",
     Status.NON_FINITE: "non-finite (NaN or inf) value in the input or in the iterates",
     Status.UNBOUNDED_BELOW: "the energy is unbounded below (e.g. a negative nudging strength)",
+    Status.INDEFINITE: ("negative curvature in the gradient's linear system: the Hessian (or I − ∂_wΦ) is "
+                        "not positive definite at the solution — a saddle point or maximum, not a strict "
+                        "minimum (or an unstable fixed point), whose implicit gradient is not a minimiser's"),
 }
 
 
