@@ -19,6 +19,7 @@ from .problem import ArgminProblem
 from .qp import QPOptions, QPProblem, solve_qp, solve_qp_ipm
 from .solution import Solution
 from .status import Status
+from .stochastic_hypergradient import StochasticHypergradient, decreasing_steps, stochastic_hypergradient
 
 __all__ = [
     "ActivationProblem", "ArgminFunction", "ArgminProblem", "BoxProblem", "GradientMode",
@@ -26,6 +27,7 @@ __all__ = [
     "ConjugateGradient", "EnergyProblem", "FirstOrder", "FixedPoint", "FixedPointProblem", "Unrolled",
     "argmin", "argmin_solution", "fixed_point", "fixed_point_solution", "minimize",
     "project_inf_norm_ball", "project_spectral_ball",
+    "StochasticHypergradient", "decreasing_steps", "stochastic_hypergradient",
     "QPOptions", "QPProblem", "solve_qp", "solve_qp_ipm",
     "Status", "apply_argmin_function", "check_beta", "register_mode", "resolve_mode", "solve_lasso", "sum_to_shape",
 ]
