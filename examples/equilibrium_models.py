@@ -29,7 +29,8 @@ the learning rate (``--lr-sweep``, in ``--full``).
 
 Usage::
 
-    python examples/equilibrium_models.py            # 1000 images, 150 steps, 1 seed: ~2 min on 2 cores
+    python examples/equilibrium_models.py            # 500 images, 100 steps, 1 seed: ~1-2 min on 2 cores
+    python examples/equilibrium_models.py --lr-sweep 0.03,0.3,1   # adds the learning-rate panel
     python examples/equilibrium_models.py --quick    # CI: seconds
     python examples/equilibrium_models.py --full     # paper: 5000 images, 1000 steps, 5 seeds, lr sweep
 
@@ -301,7 +302,7 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=None, help="outer iterations")
     p.add_argument("--t", type=int, default=20, help="inner fixed-point iterations")
     p.add_argument("--k", type=int, default=20, help="AID linear-system steps")
-    p.add_argument("--lr", type=float, default=0.5, help="outer learning rate (Nesterov momentum 0.9)")
+    p.add_argument("--lr", type=float, default=0.1, help="outer learning rate (Nesterov momentum 0.9)")
     p.add_argument("--epsilon", type=float, default=0.01, help="projection radius 1 − ε of ‖A‖₂")
     p.add_argument("--conv-tol", type=float, default=1e-3,
                    help="an example's inner iteration has converged when ‖φ(w_t) − w_t‖₂ ≤ this")
@@ -314,10 +315,10 @@ def parse_args(argv=None):
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     preset = ({"n_train": 5000, "n_test": 10000, "hidden": 200, "steps": 1000, "seeds": 5, "eval_every": 50,
-               "lr_sweep": "0.03,0.1,0.3,1,3"} if a.full else
+               "lr_sweep": "0.01,0.03,0.1,0.3,1"} if a.full else
               {"n_train": 200, "n_test": 200, "hidden": 32, "steps": 15, "seeds": 1, "eval_every": 5,
                "lr_sweep": ""} if a.quick else
-              {"n_train": 1000, "n_test": 2000, "hidden": 200, "steps": 150, "seeds": 1, "eval_every": 25,
+              {"n_train": 500, "n_test": 2000, "hidden": 200, "steps": 100, "seeds": 1, "eval_every": 20,
                "lr_sweep": ""})
     for key, value in preset.items():
         if getattr(a, key) is None:
