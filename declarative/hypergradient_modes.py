@@ -209,7 +209,7 @@ class ConjugateGradient(_AIDSteps):
                                          rtol=self.rtol)
                 iterate = res.x
                 res = dataclasses.replace(res, x=a(res.x))
-        if self.check:
+        if self.check and symmetric:   # (the normal equations are PSD: a negative pᵀAp there is round-off)
             check_curvature(res, f"{self!r} backward")
         self._record(res, iterate)
         return lin.params_vjp(res.x)

@@ -110,16 +110,20 @@ def conjugate_gradient(matvec: Operator, b: torch.Tensor, *, x0: torch.Tensor | 
         ok = torch.ones(B, dtype=torch.bool, device=b.device)
         negative = torch.zeros(B, dtype=torch.bool, device=b.device)
         zero = torch.zeros((), dtype=b.dtype, device=b.device)
+        # an element whose residual reached round-off (‖r‖ ≤ eps·‖b‖) stops: further steps divide
+        # round-off by round-off and, in float32, can blow the iterate up
+        floor = (torch.finfo(b.dtype).eps ** 2) * batch_dot(b, b)
         for _ in range(max_iter):
             Ap = matvec(p)
             pAp = batch_dot(p, Ap)
             negative = negative | (ok & _negative(pAp, p, Ap))
-            ok = ok & (pAp > 0)
+            ok = ok & (pAp > 0) & (rs > floor)
             alpha = _expand(torch.where(ok, rs / pAp, zero), x)
             x = torch.addcmul(x, alpha, p)
             r = torch.addcmul(r, alpha, Ap, value=-1)
             rs_new = batch_dot(r, r)
-            beta = torch.where(ok, rs_new / rs, zero)
+            # an exactly solved element (rs = 0) stops here: 0/0 would turn p, then x, into NaN
+            beta = torch.where(ok & (rs > 0), rs_new / torch.where(rs > 0, rs, torch.ones_like(rs)), zero)
             p = torch.addcmul(r, _expand(beta, p), p)
             rs = rs_new
             iterations += ok

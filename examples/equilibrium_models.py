@@ -22,7 +22,9 @@ projected — after every step ``A ← project_spectral_ball(A, 1 − ε)``, so 
 training objective, test accuracy (the test states by the same ``t`` iterations), training time,
 the fraction of outer steps in which the inner iteration of some training example had not
 converged after ``t`` steps (``‖φ(w_t) − w_t‖₂ > --conv-tol``; the layers' per-element status), the
-fraction of steps whose hypergradient was not finite, and the final spectral norm of ``A``.
+fraction of steps whose backward warned (``FixedPoint``: the Neumann series grew, i.e. ``∂_wφ`` had
+spectral radius ≥ 1 there), the fraction of seeds whose hypergradient became non-finite, and the
+final spectral norm of ``A``.
 The figure has the paper's panels: training objective, test accuracy and hypergradient norm
 against the outer iteration (mean and min–max range over seeds), and the final objective against
 the learning rate (``--lr-sweep``, in ``--full``).
@@ -44,6 +46,7 @@ import argparse
 import math
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -125,6 +128,7 @@ class Run:
     test_accuracy: list = field(default_factory=list)
     grad_norm: list = field(default_factory=list)
     unconverged_steps: int = 0
+    warned_steps: int = 0
     nonfinite_steps: int = 0
     steps: int = 0
     seconds: float = 0.0
@@ -160,7 +164,10 @@ def train(method: str, projected: bool, data, args, seed: int, lr: float, progre
         opt.zero_grad()
         sol = model.states(x_tr, make_mode(method, args.t, args.k, args.conv_tol), args.t, args.conv_tol)
         loss = F.cross_entropy(model.logits(sol.z), y_tr)
-        loss.backward()
+        with warnings.catch_warnings(record=True) as caught:   # FixedPoint: the Neumann series grew
+            warnings.simplefilter("always", RuntimeWarning)
+            loss.backward()
+        run.warned_steps += int(any(issubclass(w.category, RuntimeWarning) for w in caught))
         grads = torch.cat([p.grad.reshape(-1) for p in model.params[:3]])
         gnorm = grads.norm().item()
         run.steps += 1
@@ -211,6 +218,7 @@ def summary(runs: list[Run]) -> list[dict]:
                 seconds=sum(r.seconds for r in rs) / len(rs),
                 ms_per_step=1000 * sum(r.seconds / max(r.steps, 1) for r in rs) / len(rs),
                 unconverged=sum(r.unconverged_steps for r in rs) / sum(r.steps for r in rs),
+                warned=sum(r.warned_steps for r in rs) / sum(r.steps for r in rs),
                 diverged=sum(r.nonfinite_steps > 0 for r in rs) / len(rs),
                 spectral_norm=sum(r.spectral_norm for r in rs) / len(rs),
             ))
@@ -219,11 +227,12 @@ def summary(runs: list[Run]) -> list[dict]:
 
 def table(rows: list[dict]) -> str:
     head = (f"{'method':>6} | {'train obj.':>10} | {'test acc.':>9} | {'time (s)':>8} | {'ms/step':>7} | "
-            f"{'unconverged':>11} | {'diverged':>8} | {'‖A‖₂':>6}")
+            f"{'unconverged':>11} | {'bwd warned':>10} | {'diverged':>8} | {'‖A‖₂':>6}")
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(f"{r['method']:>6} | {r['objective']:10.4f} | {100 * r['test_accuracy']:8.2f}% | "
                      f"{r['seconds']:8.1f} | {r['ms_per_step']:7.1f} | {100 * r['unconverged']:10.1f}% | "
+                     f"{100 * r['warned']:9.1f}% | "
                      f"{100 * r['diverged']:7.0f}% | {r['spectral_norm']:6.3f}")
     return "\n".join(lines)
 
@@ -346,8 +355,9 @@ def main(argv=None) -> dict:
     rows = summary(runs)
     print(table(rows))
     print("(† = unconstrained A; unconverged = share of outer steps in which some training example had "
-          f"‖φ(w_t) − w_t‖₂ > {args.conv_tol:g} after t = {args.t} iterations; diverged = share of seeds "
-          "whose hypergradient became non-finite)")
+          f"‖φ(w_t) − w_t‖₂ > {args.conv_tol:g} after t = {args.t} iterations; bwd warned = share of steps "
+          "whose backward warned (FP: the Neumann series grew); diverged = share of seeds whose "
+          "hypergradient became non-finite)")
     out = Path(args.out)
     plot(runs, sweep, out)
     print(f"figure saved to {out}")
