@@ -150,3 +150,22 @@ def test_option_validation():
     with pytest.raises(TypeError, match="warm_start: expected a bool"):
         ConjugateGradient(5, warm_start="yes")
     assert repr(FixedPoint(5, rtol=1e-8, warm_start=True)) == "FixedPoint(k=5, rtol=1e-08, warm_start=True)"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cg_fixed_steps_far_past_convergence_stay_at_the_solution(dtype):
+    """Exactly k CG steps with k ≫ D on normal equations (I − J)ᵀ(I − J), ‖J‖₂ = 0.9, D = 50: once
+    the residual is at round-off the element stops (before, 0/0 turned the iterate into NaN)."""
+    from declarative.linear_solvers import conjugate_gradient
+    gen = torch.Generator().manual_seed(0)
+    D = 50
+    J = torch.randn(8, D, D, dtype=DT, generator=gen)
+    N = torch.eye(D, dtype=DT) - 0.9 * J / torch.linalg.matrix_norm(J, ord=2)[:, None, None]
+    A = (N.mT @ N).to(dtype)
+    b = torch.randn(8, D, dtype=DT, generator=gen).to(dtype)
+    res = conjugate_gradient(lambda v: (A @ v.unsqueeze(-1)).squeeze(-1), b, max_iter=2000)
+    x = torch.linalg.solve(A.double(), b.double().unsqueeze(-1)).squeeze(-1)
+    assert torch.isfinite(res.x).all()
+    tol = 1e-13 if dtype == torch.float64 else 1e-5
+    assert ((res.x.double() - x).norm(dim=1) <= tol * x.norm(dim=1)).all()
+    assert not res.negative_curvature.any()
