@@ -237,6 +237,30 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def sweep_table(sweep: list[Run]) -> str:
+    """Final training objective (test accuracy) per method and learning rate; ``diverged`` where the
+    hypergradient became non-finite."""
+    lrs = sorted({r.lr for r in sweep})
+    lines = [f"{'method':>6} | " + " | ".join(f"{'lr ' + format(lr, 'g'):>17}" for lr in lrs)]
+    for projected in (True, False):
+        for method in METHODS:
+            cells = []
+            for lr in lrs:
+                rs = [r for r in sweep if r.method == method and r.projected == projected and r.lr == lr]
+                if not rs:
+                    cells.append(f"{'':>17}")
+                    continue
+                if any(r.nonfinite_steps for r in rs):
+                    cells.append(f"{'diverged':>17}")
+                    continue
+                obj = sum(r.objective[-1] for r in rs) / len(rs)
+                acc = sum(r.test_accuracy[-1][1] for r in rs) / len(rs)
+                cells.append(f"{obj:8.3g} ({100 * acc:5.1f}%)")
+            if any(c.strip() for c in cells):
+                lines.append(f"{method + ('' if projected else '†'):>6} | " + " | ".join(cells))
+    return "\n".join(lines)
+
+
 def plot(runs: list[Run], sweep: list[Run], path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -358,6 +382,9 @@ def main(argv=None) -> dict:
           f"‖φ(w_t) − w_t‖₂ > {args.conv_tol:g} after t = {args.t} iterations; bwd warned = share of steps "
           "whose backward warned (FP: the Neumann series grew); diverged = share of seeds whose "
           "hypergradient became non-finite)")
+    if sweep:
+        print("\nlearning-rate sweep: final training objective (test accuracy)")
+        print(sweep_table(sweep))
     out = Path(args.out)
     plot(runs, sweep, out)
     print(f"figure saved to {out}")
