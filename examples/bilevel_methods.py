@@ -128,6 +128,15 @@ class HyperparameterTask(Task):
     def loss(self, w, *theta):
         return F.softplus(-self.yv * (w @ self.Xv.T)).mean(-1)
 
+    def at(self, rho: torch.Tensor, w0: torch.Tensor) -> "HyperparameterTask":
+        """The same task at ``ρ``, its inner problem solved to 1e-10 from ``w0`` (no exact gradient)."""
+        other = HyperparameterTask.__new__(HyperparameterTask)
+        other.data, other.X, other.yy, other.Xv, other.yv = self.data, self.X, self.yy, self.Xv, self.yv
+        other.theta = [rho.detach().clone().requires_grad_(True)]
+        other.phi_star = minimize(lambda z: other.energy(z, rho.detach()), w0, tol=1e-10, max_iter=500).z
+        other.exact = None
+        return other
+
     def solve_exact(self):
         w = argmin(self.energy, torch.zeros(1, self.X.shape[1], dtype=DT), *self.theta, mode=Implicit(),
                    tol=1e-12, max_iter=5000)
@@ -183,10 +192,7 @@ def hypergradient_descent(task: HyperparameterTask, method: str, budget: int, be
     rho = task.theta[0].detach().clone()
     w = task.phi_star
     for _ in range(steps):
-        sub = HyperparameterTask.__new__(HyperparameterTask)
-        sub.X, sub.yy, sub.Xv, sub.yv, sub.lower = task.X, task.yy, task.Xv, task.yv, None
-        sub.theta = [rho.clone().requires_grad_(True)]
-        sub.phi_star = minimize(lambda z: sub.energy(z, sub.theta[0].detach()), w, tol=1e-10, max_iter=500).z
+        sub = task.at(rho, w)
         w = sub.phi_star
         if method in EP_METHODS:
             g, _ = ep_estimate(sub, method, beta, budget)
