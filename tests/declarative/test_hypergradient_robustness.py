@@ -155,7 +155,7 @@ def test_option_validation():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_cg_fixed_steps_far_past_convergence_stay_at_the_solution(dtype):
     """Exactly k CG steps with k ≫ D on normal equations (I − J)ᵀ(I − J), ‖J‖₂ = 0.9, D = 50: once
-    the residual is at round-off the element stops (before, 0/0 turned the iterate into NaN)."""
+    the residual is at round-off the element stops (without that, 0/0 turns the iterate into NaN)."""
     from declarative.linear_solvers import conjugate_gradient
     gen = torch.Generator().manual_seed(0)
     D = 50
