@@ -32,6 +32,14 @@ the backward forms ``∂_wΦ`` as a dense matrix once (``D`` VJPs in one vmapped
 ``k`` separate VJPs — same iterates up to round-off, much less autograd overhead when ``k`` is large
 against the size ``D`` of ``w`` (policy and the CG finite-termination shortcut: ``dense_jacobian``).
 
+They also take ``rtol`` (stop at a tolerance, ``k`` then being the step limit), ``warm_start`` (start
+the linear solve from the previous backward's iterate — across the outer steps of a bilevel loop
+the system changes little, so fewer steps reach ``rtol``) and ``check``: ``ConjugateGradient`` raises
+a ``SolverError`` with ``Status.INDEFINITE`` where CG meets negative curvature (the Hessian is not
+positive definite at the solution: its iterate would not be the solution), ``FixedPoint`` warns when
+its Neumann series grows and raises ``NON_FINITE`` when it overflows. ``mode.last_solve`` keeps the
+last backward's ``LinearSolve`` (iterations, residuals, flags).
+
 String names: ``"first_order"`` resolves to ``FirstOrder()``. ``"fixed_point"``,
 ``"conjugate_gradient"`` and ``"unrolled"`` are registered too, but only to say that a string
 cannot carry ``k``/``t`` — pass the mode object (``resolve_mode`` takes ``beta`` only, and a
