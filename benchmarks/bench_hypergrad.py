@@ -38,10 +38,26 @@ linearly with t; the AID modes' must not.
 Timing: repetitions interleaved (each repetition runs every method once, in a shuffled order),
 medians reported, ratios ``peer / ours``; torch and XLA single-threaded.
 
+Equilibrium model (Grazzi et al. 2020, §3.2; ``--equilibrium``): ``w = tanh(A w + B x + c)`` with
+hidden size 200 on a batch of 128 inputs of size 784 (float32, random data) and a linear read-out
+with the cross-entropy loss. One *outer step* = the forward (``t = 20`` iterations of the map from 0)
++ the backward to ``(A, B, c, W, d)``:
+
+* **ours ITD / FP / CG** – ``fixed_point(φ, ..., mode=Unrolled(t) | FixedPoint(k) | ConjugateGradient(k))``,
+  ``k = 20`` (CG on the normal equations: ``∂_wφ`` is not symmetric);
+* **torchopt CG** – ``custom_root(w − φ(w), argnums=(A, u), solve=solve_normal_cg(maxiter=k))`` on the
+  same forward loop (torchopt's CG on the normal equations ``JᵀJ x = Jᵀb``).
+
+Accuracy: every hypergradient's relative error against the exact implicit gradient at the same
+``w_t`` (the model in float64, ``ConjugateGradient(1000, rtol=1e-12)``). Memory: the bytes saved for backward for
+``t ∈ {10, 20, 40, 80}`` (ITD grows linearly, AID must stay flat). ``A`` is scaled to ``‖A‖₂ = 0.9``
+(a contraction, as after the projection of the paper).
+
 Usage::
 
     python benchmarks/bench_hypergrad.py
     python benchmarks/bench_hypergrad.py --sizes 50x100 --ts 10,100 --reps 5
+    python benchmarks/bench_hypergrad.py --equilibrium --reps 10     # the equilibrium model only
 """
 
 from __future__ import annotations
@@ -253,14 +269,127 @@ def fmt_bytes(b):
         b /= 1024
 
 
+# -- equilibrium model -------------------------------------------------------------------------------
+class Equilibrium:
+    """``w = tanh(A w + B x + c)``, read-out ``W w + d``, cross-entropy; float32."""
+
+    def __init__(self, hidden=200, batch=128, n_in=784, seed=0, dtype=torch.float32):
+        gen = torch.Generator().manual_seed(seed)
+        A = torch.randn(hidden, hidden, generator=gen)
+        self.A = 0.9 * A / torch.linalg.matrix_norm(A, ord=2)
+        self.B = torch.randn(hidden, n_in, generator=gen) / n_in ** 0.5
+        self.c = torch.zeros(hidden)
+        self.W = torch.randn(10, hidden, generator=gen) / hidden ** 0.5
+        self.d = torch.zeros(10)
+        self.x = torch.rand(batch, n_in, generator=gen)
+        self.y = torch.randint(0, 10, (batch,), generator=gen)
+        self.hidden = hidden
+        for name in ("A", "B", "c", "W", "d", "x"):
+            setattr(self, name, getattr(self, name).to(dtype))
+        self.dtype = dtype
+
+    @staticmethod
+    def phi(w, A, u):
+        return torch.tanh(torch.addmm(u, w, A.T))
+
+    def leaves(self):
+        return [p.clone().requires_grad_(True) for p in (self.A, self.B, self.c, self.W, self.d)]
+
+    def loss(self, w, W, d):
+        return torch.nn.functional.cross_entropy(torch.addmm(d, w, W.T), self.y)
+
+    def forward(self, mode, t, params):
+        A, B, c, W, d = params
+        u = torch.addmm(c, self.x, B.T)
+        w = fixed_point(self.phi, torch.zeros(self.x.shape[0], self.hidden, dtype=self.dtype), A, u, mode=mode, max_iter=t,
+                        tol=0.0, check=False)
+        return self.loss(w, W, d)
+
+    def hypergradient(self, mode, t):
+        params = self.leaves()
+        return torch.autograd.grad(self.forward(mode, t, params), params)
+
+    def torchopt_forward(self, k, t, params):
+        import torchopt
+        from torchopt.diff.implicit import custom_root
+        phi = self.phi
+
+        def optimality(w, A, u):
+            return w - phi(w, A, u)
+
+        @custom_root(optimality, argnums=(1, 2),
+                     solve=torchopt.linear_solve.solve_normal_cg(maxiter=k, rtol=0.0, atol=0.0))
+        def solve(w, A, u):
+            with torch.no_grad():
+                for _ in range(t):
+                    w = phi(w, A, u)
+            return w
+
+        A, B, c, W, d = params
+        u = torch.addmm(c, self.x, B.T)
+        return self.loss(solve(torch.zeros(self.x.shape[0], self.hidden), A, u), W, d)
+
+    def torchopt_hypergradient(self, k, t):
+        params = self.leaves()
+        return torch.autograd.grad(self.torchopt_forward(k, t, params), params)
+
+
+def _flat(grads):
+    return torch.cat([g.reshape(-1) for g in grads]).double()
+
+
+def bench_equilibrium(reps: int, t: int = 20, k: int = 20, peers: bool = True, mem_ts=(10, 20, 40, 80)):
+    """Time per outer step, accuracy and saved memory of the equilibrium model; prints a table."""
+    from tqdm import tqdm
+    eq = Equilibrium()
+    # reference: the same model in float64, the implicit gradient at w_t solved to rtol 1e-12
+    exact = _flat(Equilibrium(dtype=torch.float64).hypergradient(ConjugateGradient(1000, rtol=1e-12), t))
+    methods = {"ours ITD": lambda: eq.hypergradient(Unrolled(t), t),
+               "ours FP": lambda: eq.hypergradient(FixedPoint(k), t),
+               "ours CG": lambda: eq.hypergradient(ConjugateGradient(k), t)}
+    if peers:
+        methods["torchopt CG"] = lambda: eq.torchopt_hypergradient(k, t)
+    errors = {m: ((_flat(fn()) - exact).norm() / exact.norm()).item() for m, fn in methods.items()}
+    times = {m: [] for m in methods}
+    for _ in tqdm(range(reps), desc="equilibrium model", leave=False):
+        order = list(methods)
+        random.shuffle(order)
+        for m in order:
+            start = time.perf_counter()
+            methods[m]()
+            times[m].append(time.perf_counter() - start)
+    memory = {}
+    for tt in mem_ts:
+        memory[("ours ITD", tt)] = saved_bytes(lambda: eq.forward(Unrolled(tt), tt, eq.leaves()))
+        memory[("ours FP", tt)] = saved_bytes(lambda: eq.forward(FixedPoint(k), tt, eq.leaves()))
+        memory[("ours CG", tt)] = saved_bytes(lambda: eq.forward(ConjugateGradient(k), tt, eq.leaves()))
+        if peers:
+            memory[("torchopt CG", tt)] = saved_bytes(lambda: eq.torchopt_forward(k, tt, eq.leaves()))
+    print(f"\nequilibrium model (hidden 200, batch 128, inputs 784, float32), t = {t}, k = {k}: "
+          "median time per outer step (forward + backward)")
+    print(f"{'method':>12} {'ms':>9} {'rel. error':>11} " + " ".join(f"{'mem t=' + str(tt):>12}" for tt in mem_ts))
+    med = {m: 1000 * statistics.median(v) for m, v in times.items()}
+    for m in methods:
+        mem = " ".join(f"{fmt_bytes(memory[(m, tt)]):>12}" for tt in mem_ts)
+        print(f"{m:>12} {med[m]:>9.2f} {errors[m]:>11.2e} {mem}")
+    if peers:
+        print("ratios torchopt CG time / ours: " + ", ".join(
+            f"{m[5:]} {med['torchopt CG'] / med[m]:.2f}" for m in ("ours ITD", "ours FP", "ours CG")))
+    return {"ms": med, "errors": errors, "memory": memory}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="50x100,1000x300", help="n×p of X and X' (comma-separated)")
     ap.add_argument("--ts", default="10,100,1000")
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--no-peers", action="store_true")
+    ap.add_argument("--equilibrium", action="store_true", help="only the equilibrium-model benchmark")
+    ap.add_argument("--no-equilibrium", action="store_true", help="skip the equilibrium-model benchmark")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
+    if args.equilibrium:
+        return bench_equilibrium(args.reps, peers=not args.no_peers)
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
     ts = [int(v) for v in args.ts.split(",")]
     from tqdm import tqdm
@@ -334,6 +463,8 @@ def main(argv=None):
                 print(f"{size:>9} {t:>5} {ours_m[5:]:>8} {jax_ms / o:>12.2f} "
                       f"{by[(size, t, 'torchopt CG')]['ms'] / o:>14.2f} {jax_ms / floor_ms:>13.2f} "
                       f"{by[(size, t, 'ours CG')]['spread']:>10.1e}")
+    if not args.no_equilibrium:
+        bench_equilibrium(args.reps, peers=not args.no_peers)
     return rows
 
 

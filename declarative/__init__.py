@@ -19,10 +19,12 @@ from .hypergradient_modes import ConjugateGradient, FirstOrder, FixedPoint, Unro
 from .lasso import LassoOptions, LassoProblem, solve_lasso
 from .minimizer import minimize
 from .modes import GradientMode, Implicit, register_mode, resolve_mode
+from .norm_ball_projection import project_inf_norm_ball, project_spectral_ball
 from .problem import ArgminProblem
 from .qp import QPOptions, QPProblem, solve_qp, solve_qp_ipm
 from .solution import Solution
 from .status import Status
+from .stochastic_hypergradient import StochasticHypergradient, decreasing_steps, stochastic_hypergradient
 
 __all__ = [
     "__version__",
@@ -32,6 +34,9 @@ __all__ = [
     # gradient modes
     "ConjugateGradient", "FirstOrder", "FixedPoint", "GradientMode", "Implicit", "Unrolled",
     "register_mode", "resolve_mode",
+    # bilevel utilities: norm-ball projections, stochastic hypergradients
+    "project_inf_norm_ball", "project_spectral_ball",
+    "StochasticHypergradient", "decreasing_steps", "stochastic_hypergradient",
     # problems
     "ActivationProblem", "ArgminProblem", "BoxProblem", "EnergyProblem", "FixedPointProblem",
     "LassoProblem", "QPProblem", "ReLUProblem", "SoftmaxProblem", "SparsemaxProblem",

@@ -42,7 +42,7 @@ from typing import Callable
 
 import torch
 
-from .linear_solvers import batch_dot, conjugate_gradient, default_cg_rtol, warn_unconverged
+from .linear_solvers import batch_dot, check_curvature, conjugate_gradient, default_cg_rtol, warn_unconverged
 from .linearisation import grads_or_zeros, param_leaves
 from .minimizer import _bound_tensor, default_tol, minimize
 from .problem import ArgminProblem
@@ -189,6 +189,7 @@ class EnergyProblem(ArgminProblem):
 
         b = -g if free is None else -g * free
         res = conjugate_gradient(matvec, b, max_iter=self.cg_max_iter, rtol=self.cg_rtol)
+        check_curvature(res, "implicit gradient (CG on the Hessian at the solution)")
         warn_unconverged(res, "implicit gradient", self.cg_rtol, self.cg_max_iter,
                          " (is the Hessian positive definite at the solution?)", stacklevel=4)
         return res.x

@@ -29,7 +29,7 @@ from typing import Callable
 
 import torch
 
-from .linear_solvers import default_cg_rtol, warn_unconverged
+from .linear_solvers import check_curvature, default_cg_rtol, warn_unconverged
 from .linearisation import FixedPointLinearisation, param_leaves
 from .minimizer import default_tol
 from .modes import GradientMode, check_layer_solution, resolve_mode
@@ -126,6 +126,7 @@ class FixedPointProblem(ArgminProblem):
         lin = FixedPointLinearisation(self, params, solution.z, needs)
         res = lin.solve_adjoint(g, symmetric=self.fixed_point_symmetric, max_iter=self.cg_max_iter,
                                 rtol=self.rtol)
+        check_curvature(res, "fixed_point implicit gradient (symmetric=True)")
         warn_unconverged(res, "fixed_point implicit gradient", self.rtol, self.cg_max_iter, stacklevel=4)
         return lin.params_vjp(res.x)
 

@@ -32,6 +32,14 @@ the backward forms ``∂_wΦ`` as a dense matrix once (``D`` VJPs in one vmapped
 ``k`` separate VJPs — same iterates up to round-off, much less autograd overhead when ``k`` is large
 against the size ``D`` of ``w`` (policy and the CG finite-termination shortcut: ``dense_jacobian``).
 
+They also take ``rtol`` (stop at a tolerance, ``k`` then being the step limit), ``warm_start`` (start
+the linear solve from the previous backward's iterate — across the outer steps of a bilevel loop
+the system changes little, so fewer steps reach ``rtol``) and ``check``: ``ConjugateGradient`` raises
+a ``SolverError`` with ``Status.INDEFINITE`` where CG meets negative curvature (the Hessian is not
+positive definite at the solution: its iterate would not be the solution), ``FixedPoint`` warns when
+its Neumann series grows and raises ``NON_FINITE`` when it overflows. ``mode.last_solve`` keeps the
+last backward's ``LinearSolve`` (iterations, residuals, flags).
+
 String names: ``"first_order"`` resolves to ``FirstOrder()``. ``FixedPoint``,
 ``ConjugateGradient`` and ``Unrolled`` are passed as objects: a string cannot carry ``k``/``t``
 (and a default number of steps would silently decide the accuracy of the gradient);
@@ -46,28 +54,44 @@ References:
 
 from __future__ import annotations
 
+import dataclasses
+import warnings
+
 import torch
 
 from .dense_jacobian import DenseJacobian, check_jacobian_policy, use_dense_jacobian
-from .linear_solvers import batch_dot, fixed_point_iteration
+from .errors import SolverError
+from .linear_solvers import (LinearSolve, batch_dot, check_curvature, conjugate_gradient, fixed_point_iteration,
+                             normal_equations, warn_unconverged)
 from .linearisation import FixedPointLinearisation
 from .modes import GradientMode, check_mode_supports
 from .solution import Solution
 from .status import Status
-from .validation import check_count, check_real
+from .validation import check_count, check_positive, check_real
 
 __all__ = ["ConjugateGradient", "FirstOrder", "FixedPoint", "Unrolled"]
 
 
 class _AIDSteps(GradientMode):
-    """Shared by the AID modes with ``k`` steps: ``k``, the Jacobian policy, the linearisation at
-    the solution and the choice between the dense Jacobian and the VJPs (``dense_jacobian``)."""
+    """Shared by the AID modes with ``k`` steps: ``k``, the Jacobian policy, the optional tolerance
+    and warm start, the linearisation at the solution and the choice between the dense Jacobian
+    and the VJPs (``dense_jacobian``)."""
 
     requires = frozenset({"fixed_point_map"})
 
-    def __init__(self, k: int, jacobian: str = "auto"):
+    def __init__(self, k: int, jacobian: str = "auto", *, rtol: float = 0.0, warm_start: bool = False,
+                 check: bool = True):
         self.k = check_count("k", k, what=" (a number of steps)")
         self.jacobian = check_jacobian_policy(jacobian)
+        self.rtol = check_positive("rtol", rtol, allow_zero=True)
+        if not isinstance(warm_start, bool):
+            raise TypeError(f"warm_start: expected a bool, got {type(warm_start).__name__}")
+        if not isinstance(check, bool):
+            raise TypeError(f"check: expected a bool, got {type(check).__name__}")
+        self.warm_start, self.check = warm_start, check
+        #: the ``LinearSolve`` of the last backward (iterations, residuals, flags), for diagnostics
+        self.last_solve: LinearSolve | None = None
+        self._x0: torch.Tensor | None = None
 
     def apply(self, problem, params, warm_start: Solution | None = None) -> Solution:
         check_mode_supports(self, problem)
@@ -75,12 +99,37 @@ class _AIDSteps(GradientMode):
 
     def _linearise(self, problem, params, solution, needs):
         """``(lin, dense)``: the linearisation at ``solution.z`` and, when the policy says so, its
-        ``DenseJacobian`` (else None)."""
+        ``DenseJacobian`` (else None; always None with a tolerance or a warm start)."""
         lin = FixedPointLinearisation(problem, params, solution.z, needs)
-        return lin, (DenseJacobian.of(lin) if use_dense_jacobian(self.jacobian, lin.w, self.k) else None)
+        plain = self.rtol == 0 and not self.warm_start
+        return lin, (DenseJacobian.of(lin) if plain and use_dense_jacobian(self.jacobian, lin.w, self.k) else None)
+
+    def _start(self, like: torch.Tensor) -> torch.Tensor | None:
+        """The previous backward's iterate as the initial guess, when warm-starting and it fits."""
+        x0 = self._x0 if self.warm_start else None
+        if x0 is None or x0.shape != like.shape or x0.dtype != like.dtype or x0.device != like.device:
+            return None
+        return x0
+
+    def _record(self, res: LinearSolve, iterate: torch.Tensor) -> None:
+        self.last_solve = res
+        if self.warm_start:
+            self._x0 = iterate.detach()
+        if self.check:
+            finite = torch.isfinite(res.x.reshape(res.x.shape[0], -1)).all(1)
+            err = SolverError.from_status(torch.where(finite, Status.SOLVED, Status.NON_FINITE),
+                                          res, f"{self!r} backward (the linear system's iterate)")
+            if err is not None:
+                raise err
+            if self.rtol > 0:
+                warn_unconverged(res, f"{self!r} backward", self.rtol, self.k, stacklevel=4)
 
     def __repr__(self):
         extra = "" if self.jacobian == "auto" else f", jacobian={self.jacobian!r}"
+        if self.rtol:
+            extra += f", rtol={self.rtol:g}"
+        if self.warm_start:
+            extra += ", warm_start=True"
         return f"{type(self).__name__}(k={self.k}{extra})"
 
 
@@ -89,10 +138,27 @@ class FixedPoint(_AIDSteps):
 
         v₀ = 0,  v_{i+1} = ∂_wΦ(w, θ)ᵀ v_i + g  (k steps),   ∇_θ = ∂_θΦ(w, θ)ᵀ v_k .
 
+    The iteration converges iff the spectral radius of ``∂_wΦ`` is below one; for an argmin layer
+    (``Φ = w − η∇E``) that fails when the Hessian at the solution is indefinite (a saddle point or
+    maximum): ``v`` then grows geometrically.
+
     Args:
-        k: number of steps (``k = 0`` gives ``FirstOrder``).
+        k: number of steps (``k = 0`` gives ``FirstOrder``); with ``rtol`` the step limit.
         jacobian: ``"auto"`` (default), ``"dense"`` or ``"products"``: form ``∂_wΦ`` once or use
             ``k`` VJPs (see ``declarative.dense_jacobian``).
+        rtol: stop an element when ``‖v_i − v_{i−1}‖ ≤ rtol·‖g‖`` (default 0: exactly ``k`` steps).
+        warm_start: start from the previous backward's ``v`` (same shape) instead of 0 — across
+            outer steps of a bilevel loop, where ``v`` changes little, fewer steps reach ``rtol``.
+            The mode object then carries state: use one object per layer.
+        check: raise a ``SolverError`` (``NON_FINITE``) when ``v`` overflows, and warn
+            (``RuntimeWarning``) when the last increment ``‖v_k − v_{k−1}‖`` is larger than the first
+            (``‖g‖``) — the series is diverging (or in a transient growth, for non-normal maps).
+
+    Examples::
+
+        >>> mode = FixedPoint(100, rtol=1e-8, warm_start=True)   # one object across outer steps
+        >>> w = fixed_point(phi, w0, lam, mode=mode)
+        >>> mode.last_solve.iterations                            # steps of the last backward
     """
 
     name = "fixed_point"
@@ -100,10 +166,20 @@ class FixedPoint(_AIDSteps):
     def vjp(self, problem, params, solution, g, needs):
         lin, dense = self._linearise(problem, params, solution, needs)
         if dense is not None:
-            v = dense.fixed_point(g, self.k).x
+            res = dense.fixed_point(g, self.k)
         else:
-            v = fixed_point_iteration(lin.jt, g, max_iter=self.k).x
-        return lin.params_vjp(v)
+            res = fixed_point_iteration(lin.jt, g, x0=self._start(g), max_iter=self.k, rtol=self.rtol)
+        self._record(res, res.x)
+        if self.check and self.k > 1:
+            growing = res.residual > batch_dot(g, g).sqrt()
+            if bool(growing.any()):
+                bad = growing.nonzero().reshape(-1).tolist()
+                warnings.warn(f"{self!r} backward: the Neumann series is growing for batch indices "
+                              f"{bad[:20]} (‖v_k − v_(k−1)‖ > ‖g‖): ∂_wΦ has spectral radius ≥ 1 "
+                              "(indefinite Hessian, too large a step, or a map that is not a "
+                              "contraction) or a long transient; the gradient is not reliable",
+                              RuntimeWarning, stacklevel=3)
+        return lin.params_vjp(res.x)
 
 
 class ConjugateGradient(_AIDSteps):
@@ -113,18 +189,45 @@ class ConjugateGradient(_AIDSteps):
     With a dense Jacobian and ``k ≥ D`` (the size of ``w``) the ``k``-step iterate is the exact
     solution (CG's finite termination), computed by a factorisation (``dense_jacobian``).
 
+    On the symmetric system CG needs ``I − ∂_wΦ`` positive definite (for an argmin layer: a
+    positive definite Hessian at the solution). Where it meets negative curvature (a saddle point
+    or maximum) its iterate is not the solution; with ``check`` this raises a ``SolverError``
+    (``Status.INDEFINITE``) naming the batch elements instead of returning a wrong gradient.
+
     Args:
-        k: number of CG steps.
+        k: number of CG steps (with ``rtol``: the step limit).
         jacobian: ``"auto"`` (default), ``"dense"`` or ``"products"``: form ``∂_wΦ`` once or use
             one VJP per step (see ``declarative.dense_jacobian``).
+        rtol: stop an element when the residual ``‖r‖ ≤ rtol·‖g‖`` (default 0: exactly ``k``
+            steps).
+        warm_start: start from the previous backward's iterate (``v``, or ``u`` on the normal
+            equations) instead of 0; the mode object then carries state.
+        check: raise for negative curvature (``INDEFINITE``) or a non-finite iterate.
     """
 
     name = "conjugate_gradient"
 
     def vjp(self, problem, params, solution, g, needs):
         lin, dense = self._linearise(problem, params, solution, needs)
-        v = (dense or lin).solve_adjoint(g, symmetric=problem.fixed_point_symmetric, max_iter=self.k).x
-        return lin.params_vjp(v)
+        symmetric = problem.fixed_point_symmetric
+        if dense is not None:
+            res = dense.solve_adjoint(g, symmetric=symmetric, max_iter=self.k)
+            iterate = res.x
+        else:
+            a_t = lambda v: v - lin.jt(v)  # noqa: E731  (I − ∂_wΦᵀ)
+            if symmetric:
+                res = conjugate_gradient(a_t, g, x0=self._start(g), max_iter=self.k, rtol=self.rtol)
+                iterate = res.x
+            else:
+                a = lambda u: u - lin.j(u)  # noqa: E731  (I − ∂_wΦ)
+                res = conjugate_gradient(normal_equations(a_t, a), g, x0=self._start(g), max_iter=self.k,
+                                         rtol=self.rtol)
+                iterate = res.x
+                res = dataclasses.replace(res, x=a(res.x))
+        if self.check and symmetric:   # (the normal equations are PSD: a negative pᵀAp there is round-off)
+            check_curvature(res, f"{self!r} backward")
+        self._record(res, iterate)
+        return lin.params_vjp(res.x)
 
 
 class Unrolled(GradientMode):

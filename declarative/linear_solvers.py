@@ -9,7 +9,10 @@ converged elements are frozen).
 
 * ``conjugate_gradient`` – CG (Hestenes & Stiefel 1952) for ``A x = b`` with ``A`` symmetric
   positive definite per element. An element whose curvature ``pᵀAp`` is not positive (breakdown:
-  ``A`` not positive definite on the Krylov space, or an exactly solved system) is frozen.
+  ``A`` not positive definite on the Krylov space, or an exactly solved system) is frozen; where
+  the curvature is *negative* (``pᵀAp < −√eps·‖p‖‖Ap‖``: ``A`` is indefinite, so CG's answer is
+  not the solution) the element is flagged in ``LinearSolve.negative_curvature`` and
+  ``check_curvature`` raises a ``SolverError`` (``Status.INDEFINITE``) naming it.
 * ``fixed_point_iteration`` – ``x ← T x + b`` (the Neumann series ``Σ Tⁱ b`` from ``x₀ = 0``),
   which converges to ``(I − T)⁻¹ b`` when the spectral radius of ``T`` is below one.
 * ``normal_equations`` – wraps ``A``/``Aᵀ`` into the symmetric positive (semi)definite operator
@@ -33,8 +36,11 @@ from typing import Callable
 
 import torch
 
+from .errors import SolverError
+from .status import Status
+
 __all__ = ["LinearSolve", "conjugate_gradient", "fixed_point_iteration", "normal_equations", "batch_dot",
-           "default_cg_rtol", "warn_unconverged"]
+           "check_curvature", "default_cg_rtol", "warn_unconverged"]
 
 Operator = Callable[[torch.Tensor], torch.Tensor]
 
@@ -43,12 +49,14 @@ Operator = Callable[[torch.Tensor], torch.Tensor]
 class LinearSolve:
     """Result of a batched linear solve: solution ``x``, per-element iteration counts, final
     residual norms ``‖b − A x‖`` (for the fixed-point iteration: ``‖x_k − x_{k−1}‖``), and whether
-    the tolerance was met (all True when run for a fixed number of steps without a tolerance)."""
+    the tolerance was met (all True when run for a fixed number of steps without a tolerance);
+    for conjugate gradient, the elements that met negative curvature (``None`` for other solvers)."""
 
     x: torch.Tensor
     iterations: torch.Tensor
     residual: torch.Tensor
     converged: torch.Tensor
+    negative_curvature: torch.Tensor | None = None
 
 
 def default_cg_rtol(dtype: torch.dtype) -> float:
@@ -74,6 +82,12 @@ def _threshold(b: torch.Tensor, rtol: float, atol: float) -> torch.Tensor | None
     return torch.clamp(rtol * batch_dot(b, b).sqrt(), min=atol)
 
 
+def _negative(pAp: torch.Tensor, p: torch.Tensor, Ap: torch.Tensor) -> torch.Tensor:
+    """``pᵀAp < −√eps·‖p‖‖Ap‖`` per element: curvature negative beyond round-off."""
+    scale = (batch_dot(p, p) * batch_dot(Ap, Ap)).sqrt()
+    return pAp < -(torch.finfo(p.dtype).eps ** 0.5) * scale
+
+
 def conjugate_gradient(matvec: Operator, b: torch.Tensor, *, x0: torch.Tensor | None = None,
                        max_iter: int, rtol: float = 0.0, atol: float = 0.0) -> LinearSolve:
     """Batched conjugate gradient for ``A x = b`` (A symmetric positive definite per element).
@@ -94,27 +108,36 @@ def conjugate_gradient(matvec: Operator, b: torch.Tensor, *, x0: torch.Tensor | 
     if thresh is None:  # exactly max_iter steps; an element with pᵀAp ≤ 0 (breakdown) stops moving
         iterations = torch.zeros(B, dtype=torch.int64, device=b.device)
         ok = torch.ones(B, dtype=torch.bool, device=b.device)
+        negative = torch.zeros(B, dtype=torch.bool, device=b.device)
         zero = torch.zeros((), dtype=b.dtype, device=b.device)
+        # an element whose residual reached round-off (‖r‖ ≤ eps·‖b‖) stops: further steps divide
+        # round-off by round-off and, in float32, can blow the iterate up
+        floor = (torch.finfo(b.dtype).eps ** 2) * batch_dot(b, b)
         for _ in range(max_iter):
             Ap = matvec(p)
             pAp = batch_dot(p, Ap)
-            ok = ok & (pAp > 0)
+            negative = negative | (ok & _negative(pAp, p, Ap))
+            ok = ok & (pAp > 0) & (rs > floor)
             alpha = _expand(torch.where(ok, rs / pAp, zero), x)
             x = torch.addcmul(x, alpha, p)
             r = torch.addcmul(r, alpha, Ap, value=-1)
             rs_new = batch_dot(r, r)
-            beta = torch.where(ok, rs_new / rs, zero)
+            # an exactly solved element (rs = 0) stops here: 0/0 would turn p, then x, into NaN
+            beta = torch.where(ok & (rs > 0), rs_new / torch.where(rs > 0, rs, torch.ones_like(rs)), zero)
             p = torch.addcmul(r, _expand(beta, p), p)
             rs = rs_new
             iterations += ok
-        return LinearSolve(x, iterations, rs.sqrt(), torch.ones(B, dtype=torch.bool, device=b.device))
+        return LinearSolve(x, iterations, rs.sqrt(), torch.ones(B, dtype=torch.bool, device=b.device),
+                           negative)
     active = rs.sqrt() > thresh
     iterations = torch.zeros(B, dtype=torch.int64, device=b.device)
+    negative = torch.zeros(B, dtype=torch.bool, device=b.device)
     for _ in range(max_iter):
         if not bool(active.any()):
             break
         Ap = matvec(p)
         pAp = batch_dot(p, Ap)
+        negative = negative | (active & _negative(pAp, p, Ap))
         ok = active & (pAp > 0) & torch.isfinite(pAp)
         alpha = torch.where(ok, rs / torch.where(ok, pAp, torch.ones_like(pAp)), torch.zeros_like(rs))
         x = x + _expand(alpha, x) * p
@@ -127,7 +150,7 @@ def conjugate_gradient(matvec: Operator, b: torch.Tensor, *, x0: torch.Tensor | 
         iterations = iterations + ok.to(torch.int64)
         active = ok & (rs.sqrt() > thresh)
     res = rs.sqrt()
-    return LinearSolve(x, iterations, res, res <= thresh)
+    return LinearSolve(x, iterations, res, res <= thresh, negative)
 
 
 def fixed_point_iteration(apply_t: Operator, b: torch.Tensor, *, x0: torch.Tensor | None = None,
@@ -182,3 +205,14 @@ def warn_unconverged(res: LinearSolve, what: str, rtol: float, max_iter: int, hi
         bad = (~res.converged).nonzero().reshape(-1).tolist()
         warnings.warn(f"{what}: conjugate gradient did not reach rtol={rtol:g} in {max_iter} steps for "
                       f"batch indices {bad[:20]}{hint}", RuntimeWarning, stacklevel=stacklevel + 1)
+
+
+def check_curvature(res: LinearSolve, what: str) -> None:
+    """Raise a ``SolverError`` (``Status.INDEFINITE``, naming the batch indices) if conjugate
+    gradient met negative curvature for some element: the operator is not positive definite, the
+    element's CG iterate was frozen there and is not the solution. Other elements are unaffected
+    (available through ``SolverError.solution``, the ``LinearSolve``). One host sync."""
+    if res.negative_curvature is None or not bool(res.negative_curvature.any()):
+        return
+    bad = res.negative_curvature.nonzero().reshape(-1).tolist()
+    raise SolverError(bad, [Status.INDEFINITE] * len(bad), res, what)

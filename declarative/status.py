@@ -21,6 +21,7 @@ class Status(enum.IntEnum):
     NON_FINITE = 4
     UNBOUNDED_BELOW = 5
     INACCURATE = 6
+    INDEFINITE = 7
 
     @property
     def message(self) -> str:
@@ -36,6 +37,9 @@ _MESSAGES = {
     Status.UNBOUNDED_BELOW: "the energy is unbounded below (e.g. a negative nudging strength)",
     Status.INACCURATE: ("stopped with an answer that misses the requested tolerances on the original "
                         "problem (see the solution's residuals)"),
+    Status.INDEFINITE: ("negative curvature in the gradient's linear system: the Hessian (or I − ∂_wΦ) is "
+                        "not positive definite at the solution — a saddle point or maximum, not a strict "
+                        "minimum (or an unstable fixed point), whose implicit gradient is not a minimiser's"),
 }
 
 
