@@ -24,6 +24,15 @@ class QPLayer(nn.Module):
     * ``"contrastive"``: ``(1/β)[∂_θ𝓛(ẑ_β) − ∂_θ𝓛(z*)]`` with the nudged re-solve ``q → q + βg``
       (DESIGN.md §3.1, formula (C)); ``"symmetric"``: the centred version with ``±β``.
 
+    **Gradient failures are per element.** With ``"implicit"``, an element whose forward solve
+    failed gets zero gradients; so does a solved element whose implicit tangent fails (its backward
+    QP not solved, in float32 also not by its float64 re-solve — e.g. a minimiser that is not
+    unique along a direction the loss sees, where no derivative exists — or a non-finite tangent),
+    with a ``RuntimeWarning`` naming its batch indices. The other elements' gradients are exact, and
+    nothing is raised, whatever ``check``. Zero rather than NaN, so that one element cannot poison
+    a parameter shared by the batch or the optimiser's state; turn the warning into an error with
+    ``warnings.simplefilter("error", RuntimeWarning)`` to stop instead.
+
     Either constraint block may be omitted. Unbatched parameters (e.g. a learned ``G``) broadcast
     against batched ones and receive the gradient summed over the batch.
 
@@ -32,8 +41,9 @@ class QPLayer(nn.Module):
         beta: nudging strength, required by the contrastive modes.
         options: ``QPOptions`` (tolerances: relative residuals ≤ 1e-8 in float64, ≤ 1e-4 in
             float32 by default).
-        check: raise a ``SolverError`` naming the failing batch indices (default); if False,
-            ``solve`` returns per-element statuses instead.
+        check: raise a ``SolverError`` naming the failing batch indices of the forward solve
+            (default); if False, ``solve`` returns per-element statuses instead. The backward
+            never raises for a failing element (see above).
 
     Shape:
         - Q: ``(B, n, n)`` or ``(n, n)``;  q: ``(B, n)`` or ``(n,)``

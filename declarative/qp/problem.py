@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Sequence
 
 import torch
 
-from ..errors import SolverError
 from ..problem import ArgminProblem
 from ..solution import Solution
 from ..status import Status
@@ -26,6 +26,17 @@ def _outer(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 
 def _mv(M: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return (M @ x.unsqueeze(-1)).squeeze(-1)
+
+
+#: the dimensions of one problem's ``Q, q, G, h, A, b``
+_QP_CORES = (2, 1, 2, 1, 2, 1)
+
+
+def _select(tensors, idx: torch.Tensor, cores):
+    """The batch elements ``idx`` of each tensor (None stays None; unbatched ones, of dimension
+    ``core`` or of batch size 1, are shared and kept as they are)."""
+    return tuple(t if t is None or t.dim() <= c or t.shape[0] == 1 else t.index_select(0, idx)
+                 for t, c in zip(tensors, cores))
 
 
 class QPProblem(ArgminProblem):
@@ -56,20 +67,32 @@ class QPProblem(ArgminProblem):
     * weakly active if not strongly active and ``s_i ≤ τ (1 + ‖h‖∞)``;
     * inactive otherwise.
 
-    If no element has a weakly active constraint, the tangent solves the KKT linear system
-    ``Q dz + G_Kᵀdλ_K + Aᵀdν = −g, G_K dz = 0, A dz = 0`` on the active set ``K`` reusing the
+    Elements without a weakly active constraint get the tangent of the KKT linear system
+    ``Q dz + G_Kᵀdλ_K + Aᵀdν = −g, G_K dz = 0, A dz = 0`` on the active set ``K``, reusing the
     forward's factorisation (``kkt_tangent``; the polished active-set factorisation, or, without
     polish, the barrier system ``(Q + GᵀWG) dz + Aᵀdν = −g, dλ = W G dz`` with ``W = λ/s`` of the
-    last iterate, equal up to the solver's accuracy).
-    Otherwise the backward QP of §3.2,
+    last iterate, equal up to the solver's accuracy). The elements with one get the backward QP of
+    the one-sided derivative,
 
-        min_d ½dᵀQd + gᵀd   s.t.   G_S d = 0,  G_W d ≤ 0,  A d = 0,
+    .. math::
 
-    is solved for the whole batch by the same batched IPM (constraints outside S/W are masked to
-    zero rows), its multipliers giving ``dλ`` (zero on inactive constraints) and ``dν``.
+        \min_d \tfrac12 d^\top Q d + g^\top d \quad\text{s.t.}\quad
+        G_S d = 0,\; G_W d \le 0,\; A d = 0,
+
+    solved for that sub-batch by the same batched IPM (constraints outside S/W are masked to zero
+    rows), its multipliers giving ``dλ`` (zero on inactive constraints) and ``dν``; an element's
+    tangent never depends on the other elements of its batch.
     Below float64, elements whose backward QP fails (a weakly active row that repeats a strongly
     active one to rounding leaves its multipliers undetermined) are solved again in float64.
-    Elements whose forward solve failed get a zero tangent.
+
+    **Per-element failures.** Elements whose forward solve failed get a zero tangent (their
+    status says so). A solved element whose tangent still fails — its backward QP not solved (below
+    float64: by the float64 re-solve either; e.g. unbounded: the minimiser is not unique along a direction the cotangent
+    sees, so the derivative does not exist), or a non-finite tangent — also gets a zero tangent,
+    hence zero gradients for its parameters, and a ``RuntimeWarning`` names its batch indices;
+    nothing is raised, whatever ``check``, and the other elements' gradients are exact. Zero, not
+    NaN: a NaN would spread through a parameter shared by the batch and through the optimiser's
+    state. A non-finite cotangent ``g`` is passed through (its element's gradient is not finite).
 
     **Badly scaled data** (an objective or constraint rows far from unit size) are equilibrated
     before every solve and tangent (``equilibration``): the scaled problem has the same minimiser,
@@ -183,29 +206,73 @@ class QPProblem(ArgminProblem):
     def _implicit_tangent(self, solution, params, g) -> Solution:
         if "act_strict" in solution.cache:
             # classified by the active-set solver (one solved problem): strictly complementary
-            return self._kkt_tangent(solution, params, g)
-        masks = self.classify_constraints(solution, params)
-        if masks is not None and bool(masks[1].any()):
-            tangent = self._backward_qp(solution, params, g, *masks)
-        else:
             tangent = self._kkt_tangent(solution, params, g)
+        else:
+            tangent = self._classified_tangent(solution, params, g)
+        return self._zero_failed(solution, tangent, g)
+
+    def _classified_tangent(self, solution, params, g) -> Solution:
+        """The KKT tangent for the elements without weakly active constraints, the backward QP
+        for the others (on their sub-batch only: an element's tangent never depends on the other
+        elements of its batch)."""
+        masks = self.classify_constraints(solution, params)
+        qp = None if masks is None else masks[1].any(-1) & solution.solved
+        if qp is None or not bool(qp.any()):
+            return self._kkt_tangent(solution, params, g)
+        strong, weak = masks
+        if bool(qp.all()):
+            return self._backward_qp(solution.z, params, g, strong, weak)
+        idx = torch.nonzero(qp).reshape(-1)
+        tangent = self._kkt_tangent(solution, params, g)
+        part = self._backward_qp(solution.z.index_select(0, idx), _select(params, idx, _QP_CORES),
+                                 _select((g,), idx, (1,))[0], strong.index_select(0, idx),
+                                 weak.index_select(0, idx))
+        status = torch.zeros_like(solution.status_tensor()).index_copy(0, idx, part.status)
+        return Solution(z=tangent.z.index_copy(0, idx, part.z),
+                        duals={k: v.index_copy(0, idx, part.duals[k]) for k, v in tangent.duals.items()},
+                        status=status)
+
+    @staticmethod
+    def _zero_failed(solution: Solution, tangent: Solution, g: torch.Tensor) -> Solution:
+        """The tangent with zeros for every element whose forward solve failed (no warning: its
+        status says so) and for every solved element whose tangent failed — a backward QP not
+        solved (also in float64) or a non-finite tangent — with a ``RuntimeWarning`` naming those.
+        A non-finite cotangent ``g`` is the caller's: its element's tangent is left as computed."""
         solved = solution.solved
-        if not bool(solved.all()):
-            ok = solved.unsqueeze(-1)
-            tangent.z = torch.where(ok, tangent.z, 0.0)
-            tangent.duals = {k: torch.where(ok, v, 0.0) for k, v in tangent.duals.items()}
-        return tangent
+        ok = solved & torch.isfinite(tangent.z).all(-1)
+        for v in tangent.duals.values():
+            ok = ok & torch.isfinite(v).all(-1)
+        if tangent.status is not None:
+            ok = ok & (tangent.status == Status.SOLVED)
+        if bool(ok.all()):
+            return tangent
+        ok = ok | (solved & ~torch.isfinite(g.expand_as(tangent.z)).all(-1))
+        failed = solved & ~ok
+        if bool(failed.any()):
+            idx = torch.nonzero(failed).reshape(-1).tolist()
+            shown = ", ".join(map(str, idx[:20])) + (", ..." if len(idx) > 20 else "")
+            why = "backward QP not solved or tangent not finite" if tangent.status is not None \
+                else "tangent not finite"
+            warnings.warn(
+                f"QP implicit gradient: {why} for {len(idx)} solved batch element(s), batch indices "
+                f"[{shown}]; their gradients are set to zero (the other elements' are unaffected)",
+                RuntimeWarning, stacklevel=2)
+        keep = ok.unsqueeze(-1)
+        return Solution(z=torch.where(keep, tangent.z, 0.0),
+                        duals={k: torch.where(keep, v, 0.0) for k, v in tangent.duals.items()},
+                        status=tangent.status)
 
     def _kkt_tangent(self, solution, params, g) -> Solution:
         """Strict complementarity: the KKT linear system with the forward's factorisation."""
         dz, dlam, dnu = kkt_tangent(params[0], params[2], params[4], solution, g, self.options)
         return Solution(z=dz, duals={"lam": dlam, "nu": dnu})
 
-    def _backward_qp(self, solution, params, g, strong, weak) -> Solution:
+    def _backward_qp(self, z, params, g, strong, weak) -> Solution:
         """Weakly active constraints: the backward QP ``min ½dᵀQd + gᵀd`` s.t. ``G_S d = 0``,
-        ``G_W d ≤ 0``, ``A d = 0``, batched with masked (zero) rows."""
+        ``G_W d ≤ 0``, ``A d = 0``, batched with masked (zero) rows. Its per-element ``status``
+        says which elements were solved (below float64 after a float64 re-solve of the failing
+        ones); nothing is raised here."""
         Q, q, G, h, A, b = params
-        z = solution.z
         B = z.shape[0]
         g = g.expand_as(z)
         Gw = G * weak.unsqueeze(-1).to(G.dtype)
@@ -221,17 +288,12 @@ class QPProblem(ArgminProblem):
         gscale = _abs_max(g, keepdim=True)
         gscale = torch.where(gscale > 0, gscale, 1.0)
         sol = solve_qp_ipm(Q, g / gscale, Gw, hw, Aeq, beq, options=self.options)
-        bad = ~sol.solved & solution.solved
+        bad = ~sol.solved
         if z.dtype != torch.float64 and bool(bad.any()):
             # below float64, a weakly active row that nearly repeats a strongly active one (to
             # rounding) leaves the backward QP's multipliers undetermined at the dtype's precision:
             # those elements are solved again in float64 (the tangent is returned in the dtype)
             sol = self._backward_qp_float64(sol, bad, (Q, g / gscale, Gw, hw, Aeq, beq))
-            bad = ~sol.solved & solution.solved
-        if bool(bad.any()):
-            idx = torch.nonzero(bad).reshape(-1).tolist()
-            codes = sol.status[bad].tolist()
-            raise SolverError(idx, [Status(c) for c in codes], sol, "implicit backward QP")
         eq = sol.duals["nu"] * gscale
         dlam = torch.where(strong, eq[..., p:], torch.where(weak, sol.duals["lam"] * gscale, 0.0))
         dnu = eq[..., :p]
@@ -242,9 +304,7 @@ class QPProblem(ArgminProblem):
         """``sol`` with its elements ``bad`` replaced by the float64 solve of their backward QP
         ``data = (Q, g, G_W, h_W, A_eq, b_eq)`` (unbatched ones shared)."""
         idx = torch.nonzero(bad).reshape(-1)
-        cores = (2, 1, 2, 1, 2, 1)          # the dimensions of one problem's Q, g, G, h, A, b
-        redo = solve_qp_ipm(*(t.index_select(0, idx).double() if t.dim() > c else t.double()
-                              for t, c in zip(data, cores)), options=self.options)
+        redo = solve_qp_ipm(*(t.double() for t in _select(data, idx, _QP_CORES)), options=self.options)
 
         def put(a, b_):
             return a.index_copy(0, idx, b_.to(a.dtype))
