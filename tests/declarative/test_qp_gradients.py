@@ -306,3 +306,35 @@ def test_non_finite_cotangent_is_not_hidden():
         got = _grads(params, w)
     assert torch.isnan(got[1][0]).all()
     torch.testing.assert_close(got[1][1:], ref[1][1:], atol=0, rtol=0)
+
+
+def test_float32_small_slack_is_not_weakly_active():
+    """float32, polished: a row of slack 8.4e-4 (element 105 of ``random_qp(128, 10, 10, 0,
+    seed=0)``, the benchmark's data) was called weakly active by a slack threshold of √eps
+    (3.5e-4 × (1 + ‖h‖∞)); the backward QP then held ``G_i d ≤ 0`` and ∇q came out 40 % off.
+    Every element's float32 gradients now match float64's."""
+    params = random_qp(128, 10, 10, 0, seed=0)
+    w = torch.randn(128, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    ref = _grads(params, w)
+    got = _grads([t if t is None else t.float() for t in params], w.float())
+    for a, b_ in zip(got[:4], ref[:4]):
+        torch.testing.assert_close(a.double(), b_, atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.parametrize("seed", [3, 8, 10])
+def test_float32_degenerate_lp_backward_does_not_fail_the_batch(seed):
+    """LPs (Q = 0) with integer data and a box: degenerate vertices and minimisers that are not
+    unique. In float32 the backward QP of one element ended DUAL_INFEASIBLE, also when re-solved in
+    float64 (these seeds), and a ``SolverError`` took down the whole batch, which float64
+    differentiates. Now: no exception, finite gradients for all six parameters."""
+    Q, q, G, h, A, b = random_qp(8, 4, 3, 2, seed=seed)
+    box = torch.cat([torch.eye(4), -torch.eye(4)]).double().expand(8, 8, 4)
+    params = (torch.zeros(8, 4, 4, dtype=torch.float64), q.round(), torch.cat([G.round(), box], 1),
+              torch.cat([h.round().clamp(min=0), torch.ones(8, 8, dtype=torch.float64)], 1), A, b)
+    w = torch.randn(8, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    leaves = [t.float().requires_grad_() for t in params]
+    sol = solve_qp(*leaves, check=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        grads = torch.autograd.grad((sol.z * w.float()).sum(), leaves)
+    assert all(torch.isfinite(g_).all() for g_ in grads)
