@@ -14,7 +14,7 @@ from .ipm import solve_qp_ipm
 from .active_set import solve_qp_active_set, use_active_set
 from .equilibration import Equilibration, equilibration
 from .kkt_tangent import kkt_tangent
-from .linalg import _abs_max
+from .linalg import _abs_max, _gather_rows, _with_batch
 from .options import QPOptions
 
 __all__ = ["QPProblem"]
@@ -30,6 +30,14 @@ def _mv(M: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 #: the dimensions of one problem's ``Q, q, G, h, A, b``
 _QP_CORES = (2, 1, 2, 1, 2, 1)
+
+
+def _rows_of(mask: torch.Tensor):
+    """The rows set in ``mask (B, m)`` as indices ``(B, k)``, ``k`` the largest count, first in
+    each element, padded with other rows; ``valid (B, k)`` marks the real ones."""
+    k = int(mask.sum(-1).amax()) if mask.shape[-1] else 0
+    idx = torch.argsort(mask.to(torch.int8), dim=-1, descending=True, stable=True)[:, :k]
+    return idx, mask.gather(1, idx)
 
 
 def _select(tensors, idx: torch.Tensor, cores):
@@ -277,34 +285,42 @@ class QPProblem(ArgminProblem):
 
     def _backward_qp(self, z, params, g, strong, weak) -> Solution:
         """Weakly active constraints: the backward QP ``min ½dᵀQd + gᵀd`` s.t. ``G_S d = 0``,
-        ``G_W d ≤ 0``, ``A d = 0``, batched with masked (zero) rows. Its per-element ``status``
-        says which elements were solved (below float64 after a float64 re-solve of the failing
-        ones); nothing is raised here."""
+        ``G_W d ≤ 0``, ``A d = 0``, batched with the rows of ``S`` and ``W`` gathered (padded to the
+        batch's largest counts with zero rows): its size is that of the two sets, not of ``G``.
+        Its per-element ``status`` says which elements were solved (below float64 after a float64
+        re-solve of the failing ones); nothing is raised here."""
         Q, q, G, h, A, b = params
         B = z.shape[0]
         g = g.expand_as(z)
-        Gw = G * weak.unsqueeze(-1).to(G.dtype)
-        hw = (~weak).to(G.dtype)                     # masked rows read 0ᵀd ≤ 1
-        Gs = G * strong.unsqueeze(-1).to(G.dtype)
+        Gb = _with_batch(G, 2)
+        iw, vw = _rows_of(weak)
+        i_s, vs = _rows_of(strong)
+        Gw = _gather_rows(Gb, iw) * vw.unsqueeze(-1).to(G.dtype)
+        hw = (~vw).to(G.dtype)                       # padding rows read 0ᵀd ≤ 1
+        Gs = _gather_rows(Gb, i_s) * vs.unsqueeze(-1).to(G.dtype)
         p = 0 if A is None else A.shape[-2]
-        Gs = Gs.expand(B, *Gs.shape[-2:])
         Aeq = Gs if A is None else torch.cat([A.expand(B, *A.shape[-2:]), Gs], dim=-2)
         beq = Aeq.new_zeros(Aeq.shape[:-1])
+        if Aeq.shape[-2] == 0:
+            Aeq = beq = None
         # the solution is positively homogeneous in g (its constraints are cones): solved for
         # g/‖g‖∞ and scaled back — a small g (e.g. 1e-6 after equilibration) fell below the
         # solver's absolute tolerances, and ∇q came out up to 250% off in float32
         gscale = _abs_max(g, keepdim=True)
         gscale = torch.where(gscale > 0, gscale, 1.0)
-        sol = solve_qp_ipm(Q, g / gscale, Gw, hw, Aeq, beq, options=self.options)
+        data = (Q, g / gscale, Gw, hw, Aeq, beq)
+        sol = self._solve(data, None)
         bad = ~sol.solved
         if z.dtype != torch.float64 and bool(bad.any()):
             # below float64, a weakly active row that nearly repeats a strongly active one (to
             # rounding) leaves the backward QP's multipliers undetermined at the dtype's precision:
             # those elements are solved again in float64 (the tangent is returned in the dtype)
-            sol = self._backward_qp_float64(sol, bad, (Q, g / gscale, Gw, hw, Aeq, beq))
-        eq = sol.duals["nu"] * gscale
-        dlam = torch.where(strong, eq[..., p:], torch.where(weak, sol.duals["lam"] * gscale, 0.0))
-        dnu = eq[..., :p]
+            sol = self._backward_qp_float64(sol, bad, data)
+        nu = sol.duals.get("nu")
+        dlam = z.new_zeros(weak.shape).scatter_add(1, iw, sol.duals["lam"] * gscale * vw)
+        if i_s.shape[-1]:
+            dlam = dlam.scatter_add(1, i_s, nu[..., p:] * gscale * vs)
+        dnu = nu[..., :p] * gscale if p else z.new_zeros(B, 0)
         return Solution(z=sol.z * gscale, duals={"lam": dlam, "nu": dnu}, status=sol.status,
                         iterations=sol.iterations, residuals=sol.residuals)
 
@@ -312,7 +328,8 @@ class QPProblem(ArgminProblem):
         """``sol`` with its elements ``bad`` replaced by the float64 solve of their backward QP
         ``data = (Q, g, G_W, h_W, A_eq, b_eq)`` (unbatched ones shared)."""
         idx = torch.nonzero(bad).reshape(-1)
-        redo = solve_qp_ipm(*(t.double() for t in _select(data, idx, _QP_CORES)), options=self.options)
+        redo = solve_qp_ipm(*(None if t is None else t.double() for t in _select(data, idx, _QP_CORES)),
+                            options=self.options)
 
         def put(a, b_):
             return a.index_copy(0, idx, b_.to(a.dtype))
