@@ -60,9 +60,10 @@ class QPProblem(ArgminProblem):
       ∇G = dλ z*ᵀ + λ* dzᵀ, ∇b = −dν, ∇A = dν z*ᵀ + ν* dzᵀ``.
 
     **Weakly active constraints.** With the solver's final slack ``s`` and multiplier ``λ`` and a
-    threshold ``τ`` tied to their accuracy — ``options.active_tol`` if set, otherwise ``√eps``
-    (``1.5e-8`` in float64, ``3.5e-4`` in float32) when the forward was polished (active-set
-    solution exact to rounding: every element of the batch polished), else ``tol ** 0.25`` (``1e-2``
+    threshold ``τ`` tied to their accuracy — ``options.active_tol`` if set, otherwise for polished
+    elements (active-set solution exact to rounding) ``√eps`` in float64 (``1.5e-8``) and
+    ``eps^¾`` below (``6.4e-6`` in float32, where ``√eps = 3.5e-4`` is the size of real
+    multipliers), else ``tol ** 0.25`` (``1e-2``
     in float64, ``0.1`` in float32: at an interior-point solution of accuracy ``tol`` a strictly
     complementary pair has one member ``O(1)`` and the other ``O(tol)``, a weakly active pair
     both ``O(√tol)``; ``tol^¼`` separates them geometrically) — constraint ``i`` of a batch
@@ -193,7 +194,11 @@ class QPProblem(ArgminProblem):
             # polished solutions are exact to rounding: only a rounding-level multiplier is zero;
             # elements left unpolished keep the tolerance tied to the interior-point accuracy
             eps = torch.finfo(lam.dtype).eps
-            tight = self.options.active_tol or eps ** 0.5
+            # multipliers: √eps in float64 (1.5e-8); below float64 √eps (3.5e-4 in float32) is the
+            # size of real multipliers — polished float32 multipliers of 3e-4…7e-4 (|λ|∞ ≈ 1,
+            # exact to 1e-7) were called weak and bent ∇ by 10–50 % (bench_qp.py (512, 32, 64)) —
+            # so eps^¾ (6.4e-6), as for the slacks
+            tight = self.options.active_tol or (eps ** 0.5 if lam.dtype == torch.float64 else eps ** 0.75)
             tau = torch.where(polished, lam.new_tensor(tight), loose).unsqueeze(-1)
             # a polished slack is h − Gz to rounding, far more accurate than a multiplier: with
             # √eps (3.5e-4 in float32) an inactive row of slack 8e-4 was called weakly active and
