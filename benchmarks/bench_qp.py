@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """QP layer forward + backward vs qpth, cvxpylayers (DIFFCP) and proxsuite's torch QPLayer.
 
-Problems (float64 by default, ``--dtype float32`` for single precision; per batch element): ``min ½zᵀQz + qᵀz s.t. Gz ≤ h, Az = b`` built by
+Problems (float64 by default, ``--dtype float32`` for single precision; per batch element):
+``min ½zᵀQz + qᵀz s.t. Gz ≤ h, Az = b`` built by
 ``declarative.reference.qp.random_qp`` (``Q = MMᵀ/n + 0.1I``, feasible with slack in [0.1, 1.1] at a
 random point), all six parameters batched and requiring gradients; the loss is ``ℓ = Σ wᵀz`` for a
 fixed random ``w``. One *call* is forward + backward.

@@ -279,7 +279,8 @@ def test_one_failing_element_keeps_the_others_exact(dtype, device):
     form of the one-sided derivative for the weakly active one."""
     params = _batch_with_a_failing_element(dtype, device)
     w = torch.randn(4, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(62))
-    with pytest.warns(RuntimeWarning, match=r"1 solved batch element\(s\), batch indices \[2\]; their gradients are set to zero"):
+    named = r"1 solved batch element\(s\), batch indices \[2\]; their gradients are set to zero"
+    with pytest.warns(RuntimeWarning, match=named):
         grads = _grads(params, w.to(dtype=dtype, device=device))
     for k in range(4):
         assert (grads[k][2] == 0).all()
