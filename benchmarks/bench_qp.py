@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """QP layer forward + backward vs qpth, cvxpylayers (DIFFCP) and proxsuite's torch QPLayer.
 
-Problems (float64, per batch element): ``min ½zᵀQz + qᵀz s.t. Gz ≤ h, Az = b`` built by
+Problems (float64 by default, ``--dtype float32`` for single precision; per batch element):
+``min ½zᵀQz + qᵀz s.t. Gz ≤ h, Az = b`` built by
 ``declarative.reference.qp.random_qp`` (``Q = MMᵀ/n + 0.1I``, feasible with slack in [0.1, 1.1] at a
 random point), all six parameters batched and requiring gradients; the loss is ``ℓ = Σ wᵀz`` for a
 fixed random ``w``. One *call* is forward + backward.
@@ -22,14 +23,23 @@ Our gradients are also checked against central finite differences on a small cas
 direction; the forward is polished, so exact to ~1e-15 relative) and against cvxpy/Clarabel
 finite differences.
 
-Targets at (128,50,50,0) and (128,100,100,10): faster than every peer, within 1.5× of
-the floor, backward ≤ 0.25× forward; at B = 1 within 3× of proxsuite.
+``--compare-dtype`` also times our layer in the other dtype (float32 ↔ float64) in the same
+interleaved repetitions, as the row ``ours-float64`` (or ``ours-float32``): its ``/ours`` ratio is
+the speed-up of the chosen dtype. The data are drawn in float64 and rounded to the dtype.
+
+Sizes ``(B, n, m, p)``: the default set below; ``LARGE`` sizes (seconds per call) only with
+``--large`` or when named in ``--sizes``; the sizes left out are printed.
+
+Targets at (128,50,50,0) and (128,100,100,10): faster than every peer, within 1.5× of the floor,
+backward ≤ 0.25× forward; at B = 1 within 3× of proxsuite; float32 ≥ 1.3× faster than float64 at
+(128, 50, 50) and larger.
 
 Usage::
 
-    python benchmarks/bench_qp.py                 # all sizes, 1 thread
+    python benchmarks/bench_qp.py                 # default sizes, float64, 1 thread
     python benchmarks/bench_qp.py --reps 5 --cvxpy-reps 1 --sizes 128,50,50,0
-    python benchmarks/bench_qp.py --skip cvxpylayers
+    python benchmarks/bench_qp.py --dtype float32 --compare-dtype --skip cvxpylayers
+    python benchmarks/bench_qp.py --sizes 128,500,500,0 --reps 3 --skip cvxpylayers
 """
 
 from __future__ import annotations
@@ -51,7 +61,10 @@ except ImportError:  # pragma: no cover - source tree without `make setup`
     import layers
 from declarative.reference.qp import qp_reference_batch, random_qp
 
-SIZES = [(1, 10, 10, 0), (32, 20, 20, 0), (128, 50, 50, 0), (128, 100, 100, 10)]
+SIZES = [(1, 10, 10, 0), (32, 20, 20, 0), (128, 10, 10, 0), (128, 50, 50, 0), (128, 100, 100, 0),
+         (128, 100, 100, 10), (1, 32, 64, 0), (8, 32, 64, 0), (512, 32, 64, 0)]
+LARGE = [(128, 500, 500, 0)]
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
 NAMES = ("Q", "q", "G", "h", "A", "b")
 
 
@@ -122,7 +135,7 @@ def call(fn, params, w):
 def floor_time(params, iters=12):
     Q, q, G, h, A, b = params
     B, m = h.shape
-    w = torch.rand(iters, B, m, dtype=Q.dtype) + 0.5
+    w = torch.rand(iters, B, m, dtype=torch.float64).to(Q.dtype) + 0.5
     t0 = time.perf_counter()
     for k in range(iters):
         H = torch.baddbmm(Q, G.transpose(-1, -2), w[k].unsqueeze(-1) * G)
@@ -142,15 +155,27 @@ def grad_diff(ga, gb):
     return out
 
 
-def bench_size(size, methods, reps, cvxpy_reps, seed=0):
+def make_ours_in(dtype):
+    """Our layer on the data cast to ``dtype``, the output cast back (the other dtype's row)."""
+    layer = layers.QPLayer()
+
+    def run(*params):
+        out_dtype = params[0].dtype
+        return layer(*(None if t is None else t.to(dtype) for t in params)).to(out_dtype)
+    return run
+
+
+def bench_size(size, methods, reps, cvxpy_reps, seed=0, dtype=torch.float64):
     B, n, m, p = size
-    params = random_qp(B, n, m, p, seed=seed)
-    w = torch.randn(B, n, dtype=torch.float64, generator=torch.Generator().manual_seed(seed + 1))
+    params = tuple(None if t is None else t.to(dtype) for t in random_qp(B, n, m, p, seed=seed))
+    w = torch.randn(B, n, dtype=torch.float64, generator=torch.Generator().manual_seed(seed + 1)).to(dtype)
     fns = {}
     for name in methods:
         try:
             fns[name] = {"ours": make_ours, "qpth": make_qpth, "proxsuite": make_proxsuite,
-                         "cvxpylayers": lambda: make_cvxpylayers(n, m, p)}[name]()
+                         "cvxpylayers": lambda: make_cvxpylayers(n, m, p),
+                         "ours-float32": lambda: make_ours_in(torch.float32),
+                         "ours-float64": lambda: make_ours_in(torch.float64)}[name]()
         except Exception as exc:  # pragma: no cover - missing peer
             print(f"  {name}: unavailable ({type(exc).__name__}: {exc})")
     times = {name: ([], []) for name in fns}
@@ -208,19 +233,34 @@ def main(argv=None):
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--cvxpy-reps", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--sizes", type=str, nargs="*", help="B,n,m,p (default: 1,10,10,0 32,20,20,0 128,50,50,0 128,100,100,10)")
+    ap.add_argument("--sizes", type=str, nargs="*", help="B,n,m,p (default: SIZES; LARGE with --large)")
+    ap.add_argument("--large", action="store_true", help=f"also the sizes {LARGE} (seconds per call)")
+    ap.add_argument("--dtype", choices=sorted(DTYPES), default="float64")
+    ap.add_argument("--compare-dtype", action="store_true",
+                    help="also time our layer in the other dtype, in the same repetitions")
     ap.add_argument("--skip", type=str, nargs="*", default=[], help="peers to skip")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
     random.seed(0)
-    sizes = [tuple(int(x) for x in s.split(",")) for s in args.sizes] if args.sizes else SIZES
+    if args.sizes:
+        sizes = [tuple(int(x) for x in s.split(",")) for s in args.sizes]
+    else:
+        sizes = SIZES + (LARGE if args.large else [])
+    left_out = [s for s in SIZES + LARGE if s not in sizes]
+    dtype = DTYPES[args.dtype]
+    other = "float32" if args.dtype == "float64" else "float64"
     methods = [m for m in ("ours", "proxsuite", "qpth", "cvxpylayers") if m not in args.skip]
-    print(f"QP layer forward+backward, float64, {args.threads} thread(s), medians of {args.reps} "
-          f"interleaved repetitions (cvxpylayers: {args.cvxpy_reps})\n")
+    if args.compare_dtype:
+        methods.insert(1, f"ours-{other}")
+    print(f"QP layer forward+backward, {args.dtype}, {args.threads} thread(s), medians of {args.reps} "
+          f"interleaved repetitions (cvxpylayers: {args.cvxpy_reps})")
+    if left_out:
+        print(f"sizes left out (name them in --sizes, or --large): {left_out}")
+    print()
     rows = []
     for size in sizes:
-        times, floor, grads = bench_size(size, methods, args.reps, args.cvxpy_reps)
+        times, floor, grads = bench_size(size, methods, args.reps, args.cvxpy_reps, dtype=dtype)
         med = {k: (statistics.median(v[0]), statistics.median(v[1])) for k, v in times.items() if v[0]}
         fl = statistics.median(floor)
         ours_total = sum(med["ours"])

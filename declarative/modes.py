@@ -61,6 +61,10 @@ class Implicit(GradientMode):
     gradient); at weakly active constraints (active with zero multiplier) it solves the backward
     QP ``min ½dᵀHd + gᵀd`` s.t. ``∇c_iᵀd = 0`` (strongly active), ``∇c_iᵀd ≤ 0`` (weakly active)
     — the one-sided derivative, which exists where the two-sided one does not (Zach 2021, Prop. 2).
+
+    Failures are per element: the tangent of an element whose solve failed is zero, and a problem
+    whose tangent fails for a solved element documents what that element gets (``QPProblem``: a
+    zero tangent and a ``RuntimeWarning`` naming the batch indices; the batch never raises).
     """
 
     name = "implicit"

@@ -23,6 +23,15 @@ class QPLayer(nn.Module):
     * ``"contrastive"``: ``(1/β)[∂_θ𝓛(ẑ_β) − ∂_θ𝓛(z*)]`` with the nudged re-solve ``q → q + βg``
       (formula (C) of ``docs/guide/modes.md``); ``"symmetric"``: the centred version with ``±β``.
 
+    **Gradient failures are per element.** With ``"implicit"``, an element whose forward solve
+    failed gets zero gradients; so does a solved element whose implicit tangent fails (its backward
+    QP not solved, in float32 also not by its float64 re-solve — e.g. a minimiser that is not
+    unique along a direction the loss sees, where no derivative exists — or a non-finite tangent),
+    with a ``RuntimeWarning`` naming its batch indices. The other elements' gradients are exact, and
+    nothing is raised, whatever ``check``. Zero rather than NaN, so that one element cannot poison
+    a parameter shared by the batch or the optimiser's state; turn the warning into an error with
+    ``warnings.simplefilter("error", RuntimeWarning)`` to stop instead.
+
     Either constraint block may be omitted. Unbatched parameters (e.g. a learned ``G``) broadcast
     against batched ones and receive the gradient summed over the batch.
 
@@ -33,12 +42,13 @@ class QPLayer(nn.Module):
     Args:
         mode: ``"implicit"``, ``"contrastive"``, ``"symmetric"`` or a ``GradientMode`` object.
         beta: nudging strength, required by the contrastive modes.
-        options: ``QPOptions`` (tolerances: relative residuals ≤ 1e-8 in float64, ≤ 1e-4 in
-            float32 by default).
-        check: raise a ``SolverError`` naming the failing batch indices (default); if False,
-            the forward returns ``z`` for every element (a failed element's ``z`` is the solver's
-            last iterate, finite or not, and is not a solution) and records the per-element
-            statuses in ``last_status``; ``solve`` returns the full ``Solution``.
+        options: ``QPOptions`` (what ``Status.SOLVED`` promises on the original problem, and the
+            per-dtype default tolerances ``eps_abs``/``eps_rel``: see ``QPOptions``).
+        check: raise a ``SolverError`` naming the failing batch indices of the forward solve
+            (default); if False, the forward returns ``z`` for every element (a failed element's
+            ``z`` is the solver's last iterate, finite or not, and is not a solution) and records
+            the per-element statuses in ``last_status``; ``solve`` returns the full ``Solution``.
+            The backward never raises for a failing element (see above).
 
     Attributes:
         last_status: ``(B,)`` (or ``()`` for unbatched inputs) int64 ``Status`` codes of the last

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import replace
 from typing import Sequence
 
 import torch
 
-from ..errors import SolverError
 from ..problem import ArgminProblem
 from ..solution import Solution
 from ..status import Status
@@ -15,7 +15,7 @@ from .ipm import solve_qp_ipm
 from .active_set import solve_qp_active_set, use_active_set
 from .equilibration import Equilibration, equilibration
 from .kkt_tangent import kkt_tangent
-from .linalg import _abs_max
+from .linalg import _abs_max, _gather_rows, _with_batch
 from .options import QPOptions
 from .residuals import meets_tolerances, qp_residuals
 
@@ -28,6 +28,25 @@ def _outer(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 
 def _mv(M: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return (M @ x.unsqueeze(-1)).squeeze(-1)
+
+
+#: the dimensions of one problem's ``Q, q, G, h, A, b``
+_QP_CORES = (2, 1, 2, 1, 2, 1)
+
+
+def _rows_of(mask: torch.Tensor):
+    """The rows set in ``mask (B, m)`` as indices ``(B, k)``, ``k`` the largest count, first in
+    each element, padded with other rows; ``valid (B, k)`` marks the real ones."""
+    k = int(mask.sum(-1).amax()) if mask.shape[-1] else 0
+    idx = torch.argsort(mask.to(torch.int8), dim=-1, descending=True, stable=True)[:, :k]
+    return idx, mask.gather(1, idx)
+
+
+def _select(tensors, idx: torch.Tensor, cores):
+    """The batch elements ``idx`` of each tensor (None stays None; unbatched ones, of dimension
+    ``core`` or of batch size 1, are shared and kept as they are)."""
+    return tuple(t if t is None or t.dim() <= c or t.shape[0] == 1 else t.index_select(0, idx)
+                 for t, c in zip(tensors, cores))
 
 
 class QPProblem(ArgminProblem):
@@ -43,9 +62,10 @@ class QPProblem(ArgminProblem):
       ∇G = dλ z*ᵀ + λ* dzᵀ, ∇b = −dν, ∇A = dν z*ᵀ + ν* dzᵀ``.
 
     **Weakly active constraints.** With the solver's final slack ``s`` and multiplier ``λ`` and a
-    threshold ``τ`` tied to their accuracy — ``options.active_tol`` if set, otherwise ``√eps``
-    (``1.5e-8`` in float64, ``3.5e-4`` in float32) when the forward was polished (active-set
-    solution exact to rounding: every element of the batch polished), else ``tol ** 0.25`` (``1e-2``
+    threshold ``τ`` tied to their accuracy — ``options.active_tol`` if set, otherwise for polished
+    elements (active-set solution exact to rounding) ``√eps`` in float64 (``1.5e-8``) and
+    ``eps^¾`` below (``6.4e-6`` in float32, where ``√eps = 3.5e-4`` is the size of real
+    multipliers), else ``tol ** 0.25`` (``1e-2``
     in float64, ``0.1`` in float32: at an interior-point solution of accuracy ``tol`` a strictly
     complementary pair has one member ``O(1)`` and the other ``O(tol)``, a weakly active pair
     both ``O(√tol)``; ``tol^¼`` separates them geometrically) — constraint ``i`` of a batch
@@ -55,23 +75,37 @@ class QPProblem(ArgminProblem):
       ``f = min(1, λ̄)``, ``λ̄ = max(‖Qz‖∞, ‖q‖∞) / max|G|`` the multipliers' own scale (with
       ``f = 1`` the test was absolute when equilibration leaves the objective's gradient small
       against the data, a minimiser in a near-null direction of ``Q``);
-    * weakly active if not strongly active and ``s_i ≤ τ (1 + ‖h‖∞)``;
+    * weakly active if not strongly active and ``s_i ≤ τ_s (1 + ‖h‖∞)``, with ``τ_s = τ``, or for
+      polished elements ``τ_s = eps^¾`` (``1.8e-12`` in float64, ``6.4e-6`` in float32; a
+      polished slack is ``h − Gz`` to rounding) unless ``options.active_tol`` is set;
     * inactive otherwise.
 
-    If no element has a weakly active constraint, the tangent solves the KKT linear system
-    ``Q dz + G_Kᵀdλ_K + Aᵀdν = −g, G_K dz = 0, A dz = 0`` on the active set ``K`` reusing the
+    Elements without a weakly active constraint get the tangent of the KKT linear system
+    ``Q dz + G_Kᵀdλ_K + Aᵀdν = −g, G_K dz = 0, A dz = 0`` on the active set ``K``, reusing the
     forward's factorisation (``kkt_tangent``; the polished active-set factorisation, or, without
     polish, the barrier system ``(Q + GᵀWG) dz + Aᵀdν = −g, dλ = W G dz`` with ``W = λ/s`` of the
-    last iterate, equal up to the solver's accuracy).
-    Otherwise the backward QP of §3.2,
+    last iterate, equal up to the solver's accuracy). The elements with one get the backward QP of
+    the one-sided derivative,
 
-        min_d ½dᵀQd + gᵀd   s.t.   G_S d = 0,  G_W d ≤ 0,  A d = 0,
+    .. math::
 
-    is solved for the whole batch by the same batched IPM (constraints outside S/W are masked to
-    zero rows), its multipliers giving ``dλ`` (zero on inactive constraints) and ``dν``.
+        \min_d \tfrac12 d^\top Q d + g^\top d \quad\text{s.t.}\quad
+        G_S d = 0,\; G_W d \le 0,\; A d = 0,
+
+    solved for that sub-batch by the same batched IPM (constraints outside S/W are masked to zero
+    rows), its multipliers giving ``dλ`` (zero on inactive constraints) and ``dν``; an element's
+    tangent never depends on the other elements of its batch.
     Below float64, elements whose backward QP fails (a weakly active row that repeats a strongly
     active one to rounding leaves its multipliers undetermined) are solved again in float64.
-    Elements whose forward solve failed get a zero tangent.
+
+    **Per-element failures.** Elements whose forward solve failed get a zero tangent (their
+    status says so). A solved element whose tangent still fails — its backward QP not solved (below
+    float64: by the float64 re-solve either; e.g. unbounded: the minimiser is not unique along a direction the cotangent
+    sees, so the derivative does not exist), or a non-finite tangent — also gets a zero tangent,
+    hence zero gradients for its parameters, and a ``RuntimeWarning`` names its batch indices;
+    nothing is raised, whatever ``check``, and the other elements' gradients are exact. Zero, not
+    NaN: a NaN would spread through a parameter shared by the batch and through the optimiser's
+    state. A non-finite cotangent ``g`` is passed through (its element's gradient is not finite).
 
     **Badly scaled data** (an objective or constraint rows far from unit size) are equilibrated
     before every solve and tangent (``equilibration``): the scaled problem has the same minimiser,
@@ -102,16 +136,18 @@ class QPProblem(ArgminProblem):
         eq.store(sol.cache)
         return eq.unscaled_solution(sol)
 
-    def _solve(self, params, warm_start, original=None, scales=None):
+    def _solve(self, params, warm_start, original=None, scales=None, options=None):
         """One problem: the dual active-set method when it applies and succeeds
         (``QPOptions.active_set``); otherwise, and for batches, the interior-point method. The
         SOLVED contract is checked on ``original`` (the data ``params`` are an equilibration of,
-        with ``scales``), default ``params``."""
-        if use_active_set(self.options, *params):
-            sol = solve_qp_active_set(*params, options=self.options)
+        with ``scales``), default ``params``. ``options``: default the problem's (the backward QP
+        passes its own, without the contract)."""
+        options = self.options if options is None else options
+        if use_active_set(options, *params):
+            sol = solve_qp_active_set(*params, options=options)
             if sol is not None and (scales is None or self._meets_contract(sol, original, scales)):
                 return sol
-        return solve_qp_ipm(*params, options=self.options, warm_start=warm_start, original=original,
+        return solve_qp_ipm(*params, options=options, warm_start=warm_start, original=original,
                             scales=scales)
 
     def _meets_contract(self, sol, original, scales) -> bool:
@@ -177,17 +213,27 @@ class QPProblem(ArgminProblem):
         if polished is not None:
             # polished solutions are exact to rounding: only a rounding-level multiplier is zero;
             # elements left unpolished keep the tolerance tied to the interior-point accuracy
-            tight = self.options.active_tol or torch.finfo(lam.dtype).eps ** 0.5
+            eps = torch.finfo(lam.dtype).eps
+            # multipliers: √eps in float64 (1.5e-8); below float64 √eps (3.5e-4 in float32) is the
+            # size of real multipliers — polished float32 multipliers of 3e-4…7e-4 (|λ|∞ ≈ 1,
+            # exact to 1e-7) were called weak and bent ∇ by 10–50 % (bench_qp.py (512, 32, 64)) —
+            # so eps^¾ (6.4e-6), as for the slacks
+            tight = self.options.active_tol or (eps ** 0.5 if lam.dtype == torch.float64 else eps ** 0.75)
             tau = torch.where(polished, lam.new_tensor(tight), loose).unsqueeze(-1)
+            # a polished slack is h − Gz to rounding, far more accurate than a multiplier: with
+            # √eps (3.5e-4 in float32) an inactive row of slack 8e-4 was called weakly active and
+            # bent the tangent (40 % off in one of 128 elements of bench_qp.py's (128, 10, 10))
+            tau_s = torch.where(polished, lam.new_tensor(self.options.active_tol or eps ** 0.75),
+                                loose).unsqueeze(-1)
             lam_nat = torch.maximum(_abs_max(_mv(params[0], solution.z)), _abs_max(params[1])) / \
                 _abs_max(G, (-2, -1)).clamp(min=torch.finfo(lam.dtype).tiny)
             floor = torch.where(polished, lam_nat.reshape(-1).clamp(max=1.0), 1.0).unsqueeze(-1)
         else:
-            tau = loose
+            tau = tau_s = loose
         lam_scale = _abs_max(lam, keepdim=True) + floor
         h_scale = _abs_max(h, keepdim=True) + 1
         strong = lam > tau * lam_scale
-        weak = ~strong & (s <= tau * h_scale)
+        weak = ~strong & (s <= tau_s * h_scale)
         return strong, weak
 
     def implicit_tangent(self, solution, params, g) -> Solution:
@@ -201,58 +247,105 @@ class QPProblem(ArgminProblem):
     def _implicit_tangent(self, solution, params, g) -> Solution:
         if "act_strict" in solution.cache:
             # classified by the active-set solver (one solved problem): strictly complementary
-            return self._kkt_tangent(solution, params, g)
-        masks = self.classify_constraints(solution, params)
-        if masks is not None and bool(masks[1].any()):
-            tangent = self._backward_qp(solution, params, g, *masks)
-        else:
             tangent = self._kkt_tangent(solution, params, g)
+        else:
+            tangent = self._classified_tangent(solution, params, g)
+        return self._zero_failed(solution, tangent, g)
+
+    def _classified_tangent(self, solution, params, g) -> Solution:
+        """The KKT tangent for the elements without weakly active constraints, the backward QP
+        for the others (on their sub-batch only: an element's tangent never depends on the other
+        elements of its batch)."""
+        masks = self.classify_constraints(solution, params)
+        qp = None if masks is None else masks[1].any(-1) & solution.solved
+        if qp is None or not bool(qp.any()):
+            return self._kkt_tangent(solution, params, g)
+        strong, weak = masks
+        if bool(qp.all()):
+            return self._backward_qp(solution.z, params, g, strong, weak)
+        idx = torch.nonzero(qp).reshape(-1)
+        tangent = self._kkt_tangent(solution, params, g)
+        part = self._backward_qp(solution.z.index_select(0, idx), _select(params, idx, _QP_CORES),
+                                 _select((g,), idx, (1,))[0], strong.index_select(0, idx),
+                                 weak.index_select(0, idx))
+        status = torch.zeros_like(solution.status_tensor()).index_copy(0, idx, part.status)
+        return Solution(z=tangent.z.index_copy(0, idx, part.z),
+                        duals={k: v.index_copy(0, idx, part.duals[k]) for k, v in tangent.duals.items()},
+                        status=status)
+
+    @staticmethod
+    def _zero_failed(solution: Solution, tangent: Solution, g: torch.Tensor) -> Solution:
+        """The tangent with zeros for every element whose forward solve failed (no warning: its
+        status says so) and for every solved element whose tangent failed — a backward QP not
+        solved (also in float64) or a non-finite tangent — with a ``RuntimeWarning`` naming those.
+        A non-finite cotangent ``g`` is the caller's: its element's tangent is left as computed."""
         solved = solution.solved
-        if not bool(solved.all()):
-            ok = solved.unsqueeze(-1)
-            tangent.z = torch.where(ok, tangent.z, 0.0)
-            tangent.duals = {k: torch.where(ok, v, 0.0) for k, v in tangent.duals.items()}
-        return tangent
+        ok = solved & torch.isfinite(tangent.z).all(-1)
+        for v in tangent.duals.values():
+            ok = ok & torch.isfinite(v).all(-1)
+        if tangent.status is not None:
+            ok = ok & (tangent.status == Status.SOLVED)
+        if bool(ok.all()):
+            return tangent
+        ok = ok | (solved & ~torch.isfinite(g.expand_as(tangent.z)).all(-1))
+        failed = solved & ~ok
+        if bool(failed.any()):
+            idx = torch.nonzero(failed).reshape(-1).tolist()
+            shown = ", ".join(map(str, idx[:20])) + (", ..." if len(idx) > 20 else "")
+            why = "backward QP not solved or tangent not finite" if tangent.status is not None \
+                else "tangent not finite"
+            warnings.warn(
+                f"QP implicit gradient: {why} for {len(idx)} solved batch element(s), batch indices "
+                f"[{shown}]; their gradients are set to zero (the other elements' are unaffected)",
+                RuntimeWarning, stacklevel=2)
+        keep = ok.unsqueeze(-1)
+        return Solution(z=torch.where(keep, tangent.z, 0.0),
+                        duals={k: torch.where(keep, v, 0.0) for k, v in tangent.duals.items()},
+                        status=tangent.status)
 
     def _kkt_tangent(self, solution, params, g) -> Solution:
         """Strict complementarity: the KKT linear system with the forward's factorisation."""
         dz, dlam, dnu = kkt_tangent(params[0], params[2], params[4], solution, g, self.options)
         return Solution(z=dz, duals={"lam": dlam, "nu": dnu})
 
-    def _backward_qp(self, solution, params, g, strong, weak) -> Solution:
+    def _backward_qp(self, z, params, g, strong, weak) -> Solution:
         """Weakly active constraints: the backward QP ``min ½dᵀQd + gᵀd`` s.t. ``G_S d = 0``,
-        ``G_W d ≤ 0``, ``A d = 0``, batched with masked (zero) rows."""
+        ``G_W d ≤ 0``, ``A d = 0``, batched with the rows of ``S`` and ``W`` gathered (padded to the
+        batch's largest counts with zero rows): its size is that of the two sets, not of ``G``.
+        Its per-element ``status`` says which elements were solved (below float64 after a float64
+        re-solve of the failing ones); nothing is raised here."""
         Q, q, G, h, A, b = params
-        z = solution.z
         B = z.shape[0]
         g = g.expand_as(z)
-        Gw = G * weak.unsqueeze(-1).to(G.dtype)
-        hw = (~weak).to(G.dtype)                     # masked rows read 0ᵀd ≤ 1
-        Gs = G * strong.unsqueeze(-1).to(G.dtype)
+        Gb = _with_batch(G, 2)
+        iw, vw = _rows_of(weak)
+        i_s, vs = _rows_of(strong)
+        Gw = _gather_rows(Gb, iw) * vw.unsqueeze(-1).to(G.dtype)
+        hw = (~vw).to(G.dtype)                       # padding rows read 0ᵀd ≤ 1
+        Gs = _gather_rows(Gb, i_s) * vs.unsqueeze(-1).to(G.dtype)
         p = 0 if A is None else A.shape[-2]
-        Gs = Gs.expand(B, *Gs.shape[-2:])
         Aeq = Gs if A is None else torch.cat([A.expand(B, *A.shape[-2:]), Gs], dim=-2)
         beq = Aeq.new_zeros(Aeq.shape[:-1])
+        if Aeq.shape[-2] == 0:
+            Aeq = beq = None
         # the solution is positively homogeneous in g (its constraints are cones): solved for
         # g/‖g‖∞ and scaled back — a small g (e.g. 1e-6 after equilibration) fell below the
         # solver's absolute tolerances, and ∇q came out up to 250% off in float32
         gscale = _abs_max(g, keepdim=True)
         gscale = torch.where(gscale > 0, gscale, 1.0)
-        sol = solve_qp_ipm(Q, g / gscale, Gw, hw, Aeq, beq, options=self._inner_options)
-        bad = ~sol.solved & solution.solved
+        data = (Q, g / gscale, Gw, hw, Aeq, beq)
+        sol = self._solve(data, None, options=self._inner_options)
+        bad = ~sol.solved
         if z.dtype != torch.float64 and bool(bad.any()):
             # below float64, a weakly active row that nearly repeats a strongly active one (to
             # rounding) leaves the backward QP's multipliers undetermined at the dtype's precision:
             # those elements are solved again in float64 (the tangent is returned in the dtype)
-            sol = self._backward_qp_float64(sol, bad, (Q, g / gscale, Gw, hw, Aeq, beq))
-            bad = ~sol.solved & solution.solved
-        if bool(bad.any()):
-            idx = torch.nonzero(bad).reshape(-1).tolist()
-            codes = sol.status[bad].tolist()
-            raise SolverError(idx, [Status(c) for c in codes], sol, "implicit backward QP")
-        eq = sol.duals["nu"] * gscale
-        dlam = torch.where(strong, eq[..., p:], torch.where(weak, sol.duals["lam"] * gscale, 0.0))
-        dnu = eq[..., :p]
+            sol = self._backward_qp_float64(sol, bad, data)
+        nu = sol.duals.get("nu")
+        dlam = z.new_zeros(weak.shape).scatter_add(1, iw, sol.duals["lam"] * gscale * vw)
+        if i_s.shape[-1]:
+            dlam = dlam.scatter_add(1, i_s, nu[..., p:] * gscale * vs)
+        dnu = nu[..., :p] * gscale if p else z.new_zeros(B, 0)
         return Solution(z=sol.z * gscale, duals={"lam": dlam, "nu": dnu}, status=sol.status,
                         iterations=sol.iterations, residuals=sol.residuals)
 
@@ -260,9 +353,8 @@ class QPProblem(ArgminProblem):
         """``sol`` with its elements ``bad`` replaced by the float64 solve of their backward QP
         ``data = (Q, g, G_W, h_W, A_eq, b_eq)`` (unbatched ones shared)."""
         idx = torch.nonzero(bad).reshape(-1)
-        cores = (2, 1, 2, 1, 2, 1)          # the dimensions of one problem's Q, g, G, h, A, b
-        redo = solve_qp_ipm(*(t.index_select(0, idx).double() if t.dim() > c else t.double()
-                              for t, c in zip(data, cores)), options=self._inner_options)
+        redo = solve_qp_ipm(*(None if t is None else t.double() for t in _select(data, idx, _QP_CORES)),
+                            options=self._inner_options)
 
         def put(a, b_):
             return a.index_copy(0, idx, b_.to(a.dtype))

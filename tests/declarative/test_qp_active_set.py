@@ -82,7 +82,8 @@ def test_gradients_as_the_interior_point_path(kind, spy):
     else:
         params = random_qp(None, 5, 7, 1, seed=5)
     got, ref = _grads(params), _grads(params, IPM)
-    assert spy["ok"] == 1
+    # the forward; with weakly active constraints the (small) backward QP as well
+    assert spy["ok"] == (2 if kind == "degenerate" else 1)
     for a, b in zip(got, ref):
         torch.testing.assert_close(a, b, atol=1e-8, rtol=1e-8)
 

@@ -47,6 +47,8 @@ def _rejecting(fn, phases):
 
     def wrapped(Q, q, G, h, A, b, z, s, lam, nu, todo, *args, **kwargs):
         out = fn(Q, q, G, h, A, b, z, s, lam, nu, todo, *args, **kwargs)
+        if z.shape[0] != REJECT.shape[0]:
+            return out      # a sub-batch (the backward QP of the elements with weakly active rows)
         calls[0] += 1
         if calls[0] > phases:
             return out

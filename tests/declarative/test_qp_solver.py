@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -270,6 +273,77 @@ def test_property_random_qps_match_cvxpy(n, m, p, B, seed, psd, mixed, obj_scale
     assert all(s == "optimal" for s in statuses)
     np.testing.assert_allclose(sol.z.numpy() / z_scale, z, atol=1e-5, rtol=1e-6)
     assert_solved_contract(scaled, sol, QPOptions())   # SOLVED means the tolerances are met
+
+
+def _float32_scaled_qp(B, n, m, p, seed):
+    r"""A batch of random feasible QPs (``random_qp``) in float32, rewritten in the variables
+    ``x = d ⊙ z`` with per-element, per-variable scales ``d_j ∈ [1e-2, 1e2]``, constraint rows
+    multiplied by ``r_i ∈ [1e-6, 1e6]`` and the objective by ``o ∈ [1e-4, 1e4]`` (log-uniform):
+
+    .. math::
+
+        Q' = o D^{-1} Q D^{-1},\; q' = o D^{-1} q,\; G' = R_G G D^{-1},\; h' = R_G h,\;
+        A' = R_A A D^{-1},\; b' = R_A b .
+
+    Returns the float32 data; the reference solves the same rounded data in float64."""
+    Q, q, G, h, A, b = random_qp(B, n, m, p, seed=seed)
+    gen = torch.Generator().manual_seed(seed + 1)
+
+    def scale(*shape, e):
+        return 10.0 ** (e * (2 * torch.rand(*shape, generator=gen, dtype=torch.float64) - 1))
+    di, o = 1 / scale(B, n, e=2), scale(B, 1, e=4)
+    Q, q = o.unsqueeze(-1) * di.unsqueeze(-1) * Q * di.unsqueeze(-2), o * di * q
+    if m:
+        r = scale(B, m, e=6)
+        G, h = r.unsqueeze(-1) * G * di.unsqueeze(-2), r * h
+    if p:
+        r = scale(B, p, e=6)
+        A, b = r.unsqueeze(-1) * A * di.unsqueeze(-2), r * b
+    return tuple(None if t is None else t.float() for t in (Q, q, G, h, A, b))
+
+
+_SCALED = dict(n=st.integers(1, 6), m=st.integers(0, 7), p=st.integers(0, 2), B=st.integers(1, 4),
+               seed=st.integers(0, 10_000))
+
+
+# Known failure of the forward solver: equilibration scales rows and the objective, not variables,
+# and about a quarter of these float32 elements come back SOLVED but off by up to ~100 % of ‖z*‖∞.
+@pytest.mark.xfail(strict=False, reason="float32 forward: SOLVED but inaccurate under variable scaling")
+@settings(max_examples=15, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(**_SCALED)
+def test_property_float32_scaled_qps_solved_means_accurate(n, m, p, B, seed):
+    """Each float32 element is either SOLVED with ``‖z − z*‖∞ ≤ 1e-3 ‖z*‖∞`` (``z*``: cvxpy on the
+    same rounded data in float64), or not SOLVED."""
+    params = _float32_scaled_qp(B, n, m, min(p, n), seed)
+    z, _, _, statuses = _ref(params)
+    sol = solve_qp(*params, check=False)
+    for i in range(B):
+        if statuses[i] != "optimal" or int(sol.status[i]) != Status.SOLVED:
+            continue
+        err = np.abs(sol.z[i].double().numpy() - z[i]).max()
+        assert err <= 1e-3 * max(np.abs(z[i]).max(), 1e-6), f"element {i}: SOLVED but off by {err:.3g}"
+
+
+@settings(max_examples=15, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(**_SCALED)
+def test_property_float32_scaled_qps_backward_never_fails_the_batch(n, m, p, B, seed):
+    """The implicit backward of the float32 family with the default ``check=True``: no exception,
+    finite gradients for every parameter, and no element whose tangent fails (zeroed with a
+    warning) where the float64 backward on the same data differentiates it."""
+    params = _float32_scaled_qp(B, n, m, min(p, n), seed)
+    w = torch.randn(B, n, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    failed = {}
+    for dtype in (torch.float32, torch.float64):
+        leaves = [None if t is None else t.detach().to(dtype).requires_grad_() for t in params]
+        sol = solve_qp(*leaves, check=False)
+        present = [t for t in leaves if t is not None]
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            grads = torch.autograd.grad((sol.z * w.to(dtype)).sum(), present)
+        assert all(torch.isfinite(g_).all() for g_ in grads)
+        failed[dtype] = {int(i) for c in caught if "implicit gradient" in str(c.message)
+                         for i in re.findall(r"\d+", re.search(r"batch indices \[([^\]]*)\]", str(c.message)).group(1))}
+    assert failed[torch.float32] <= failed[torch.float64]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
