@@ -75,8 +75,10 @@ class CvxpyCheckReport:
 
     Attributes:
         forward_error: ``(E,)`` max absolute error of the outputs per element.
-        gradient_error: ``(K, E)`` error ``|layer − fd| / max(1, |fd|)`` of the directional
-            derivative along each of the ``K`` random directions, per element.
+        gradient_error: ``(K, E)`` error ``|layer − fd| / max(|fd|, min(1, s))`` of the
+            directional derivative along each of the ``K`` random directions, per element, with
+            ``s`` the largest ``|fd|`` of the check (relative for large derivatives; for small
+            ones relative to their scale, so that a gradient wrong everywhere cannot pass).
         layer_derivative, fd_derivative: ``(K, E)`` the two directional derivatives.
         step: the finite-difference step ``h``.
     """
@@ -223,7 +225,11 @@ def check_against_cvxpy(layer_or_fn, *inputs, reference: Callable | None = None,
             plus[i], minus[i] = x + step * ds[i], x - step * ds[i]
         rp, rm = _run_reference(ref, plus), _run_reference(ref, minus)
         fd[k] = _per_element_dot(ws, [(a - b) / (2 * step) for a, b in zip(rp, rm)], E)
-    err = np.abs(lay - fd) / np.maximum(1.0, np.abs(fd))
+    # relative where the derivative is large, else relative to the largest derivative of the check
+    # (capped at 1): a gradient that is wrong everywhere (e.g. zero) fails however small the
+    # derivatives are (an absolute error would pass it when every derivative is ~1e-5)
+    scale = min(1.0, float(np.abs(fd).max(initial=0.0)))
+    err = np.abs(lay - fd) / np.maximum(np.abs(fd), scale if scale > 0 else 1.0)
     return CvxpyCheckReport(forward_error=fwd, gradient_error=err, layer_derivative=lay,
                             fd_derivative=fd, step=float(step))
 

@@ -41,7 +41,7 @@ BLOCKS = ("Q", "q", "G", "h", "A", "b")
 _CONE_ATOMS = {
     "second-order": ("norm2", "Pnorm", "quad_over_lin", "geo_mean", "power", "sqrt", "inv_pos",
                      "harmonic_mean", "SOC", "norm", "sum_squares", "quad_form", "huber",
-                     "matrix_frac", "mixed_norm", "sigma_max", "tv"),
+                     "matrix_frac", "mixed_norm", "sigma_max", "tv", "PnormApprox"),
     "exponential": ("exp", "log", "entr", "log_sum_exp", "kl_div", "rel_entr", "logistic",
                     "log1p", "ExpCone", "xexp", "log_det", "logit"),
     "PSD": ("lambda_max", "lambda_min", "log_det", "normNuc", "lambda_sum_largest",
@@ -301,6 +301,11 @@ def canonicalise(problem, parameters, variables) -> CanonicalQP:
                  for v in variables]
     dual_of = {dv.id: c for c in problem.constraints for dv in c.dual_variables}
     _check_members(problem, parameters, variables, dual_of)
+    if problem.is_mixed_integer():
+        raise UnsupportedProblemError(
+            "problem: expected continuous variables, got integer or boolean ones (a mixed-integer "
+            "problem has no derivative of its solution; relax them or use a mixed-integer solver "
+            "outside the layer)")
     _check_dpp(problem)
     with scopes.quad_form_dpp_scope():
         data, chain, _ = problem.get_problem_data(solver=cp.CLARABEL)

@@ -59,7 +59,9 @@ class CvxpyLayer(nn.Module):
         presolve: eliminate cvxpy's auxiliary equality-defined variables (default True; the
             minimiser, multipliers and gradients are the same either way).
 
-    Multipliers (constraints in ``variables``) are returned without gradient.
+    Multipliers (constraints in ``variables``) are values only: a loss may not depend on them
+    when it is differentiated (the backward raises a ``RuntimeError`` naming the multiplier output
+    rather than returning a gradient that silently leaves out its contribution).
 
     Raises:
         ValueError: at construction, a problem that is not DCP or not DPP, whose canonical form
@@ -145,7 +147,12 @@ class CvxpyLayer(nn.Module):
         full = {"z": sol.z, "lam": sol.duals.get("lam"), "nu": sol.duals.get("nu")}
         if self.elimination is not None:
             full = self._undo_elimination(full, trail, batch)
-        return self._outputs(full, batch), sol
+        outs = self._outputs(full, batch)
+        anchors = [p for p in params if p.requires_grad]
+        if anchors and torch.is_grad_enabled():
+            outs = tuple(_MultiplierOutput.apply(o.detach(), *anchors) if slot.source in ("lam", "nu") else o
+                         for o, slot in zip(outs, self.canonical.outputs))
+        return outs, sol
 
     def _undo_elimination(self, full: dict, trail, batch) -> dict:
         """The canonical ``z`` (and ``ν`` if an output needs it) from the reduced solution."""
@@ -188,3 +195,24 @@ class CvxpyLayer(nn.Module):
         c = self.canonical
         return (f"parameters={[s.name for s in c.parameters]}, variables={[s.name for s in c.outputs]}, "
                 f"canonical n={c.n}, m={c.m}, p={c.p}, mode={self.mode!r}")
+
+
+class _MultiplierOutput(torch.autograd.Function):
+    """A multiplier returned by ``CvxpyLayer``: its value, attached to the parameters so that a
+    backward through it is seen and refused (its derivative is not implemented)."""
+
+    @staticmethod
+    def forward(value, *anchors):
+        return value.clone()
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.num_anchors = len(inputs) - 1
+
+    @staticmethod
+    def backward(ctx, grad):
+        if bool((grad != 0).any()):
+            raise RuntimeError("CvxpyLayer: gradients through multipliers (constraints or dual "
+                               "variables in `variables`) are not supported; use them as values "
+                               "only (detach them before they enter a differentiated loss)")
+        return (None,) * (1 + ctx.num_anchors)

@@ -417,7 +417,15 @@ def _rejected() -> list:
     from layers.cvxpy_canonical import UnsupportedProblemError   # a ValueError
 
     add("CvxpyLayer-soc-cone", lambda: layers.CvxpyLayer(*soc()), UnsupportedProblemError,
-        r"problem: .*second-order")
+        r"problem: .*second-order \(PnormApprox\)")
+    def integer():
+        import cvxpy as cp
+        b = cp.Parameter(3, name="b")
+        x = cp.Variable(3, name="x", integer=True)
+        return cp.Problem(cp.Minimize(cp.sum_squares(x - b))), [b], [x]
+
+    add("CvxpyLayer-mixed-integer", lambda: layers.CvxpyLayer(*integer()), UnsupportedProblemError,
+        r"problem: expected continuous variables")
     add("CvxpyLayer-variables-type", lambda: layers.CvxpyLayer(*nnls()[:2], "x"),
         TypeError, r"variables")
     add("CvxpyLayer-param-count", lambda: layers.CvxpyLayer(*nnls())(torch.randn(4, 3, dtype=F64)),

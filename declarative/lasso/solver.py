@@ -183,9 +183,19 @@ def _polish(D, x, lam, mu, lin, z, rounds, th):
     primal–dual active-set corrections (see the module docstring).
 
     Each round solves on the current support S with signs s, then drops the coordinates whose sign
-    flipped (or that came out exactly zero) and adds the zero coordinates that violate
-    ``|c_i| ≤ lam_i`` by more than ``th`` (with the sign of their correlation). Returns the last
-    solution and whether it needed no correction (its residual is then checked by the caller).
+    flipped, or whose value is negligible (``|z_i| · (‖D_i‖² + mu) ≤ th / 2``, exact zeros included),
+    and adds the zero coordinates that violate ``|c_i| ≤ lam_i`` by more than ``th`` (with the sign
+    of their correlation). Returns the last solution and whether it needed no correction (its
+    residual is then checked by the caller).
+
+    Negligible values: a weakly active coordinate (z*_i = 0 with |c_i| = lam_i, a tie) that is in S
+    comes out of the solve at rounding level (~1e-16) with either sign; kept, it would make the
+    polished point's zero pattern, and hence the implicit backward's one-sided treatment of the tie
+    (``LassoProblem.classify``), depend on the rounding of the FISTA path. Dropping i from S and
+    re-solving changes c_i by the Schur complement ``z_i / ((H_SS)⁻¹)_ii ≤ H_ii |z_i|`` (H = DᵀD +
+    mu I), and c_i = lam_i sign(z_i) on S, so after the drop ``lam_i ≤ |c_i| ≤ lam_i + th/2``:
+    coordinate i is not re-added as a violator (no cycling) and contributes at most th/2 to the
+    optimality residual, within the acceptance threshold th.
     """
     S = z != 0
     s = torch.sign(z)
@@ -193,11 +203,12 @@ def _polish(D, x, lam, mu, lin, z, rounds, th):
     if lin is not None:
         base = base - lin
     th = th.unsqueeze(-1)
+    hdiag = (D * D).sum(1) + mu.unsqueeze(-1)  # H_ii = ‖D_i‖² + mu
     zp, ok = z, torch.zeros(z.shape[0], dtype=torch.bool, device=z.device)
     for _ in range(rounds):
         zp, ok = support_solve(D, mu, S, base - lam * s)
         c = lasso_correlation(D, x, zp, mu, lin)
-        flip = S & (torch.sign(zp) != s)
+        flip = S & ((torch.sign(zp) != s) | (zp.abs() * hdiag <= 0.5 * th))
         viol = ~S & (c.abs() > lam + th)
         change = flip | viol
         if not bool(change.any()):

@@ -71,6 +71,24 @@ def test_wrong_gradient_fails_and_names_the_element():
                           reference=_relu_reference, gradient_tol=1e-4)
 
 
+def test_zero_gradient_fails_however_small_the_derivatives():
+    """Derivatives of ~1e-5: an absolute error would let a gradient that is zero everywhere pass."""
+    x = torch.randn(3, 5, **F64)
+
+    def small(t):
+        return 1e-5 * _ReLUWithWrongGradient.apply(t, 0, 0.0)
+
+    def zero_grad(t):
+        return small(t.detach())
+
+    def reference(xn):
+        return 1e-5 * _relu_reference(xn)
+
+    assert_close_to_cvxpy(small, x, reference=reference, gradient_tol=1e-4)
+    with pytest.raises(AssertionError, match="gradient error"):
+        assert_close_to_cvxpy(zero_grad, x, reference=reference, gradient_tol=1e-4)
+
+
 def test_wrong_forward_fails():
     with pytest.raises(AssertionError, match="forward error"):
         assert_close_to_cvxpy(lambda t: t.clamp(min=1e-3), torch.randn(3, 4, **F64), reference=_relu_reference)
