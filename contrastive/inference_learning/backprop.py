@@ -33,11 +33,12 @@ class BP(LearningMethod):
     name = "bp"
 
     def _layer_grads(self, net, x, y):
-        return backprop_grads(net, self.output, x, y, feedback=1.0), self._forward_report(net, x, y)
+        grads, logits = backprop_grads(net, self.output, x, y, feedback=1.0)
+        return grads, self._forward_report(net, x, y, logits=logits)
 
 
 def backprop_grads(net, output, x, y, *, feedback: float = 1.0, beta: float | None = None):
-    """Per-layer ``(∇W_k, ∇b_k)`` of back-propagation; ``feedback`` γ multiplies the error handed to
+    """Per-layer ``(∇W_k, ∇b_k)`` of back-propagation and the logits; ``feedback`` γ multiplies the error handed to
     each lower layer (``γ = 1``: BP). With ``beta`` the errors are formed as the differences of
     targets ``ẑ_k = z_k − β ε_k`` divided by β (``PenaltyBP``), which is the same up to rounding."""
     a, z = net.forward(x)
@@ -58,5 +59,7 @@ def backprop_grads(net, output, x, y, *, feedback: float = 1.0, beta: float | No
         g = eps if deriv is None else deriv * eps
         grads[k - 1] = LearningMethod._hebbian(g, z[k - 1])
         if k > 1:
-            eps = feedback * (g @ weights[k - 1])
-    return grads
+            eps = g @ weights[k - 1]
+            if feedback != 1.0:
+                eps = eps * feedback
+    return grads, a[-1]

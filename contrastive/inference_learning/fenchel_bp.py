@@ -59,7 +59,7 @@ class FenchelBP(LearningMethod):
         batch = x.shape[0]
         it = iter(g / batch for g in got)
         grads = [(next(it), None if b is None else next(it)) for _, b in params]
-        return grads, self._forward_report(net, x, y)
+        return grads, self._forward_report(net, x, y, logits=h.detach())
 
     def _activate(self, proj, a):
         if math.isinf(proj.lo) and math.isinf(proj.hi):

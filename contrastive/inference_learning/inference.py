@@ -160,7 +160,9 @@ class LearningMethod:
     # -- public -----------------------------------------------------------------------------------
     def gradients(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor):
         """``([∇W_1, ∇b_1, …], report)``, in the order of ``layered_network(model).parameters()``."""
-        net = layered_network(model)
+        return self._gradients(layered_network(model), x, y)
+
+    def _gradients(self, net: LayeredNetwork, x, y):
         net.check_input(x, y, net.widths[-1])
         with torch.no_grad():
             grads, report = self._layer_grads(net, x.detach(), y)
@@ -173,18 +175,20 @@ class LearningMethod:
         return flat, report
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> InferenceReport:
-        flat, report = self.gradients(model, x, y)
-        for p, g in zip(layered_network(model).parameters(), flat):
+        net = layered_network(model)
+        flat, report = self._gradients(net, x, y)
+        for p, g in zip(net.parameters(), flat):
             if p.grad is None:
-                p.grad = g.detach().clone()
+                p.grad = g  # a fresh tensor of this call
             else:
                 p.grad.add_(g)
         return report
 
     # -- helpers for subclasses -------------------------------------------------------------------
-    def _forward_report(self, net: LayeredNetwork, x, y, status=None, iterations=None):
-        a, _ = net.forward(x)
-        logits = a[-1]
+    def _forward_report(self, net: LayeredNetwork, x, y, status=None, iterations=None, logits=None):
+        """The report of a batch; ``logits`` (the forward's ``a_L``) are recomputed when not given."""
+        if logits is None:
+            logits = net.forward(x)[0][-1]
         batch = x.shape[0]
         if status is None:
             status = torch.full((batch,), int(Status.SOLVED), dtype=torch.int64, device=x.device)
@@ -197,7 +201,7 @@ class LearningMethod:
     def _hebbian(post: torch.Tensor, pre: torch.Tensor, scale: float = 1.0):
         """``(scale · mean_b post_b pre_bᵀ, scale · mean_b post_b)``."""
         batch = post.shape[0]
-        return (post.T @ pre) * (scale / batch), post.sum(0) * (scale / batch)
+        return (post.T @ pre).mul_(scale / batch), post.sum(0).mul_(scale / batch)
 
     def __repr__(self):
         return f"{type(self).__name__}()"

@@ -62,8 +62,8 @@ class PenaltyBP(LearningMethod):
         self.feedback = float(feedback)
 
     def _layer_grads(self, net, x, y):
-        grads = backprop_grads(net, self.output, x, y, feedback=self.feedback, beta=self.beta)
-        return grads, self._forward_report(net, x, y)
+        grads, logits = backprop_grads(net, self.output, x, y, feedback=self.feedback, beta=self.beta)
+        return grads, self._forward_report(net, x, y, logits=logits)
 
     def __repr__(self):
         return f"PenaltyBP(beta={self.beta:g}, feedback={self.feedback:g})"
