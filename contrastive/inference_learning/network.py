@@ -117,7 +117,7 @@ class LayeredNetwork:
 
     Attributes:
         linears: ``L`` ``nn.Linear`` layers (``W_k = linears[k-1].weight``).
-        activations: ``L − 1`` hidden ``Projection`` s (the output is the method's ``Output``).
+        activations: ``L − 1`` hidden projections, ``Projection`` (the output is the method's ``Output``).
 
     Shape:
         - Input ``x``: ``(B, n_0)``; the forward's ``a[k]``, ``z[k]``: ``(B, n_{k+1})``.
