@@ -43,8 +43,10 @@ class PredictiveCoding(LearningMethod):
         \nabla_{z_k} F = \varepsilon_k - W_{k+1}^\top\big(f_{k+1}'(a_{k+1}) \odot \varepsilon_{k+1}\big),
         \qquad \nabla_{z_L} F = \varepsilon_L + \beta \nabla\tilde\ell(z_L),
 
-    with the step ``η = 1 / max_k(1 + ‖W_k‖ + ‖W_{k+1}‖ + ‖W_{k+1}‖²)`` (a bound on the curvature of
-    the block-tridiagonal Hessian, plus β/2 for the loss), until ``‖∇F‖_∞ ≤ tol·β`` or ``steps``
+    with the step ``η = 1 / max_k(1 + ‖W_k‖ + ‖W_{k+1}‖ + ‖W_{k+1}‖²)`` (``‖W_1‖`` and ``‖W_{L+1}‖``
+    read as 0: a block-Gershgorin bound on the curvature of the block-tridiagonal Hessian, whose
+    diagonal blocks are ``I + W_{k+1}ᵀD W_{k+1}`` and off-diagonal ones ``−D W_k``, with ``0 ≤ D ≤ I``
+    the activations' derivatives; plus β/2 for the loss's curvature), until ``‖∇F‖_∞ ≤ tol·β`` or ``steps``
     steps. The learning signal is the θ-gradient of the surrogate ``F_β(ẑ)/β`` at the equilibrium ẑ:
 
     .. math::
@@ -73,7 +75,8 @@ class PredictiveCoding(LearningMethod):
 
     def rate(self, net) -> float:
         """The gradient step η (see the class docstring)."""
-        norms = [spectral_norm_sq(w) ** 0.5 for w in net.weights()] + [0.0]
+        # ‖W_{k+1}‖ couples z_k and z_{k+1}; W_1 multiplies the fixed input only
+        norms = [0.0] + [spectral_norm_sq(w) ** 0.5 for w in net.weights()[1:]] + [0.0]
         curv = max(1 + norms[k] + norms[k + 1] + norms[k + 1] ** 2 for k in range(net.depth))
         return 1.0 / (curv + self.beta * (0.5 if self.output.name == "softmax" else 1.0))
 
