@@ -38,11 +38,10 @@ Methods", 2021, Table 1, Sec. 3 and 4.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -229,33 +228,40 @@ def format_table(histories: Sequence[History], accuracy: bool = False) -> str:
 
 
 def plot_histories(histories: Sequence[History], path: Path, title: str) -> Path:
-    """Test error (solid) and train error (dotted) per epoch; one panel per initialisation."""
+    """Test error per epoch, one panel per initialisation; one colour per method, the last (largest)
+    value of a method's sweep solid, the others dashed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(14, 5), sharey=True)
     colours = plt.get_cmap("tab10")
     for ax, init in zip(axes, INITS):
         for h in histories:
             c = h.config
             if c.init != init:
                 continue
-            i = METHODS.index(c.method)
-            style = "-" if (c.beta is None or c.beta == SWEEPS[c.method][-1] or
-                            (isinstance(SWEEPS[c.method][-1], tuple) and c.feedback == SWEEPS[c.method][-1][1])) else "--"
+            last = SWEEPS[c.method][-1]
+            is_last = (c.feedback == last[1]) if isinstance(last, tuple) else (c.beta == last)
             ep = [e["epoch"] for e in h.epochs]
-            ax.plot(ep, [e["test_error"] for e in h.epochs], style, color=colours(i), marker="o", ms=3,
-                    label=h.config.name.replace(f" [{init}]", ""))
+            ax.plot(ep, [e["test_error"] for e in h.epochs], "-" if is_last else "--",
+                    color=colours(METHODS.index(c.method)), marker="o", ms=3,
+                    label=c.name.replace(f" [{init}]", ""))
         ax.set_yscale("log")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_title(f"{init} initialisation")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7, loc="upper right")
     axes[0].set_ylabel("test error %")
+    handles = {}
+    for ax in axes:
+        for hnd, lab in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lab, hnd)
+    fig.legend(handles.values(), handles.keys(), loc="center right", fontsize=8)
     fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 0.8, 1))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
