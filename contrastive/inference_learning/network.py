@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from declarative.activations import BoxProblem, ReLUProblem
-from declarative.validation import check_tensor
+from declarative.validation import check_finite, check_tensor
 
 __all__ = ["Projection", "LayeredNetwork", "layered_network"]
 
@@ -178,6 +178,7 @@ class LayeredNetwork:
             raise TypeError(f"x: expected dtype {w.dtype} on {w.device} (the model's), got {x.dtype} on {x.device}")
         if x.dim() != 2 or x.shape[1] != self.widths[0] or x.shape[0] == 0:
             raise ValueError(f"x: expected shape (B, {self.widths[0]}) with B ≥ 1, got {tuple(x.shape)}")
+        check_finite("x", x)
         if not isinstance(y, torch.Tensor):
             raise TypeError(f"y: expected an int64 tensor of class indices, got {type(y).__name__}")
         if y.dtype != torch.int64:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from declarative.errors import SolverError
 
 __all__ = ["Output", "SoftmaxCrossEntropy", "SquaredError", "make_output", "OUTPUTS"]
 
@@ -71,7 +70,8 @@ class SoftmaxCrossEntropy(Output):
         h(u) = u - t\,(1 + e^{-u}) - r = 0, \qquad r = a_y - \operatorname{logsumexp}_{i \ne y} a_i,
 
     with ``h' = 1 + t e^{−u} > 0`` and ``h'' ≥ 0``: the root is unique and Newton's method started
-    at ``u_0 = max(0, r + 2t)`` (where ``h(u_0) ≥ 0``) decreases monotonically to it, quadratically.
+    at ``u_0 = max(0, r + 2t)`` (where ``h(u_0) ≥ 0``) decreases monotonically to it, quadratically
+    (at most ``max_iter`` steps; an element with non-finite logits yields a non-finite output).
     Then ``z_y = σ(u)`` and ``z_i = σ(−u) softmax(a_{−y})_i``. For ``t = 0``, ``z = softmax(a)``.
     """
 
@@ -112,11 +112,10 @@ class SoftmaxCrossEntropy(Output):
             h = u - t * (1 + e) - r
             step = h / (1 + t * e)
             u = u - step
-            if bool((step.abs() <= 4 * eps * (1 + u.abs())).all()):
+            # per element: converged, or non-finite (NaN/inf logits: the caller's loop reports
+            # NON_FINITE for that element only)
+            if bool(((step.abs() <= 4 * eps * (1 + u.abs())) | ~torch.isfinite(step)).all()):
                 break
-        else:
-            raise SolverError(f"softmax clamped output: Newton's method did not converge in {max_iter} "
-                              f"iterations (t = {t:g}); non-finite logits?")
         return torch.where(onehot, torch.sigmoid(u)[:, None], torch.sigmoid(-u)[:, None] * torch.softmax(others, -1))
 
 

@@ -406,6 +406,10 @@ def test_mismatched_targets_and_inputs_are_rejected():
         method(model, x[:, :4], y)
     with pytest.raises(TypeError, match="x: expected dtype torch.float64"):
         method(model, x.float(), y)
+    x_nan = x.clone()
+    x_nan[3, 0] = float("nan")
+    with pytest.raises(ValueError, match="x"):
+        method(model, x_nan, y)
     with pytest.raises(ValueError, match="output"):
         il.BP(output="hinge")
     with pytest.raises(ValueError, match="estimator"):
