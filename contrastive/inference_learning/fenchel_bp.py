@@ -42,9 +42,11 @@ class FenchelBP(LearningMethod):
     def __init__(self, beta: float, output="softmax"):
         super().__init__(output)
         self.beta = check_method_beta(beta, self.name)
-        self._mode = Contrastive(self.beta)
 
     def _layer_grads(self, net, x, y):
+        # The batch-mean loss hands each activation the cotangent δ/B; nudging with β·B keeps the
+        # per-example target f(a − βδ), and the contrastive quotient then carries the 1/B of the mean.
+        mode = Contrastive(self.beta * x.shape[0])
         params = [(lin.weight.detach().requires_grad_(), None if lin.bias is None else lin.bias.detach().requires_grad_())
                   for lin in net.linears]
         with torch.enable_grad():
@@ -52,20 +54,20 @@ class FenchelBP(LearningMethod):
             for k, (w, b) in enumerate(params):
                 h = torch.nn.functional.linear(h, w, b)
                 if k < net.depth - 1:
-                    h = self._activate(net.activations[k], h)
-            loss = self.output.logit_loss(h, y)
+                    h = self._activate(net.activations[k], h, mode)
+            per_example = self.output.logit_loss(h, y)
             flat = [t for pair in params for t in pair if t is not None]
-            got = torch.autograd.grad(loss.sum(), flat)
-        batch = x.shape[0]
-        it = iter(g / batch for g in got)
-        grads = [(next(it), None if b is None else next(it)) for _, b in params]
-        return grads, self._forward_report(net, x, y, logits=h.detach())
+            got = iter(torch.autograd.grad(per_example.mean(), flat))
+        grads = [(next(got), None if b is None else next(got)) for _, b in params]
+        report = self._forward_report(net, x, y, logits=h.detach())
+        return grads, report
 
-    def _activate(self, proj, a):
+    @staticmethod
+    def _activate(proj, a, mode):
         if math.isinf(proj.lo) and math.isinf(proj.hi):
             return a
         problem = ReLUProblem() if (proj.lo == 0.0 and math.isinf(proj.hi)) else BoxProblem(proj.lo, proj.hi)
-        return self._mode.apply(problem, (a,)).z
+        return mode.apply(problem, (a,)).z
 
     def __repr__(self):
         return f"FenchelBP(beta={self.beta:g})"

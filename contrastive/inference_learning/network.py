@@ -178,7 +178,9 @@ class LayeredNetwork:
             raise TypeError(f"x: expected dtype {w.dtype} on {w.device} (the model's), got {x.dtype} on {x.device}")
         if x.dim() != 2 or x.shape[1] != self.widths[0] or x.shape[0] == 0:
             raise ValueError(f"x: expected shape (B, {self.widths[0]}) with B ≥ 1, got {tuple(x.shape)}")
-        check_finite("x", x)
+        if not bool(torch.isfinite(x.sum())):  # fast path: one reduction; the full check names the count
+            check_finite("x", x)
+            raise ValueError("x: expected finite values; its entries overflow when summed")
         if not isinstance(y, torch.Tensor):
             raise TypeError(f"y: expected an int64 tensor of class indices, got {type(y).__name__}")
         if y.dtype != torch.int64:
