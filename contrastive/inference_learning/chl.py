@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from .inference import (LearningMethod, check_discount, check_inference_options, check_method_beta, iterate,
-                        usable, worse_status)
+                        usable, zero_unusable, worse_status)
 
 __all__ = ["CHL", "chl_energy"]
 
@@ -130,6 +130,7 @@ class CHL(LearningMethod):
 
     def _layer_grads(self, net, x, y):
         free, clamped, status, iters = self.phases(net, x, y)
+        free, clamped = zero_unusable(free, status), zero_unusable(clamped, status)
         ok = usable(status).to(x.dtype)
         grads, depth = [], net.depth
         for k in range(1, depth + 1):

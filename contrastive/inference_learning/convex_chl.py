@@ -8,7 +8,7 @@ import torch
 
 from declarative.minimizer import minimize
 
-from .inference import (LearningMethod, check_discount, check_inference_options, check_method_beta, usable,
+from .inference import (LearningMethod, check_discount, check_inference_options, check_method_beta, usable, zero_unusable,
                         worse_status)
 
 __all__ = ["ConvexCHL", "convex_chl_energy"]
@@ -119,6 +119,7 @@ class ConvexCHL(LearningMethod):
 
     def _layer_grads(self, net, x, y):
         free, clamped, status, iters = self.phases(net, x, y)
+        free, clamped = zero_unusable(free, status), zero_unusable(clamped, status)
         ok = usable(status).to(x.dtype)
         grads, depth = [], net.depth
         for k in range(1, depth + 1):

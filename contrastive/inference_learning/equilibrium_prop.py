@@ -8,7 +8,7 @@ import torch
 
 from ..equilibrium import equilibrium_propagation
 from ..finite_difference import ESTIMATORS
-from .inference import LearningMethod, check_discount, check_inference_options, check_method_beta
+from .inference import LearningMethod, check_discount, check_inference_options, check_method_beta, usable
 
 __all__ = ["EquilibriumProp"]
 
@@ -111,8 +111,8 @@ class EquilibriumProp(LearningMethod):
                                           estimator=self.estimator, points=self.points, lower=lower,
                                           upper=upper, tol=self.tol * self.beta, max_iter=self.max_iter,
                                           reduction="none", check=False)
-            finite = torch.isfinite(est.surrogate)
-            total = torch.where(finite, est.surrogate, torch.zeros_like(est.surrogate)).sum() / x.shape[0]
+            keep = usable(est.status)[:, 0] & torch.isfinite(est.surrogate)
+            total = torch.where(keep, est.surrogate, torch.zeros_like(est.surrogate)).sum() / x.shape[0]
             got = torch.autograd.grad(total, params, allow_unused=True, materialize_grads=True)
         grads = [(got[2 * i], got[2 * i + 1]) for i in range(net.depth)]
         iters = sum(sol.iterations for _, sol in est.phases)

@@ -126,9 +126,17 @@ def worse_status(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.where(a == int(Status.SOLVED), b, a)
 
 
+def zero_unusable(states: list[torch.Tensor], status: torch.Tensor) -> list[torch.Tensor]:
+    """``states`` with the rows of unusable elements (see ``usable``) set to 0, so that a huge or
+    non-finite state cannot leak into the batch's gradient through ``0 · inf``."""
+    keep = usable(status)
+    return [torch.where(keep, s, torch.zeros_like(s)) for s in states]
+
+
 def usable(status: torch.Tensor) -> torch.Tensor:
-    """``(B, 1)`` mask of the elements whose states may enter the gradient (finite ones)."""
-    return (status != int(Status.NON_FINITE))[:, None]
+    """``(B, 1)`` mask of the elements whose states may enter the gradient: ``SOLVED`` or
+    ``MAX_ITERATIONS`` (not ``NON_FINITE``, nor ``UNBOUNDED_BELOW`` from ``declarative.minimize``)."""
+    return ((status == int(Status.SOLVED)) | (status == int(Status.MAX_ITERATIONS)))[:, None]
 
 
 class LearningMethod:

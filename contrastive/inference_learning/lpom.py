@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .inference import LearningMethod, check_inference_options, check_method_beta, iterate, usable
+from .inference import LearningMethod, check_inference_options, check_method_beta, iterate, usable, zero_unusable
 from ._common import next_activation, spectral_norm_sq
 
 __all__ = ["LPOM", "lpom_objective"]
@@ -121,6 +121,7 @@ class LPOM(LearningMethod):
 
     def _layer_grads(self, net, x, y):
         state, status, iters = self.infer(net, x, y)
+        state = zero_unusable(state, status)
         ok = usable(status).to(x.dtype)
         grads, prev = [], x
         for k in range(1, net.depth + 1):

@@ -271,6 +271,18 @@ def test_iterate_isolates_a_non_finite_element():
     assert int(iters[1]) == 3 and int(iters[0]) > 3
 
 
+def test_unusable_elements_contribute_nothing_to_the_gradient():
+    from contrastive.inference_learning.inference import usable, zero_unusable
+    status = torch.tensor([Status.SOLVED, Status.UNBOUNDED_BELOW, Status.MAX_ITERATIONS, Status.NON_FINITE])
+    assert usable(status)[:, 0].tolist() == [True, False, True, False]
+    states = [torch.tensor([[1.0], [float("inf")], [2.0], [float("nan")]])]
+    (out,) = zero_unusable(states, status)
+    assert out[:, 0].tolist() == [1.0, 0.0, 2.0, 0.0]
+    post, pre = out, torch.ones(4, 3)
+    gw, gb = il.LearningMethod._hebbian(post * usable(status), pre)
+    assert torch.isfinite(gw).all() and torch.allclose(gb, torch.tensor([0.75]))
+
+
 # -- training -------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
