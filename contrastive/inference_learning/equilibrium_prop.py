@@ -95,8 +95,8 @@ class EquilibriumProp(LearningMethod):
         for lin in net.linears:
             params.append(lin.weight.detach().requires_grad_())
             b = lin.bias
-            params.append(torch.zeros(lin.out_features, dtype=x.dtype, device=x.device) if b is None
-                          else b.detach().requires_grad_())
+            params.append((torch.zeros(lin.out_features, dtype=x.dtype, device=x.device) if b is None
+                           else b.detach()).requires_grad_())
         widths = net.widths[1:]
         out = self.output
 

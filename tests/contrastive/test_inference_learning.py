@@ -128,6 +128,17 @@ def test_centered_equilibrium_propagation_tends_to_bp_at_rate_two():
     assert errs[-1] < 3e-4 and 1.6 < slope(betas, errs) < 2.4, errs
 
 
+def test_layers_without_bias():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5, bias=False), nn.ReLU(), nn.Linear(5, 3, bias=False)).double()
+    x, y = batch()
+    ref = autograd_bp(model, x, y)
+    for method, tol in ((il.BP(), 1e-13), (il.LPOM(1e-4, max_iter=5000, tol=1e-6), 1e-3),
+                        (il.EquilibriumProp(1e-3, discount=1e-3, tol=1e-6, max_iter=2000), 3e-3)):
+        g = grads(method, model, x, y)
+        assert len(g) == 2 and rel_err(g, ref) < tol, method
+
+
 def test_two_point_equilibrium_propagation_equals_chl_on_the_same_energy():
     """Same free and clamped problems, solved independently (projected L-BFGS vs block-coordinate)."""
     model, (x, y) = small_net(), batch()
