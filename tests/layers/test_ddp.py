@@ -89,14 +89,15 @@ def _free_port():
 def test_ddp_two_processes_equal_one_process_on_the_whole_batch(tmp_path):
     ctx = mp.start_processes(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=False,
                              start_method="spawn")
-    # bounded: join with a timeout, then kill what is left
-    for _ in range(120):
+    # bounded: join with a timeout, then kill what is left (generous: each spawned process imports
+    # torch and cvxpy, which takes tens of seconds on a loaded two-core machine)
+    for _ in range(420):
         if ctx.join(timeout=1):
             break
     else:
         for p in ctx.processes:
             p.kill()
-        pytest.fail("the DDP processes did not finish within 120 s")
+        pytest.fail("the DDP processes did not finish within 420 s")
 
     model = ArgminNet()
     x, y = _data()
