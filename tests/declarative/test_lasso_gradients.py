@@ -181,3 +181,20 @@ def test_beta_rates():
     slope = np.polyfit(np.log(betas), np.log(errs_c), 1)[0]
     assert 0.9 < slope < 1.1, slope
     assert max(errs_s) < 1e-8 * ref.norm().item()
+
+
+def test_polish_drops_rounding_level_coordinates_at_ties():
+    """A weakly active coordinate (z*_i = 0, |c_i| = λ) still in the support when the polish runs
+    came back as z_i ≈ ±1e-16 of the right sign and was kept: classified free instead of weakly
+    active, so the implicit backward was two-sided at a tie depending on rounding (about half of
+    these 1e-15 perturbations of the data). The polish drops coordinates whose value is below the
+    solver's tolerance (|z_i|·H_ii ≤ th/2)."""
+    D, x, lam, ns, nw = _degenerate_problem(1)
+    gen = torch.Generator().manual_seed(7)
+    problem = LassoProblem()
+    for _ in range(30):
+        Dp = D * (1 + 1e-15 * torch.randn(D.shape, generator=gen, dtype=torch.float64))
+        xp = x * (1 + 1e-15 * torch.randn(x.shape, generator=gen, dtype=torch.float64))
+        sol = solve_lasso(Dp, xp, lam)
+        _, W, _ = problem.classify(sol, (Dp, xp, torch.tensor(lam, dtype=torch.float64)))
+        assert int(W.sum()) == nw and bool((sol.z[ns:] == 0).all())
