@@ -56,7 +56,7 @@ def argmin_solution(energy: Callable[..., torch.Tensor], z0: torch.Tensor, *para
     params = scalar_params(params, z0)
     mode = resolve_mode(mode, beta, problem=EnergyProblem)
     problem = EnergyProblem(energy, like=z0, lower=lower, upper=upper, solver=solver, tol=tol,
-                            max_iter=max_iter, step_size=step_size)
+                            max_iter=max_iter, step_size=step_size, check=check)
     if z0.shape[0] == 0:
         return empty_batch_solution(z0.shape, z0, params, residuals=("grad_norm", "energy"))
     sol = mode.apply(problem, tuple(params), Solution(z=z0.detach()))

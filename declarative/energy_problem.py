@@ -98,6 +98,9 @@ class EnergyProblem(ArgminProblem):
         tol, max_iter: passed to the solver.
         step_size: ``η`` of the fixed-point map (float, or a ``(B,)`` tensor); default ``1/L̂``.
         cg_rtol, cg_max_iter: tolerance / iteration limit of the implicit CG.
+        check: raise a ``SolverError`` (``Status.INDEFINITE``) when the implicit CG meets negative
+            curvature; with ``False`` those elements get zero gradients and a ``RuntimeWarning``
+            names them (the others are unaffected).
 
     Shape:
         - z: ``(B, *event)`` (the shape of ``like``); ``energy(z, *params)``: ``(B,)``.
@@ -107,7 +110,8 @@ class EnergyProblem(ArgminProblem):
 
     def __init__(self, energy: Callable[..., torch.Tensor], *, like: torch.Tensor, lower=None,
                  upper=None, solver=None, tol: float | None = None, max_iter: int = 500,
-                 step_size=None, cg_rtol: float | None = None, cg_max_iter: int | None = None):
+                 step_size=None, cg_rtol: float | None = None, cg_max_iter: int | None = None,
+                 check: bool = True):
         self.energy = check_callable("energy", energy, "energy(z, *params) -> (B,)")
         self.shape = like.shape
         lo = _bound_tensor("lower", lower, like)
@@ -123,6 +127,7 @@ class EnergyProblem(ArgminProblem):
         self.tol = default_tol(like.dtype) if tol is None else check_real("tol", tol, minimum=0.0)
         self.max_iter = check_count("max_iter", max_iter)
         self.step_size = _check_step_size(step_size)
+        self.check = bool(check)
         self.cg_rtol = (default_cg_rtol(like.dtype) if cg_rtol is None
                         else check_real("cg_rtol", cg_rtol, minimum=0.0))
         n = like.shape[1:].numel()
@@ -189,10 +194,11 @@ class EnergyProblem(ArgminProblem):
 
         b = -g if free is None else -g * free
         res = conjugate_gradient(matvec, b, max_iter=self.cg_max_iter, rtol=self.cg_rtol)
-        check_curvature(res, "implicit gradient (CG on the Hessian at the solution)")
+        x = check_curvature(res, "implicit gradient (CG on the Hessian at the solution)", check=self.check,
+                            stacklevel=4)
         warn_unconverged(res, "implicit gradient", self.cg_rtol, self.cg_max_iter,
                          " (is the Hessian positive definite at the solution?)", stacklevel=4)
-        return res.x
+        return x
 
     def _tangent_qp(self, graph, g, strong, weak_lo, weak_hi):
         zero = torch.zeros_like(g)

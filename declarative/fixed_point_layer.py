@@ -54,19 +54,23 @@ class FixedPointProblem(ArgminProblem):
         symmetric: declare ``∂_wΦ`` symmetric (CG then runs on the system itself).
         tol, max_iter: forward stopping rule (absolute, on ``‖Φ(w) − w‖₂``).
         rtol, cg_max_iter: the implicit backward's CG tolerance and step limit.
+        check: raise a ``SolverError`` (``Status.INDEFINITE``) when the implicit CG
+            (``symmetric=True``) meets negative curvature; with ``False`` those elements get zero
+            gradients and a ``RuntimeWarning`` names them.
 
     Shape:
         - w: ``(B, *event)``; ``phi(w, *params)``: ``(B, *event)``.
     """
 
     def __init__(self, phi: Callable[..., torch.Tensor], *, tol: float, max_iter: int,
-                 symmetric: bool = False, rtol: float = 1e-10, cg_max_iter: int = 500):
+                 symmetric: bool = False, rtol: float = 1e-10, cg_max_iter: int = 500, check: bool = True):
         self.phi = check_callable("phi", phi, "phi(w, *params) -> w")
         self.tol = check_real("tol", tol, minimum=0.0, inclusive=True)
         self.max_iter = check_count("max_iter", max_iter)
         self.fixed_point_symmetric = bool(symmetric)
         self.rtol = check_real("rtol", rtol, minimum=0.0)
         self.cg_max_iter = check_count("cg_max_iter", cg_max_iter, minimum=1)
+        self.check = bool(check)
 
     def solve(self, params, warm_start=None):
         if warm_start is None:
@@ -126,9 +130,10 @@ class FixedPointProblem(ArgminProblem):
         lin = FixedPointLinearisation(self, params, solution.z, needs)
         res = lin.solve_adjoint(g, symmetric=self.fixed_point_symmetric, max_iter=self.cg_max_iter,
                                 rtol=self.rtol)
-        check_curvature(res, "fixed_point implicit gradient (symmetric=True)")
+        x = check_curvature(res, "fixed_point implicit gradient (symmetric=True)", check=self.check,
+                            stacklevel=4)
         warn_unconverged(res, "fixed_point implicit gradient", self.rtol, self.cg_max_iter, stacklevel=4)
-        return lin.params_vjp(res.x)
+        return lin.params_vjp(x)
 
     def implicit_tangent(self, solution, params, g):
         raise NotImplementedError("a fixed-point problem has no energy: the contrastive modes and "
@@ -155,7 +160,7 @@ def fixed_point_solution(phi: Callable[..., torch.Tensor], w0: torch.Tensor, *pa
     mode = resolve_mode(mode, problem=FixedPointProblem)
     n = w0.shape[1:].numel()
     problem = FixedPointProblem(phi, tol=tol, max_iter=max_iter, symmetric=symmetric, rtol=rtol,
-                                cg_max_iter=max(10 * n, 100))
+                                cg_max_iter=max(10 * n, 100), check=check)
     if w0.shape[0] == 0:
         return empty_batch_solution(w0.shape, w0, params, residuals=("residual",))
     sol = mode.apply(problem, tuple(params), Solution(z=w0.detach()))

@@ -111,18 +111,33 @@ class _AIDSteps(GradientMode):
             return None
         return x0
 
+    #: the solver's name in warnings
+    method = "conjugate gradient"
+
     def _record(self, res: LinearSolve, iterate: torch.Tensor) -> None:
+        """Keep ``res`` (``last_solve``) and, when warm-starting, the iterate of the elements that
+        are finite (and, with ``rtol``, converged) as the next initial guess — zero for the others,
+        so that one diverged backward does not poison the next ones; then the checks. An element
+        whose iterate or last step (``res.residual``, after at least one step) is not finite is
+        ``NON_FINITE``."""
         self.last_solve = res
+        B = res.x.shape[0]
+        finite = (torch.isfinite(res.x.reshape(B, -1)).all(1)
+                  & (torch.isfinite(res.residual) | (res.iterations == 0)))
         if self.warm_start:
-            self._x0 = iterate.detach()
+            keep = finite & torch.isfinite(iterate.reshape(B, -1)).all(1)
+            if self.rtol > 0:
+                keep = keep & res.converged
+            keep = keep.reshape((-1,) + (1,) * (iterate.dim() - 1))
+            self._x0 = torch.where(keep, iterate.detach(), torch.zeros_like(iterate))
         if self.check:
-            finite = torch.isfinite(res.x.reshape(res.x.shape[0], -1)).all(1)
             err = SolverError.from_status(torch.where(finite, Status.SOLVED, Status.NON_FINITE),
                                           res, f"{self!r} backward (the linear system's iterate)")
             if err is not None:
                 raise err
             if self.rtol > 0:
-                warn_unconverged(res, f"{self!r} backward", self.rtol, self.k, stacklevel=4)
+                warn_unconverged(res, f"{self!r} backward", self.rtol, self.k, stacklevel=4,
+                                 method=self.method)
 
     def __repr__(self):
         extra = "" if self.jacobian == "auto" else f", jacobian={self.jacobian!r}"
@@ -162,6 +177,7 @@ class FixedPoint(_AIDSteps):
     """
 
     name = "fixed_point"
+    method = "the fixed-point iteration"
 
     def vjp(self, problem, params, solution, g, needs):
         lin, dense = self._linearise(problem, params, solution, needs)

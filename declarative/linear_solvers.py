@@ -3,16 +3,23 @@
 Vectors have shape ``(B, *event)``; an operator is a callable mapping such a vector to one of the
 same shape, applied to the whole batch at once (no Python loop over the batch). Inner products are
 per batch element. Both solvers run either a fixed number of steps (``rtol = atol = 0``: exactly
-``max_iter`` steps, no host sync — what the AID modes ``ConjugateGradient(k)``/``FixedPoint(k)``
+``max_iter`` steps, no host sync in the loop — what the AID modes ``ConjugateGradient(k)``/``FixedPoint(k)``
 need) or to a tolerance ``‖r_b‖ ≤ max(atol, rtol·‖b_b‖)`` per element (one host sync per step;
 converged elements are frozen).
 
 * ``conjugate_gradient`` – CG (Hestenes & Stiefel 1952) for ``A x = b`` with ``A`` symmetric
   positive definite per element. An element whose curvature ``pᵀAp`` is not positive (breakdown:
   ``A`` not positive definite on the Krylov space, or an exactly solved system) is frozen; where
-  the curvature is *negative* (``pᵀAp < −√eps·‖p‖‖Ap‖``: ``A`` is indefinite, so CG's answer is
-  not the solution) the element is flagged in ``LinearSolve.negative_curvature`` and
-  ``check_curvature`` raises a ``SolverError`` (``Status.INDEFINITE``) naming it.
+  the curvature is *negative* beyond round-off (``pᵀAp < −√eps·max(λ̂·‖p‖², ‖p‖‖Ap‖)``, with
+  ``λ̂`` the largest Rayleigh quotient ``pᵀAp/‖p‖²`` of the element's earlier CG directions: ``A``
+  is indefinite, so CG's answer is not the solution) the element is flagged in
+  ``LinearSolve.negative_curvature`` and ``check_curvature`` raises a ``SolverError``
+  (``Status.INDEFINITE``) naming it. The scale ``λ̂`` keeps a positive *semi*definite ``A`` (a
+  convex energy with flat directions) from being flagged once CG's direction lies in its null
+  space, where ``Ap`` is round-off and the sign of ``pᵀAp`` is arbitrary; a flag is then confirmed
+  against ``√eps·‖Av‖/‖v‖`` for a fixed pseudo-random ``v`` (one more product and one host sync,
+  after the loop), which covers a right-hand side with no component of curvature in its Krylov
+  space. A negative eigenvalue of size ``≳ √eps·λ_max`` met along the way is still flagged.
 * ``fixed_point_iteration`` – ``x ← T x + b`` (the Neumann series ``Σ Tⁱ b`` from ``x₀ = 0``),
   which converges to ``(I − T)⁻¹ b`` when the spectral radius of ``T`` is below one.
 * ``normal_equations`` – wraps ``A``/``Aᵀ`` into the symmetric positive (semi)definite operator
@@ -76,16 +83,44 @@ def _expand(s: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return s.reshape((-1,) + (1,) * (like.dim() - 1))
 
 
+def _norm(v: torch.Tensor) -> torch.Tensor:
+    """Per-element Euclidean norm, ``(B,)``, without overflow of the squares."""
+    return torch.linalg.vector_norm(v.reshape(v.shape[0], -1), dim=1)
+
+
 def _threshold(b: torch.Tensor, rtol: float, atol: float) -> torch.Tensor | None:
     if rtol <= 0 and atol <= 0:
         return None
     return torch.clamp(rtol * batch_dot(b, b).sqrt(), min=atol)
 
 
-def _negative(pAp: torch.Tensor, p: torch.Tensor, Ap: torch.Tensor) -> torch.Tensor:
-    """``pᵀAp < −√eps·‖p‖‖Ap‖`` per element: curvature negative beyond round-off."""
-    scale = (batch_dot(p, p) * batch_dot(Ap, Ap)).sqrt()
-    return pAp < -(torch.finfo(p.dtype).eps ** 0.5) * scale
+def _negative(pAp: torch.Tensor, p: torch.Tensor, Ap: torch.Tensor,
+              curvature: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(negative, curvature′)`` per element: whether ``pᵀAp < −√eps·max(λ̂‖p‖², ‖p‖‖Ap‖)``
+    (curvature negative beyond round-off, ``λ̂ = curvature`` the largest Rayleigh quotient of the
+    earlier directions), and ``λ̂`` updated with this direction's ``pᵀAp/‖p‖²``."""
+    pp = batch_dot(p, p)
+    scale = torch.maximum(curvature * pp, (pp * batch_dot(Ap, Ap)).sqrt())
+    negative = pAp < -(torch.finfo(p.dtype).eps ** 0.5) * scale
+    rayleigh = pAp / torch.where(pp > 0, pp, torch.ones_like(pp))
+    curvature = torch.where(torch.isfinite(rayleigh) & (rayleigh > curvature), rayleigh, curvature)
+    return negative, curvature
+
+
+def _confirm_negative(matvec: Operator, negative: torch.Tensor, lowest: torch.Tensor,
+                      b: torch.Tensor) -> torch.Tensor:
+    """Keep the flags whose lowest flagged Rayleigh quotient is below ``−√eps·‖Av‖/‖v‖`` for a fixed
+    pseudo-random ``v``: an estimate of the operator's scale independent of the Krylov space. CG's
+    own directions give none when the right-hand side lies (numerically) in the null space of a
+    positive semidefinite ``A``: every ``pᵀAp`` is round-off there. One host sync; one more
+    product, only when some element is flagged."""
+    if not bool(negative.any()):
+        return negative
+    gen = torch.Generator(device=b.device).manual_seed(0)
+    v = torch.randn(b.shape, generator=gen, device=b.device, dtype=b.dtype)
+    Av = matvec(v)
+    scale = (batch_dot(Av, Av) / batch_dot(v, v)).sqrt()
+    return negative & (lowest < -(torch.finfo(b.dtype).eps ** 0.5) * scale)
 
 
 def conjugate_gradient(matvec: Operator, b: torch.Tensor, *, x0: torch.Tensor | None = None,
@@ -109,6 +144,8 @@ def conjugate_gradient(matvec: Operator, b: torch.Tensor, *, x0: torch.Tensor | 
         iterations = torch.zeros(B, dtype=torch.int64, device=b.device)
         ok = torch.ones(B, dtype=torch.bool, device=b.device)
         negative = torch.zeros(B, dtype=torch.bool, device=b.device)
+        curvature = torch.zeros(B, dtype=b.dtype, device=b.device)
+        lowest = torch.zeros(B, dtype=b.dtype, device=b.device)
         zero = torch.zeros((), dtype=b.dtype, device=b.device)
         # an element whose residual reached round-off (‖r‖ ≤ eps·‖b‖) stops: further steps divide
         # round-off by round-off and, in float32, can blow the iterate up
@@ -116,7 +153,10 @@ def conjugate_gradient(matvec: Operator, b: torch.Tensor, *, x0: torch.Tensor | 
         for _ in range(max_iter):
             Ap = matvec(p)
             pAp = batch_dot(p, Ap)
-            negative = negative | (ok & _negative(pAp, p, Ap))
+            neg, curvature = _negative(pAp, p, Ap, curvature)
+            neg = ok & neg
+            negative = negative | neg
+            lowest = torch.where(neg, torch.minimum(lowest, pAp / batch_dot(p, p)), lowest)
             ok = ok & (pAp > 0) & (rs > floor)
             alpha = _expand(torch.where(ok, rs / pAp, zero), x)
             x = torch.addcmul(x, alpha, p)
@@ -128,16 +168,21 @@ def conjugate_gradient(matvec: Operator, b: torch.Tensor, *, x0: torch.Tensor | 
             rs = rs_new
             iterations += ok
         return LinearSolve(x, iterations, rs.sqrt(), torch.ones(B, dtype=torch.bool, device=b.device),
-                           negative)
+                           _confirm_negative(matvec, negative, lowest, b))
     active = rs.sqrt() > thresh
     iterations = torch.zeros(B, dtype=torch.int64, device=b.device)
     negative = torch.zeros(B, dtype=torch.bool, device=b.device)
+    curvature = torch.zeros(B, dtype=b.dtype, device=b.device)
+    lowest = torch.zeros(B, dtype=b.dtype, device=b.device)
     for _ in range(max_iter):
         if not bool(active.any()):
             break
         Ap = matvec(p)
         pAp = batch_dot(p, Ap)
-        negative = negative | (active & _negative(pAp, p, Ap))
+        neg, curvature = _negative(pAp, p, Ap, curvature)
+        neg = active & neg
+        negative = negative | neg
+        lowest = torch.where(neg, torch.minimum(lowest, pAp / batch_dot(p, p)), lowest)
         ok = active & (pAp > 0) & torch.isfinite(pAp)
         alpha = torch.where(ok, rs / torch.where(ok, pAp, torch.ones_like(pAp)), torch.zeros_like(rs))
         x = x + _expand(alpha, x) * p
@@ -150,7 +195,7 @@ def conjugate_gradient(matvec: Operator, b: torch.Tensor, *, x0: torch.Tensor | 
         iterations = iterations + ok.to(torch.int64)
         active = ok & (rs.sqrt() > thresh)
     res = rs.sqrt()
-    return LinearSolve(x, iterations, res, res <= thresh, negative)
+    return LinearSolve(x, iterations, res, res <= thresh, _confirm_negative(matvec, negative, lowest, b))
 
 
 def fixed_point_iteration(apply_t: Operator, b: torch.Tensor, *, x0: torch.Tensor | None = None,
@@ -159,7 +204,10 @@ def fixed_point_iteration(apply_t: Operator, b: torch.Tensor, *, x0: torch.Tenso
 
     After ``k`` steps from 0, ``x_k = Σ_{i<k} Tⁱ b`` (the truncated Neumann series of
     ``(I − T)⁻¹ b``). With a tolerance, an element stops when ``‖x_k − x_{k−1}‖ ≤ max(atol,
-    rtol‖b‖)``.
+    rtol‖b‖)``; an element whose step ``‖x_k − x_{k−1}‖`` is not finite (the iteration
+    overflowed) stops there, unconverged, with the non-finite step as its residual. Norms are
+    computed overflow-safely (``torch.linalg.vector_norm``), so a finite but huge iterate is not
+    mistaken for an overflow.
     """
     x = torch.zeros_like(b) if x0 is None else x0.clone()
     thresh = _threshold(b, rtol, atol)
@@ -170,7 +218,7 @@ def fixed_point_iteration(apply_t: Operator, b: torch.Tensor, *, x0: torch.Tenso
         for _ in range(max_iter):
             x_prev, x = x, apply_t(x) + b
         if max_iter > 0:
-            step = batch_dot(x - x_prev, x - x_prev).sqrt()
+            step = _norm(x - x_prev)
         return LinearSolve(x, torch.full((B,), max_iter, dtype=torch.int64, device=b.device), step,
                            torch.ones(B, dtype=torch.bool, device=b.device))
     active = torch.ones(B, dtype=torch.bool, device=b.device)
@@ -179,7 +227,7 @@ def fixed_point_iteration(apply_t: Operator, b: torch.Tensor, *, x0: torch.Tenso
         if not bool(active.any()):
             break
         x_new = apply_t(x) + b
-        diff = batch_dot(x_new - x, x_new - x).sqrt()
+        diff = _norm(x_new - x)
         x = torch.where(_expand(active, x), x_new, x)
         step = torch.where(active, diff, step)
         iterations = iterations + active.to(torch.int64)
@@ -197,22 +245,33 @@ def normal_equations(matvec: Operator, rmatvec: Operator) -> Operator:
 
 
 def warn_unconverged(res: LinearSolve, what: str, rtol: float, max_iter: int, hint: str = "",
-                     stacklevel: int = 2) -> None:
+                     stacklevel: int = 2, method: str = "conjugate gradient") -> None:
     """Warn (``RuntimeWarning``, naming up to 20 batch indices) if a solve to a tolerance did not
-    converge for every element (one host sync). ``stacklevel`` counts from the caller, as in
-    ``warnings.warn``."""
+    converge for every element (one host sync). ``method`` names the solver in the message;
+    ``stacklevel`` counts from the caller, as in ``warnings.warn``."""
     if not bool(res.converged.all()):
         bad = (~res.converged).nonzero().reshape(-1).tolist()
-        warnings.warn(f"{what}: conjugate gradient did not reach rtol={rtol:g} in {max_iter} steps for "
+        warnings.warn(f"{what}: {method} did not reach rtol={rtol:g} in {max_iter} steps for "
                       f"batch indices {bad[:20]}{hint}", RuntimeWarning, stacklevel=stacklevel + 1)
 
 
-def check_curvature(res: LinearSolve, what: str) -> None:
-    """Raise a ``SolverError`` (``Status.INDEFINITE``, naming the batch indices) if conjugate
-    gradient met negative curvature for some element: the operator is not positive definite, the
-    element's CG iterate was frozen there and is not the solution. Other elements are unaffected
-    (available through ``SolverError.solution``, the ``LinearSolve``). One host sync."""
+def check_curvature(res: LinearSolve, what: str, *, check: bool = True, stacklevel: int = 2) -> torch.Tensor:
+    """The solve's ``x``, after a check for negative curvature met by conjugate gradient (the
+    operator is not positive definite: the element's CG iterate was frozen there and is not the
+    solution). One host sync.
+
+    With ``check`` a flagged element raises a ``SolverError`` (``Status.INDEFINITE``, naming the
+    batch indices; the other elements are available through ``SolverError.solution``, the
+    ``LinearSolve``). Without it the flagged elements' ``x`` is set to zero and a ``RuntimeWarning``
+    names them (``stacklevel`` counts from the caller): their gradients are zero, the other
+    elements' are unaffected."""
     if res.negative_curvature is None or not bool(res.negative_curvature.any()):
-        return
+        return res.x
     bad = res.negative_curvature.nonzero().reshape(-1).tolist()
-    raise SolverError(bad, [Status.INDEFINITE] * len(bad), res, what)
+    if check:
+        raise SolverError(bad, [Status.INDEFINITE] * len(bad), res, what)
+    shown = ", ".join(map(str, bad[:20])) + (", ..." if len(bad) > 20 else "")
+    warnings.warn(f"{what}: {Status.INDEFINITE.name} for {len(bad)} batch element(s), batch indices "
+                  f"[{shown}] ({Status.INDEFINITE.message}); their gradients are set to zero (the other "
+                  "elements' are unaffected)", RuntimeWarning, stacklevel=stacklevel + 1)
+    return torch.where(_expand(~res.negative_curvature, res.x), res.x, torch.zeros_like(res.x))

@@ -11,12 +11,14 @@ step.
   .. math::
 
       A = U \\operatorname{diag}(\\sigma) V^\\top \\;\\mapsto\\;
-      U \\operatorname{diag}(\\min(\\sigma, r)) V^\\top
-      = A - U \\operatorname{diag}((\\sigma - r)_+) V^\\top ,
+      U \\operatorname{diag}(\\min(\\sigma, r)) V^\\top ,
 
   (the singular values clipped at ``r``; Lewis 1995 — the Frobenius norm and the spectral ball
   are unitarily invariant). Matrices already inside the ball are returned unchanged (bit for
-  bit), the others are corrected by the second form.
+  bit); the others are rebuilt from their clipped singular values (not as the correction
+  ``A − U diag((σ − r)₊) Vᵀ``, which cancels in float32 when ``σ_max ≫ r`` and can leave
+  ``‖P‖₂ > r``). The inside matrices do not enter the SVD's backward, so they get the identity
+  gradient even with repeated singular values (``0.5·I``, the zero matrix, low rank).
 
 * ``project_inf_norm_ball`` – the nearest matrix in Frobenius norm with
   ``‖X‖_∞ = max_i Σ_j |X_ij| ≤ r``. The constraint is one ℓ₁ ball per row and the Frobenius
@@ -30,8 +32,9 @@ step.
 
   with ``|x|_{(1)} ≥ |x|_{(2)} ≥ …`` the sorted magnitudes. Rows inside the ball are unchanged.
 
-Both are torch expressions, differentiable by autograd almost everywhere (the spectral one where
-the singular values of ``A`` are distinct, as ``torch.linalg.svd``'s backward requires).
+Both are torch expressions, differentiable by autograd almost everywhere (the spectral one, for a
+matrix outside the ball, where its singular values are distinct, as ``torch.linalg.svd``'s backward
+requires).
 
 Shape:
     A: ``(*, m, n)`` (any leading batch dimensions); ``radius``: a positive number or a tensor
@@ -99,15 +102,16 @@ def project_spectral_ball(A: torch.Tensor, radius=1.0) -> torch.Tensor:
 
         >>> A = 3 * torch.randn(200, 200)
         >>> P = project_spectral_ball(A, 1 - 1e-3)
-        >>> torch.linalg.matrix_norm(P, ord=2)   # ≤ 0.999
+        >>> torch.linalg.matrix_norm(P, ord=2)   # ≤ 0.999 (up to round-off)
     """
     A = _check_matrix(A)
     r = _radius(radius, A)
-    U, S, Vh = torch.linalg.svd(A, full_matrices=False)
-    excess = torch.relu(S - r.unsqueeze(-1))
-    inside = (excess == 0).all(-1)
-    projected = A - (U * excess.unsqueeze(-2)) @ Vh
-    return torch.where(inside[..., None, None], A, projected)
+    inside = (torch.linalg.svdvals(A.detach()) <= r.detach().unsqueeze(-1)).all(-1)[..., None, None]
+    # the SVD that is differentiated sees the inside matrices as constants: its backward (undefined
+    # for repeated singular values) then never reaches them
+    U, S, Vh = torch.linalg.svd(torch.where(inside, A.detach(), A), full_matrices=False)
+    projected = (U * torch.minimum(S, r.unsqueeze(-1)).unsqueeze(-2)) @ Vh
+    return torch.where(inside, A, projected)
 
 
 def _project_rows_l1(X: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
