@@ -151,8 +151,11 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
     # the unconstrained minimiser −Q⁻¹q, and its G·z come with them (by that Cholesky factor).
     L, info = torch.linalg.cholesky_ex(Q1)
     gmax = torch.linalg.vector_norm(Cg, float("inf")).reshape(1) if m else info.new_zeros(1, dtype=dtype)
+    # info: 0 when the Cholesky factorisation ran through; its smallest pivot tells a definite Q
+    # from one that is only semidefinite up to rounding (a pivot² at the rounding level of Q)
+    pivot = L.diagonal().abs().amin().reshape(1) if n else info.new_ones(1, dtype=dtype)
     parts = [torch.linalg.vector_norm(Q1, float("inf")).reshape(1), info.to(dtype).reshape(1), gmax,
-             torch.linalg.vector_norm(C, 1, -1), torch.linalg.vector_norm(C, 2, -1), K[:, N]]
+             torch.linalg.vector_norm(C, 1, -1), torch.linalg.vector_norm(C, 2, -1), K[:, N], pivot]
     if p == 0:
         z0 = torch.cholesky_solve(K[:n, N:], L).view(-1)
         parts += [z0, Cg @ z0] if m else [z0]
@@ -160,6 +163,10 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
     if not math.isfinite(sum(pre)) or pre[1] != 0.0:
         return None
     qscale, gmax = max(pre[0], torch.finfo(dtype).tiny), pre[2]
+    if pre[3 + 2 * (N - n) + N] ** 2 <= 100 * n * torch.finfo(dtype).eps * qscale:
+        # semidefinite up to rounding: an unbounded direction would come back as a huge "solution"
+        # (z ~ 1e15); the interior-point method certifies unboundedness or solves it
+        return None
     c1, c2, rhs = pre[3 + p:3 + p + m], pre[3 + N - n:3 + 2 * (N - n)], pre[3 + 2 * (N - n):3 + 2 * (N - n) + N]
     q_v = [-v for v in rhs[:n]]
     b_v, h_v = rhs[n:n + p], rhs[n + p:]
@@ -192,7 +199,7 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
 
     # the state is kept in Python floats (tiny, updated every step): z, the equality multipliers ν,
     # the active set W (rows of G, in the order of C's rows) with its multipliers, and g_i·z − h_i
-    v = pre[3 + 2 * (N - n) + N:] if p == 0 else kkt_solve([], N)
+    v = pre[3 + 2 * (N - n) + N + 1:] if p == 0 else kkt_solve([], N)   # after the pivot
     if v is None:
         return None
     z, nu, rz = v[:n], v[n:n + p], [gz - hv for gz, hv in zip(v[n + p:], h_v)]

@@ -15,7 +15,7 @@ DEFAULT_EPS_ABS = {torch.float64: 1e-8, torch.float32: 1e-4, torch.float16: 1e-2
 #: Default relative tolerance ``eps_rel`` on the original problem, per dtype.
 DEFAULT_EPS_REL = {torch.float64: 0.0, torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}
 #: Default tolerance of the infeasibility certificates per dtype.
-DEFAULT_TOL_INFEASIBLE = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 1e-5, torch.bfloat16: 1e-5}
+DEFAULT_TOL_INFEASIBLE = {torch.float64: 1e-8, torch.float32: 1e-5, torch.float16: 1e-5, torch.bfloat16: 1e-5}
 
 
 @dataclass(frozen=True)
@@ -88,8 +88,10 @@ class QPOptions:
             ``Q``. None: ``1e-11`` float64, ``1e-7`` float32.
         rho: weight of the augmented term ``ρAᵀA`` (makes the reduced matrix definite when ``Q`` is
             only definite on the null space of ``A``).
-        tol_infeasible: tolerance of the infeasibility certificates (None: ``1e-10`` float64,
-            ``1e-5`` float32).
+        tol_infeasible: tolerance of the iterations' infeasibility detection (None: ``1e-8``
+            float64, ``1e-5`` float32); a detected certificate is then verified on the original
+            data at ``residuals.CERTIFICATE_TOL`` (``1e-10`` float64, ``1e-5`` float32) before it
+            is reported.
         step_fraction: fraction of the step to the boundary of the positive orthant.
         active_tol: relative threshold of the weakly-active classification used by the implicit
             gradient (see ``QPProblem``). None: ``√eps`` (``1.5e-8`` float64, ``3.5e-4``

@@ -223,7 +223,11 @@ class QPProblem(ArgminProblem):
             # a polished slack is h − Gz to rounding, far more accurate than a multiplier: with
             # √eps (3.5e-4 in float32) an inactive row of slack 8e-4 was called weakly active and
             # bent the tangent (40 % off in one of 128 elements of bench_qp.py's (128, 10, 10))
-            tau_s = torch.where(polished, lam.new_tensor(self.options.active_tol or eps ** 0.75),
+            # (below float64 only: in float64 a slack of 4e-11 on a row outside the polished active
+            # set was called inactive, and the KKT tangent of a minimiser that is not unique along
+            # that row came out at 5e10 without a warning, where √eps sends it to the backward QP)
+            tight_s = eps ** 0.5 if lam.dtype == torch.float64 else eps ** 0.75
+            tau_s = torch.where(polished, lam.new_tensor(self.options.active_tol or tight_s),
                                 loose).unsqueeze(-1)
             lam_nat = torch.maximum(_abs_max(_mv(params[0], solution.z)), _abs_max(params[1])) / \
                 _abs_max(G, (-2, -1)).clamp(min=torch.finfo(lam.dtype).tiny)

@@ -133,10 +133,17 @@ def qp_residuals(Q, q, G, h, A, b, z, lam, nu) -> QPResiduals:
 def meets_tolerances(res: QPResiduals, eps_abs: float, eps_rel: float, unit: float = 0.0) -> torch.Tensor:
     """``(B,)`` bool: all three residuals within ``eps_abs + eps_rel·scale + c·unit·abs`` (module
     docstring; ``unit``: the unit roundoff of the answer's dtype; False for NaN)."""
-    c = ROUNDING_FACTOR * unit
-    return ((res.primal <= eps_abs + eps_rel * res.primal_scale + c * res.primal_abs)
-            & (res.dual <= eps_abs + eps_rel * res.dual_scale + c * res.dual_abs)
-            & (res.gap <= eps_abs + eps_rel * res.gap_scale + c * res.gap_abs))
+    c, cap = ROUNDING_FACTOR * unit, unit ** 0.5
+
+    def allowance(scale, abs_sum):
+        # the rounding term, capped at √u·(1 + scale): a huge iterate (z ~ 1e15 along a direction
+        # of unboundedness) has huge absolute-value sums, and an uncapped term absorbed residuals
+        # of 70 % of their scale
+        return torch.minimum(c * abs_sum, cap * (1 + scale))
+
+    return ((res.primal <= eps_abs + eps_rel * res.primal_scale + allowance(res.primal_scale, res.primal_abs))
+            & (res.dual <= eps_abs + eps_rel * res.dual_scale + allowance(res.dual_scale, res.dual_abs))
+            & (res.gap <= eps_abs + eps_rel * res.gap_scale + allowance(res.gap_scale, res.gap_abs)))
 
 
 def _entry_max(M):

@@ -179,3 +179,36 @@ def test_q_indefinite_by_rounding_is_solved_and_genuinely_indefinite_q_is_an_err
     Qbad = torch.diag(torch.tensor([1.0, -1e-3, 2.0], dtype=torch.float64)).expand(B, 3, 3)
     with pytest.raises(ValueError, match=r"smallest eigenvalue -0\.001"):
         solve_qp(Qbad, q, G, h)
+
+
+def test_infeasible_pair_of_rows_is_certified_not_non_finite():
+    """g·z ≤ h₀ and −g·z ≤ −h₀ − 0.025 with Q positive definite: the multipliers of both rows grow
+    to ~1e6 and, with the iterations' detection tolerance at 1e-10, the step went non-finite at
+    iteration 7 before a certificate was found (NON_FINITE). Detection at 1e-8 (the certificate is
+    then verified on the original data at 1e-10) certifies it."""
+    Q = torch.tensor([[4.299538584446057, -0.11748466788526615, -0.6865308710157112, 0.19670328419598787],
+                      [-0.11748466788526617, 0.014858749896521941, 0.016923585292605833, -0.024678523810863735],
+                      [-0.6865308710157111, 0.016923585292605833, 1.2174418443572508, 0.27664489978093143],
+                      [0.19670328419598787, -0.02467852381086373, 0.2766448997809315, 0.2704402830595332]],
+                     dtype=torch.float64)
+    q = torch.tensor([-5.028823385938067, -0.2277028067031216, 0.9336433016133057, 0.28274042027733753],
+                     dtype=torch.float64)
+    g = torch.tensor([-3.4373557304258524, -0.215497661842938, -0.08471466352675333, 0.8000306476458211],
+                     dtype=torch.float64)
+    G, h = torch.stack([g, -g]), torch.tensor([1.3486683989892758, -1.3737536124872582], dtype=torch.float64)
+    sol = solve_qp(Q[None], q[None], G[None], h[None], check=False)
+    assert sol.status.tolist() == [int(Status.PRIMAL_INFEASIBLE)]
+
+
+def test_unbounded_small_problem_is_not_solved():
+    """One small problem (the active-set path) whose Q is semidefinite up to rounding (rank 6 of 8)
+    and unbounded below: its Cholesky factorisation runs through, and a "solution" with z ~ 1e15
+    and a dual residual of 70 % of its scale was SOLVED (the contract's rounding term grows with
+    |z|) in 55 of 300 seeds. Such a Q goes to the interior-point method; the rounding term is
+    capped at √u·(1 + scale)."""
+    solved = 0
+    for seed in range(60):
+        Q, q, *_ = random_qp(None, 8, 0, 0, seed=seed, psd_rank=6)
+        sol = solve_qp(Q, q, check=False)
+        solved += int(sol.status) == int(Status.SOLVED)
+    assert solved == 0

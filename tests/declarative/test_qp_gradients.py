@@ -354,3 +354,21 @@ def test_float32_small_multiplier_is_strongly_active():
     got = _grads([t if t is None else t.float() for t in params], w.float(), check=False)[1].double()
     idx = [156, 374, 412, 499]
     torch.testing.assert_close(got[idx], ref[idx], atol=1e-3, rtol=1e-3)
+
+
+def test_float64_slack_at_rounding_outside_the_active_set_is_weakly_active():
+    """Q = diag(1, 0): the minimiser is not unique in z₂, and the polish ends with a slack of 4e-11
+    on the row z₂ ≤ 2 (outside its active set). With the float32 slack threshold eps^¾ in float64
+    that row was inactive and the KKT tangent, regularised along the null direction, gave
+    ∇q₂ = −5e10 with no warning; with √eps it is weakly active, its backward QP is unbounded,
+    and the element gets a zero gradient and a warning."""
+    Q = torch.diag(torch.tensor([1.0, 0.0], dtype=torch.float64))
+    q = torch.tensor([-1.0, 0.0], dtype=torch.float64, requires_grad=True)
+    G = torch.tensor([[0.0, 1.0], [1.0, 0.0]], dtype=torch.float64)
+    h = torch.tensor([2.0, 5.0], dtype=torch.float64)
+    sol = solve_qp(Q, q, G, h, check=False)
+    if float(h[0] - sol.z[1]) == 0.0:
+        pytest.skip("the polish ended exactly on the row: the case is not exercised")
+    with pytest.warns(RuntimeWarning, match=r"batch indices \[0\]"):
+        sol.z.sum().backward()
+    assert torch.isfinite(q.grad).all() and float(q.grad.abs().max()) < 10
