@@ -43,7 +43,8 @@ phase (to ``polish_tol``) runs on a float32 copy of the data (``_Working``, ``_l
 factorisations and matrix–vector products of the loop take about half the time — and its iterate
 is cast back for the float64 polish, which checks the KKT conditions itself. Elements the float32
 phase does not solve (certificates, non-finite steps, its iteration cap) start again in float64 from
-the cold start (``_cold_start``).
+the cold start (``_cold_start``). float32 problems are solved the same way, as float64 problems
+with the float32 tolerances, and answered in float32 (``_solve_upcast``).
 
 References:
     S. Mehrotra, "On the implementation of a primal-dual interior point method", SIAM J. Optim. 1992.
