@@ -43,7 +43,8 @@ phase (to ``polish_tol``) runs on a float32 copy of the data (``_Working``, ``_l
 factorisations and matrix–vector products of the loop take about half the time — and its iterate
 is cast back for the float64 polish, which checks the KKT conditions itself. Elements the float32
 phase does not solve (certificates, non-finite steps, its iteration cap) start again in float64 from
-the cold start (``_cold_start``).
+the cold start (``_cold_start``). float32 problems are solved the same way, as float64 problems
+with the float32 tolerances, and answered in float32 (``_solve_upcast``).
 
 References:
     S. Mehrotra, "On the implementation of a primal-dual interior point method", SIAM J. Optim. 1992.
@@ -54,6 +55,7 @@ References:
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import NamedTuple
 
 import torch
@@ -111,6 +113,44 @@ def _lowered(work: _Working, dtype, opts: QPOptions) -> _Working:
         return None if t is None else t.to(dtype)
     return _Working(tuple(cast(t) for t in work.data), tuple(cast(t) for t in aux), dtype, reg_rel,
                     max(opts.tol_infeasible, DEFAULT_TOL_INFEASIBLE[dtype]))
+
+
+def _solve_upcast(Q, q, G, h, A, b, options: QPOptions, warm_start, original, scales) -> Solution:
+    """``solve_qp_ipm`` of float32 data as a float64 problem (exact: float32 values are float64
+    values) with the float32 tolerances, answered in float32.
+
+    A float32 polish (its Schur complement and refinement in float32) could not make the answer
+    exact on ill-conditioned problems (variables scaled by 1e±2: SOLVED elements off by up to
+    ~100 % of ``‖z*‖∞`` while meeting the residual tolerances), and cost more rounds than the
+    float64 penalty polish; the float32 speed is kept where it pays, in the interior-point
+    iterations (``QPOptions.mixed_precision``).
+    """
+    r = options.resolved(torch.float32)
+    if G is None or G.shape[-2] == 0:
+        # no inequalities, no polish: the Newton steps on the equality-constrained problem are the
+        # answer, and at the float32 tolerances they left z off by up to 9e-4 of ‖z*‖∞ (KKT
+        # condition numbers of 1e7–1e12, residuals within the contract): the float64 tolerances
+        # (with the float32 rounding term of the answer), a step or two more with the same factors
+        r = options.resolved(torch.float64)
+    # the float32 tolerances; the numerical settings (regularisation, certificate tolerance) of
+    # float64 unless the user set them
+    opts64 = replace(options, eps_abs=r.eps_abs, eps_rel=r.eps_rel, tol=r.tol, tol_primal=r.tol_primal,
+                     tol_dual=r.tol_dual, tol_gap=r.tol_gap, active_tol=r.active_tol)
+
+    def up(t):
+        return None if t is None else t.to(torch.float64)
+    orig = None if original is None else tuple(up(t) for t in original)
+    sol = solve_qp_ipm(up(Q), up(q), up(G), up(h), up(A), up(b), options=opts64, warm_start=warm_start,
+                       original=orig, scales=scales, answer_dtype=torch.float32)
+
+    def down(t):
+        return t.to(torch.float32)
+    cache = dict(sol.cache)
+    # the backward works in the forward's precision (``kkt_tangent``): an empty tensor of it
+    cache["work_dtype"] = sol.z.new_empty(0)
+    return Solution(z=down(sol.z), duals={k: down(v) for k, v in sol.duals.items()}, status=sol.status,
+                    iterations=sol.iterations, residuals={k: down(v) for k, v in sol.residuals.items()},
+                    cache=cache)
 
 
 def _cold_start(work: _Working, rho: float, B: int):
@@ -255,7 +295,7 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
                  h: torch.Tensor | None = None, A: torch.Tensor | None = None,
                  b: torch.Tensor | None = None, *, options: QPOptions | None = None,
                  warm_start: Solution | None = None, original: tuple | None = None,
-                 scales=None) -> Solution:
+                 scales=None, answer_dtype: torch.dtype | None = None) -> Solution:
     """Solve a batch of convex QPs ``min ½zᵀQz + qᵀz s.t. Gz ≤ h, Az = b`` (not differentiable).
 
     This is the raw solver: inputs are assumed valid (see ``solve_qp`` for validated, differentiable
@@ -272,6 +312,15 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
         original, scales: when the inputs are an equilibration (``Equilibration``: ``scales``) of
             the problem ``original = (Q, q, G, h, A, b)``, the SOLVED contract of ``QPOptions`` and
             the infeasibility certificates are checked on ``original`` (default: on the inputs).
+        answer_dtype: the dtype the answer is returned in by the caller (default: the inputs'):
+            the SOLVED contract is checked on the answer rounded to it, with its unit roundoff.
+
+    Below float64 (float32 inputs; with inequalities, unless ``polish`` is off) the problem is solved as a
+    float64 problem (``_solve_upcast``): the first interior-point phase runs in float32 where
+    ``QPOptions.mixed_precision`` applies (as for float64 inputs), the polish, the retries and the
+    SOLVED contract in float64, with the float32 tolerances; ``z``, the duals and the residuals
+    are returned in float32 (the contract checked on the rounded answer), the backward's
+    factorisations in ``cache`` stay in float64 (``kkt_tangent`` works in their dtype).
 
     Statuses: ``SOLVED`` only where the answer meets ``eps_abs``/``eps_rel`` on the original
     problem (``QPOptions``); elements whose iterations converge without meeting them iterate on
@@ -298,6 +347,8 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
         B is the common batch size (1 when every input is unbatched).
     """
     opts = (options or QPOptions()).resolved(Q.dtype)
+    if Q.dtype == torch.float32 and (opts.polish or G is None or G.shape[-2] == 0):
+        return _solve_upcast(Q, q, G, h, A, b, options or QPOptions(), warm_start, original, scales)
     Q = _with_batch(Q, 2)
     q = _with_batch(q, 1)
     G, h = _with_batch(G, 2), _with_batch(h, 1)
@@ -316,14 +367,19 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
 
     def on_original(z, lam, nu):
         """The residuals of ``(z, λ, ν)`` on the original problem and the contract's mask."""
+        if answer_dtype is not None:
+            # the answer as the caller returns it: rounded, then unscaled in that dtype
+            z, lam, nu = (t.to(answer_dtype) for t in (z, lam, nu))
         if scales is not None:
             z = z * scales._per_element(scales.var, 1)
             d_ = scales.unscale_duals({"lam": lam, "nu": nu})
             lam, nu = d_["lam"], d_["nu"]
+        if answer_dtype is not None:
+            z, lam, nu = (t.to(dtype) for t in (z, lam, nu))
         res = qp_residuals(*orig, z, lam, nu)
         if not opts.contract:
             return res, torch.ones_like(res.primal, dtype=torch.bool)
-        return res, meets_tolerances(res, opts.eps_abs, opts.eps_rel, torch.finfo(dtype).eps / 2)
+        return res, meets_tolerances(res, opts.eps_abs, opts.eps_rel, torch.finfo(answer_dtype or dtype).eps / 2)
 
     # elements that met the iterations' tolerances but not the contract are iterated on; their
     # last such point is kept and returned (INACCURATE) if the tighter iterations end worse

@@ -28,9 +28,23 @@ def kkt_tangent(Q: torch.Tensor, G: torch.Tensor | None, A: torch.Tensor | None,
     the barrier form ``(Q + GᵀWG) dz + Aᵀdν = −g, dλ = W G dz`` with ``W = λ/s`` of the last iterate
     is factorised instead (equal up to the solver's accuracy).
 
+    A forward solved in a higher precision than the data (float32 data are solved as float64
+    problems, ``ipm._solve_upcast``, which marks its cache with an empty ``cache["work_dtype"]`` of
+    that dtype; the factors it keeps are float64) is
+    differentiated in that precision, consistently with its factors, and the tangent returned in
+    the data's dtype.
+
     Returns:
         ``(dz (B, n), dλ (B, m), dν (B, p))``.
     """
+    work = solution.cache.get("work_dtype")
+    if work is not None and work.dtype != Q.dtype:
+        wd = work.dtype
+
+        def up(t):
+            return None if t is None else t.to(wd)
+        part = Solution(z=up(solution.z), cache=solution.cache)
+        return tuple(t.to(Q.dtype) for t in kkt_tangent(up(Q), up(G), up(A), part, up(g), options))
     opts = (options or QPOptions()).resolved(Q.dtype)
     Qb, Gb, Ab = _with_batch(Q, 2), _with_batch(G, 2), _with_batch(A, 2)
     cache = solution.cache

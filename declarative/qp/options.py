@@ -120,6 +120,9 @@ class QPOptions:
             float64 from the cold start, so their statuses are those of the float64 solver.
             None (default): on when ``B·n·(n + m) ≥ 65536`` (below that the cost is per-operation
             overhead, and float32 saves nothing); True: whenever it applies; False: never.
+            float32 problems (with ``polish``, or without inequalities) are solved as float64
+            problems in the same way — float32 phase 1 where this applies, the rest in float64,
+            with the float32 tolerances — and answered in float32 (``ipm._solve_upcast``).
         active_set: one problem (batch size 1) with ``n + m + p ≤ 64`` and positive definite ``Q``
             is solved by the dual active-set method (``qp.active_set``: a few small dense solves,
             exact, no polish) instead of the interior-point method, which takes over whenever it
