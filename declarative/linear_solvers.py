@@ -94,33 +94,33 @@ def _threshold(b: torch.Tensor, rtol: float, atol: float) -> torch.Tensor | None
     return torch.clamp(rtol * batch_dot(b, b).sqrt(), min=atol)
 
 
-def _negative(pAp: torch.Tensor, p: torch.Tensor, Ap: torch.Tensor,
-              curvature: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(negative, curvature′)`` per element: whether ``pᵀAp < −√eps·max(λ̂‖p‖², ‖p‖‖Ap‖)``
-    (curvature negative beyond round-off, ``λ̂ = curvature`` the largest Rayleigh quotient of the
-    earlier directions), and ``λ̂`` updated with this direction's ``pᵀAp/‖p‖²``."""
-    pp = batch_dot(p, p)
-    scale = torch.maximum(curvature * pp, (pp * batch_dot(Ap, Ap)).sqrt())
-    negative = pAp < -(torch.finfo(p.dtype).eps ** 0.5) * scale
-    rayleigh = pAp / torch.where(pp > 0, pp, torch.ones_like(pp))
-    curvature = torch.where(torch.isfinite(rayleigh) & (rayleigh > curvature), rayleigh, curvature)
-    return negative, curvature
+#: a direction whose Rayleigh quotient is below this many eps times the curvature scale is flat
+#: (round-off): the element stops there instead of stepping by round-off over round-off
+_FLAT = 100.0
 
 
-def _confirm_negative(matvec: Operator, negative: torch.Tensor, lowest: torch.Tensor,
-                      b: torch.Tensor) -> torch.Tensor:
-    """Keep the flags whose lowest flagged Rayleigh quotient is below ``−√eps·‖Av‖/‖v‖`` for a fixed
-    pseudo-random ``v``: an estimate of the operator's scale independent of the Krylov space. CG's
-    own directions give none when the right-hand side lies (numerically) in the null space of a
-    positive semidefinite ``A``: every ``pᵀAp`` is round-off there. One host sync; one more
-    product, only when some element is flagged."""
-    if not bool(negative.any()):
-        return negative
+def _curvature_scale(matvec: Operator, b: torch.Tensor) -> torch.Tensor:
+    """``‖Av‖/‖v‖`` per element for a fixed pseudo-random ``v`` (one product): the operator's scale,
+    independent of the Krylov space of ``b`` (which can lie in the null space of a PSD ``A``)."""
     gen = torch.Generator(device=b.device).manual_seed(0)
     v = torch.randn(b.shape, generator=gen, device=b.device, dtype=b.dtype)
     Av = matvec(v)
     scale = (batch_dot(Av, Av) / batch_dot(v, v)).sqrt()
-    return negative & (lowest < -(torch.finfo(b.dtype).eps ** 0.5) * scale)
+    return torch.where(torch.isfinite(scale), scale, torch.zeros_like(scale))
+
+
+def _curvature(pAp: torch.Tensor, p: torch.Tensor,
+               scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(negative, positive, scale′)`` per element: ``pᵀAp < −√eps·λ̂‖p‖²`` (negative beyond
+    round-off), ``pᵀAp > 100·eps·λ̂‖p‖²`` (positive beyond round-off: a step is meaningful), with
+    ``λ̂ = scale``; and ``λ̂`` raised to this direction's Rayleigh quotient ``pᵀAp/‖p‖²``."""
+    eps = torch.finfo(p.dtype).eps
+    pp = batch_dot(p, p)
+    negative = pAp < -(eps ** 0.5) * scale * pp
+    positive = pAp > _FLAT * eps * scale * pp
+    rayleigh = pAp / torch.where(pp > 0, pp, torch.ones_like(pp))
+    scale = torch.where(torch.isfinite(rayleigh) & (rayleigh > scale), rayleigh, scale)
+    return negative, positive, scale
 
 
 def conjugate_gradient(matvec: Operator, b: torch.Tensor, *, x0: torch.Tensor | None = None,
@@ -144,8 +144,7 @@ def conjugate_gradient(matvec: Operator, b: torch.Tensor, *, x0: torch.Tensor | 
         iterations = torch.zeros(B, dtype=torch.int64, device=b.device)
         ok = torch.ones(B, dtype=torch.bool, device=b.device)
         negative = torch.zeros(B, dtype=torch.bool, device=b.device)
-        curvature = torch.zeros(B, dtype=b.dtype, device=b.device)
-        lowest = torch.zeros(B, dtype=b.dtype, device=b.device)
+        scale = _curvature_scale(matvec, b)
         zero = torch.zeros((), dtype=b.dtype, device=b.device)
         # an element whose residual reached round-off (‖r‖ ≤ eps·‖b‖) stops: further steps divide
         # round-off by round-off and, in float32, can blow the iterate up
@@ -153,11 +152,9 @@ def conjugate_gradient(matvec: Operator, b: torch.Tensor, *, x0: torch.Tensor | 
         for _ in range(max_iter):
             Ap = matvec(p)
             pAp = batch_dot(p, Ap)
-            neg, curvature = _negative(pAp, p, Ap, curvature)
-            neg = ok & neg
-            negative = negative | neg
-            lowest = torch.where(neg, torch.minimum(lowest, pAp / batch_dot(p, p)), lowest)
-            ok = ok & (pAp > 0) & (rs > floor)
+            neg, positive, scale = _curvature(pAp, p, scale)
+            negative = negative | (ok & neg)
+            ok = ok & positive & (rs > floor)
             alpha = _expand(torch.where(ok, rs / pAp, zero), x)
             x = torch.addcmul(x, alpha, p)
             r = torch.addcmul(r, alpha, Ap, value=-1)
@@ -168,22 +165,19 @@ def conjugate_gradient(matvec: Operator, b: torch.Tensor, *, x0: torch.Tensor | 
             rs = rs_new
             iterations += ok
         return LinearSolve(x, iterations, rs.sqrt(), torch.ones(B, dtype=torch.bool, device=b.device),
-                           _confirm_negative(matvec, negative, lowest, b))
+                           negative)
     active = rs.sqrt() > thresh
     iterations = torch.zeros(B, dtype=torch.int64, device=b.device)
     negative = torch.zeros(B, dtype=torch.bool, device=b.device)
-    curvature = torch.zeros(B, dtype=b.dtype, device=b.device)
-    lowest = torch.zeros(B, dtype=b.dtype, device=b.device)
+    scale = _curvature_scale(matvec, b)
     for _ in range(max_iter):
         if not bool(active.any()):
             break
         Ap = matvec(p)
         pAp = batch_dot(p, Ap)
-        neg, curvature = _negative(pAp, p, Ap, curvature)
-        neg = active & neg
-        negative = negative | neg
-        lowest = torch.where(neg, torch.minimum(lowest, pAp / batch_dot(p, p)), lowest)
-        ok = active & (pAp > 0) & torch.isfinite(pAp)
+        neg, positive, scale = _curvature(pAp, p, scale)
+        negative = negative | (active & neg)
+        ok = active & positive & torch.isfinite(pAp)
         alpha = torch.where(ok, rs / torch.where(ok, pAp, torch.ones_like(pAp)), torch.zeros_like(rs))
         x = x + _expand(alpha, x) * p
         r = r - _expand(alpha, r) * Ap
@@ -195,7 +189,7 @@ def conjugate_gradient(matvec: Operator, b: torch.Tensor, *, x0: torch.Tensor | 
         iterations = iterations + ok.to(torch.int64)
         active = ok & (rs.sqrt() > thresh)
     res = rs.sqrt()
-    return LinearSolve(x, iterations, res, res <= thresh, _confirm_negative(matvec, negative, lowest, b))
+    return LinearSolve(x, iterations, res, res <= thresh, negative)
 
 
 def fixed_point_iteration(apply_t: Operator, b: torch.Tensor, *, x0: torch.Tensor | None = None,

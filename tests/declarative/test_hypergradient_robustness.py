@@ -169,3 +169,72 @@ def test_cg_fixed_steps_far_past_convergence_stay_at_the_solution(dtype):
     tol = 1e-13 if dtype == torch.float64 else 1e-5
     assert ((res.x.double() - x).norm(dim=1) <= tol * x.norm(dim=1)).all()
     assert not res.negative_curvature.any()
+
+
+# -- check=False of the layers, poisoned warm starts, overflow ---------------------------------------
+@pytest.mark.parametrize("layer", ["argmin", "fixed_point"])
+def test_layer_check_false_zeroes_the_indefinite_element_and_warns(layer):
+    """With ``check=False`` the implicit gradient does not raise for the whole batch: the element at
+    the maximum gets a zero gradient and a warning names it; the minima keep their exact gradients."""
+    starts = [0.8, -0.05, -0.6]
+    if layer == "argmin":
+        with pytest.warns(RuntimeWarning, match=r"INDEFINITE for 1 batch element\(s\), batch indices \[1\]"):
+            phi, g = _grad(Implicit(), starts, check=False)
+    else:
+        theta = torch.ones(3, 1, dtype=DT, requires_grad=True)
+        w0 = torch.tensor(starts, dtype=DT).reshape(-1, 1)
+        phi = newton_root(lambda z: energy(z, theta.detach()), w0, tol=1e-12, max_iter=50).z
+        eta = 0.05                       # Φ = w − η∇E: symmetric ∂_wΦ, I − ∂_wΦ = ηH
+        step = lambda w, t: w - eta * (4 * w ** 3 - 2 * t * w - A_TILT)   # noqa: E731
+        w = fixed_point(step, phi, theta, symmetric=True, max_iter=0, tol=0.0, check=False)
+        with pytest.warns(RuntimeWarning, match=r"INDEFINITE for 1 batch element\(s\), batch indices \[1\]"):
+            (g,) = torch.autograd.grad(w.sum(), theta)
+    assert g[1].item() == 0.0
+    keep = torch.tensor([0, 2])
+    assert torch.allclose(g[keep], _branch_derivative(phi[keep], 1.0), rtol=1e-8)
+
+
+def _expansive_then_contractive(mode, factors):
+    """``Φ(w) = s·w + (1 − s)(x + t)``: fixed point ``x + t`` for every ``s ≠ 1``, ``d Σw*/dt = 10``;
+    one outer step per ``s`` (``s = 2`` expansive: its backward overflows). Returns, per step, the
+    gradient or the ``SolverError``."""
+    x = torch.randn(2, 5, dtype=DT, generator=torch.Generator().manual_seed(0))
+    out = []
+    for s in factors:
+        t = torch.tensor(0.1, dtype=DT, requires_grad=True)
+        w = fixed_point(lambda w, s, t: s * w + (1 - s) * (x + t), (x + 0.1).clone(),
+                        torch.tensor(s, dtype=DT), t, mode=mode, check=False)
+        try:
+            out.append(torch.autograd.grad(w.sum(), t)[0].item())
+        except SolverError as err:
+            out.append(err)
+    return out
+
+
+@pytest.mark.parametrize("rtol", [0.0, 1e-10])
+def test_a_diverged_backward_does_not_poison_the_warm_start(rtol):
+    # before: the overflowed iterate was kept as the next warm start, and every later backward
+    # failed (fixed steps: NON_FINITE) or started from ~1e154 (rtol: gradient ~1e155, converged only
+    # two steps later)
+    mode = FixedPoint(2000, rtol=rtol, warm_start=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        out = _expansive_then_contractive(mode, [0.5, 2.0, 0.5, 0.5])
+    assert isinstance(out[1], SolverError) and set(out[1].statuses) == {Status.NON_FINITE}
+    for g in (out[0], out[2], out[3]):
+        assert g == pytest.approx(10.0, rel=1e-8)
+    assert bool(torch.isfinite(mode._x0).all())
+
+
+def test_fixed_point_with_rtol_raises_non_finite_when_it_overflows():
+    # before: ‖Δv‖² overflowed at |v| ~ 1e154, the iteration stopped with a finite v and the
+    # backward returned a gradient of ~1e155 with only an "unconverged" warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        (err,) = _expansive_then_contractive(FixedPoint(5000, rtol=1e-10), [2.0])
+    assert isinstance(err, SolverError) and set(err.statuses) == {Status.NON_FINITE}
+
+
+def test_fixed_point_unconverged_warning_names_the_fixed_point_iteration():
+    with pytest.warns(RuntimeWarning, match="the fixed-point iteration did not reach rtol=1e-12 in 3 steps"):
+        _expansive_then_contractive(FixedPoint(3, rtol=1e-12), [0.9])

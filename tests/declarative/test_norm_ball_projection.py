@@ -79,6 +79,33 @@ def test_gradcheck():
     assert torch.autograd.gradcheck(lambda a: project_inf_norm_ball(a, 1.0), (A,))
 
 
+@pytest.mark.parametrize("scale", [3.0, 30.0])
+@pytest.mark.parametrize("r", [1 - 1e-3, 1 - 1e-4])
+def test_spectral_float32_stays_in_the_ball_far_outside(scale, r, device):
+    """σ_max ≫ r in float32: the result is in the ball up to the float32 round-off of a product of
+    factors (measured before, with ``A − U diag((σ − r)₊) Vᵀ``: up to 1.0014 for r = 0.9999)."""
+    gen = torch.Generator().manual_seed(0)
+    A = (scale * torch.randn(200, 200, generator=gen)).to(device)
+    P = project_spectral_ball(A, r)
+    assert torch.linalg.matrix_norm(P.double(), ord=2) <= r * (1 + 1e-5)
+
+
+def test_spectral_gradient_of_inside_matrices_with_repeated_singular_values_is_the_identity(device):
+    """Inside the ball the projection is the identity, so is its gradient — also for repeated
+    singular values (``0.5·I``, zero, rank one), where the SVD's backward is NaN; next to an outside
+    matrix with distinct singular values, whose gradient is checked by finite differences
+    (was NaN for all three inside matrices)."""
+    inside = torch.stack([0.5 * torch.eye(4, 3, dtype=torch.float64), torch.zeros(4, 3, dtype=torch.float64),
+                          0.1 * torch.ones(4, 3, dtype=torch.float64)])
+    outside = 2 * torch.randn(1, 4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    A = torch.cat([inside, outside]).to(device).requires_grad_(True)
+    G = torch.randn(A.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2)).to(device)
+    (project_spectral_ball(A, 1.0) * G).sum().backward()
+    assert torch.isfinite(A.grad).all()
+    assert torch.equal(A.grad[:3], G[:3])
+    assert torch.autograd.gradcheck(lambda a: project_spectral_ball(a, 1.0), (outside.clone().requires_grad_(True),))
+
+
 def test_bad_inputs():
     with pytest.raises(TypeError, match="A: expected a torch.Tensor"):
         project_spectral_ball(np.eye(3), 1.0)
