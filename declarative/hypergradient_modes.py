@@ -118,12 +118,13 @@ class _AIDSteps(GradientMode):
         """Keep ``res`` (``last_solve``) and, when warm-starting, the iterate of the elements that
         are finite (and, with ``rtol``, converged) as the next initial guess — zero for the others,
         so that one diverged backward does not poison the next ones; then the checks. An element
-        whose iterate or last step (``res.residual``, after at least one step) is not finite is
-        ``NON_FINITE``."""
+        whose iterate is not finite, or (with ``rtol``) whose solve stopped at a non-finite
+        residual (the iteration overflowed), is ``NON_FINITE``."""
         self.last_solve = res
         B = res.x.shape[0]
-        finite = (torch.isfinite(res.x.reshape(B, -1)).all(1)
-                  & (torch.isfinite(res.residual) | (res.iterations == 0)))
+        finite = torch.isfinite(res.x.reshape(B, -1)).all(1)
+        if self.rtol > 0:
+            finite = finite & (torch.isfinite(res.residual) | (res.iterations == 0))
         if self.warm_start:
             keep = finite & torch.isfinite(iterate.reshape(B, -1)).all(1)
             if self.rtol > 0:

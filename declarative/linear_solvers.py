@@ -3,23 +3,24 @@
 Vectors have shape ``(B, *event)``; an operator is a callable mapping such a vector to one of the
 same shape, applied to the whole batch at once (no Python loop over the batch). Inner products are
 per batch element. Both solvers run either a fixed number of steps (``rtol = atol = 0``: exactly
-``max_iter`` steps, no host sync in the loop — what the AID modes ``ConjugateGradient(k)``/``FixedPoint(k)``
+``max_iter`` steps, no host sync — what the AID modes ``ConjugateGradient(k)``/``FixedPoint(k)``
 need) or to a tolerance ``‖r_b‖ ≤ max(atol, rtol·‖b_b‖)`` per element (one host sync per step;
 converged elements are frozen).
 
 * ``conjugate_gradient`` – CG (Hestenes & Stiefel 1952) for ``A x = b`` with ``A`` symmetric
-  positive definite per element. An element whose curvature ``pᵀAp`` is not positive (breakdown:
-  ``A`` not positive definite on the Krylov space, or an exactly solved system) is frozen; where
-  the curvature is *negative* beyond round-off (``pᵀAp < −√eps·max(λ̂·‖p‖², ‖p‖‖Ap‖)``, with
-  ``λ̂`` the largest Rayleigh quotient ``pᵀAp/‖p‖²`` of the element's earlier CG directions: ``A``
-  is indefinite, so CG's answer is not the solution) the element is flagged in
-  ``LinearSolve.negative_curvature`` and ``check_curvature`` raises a ``SolverError``
-  (``Status.INDEFINITE``) naming it. The scale ``λ̂`` keeps a positive *semi*definite ``A`` (a
-  convex energy with flat directions) from being flagged once CG's direction lies in its null
-  space, where ``Ap`` is round-off and the sign of ``pᵀAp`` is arbitrary; a flag is then confirmed
-  against ``√eps·‖Av‖/‖v‖`` for a fixed pseudo-random ``v`` (one more product and one host sync,
-  after the loop), which covers a right-hand side with no component of curvature in its Krylov
-  space. A negative eigenvalue of size ``≳ √eps·λ_max`` met along the way is still flagged.
+  positive definite per element. Curvature is judged against a scale ``λ̂``: the larger of
+  ``‖Av‖/‖v‖`` for a fixed pseudo-random ``v`` (one product before the loop: a scale of ``A``
+  independent of the Krylov space of ``b``) and the largest Rayleigh quotient ``pᵀAp/‖p‖²`` of the
+  element's CG directions so far. An element whose curvature is not positive beyond round-off
+  (``pᵀAp ≤ 100·eps·λ̂‖p‖²``: breakdown — ``A`` not positive definite on the Krylov space, a
+  direction in the null space of a positive *semi*definite ``A``, or an exactly solved system) is
+  frozen rather than stepped by round-off over round-off; where the curvature is *negative* beyond
+  round-off (``pᵀAp < −√eps·λ̂‖p‖²``: ``A`` is indefinite, so CG's answer is not the solution) the
+  element is flagged in ``LinearSolve.negative_curvature`` and ``check_curvature`` raises a
+  ``SolverError`` (``Status.INDEFINITE``) naming it (or, without ``check``, zeroes it with a
+  warning). Against ``‖p‖‖Ap‖`` instead, a convex energy with flat directions was flagged at random
+  once CG's direction lay in the null space, where ``Ap`` is round-off; a negative eigenvalue of
+  size ``≳ √eps·λ̂`` is still flagged.
 * ``fixed_point_iteration`` – ``x ← T x + b`` (the Neumann series ``Σ Tⁱ b`` from ``x₀ = 0``),
   which converges to ``(I − T)⁻¹ b`` when the spectral radius of ``T`` is below one.
 * ``normal_equations`` – wraps ``A``/``Aᵀ`` into the symmetric positive (semi)definite operator
