@@ -86,7 +86,9 @@ def argmin(energy: Callable[..., torch.Tensor], z0: torch.Tensor, *params: torch
         tol, max_iter: solver tolerance (gradient norm; default ``sqrt(eps)`` of the dtype) and limit.
         step_size: ``η`` of the fixed-point map used by the bilevel modes (default ``1/L̂``).
         check: raise ``SolverError`` naming the failing batch elements (else inspect statuses via
-            ``argmin_solution``).
+            ``argmin_solution``); in the implicit backward, an element whose Hessian is indefinite
+            at the solution raises ``INDEFINITE`` (else its gradient is zero and a
+            ``RuntimeWarning`` names it).
 
     Returns:
         ``z*`` of shape ``(B, *event)``.

@@ -188,7 +188,9 @@ def fixed_point(phi: Callable[..., torch.Tensor], w0: torch.Tensor, *params: tor
         max_iter: iteration limit of the forward.
         symmetric: ``∂_wΦ`` is symmetric (e.g. ``Φ = w − η∇E``): CG without normal equations.
         rtol: relative tolerance of the implicit backward's CG (finite, > 0).
-        check: raise ``SolverError`` for elements that did not converge.
+        check: raise ``SolverError`` for elements that did not converge; with ``symmetric=True``
+            the implicit backward raises ``INDEFINITE`` where ``I − ∂_wΦ`` is not positive definite
+            (else those elements' gradients are zero and a ``RuntimeWarning`` names them).
 
     Returns:
         ``w*`` of shape ``(B, *event)``; for a batch of zero problems (``B = 0``) an empty result

@@ -214,7 +214,8 @@ class ConjugateGradient(_AIDSteps):
     Args:
         k: number of CG steps (with ``rtol``: the step limit).
         jacobian: ``"auto"`` (default), ``"dense"`` or ``"products"``: form ``∂_wΦ`` once or use
-            one VJP per step (see ``declarative.dense_jacobian``).
+            one VJP per step (see ``declarative.dense_jacobian``), plus one for CG's curvature scale
+            (``declarative.linear_solvers``).
         rtol: stop an element when the residual ``‖r‖ ≤ rtol·‖g‖`` (default 0: exactly ``k``
             steps).
         warm_start: start from the previous backward's iterate (``v``, or ``u`` on the normal
