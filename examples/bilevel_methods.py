@@ -66,6 +66,7 @@ for path in (ROOT, EXAMPLES):
 from contrastive import equilibrium_propagation  # noqa: E402
 from declarative import (ConjugateGradient, FirstOrder, FixedPoint, Implicit, Solution, SolverError,  # noqa: E402
                          Status, argmin, minimize)
+from plotting import save_figure  # noqa: E402  (examples/plotting.py)
 
 DT = torch.float64
 AID_METHODS = ("RBP", "CG")
@@ -367,10 +368,7 @@ def plot(results, ushape, betas, path: Path):
     ax.set_title("Thm 3.2.3: B(δ)/β + Cβ", fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def parse_args(argv=None):

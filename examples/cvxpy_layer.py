@@ -42,6 +42,7 @@ import warnings
 from pathlib import Path
 
 import torch
+from plotting import save_figure  # noqa: E402  (examples/plotting.py)
 
 try:
     import layers
@@ -138,10 +139,7 @@ def plot(results, expert_umax, demo, path: Path):
     axes[1].set_xlabel("t")
     axes[1].set_title(f"a test start: planned inputs ({r['backend']})")
     axes[1].legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv=None):

@@ -62,6 +62,7 @@ except ImportError:  # pragma: no cover - source tree without `make setup`
     import layers
 
 from layers import LassoLayer
+from plotting import save_figure  # noqa: E402  (examples/plotting.py)
 
 MODES = ("implicit", "contrastive", "symmetric")
 
@@ -232,10 +233,7 @@ def save_atoms(D0: torch.Tensor, learned: dict[str, torch.Tensor], path: Path) -
         ax.set_title(name, fontsize=9)
         ax.axis("off")
     fig.suptitle("dictionary atoms (8×8, red +, blue −)")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def parse_args(argv=None):

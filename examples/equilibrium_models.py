@@ -62,6 +62,7 @@ if str(EXAMPLES) not in sys.path:
 
 from declarative import (ConjugateGradient, FixedPoint, Status, Unrolled,  # noqa: E402
                          fixed_point_solution, project_spectral_ball)
+from plotting import save_figure  # noqa: E402  (examples/plotting.py)
 
 METHODS = ("ITD", "FP", "CG")
 
@@ -318,10 +319,7 @@ def plot(runs: list[Run], sweep: list[Run], path: Path) -> None:
         ax.set_xlabel("learning rate")
         ax.set_ylabel("final training objective (diverged: top)")
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def parse_args(argv=None):

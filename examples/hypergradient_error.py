@@ -59,6 +59,7 @@ except ImportError:  # running from a checkout without installation
     sys.path.insert(0, str(ROOT))
     import declarative
 from declarative import ConjugateGradient, FixedPoint, Implicit, Unrolled, argmin, fixed_point  # noqa: E402
+from plotting import save_figure  # noqa: E402  (examples/plotting.py)
 
 METHODS = ("ITD", "FP k=t", "CG k=t", "FP k=10", "CG k=10")
 
@@ -338,10 +339,7 @@ def plot(results, ts, path: Path) -> None:
         ax.set_ylabel(r"$\log_{10}\|g(\lambda) - \nabla f(\lambda)\| / \|\nabla f(\lambda)\|$")
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv=None):

@@ -46,6 +46,7 @@ except ImportError:  # pragma: no cover - source tree without `make setup`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import layers
 from declarative import solve_qp_ipm
+from plotting import save_figure  # noqa: E402  (examples/plotting.py)
 
 MODES = ("implicit", "contrastive", "symmetric")
 
@@ -145,10 +146,7 @@ def plot(results, G_true, h_true, beta, path: Path):
         ax.set_ylim(-lim, lim)
         ax.legend(loc="lower right", fontsize=8)
         ax.set_title("hidden vs learned constraint sets")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv=None):
