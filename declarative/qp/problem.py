@@ -49,6 +49,30 @@ def _select(tensors, idx: torch.Tensor, cores):
                  for t, c in zip(tensors, cores))
 
 
+def _stationarity_status(params, g, dz, dlam, dnu) -> torch.Tensor:
+    r"""``(B,)`` statuses of a KKT tangent: SOLVED where it satisfies the unregularised
+    stationarity row to ``eps^¼`` of its scale,
+
+    .. math::
+        \|Q\,dz + G^\top d\lambda + A^\top d\nu + g\|_\infty \le \epsilon^{1/4}\,
+        \big\||Q||dz| + |G|^\top|d\lambda| + |A|^\top|d\nu| + |g|\big\|_\infty ,
+
+    INACCURATE where it does not. Every factorisation the tangent uses satisfies this row exactly
+    up to rounding (the barrier form with ``dλ = W G dz``, the method of multipliers at every step)
+    except through its regularisation ``reg·dz``: a tangent that violates it is ``~g/reg`` along
+    a null direction of ``Q`` that no constraint fixes — the minimiser is not unique there and no
+    derivative exists (a gradient of 5e10 was returned silently)."""
+    Q, _, G, _, A, _ = params
+    r = _mv(Q, dz) + g
+    a = _mv(Q.abs(), dz.abs()) + g.abs()
+    for M, d in ((G, dlam), (A, dnu)):
+        if M is not None and d is not None and d.shape[-1]:
+            r = r + _mv(M.transpose(-1, -2), d)
+            a = a + _mv(M.abs().transpose(-1, -2), d.abs())
+    ok = _abs_max(r) <= torch.finfo(dz.dtype).eps ** 0.25 * _abs_max(a)
+    return torch.where(ok, int(Status.SOLVED), int(Status.INACCURATE))
+
+
 class QPProblem(ArgminProblem):
     r"""``z* = argmin_z ½zᵀQz + qᵀz  s.t.  Gz ≤ h,  Az = b`` (``docs/guide/problems.md``, QP).
 
@@ -272,7 +296,7 @@ class QPProblem(ArgminProblem):
         part = self._backward_qp(solution.z.index_select(0, idx), _select(params, idx, _QP_CORES),
                                  _select((g,), idx, (1,))[0], strong.index_select(0, idx),
                                  weak.index_select(0, idx))
-        status = torch.zeros_like(solution.status_tensor()).index_copy(0, idx, part.status)
+        status = tangent.status.index_copy(0, idx, part.status)
         return Solution(z=tangent.z.index_copy(0, idx, part.z),
                         duals={k: v.index_copy(0, idx, part.duals[k]) for k, v in tangent.duals.items()},
                         status=status)
@@ -296,8 +320,8 @@ class QPProblem(ArgminProblem):
         if bool(failed.any()):
             idx = torch.nonzero(failed).reshape(-1).tolist()
             shown = ", ".join(map(str, idx[:20])) + (", ..." if len(idx) > 20 else "")
-            why = "backward QP not solved or tangent not finite" if tangent.status is not None \
-                else "tangent not finite"
+            why = "backward QP not solved, tangent not solving the KKT system (no derivative) or " \
+                "not finite" if tangent.status is not None else "tangent not finite"
             warnings.warn(
                 f"QP implicit gradient: {why} for {len(idx)} solved batch element(s), batch indices "
                 f"[{shown}]; their gradients are set to zero (the other elements' are unaffected)",
@@ -308,9 +332,11 @@ class QPProblem(ArgminProblem):
                         status=tangent.status)
 
     def _kkt_tangent(self, solution, params, g) -> Solution:
-        """Strict complementarity: the KKT linear system with the forward's factorisation."""
+        """Strict complementarity: the KKT linear system with the forward's factorisation; its
+        per-element ``status`` from ``_stationarity_status``."""
         dz, dlam, dnu = kkt_tangent(params[0], params[2], params[4], solution, g, self.options)
-        return Solution(z=dz, duals={"lam": dlam, "nu": dnu})
+        return Solution(z=dz, duals={"lam": dlam, "nu": dnu},
+                        status=_stationarity_status(params, g.expand_as(dz), dz, dlam, dnu))
 
     def _backward_qp(self, z, params, g, strong, weak) -> Solution:
         """Weakly active constraints: the backward QP ``min ½dᵀQd + gᵀd`` s.t. ``G_S d = 0``,

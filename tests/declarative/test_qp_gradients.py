@@ -372,3 +372,20 @@ def test_float64_slack_at_rounding_outside_the_active_set_is_weakly_active():
     with pytest.warns(RuntimeWarning, match=r"batch indices \[0\]"):
         sol.z.sum().backward()
     assert torch.isfinite(q.grad).all() and float(q.grad.abs().max()) < 10
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("B", [1, 3])
+def test_null_direction_without_constraint_has_no_derivative(dtype, B):
+    """Q = diag(1, 0) and the only row bounds z₁: the minimiser is not unique in z₂, and the loss
+    sees z₂. The regularised KKT factorisation returned ∇q₂ ≈ −1/reg (−5e10 in float64, −1.5e7 in
+    float32) silently; the tangent does not satisfy the unregularised stationarity row, so the
+    element gets a zero gradient and a warning naming it."""
+    Q = torch.diag(torch.tensor([1.0, 0.0], dtype=dtype)).expand(B, 2, 2)
+    q = torch.tensor([-1.0, 0.0], dtype=dtype).expand(B, 2).clone().requires_grad_(True)
+    G = torch.tensor([[1.0, 0.0]], dtype=dtype)
+    h = torch.tensor([5.0], dtype=dtype)
+    sol = solve_qp(Q, q, G, h, check=False)
+    with pytest.warns(RuntimeWarning, match=r"batch indices \[0"):
+        sol.z.sum().backward()
+    assert torch.isfinite(q.grad).all() and float(q.grad.abs().max()) <= 1.0
