@@ -274,11 +274,11 @@ class QPProblem(ArgminProblem):
 
     def _implicit_tangent(self, solution, params, g) -> Solution:
         if "act_strict" in solution.cache:
-            # classified by the active-set solver (one solved problem): strictly complementary
-            tangent = self._kkt_tangent(solution, params, g)
-        else:
-            tangent = self._classified_tangent(solution, params, g)
-        return self._zero_failed(solution, tangent, g)
+            # classified by the active-set solver (one solved problem, Q definite beyond rounding):
+            # strictly complementary, and its KKT matrix, unregularised, was factorised exactly by
+            # the forward — no failure to catch, nothing to check (the B = 1 backward stays short)
+            return self._kkt_tangent(solution, params, g, check=False)
+        return self._zero_failed(solution, self._classified_tangent(solution, params, g), g)
 
     def _classified_tangent(self, solution, params, g) -> Solution:
         """The KKT tangent for the elements without weakly active constraints, the backward QP
@@ -331,12 +331,12 @@ class QPProblem(ArgminProblem):
                         duals={k: torch.where(keep, v, 0.0) for k, v in tangent.duals.items()},
                         status=tangent.status)
 
-    def _kkt_tangent(self, solution, params, g) -> Solution:
-        """Strict complementarity: the KKT linear system with the forward's factorisation; its
-        per-element ``status`` from ``_stationarity_status``."""
+    def _kkt_tangent(self, solution, params, g, check: bool = True) -> Solution:
+        """Strict complementarity: the KKT linear system with the forward's factorisation; with
+        ``check``, its per-element ``status`` from ``_stationarity_status``."""
         dz, dlam, dnu = kkt_tangent(params[0], params[2], params[4], solution, g, self.options)
-        return Solution(z=dz, duals={"lam": dlam, "nu": dnu},
-                        status=_stationarity_status(params, g.expand_as(dz), dz, dlam, dnu))
+        status = _stationarity_status(params, g.expand_as(dz), dz, dlam, dnu) if check else None
+        return Solution(z=dz, duals={"lam": dlam, "nu": dnu}, status=status)
 
     def _backward_qp(self, z, params, g, strong, weak) -> Solution:
         """Weakly active constraints: the backward QP ``min ½dᵀQd + gᵀd`` s.t. ``G_S d = 0``,
