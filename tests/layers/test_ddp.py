@@ -13,6 +13,7 @@ free port; the test is bounded by a timeout.
 
 import os
 import socket
+import time
 
 import pytest
 import torch
@@ -74,9 +75,22 @@ def _worker(rank, port, out_dir):
         shard = slice(rank * BATCH // WORLD, (rank + 1) * BATCH // WORLD)
         _loss(model, x[shard], y[shard]).backward()   # the hook sums the gradients over the ranks
         grads = {name: p.grad.detach().clone() for name, p in model.module.named_parameters()}
-        torch.save(grads, os.path.join(out_dir, f"grads{rank}.pt"))
-    finally:
+        # written under a temporary name and renamed: the parent polls for complete files
+        tmp = os.path.join(out_dir, f"grads{rank}.tmp")
+        torch.save(grads, tmp)
+        os.replace(tmp, os.path.join(out_dir, f"grads{rank}.pt"))
+    except BaseException:
         dist.destroy_process_group()
+        raise
+    # leave once both ranks' gradients are out (then every collective has completed on both
+    # sides), without the process group's teardown, which can block at exit (what is tested is
+    # the gradients, not the shutdown)
+    others = [os.path.join(out_dir, f"grads{r}.pt") for r in range(WORLD)]
+    for _ in range(6000):
+        if all(os.path.exists(f) for f in others):
+            break
+        time.sleep(0.05)
+    os._exit(0)
 
 
 def _free_port():
@@ -89,15 +103,23 @@ def _free_port():
 def test_ddp_two_processes_equal_one_process_on_the_whole_batch(tmp_path):
     ctx = mp.start_processes(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=False,
                              start_method="spawn")
-    # bounded: join with a timeout, then kill what is left (generous: each spawned process imports
-    # torch and cvxpy, which takes tens of seconds on a loaded two-core machine)
-    for _ in range(420):
-        if ctx.join(timeout=1):
-            break
-    else:
+    # bounded: wait for both ranks' gradient files (a rank that fails raises through join), then
+    # stop what is left (generous bound: each spawned process imports torch, tens of seconds on a
+    # loaded two-core machine)
+    files = [tmp_path / f"grads{r}.pt" for r in range(WORLD)]
+    try:
+        for _ in range(420):
+            if all(f.exists() for f in files) or ctx.join(timeout=1):
+                break
+        else:
+            pytest.fail("the DDP processes did not write their gradients within 420 s")
+        if not all(f.exists() for f in files):
+            pytest.fail("the DDP processes ended without writing their gradients")
+    finally:
         for p in ctx.processes:
-            p.kill()
-        pytest.fail("the DDP processes did not finish within 420 s")
+            p.join(timeout=10)
+            if p.is_alive():
+                p.kill()
 
     model = ArgminNet()
     x, y = _data()
