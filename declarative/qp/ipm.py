@@ -487,6 +487,18 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
     def take(t, ix):
         return t if t is None or t.dim() == 0 or t.shape[0] == 1 else t.index_select(0, ix)
 
+    def restart(redo, z, s, lam, nu, status, iterations):
+        """The elements ``redo`` set back to the cold start of the float64 data, running, with no
+        iterations counted."""
+        ix = torch.nonzero(redo).reshape(-1)
+        part = _Working(tuple(take(t, ix) for t in work64.data), tuple(take(t, ix) for t in work64.aux),
+                        dtype, work64.reg_rel, work64.eps_inf)
+        zr, sr, lr, nr, _ = _cold_start(part, opts.rho, ix.shape[0])
+        z, s, lam, nu = (t.index_copy(0, ix, u) for t, u in zip((z, s, lam, nu), (zr, sr, lr, nr)))
+        status = torch.where(redo, torch.full_like(status, _RUNNING), status)
+        iterations = torch.where(redo, torch.zeros_like(iterations), iterations)
+        return z, s, lam, nu, status, iterations
+
     def run(z, s, lam, nu, status, iterations, tol_p, tol_d, tol_g, max_iter, fac0=None, work=None):
         """The interior-point loop on the elements with status ``_RUNNING`` (``fac0``: the
         factorisation at the starting point, if known). ``work``: the data, its constants and the
@@ -727,13 +739,7 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
         if bad is not None:
             redo = redo & ~bad
         if bool(redo.any()):
-            ix = torch.nonzero(redo).reshape(-1)
-            part = _Working(tuple(take(t, ix) for t in work64.data), tuple(take(t, ix) for t in work64.aux),
-                            dtype, work64.reg_rel, work64.eps_inf)
-            zr, sr, lr, nr, _ = _cold_start(part, opts.rho, ix.shape[0])
-            z, s, lam, nu = (t.index_copy(0, ix, u) for t, u in zip((z, s, lam, nu), (zr, sr, lr, nr)))
-            status = torch.where(redo, torch.full_like(status, _RUNNING), status)
-            iterations = torch.where(redo, torch.zeros_like(iterations), iterations)
+            z, s, lam, nu, status, iterations = restart(redo, z, s, lam, nu, status, iterations)
             z, s, lam, nu, status, iterations, pres, dres, gap, fac = run(
                 z, s, lam, nu, status, iterations, *tols1, opts.max_iter)
     # infeasibility verdicts only with a certificate that holds on the original data; the others
@@ -749,13 +755,7 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
         if attempt == 1:
             status = torch.where(redo, int(Status.INACCURATE), status)
             break
-        ix = torch.nonzero(redo).reshape(-1)
-        part = _Working(tuple(take(t, ix) for t in work64.data), tuple(take(t, ix) for t in work64.aux),
-                        dtype, work64.reg_rel, work64.eps_inf)
-        zr, sr, lr, nr, _ = _cold_start(part, opts.rho, ix.shape[0])
-        z, s, lam, nu = (t.index_copy(0, ix, u) for t, u in zip((z, s, lam, nu), (zr, sr, lr, nr)))
-        status = torch.where(redo, torch.full_like(status, _RUNNING), status)
-        iterations = torch.where(redo, torch.zeros_like(iterations), iterations)
+        z, s, lam, nu, status, iterations = restart(redo, z, s, lam, nu, status, iterations)
         z, s, lam, nu, status, iterations, pres, dres, gap, fac = run(
             z, s, lam, nu, status, iterations, *tols1, opts.max_iter, None,
             work64._replace(eps_inf=work64.eps_inf * 1e-3))
