@@ -281,7 +281,9 @@ def main(argv=None) -> dict:
                          "examples/dictionary_learning.py --ddp")
     torch.distributed.init_process_group("gloo")
     try:
-        return run(args)
+        result = run(args)
+        torch.distributed.barrier()   # no rank tears the group down while another still uses it
+        return result
     finally:
         torch.distributed.destroy_process_group()
 

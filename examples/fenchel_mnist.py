@@ -430,6 +430,8 @@ def main(argv=None) -> int:
         if rank == 0:
             print(f"\ntotal time {time.perf_counter() - t0:.0f} s\n")
             report(args.out)
+        if args.ddp:
+            torch.distributed.barrier()   # no rank tears the group down while another still uses it
     finally:
         if args.ddp:
             torch.distributed.destroy_process_group()
