@@ -54,12 +54,12 @@ from .residuals import ROUNDING_FACTOR
 __all__ = ["refine_lu", "solve_qp_active_set", "use_active_set"]
 
 #: the fast path applies up to this many variables plus constraints
-MAX_SIZE = 64
+MAX_SIZE = 128
 
 
 def use_active_set(opts: QPOptions, Q, q, G, h, A, b) -> bool:
     """Whether ``QPOptions.active_set`` sends this problem to ``solve_qp_active_set``: one problem
-    (every input unbatched or of batch size 1) with ``n + m + p ≤ 64``, unless disabled."""
+    (every input unbatched or of batch size 1) with ``n + m + p ≤ 128``, unless disabled."""
     if opts.active_set is False:
         return False
     if not _one_problem(Q, q, G, h, A, b):

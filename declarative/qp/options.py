@@ -123,7 +123,7 @@ class QPOptions:
             float32 problems (with ``polish``, or without inequalities) are solved as float64
             problems in the same way — float32 phase 1 where this applies, the rest in float64,
             with the float32 tolerances — and answered in float32 (``ipm._solve_upcast``).
-        active_set: one problem (batch size 1) with ``n + m + p ≤ 64`` and positive definite ``Q``
+        active_set: one problem (batch size 1) with ``n + m + p ≤ 128`` and positive definite ``Q``
             is solved by the dual active-set method (``qp.active_set``: a few small dense solves,
             exact, no polish) instead of the interior-point method, which takes over whenever it
             does not apply or does not succeed. Used by ``QPProblem`` (the layer and ``solve_qp``),

@@ -142,11 +142,29 @@ def test_out_of_scope_goes_to_the_interior_point_method(spy):
 
 def test_only_single_small_problems(spy):
     solve_qp(*random_qp(2, 4, 5, 0, seed=1))                       # a batch
-    solve_qp(*random_qp(1, 30, 40, 0, seed=1))                     # n + m > 64
+    solve_qp(*random_qp(1, 60, 80, 0, seed=1))                     # n + m > MAX_SIZE (128)
     solve_qp(*random_qp(1, 4, 5, 0, seed=1), options=IPM)          # switched off
     assert spy["ok"] == spy["none"] == 0
     with pytest.raises(ValueError, match="active_set"):
         QPOptions(active_set="yes")
+
+
+def test_problems_up_to_max_size_agree_with_the_interior_point_path(spy):
+    """n + m + p up to ``MAX_SIZE`` (here 40 + 80 + 5 = 125) takes the active-set path and returns
+    the interior-point path's solution and implicit gradients."""
+    params = random_qp(1, 40, 80, 5, seed=4)
+    grads = []
+    for opts in (QPOptions(), IPM):
+        ps = [t.clone().requires_grad_() for t in params]
+        sol = solve_qp(*ps, options=opts)
+        assert int(sol.status) == Status.SOLVED
+        (sol.z * torch.linspace(-1, 1, 40, dtype=torch.float64)).sum().backward()
+        grads.append((sol.z.detach(), [t.grad for t in ps]))
+    assert spy["ok"] == 1 and spy["none"] == 0
+    (za, ga), (zb, gb) = grads
+    torch.testing.assert_close(za, zb, atol=1e-9, rtol=0)
+    for a, b in zip(ga, gb):
+        torch.testing.assert_close(a, b, atol=1e-8, rtol=1e-8)
 
 
 def test_float32():
