@@ -239,7 +239,7 @@ class ConjugateGradient(_AIDSteps):
             else:
                 a = lambda u: u - lin.j(u)  # noqa: E731  (I − ∂_wΦ)
                 res = conjugate_gradient(normal_equations(a_t, a), g, x0=self._start(g), max_iter=self.k,
-                                         rtol=self.rtol)
+                                         rtol=self.rtol, semidefinite=True)
                 iterate = res.x
                 res = dataclasses.replace(res, x=a(res.x))
         if self.check and symmetric:   # (the normal equations are PSD: a negative pᵀAp there is round-off)

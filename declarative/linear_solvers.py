@@ -124,8 +124,52 @@ def _curvature(pAp: torch.Tensor, p: torch.Tensor,
     return negative, positive, scale
 
 
+def _cg_fixed_steps(matvec: Operator, b: torch.Tensor, x: torch.Tensor, r: torch.Tensor, p: torch.Tensor,
+                    rs: torch.Tensor, max_iter: int, semidefinite: bool) -> LinearSolve:
+    """Exactly ``max_iter`` CG steps, no host sync: an element stops moving at breakdown (its
+    curvature ``pᵀAp`` not positive beyond round-off, see ``_curvature``) or once its residual
+    reached round-off (``‖r‖ ≤ eps·‖b‖``: further steps divide round-off by round-off and, in
+    float32, can blow the iterate up). Few operations per step: at small sizes the per-operation
+    overhead, not the arithmetic, is what a step costs beyond its product — hence ``‖p‖²`` by
+    the recurrence ``‖p_{i+1}‖² = ‖r_{i+1}‖² + β_i²‖p_i‖²`` rather than an inner product."""
+    B = b.shape[0]
+    iterations = torch.zeros(B, dtype=torch.int64, device=b.device)
+    ok = torch.ones(B, dtype=torch.bool, device=b.device)
+    eps = torch.finfo(b.dtype).eps
+    if semidefinite:
+        negative = None
+        scale = torch.zeros(B, dtype=b.dtype, device=b.device)
+    else:
+        negative = torch.zeros(B, dtype=torch.bool, device=b.device)
+        scale = _curvature_scale(matvec, b)
+    zero = torch.zeros((), dtype=b.dtype, device=b.device)
+    floor = (eps ** 2) * batch_dot(b, b)
+    pp = batch_dot(p, p)
+    for _ in range(max_iter):
+        Ap = matvec(p)
+        pAp = batch_dot(p, Ap)
+        # the Rayleigh quotient raises the scale λ̂ (fmax: a 0/0 of a zero direction is ignored)
+        scale = torch.fmax(scale, torch.nan_to_num(pAp / pp, nan=0.0, posinf=0.0, neginf=0.0))
+        spp = scale * pp
+        if negative is not None:
+            negative = negative | (ok & (pAp < -(eps ** 0.5) * spp))
+        ok = ok & (pAp > _FLAT * eps * spp) & (rs > floor)   # rs > floor ≥ 0: rs > 0 where ok
+        alpha = _expand(torch.where(ok, rs / torch.where(ok, pAp, 1.0), zero), x)
+        x = torch.addcmul(x, alpha, p)
+        r = torch.addcmul(r, alpha, Ap, value=-1)
+        rs_new = batch_dot(r, r)
+        beta = torch.where(ok, rs_new / torch.where(ok, rs, 1.0), zero)
+        p = torch.addcmul(r, _expand(beta, p), p)
+        # ‖p‖² by CG's recurrence (rᵀp_old = 0): only a scale for the round-off thresholds
+        pp = torch.addcmul(rs_new, beta * beta, pp)
+        rs = rs_new
+        iterations += ok
+    return LinearSolve(x, iterations, rs.sqrt(), torch.ones(B, dtype=torch.bool, device=b.device), negative)
+
+
 def conjugate_gradient(matvec: Operator, b: torch.Tensor, *, x0: torch.Tensor | None = None,
-                       max_iter: int, rtol: float = 0.0, atol: float = 0.0) -> LinearSolve:
+                       max_iter: int, rtol: float = 0.0, atol: float = 0.0,
+                       semidefinite: bool = False) -> LinearSolve:
     """Batched conjugate gradient for ``A x = b`` (A symmetric positive definite per element).
 
     Args:
@@ -134,39 +178,20 @@ def conjugate_gradient(matvec: Operator, b: torch.Tensor, *, x0: torch.Tensor | 
         x0: initial guess (default 0, as in the AID analysis of Grazzi et al. 2020).
         max_iter: number of steps (exactly this many when ``rtol = atol = 0``).
         rtol, atol: stop an element when ``‖r‖ ≤ max(atol, rtol‖b‖)``.
+        semidefinite: ``A`` is positive semidefinite by construction (e.g. ``normal_equations``),
+            so negative curvature is round-off: with a fixed number of steps, no product for the
+            curvature scale (``λ̂`` is the largest Rayleigh quotient of the CG directions alone —
+            a right-hand side in the null space of ``A`` is then not recognised as flat) and
+            ``negative_curvature`` is None.
     """
     x = torch.zeros_like(b) if x0 is None else x0.clone()
     r = b - matvec(x) if x0 is not None else b.clone()
     p = r.clone()
     rs = batch_dot(r, r)
     thresh = _threshold(b, rtol, atol)
+    if thresh is None:
+        return _cg_fixed_steps(matvec, b, x, r, p, rs, max_iter, semidefinite)
     B = b.shape[0]
-    if thresh is None:  # exactly max_iter steps; an element with pᵀAp ≤ 0 (breakdown) stops moving
-        iterations = torch.zeros(B, dtype=torch.int64, device=b.device)
-        ok = torch.ones(B, dtype=torch.bool, device=b.device)
-        negative = torch.zeros(B, dtype=torch.bool, device=b.device)
-        scale = _curvature_scale(matvec, b)
-        zero = torch.zeros((), dtype=b.dtype, device=b.device)
-        # an element whose residual reached round-off (‖r‖ ≤ eps·‖b‖) stops: further steps divide
-        # round-off by round-off and, in float32, can blow the iterate up
-        floor = (torch.finfo(b.dtype).eps ** 2) * batch_dot(b, b)
-        for _ in range(max_iter):
-            Ap = matvec(p)
-            pAp = batch_dot(p, Ap)
-            neg, positive, scale = _curvature(pAp, p, scale)
-            negative = negative | (ok & neg)
-            ok = ok & positive & (rs > floor)
-            alpha = _expand(torch.where(ok, rs / pAp, zero), x)
-            x = torch.addcmul(x, alpha, p)
-            r = torch.addcmul(r, alpha, Ap, value=-1)
-            rs_new = batch_dot(r, r)
-            # an exactly solved element (rs = 0) stops here: 0/0 would turn p, then x, into NaN
-            beta = torch.where(ok & (rs > 0), rs_new / torch.where(rs > 0, rs, torch.ones_like(rs)), zero)
-            p = torch.addcmul(r, _expand(beta, p), p)
-            rs = rs_new
-            iterations += ok
-        return LinearSolve(x, iterations, rs.sqrt(), torch.ones(B, dtype=torch.bool, device=b.device),
-                           negative)
     active = rs.sqrt() > thresh
     iterations = torch.zeros(B, dtype=torch.int64, device=b.device)
     negative = torch.zeros(B, dtype=torch.bool, device=b.device)
