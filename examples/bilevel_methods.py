@@ -64,6 +64,7 @@ for path in (ROOT, EXAMPLES):
         sys.path.insert(0, str(path))
 
 from contrastive import equilibrium_propagation  # noqa: E402
+from contrastive.equilibrium import MISMATCH_WARN  # noqa: E402
 from declarative import (ConjugateGradient, FirstOrder, FixedPoint, Implicit, Solution, SolverError,  # noqa: E402
                          Status, argmin, minimize)
 from plotting import save_figure  # noqa: E402  (examples/plotting.py)
@@ -254,8 +255,12 @@ def _pitchfork_method(method: str, start: float, theta: float, beta: float) -> t
                                       max_iter=500, check=False)
         (g,) = torch.autograd.grad(est.surrogate, th)
         moved = max(abs(sol.z - phi0).max().item() for _, sol in est.phases)
-        names = sorted({Status(int(s)).name for _, sol in est.phases for s in sol.status.tolist()})
-        return f"finite; phases moved {moved:.2f}", "status " + "/".join(names), g.item()
+        names = sorted({Status(int(s)).name for s in est.status.tolist()})
+        reported = "status " + "/".join(names)
+        mismatch = est.mismatch.max().item()
+        if names == ["SOLVED"] and mismatch > MISMATCH_WARN:   # what check=True warns about
+            reported = f"RuntimeWarning: phase jumped (mismatch {mismatch:.2g})"
+        return f"finite; phases moved {moved:.2f}", reported, g.item()
     mode = {"FO": FirstOrder(), "RBP k=20": FixedPoint(20), "RBP k=2000": FixedPoint(2000),
             "CG k=5": ConjugateGradient(5), "Implicit": Implicit()}[method]
     with warnings.catch_warnings(record=True) as caught:
