@@ -16,7 +16,10 @@ import torch
 
 from contrastive.equilibrium import MISMATCH_WARN, equilibrium_propagation
 from contrastive.phase_curvature import phase_curvature
+from contrastive.equilibrium_mode import EquilibriumProp
+from declarative import argmin
 from declarative.errors import SolverError
+from declarative.solution import Solution
 from declarative.status import Status
 
 DT = torch.float64
@@ -144,3 +147,34 @@ def test_phase_curvature_on_a_maximum_and_a_minimum():
     pc = phase_curvature(E, free, nudged)
     assert pc.negative.tolist() == [True, False]
     assert pc.mismatch[1] < 0.01 and pc.mismatch[0] > 0.3      # m = d² for this quartic
+
+
+def newton_solver(fun, z0, *, lower=None, upper=None, tol, max_iter):
+    """Newton's method on ``∇fun`` (1-D elements): converges to the nearest stationary point."""
+    z = z0.clone()
+    for _ in range(max_iter):
+        with torch.enable_grad():
+            zz = z.detach().requires_grad_(True)
+            (g,) = torch.autograd.grad(fun(zz).sum(), zz, create_graph=True)
+            (h,) = torch.autograd.grad(g.sum(), zz)
+        z = (zz - g / h).detach()
+    status = torch.full((z.shape[0],), int(Status.SOLVED), dtype=torch.int64)
+    return Solution(z=z, status=status, iterations=torch.full_like(status, max_iter))
+
+
+def _layer_grad(check):
+    th = torch.ones(2, 1, dtype=DT, requires_grad=True)
+    phi = argmin(pitchfork, torch.tensor([[-0.05], [0.8]], dtype=DT), th, mode=EquilibriumProp(1e-3, points=2),
+                 solver=newton_solver, tol=1e-12, max_iter=60, check=check)
+    return torch.autograd.grad(to_one(phi, th).sum(), th)[0]
+
+
+def test_equilibrium_prop_mode_at_a_maximum():
+    with pytest.raises(SolverError) as info:
+        _layer_grad(check=True)
+    assert info.value.indices == [0] and info.value.statuses == [Status.INDEFINITE]
+    with pytest.warns(RuntimeWarning, match="INDEFINITE for batch indices \\[0\\]"):
+        g = _layer_grad(check=False)
+    phi = newton_stationary(torch.tensor(1.0, dtype=DT), torch.tensor(0.8, dtype=DT)).item()
+    exact = 2 * phi / (12 * phi ** 2 - 2.0) * (phi - 1.0)
+    assert g[0].item() == 0.0 and abs(g[1].item() - exact) < 0.01 * abs(exact)
