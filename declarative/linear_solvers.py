@@ -20,7 +20,9 @@ converged elements are frozen).
   ``SolverError`` (``Status.INDEFINITE``) naming it (or, without ``check``, zeroes it with a
   warning). Against ``‖p‖‖Ap‖`` instead, a convex energy with flat directions was flagged at random
   once CG's direction lay in the null space, where ``Ap`` is round-off; a negative eigenvalue of
-  size ``≳ √eps·λ̂`` is still flagged.
+  size ``≳ √eps·λ̂`` is still flagged. For an operator positive semidefinite by construction
+  (``semidefinite=True``: the normal equations) the fixed-step solve skips the product for ``λ̂``
+  and the negative-curvature flags.
 * ``fixed_point_iteration`` – ``x ← T x + b`` (the Neumann series ``Σ Tⁱ b`` from ``x₀ = 0``),
   which converges to ``(I − T)⁻¹ b`` when the spectral radius of ``T`` is below one.
 * ``normal_equations`` – wraps ``A``/``Aᵀ`` into the symmetric positive (semi)definite operator
