@@ -36,7 +36,10 @@ forward and the backward (``saved_tensors_hooks``; the state autograd keeps); fo
 linearly with t; the AID modes' must not.
 
 Timing: repetitions interleaved (each repetition runs every method once, in a shuffled order),
-medians reported, ratios ``peer / ours``; torch and XLA single-threaded.
+medians reported, ratios ``peer / ours``; torch and XLA single-threaded. For the equilibrium model
+the ratio is also reported *paired* (the median over repetitions of the ratio within a
+repetition, with its quartiles), which cancels a load that drifts between repetitions on a shared
+machine.
 
 Equilibrium model (Grazzi et al. 2020, §3.2; ``--equilibrium``): ``w = tanh(A w + B x + c)`` with
 hidden size 200 on a batch of 128 inputs of size 784 (float32, random data) and a linear read-out
@@ -372,10 +375,23 @@ def bench_equilibrium(reps: int, t: int = 20, k: int = 20, peers: bool = True, m
     for m in methods:
         mem = " ".join(f"{fmt_bytes(memory[(m, tt)]):>12}" for tt in mem_ts)
         print(f"{m:>12} {med[m]:>9.2f} {errors[m]:>11.2e} {mem}")
+    ratios = {}
     if peers:
-        print("ratios torchopt CG time / ours: " + ", ".join(
+        print("ratios torchopt CG time / ours (ratio of the medians): " + ", ".join(
             f"{m[5:]} {med['torchopt CG'] / med[m]:.2f}" for m in ("ours ITD", "ours FP", "ours CG")))
-    return {"ms": med, "errors": errors, "memory": memory}
+        # paired: each repetition runs every method back to back, so the ratio within a repetition
+        # cancels the load of a shared machine that drifts between repetitions
+        for m in ("ours ITD", "ours FP", "ours CG"):
+            per_rep = sorted(a / b for a, b in zip(times["torchopt CG"], times[m]))
+            ratios[m] = per_rep
+        print("paired ratios torchopt CG / ours, median [quartiles] over the repetitions: " + ", ".join(
+            f"{m[5:]} {statistics.median(r):.2f} [{_quartiles(r)}]" for m, r in ratios.items()))
+    return {"ms": med, "errors": errors, "memory": memory, "ratios": ratios}
+
+
+def _quartiles(values):
+    q = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
+    return f"{q[0]:.2f}, {q[2]:.2f}"
 
 
 def main(argv=None):

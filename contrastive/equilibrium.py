@@ -32,6 +32,7 @@ References:
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -45,6 +46,7 @@ from declarative.status import Status
 from declarative.validation import check_batched, check_finite, check_same_dtype_device, check_tensor
 
 from .finite_difference import Stencil, ep_stencil
+from .phase_curvature import phase_curvature
 
 __all__ = ["EquilibriumEstimate", "equilibrium_propagation", "equilibrium_gradient"]
 
@@ -63,8 +65,16 @@ class EquilibriumEstimate:
         free: the free phase ``φ* = φ̂_0`` (detached ``Solution``; ``free.z`` is the prediction).
         free_loss: ``ℓ(φ*, θ)``, ``(B,)``, detached.
         phases: ``((β_i, Solution), …)`` for every phase in solve order (the free phase first).
-        status: ``(B,)`` the first non-``SOLVED`` status over the phases of each element.
+        status: ``(B,)`` the first non-``SOLVED`` status over the phases of each element, then
+            ``INDEFINITE`` where the free phase is not a minimum along a nudged phase's
+            displacement (``phase_curvature``: the energy curves down there — a saddle point or
+            maximum, at which the estimate is no minimiser's derivative).
         beta: the nudging strength β; ``stencil``: the estimator's phases and weights.
+        mismatch: ``(B,)`` the largest mismatch between the energy along a nudged phase's
+            displacement and its second-order model at the free phase (``phase_curvature``):
+            ``O(β)`` while the phases stay in one quadratic neighbourhood; above
+            ``MISMATCH_WARN`` the nudged phase jumped (another basin, or β too large) and a
+            ``RuntimeWarning`` names the elements.
     """
 
     surrogate: torch.Tensor
@@ -74,6 +84,7 @@ class EquilibriumEstimate:
     status: torch.Tensor
     beta: float
     stencil: Stencil
+    mismatch: torch.Tensor | None = None
 
 
 def _check_output(name: str, value, batch: int) -> None:
@@ -158,7 +169,8 @@ def equilibrium_propagation(energy: Energy, loss: Energy, phi0: torch.Tensor, pa
         tol, max_iter: solver tolerance and iteration limit (``minimize``'s defaults if None).
         reduction: ``"mean"`` (default), ``"sum"`` or ``"none"`` over the batch for ``surrogate``.
         check: raise a ``SolverError`` naming the failing batch elements and the phase when a phase
-            is not solved; with False, failures are only recorded in ``status``.
+            is not solved or the free phase is not a minimum (``INDEFINITE``), and warn when a
+            nudged phase jumped; with False, they are only recorded in ``status`` / ``mismatch``.
 
     Returns:
         An ``EquilibriumEstimate``; ``estimate.surrogate.backward()`` yields the estimate.
@@ -166,7 +178,13 @@ def equilibrium_propagation(energy: Energy, loss: Energy, phi0: torch.Tensor, pa
     Raises:
         ValueError / TypeError: bad input (β ≤ 0, p < 2, unknown estimator, shapes, dtypes).
         SolverError: a phase failed (``check=True``); for a negative phase the message says that
-            ``E − βℓ`` is unbounded below and suggests a smaller β or the forward estimator.
+            ``E − βℓ`` is unbounded below and suggests a smaller β or the forward estimator;
+            ``Status.INDEFINITE`` where the free phase is a saddle point or maximum (the energy
+            curves down along a nudged phase's displacement, ``phase_curvature``).
+
+    Warns:
+        RuntimeWarning: (``check=True``) a nudged phase left the free phase's quadratic
+            neighbourhood (``estimate.mismatch > MISMATCH_WARN``): the estimate's bias is not O(β).
 
     Shape:
         - phi0: ``(B, n)``; ``energy``/``loss`` outputs: ``(B,)``.
@@ -206,6 +224,7 @@ def equilibrium_propagation(energy: Energy, loss: Energy, phi0: torch.Tensor, pa
             _raise_for_phase(phase_status, sol, nudge * beta, estimator)
         status = torch.where(status == int(Status.SOLVED), phase_status, status)
         solutions.append(sol)
+    status, mismatch = _curvature_status(energy, detached, solutions, stencil, status, lower, upper, check)
 
     surrogate = None
     for nudge, weight, sol in zip(stencil.nudges, stencil.weights, solutions):
@@ -221,7 +240,48 @@ def equilibrium_propagation(energy: Energy, loss: Energy, phi0: torch.Tensor, pa
         free_loss = loss(solutions[0].z, *detached)
     phases = tuple((nudge * beta, sol) for nudge, sol in zip(stencil.nudges, solutions))
     return EquilibriumEstimate(surrogate=surrogate, free=solutions[0], free_loss=free_loss,
-                               phases=phases, status=status, beta=beta, stencil=stencil)
+                               phases=phases, status=status, beta=beta, stencil=stencil, mismatch=mismatch)
+
+
+#: a Taylor-model mismatch (``phase_curvature``) above this: the nudged phase left the free
+#: phase's quadratic neighbourhood
+MISMATCH_WARN = 0.5
+
+
+def _curvature_status(energy: Energy, params: tuple, solutions: list[Solution], stencil: Stencil,
+                      status: torch.Tensor, lower, upper, check: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(status, mismatch)``: ``status`` with ``INDEFINITE`` for the solved elements whose free
+    phase is not a minimum along the displacement of some nudged phase, and the largest Taylor
+    mismatch over the nudged phases (``phase_curvature``). With ``check`` a ``SolverError`` names
+    the indefinite elements and a ``RuntimeWarning`` those with a mismatch above
+    ``MISMATCH_WARN`` (one host sync each)."""
+    free = solutions[0].z
+    indefinite = torch.zeros_like(status, dtype=torch.bool)
+    mismatch = torch.zeros_like(free[:, 0])
+    for nudge, sol in zip(stencil.nudges[1:], solutions[1:]):
+        if nudge != 0.0:
+            pc = phase_curvature(lambda z: energy(z, *params), free, sol.z, lower, upper)
+            indefinite = indefinite | pc.negative
+            mismatch = torch.fmax(mismatch, pc.mismatch)
+    status = torch.where(indefinite & (status == int(Status.SOLVED)), int(Status.INDEFINITE), status)
+    if check:
+        err = SolverError.from_status(torch.where(status == int(Status.INDEFINITE), status, int(Status.SOLVED)),
+                                      solutions[0], "free phase of equilibrium propagation — a stationary point "
+                                      "that is not a minimum: the energy curves down along the nudged "
+                                      "phase's displacement (a saddle point or maximum), so the estimate is "
+                                      "not the derivative of a minimiser; start the free phase elsewhere")
+        if err is not None:
+            raise err
+        far = (mismatch > MISMATCH_WARN) & (status == int(Status.SOLVED))
+        if bool(far.any()):
+            bad = far.nonzero().reshape(-1).tolist()
+            warnings.warn(f"equilibrium propagation: for batch indices {bad[:20]} a nudged phase left the "
+                          "free phase's quadratic neighbourhood (the energy along the displacement misses "
+                          f"its second-order model by more than {MISMATCH_WARN:g} of the curvature term; "
+                          "estimate.mismatch) — it jumped to another basin or beta is too large for the "
+                          "curvature there, and the estimate's bias is not O(beta); use a smaller beta",
+                          RuntimeWarning, stacklevel=4)
+    return status, mismatch
 
 
 def _raise_for_phase(status: torch.Tensor, sol: Solution, nudge: float, estimator: str) -> None:

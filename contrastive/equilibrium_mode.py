@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import warnings
+
+import torch
+
+from declarative.energy_problem import EnergyProblem
+from declarative.errors import SolverError
+from declarative.linearisation import param_leaves
 from declarative.modes import GradientMode, check_beta
+from declarative.status import Status
 
 from .finite_difference import check_points, forward_difference_coefficients
-from .modes import nudged_solve
+from .modes import _keep_unsolved, nudged_solve
+from .phase_curvature import phase_curvature
 
 __all__ = ["EquilibriumProp"]
 
@@ -28,6 +37,13 @@ class EquilibriumProp(GradientMode):
     with ``solve_nudged`` and ``lagrangian_grads``. For a full, non-linearised outer loss use
     ``equilibrium_propagation``.
 
+    On an energy problem (``declarative.argmin``) a free phase that is not a minimum along a
+    nudged phase's displacement (a saddle point or maximum that the solver stopped at; the energy
+    curves down there, ``phase_curvature``) is ``Status.INDEFINITE``: with the layer's ``check`` a
+    ``SolverError`` names the batch elements, without it a ``RuntimeWarning`` names them and their
+    nudged phases are replaced by the free one (their contributions are zero, as the implicit
+    gradient zeroes such elements).
+
     Args:
         beta: nudging step β > 0 (the phases use β, 2β, …, (p − 1)β).
         points: number of phases p ≥ 2, the free one included (default 3).
@@ -49,10 +65,36 @@ class EquilibriumProp(GradientMode):
         previous = solution
         for i in range(1, self.points):
             phase = nudged_solve(problem, params, g, i * self.beta, previous, self)
+            phase = self._check_curvature(problem, params, solution, phase, i * self.beta)
             grads = problem.lagrangian_grads(phase, params, needs)
             total = [None if t is None else t + self.alpha[i] * a for t, a in zip(total, grads)]
             previous = phase
         return tuple(None if t is None else t / self.beta for t in total)
+
+    def _check_curvature(self, problem, params, free, phase, beta):
+        """``phase``, after the curvature test between it and ``free`` on an ``EnergyProblem``
+        (other problems: unchanged); see the class docstring."""
+        if not isinstance(problem, EnergyProblem):
+            return phase
+        p = param_leaves(params)
+        shape, B = free.z.shape, free.z.shape[0]
+
+        def flat(bound):
+            return None if bound is None else bound.expand(shape).reshape(B, -1)
+
+        pc = phase_curvature(lambda z: problem._energies(z.reshape(shape), p), free.z.reshape(B, -1),
+                             phase.z.reshape(B, -1), flat(problem.lower), flat(problem.upper))
+        if not bool(pc.negative.any()):
+            return phase
+        what = (f"free phase of {self!r} (its nudged phase at beta={beta:g}) — a stationary point that is "
+                "not a minimum: the energy curves down along the nudged phase's displacement")
+        if problem.check:
+            status = torch.where(pc.negative, int(Status.INDEFINITE), int(Status.SOLVED))
+            raise SolverError.from_status(status, free, what)
+        bad = pc.negative.nonzero().reshape(-1).tolist()
+        warnings.warn(f"{what}: {Status.INDEFINITE.name} for batch indices {bad[:20]}; their "
+                      "contributions are set to zero", RuntimeWarning, stacklevel=5)
+        return _keep_unsolved(phase, free, ~pc.negative)
 
     def __repr__(self):
         return f"EquilibriumProp(beta={self.beta:g}, points={self.points})"

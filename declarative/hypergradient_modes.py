@@ -215,7 +215,8 @@ class ConjugateGradient(_AIDSteps):
         k: number of CG steps (with ``rtol``: the step limit).
         jacobian: ``"auto"`` (default), ``"dense"`` or ``"products"``: form ``∂_wΦ`` once or use
             one VJP per step (see ``declarative.dense_jacobian``), plus one for CG's curvature scale
-            (``declarative.linear_solvers``).
+            on the symmetric system (``declarative.linear_solvers``; the normal equations are
+            positive semidefinite by construction and need none).
         rtol: stop an element when the residual ``‖r‖ ≤ rtol·‖g‖`` (default 0: exactly ``k``
             steps).
         warm_start: start from the previous backward's iterate (``v``, or ``u`` on the normal
@@ -239,7 +240,7 @@ class ConjugateGradient(_AIDSteps):
             else:
                 a = lambda u: u - lin.j(u)  # noqa: E731  (I − ∂_wΦ)
                 res = conjugate_gradient(normal_equations(a_t, a), g, x0=self._start(g), max_iter=self.k,
-                                         rtol=self.rtol)
+                                         rtol=self.rtol, semidefinite=True)
                 iterate = res.x
                 res = dataclasses.replace(res, x=a(res.x))
         if self.check and symmetric:   # (the normal equations are PSD: a negative pᵀAp there is round-off)

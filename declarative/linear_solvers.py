@@ -4,8 +4,8 @@ Vectors have shape ``(B, *event)``; an operator is a callable mapping such a vec
 same shape, applied to the whole batch at once (no Python loop over the batch). Inner products are
 per batch element. Both solvers run either a fixed number of steps (``rtol = atol = 0``: exactly
 ``max_iter`` steps, no host sync — what the AID modes ``ConjugateGradient(k)``/``FixedPoint(k)``
-need) or to a tolerance ``‖r_b‖ ≤ max(atol, rtol·‖b_b‖)`` per element (one host sync per step;
-converged elements are frozen).
+need) or to a tolerance ``‖r_b‖ ≤ max(atol, rtol·‖b_b‖)`` per element (converged elements are frozen;
+one host sync per step on the CPU, per 4 steps on an accelerator).
 
 * ``conjugate_gradient`` – CG (Hestenes & Stiefel 1952) for ``A x = b`` with ``A`` symmetric
   positive definite per element. Curvature is judged against a scale ``λ̂``: the larger of
@@ -20,7 +20,9 @@ converged elements are frozen).
   ``SolverError`` (``Status.INDEFINITE``) naming it (or, without ``check``, zeroes it with a
   warning). Against ``‖p‖‖Ap‖`` instead, a convex energy with flat directions was flagged at random
   once CG's direction lay in the null space, where ``Ap`` is round-off; a negative eigenvalue of
-  size ``≳ √eps·λ̂`` is still flagged.
+  size ``≳ √eps·λ̂`` is still flagged. For an operator positive semidefinite by construction
+  (``semidefinite=True``: the normal equations) the fixed-step solve skips the product for ``λ̂``
+  and the negative-curvature flags.
 * ``fixed_point_iteration`` – ``x ← T x + b`` (the Neumann series ``Σ Tⁱ b`` from ``x₀ = 0``),
   which converges to ``(I − T)⁻¹ b`` when the spectral radius of ``T`` is below one.
 * ``normal_equations`` – wraps ``A``/``Aᵀ`` into the symmetric positive (semi)definite operator
@@ -89,6 +91,19 @@ def _norm(v: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(v.reshape(v.shape[0], -1), dim=1)
 
 
+def _sync_every(device: torch.device, sync_every: int | None) -> int:
+    """How often a solve to a tolerance asks whether any element is still active (a host sync):
+    ``sync_every`` if given, else every step on the CPU, where the question is free, and every 4th
+    step on an accelerator, where it stalls the queue. Converged elements are frozen, so the extra
+    steps change no result; they cost at most ``sync_every − 1`` products after the last element
+    converged."""
+    if sync_every is not None:
+        if not isinstance(sync_every, int) or isinstance(sync_every, bool) or sync_every < 1:
+            raise ValueError(f"sync_every: expected a positive int, got {sync_every!r}")
+        return sync_every
+    return 1 if device.type == "cpu" else 4
+
+
 def _threshold(b: torch.Tensor, rtol: float, atol: float) -> torch.Tensor | None:
     if rtol <= 0 and atol <= 0:
         return None
@@ -124,8 +139,52 @@ def _curvature(pAp: torch.Tensor, p: torch.Tensor,
     return negative, positive, scale
 
 
+def _cg_fixed_steps(matvec: Operator, b: torch.Tensor, x: torch.Tensor, r: torch.Tensor, p: torch.Tensor,
+                    rs: torch.Tensor, max_iter: int, semidefinite: bool) -> LinearSolve:
+    """Exactly ``max_iter`` CG steps, no host sync: an element stops moving at breakdown (its
+    curvature ``pᵀAp`` not positive beyond round-off, see ``_curvature``) or once its residual
+    reached round-off (``‖r‖ ≤ eps·‖b‖``: further steps divide round-off by round-off and, in
+    float32, can blow the iterate up). Few operations per step: at small sizes the per-operation
+    overhead, not the arithmetic, is what a step costs beyond its product — hence ``‖p‖²`` by
+    the recurrence ``‖p_{i+1}‖² = ‖r_{i+1}‖² + β_i²‖p_i‖²`` rather than an inner product."""
+    B = b.shape[0]
+    iterations = torch.zeros(B, dtype=torch.int64, device=b.device)
+    ok = torch.ones(B, dtype=torch.bool, device=b.device)
+    eps = torch.finfo(b.dtype).eps
+    if semidefinite:
+        negative = None
+        scale = torch.zeros(B, dtype=b.dtype, device=b.device)
+    else:
+        negative = torch.zeros(B, dtype=torch.bool, device=b.device)
+        scale = _curvature_scale(matvec, b)
+    zero = torch.zeros((), dtype=b.dtype, device=b.device)
+    floor = (eps ** 2) * batch_dot(b, b)
+    pp = batch_dot(p, p)
+    for _ in range(max_iter):
+        Ap = matvec(p)
+        pAp = batch_dot(p, Ap)
+        # the Rayleigh quotient raises the scale λ̂ (fmax: a 0/0 of a zero direction is ignored)
+        scale = torch.fmax(scale, torch.nan_to_num(pAp / pp, nan=0.0, posinf=0.0, neginf=0.0))
+        spp = scale * pp
+        if negative is not None:
+            negative = negative | (ok & (pAp < -(eps ** 0.5) * spp))
+        ok = ok & (pAp > _FLAT * eps * spp) & (rs > floor)   # rs > floor ≥ 0: rs > 0 where ok
+        alpha = _expand(torch.where(ok, rs / torch.where(ok, pAp, 1.0), zero), x)
+        x = torch.addcmul(x, alpha, p)
+        r = torch.addcmul(r, alpha, Ap, value=-1)
+        rs_new = batch_dot(r, r)
+        beta = torch.where(ok, rs_new / torch.where(ok, rs, 1.0), zero)
+        p = torch.addcmul(r, _expand(beta, p), p)
+        # ‖p‖² by CG's recurrence (rᵀp_old = 0): only a scale for the round-off thresholds
+        pp = torch.addcmul(rs_new, beta * beta, pp)
+        rs = rs_new
+        iterations += ok
+    return LinearSolve(x, iterations, rs.sqrt(), torch.ones(B, dtype=torch.bool, device=b.device), negative)
+
+
 def conjugate_gradient(matvec: Operator, b: torch.Tensor, *, x0: torch.Tensor | None = None,
-                       max_iter: int, rtol: float = 0.0, atol: float = 0.0) -> LinearSolve:
+                       max_iter: int, rtol: float = 0.0, atol: float = 0.0,
+                       semidefinite: bool = False, sync_every: int | None = None) -> LinearSolve:
     """Batched conjugate gradient for ``A x = b`` (A symmetric positive definite per element).
 
     Args:
@@ -134,45 +193,29 @@ def conjugate_gradient(matvec: Operator, b: torch.Tensor, *, x0: torch.Tensor | 
         x0: initial guess (default 0, as in the AID analysis of Grazzi et al. 2020).
         max_iter: number of steps (exactly this many when ``rtol = atol = 0``).
         rtol, atol: stop an element when ``‖r‖ ≤ max(atol, rtol‖b‖)``.
+        semidefinite: ``A`` is positive semidefinite by construction (e.g. ``normal_equations``),
+            so negative curvature is round-off: with a fixed number of steps, no product for the
+            curvature scale (``λ̂`` is the largest Rayleigh quotient of the CG directions alone —
+            a right-hand side in the null space of ``A`` is then not recognised as flat) and
+            ``negative_curvature`` is None.
+        sync_every: with a tolerance, test for remaining active elements (a host sync) every this
+            many steps (default: 1 on the CPU, 4 elsewhere); results do not depend on it.
     """
     x = torch.zeros_like(b) if x0 is None else x0.clone()
     r = b - matvec(x) if x0 is not None else b.clone()
     p = r.clone()
     rs = batch_dot(r, r)
     thresh = _threshold(b, rtol, atol)
+    if thresh is None:
+        return _cg_fixed_steps(matvec, b, x, r, p, rs, max_iter, semidefinite)
     B = b.shape[0]
-    if thresh is None:  # exactly max_iter steps; an element with pᵀAp ≤ 0 (breakdown) stops moving
-        iterations = torch.zeros(B, dtype=torch.int64, device=b.device)
-        ok = torch.ones(B, dtype=torch.bool, device=b.device)
-        negative = torch.zeros(B, dtype=torch.bool, device=b.device)
-        scale = _curvature_scale(matvec, b)
-        zero = torch.zeros((), dtype=b.dtype, device=b.device)
-        # an element whose residual reached round-off (‖r‖ ≤ eps·‖b‖) stops: further steps divide
-        # round-off by round-off and, in float32, can blow the iterate up
-        floor = (torch.finfo(b.dtype).eps ** 2) * batch_dot(b, b)
-        for _ in range(max_iter):
-            Ap = matvec(p)
-            pAp = batch_dot(p, Ap)
-            neg, positive, scale = _curvature(pAp, p, scale)
-            negative = negative | (ok & neg)
-            ok = ok & positive & (rs > floor)
-            alpha = _expand(torch.where(ok, rs / pAp, zero), x)
-            x = torch.addcmul(x, alpha, p)
-            r = torch.addcmul(r, alpha, Ap, value=-1)
-            rs_new = batch_dot(r, r)
-            # an exactly solved element (rs = 0) stops here: 0/0 would turn p, then x, into NaN
-            beta = torch.where(ok & (rs > 0), rs_new / torch.where(rs > 0, rs, torch.ones_like(rs)), zero)
-            p = torch.addcmul(r, _expand(beta, p), p)
-            rs = rs_new
-            iterations += ok
-        return LinearSolve(x, iterations, rs.sqrt(), torch.ones(B, dtype=torch.bool, device=b.device),
-                           negative)
     active = rs.sqrt() > thresh
     iterations = torch.zeros(B, dtype=torch.int64, device=b.device)
     negative = torch.zeros(B, dtype=torch.bool, device=b.device)
     scale = _curvature_scale(matvec, b)
-    for _ in range(max_iter):
-        if not bool(active.any()):
+    every = _sync_every(b.device, sync_every)
+    for i in range(max_iter):
+        if i % every == 0 and not bool(active.any()):
             break
         Ap = matvec(p)
         pAp = batch_dot(p, Ap)
@@ -194,7 +237,8 @@ def conjugate_gradient(matvec: Operator, b: torch.Tensor, *, x0: torch.Tensor | 
 
 
 def fixed_point_iteration(apply_t: Operator, b: torch.Tensor, *, x0: torch.Tensor | None = None,
-                          max_iter: int, rtol: float = 0.0, atol: float = 0.0) -> LinearSolve:
+                          max_iter: int, rtol: float = 0.0, atol: float = 0.0,
+                          sync_every: int | None = None) -> LinearSolve:
     """Batched fixed-point iteration ``x ← T x + b`` from ``x0`` (default 0).
 
     After ``k`` steps from 0, ``x_k = Σ_{i<k} Tⁱ b`` (the truncated Neumann series of
@@ -202,7 +246,7 @@ def fixed_point_iteration(apply_t: Operator, b: torch.Tensor, *, x0: torch.Tenso
     rtol‖b‖)``; an element whose step ``‖x_k − x_{k−1}‖`` is not finite (the iteration
     overflowed) stops there, unconverged, with the non-finite step as its residual. Norms are
     computed overflow-safely (``torch.linalg.vector_norm``), so a finite but huge iterate is not
-    mistaken for an overflow.
+    mistaken for an overflow. ``sync_every``: as in ``conjugate_gradient``.
     """
     x = torch.zeros_like(b) if x0 is None else x0.clone()
     thresh = _threshold(b, rtol, atol)
@@ -218,8 +262,9 @@ def fixed_point_iteration(apply_t: Operator, b: torch.Tensor, *, x0: torch.Tenso
                            torch.ones(B, dtype=torch.bool, device=b.device))
     active = torch.ones(B, dtype=torch.bool, device=b.device)
     iterations = torch.zeros(B, dtype=torch.int64, device=b.device)
-    for _ in range(max_iter):
-        if not bool(active.any()):
+    every = _sync_every(b.device, sync_every)
+    for i in range(max_iter):
+        if i % every == 0 and not bool(active.any()):
             break
         x_new = apply_t(x) + b
         diff = _norm(x_new - x)

@@ -26,7 +26,9 @@ Part 2 – **indefinite Hessian at the solution**: the §2.1 example ``L^in = φ
 by ``a = 0.1`` so that every stationary branch moves with θ), ``L^out = ½(φ − 1)²``, θ = 1. An inner
 solver that finds stationary points (Newton on ``∂_φL^in``) started near the local maximum returns
 it; every method is asked for the gradient there: which stay finite, which diverge, what each
-reports (RBP iterates ``Φ = φ − η∂_φL^in`` with a fixed ``η = 0.1``, rate ``|1 − ηH|``). And a
+reports (RBP iterates ``Φ = φ − η∂_φL^in`` with a fixed ``η = 0.1``, rate ``|1 − ηH|``; EP's status is
+``INDEFINITE`` where the energy curves down along the nudged phase's displacement, and it warns
+when a nudged phase jumps to another basin, ``contrastive.phase_curvature``). And a
 **bifurcating layer**: the left minimum of the same energy as θ decreases towards
 the fold ``θ_c = 3(a²/8)^{1/3} ≈ 0.323``, where its Hessian vanishes and the branch disappears.
 
@@ -64,6 +66,7 @@ for path in (ROOT, EXAMPLES):
         sys.path.insert(0, str(path))
 
 from contrastive import equilibrium_propagation  # noqa: E402
+from contrastive.equilibrium import MISMATCH_WARN  # noqa: E402
 from declarative import (ConjugateGradient, FirstOrder, FixedPoint, Implicit, Solution, SolverError,  # noqa: E402
                          Status, argmin, minimize)
 from plotting import save_figure  # noqa: E402  (examples/plotting.py)
@@ -254,8 +257,12 @@ def _pitchfork_method(method: str, start: float, theta: float, beta: float) -> t
                                       max_iter=500, check=False)
         (g,) = torch.autograd.grad(est.surrogate, th)
         moved = max(abs(sol.z - phi0).max().item() for _, sol in est.phases)
-        names = sorted({Status(int(s)).name for _, sol in est.phases for s in sol.status.tolist()})
-        return f"finite; phases moved {moved:.2f}", "status " + "/".join(names), g.item()
+        names = sorted({Status(int(s)).name for s in est.status.tolist()})
+        reported = "status " + "/".join(names)
+        mismatch = est.mismatch.max().item()
+        if names == ["SOLVED"] and mismatch > MISMATCH_WARN:   # what check=True warns about
+            reported = f"RuntimeWarning: phase jumped (mismatch {mismatch:.2g})"
+        return f"finite; phases moved {moved:.2f}", reported, g.item()
     mode = {"FO": FirstOrder(), "RBP k=20": FixedPoint(20), "RBP k=2000": FixedPoint(2000),
             "CG k=5": ConjugateGradient(5), "Implicit": Implicit()}[method]
     with warnings.catch_warnings(record=True) as caught:
@@ -434,7 +441,7 @@ def main(argv=None) -> dict:
             tag = "" if reported in ("nothing", "status SOLVED") else ("W" if "Warning" in reported else "E")
             cells.append(f"{value:>20.4g}{tag:>2}")
         print(f"  {r['theta']:6.3f} {r['phi']:8.4f} {r['hessian']:8.4f} {r['exact']:10.4g} | " + " | ".join(cells))
-    print("  (W: RuntimeWarning reported, E: SolverError)")
+    print("  (W: RuntimeWarning reported, E: SolverError or status INDEFINITE)")
 
     ushape = u_shape(hp, args.betas, args.deltas, args.draws)
     print("\nTheorem 3.2.3: two-point EP relative error vs β (rows) for solution errors δ (columns)")

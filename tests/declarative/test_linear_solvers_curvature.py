@@ -115,3 +115,25 @@ def test_argmin_flat_direction_cotangent_is_not_indefinite_float64():
         warnings.simplefilter("ignore", RuntimeWarning)      # unconverged: the system is inconsistent
         (g,) = torch.autograd.grad((z * Q[:, -1]).sum(), theta)
     assert torch.isfinite(g).all()
+
+
+@pytest.mark.parametrize("solver", ["cg", "fixed_point"])
+def test_sync_every_changes_no_result(solver):
+    """A solve to a tolerance that asks for remaining active elements only every few steps (the
+    accelerator default) returns the same iterates, iteration counts and flags as every step: the
+    converged elements are frozen in between."""
+    from declarative.linear_solvers import fixed_point_iteration
+    A, _ = _psd_with_null_space(6, 30, 0, torch.float64)
+    b = torch.randn(6, 30, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    b[2] *= 1e-3
+    if solver == "cg":
+        run = lambda k: conjugate_gradient(_matvec(A), b, max_iter=80, rtol=1e-10, sync_every=k)  # noqa: E731
+    else:
+        T = torch.eye(30, dtype=torch.float64) - 0.4 * A        # spectral radius ≤ 0.6
+        run = lambda k: fixed_point_iteration(_matvec(T), b, max_iter=200, rtol=1e-10, sync_every=k)  # noqa: E731
+    every, fourth = run(1), run(4)
+    assert bool(every.converged.all()) and len(set(every.iterations.tolist())) > 1
+    assert torch.equal(every.x, fourth.x) and torch.equal(every.iterations, fourth.iterations)
+    assert torch.equal(every.residual, fourth.residual) and torch.equal(every.converged, fourth.converged)
+    with pytest.raises(ValueError, match="sync_every"):
+        run(0)

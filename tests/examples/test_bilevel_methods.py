@@ -1,6 +1,6 @@
 """examples/bilevel_methods.py --quick (Zucchet & Sacramento 2022, §4.2): the error of every method
-falls with its compute, the indefinite Hessian is reported (SolverError INDEFINITE / a RuntimeWarning)
-rather than silently differentiated, and EP's error is U-shaped in β for inexact phases."""
+falls with its compute, the indefinite Hessian is reported (SolverError INDEFINITE / a RuntimeWarning /
+EP's status INDEFINITE) rather than silently differentiated, and EP's error is U-shaped in β for inexact phases."""
 
 import math
 import sys
@@ -36,6 +36,8 @@ def test_quick_run(tmp_path, capsys):
     for method in ("EP", "EPc"):                        # finite, but in another basin (far from the branch)
         r = rows[("maximum", method)]
         assert math.isfinite(r["gradient"]) and abs(r["gradient"] - r["branch"]) > 1.0
+        assert r["reported"] == "status INDEFINITE"    # ... and reported
+        assert rows[("minimum", method)]["reported"] == "status SOLVED"
     # at the minimum (H = 4.41): RBP with η = 0.1 contracts at 1 − 0.441, so 20 steps leave ~1e-5
     for method, rel in (("RBP k=20", 1e-4), ("RBP k=2000", 1e-8), ("CG k=5", 1e-8), ("Implicit", 1e-8)):
         r = rows[("minimum", method)]

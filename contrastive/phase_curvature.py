@@ -1,0 +1,132 @@
+r"""Whether equilibrium propagation's free phase is a minimum along the way its nudged phase went.
+
+Equilibrium propagation differentiates a *minimiser*: ``φ* = argmin_φ E(φ, θ)``. A minimiser of
+``E`` stops at any stationary point it is started on, a saddle point or a maximum included (its
+gradient there is zero), and reports it solved; the nudged phase ``φ̂_β`` then descends away from
+it, into the basin of another minimum, and the contrast ``(F(β) − F(0))/β`` is finite but has no
+relation to the derivative of any branch of solutions (``O(1/β)`` where the jump is ``O(1)``).
+
+The test: with ``d = φ̂_β − φ*`` the displacement of a nudged phase, the curvature of the energy
+at the free phase along it,
+
+.. math::
+
+    c = d^\\top \\nabla^2_\\varphi E(\\varphi^*, \\theta)\\, d ,
+
+one Hessian-vector product. At a strict minimum ``c > 0``; where ``c`` is negative beyond
+round-off, the free phase is not a minimum along the direction the estimate measures, and the
+element is ``Status.INDEFINITE`` — as conjugate gradient reports it for the implicit gradient.
+Round-off is judged against the Hessian's scale ``λ̂ = ‖∇²E v‖/‖v‖`` for a fixed pseudo-random
+``v`` (a second product), not against ``‖∇²E d‖`` (itself round-off when ``d`` lies in a flat
+direction of a convex energy, whose sign is then arbitrary): negative beyond round-off is
+``c < −√eps · max(λ̂, |c|/‖d‖²) · ‖d‖²``.
+
+A second reading of the same product: the energy along ``d`` against its second-order Taylor
+model at the free phase,
+
+.. math::
+
+    m = \frac{|E(\hat\varphi_\beta) - E(\varphi^*) - \nabla E(\varphi^*)^\top d - \tfrac12 c|}{\tfrac12 |c|},
+
+is ``O(‖d‖)`` (the third-order term) while ``φ̂_β`` stays in the free phase's quadratic neighbourhood,
+where the estimate's bias is ``O(β)``; ``m ≳ 1`` means the nudged phase left it — into another
+basin (near a fold, where the barrier is below ``β·|∂ℓ|``) or with ``β`` too large for the
+curvature. Where ``½|c|`` is within round-off of the energies (``100·eps·(|E(φ*)| + |E(φ̂_β)| +
+|∇E(φ*)ᵀd|)``), or where a coordinate at a bound moved, ``m`` is set to 0: the difference
+cannot be judged.
+
+With bounds ``lower ≤ φ ≤ upper`` only the coordinates strictly inside the bounds in both phases
+enter (``d`` and ``v`` are zero on the others): along an active bound the energy may curve down
+at a constrained minimum.
+
+Shape:
+    free, nudged: ``(B, n)``; ``negative``, ``mismatch``: ``(B,)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+__all__ = ["PhaseCurvature", "phase_curvature"]
+
+
+def _free_coordinates(z: torch.Tensor, lower, upper) -> torch.Tensor:
+    mask = torch.ones_like(z, dtype=torch.bool)
+    if lower is not None:
+        mask = mask & (z > lower)
+    if upper is not None:
+        mask = mask & (z < upper)
+    return mask
+
+
+@dataclass
+class PhaseCurvature:
+    """``negative``: ``dᵀ∇²E d`` negative beyond round-off (``(B,)`` bool); ``mismatch``: ``m``,
+    the Taylor-model mismatch of the energy along ``d`` (``(B,)``, 0 where it cannot be judged)."""
+
+    negative: torch.Tensor
+    mismatch: torch.Tensor
+
+
+def _derivatives(energy: Callable[[torch.Tensor], torch.Tensor], at: torch.Tensor,
+                 directions: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
+    """``(E(at), ∇E(at), (∇²E(at) u for u in directions))``, detached (zeros for the Hessian
+    products where ``∇E`` does not depend on φ)."""
+    with torch.enable_grad():
+        z = at.detach().requires_grad_(True)
+        value = energy(z)
+        (grad,) = torch.autograd.grad(value.sum(), z, create_graph=True)
+        if not grad.requires_grad:
+            return value.detach(), grad.detach(), tuple(torch.zeros_like(u) for u in directions)
+        out = []
+        for i, u in enumerate(directions):
+            (hu,) = torch.autograd.grad(grad, z, u, retain_graph=i + 1 < len(directions), allow_unused=True)
+            out.append(torch.zeros_like(u) if hu is None else hu.detach())
+    return value.detach(), grad.detach(), tuple(out)
+
+
+def phase_curvature(energy: Callable[[torch.Tensor], torch.Tensor], free: torch.Tensor,
+                    nudged: torch.Tensor, lower: torch.Tensor | None = None,
+                    upper: torch.Tensor | None = None) -> PhaseCurvature:
+    """The curvature ``c = dᵀ∇²E(free) d`` of ``energy`` along ``d = nudged − free`` (on the
+    coordinates inside the bounds in both points), judged against round-off, and the mismatch of
+    the energy's second-order model along ``d`` (module docstring). Two Hessian-vector products
+    and one energy at ``free``, one energy at ``nudged``; no host sync.
+
+    Args:
+        energy: ``φ ↦ E(φ, θ)``, ``(B, n) → (B,)``, θ fixed (detached).
+        free: the free phase ``φ*``; nudged: a nudged phase ``φ̂_β``.
+        lower, upper: the bounds of the phases (broadcastable to ``(B, n)``) or None.
+
+    Examples::
+
+        >>> E = lambda phi: (phi ** 4 - phi ** 2).sum(-1)          # a maximum at 0
+        >>> phase_curvature(E, torch.zeros(1, 1), torch.full((1, 1), 0.7)).negative
+        tensor([True])
+    """
+    tiny = torch.finfo(free.dtype).tiny
+    eps = torch.finfo(free.dtype).eps
+    mask = _free_coordinates(free, lower, upper) & _free_coordinates(nudged, lower, upper)
+    d = torch.where(mask, nudged - free, torch.zeros_like(free))
+    gen = torch.Generator(device=free.device).manual_seed(0)
+    v = torch.randn(free.shape, generator=gen, device=free.device, dtype=free.dtype)
+    v = torch.where(mask, v, torch.zeros_like(v))
+    e0, grad, (hd, hv) = _derivatives(energy, free, (d, v))
+    dd = torch.linalg.vecdot(d, d)
+    c = torch.linalg.vecdot(d, hd)
+    scale = torch.linalg.vector_norm(hv, dim=-1) / torch.linalg.vector_norm(v, dim=-1).clamp_min(tiny)
+    scale = torch.fmax(torch.nan_to_num(scale, nan=0.0, posinf=0.0), c.abs() / dd.clamp_min(tiny))
+    negative = (dd > 0) & (c < -(eps ** 0.5) * scale * dd)
+    with torch.no_grad():
+        e1 = energy(nudged.detach())
+    slope = torch.linalg.vecdot(grad, d)
+    remainder = (e1 - e0 - slope - 0.5 * c).abs()
+    noise = 100 * eps * (e0.abs() + e1.abs() + slope.abs())
+    # E(nudged) − E(free) is the change along d only where no coordinate at a bound moved
+    along_d = torch.where(mask, torch.zeros_like(d), nudged - free).eq(0).all(-1)
+    judged = along_d & (0.5 * c.abs() > noise)
+    mismatch = torch.where(judged, remainder / (0.5 * c.abs()).clamp_min(tiny), torch.zeros_like(c))
+    return PhaseCurvature(negative=negative, mismatch=mismatch)
