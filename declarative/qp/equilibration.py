@@ -175,8 +175,9 @@ def _solution_scale(sQ, sq, rows, unbatched_q: bool) -> torch.Tensor:
     """An estimate ``t`` of the size of the minimiser: the median over the constraint rows of
     ``|h_i| / ‖G_i‖∞`` and ``|b_j| / ‖A_j‖∞`` (rows with a zero side skipped; a median, so that a
     few big-M or tiny rows do not set it), or ``max|q| / max|Q|`` without such rows, or 1.
-    From the reductions ``equilibration`` forms (of the Ruiz-scaled data ``D_r Q D_r``, ``D_r q``, ``G D_r``, ``A D_r``): ``sQ = max|Q|``, ``sq = max|q|`` (per element)
-    and ``rows``: ``(‖M_i‖∞, |r_i|)`` for ``(G, h)`` and ``(A, b)`` (or None). ``()`` when ``Q`` is
+    From the reductions ``equilibration`` forms, of the Ruiz-scaled data (``D_r Q D_r``, ``D_r q``,
+    ``G D_r``, ``A D_r``): ``sQ = max|Q|``, ``sq = max|q|`` (per element) and ``rows``:
+    ``(‖M_i‖∞, |r_i|)`` for ``(G, h)`` and ``(A, b)`` (or None). ``()`` when ``Q`` is
     unbatched (``unbatched_q``: one scale for the batch), else ``(B,)``."""
     ratios = []
     for r_ in rows:
