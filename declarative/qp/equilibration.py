@@ -1,34 +1,51 @@
-"""Equilibration of QP data: the objective, the constraint rows and the variables brought to unit size.
+r"""Equilibration of QP data: the objective, the constraint rows and the variables brought to unit size.
 
 The solver's convergence tests, its polish and the weak-activity classification of the backward
 measure residuals, multipliers and slacks against ``1 + scale``; the ``1`` makes them absolute when
 the data are small. An objective of size 1e-6 then passes as converged 1% away from its minimiser,
-with the wrong active set (and the wrong gradient). ``QPProblem`` therefore solves the equivalent
-problem in ``z = t z'``
+with the wrong active set (and the wrong gradient); variables of sizes 1e-4 and 1e4 in one problem
+leave the Newton systems near singular along some of them (false DUAL_INFEASIBLE verdicts,
+non-finite iterates). ``QPProblem`` therefore solves the equivalent problem in ``z = Dz'``, ``D``
+a positive diagonal (one entry per variable),
 
-    minimize ½ z'ᵀ(σt²Q)z' + (σtq)ᵀz'   s.t.   (D_G tG) z' ≤ D_G h,   (D_A tA) z' = D_A b
+.. math::
 
-The variable scale ``t`` estimates the size of the minimiser: the median over the constraint rows
-of ``|h_i| / ‖G_i‖∞`` and ``|b_j| / ‖A_j‖∞`` (``max|q| / max|Q|`` without rows), used when it is
+    \min_{z'} \tfrac12 z'^\top (\sigma DQD) z' + (\sigma Dq)^\top z'
+    \quad\text{s.t.}\quad (D_G G D) z' \le D_G h,\quad (D_A A D) z' = D_A b .
+
+**Variables.** ``D = t D_r``: ``D_r`` from ``RUIZ_ITERATIONS`` Ruiz iterations on the KKT
+matrix ``[[cQ, Gᵀ, Aᵀ], [G, 0, 0], [A, 0, 0]]`` (each pass divides every column and row by the
+square root of its ∞-norm, the objective block normalised to ``max|cDQD| = 1``: its overall size
+is the cost scale's business), so that every variable's column ``max(‖(DQD)_{:,j}‖∞, ‖(GD)_{:,j}‖∞,
+‖(AD)_{:,j}‖∞)`` is of unit size relative to the others; ``t`` a common factor, an estimate of the
+size of the Ruiz-scaled minimiser: the median over the constraint rows of ``|h_i| / ‖(GD_r)_i‖∞``
+and ``|b_j| / ‖(AD_r)_j‖∞`` (``max|D_r q| / max|D_r Q D_r|`` without rows), used when it is
 outside ``[1/BAND, BAND]`` — without it a minimiser of size 1e-8 (``q``, ``h``, ``b`` small against
 ``Q``, ``G``) met the tolerances only absolutely, and its active rows were classified as weakly
-active (wrong gradients). Then ``σ = 1 / max(t² max|Q|, t max|q|)``,
-``D_G = diag(1 / max(t‖G_i‖∞, |h_i|))`` and ``D_A = diag(1 / max(t‖A_j‖∞, |b_j|))`` (all-zero rows
-keep 1). Every entry of the scaled data is then at most 1 in magnitude — including the right-hand
-sides, which the tolerances are measured against: a row scaled by its ``G_i`` alone would turn a
-nearly vacuous row (``10⁻⁸ gᵀz ≤ 1``) into ``gᵀz ≤ 10⁸`` and loosen every tolerance of its element
-by ``10⁸``, while with ``h_i`` in the maximum the same row — and a big-M bound ``z_k ≤ 10⁸`` —
-becomes harmless (``10⁻⁸ gᵀz ≤ 1``). The scales are clipped to ``[1/c, c]`` with ``c = 1/√tiny``
-of the dtype, so the scaled data stay finite.
+active (wrong gradients).
 
-The scaled problem's minimiser is ``z' = z*/t``; its multipliers are ``λ' = σλ / d_G`` and
-``ν' = σν / d_A``. The derivative of ``z*`` along a nudge ``q → q + βg`` is ``t`` times that of the
-scaled problem along ``σtg`` (``dλ = d_G dλ' / σ``, ``dν = d_A dν' / σ``), so every gradient mode
-works on the scaled problem and maps back exactly; the scales are constants for the gradient
-(``z*`` does not depend on them).
+**Objective and rows**, on the data in ``z'``: ``σ = 1 / max(max|DQD|, max|Dq|)``,
+``D_G = diag(1 / max(‖(GD)_i‖∞, |h_i|))`` and ``D_A = diag(1 / max(‖(AD)_j‖∞, |b_j|))`` (all-zero
+rows keep 1). Every entry of the scaled data is then at most 1 in magnitude — including the
+right-hand sides, which the tolerances are measured against: a row scaled by its ``G_i`` alone
+would turn a nearly vacuous row (``10⁻⁸ gᵀz ≤ 1``) into ``gᵀz ≤ 10⁸`` and loosen every tolerance of
+its element by ``10⁸``, while with ``h_i`` in the maximum the same row — and a big-M bound
+``z_k ≤ 10⁸`` — becomes harmless (``10⁻⁸ gᵀz ≤ 1``). The scales are clipped to ``[1/c, c]`` with
+``c = 1/√tiny`` of the dtype, so the scaled data stay finite; ``D`` is formed from the finite
+entries only (a NaN element does not reach the scale of the others).
 
-Data whose scales all lie in ``[1/BAND, BAND]`` are left as they are (``equilibration`` returns
-None): the solver handles them directly, and bit-for-bit as without this module.
+When ``Q`` is unbatched, ``σ`` and ``D`` are one scaling for the whole batch (column norms are
+maxima over it), so that ``Q`` stays unbatched; else they are per element. The Ruiz iterations are
+a fixed number of batched reductions (no host synchronisation).
+
+**Mapping back.** The scaled problem's minimiser is ``z' = D⁻¹z*``; its multipliers are
+``λ' = σλ / d_G`` and ``ν' = σν / d_A``. The derivative of ``z*`` along a nudge ``q → q + βg`` is
+``D`` times that of the scaled problem along ``σDg`` (``dλ = d_G dλ' / σ``, ``dν = d_A dν' / σ``),
+so every gradient mode works on the scaled problem and maps back exactly; the scales are constants
+for the gradient (``z*`` does not depend on them).
+
+Data whose block sizes all lie in ``[1/BAND, BAND]`` are left as they are (``equilibration``
+returns None): the solver handles them directly, and bit-for-bit as without this module.
 """
 
 from __future__ import annotations
@@ -56,7 +73,7 @@ class Equilibration(NamedTuple):
         - ineq ``d_G``: like ``h`` without its last axis plus ``m``: ``(m,)`` or ``(B, m)``; None
           without inequalities
         - eq ``d_A``: ``(p,)`` or ``(B, p)``; None without equalities
-        - var ``t``: like ``σ``
+        - var ``D`` (the diagonal): ``(n,)`` when ``Q`` is unbatched, else ``(B, n)``
     """
 
     cost: torch.Tensor
@@ -87,25 +104,32 @@ class Equilibration(NamedTuple):
         return c.reshape(*c.shape, *([1] * dims)) if c.dim() else c
 
     def params(self, params):
-        """``(σt²Q, σtq, D_G tG, D_G h, D_A tA, D_A b)`` (None blocks stay None)."""
+        """``(σDQD, σDq, D_G G D, D_G h, D_A A D, D_A b)`` (None blocks stay None)."""
         Q, q, G, h, A, b = params
         c = self._per_element(self.cost, 0)
-        t = self._per_element(self.var, 0)
-        ct = c * t
-        Qs = Q * self._per_element(ct * t, 2)
-        qs = q * self._per_element(ct, 1)
+        D = self.var
+        Qs = Q * (self._per_element(c, 2) * D.unsqueeze(-1) * D.unsqueeze(-2))
+        qs = q * (self._per_element(c, 1) * D)
         Gs = hs = As = bs = None
         if G is not None:
-            Gs, hs = G * (self.ineq * self._per_element(t, 1)).unsqueeze(-1), h * self.ineq
+            Gs, hs = G * self.ineq.unsqueeze(-1) * D.unsqueeze(-2), h * self.ineq
         if A is not None:
-            As, bs = A * (self.eq * self._per_element(t, 1)).unsqueeze(-1), b * self.eq
+            As, bs = A * self.eq.unsqueeze(-1) * D.unsqueeze(-2), b * self.eq
         return Qs, qs, Gs, hs, As, bs
 
     def direction(self, g: torch.Tensor) -> torch.Tensor:
-        """The nudge direction of the scaled problem, ``σtg``."""
-        return g * self._per_element(self.cost * self.var, 1)
+        """The nudge direction of the scaled problem, ``σDg``."""
+        return g * (self._per_element(self.cost, 1) * self.var)
 
-    # -- multipliers ---------------------------------------------------------------------------------
+    # -- variables and multipliers -------------------------------------------------------------------
+    def unscale_z(self, z: torch.Tensor) -> torch.Tensor:
+        """``z = Dz'`` (also for rays and tangents)."""
+        return z * self.var
+
+    def scale_z(self, z: torch.Tensor) -> torch.Tensor:
+        """``z' = D⁻¹z``."""
+        return z / self.var
+
     def _ratio(self, d: torch.Tensor) -> torch.Tensor:
         c = self.cost
         return d / (c.unsqueeze(-1) if c.dim() else c)
@@ -129,15 +153,15 @@ class Equilibration(NamedTuple):
         return out
 
     def scaled_solution(self, sol: Solution) -> Solution:
-        """``sol`` (in the original units) as a solution of the scaled problem: ``z' = z / t`` and
+        """``sol`` (in the original units) as a solution of the scaled problem: ``z' = D⁻¹z`` and
         its multipliers; the cache, which the solver filled for the scaled problem, is shared."""
-        return Solution(z=sol.z / self._per_element(self.var, 1), duals=self.scale_duals(sol.duals),
+        return Solution(z=self.scale_z(sol.z), duals=self.scale_duals(sol.duals),
                         status=sol.status, iterations=sol.iterations, residuals=sol.residuals, cache=sol.cache)
 
     def unscaled_solution(self, sol: Solution) -> Solution:
-        """``sol`` of the scaled problem in the original units (``z = t z'``; also for tangents,
+        """``sol`` of the scaled problem in the original units (``z = Dz'``; also for tangents,
         which map like solutions; cache shared)."""
-        return Solution(z=sol.z * self._per_element(self.var, 1), duals=self.unscale_duals(sol.duals),
+        return Solution(z=self.unscale_z(sol.z), duals=self.unscale_duals(sol.duals),
                         status=sol.status, iterations=sol.iterations, residuals=sol.residuals, cache=sol.cache)
 
 
@@ -151,8 +175,9 @@ def _solution_scale(sQ, sq, rows, unbatched_q: bool) -> torch.Tensor:
     """An estimate ``t`` of the size of the minimiser: the median over the constraint rows of
     ``|h_i| / ‖G_i‖∞`` and ``|b_j| / ‖A_j‖∞`` (rows with a zero side skipped; a median, so that a
     few big-M or tiny rows do not set it), or ``max|q| / max|Q|`` without such rows, or 1.
-    From the reductions ``equilibration`` forms: ``sQ = max|Q|``, ``sq = max|q|`` (per element)
-    and ``rows``: ``(‖M_i‖∞, |r_i|)`` for ``(G, h)`` and ``(A, b)`` (or None). ``()`` when ``Q`` is
+    From the reductions ``equilibration`` forms, of the Ruiz-scaled data (``D_r Q D_r``, ``D_r q``,
+    ``G D_r``, ``A D_r``): ``sQ = max|Q|``, ``sq = max|q|`` (per element) and ``rows``:
+    ``(‖M_i‖∞, |r_i|)`` for ``(G, h)`` and ``(A, b)`` (or None). ``()`` when ``Q`` is
     unbatched (``unbatched_q``: one scale for the batch), else ``(B,)``."""
     ratios = []
     for r_ in rows:
@@ -208,10 +233,69 @@ def _in_band_on_host(Q, q, G, h, A, b) -> bool:
     return all(not (x > BAND or 0 < x < 1 / BAND) for x in sizes)
 
 
+#: Ruiz iterations on the KKT matrix (a fixed number: no host synchronisation)
+RUIZ_ITERATIONS = 10
+
+
+def _size_of(x: torch.Tensor) -> torch.Tensor:
+    """``|x|`` with non-finite entries as 0: the variable scale is formed from the finite data
+    (a NaN in one element, which the solver flags, must not reach a scale shared by the batch)."""
+    return torch.nan_to_num(x.abs(), nan=0.0, posinf=0.0)
+
+
+def _reduce_to(x: torch.Tensor, dims: int) -> torch.Tensor:
+    """``x`` reduced by maxima over its leading axes to ``dims`` axes."""
+    while x.dim() > dims:
+        x = x.amax(0)
+    return x
+
+
+def _root_inverse(norm: torch.Tensor, cap: float) -> torch.Tensor:
+    """``1/√norm`` with ``norm`` clipped to ``[1/cap, cap]``; 1 where ``norm`` is 0."""
+    return torch.where(norm > 0, norm, torch.ones_like(norm)).clamp(1 / cap, cap).rsqrt()
+
+
+def _ruiz_variable_scale(Q, G, A, cap: float) -> torch.Tensor:
+    r"""The diagonal ``D`` of ``RUIZ_ITERATIONS`` Ruiz iterations on the KKT matrix
+
+    .. math::
+
+        K = \begin{bmatrix} c_k Q & G^\top & A^\top \\ G & 0 & 0 \\ A & 0 & 0 \end{bmatrix},
+        \qquad D \leftarrow D / \sqrt{\|K_{:,j}\|_\infty},\quad
+        E \leftarrow E / \sqrt{\|K_{i,:}\|_\infty},
+
+    each pass measured on ``diag(D, E) K diag(D, E)``, with the objective block normalised to
+    ``max|c_k DQD| = 1`` at each pass (its overall size is the cost scale's business, not the
+    variables'). The row scales ``E`` are discarded: ``equilibration`` forms its own,
+    right-hand-side aware. Zero columns keep 1; norms are clipped to ``[1/cap, cap]``.
+
+    Shape:
+        ``(n,)`` when ``Q`` is unbatched (one scaling for the batch: column norms are maxima over
+        it), else ``(B, n)``.
+    """
+    dims = 1 if Q.dim() == 2 else 2
+    aQ = _size_of(Q)
+    blocks = [_size_of(M) for M in (G, A) if M is not None and M.shape[-2] > 0]
+    D = aQ.new_ones(Q.shape[:-1] if dims == 2 else Q.shape[-1:])
+    E = [None] * len(blocks)
+    for _ in range(RUIZ_ITERATIONS):
+        DQD = aQ * (D.unsqueeze(-1) * D.unsqueeze(-2))
+        top = DQD.amax((-2, -1), keepdim=True)
+        col = (DQD / torch.where(top > 0, top, torch.ones_like(top))).amax(-2)
+        for k, M in enumerate(blocks):
+            MD = M * D.unsqueeze(-2)
+            if E[k] is not None:
+                MD = MD * E[k].unsqueeze(-1)
+            col = torch.maximum(col, MD.amax(-2))
+            E[k] = (1.0 if E[k] is None else E[k]) * _root_inverse(MD.amax(-1), cap)
+        D = D * _root_inverse(_reduce_to(col, dims), cap)
+    return D
+
+
 def equilibration(Q, q, G=None, h=None, A=None, b=None) -> Equilibration | None:
-    """The scales ``t, σ, d_G, d_A`` of the module docstring, or None when they all lie in
-    ``[1/BAND, BAND]`` (then nothing needs scaling). NaN data give NaN scales for their own batch
-    elements only (which the solver reports as ``Status.NON_FINITE``).
+    """The scales ``D, σ, d_G, d_A`` of the module docstring, or None when the data are in band
+    (every block's size in ``[1/BAND, BAND]``: then nothing needs scaling). NaN data give NaN
+    scales for their own batch elements only (which the solver reports as ``Status.NON_FINITE``).
 
     Shape:
         Q ``(B, n, n)|(n, n)``, q ``(B, n)|(n,)``, G ``(B, m, n)|(m, n)``, h ``(B, m)|(m,)``,
@@ -225,8 +309,7 @@ def equilibration(Q, q, G=None, h=None, A=None, b=None) -> Equilibration | None:
     rows = [None if M is None else (M.abs().amax(-1), r.abs()) for M, r in ((G, h), (A, b))]
     sizes = [torch.maximum(sQ, sq)] + [None if r_ is None else torch.maximum(*r_) for r_ in rows]
     # a cheap bound for the minimiser's size: the largest right-hand side (q, h, b) over the
-    # largest matrix entry (Q, G, A); the median estimate ``_solution_scale`` only when it is far
-    # from 1
+    # largest matrix entry (Q, G, A)
     rhs = [sq.amax()] + [r_[1].amax() for r_ in rows if r_ is not None and r_[1].numel()]
     mat = [sQ.amax()] + [r_[0].amax() for r_ in rows if r_ is not None and r_[0].numel()]
     ratio = (torch.stack(rhs).amax() / torch.stack(mat).amax()).reshape(1)
@@ -234,15 +317,20 @@ def equilibration(Q, q, G=None, h=None, A=None, b=None) -> Equilibration | None:
     # in band (zero sizes keep the scale 1): nothing to do — one host sync, no scales formed
     if not bool(((flat > BAND) | ((flat > 0) & (flat < 1 / BAND))).any()):
         return None
-    t = _solution_scale(sQ, sq_el, rows, Q.dim() == 2)
-    t = torch.where((t > BAND) | (t < 1 / BAND), t, torch.ones_like(t))   # in band: no variable scaling
-    if bool((t != 1).any()):
-        tc = t.reshape(*t.shape, 1) if t.dim() else t
-        sQt, sqt = sQ * t * t, sq_el * t
-        if Q.dim() == 2:
-            sqt = sqt.amax() if sqt.dim() else sqt
-        sizes = [torch.maximum(sQt, sqt)] + [None if r_ is None else torch.maximum(r_[0] * tc, r_[1])
-                                            for r_ in rows]
     cap = torch.finfo(Q.dtype).tiny ** -0.5
+    D = _ruiz_variable_scale(Q, G, A, cap)
+    # the reductions of the Ruiz-scaled data (Q DQD, q Dq, rows G_i D, A_j D)
+    DQD = Q * (D.unsqueeze(-1) * D.unsqueeze(-2))
+    sQ = DQD.abs().amax((-2, -1))
+    sq_el = (q * D).abs().amax(-1)
+    rows = [None if M is None else ((M * D.unsqueeze(-2)).abs().amax(-1), r.abs()) for M, r in ((G, h), (A, b))]
+    t = _solution_scale(sQ, sq_el, rows, Q.dim() == 2)
+    t = torch.where((t > BAND) | (t < 1 / BAND), t, torch.ones_like(t))   # in band: no common factor
+    tc = t.reshape(*t.shape, 1) if t.dim() else t
+    sQt, sqt = sQ * t * t, sq_el * t
+    if Q.dim() == 2:
+        sqt = sqt.amax() if sqt.dim() else sqt
+    sizes = [torch.maximum(sQt, sqt)] + [None if r_ is None else torch.maximum(r_[0] * tc, r_[1])
+                                        for r_ in rows]
     cost, ineq, eq = (None if s_ is None else _inverse(s_, cap) for s_ in sizes)
-    return Equilibration(cost, ineq, eq, t.clamp(1 / cap, cap))
+    return Equilibration(cost, ineq, eq, (D * tc).clamp(1 / cap, cap))

@@ -371,7 +371,7 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
             # the answer as the caller returns it: rounded, then unscaled in that dtype
             z, lam, nu = (t.to(answer_dtype) for t in (z, lam, nu))
         if scales is not None:
-            z = z * scales._per_element(scales.var, 1)
+            z = scales.unscale_z(z)
             d_ = scales.unscale_duals({"lam": lam, "nu": nu})
             lam, nu = d_["lam"], d_["nu"]
         if answer_dtype is not None:
@@ -401,7 +401,7 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
         on the original data."""
         eps_c = CERTIFICATE_TOL.get(orig[0].dtype, 1e-5)
         if scales is not None:
-            z = z * scales._per_element(scales.var, 1)
+            z = scales.unscale_z(z)
             d_ = scales.unscale_duals({"lam": lam, "nu": nu})
             lam, nu = d_["lam"], d_["nu"]
         ok = torch.ones_like(st, dtype=torch.bool)
@@ -745,6 +745,7 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
     # infeasibility verdicts only with a certificate that holds on the original data; the others
     # start again from the cold start with a thousand times tighter certificate tolerance, and
     # are INACCURATE if that fails too
+    rerun = False   # iterations run after this verification (their verdicts are verified at the end)
     for attempt in range(2):
         infeasible = (status == pinf_code) | (status == dinf_code)
         if not bool(infeasible.any()):
@@ -775,6 +776,7 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
             budget = max(1, opts.max_iter - int(iterations[fail].max()))
             z, s, lam, nu, status, iterations, pres, dres, gap, fac = run(
                 z, s, lam, nu, status, iterations, *(max(t_ * f_, floor) for t_ in tols), budget)
+            rerun = True
     unfinished = status < 0   # running or stalled
     cache = {}
     if G is not None:
@@ -842,6 +844,7 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
                 budget = max(1, opts.max_iter - int(iterations[retry].max()))
                 z, s, lam, nu, status, iterations, pres, dres, gap, fac = run(
                     z, s, lam, nu, status, iterations, *ladder[phase], budget)
+                rerun = True
                 unfinished = status < 0
             # the last rung's polish left a point that misses the tolerances (its factorisation's
             # regularisation can dominate a tiny eigenvalue of Q, e.g. 1e-9 with a minimiser of
@@ -887,6 +890,11 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
     status = torch.where(status < 0, int(Status.MAX_ITERATIONS), status)   # running or stalled
     # the SOLVED contract on the original problem, and its residuals reported
     lam_, nu_ = (lam if G is not None else z.new_zeros(B, 0)), (nu if A is not None else z.new_zeros(B, 0))
+    if rerun:
+        # infeasibility verdicts of the iterations run after the certificate check above (the
+        # contract's tighter tolerances, the polish ladder) are verified too; failing, INACCURATE
+        infeasible = (status == pinf_code) | (status == dinf_code)
+        status = torch.where(infeasible & ~certificates_hold(z, lam_, nu_, status), int(Status.INACCURATE), status)
     res, ok = on_original(z, lam_, nu_)
     status = torch.where((status == solved_code) & ~ok, int(Status.INACCURATE), status)
     if kept:
