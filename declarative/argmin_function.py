@@ -9,7 +9,10 @@ Two Functions, one protocol:
 * ``ClosedFormFunction`` for problems with ``closed_form = True`` (the activations): one tensor in
   the problem's own shape out, written in torch ops only. ``torch.compile`` traces its forward and
   the mode's backward into the graph (``fullgraph=True`` works), and ``torch.func.vmap`` batches it
-  through the public rule ``generate_vmap_rule = True``.
+  through the public rule ``generate_vmap_rule = True``. Eagerly, outside ``torch.func``
+  transforms, ``apply_argmin_function`` runs the same forward and backward through
+  ``_EagerClosedFormFunction`` (the combined ``forward(ctx, ...)`` form), which ``Function.apply``
+  calls without binding the arguments to the forward's signature.
 * ``ArgminFunction`` for iterative solvers: the whole ``Solution`` (multipliers, statuses, solver
   caches) travels as a tuple of tensors. Solvers check convergence on the host and run
   data-dependent loops, so ``apply_argmin_function`` runs them outside ``torch.compile``'s graph
@@ -76,6 +79,44 @@ class ClosedFormFunction(torch.autograd.Function):
         return (None, None, *_vjp_grads(problem, ctx.mode, params, solution, g, needs))
 
 
+class _EagerClosedFormFunction(torch.autograd.Function):
+    """``ClosedFormFunction`` in the combined ``forward(ctx, ...)`` form, for eager calls.
+
+    Same inputs, output, saved tensors and backward. ``Function.apply`` binds the arguments of a
+    Function that defines ``setup_context`` to its forward's signature on every call (a few µs per
+    activation per step); this form skips that. ``torch.func`` transforms accept only the
+    ``setup_context`` form: under them ``apply`` raises before running anything
+    (``_FUNCTORCH_REFUSAL``), and ``apply_closed_form`` uses ``ClosedFormFunction``.
+    """
+
+    @staticmethod
+    def forward(ctx, problem, mode, *params):
+        z = problem.solve(params).z
+        ctx.problem, ctx.mode = problem, mode
+        ctx.save_for_backward(*params, z)
+        return z
+
+    backward = staticmethod(ClosedFormFunction.backward)
+
+
+#: the part of the message with which ``Function.apply`` refuses a ``forward(ctx, ...)`` Function
+#: under a ``torch.func`` transform (vmap, grad, jacrev, ...), before running it
+_FUNCTORCH_REFUSAL = "must override the setup_context"
+
+
+def apply_closed_form(problem, mode, params) -> torch.Tensor:
+    """``z = problem.solve(params).z``, differentiable through ``mode``: through
+    ``ClosedFormFunction`` under ``torch.compile`` and ``torch.func`` transforms, through
+    ``_EagerClosedFormFunction`` otherwise (same values and gradients, less per-call overhead)."""
+    if not torch.compiler.is_compiling():
+        try:
+            return _EagerClosedFormFunction.apply(problem, mode, *params)
+        except RuntimeError as err:
+            if _FUNCTORCH_REFUSAL not in str(err):
+                raise
+    return ClosedFormFunction.apply(problem, mode, *params)
+
+
 class ArgminFunction(torch.autograd.Function):
     """``z* = argmin_z E(z; θ)`` for an iterative solver, as an autograd node.
 
@@ -128,9 +169,9 @@ def apply_argmin_function(problem, mode, params, warm_start: Solution | None = N
     """Solve ``problem`` at ``params`` and return a ``Solution`` whose ``z`` is differentiable
     through ``mode``.
 
-    Closed forms (``problem.closed_form``) go through ``ClosedFormFunction`` and compile into a
+    Closed forms (``problem.closed_form``) go through ``apply_closed_form`` and compile into a
     ``torch.compile`` graph; iterative solvers go through ``ArgminFunction``, run outside it.
     """
     if problem.closed_form:
-        return Solution(z=ClosedFormFunction.apply(problem, mode, *params))
+        return Solution(z=apply_closed_form(problem, mode, params))
     return _apply_solver_function(problem, mode, params, warm_start)

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from declarative import ActivationProblem, GradientMode, resolve_mode
+from declarative.argmin_function import apply_closed_form
 from declarative.validation import check_instance, check_tensor
 
 
@@ -14,7 +15,9 @@ class ArgminActivation(nn.Module):
 
     The closed form and the mode's backward are torch operations in a ``torch.autograd.Function``
     with ``setup_context``: ``torch.compile(..., fullgraph=True)`` traces both into the graph, and
-    ``torch.func.vmap`` batches them (``generate_vmap_rule``).
+    ``torch.func.vmap`` batches them (``generate_vmap_rule``). Eager calls outside ``torch.func``
+    transforms run the same forward and backward without ``Function.apply``'s argument binding
+    (``declarative.argmin_function.apply_closed_form``).
 
     Args:
         problem: the ``ActivationProblem`` (closed form and one-sided derivative).
@@ -36,7 +39,10 @@ class ArgminActivation(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_tensor("input", x)
-        return self.mode.apply(self.problem, (x,)).z
+        mode = self.mode
+        if type(mode).apply is GradientMode.apply:   # every mode that does not run its own forward
+            return apply_closed_form(self.problem, mode, (x,))
+        return mode.apply(self.problem, (x,)).z
 
     def extra_repr(self) -> str:
         return f"mode={self.mode!r}"

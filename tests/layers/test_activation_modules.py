@@ -10,6 +10,7 @@ from torch.func import grad, jacrev, vmap
 import layers
 from contrastive import Contrastive, Symmetric
 from declarative import Implicit
+from declarative.argmin_function import ClosedFormFunction
 
 MODULES = {
     "ArgminReLU": lambda **kw: layers.ArgminReLU(**kw),
@@ -104,6 +105,31 @@ def test_vmap_forward_and_vmap_grad_equal_batched(name, mode):
     xb = x.clone().requires_grad_(True)
     (act(xb) * w).sum().backward()
     torch.testing.assert_close(per_example, xb.grad, rtol=0, atol=1e-14)
+
+
+@all_modules
+@all_modes
+def test_eager_call_equals_closed_form_function(name, mode):
+    """Eager calls outside ``torch.func`` run the combined ``forward(ctx, ...)`` Function (no
+    argument binding per call), not ``ClosedFormFunction``; output, gradient (with kinks: zeros and
+    the box bounds in the input, both signs of the cotangent) and double backward are the same."""
+    act = make(name, mode)
+    x = torch.cat([_input(3, 5), torch.tensor([[0.0, -0.5, 1.0, 0.0, 0.3]], dtype=torch.float64)]).requires_grad_(True)
+    g = torch.cat([_input(3, 5, seed=2), torch.tensor([[-1.0, 2.0, -3.0, 1.0, 0.5]], dtype=torch.float64)])
+    z = act(x)
+    assert z.grad_fn is not None and type(z.grad_fn).__name__ != "ClosedFormFunctionBackward"
+    z_ref = ClosedFormFunction.apply(act.problem, act.mode, x)
+    torch.testing.assert_close(z, z_ref, rtol=0, atol=0)
+    (gx,) = torch.autograd.grad(z, x, g, create_graph=True)
+    (gx_ref,) = torch.autograd.grad(z_ref, x, g, create_graph=True)
+    torch.testing.assert_close(gx, gx_ref, rtol=0, atol=0)
+    assert bool((gx != 0).any())
+    assert gx.requires_grad == gx_ref.requires_grad   # (the implicit backward of a piecewise-linear map is constant)
+    if gx.requires_grad:
+        w = _input(4, 5, seed=5)
+        (hx,) = torch.autograd.grad((gx * w).sum(), x, allow_unused=True, materialize_grads=True)
+        (hx_ref,) = torch.autograd.grad((gx_ref * w).sum(), x, allow_unused=True, materialize_grads=True)
+        torch.testing.assert_close(hx, hx_ref, rtol=0, atol=0)
 
 
 @all_modules
