@@ -12,6 +12,7 @@ from declarative.validation import check_instance, check_same_dtype_device, chec
 
 from .cvxpy_canonical import CanonicalQP, QPDataMap, canonicalise, check_members_types
 from .cvxpy_elimination import EliminationChain, eliminable
+from .cvxpy_parameter_checks import check_structured_values
 
 __all__ = ["CvxpyLayer"]
 
@@ -124,6 +125,7 @@ class CvxpyLayer(nn.Module):
                     raise ValueError(f"parameter {s.name}: expected batch size {batch} (that of "
                                      f"the other batched parameters), got {v.shape[0]}")
                 batch = v.shape[0]
+        check_structured_values(values, slots)
         return batch
 
     def qp_data(self, *params: torch.Tensor) -> tuple:
