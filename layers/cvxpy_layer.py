@@ -47,6 +47,7 @@ class CvxpyLayer(nn.Module):
     ``declarative.qp.solve_qp`` — so every gradient mode applies (``"implicit"``, the exact
     one-sided derivative also at weakly active constraints; ``"contrastive"``; ``"symmetric"``) —
     and reads the requested variables (or constraint multipliers) out of ``z*`` (and ``λ``, ``ν``).
+    Index tensors are built once (buffers, moved with ``.to``); a call does not copy them.
 
     Args:
         problem: a ``cvxpy.Problem`` (DPP).
@@ -61,16 +62,21 @@ class CvxpyLayer(nn.Module):
         presolve: eliminate cvxpy's auxiliary equality-defined variables (default True; the
             minimiser, multipliers and gradients are the same either way).
 
-    Multipliers (constraints in ``variables``) are values only: a loss may not depend on them
-    when it is differentiated (the backward raises a ``RuntimeError`` naming the multiplier output
-    rather than returning a gradient that silently leaves out its contribution).
+    Multipliers (constraints in ``variables``) are differentiable: their values are the solver's,
+    their gradient that of stationarity on the active set (``layers.cvxpy_duals``: exact under
+    strict complementarity and independent active constraints, through ``z``'s backward in any
+    gradient mode). Where they have no derivative — a weakly active constraint, dependent active
+    constraints — a backward that reaches them raises a ``RuntimeError`` naming the batch elements.
 
     Raises:
         ValueError: at construction, a problem that is not DCP or not DPP, whose canonical form
             needs second-order, exponential, PSD or power cones (the message names the cone and
             the atoms, and points to cvxpylayers' DIFFCP solver), or parameters / variables that
             do not belong to the problem; at call time, a wrong number of tensors or a wrong shape
-            (named parameter, expected and received shape).
+            (named parameter, expected and received shape), or a value of a ``symmetric`` /
+            ``PSD`` / ``NSD`` parameter that is not symmetric or not semidefinite beyond
+            ``√eps`` of its scale (named parameter and batch elements;
+            ``layers.cvxpy_parameter_checks``).
         TypeError: non-tensor or non-floating parameters, mixed dtypes or devices.
 
     Shape:
