@@ -153,3 +153,23 @@ def test_values_unchanged_and_no_graph_without_gradients():
     for a, c in zip(plain, tracked):
         assert not a.requires_grad and c.requires_grad
         torch.testing.assert_close(a, c.detach(), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("make", [inequality_and_equality, condensed_mpc], ids=["ineq_eq", "mpc"])
+def test_cvxpylayers_backend_differentiates_the_multipliers_alike(make):
+    """``ArgminQPSolver`` in cvxpylayers: the same multipliers and gradients as ``CvxpyLayer``."""
+    from cvxpylayers.torch import CvxpyLayer as CvxpylayersLayer
+
+    prob, params, variables, values = make()
+    variables = [v.dual_variables[0] if isinstance(v, cp.constraints.constraint.Constraint) else v
+                 for v in variables]
+    ours = layers.CvxpyLayer(prob, params, variables)
+    backend = CvxpylayersLayer(prob, parameters=params, variables=variables, solver=layers.ArgminQPSolver())
+    results = []
+    for layer in (ours, backend):
+        leaves = [v.clone().requires_grad_() for v in values]
+        outs = layer(*leaves)
+        sum((o * _randn(*o.shape, seed=20 + i)).sum() for i, o in enumerate(outs)).backward()
+        results.append([o.detach() for o in outs] + [t.grad for t in leaves])
+    for a, c in zip(*results):
+        torch.testing.assert_close(a, c, atol=1e-9, rtol=1e-8)
