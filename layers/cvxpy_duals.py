@@ -20,12 +20,14 @@ formula.
 of such a batch element raises a ``RuntimeError`` naming the elements and the reason (the primal
 outputs keep their gradient, and elements whose cotangent on the multipliers is zero pass):
 
-* a weakly active constraint (``λ_i ≤ τ‖(λ, ν)‖∞`` and ``s_i = h_i − G_i z ≤ τ s̄``, with
+* a weakly active constraint (``λ_i ≤ τ ȳ`` and ``s_i = h_i − G_i z ≤ τ s̄``, with the
+  multipliers' scale ``ȳ = max(‖(λ, ν)‖∞, max(max|Q|·‖z‖∞, ‖q‖∞) / max|C|)``,
   ``s̄ = ‖h‖∞ + ‖G‖∞‖z‖∞`` and ``τ = ε^{1/3}``, 6e-6 in float64, 5e-3 in float32): the
   multipliers are not differentiable there (the one-sided derivatives differ);
-* linearly dependent active constraints (``C Cᵀ`` not positive definite) or multipliers of the
-  formula that differ from the solver's by more than ``τ`` of their scale (multipliers not unique,
-  or a solution not accurate enough to tell the active set).
+* linearly dependent active constraints (the smallest eigenvalue of ``C Cᵀ`` below
+  ``ε^{3/4} max|C|²``, one Cholesky factorisation) or multipliers of the formula that differ from
+  the solver's by more than ``τ ȳ`` (multipliers not unique, or a solution not accurate enough
+  to tell the active set).
 
 Elements the solver did not solve get a zero gradient, as for the primal outputs.
 """
@@ -102,12 +104,24 @@ def differentiable_duals(blocks, z: torch.Tensor, lam: torch.Tensor | None, nu: 
     p = 0 if A is None else A.shape[-2]
     z = torch.where(solved.unsqueeze(-1), z, 0.0)
     r = _mv(Q, z) + q
-    rows, diag, values = [], [], []
     zd = z.detach()
+    rows, diag, values = [], [], []
     scale_y = zd.new_zeros(B)
     for y in (lam, nu):
         if y is not None and y.shape[-1]:
             scale_y = torch.maximum(scale_y, y.detach().abs().amax(-1))
+    # floor: the multipliers' natural scale max(max|Q|·‖z‖∞, ‖q‖∞) / max|C|, what Cᵀy balances
+    # (all multipliers may be zero, and the solver's error on them is relative to that scale)
+    c_max = None
+    for t in (G, A):
+        if t is not None:
+            t_max = t.detach().abs().amax(dim=(-2, -1))
+            c_max = t_max if c_max is None else torch.maximum(c_max, t_max)
+    if c_max is not None:
+        with torch.no_grad():
+            terms = torch.maximum(Q.abs().amax(dim=(-2, -1)) * zd.abs().amax(-1), q.abs().amax(-1))
+            floor = terms / c_max.clamp(min=torch.finfo(dtype).tiny)
+        scale_y = torch.maximum(scale_y, floor)
     weak = torch.zeros(B, dtype=torch.bool, device=z.device)
     both = torch.zeros_like(weak)
     if m:
@@ -130,17 +144,23 @@ def differentiable_duals(blocks, z: torch.Tensor, lam: torch.Tensor | None, nu: 
         diag.append(zero_row.to(dtype))
         values.append(nu.detach())
     C = torch.cat(rows, -2)                                     # (B, m + p, n)
-    M = C @ C.mT + torch.diag_embed(torch.cat(diag, -1))
-    dependent = (torch.linalg.cholesky_ex(M.detach()).info > 0) | both
+    c2 = (c_max * c_max).reshape(-1, 1) if c_max.dim() else c_max * c_max
+    M = C @ C.mT + torch.diag_embed(torch.cat(diag, -1) * c2)
+    # dependent rows: C Cᵀ singular to rounding — the smallest eigenvalue of M below eps^¾·max|C|²
+    # (the padding rows' c2 keep M's scale); one Cholesky of the shifted matrix tells
+    shift = (torch.finfo(dtype).eps ** 0.75 * c2).reshape(-1, 1, 1) if c_max.dim() else \
+        torch.finfo(dtype).eps ** 0.75 * c2
+    eye = torch.eye(M.shape[-1], dtype=dtype, device=z.device)
+    dependent = (torch.linalg.cholesky_ex(M.detach() - shift * eye).info > 0) | both
     # elements without a formula (dependent rows, not solved: possibly non-finite) get I and zeros,
     # so that their (zero) cotangent cannot meet a NaN in the backward
     skip = (dependent | ~solved).view(-1, 1, 1)
-    M = torch.where(skip, torch.eye(M.shape[-1], dtype=dtype, device=z.device), M)
+    M = torch.where(skip, eye, M)
     rhs = torch.where(skip, 0.0, -(C @ r.unsqueeze(-1)))
     y = torch.cholesky_solve(rhs, torch.linalg.cholesky(M)).squeeze(-1)
     value = torch.cat(values, -1)
     with torch.no_grad():
-        off = (y - value).abs().amax(-1) > tau * torch.maximum(scale_y, value.new_tensor(torch.finfo(dtype).tiny))
+        off = (y - value).abs().amax(-1) > tau * scale_y
     dependent = dependent | (off & ~weak)
     y = torch.where(solved.unsqueeze(-1), y, y.detach())
     y = y + (value - y).detach()                                # the solver's values, the formula's gradient

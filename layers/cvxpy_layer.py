@@ -224,5 +224,3 @@ class CvxpyLayer(nn.Module):
         c = self.canonical
         return (f"parameters={[s.name for s in c.parameters]}, variables={[s.name for s in c.outputs]}, "
                 f"canonical n={c.n}, m={c.m}, p={c.p}, mode={self.mode!r}")
-
-

@@ -173,3 +173,18 @@ def test_cvxpylayers_backend_differentiates_the_multipliers_alike(make):
         results.append([o.detach() for o in outs] + [t.grad for t in leaves])
     for a, c in zip(*results):
         torch.testing.assert_close(a, c, atol=1e-9, rtol=1e-8)
+
+
+def test_zero_multiplier_of_an_equality_is_differentiable():
+    """``Σx = s`` holds at the unconstrained minimum (``Σa = s``): ν = 0 to the solver's accuracy
+    (~1e-10, not to rounding) — not degenerate: ν = −2(s − Σa)/3 has the gradient (2/3, …, −2/3)."""
+    x, a, s = cp.Variable(3), cp.Parameter(3), cp.Parameter()
+    eq = cp.sum(x) == s
+    layer = layers.CvxpyLayer(cp.Problem(cp.Minimize(cp.sum_squares(x - a)), [eq]), [a, s], [eq])
+    a_t = torch.tensor([[1.0, 2.0, 3.0], [1.0, 1.0, 1.0]], **F64, requires_grad=True)
+    s_t = torch.tensor(6.0, **F64, requires_grad=True)
+    (nu,) = layer(a_t, s_t)
+    torch.testing.assert_close(nu.detach(), torch.tensor([0.0, -2.0], **F64), atol=1e-8, rtol=0)
+    nu.sum().backward()
+    torch.testing.assert_close(a_t.grad, torch.full((2, 3), 2 / 3, **F64))
+    torch.testing.assert_close(s_t.grad, torch.tensor(-4 / 3, **F64))
