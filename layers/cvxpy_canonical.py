@@ -72,12 +72,14 @@ class VariableSlot:
 @dataclass
 class ParameterSlot:
     """How a user parameter is flattened: Fortran order, or its upper triangle (``triu``, row-major)
-    for symmetric / PSD parameters that cvxpy stores reduced."""
+    for symmetric / PSD / NSD parameters that cvxpy stores reduced; ``structure`` is then
+    ``"symmetric"``, ``"PSD"`` or ``"NSD"`` (what a value must satisfy, ``cvxpy_parameter_checks``)."""
 
     name: str
     shape: tuple
     size: int
     triu: tuple | None = None
+    structure: str | None = None
 
 
 @dataclass
@@ -184,11 +186,12 @@ def _check_members(problem, parameters, variables, dual_of) -> None:
 
 def _parameter_slot(p, param_id_map) -> ParameterSlot:
     reduced = getattr(p, "_has_dim_reducing_attr", False) and p.id in param_id_map
+    structure = next((a for a in ("PSD", "NSD", "symmetric") if p.attributes.get(a)), None)
     if not reduced:
-        return ParameterSlot(p.name(), tuple(p.shape), int(p.size))
-    if any(p.attributes.get(a) for a in ("symmetric", "PSD", "NSD")):
+        return ParameterSlot(p.name(), tuple(p.shape), int(p.size), structure=structure)
+    if structure is not None:
         rows, cols = np.triu_indices(p.shape[-1])
-        return ParameterSlot(p.name(), tuple(p.shape), len(rows), (rows, cols))
+        return ParameterSlot(p.name(), tuple(p.shape), len(rows), (rows, cols), structure)
     raise UnsupportedProblemError(f"parameter {p.name()}: a dimension-reducing attribute other than "
                                   f"symmetric/PSD/NSD (e.g. diag, sparsity) is not supported")
 

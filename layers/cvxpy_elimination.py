@@ -18,9 +18,13 @@ becomes
     q' = q_K + M^\top q_E + (Q_{KE} + M^\top Q_{EE}) c,
 
 ``G' = G_{:,K}``, ``h' = h``, ``A' = A_{R^c,K}``, ``b' = b_{R^c}`` — the same minimiser, ``Q'``
-positive semidefinite when ``Q`` is. Everything is torch (differentiable: ``M`` and ``c`` may
-depend on the parameters, then ``Q'``/``q'`` do too). The multiplier of an eliminated row follows
-from stationarity in ``t_j``: ``ν_r = −(Qz + q)_j / a``.
+positive semidefinite when ``Q`` is. Eliminating variables can make others eliminable (the
+states of an MPC, from the last one back to ``x_0``): ``eliminable`` finds the rounds on the
+structure, and ``EliminationChain`` applies all of them at once — ordered by round, ``A_{R,E}``
+is triangular and ``M = −A_{R,E}^{-1} A_{R,K}``, ``c = A_{R,E}^{-1} b_R`` cost one triangular
+solve. Everything is torch (differentiable: ``M`` and ``c`` may depend on the parameters, then
+``Q'``/``q'`` do too). The multipliers of the eliminated rows follow from stationarity in
+``t_E``: ``A_{R,E}^\top ν_R = −(Qz + q)_E``.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["Elimination", "EliminationChain", "eliminable"]
+__all__ = ["EliminationChain", "eliminable"]
 
 
 def _structure(const: np.ndarray, maps, shape) -> tuple[np.ndarray, np.ndarray]:
@@ -80,64 +84,105 @@ def eliminable(canon, max_rounds: int = 64) -> list:
     return rounds
 
 
-class Elimination(nn.Module):
-    """One round: reduce the QP blocks and map the reduced solution back (module docstring).
+def _combine(rounds):
+    """The rounds as one elimination on the original QP: ``(n, p, E, R)`` in original indices,
+    ordered round by round (``A_{R,E}`` is then upper triangular, see ``EliminationChain``)."""
+    n, p = rounds[0][0], rounds[0][1]
+    vars_alive, rows_alive = np.arange(n), np.arange(p)
+    E_all, R_all = [], []
+    for _, _, E, R, _ in rounds:
+        E_all.append(vars_alive[E])
+        R_all.append(rows_alive[R])
+        vars_alive, rows_alive = np.delete(vars_alive, E), np.delete(rows_alive, R)
+    return n, p, np.concatenate(E_all), np.concatenate(R_all)
+
+
+class EliminationChain(nn.Module):
+    r"""The rounds of ``eliminable``, applied as one elimination (``reduce``) and undone
+    (``recover``).
+
+    Ordered round by round, the eliminated rows ``R`` and variables ``E`` give an upper triangular
+    ``A_{R,E}`` with the constant coefficients ``a`` on its diagonal: a variable of round ``i``
+    appears only in rows still present at round ``i``, and among those only in its own row, so not
+    in the rows of later rounds — nor in any kept row or any inequality. Hence
+
+    .. math::
+
+        t_E = M y + c, \qquad M = -A_{R,E}^{-1} A_{R,K}, \quad c = A_{R,E}^{-1} b_R
+
+    (one batched triangular solve, whatever the number of rounds: the states of an MPC are
+    condensed in one step), and the multipliers of the eliminated rows follow from stationarity
+    in ``t_E``: ``A_{R,E}^\top ν_R = −(Qz + q)_E`` (a transposed triangular solve).
 
     Args:
-        n, p: variables and equality rows of the QP it reduces.
-        E, R: eliminated variables and their rows. a: their (constant) coefficients ``A_{R,E}``.
+        rounds: the output of ``eliminable`` (non-empty); kept as ``rounds``.
     """
 
-    def __init__(self, n, p, E, R, a):
+    def __init__(self, rounds):
         super().__init__()
+        self.rounds = list(rounds)
+        n, p, E, R = _combine(self.rounds)
         K = np.setdiff1d(np.arange(n), E)
         Rc = np.setdiff1d(np.arange(p), R)
         for name, val in (("E", E), ("R", R), ("K", K), ("Rc", Rc)):
-            self.register_buffer(name, torch.as_tensor(val, dtype=torch.int64))
-        self.register_buffer("a", torch.as_tensor(a, dtype=torch.float64))
+            self.register_buffer(name, torch.as_tensor(val, dtype=torch.int64), persistent=False)
         self.n = n
 
     def _affine(self, A, b):
-        """``M (…, |E|, |K|)`` and ``c (…, |E|)`` of ``t_E = M y + c``."""
-        a = self.a.to(A.dtype)
+        """``M (…, |E|, |K|)``, ``c (…, |E|)`` of ``t_E = M y + c`` and ``A_{R,E}``."""
         AR = A.index_select(-2, self.R)
-        M = -AR.index_select(-1, self.K) / a.unsqueeze(-1)
-        c = b.index_select(-1, self.R) / a
-        return M, c
+        ARE = AR.index_select(-1, self.E)
+        M = -torch.linalg.solve_triangular(ARE, AR.index_select(-1, self.K), upper=True)
+        bR = b.index_select(-1, self.R)
+        if ARE.dim() == 2 and bR.dim() == 2:       # one matrix, the batch as right-hand sides
+            c = torch.linalg.solve_triangular(ARE, bR.mT, upper=True).mT
+        else:
+            c = torch.linalg.solve_triangular(ARE, bR.unsqueeze(-1), upper=True).squeeze(-1)
+        return M, c, ARE
 
     def reduce(self, Q, q, G, h, A, b):
-        """The reduced blocks ``(Q', q', G', h', A', b')`` and ``(M, c)``."""
-        M, c = self._affine(A, b)
+        """The reduced blocks ``(Q', q', G', h', A', b')`` (module docstring) and what ``recover``
+        needs."""
+        M, c, ARE = self._affine(A, b)
         K, E = self.K, self.E
-        QKK = Q.index_select(-2, K).index_select(-1, K)
-        QKE = Q.index_select(-2, K).index_select(-1, E)
+        QK = Q.index_select(-2, K)
+        QKK = QK.index_select(-1, K)
+        QKE = QK.index_select(-1, E)
         QEE = Q.index_select(-2, E).index_select(-1, E)
         Mt = M.transpose(-1, -2)
         QKE_M = QKE @ M
         W = QKE + Mt @ QEE                                   # (…, |K|, |E|)
         Qr = QKK + QKE_M + QKE_M.transpose(-1, -2) + Mt @ QEE @ M
         qE = q.index_select(-1, E)
-        qr = q.index_select(-1, K) + (Mt @ qE.unsqueeze(-1)).squeeze(-1) + (W @ c.unsqueeze(-1)).squeeze(-1)
+        qr = q.index_select(-1, K) + _mv(Mt, qE) + _mv(W, c)
         Gr = None if G is None else G.index_select(-1, K)
         Ar = br = None
         if self.Rc.numel():
             Ar = A.index_select(-2, self.Rc).index_select(-1, K)
             br = b.index_select(-1, self.Rc)
-        return (Qr, qr, Gr, h, Ar, br), (M, c)
+        return (Qr, qr, Gr, h, Ar, br), (Q, q, M, c, ARE)
 
-    def primal(self, y, M, c):
-        """The canonical ``z (B, n)`` from the reduced solution ``y (B, |K|)``."""
-        tE = (M @ y.unsqueeze(-1)).squeeze(-1) + c
-        tE = tE.expand(y.shape[0], -1)
-        z = y.new_zeros(y.shape[0], self.n)
-        return z.index_copy(-1, self.K, y).index_copy(-1, self.E, tE)
+    def recover(self, z, lam, nu, trail, need_nu: bool):
+        """The canonical ``z (B, n)`` and (if ``need_nu``) ``ν`` from the reduced solution
+        ``(B, ·)``; the multipliers of the eliminated rows are values (without gradient)."""
+        Q, q, M, c, ARE = trail
+        y = z
+        tE = (_mv(M, y) + c).expand(y.shape[0], -1)
+        z = y.new_zeros(y.shape[0], self.n).index_copy(-1, self.K, y).index_copy(-1, self.E, tE)
+        if need_nu:
+            nu = self._equality_duals(nu, z, Q, q, ARE)
+        return z, lam, nu
 
-    def equality_duals(self, nu_rest, z, Q, q):
-        """Multipliers ``ν (B, p)`` of every equality row: the reduced problem's for the kept
-        rows, ``−(Qz + q)_j / a`` for the eliminated ones (without gradient)."""
-        z, Q, q = z.detach(), Q.detach(), q.detach()
-        grad = (Q @ z.unsqueeze(-1)).squeeze(-1) + q if Q.dim() == 3 else z @ Q.T + q
-        nuR = -grad.index_select(-1, self.E) / self.a.to(z.dtype)
+    def _equality_duals(self, nu_rest, z, Q, q, ARE):
+        """``ν (B, p)``: the reduced problem's for the kept rows, ``A_{R,E}^{−⊤}(−(Qz + q)_E)``
+        for the eliminated ones."""
+        z, Q, q, ARE = z.detach(), Q.detach(), q.detach(), ARE.detach()
+        grad = _mv(Q, z) if Q.dim() == 3 else z @ Q.mT
+        rhs = -(grad + q).index_select(-1, self.E)
+        if ARE.dim() == 2:
+            nuR = torch.linalg.solve_triangular(ARE.mT, rhs.mT, upper=False).mT
+        else:
+            nuR = torch.linalg.solve_triangular(ARE.mT, rhs.unsqueeze(-1), upper=False).squeeze(-1)
         p = self.R.numel() + self.Rc.numel()
         nu = z.new_zeros(z.shape[0], p).index_copy(-1, self.R, nuR.expand(z.shape[0], -1))
         if nu_rest is not None and self.Rc.numel():
@@ -145,27 +190,9 @@ class Elimination(nn.Module):
         return nu
 
 
-class EliminationChain(nn.Module):
-    """The rounds of ``eliminable`` applied in turn (``reduce``) and undone in reverse
-    (``recover``)."""
-
-    def __init__(self, rounds):
-        super().__init__()
-        self.rounds = nn.ModuleList(Elimination(*r) for r in rounds)
-
-    def reduce(self, *blocks):
-        """The reduced blocks and what ``recover`` needs (each round's blocks and ``(M, c)``)."""
-        trail = []
-        for r in self.rounds:
-            reduced, affine = r.reduce(*blocks)
-            trail.append((blocks, affine))
-            blocks = reduced
-        return blocks, trail
-
-    def recover(self, z, lam, nu, trail, need_nu: bool):
-        """The canonical ``z`` and (if ``need_nu``) ``ν`` from the reduced solution ``(B, ·)``."""
-        for r, (blocks, affine) in zip(reversed(self.rounds), reversed(trail)):
-            z = r.primal(z, *affine)
-            if need_nu:
-                nu = r.equality_duals(nu, z, blocks[0], blocks[1])
-        return z, lam, nu
+def _mv(M: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``M x`` for ``M (…, r, k)`` and ``x (…, k)`` (one matrix and a batch of vectors: one
+    product)."""
+    if M.dim() == 2:
+        return x @ M.mT
+    return (M @ x.unsqueeze(-1)).squeeze(-1)

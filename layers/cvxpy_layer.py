@@ -11,7 +11,9 @@ from declarative.solution import Solution
 from declarative.validation import check_instance, check_same_dtype_device, check_tensor
 
 from .cvxpy_canonical import CanonicalQP, QPDataMap, canonicalise, check_members_types
+from .cvxpy_duals import differentiable_duals
 from .cvxpy_elimination import EliminationChain, eliminable
+from .cvxpy_parameter_checks import check_structured_values
 
 __all__ = ["CvxpyLayer"]
 
@@ -45,6 +47,7 @@ class CvxpyLayer(nn.Module):
     ``declarative.qp.solve_qp`` — so every gradient mode applies (``"implicit"``, the exact
     one-sided derivative also at weakly active constraints; ``"contrastive"``; ``"symmetric"``) —
     and reads the requested variables (or constraint multipliers) out of ``z*`` (and ``λ``, ``ν``).
+    Index tensors are built once (buffers, moved with ``.to``); a call does not copy them.
 
     Args:
         problem: a ``cvxpy.Problem`` (DPP).
@@ -59,16 +62,21 @@ class CvxpyLayer(nn.Module):
         presolve: eliminate cvxpy's auxiliary equality-defined variables (default True; the
             minimiser, multipliers and gradients are the same either way).
 
-    Multipliers (constraints in ``variables``) are values only: a loss may not depend on them
-    when it is differentiated (the backward raises a ``RuntimeError`` naming the multiplier output
-    rather than returning a gradient that silently leaves out its contribution).
+    Multipliers (constraints in ``variables``) are differentiable: their values are the solver's,
+    their gradient that of stationarity on the active set (``layers.cvxpy_duals``: exact under
+    strict complementarity and independent active constraints, through ``z``'s backward in any
+    gradient mode). Where they have no derivative — a weakly active constraint, dependent active
+    constraints — a backward that reaches them raises a ``RuntimeError`` naming the batch elements.
 
     Raises:
         ValueError: at construction, a problem that is not DCP or not DPP, whose canonical form
             needs second-order, exponential, PSD or power cones (the message names the cone and
             the atoms, and points to cvxpylayers' DIFFCP solver), or parameters / variables that
             do not belong to the problem; at call time, a wrong number of tensors or a wrong shape
-            (named parameter, expected and received shape).
+            (named parameter, expected and received shape), or a value of a ``symmetric`` /
+            ``PSD`` / ``NSD`` parameter that is not symmetric or not semidefinite beyond
+            ``√eps`` of its scale (named parameter and batch elements;
+            ``layers.cvxpy_parameter_checks``).
         TypeError: non-tensor or non-floating parameters, mixed dtypes or devices.
 
     Shape:
@@ -102,6 +110,10 @@ class CvxpyLayer(nn.Module):
         self.data_map = QPDataMap(self.canonical)
         rounds = eliminable(self.canonical) if presolve else []
         self.elimination = EliminationChain(rounds) if rounds else None
+        self._dual_outputs = any(s.source in ("lam", "nu") for s in self.canonical.outputs)
+        for j, slot in enumerate(self.canonical.outputs):
+            self.register_buffer(f"_output_index_{j}", torch.as_tensor(slot.index, dtype=torch.int64),
+                                 persistent=False)
 
     # -- call ------------------------------------------------------------------------------------
     def _check_params(self, values) -> int | None:
@@ -124,6 +136,7 @@ class CvxpyLayer(nn.Module):
                     raise ValueError(f"parameter {s.name}: expected batch size {batch} (that of "
                                      f"the other batched parameters), got {v.shape[0]}")
                 batch = v.shape[0]
+        check_structured_values(values, slots)
         return batch
 
     def qp_data(self, *params: torch.Tensor) -> tuple:
@@ -147,18 +160,30 @@ class CvxpyLayer(nn.Module):
         full = {"z": sol.z, "lam": sol.duals.get("lam"), "nu": sol.duals.get("nu")}
         if self.elimination is not None:
             full = self._undo_elimination(full, trail, batch)
-        outs = self._outputs(full, batch)
-        anchors = [p for p in params if p.requires_grad]
-        if anchors and torch.is_grad_enabled():
-            outs = tuple(_MultiplierOutput.apply(o.detach(), *anchors) if slot.source in ("lam", "nu") else o
-                         for o, slot in zip(outs, self.canonical.outputs))
-        return outs, sol
+        if self._dual_outputs and torch.is_grad_enabled() and any(p.requires_grad for p in params):
+            full = self._with_dual_gradients(full, blocks, sol, batch)
+        return self._outputs(full, batch), sol
+
+    def _with_dual_gradients(self, full: dict, blocks, sol, batch) -> dict:
+        """``full`` with multipliers that carry the gradient of ``cvxpy_duals.differentiable_duals``
+        (same values)."""
+        one = batch is None
+        lift = (lambda t: None if t is None else t.unsqueeze(0)) if one else (lambda t: t)
+        lam, nu = full["lam"], full["nu"]
+        solved = sol.solved.reshape(-1)
+        lam_d, nu_d = differentiable_duals(blocks, lift(full["z"]), lift(lam), lift(nu), solved)
+        out = dict(full)
+        if lam_d is not None:
+            out["lam"] = lam_d[0] if one else lam_d
+        if nu_d is not None:
+            out["nu"] = nu_d[0] if one else nu_d
+        return out
 
     def _undo_elimination(self, full: dict, trail, batch) -> dict:
         """The canonical ``z`` (and ``ν`` if an output needs it) from the reduced solution."""
         one = batch is None
         lift = (lambda t: None if t is None else t.unsqueeze(0)) if one else (lambda t: t)
-        need_nu = any(s.source == "nu" for s in self.canonical.outputs)
+        need_nu = self._dual_outputs         # every multiplier enters the gradient of any of them
         nu = lift(full["nu"]) if full["nu"] is not None and full["nu"].shape[-1] else None
         z, lam, nu = self.elimination.recover(lift(full["z"]), lift(full["lam"]), nu, trail, need_nu)
         out = {"z": z, "lam": lam, "nu": nu}
@@ -167,10 +192,14 @@ class CvxpyLayer(nn.Module):
     def _outputs(self, full: dict, batch: int | None) -> tuple:
         lead = () if batch is None else (batch,)
         outs = []
-        for slot in self.canonical.outputs:
+        for j, slot in enumerate(self.canonical.outputs):
             src = full[slot.source]
-            idx = torch.as_tensor(slot.index, device=src.device)
-            val = src.index_select(-1, idx) * slot.sign
+            idx = getattr(self, f"_output_index_{j}")
+            if idx.device != src.device:
+                idx = idx.to(src.device)
+            val = src.index_select(-1, idx)
+            if slot.sign != 1.0:
+                val = val * slot.sign
             # cvxpy's flattening is column-major: reshape reversed, then reverse the axes back
             rev = tuple(reversed(slot.shape))
             val = val.reshape(lead + rev)
@@ -195,24 +224,3 @@ class CvxpyLayer(nn.Module):
         c = self.canonical
         return (f"parameters={[s.name for s in c.parameters]}, variables={[s.name for s in c.outputs]}, "
                 f"canonical n={c.n}, m={c.m}, p={c.p}, mode={self.mode!r}")
-
-
-class _MultiplierOutput(torch.autograd.Function):
-    """A multiplier returned by ``CvxpyLayer``: its value, attached to the parameters so that a
-    backward through it is seen and refused (its derivative is not implemented)."""
-
-    @staticmethod
-    def forward(value, *anchors):
-        return value.clone()
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.num_anchors = len(inputs) - 1
-
-    @staticmethod
-    def backward(ctx, grad):
-        if bool((grad != 0).any()):
-            raise RuntimeError("CvxpyLayer: gradients through multipliers (constraints or dual "
-                               "variables in `variables`) are not supported; use them as values "
-                               "only (detach them before they enter a differentiated loss)")
-        return (None,) * (1 + ctx.num_anchors)

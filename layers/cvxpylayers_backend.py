@@ -11,7 +11,8 @@ as value vectors: ``P`` (CSC nonzeros), ``q = (c, constant)``, ``A = `` the CSC 
 ``[A_c | b_c]``, one row per batch element. ``ArgminQPSolver`` scatters them into
 ``Q = P``, ``G = −A_c^{(\ge)}``, ``h = b_c^{(\ge)}``, ``A = A_c^{(=)}``, ``b = −b_c^{(=)}``, solves
 with ``declarative.qp.solve_qp`` under its gradient mode and returns cvxpylayers' primal ``x`` and
-dual ``y = (−ν, λ)`` (the sign of ``dual_value``). The backward differentiates the same scatter.
+dual ``y = (−ν, λ)`` (the sign of ``dual_value``). The backward differentiates the same scatter,
+and the multipliers too when they receive a cotangent (``layers.cvxpy_duals``).
 
 Only zero and nonnegative cones are accepted (checked at ``setup``). Matrices that depend on no
 parameter are solved unbatched (shared by the batch), and cvxpy's equality-defined auxiliary
@@ -33,6 +34,7 @@ from declarative import GradientMode, resolve_mode
 from declarative.qp import QPOptions, QPProblem, solve_qp
 from declarative.validation import check_instance
 
+from .cvxpy_duals import differentiable_duals
 from .cvxpy_elimination import EliminationChain, eliminable
 
 __all__ = ["ArgminQPSolver"]
@@ -64,9 +66,10 @@ class ArgminQPSolver(SolverInterface):
         presolve: eliminate equality-defined auxiliary variables (``layers.cvxpy_elimination``).
 
     Raises:
-        ValueError: at ``setup``, a canonical form with cones other than zero and nonnegative; in
-            the backward, a nonzero cotangent on a dual variable (multipliers are returned without
-            gradient).
+        ValueError: at ``setup``, a canonical form with cones other than zero and nonnegative.
+        RuntimeError: in the backward, a nonzero cotangent on the multipliers of a batch element
+            where they have no derivative (weakly active or dependent constraints;
+            ``layers.cvxpy_duals``, as for ``layers.CvxpyLayer``).
     """
 
     canon_solver = "CLARABEL"
@@ -174,18 +177,25 @@ class ArgminQPSolver(SolverInterface):
                 nu = sol.duals["nu"] if sol.duals["nu"].shape[-1] else None
                 z, lam, nu = self._chain.recover(sol.z, sol.duals["lam"], nu, trail, True)
         dual = torch.cat([-nu, lam], -1)
-        state = (z, leaves) if needs_grad else None
+        state = (z, lam.detach(), nu.detach(), blocks, sol.solved.reshape(-1), leaves) if needs_grad else None
         return z.detach(), dual.detach(), state
 
     # -- backward ----------------------------------------------------------------------------------
     def derivative_torch_batch(self, dprimal, ddual, saved_state):
-        if ddual is not None and bool((ddual != 0).any()):
-            raise ValueError("ArgminQPSolver: gradients through dual variables are not supported "
-                             "(the multipliers are returned without gradient)")
-        z, leaves = saved_state
+        z, lam, nu, blocks, solved, leaves = saved_state
         wanted = [t for t in leaves if t is not None]
+        outs, cots = [z], [dprimal]
+        if ddual is not None and bool((ddual != 0).any()):
+            # the multipliers' gradient (``layers.cvxpy_duals``), built only when one is needed
+            with torch.enable_grad():
+                lam_d, nu_d = differentiable_duals(blocks, z, lam, nu, solved)
+            p = nu.shape[-1]
+            for y, cot in ((nu_d, -ddual[:, :p]), (lam_d, ddual[:, p:])):
+                if y is not None:
+                    outs.append(y)
+                    cots.append(cot)
         # retain_graph: cvxpylayers may call the backward more than once (retain_graph outside)
-        grads = torch.autograd.grad(z, wanted, dprimal, allow_unused=True, retain_graph=True)
+        grads = torch.autograd.grad(outs, wanted, cots, allow_unused=True, retain_graph=True)
         it = iter(grads)
         out = []
         for t in leaves:

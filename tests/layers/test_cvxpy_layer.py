@@ -136,23 +136,6 @@ def test_duals_match_cvxpy():
         np.testing.assert_allclose(o.numpy(), r[1], atol=1e-7)
 
 
-def test_backward_through_a_multiplier_is_refused():
-    """A loss that depends on a returned multiplier: the backward raises instead of leaving the
-    multiplier's contribution out (for x = argmin ‖x − 1‖² s.t. x ≥ a the dual is 2(a − 1) on the
-    active rows, so a silent zero would be wrong); a loss of the primal alone is unaffected."""
-    x = cp.Variable(2)
-    a = cp.Parameter(2)
-    con = x >= a
-    layer = layers.CvxpyLayer(cp.Problem(cp.Minimize(cp.sum_squares(x - 1)), [con]), [a], [x, con])
-    a_t = torch.tensor([2.0, 0.0], dtype=torch.float64, requires_grad=True)
-    xs, dual = layer(a_t)
-    with pytest.raises(RuntimeError, match="multipliers"):
-        (xs.sum() + dual.sum()).backward(retain_graph=True)
-    a_t.grad = None
-    (xs.sum() + dual.detach().sum()).backward()
-    torch.testing.assert_close(a_t.grad, torch.tensor([1.0, 0.0], dtype=torch.float64))
-
-
 def test_equals_qp_layer_on_the_same_qp():
     Qv, _, Gv, _, Av, _ = random_qp(None, 5, 6, 2, seed=16)
     Q0 = Qv.numpy()
