@@ -39,10 +39,12 @@ class ArgminActivation(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_tensor("input", x)
-        mode = self.mode
-        if type(mode).apply is GradientMode.apply:   # every mode that does not run its own forward
-            return apply_closed_form(self.problem, mode, (x,))
-        return mode.apply(self.problem, (x,)).z
+        mode, problem = self.mode, self.problem
+        # a closed form under a mode that does not run its own forward (no ``apply`` override on
+        # its class or instance): straight to the closed-form Function
+        if problem.closed_form and getattr(mode.apply, "__func__", None) is GradientMode.apply:
+            return apply_closed_form(problem, mode, (x,))
+        return mode.apply(problem, (x,)).z
 
     def extra_repr(self) -> str:
         return f"mode={self.mode!r}"
