@@ -243,6 +243,8 @@ def minimize(fun: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor, *,
     # the convergence check: whether any element still runs (read once here, then once per
     # iteration together with the line search's acceptance)
     any_running = max_iter > 0 and bool((status == _RUNNING).any())
+    # whether the last iteration's line search ended at the first trial (then this one likely does)
+    speculate = True
     for _ in range(max_iter):
         if not any_running:
             break
@@ -279,7 +281,7 @@ def minimize(fun: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor, *,
         # not a descent direction: reset the memory of these elements, steepest descent (applied
         # by masks, without asking the host whether there are any)
         bad = ~(slope < 0) | ~torch.isfinite(slope)
-        rho = torch.where(bad[None, :], torch.zeros_like(rho), rho)
+        rho = rho.masked_fill(bad, 0.0)
         gamma = torch.where(bad, 1.0 / g.norm(dim=1).clamp_min(1.0), gamma)
         d = torch.where(bad[:, None], -g * gamma[:, None], d)
         # -- per-element backtracking line search along the projection arc ------------------------
@@ -313,7 +315,7 @@ def minimize(fun: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor, *,
             if trial == 0:
                 first_trial = ok
             accepted = accepted | ok
-            if trial == 0:
+            if trial == 0 and speculate:
                 # the common case, every element accepts its first trial: the end of the
                 # iteration is computed before asking, and one host synchronisation reads both
                 # whether every element accepted and whether any still runs afterwards
@@ -326,7 +328,10 @@ def minimize(fun: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor, *,
             elif bool(accepted.all()):
                 break
             t = torch.where(accepted, t, 0.5 * t)
-        if done is None:   # some element backtracked
+        # after an iteration that backtracked, the next one is not computed before it is known
+        # to be over (an iteration that backtracks would compute its end twice)
+        speculate = done is not None or trial == 0
+        if done is None:
             done = finish(active, z_new, f_new, g_new, accepted, first_trial, unbounded)
             any_running = bool((done[8] == _RUNNING).any())
         (pair, reset, gamma, failed_once, z, f, g, pgn, status, stalled) = done

@@ -646,10 +646,10 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
                 if pending is None:
                     nrun = int(running.sum())
                     break
-                nrun, total = torch.stack([running.sum(dtype=torch.float64),
-                                           pending[0].to(torch.float64)]).tolist()
-                nrun = int(nrun)
+                # (one number: the count plus 0 × the sum of the directions, not finite if that is)
+                total = float(pending[0].mul(0).add_(running.sum(dtype=pending[0].dtype)))
                 if math.isfinite(total):
+                    nrun = int(total)
                     pending = None
                     break
                 # some sum overflowed: the exact per-element check (an extra synchronisation);
@@ -659,6 +659,7 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
                 pending = None
                 finite = _finite_directions(*dirs[:3])
                 if bool(finite.all()):
+                    nrun = int(running.sum())
                     break
                 z, s, lam, nu, X, Gz, status, running, nrun = pre
                 dres_prev = dres_last
