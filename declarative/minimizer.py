@@ -41,7 +41,8 @@ Method (one code path for the unconstrained and the box-constrained case):
 * **Cost / syncs** – one ``fun`` evaluation and one backward per line-search trial (usually one
   per iteration); one host synchronisation per iteration when every element accepts its first
   trial (it reads both the acceptance and the convergence check: the end of the iteration is
-  computed before it), otherwise one more per extra trial and one for the convergence check.
+  computed before it), otherwise one more per extra trial and one for the convergence check; after
+  an iteration that backtracked, the next one reads its acceptance and its convergence separately.
 
 Tolerance guidance: the default ``tol`` is ``sqrt(eps)`` of the dtype (≈1.5e-8 in float64, ≈3.5e-4
 in float32), an absolute bound on the gradient norm; scale it with the magnitude of your energy.

@@ -29,7 +29,8 @@ and ``qᵀd ≤ −ε‖d‖``.
 All batch elements advance in the same tensor operations; converged (or failed) elements are frozen
 (their step length is zero), and once at most 3/4 of the working set is still running the working
 set is compacted to the running elements. The only host synchronisation is one convergence check
-per iteration. Converged solutions are then *polished* (``QPOptions.polish``; see ``polish``): the
+per iteration, which also tells whether the last step's directions were finite (the step is taken
+before that is known, and taken again without the elements concerned when it was not). Converged solutions are then *polished* (``QPOptions.polish``; see ``polish``): the
 equality-constrained QP on the identified active set is solved exactly — in float64 by the method
 of multipliers on the penalised interior-point matrix (``_polish_penalty``), elsewhere and where
 that fails with a Schur complement of the gathered active rows (``_polish``). Elements whose polish
