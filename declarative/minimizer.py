@@ -216,17 +216,16 @@ def minimize(fun: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor, *,
         sy = (s * y).sum(1)
         curvature = sy > 1e-10 * s.norm(dim=1) * y.norm(dim=1)
         store = moved & curvature & torch.isfinite(sy) & (sy > 0)
-        pair = (torch.where(store[:, None], s, torch.zeros_like(s)),
-                torch.where(store[:, None], y, torch.zeros_like(y)),
-                torch.where(store, 1.0 / torch.where(store, sy, torch.ones_like(sy)), torch.zeros_like(sy)))
+        pair = (torch.where(store[:, None], s, 0.0), torch.where(store[:, None], y, 0.0),
+                torch.where(store, 1.0 / torch.where(store, sy, 1.0), 0.0))
         yy = (y * y).sum(1)
-        gamma_ = torch.where(store, sy / torch.where(store, yy, torch.ones_like(yy)), gamma)
+        gamma_ = torch.where(store, sy / torch.where(store, yy, 1.0), gamma)
         gamma_ = torch.where(moved & ~store & first_trial, 2.0 * gamma_, gamma_)
         # a failed line search: reset the memory once, then declare the element stalled
         reset = ls_failed & ~failed_once
         gamma_ = torch.where(reset, 1.0 / g.norm(dim=1).clamp_min(1.0), gamma_)
         now_stalled = ls_failed & failed_once
-        failed_ = torch.where(moved, torch.zeros_like(failed_once), failed_once | ls_failed)
+        failed_ = ~moved & (failed_once | ls_failed)
         # -- accept and classify ------------------------------------------------------------------
         z_ = torch.where(moved[:, None], z_new, z)
         f_ = torch.where(moved, f_new, f)
@@ -337,7 +336,7 @@ def minimize(fun: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor, *,
             any_running = bool((done[8] == _RUNNING).any())
         (pair, reset, gamma, failed_once, z, f, g, pgn, status, stalled) = done
         S[slot], Y[slot], rho[slot] = pair
-        rho = torch.where(reset[None, :], torch.zeros_like(rho), rho)
+        rho = rho.masked_fill(reset, 0.0)
         slot = (slot + 1) % m
         iterations = iterations + active.to(torch.int64)
 
