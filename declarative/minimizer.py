@@ -40,8 +40,8 @@ Method (one code path for the unconstrained and the box-constrained case):
   though ``fun`` is still evaluated on the whole batch (it may close over batched tensors).
 * **Cost / syncs** – one ``fun`` evaluation and one backward per line-search trial (usually one
   per iteration); one host synchronisation per iteration when every element accepts its first
-  trial (it reads both the acceptance and the convergence check: the end of the iteration is
-  computed before it), otherwise one more per extra trial and one for the convergence check; after
+  trial (it reads both the acceptance and the convergence check: the accepted points and the
+  statuses are computed before it), otherwise one more per extra trial and one for the convergence check; after
   an iteration that backtracked, the next one reads its acceptance and its convergence separately.
 
 Tolerance guidance: the default ``tol`` is ``sqrt(eps)`` of the dtype (≈1.5e-8 in float64, ≈3.5e-4
@@ -203,14 +203,12 @@ def minimize(fun: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor, *,
     slot = 0
     failed_once = torch.zeros(B, dtype=torch.bool, device=device)
 
-    def finish(active, z_new, f_new, g_new, accepted, first_trial, unbounded):
-        """The end of an iteration once the line search has stopped: the new memory pair, the
-        accepted points and the statuses. Nothing is written in place (the caller commits the
-        memory slot), so that a result computed before the line search is known to be over can
-        be dropped."""
+    def remember(active, accepted, z_new, g_new, first_trial):
+        """The memory update once the line search has stopped: the new pair ``(s, y, 1/sᵀy)``
+        (zero where it is not stored), ``γ``, the elements whose memory is reset and the
+        failure flags. Nothing is written in place (the caller commits the memory slot)."""
         moved = active & accepted
         ls_failed = active & ~accepted
-        # -- memory update -------------------------------------------------------------------------
         s = z_new - z
         y = g_new - g
         sy = (s * y).sum(1)
@@ -224,9 +222,14 @@ def minimize(fun: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor, *,
         # a failed line search: reset the memory once, then declare the element stalled
         reset = ls_failed & ~failed_once
         gamma_ = torch.where(reset, 1.0 / g.norm(dim=1).clamp_min(1.0), gamma_)
-        now_stalled = ls_failed & failed_once
         failed_ = ~moved & (failed_once | ls_failed)
-        # -- accept and classify ------------------------------------------------------------------
+        return pair, reset, gamma_, failed_
+
+    def classify(active, accepted, z_new, f_new, g_new, unbounded):
+        """The accepted points and the statuses once the line search has stopped (nothing written
+        in place: a result computed before the line search is known to be over can be dropped)."""
+        moved = active & accepted
+        now_stalled = active & ~accepted & failed_once
         z_ = torch.where(moved[:, None], z_new, z)
         f_ = torch.where(moved, f_new, f)
         g_ = torch.where(moved[:, None], g_new, g)
@@ -238,7 +241,7 @@ def minimize(fun: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor, *,
         status_ = torch.where((status_ == _RUNNING) & ~finite_pt, Status.NON_FINITE, status_)
         stalled_ = stalled | (now_stalled & (status_ == _RUNNING))
         status_ = torch.where((status_ == _RUNNING) & now_stalled, Status.MAX_ITERATIONS, status_)
-        return pair, reset, gamma_, failed_, z_, f_, g_, pgn_, status_, stalled_
+        return z_, f_, g_, pgn_, status_, stalled_
 
     # the convergence check: whether any element still runs (read once here, then once per
     # iteration together with the line search's acceptance)
@@ -316,25 +319,26 @@ def minimize(fun: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor, *,
                 first_trial = ok
             accepted = accepted | ok
             if trial == 0 and speculate:
-                # the common case, every element accepts its first trial: the end of the
-                # iteration is computed before asking, and one host synchronisation reads both
+                # the common case, every element accepts its first trial: the accepted points and
+                # the statuses are computed before asking, and one host synchronisation reads both
                 # whether every element accepted and whether any still runs afterwards
-                done = finish(active, z_new, f_new, g_new, accepted, first_trial, unbounded)
+                done = classify(active, accepted, z_new, f_new, g_new, unbounded)
                 all_accepted, any_running = (bool(v) for v in torch.stack(
-                    [accepted.all(), (done[8] == _RUNNING).any()]).tolist())
+                    [accepted.all(), (done[4] == _RUNNING).any()]).tolist())
                 if all_accepted:
                     break
                 done = None
             elif bool(accepted.all()):
                 break
             t = torch.where(accepted, t, 0.5 * t)
-        # after an iteration that backtracked, the next one is not computed before it is known
-        # to be over (an iteration that backtracks would compute its end twice)
+        # after an iteration that backtracked, the next one's statuses are not computed before its
+        # line search is known to be over (an iteration that backtracks computes them twice)
         speculate = done is not None or trial == 0
         if done is None:
-            done = finish(active, z_new, f_new, g_new, accepted, first_trial, unbounded)
-            any_running = bool((done[8] == _RUNNING).any())
-        (pair, reset, gamma, failed_once, z, f, g, pgn, status, stalled) = done
+            done = classify(active, accepted, z_new, f_new, g_new, unbounded)
+            any_running = bool((done[4] == _RUNNING).any())
+        pair, reset, gamma, failed_once = remember(active, accepted, z_new, g_new, first_trial)
+        z, f, g, pgn, status, stalled = done
         S[slot], Y[slot], rho[slot] = pair
         rho = rho.masked_fill(reset, 0.0)
         slot = (slot + 1) % m
