@@ -30,14 +30,15 @@ All batch elements advance in the same tensor operations; converged (or failed) 
 (their step length is zero), and once at most 3/4 of the working set is still running the working
 set is compacted to the running elements. The only host synchronisation is one convergence check
 per iteration, which also tells whether the last step's directions were finite (the step is taken
-before that is known, and taken again without the elements concerned when it was not). Converged solutions are then *polished* (``QPOptions.polish``; see ``polish``): the
-equality-constrained QP on the identified active set is solved exactly — in float64 by the method
-of multipliers on the penalised interior-point matrix (``_polish_penalty``), elsewhere and where
-that fails with a Schur complement of the gathered active rows (``_polish``). Elements whose polish
-fails iterate on to a tighter tolerance and are polished again. The first iteration reuses the
-factorisation of the starting point (``λ = s``, weights 1). A primal and gap converged element
-whose dual residual grows (ill-conditioned Newton systems, typically float32) is stopped and handed
-to the polish as well; if that polish fails it iterates on (in float64) like the others.
+before that is known, and taken again without the elements concerned when it was not). Converged
+solutions are then *polished* (``QPOptions.polish``; see ``polish``): the equality-constrained QP
+on the identified active set is solved exactly — in float64 by the method of multipliers on the
+penalised interior-point matrix (``_polish_penalty``), elsewhere and where that fails with a Schur
+complement of the gathered active rows (``_polish``). Elements whose polish fails iterate on to a
+tighter tolerance and are polished again. The first iteration reuses the factorisation of the
+starting point (``λ = s``, weights 1). A primal and gap converged element whose dual residual grows
+(ill-conditioned Newton systems, typically float32) is stopped and handed to the polish as well;
+if that polish fails it iterates on (in float64) like the others.
 
 Mixed precision (``QPOptions.mixed_precision``): for float64 problems with inequalities the first
 phase (to ``polish_tol``) runs on a float32 copy of the data (``_Working``, ``_lowered``) — the
@@ -586,7 +587,7 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
         for k in range(max_iter + 1):
             certify = k >= 3   # infeasible problems show their certificates within a few iterations
             while True:   # runs twice only when the last step must be redone (non-finite directions)
-                # -- residuals at the current iterate -------------------------------------------------
+                # -- residuals at the current iterate ---------------------------------------------
                 w = torch.div(lam, s).clamp_(max=wmax) if G is not None else None
                 dlp = D_last[..., m:].clamp(min=0) if certify and G is not None else None
                 rd0, nri, re, pres, dres, gap, mu, Gtl, Atn, nGtwri, Qd, Gtd, Atd, Ad = _loop_residuals(
@@ -595,7 +596,7 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
                 within = torch.stack([pres, gap, dres], -1) <= tol_vec   # (B, 3): one comparison
                 converged = within.all(-1)
 
-                # -- statuses -------------------------------------------------------------------------------
+                # -- statuses ----------------------------------------------------------------------
                 if not certify:
                     status = torch.where(running & converged, solved_t, status)
                 else:
