@@ -39,8 +39,10 @@ Method (one code path for the unconstrained and the box-constrained case):
   Elements are frozen as soon as they leave the running state: their iterates no longer change,
   though ``fun`` is still evaluated on the whole batch (it may close over batched tensors).
 * **Cost / syncs** – one ``fun`` evaluation and one backward per line-search trial (usually one
-  per iteration); three host syncs per iteration (the convergence check, the descent check of the
-  direction, the line search's acceptance) plus one per extra line-search trial.
+  per iteration); one host synchronisation per iteration when every element accepts its first
+  trial (it reads both the acceptance and the convergence check: the accepted points and the
+  statuses are computed before it), otherwise one more per extra trial and one for the convergence check; after
+  an iteration that backtracked, the next one reads its acceptance and its convergence separately.
 
 Tolerance guidance: the default ``tol`` is ``sqrt(eps)`` of the dtype (≈1.5e-8 in float64, ≈3.5e-4
 in float32), an absolute bound on the gradient norm; scale it with the magnitude of your energy.
@@ -201,10 +203,55 @@ def minimize(fun: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor, *,
     slot = 0
     failed_once = torch.zeros(B, dtype=torch.bool, device=device)
 
+    def remember(active, accepted, z_new, g_new, first_trial):
+        """The memory update once the line search has stopped: the new pair ``(s, y, 1/sᵀy)``
+        (zero where it is not stored), ``γ``, the elements whose memory is reset and the
+        failure flags. Nothing is written in place (the caller commits the memory slot)."""
+        moved = active & accepted
+        ls_failed = active & ~accepted
+        s = z_new - z
+        y = g_new - g
+        sy = (s * y).sum(1)
+        curvature = sy > 1e-10 * s.norm(dim=1) * y.norm(dim=1)
+        store = moved & curvature & torch.isfinite(sy) & (sy > 0)
+        pair = (torch.where(store[:, None], s, 0.0), torch.where(store[:, None], y, 0.0),
+                torch.where(store, 1.0 / torch.where(store, sy, 1.0), 0.0))
+        yy = (y * y).sum(1)
+        gamma_ = torch.where(store, sy / torch.where(store, yy, 1.0), gamma)
+        gamma_ = torch.where(moved & ~store & first_trial, 2.0 * gamma_, gamma_)
+        # a failed line search: reset the memory once, then declare the element stalled
+        reset = ls_failed & ~failed_once
+        gamma_ = torch.where(reset, 1.0 / g.norm(dim=1).clamp_min(1.0), gamma_)
+        failed_ = ~moved & (failed_once | ls_failed)
+        return pair, reset, gamma_, failed_
+
+    def classify(active, accepted, z_new, f_new, g_new, unbounded):
+        """The accepted points and the statuses once the line search has stopped (nothing written
+        in place: a result computed before the line search is known to be over can be dropped)."""
+        moved = active & accepted
+        now_stalled = active & ~accepted & failed_once
+        z_ = torch.where(moved[:, None], z_new, z)
+        f_ = torch.where(moved, f_new, f)
+        g_ = torch.where(moved[:, None], g_new, g)
+        pgn_ = torch.where(active, proj_grad(z_, g_).norm(dim=1), pgn)
+        unb = moved & (unbounded | (f_ < -unbounded_below))
+        status_ = torch.where(unb, Status.UNBOUNDED_BELOW, status)
+        status_ = torch.where((status_ == _RUNNING) & moved & (pgn_ <= tol), Status.SOLVED, status_)
+        finite_pt = torch.isfinite(f_) & torch.isfinite(g_).all(dim=1)
+        status_ = torch.where((status_ == _RUNNING) & ~finite_pt, Status.NON_FINITE, status_)
+        stalled_ = stalled | (now_stalled & (status_ == _RUNNING))
+        status_ = torch.where((status_ == _RUNNING) & now_stalled, Status.MAX_ITERATIONS, status_)
+        return z_, f_, g_, pgn_, status_, stalled_
+
+    # the convergence check: whether any element still runs (read once here, then once per
+    # iteration together with the line search's acceptance)
+    any_running = max_iter > 0 and bool((status == _RUNNING).any())
+    # whether the last iteration's line search ended at the first trial (then this one likely does)
+    speculate = True
     for _ in range(max_iter):
-        active = status == _RUNNING
-        if not bool(active.any()):
+        if not any_running:
             break
+        active = status == _RUNNING
         # -- direction ---------------------------------------------------------------------------
         if bounded:
             eps = pgn.clamp_max(1e-3)[:, None]
@@ -234,11 +281,12 @@ def minimize(fun: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor, *,
             # only non-zero projected-gradient entries sit within eps of a bound
             d = d * free - (1 - free) * gamma[:, None] * g
         slope = (g * d).sum(1)
+        # not a descent direction: reset the memory of these elements, steepest descent (applied
+        # by masks, without asking the host whether there are any)
         bad = ~(slope < 0) | ~torch.isfinite(slope)
-        if bool(bad.any()):  # reset memory of these elements, steepest descent
-            rho = torch.where(bad[None, :], torch.zeros_like(rho), rho)
-            gamma = torch.where(bad, 1.0 / g.norm(dim=1).clamp_min(1.0), gamma)
-            d = torch.where(bad[:, None], -g * gamma[:, None], d)
+        rho = rho.masked_fill(bad, 0.0)
+        gamma = torch.where(bad, 1.0 / g.norm(dim=1).clamp_min(1.0), gamma)
+        d = torch.where(bad[:, None], -g * gamma[:, None], d)
         # -- per-element backtracking line search along the projection arc ------------------------
         t = torch.ones(B, dtype=dtype, device=device)
         accepted = ~active
@@ -246,6 +294,7 @@ def minimize(fun: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor, *,
         z_new, f_new, g_new = z, f, g  # replaced (never written in place) where a trial is accepted
         f_noise = _ROUNDOFF * torch.finfo(dtype).eps * (f.abs() + 1)
         unbounded = torch.zeros(B, dtype=torch.bool, device=device)
+        done = None
         for trial in range(_MAX_LINE_SEARCH):
             zt = z + t[:, None] * d
             if bounded:
@@ -269,45 +318,31 @@ def minimize(fun: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor, *,
             if trial == 0:
                 first_trial = ok
             accepted = accepted | ok
-            if bool(accepted.all()):
+            if trial == 0 and speculate:
+                # the common case, every element accepts its first trial: the accepted points and
+                # the statuses are computed before asking, and one host synchronisation reads both
+                # whether every element accepted and whether any still runs afterwards
+                done = classify(active, accepted, z_new, f_new, g_new, unbounded)
+                all_accepted, any_running = (bool(v) for v in torch.stack(
+                    [accepted.all(), (done[4] == _RUNNING).any()]).tolist())
+                if all_accepted:
+                    break
+                done = None
+            elif bool(accepted.all()):
                 break
             t = torch.where(accepted, t, 0.5 * t)
-        moved = active & accepted
-        ls_failed = active & ~accepted
-        # -- memory update -------------------------------------------------------------------------
-        s = z_new - z
-        y = g_new - g
-        sy = (s * y).sum(1)
-        curvature = sy > 1e-10 * s.norm(dim=1) * y.norm(dim=1)
-        store = moved & curvature & torch.isfinite(sy) & (sy > 0)
-        S[slot] = torch.where(store[:, None], s, torch.zeros_like(s))
-        Y[slot] = torch.where(store[:, None], y, torch.zeros_like(y))
-        rho[slot] = torch.where(store, 1.0 / torch.where(store, sy, torch.ones_like(sy)),
-                                torch.zeros_like(sy))
+        # after an iteration that backtracked, the next one's statuses are not computed before its
+        # line search is known to be over (an iteration that backtracks computes them twice)
+        speculate = done is not None or trial == 0
+        if done is None:
+            done = classify(active, accepted, z_new, f_new, g_new, unbounded)
+            any_running = bool((done[4] == _RUNNING).any())
+        pair, reset, gamma, failed_once = remember(active, accepted, z_new, g_new, first_trial)
+        z, f, g, pgn, status, stalled = done
+        S[slot], Y[slot], rho[slot] = pair
+        rho = rho.masked_fill(reset, 0.0)
         slot = (slot + 1) % m
-        yy = (y * y).sum(1)
-        gamma = torch.where(store, sy / torch.where(store, yy, torch.ones_like(yy)), gamma)
-        gamma = torch.where(moved & ~store & first_trial, 2.0 * gamma, gamma)
-        # a failed line search: reset the memory once, then declare the element stalled
-        reset = ls_failed & ~failed_once
-        rho = torch.where(reset[None, :], torch.zeros_like(rho), rho)
-        gamma = torch.where(reset, 1.0 / g.norm(dim=1).clamp_min(1.0), gamma)
-        now_stalled = ls_failed & failed_once
-        failed_once = torch.where(moved, torch.zeros_like(failed_once), failed_once | ls_failed)
-        # -- accept and classify ------------------------------------------------------------------
-        z = torch.where(moved[:, None], z_new, z)
-        f = torch.where(moved, f_new, f)
-        g = torch.where(moved[:, None], g_new, g)
         iterations = iterations + active.to(torch.int64)
-        pg = proj_grad(z, g)
-        pgn = torch.where(active, pg.norm(dim=1), pgn)
-        unb = moved & (unbounded | (f < -unbounded_below))
-        status = torch.where(unb, Status.UNBOUNDED_BELOW, status)
-        status = torch.where((status == _RUNNING) & moved & (pgn <= tol), Status.SOLVED, status)
-        finite_pt = torch.isfinite(f) & torch.isfinite(g).all(dim=1)
-        status = torch.where((status == _RUNNING) & ~finite_pt, Status.NON_FINITE, status)
-        stalled = stalled | (now_stalled & (status == _RUNNING))
-        status = torch.where((status == _RUNNING) & now_stalled, Status.MAX_ITERATIONS, status)
 
     status = torch.where(status == _RUNNING, Status.MAX_ITERATIONS, status)
     return Solution(z=z.reshape(shape), status=status, iterations=iterations,

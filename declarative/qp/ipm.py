@@ -29,14 +29,16 @@ and ``qᵀd ≤ −ε‖d‖``.
 All batch elements advance in the same tensor operations; converged (or failed) elements are frozen
 (their step length is zero), and once at most 3/4 of the working set is still running the working
 set is compacted to the running elements. The only host synchronisation is one convergence check
-per iteration. Converged solutions are then *polished* (``QPOptions.polish``; see ``polish``): the
-equality-constrained QP on the identified active set is solved exactly — in float64 by the method
-of multipliers on the penalised interior-point matrix (``_polish_penalty``), elsewhere and where
-that fails with a Schur complement of the gathered active rows (``_polish``). Elements whose polish
-fails iterate on to a tighter tolerance and are polished again. The first iteration reuses the
-factorisation of the starting point (``λ = s``, weights 1). A primal and gap converged element
-whose dual residual grows (ill-conditioned Newton systems, typically float32) is stopped and handed
-to the polish as well; if that polish fails it iterates on (in float64) like the others.
+per iteration, which also tells whether the last step's directions were finite (the step is taken
+before that is known, and taken again without the elements concerned when it was not). Converged
+solutions are then *polished* (``QPOptions.polish``; see ``polish``): the equality-constrained QP
+on the identified active set is solved exactly — in float64 by the method of multipliers on the
+penalised interior-point matrix (``_polish_penalty``), elsewhere and where that fails with a Schur
+complement of the gathered active rows (``_polish``). Elements whose polish fails iterate on to a
+tighter tolerance and are polished again. The first iteration reuses the factorisation of the
+starting point (``λ = s``, weights 1). A primal and gap converged element whose dual residual grows
+(ill-conditioned Newton systems, typically float32) is stopped and handed to the polish as well;
+if that polish fails it iterates on (in float64) like the others.
 
 Mixed precision (``QPOptions.mixed_precision``): for float64 problems with inequalities the first
 phase (to ``polish_tol``) runs on a float32 copy of the data (``_Working``, ``_lowered``) — the
@@ -238,6 +240,55 @@ def _loop_residuals(Q, q, G, h, A, b, z, s, lam, nu, w, hnorm, bnorm, qnorm, dz_
     elif gap is None:
         gap = mu = torch.zeros_like(dres)
     return rd0, nri, re, pres, dres, gap, mu, Gtl, Atn, nGtwri, Qd, Gtd, Atd, Ad
+
+
+def _finite_directions(dz, D, dnu):
+    """Per element: whether the Newton directions ``dz``, ``D = (ds, dλ)`` and ``dν`` are finite
+    (a sum is finite only if every term is)."""
+    check = dz.sum(-1) + (D.sum(-1) if D is not None else 0)
+    if dnu is not None:
+        check = check + dnu.sum(-1)
+    return torch.isfinite(check)
+
+
+def _advance(z, s, lam, nu, X, Gz, status, running, dz, D, dnu, Gdz, alpha, finite, nrun):
+    r"""One interior-point step of the running elements of the working set,
+
+    .. math::
+        z \leftarrow z + \alpha\, d_z, \quad (s, \lambda) \leftarrow (s, \lambda) + \alpha\, D,
+        \quad \nu \leftarrow \nu + \alpha\, d_\nu, \quad Gz \leftarrow Gz + \alpha\, G d_z,
+
+    with a zero step for the other elements. ``finite``: ``None`` when every direction is finite;
+    otherwise the per-element mask, and the running elements outside it stop with ``NON_FINITE``
+    (their directions are zeroed, so that no NaN spreads). ``nrun``: the number of running elements.
+
+    Shape:
+        z, dz: ``(B, n)``; s, lam: ``(B, m)``; X = (s, λ), D: ``(B, 2m)`` (or ``None``); nu, dnu:
+        ``(B, p)`` (or ``None``); Gz, Gdz: ``(B, m)``; status, running, finite: ``(B,)``;
+        alpha: ``(B, 1)``. Returns the new ``(z, s, lam, nu, X, Gz, status, running)`` and the
+        directions taken ``(dz, Gdz, D, dnu)``.
+    """
+    if finite is None:
+        # frozen elements: zero step (their directions are only read for running elements)
+        a = alpha if nrun == z.shape[0] else alpha * running.unsqueeze(-1)
+    else:
+        status = torch.where(running & ~finite, int(Status.NON_FINITE), status)
+        move = (running & finite).unsqueeze(-1)
+        running = running & finite
+        # frozen elements: zero direction (also clears non-finite directions), zero step
+        a = torch.where(move, alpha, 0.0)
+        dz = torch.where(move, dz, 0.0)
+        dnu = None if dnu is None else torch.where(move, dnu, 0.0)
+        if D is not None:
+            D, Gdz = torch.where(move, D, 0.0), torch.where(move, Gdz, 0.0)
+    z = torch.addcmul(z, a, dz)
+    if dnu is not None:
+        nu = torch.addcmul(nu, a, dnu)
+    if D is not None:
+        X = torch.addcmul(X, a, D)
+        s, lam = X.chunk(2, -1)
+        Gz = torch.addcmul(Gz, a, Gdz)
+    return z, s, lam, nu, X, Gz, status, running, dz, Gdz, D, dnu
 
 
 def _primal_infeasible(Gty, Aty, h, b, lam, nu, eps, scale):
@@ -530,70 +581,93 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
 
 
         running = status == _RUNNING
+        # the last step, taken before its directions were known to be finite: (their sum, the
+        # state before the step, the directions); checked in the next iteration's synchronisation
+        pending = None
         for k in range(max_iter + 1):
-            # -- residuals at the current iterate -----------------------------------------------------
             certify = k >= 3   # infeasible problems show their certificates within a few iterations
-            w = torch.div(lam, s).clamp_(max=wmax) if G is not None else None
-            dlp = D_last[..., m:].clamp(min=0) if certify and G is not None else None
-            rd0, nri, re, pres, dres, gap, mu, Gtl, Atn, nGtwri, Qd, Gtd, Atd, Ad = _loop_residuals(
-                Qv, q, Gv, h, Av, b, z, s, lam, nu, w, hnorm, bnorm, qnorm,
-                dz_last if certify else None, dlp, dnu_last if certify else None, Gz)
-            within = torch.stack([pres, gap, dres], -1) <= tol_vec   # (B, 3): one comparison
-            converged = within.all(-1)
+            while True:   # runs twice only when the last step must be redone (non-finite directions)
+                # -- residuals at the current iterate ---------------------------------------------
+                w = torch.div(lam, s).clamp_(max=wmax) if G is not None else None
+                dlp = D_last[..., m:].clamp(min=0) if certify and G is not None else None
+                rd0, nri, re, pres, dres, gap, mu, Gtl, Atn, nGtwri, Qd, Gtd, Atd, Ad = _loop_residuals(
+                    Qv, q, Gv, h, Av, b, z, s, lam, nu, w, hnorm, bnorm, qnorm,
+                    dz_last if certify else None, dlp, dnu_last if certify else None, Gz)
+                within = torch.stack([pres, gap, dres], -1) <= tol_vec   # (B, 3): one comparison
+                converged = within.all(-1)
 
-            # -- statuses -------------------------------------------------------------------------------
-            if not certify:
-                status = torch.where(running & converged, solved_t, status)
-            else:
-                if not bool((running & ~converged).any()):
-                    # every running element converged: no certificates to check, nothing runs on
+                # -- statuses ----------------------------------------------------------------------
+                if not certify:
                     status = torch.where(running & converged, solved_t, status)
-                    break
-                new_status = torch.where(converged, solved_t, status)
-                # dual infeasibility (unbounded below): the last direction d is a descent ray,
-                # ‖Qd‖ ≈ 0, qᵀd < 0, Gd ≤ 0, Ad = 0 (relative to ‖d‖)
-                nd = _inf_norm(dz_last)
-                dinf = (nd > 0) & (_inf_norm(Qd) <= eps_inf * nd) \
-                    & ((q * dz_last).sum(-1) <= -eps_inf * nd * (1 + qnorm))
-                if G is not None:
-                    dinf = dinf & (Gdz_last.amax(-1) <= eps_inf * nd * (1 + hnorm))
-                if A is not None:
-                    dinf = dinf & (_inf_norm(Ad) <= eps_inf * nd * (1 + bnorm))
-                if G is not None or A is not None:
-                    # stalled: primal and gap converged but the dual residual grows (ill-conditioned
-                    # Newton systems, typically float32); such elements stop here and are handed to
-                    # the polish
-                    stalled = within[:, :2].all(-1) & (dres > dres_prev.clamp(min=tol_d))
-                    # primal infeasibility certificates, on the iterates (λ, ν) and on the last
-                    # Newton directions
-                    pinf_it = _primal_infeasible(Gtl, Atn, h, b, lam, nu, eps_inf, pscale)
-                    pinf_dir = _primal_infeasible(Gtd, Atd, h, b, dlp, dnu_last, eps_inf, pscale)
-                    pinf = pinf_it | pinf_dir
-                    open_ = ~converged
-                    new_status = torch.where(open_ & pinf, pinf_code, new_status)
-                    open_ = open_ & ~pinf
-                    new_status = torch.where(open_ & dinf, dinf_code, new_status)
-                    new_status = torch.where(open_ & ~dinf & stalled, _STALLED, new_status)
-                    # the certificates are returned (and verified on the original data): a
-                    # direction's (λ, ν) replaces the iterate's, a descent ray replaces z
-                    cert_dir = (running & ~converged & pinf_dir & ~pinf_it).unsqueeze(-1)
-                    ray = (running & open_ & dinf).unsqueeze(-1)
-                    if G is not None:
-                        X = torch.where(cert_dir, torch.cat([s, dlp], -1), torch.cat([s, lam], -1) if X is None else X)
-                        s, lam = X.chunk(2, -1)
-                    if A is not None:
-                        nu = torch.where(cert_dir, dnu_last, nu)
-                    z = torch.where(ray, dz_last, z)
                 else:
-                    new_status = torch.where(~converged & dinf, dinf_code, new_status)
-                    z = torch.where((running & ~converged & dinf).unsqueeze(-1), dz_last, z)
-                status = torch.where(running, new_status, status)
-            dres_prev = dres
-            running = status == _RUNNING
+                    new_status = torch.where(converged, solved_t, status)
+                    # dual infeasibility (unbounded below): the last direction d is a descent ray,
+                    # ‖Qd‖ ≈ 0, qᵀd < 0, Gd ≤ 0, Ad = 0 (relative to ‖d‖)
+                    nd = _inf_norm(dz_last)
+                    dinf = (nd > 0) & (_inf_norm(Qd) <= eps_inf * nd) \
+                        & ((q * dz_last).sum(-1) <= -eps_inf * nd * (1 + qnorm))
+                    if G is not None:
+                        dinf = dinf & (Gdz_last.amax(-1) <= eps_inf * nd * (1 + hnorm))
+                    if A is not None:
+                        dinf = dinf & (_inf_norm(Ad) <= eps_inf * nd * (1 + bnorm))
+                    if G is not None or A is not None:
+                        # stalled: primal and gap converged but the dual residual grows (ill-conditioned
+                        # Newton systems, typically float32); such elements stop here and are handed to
+                        # the polish
+                        stalled = within[:, :2].all(-1) & (dres > dres_prev.clamp(min=tol_d))
+                        # primal infeasibility certificates, on the iterates (λ, ν) and on the last
+                        # Newton directions
+                        pinf_it = _primal_infeasible(Gtl, Atn, h, b, lam, nu, eps_inf, pscale)
+                        pinf_dir = _primal_infeasible(Gtd, Atd, h, b, dlp, dnu_last, eps_inf, pscale)
+                        pinf = pinf_it | pinf_dir
+                        open_ = ~converged
+                        new_status = torch.where(open_ & pinf, pinf_code, new_status)
+                        open_ = open_ & ~pinf
+                        new_status = torch.where(open_ & dinf, dinf_code, new_status)
+                        new_status = torch.where(open_ & ~dinf & stalled, _STALLED, new_status)
+                        # the certificates are returned (and verified on the original data): a
+                        # direction's (λ, ν) replaces the iterate's, a descent ray replaces z
+                        cert_dir = (running & ~converged & pinf_dir & ~pinf_it).unsqueeze(-1)
+                        ray = (running & open_ & dinf).unsqueeze(-1)
+                        if G is not None:
+                            X = torch.where(cert_dir, torch.cat([s, dlp], -1),
+                                            torch.cat([s, lam], -1) if X is None else X)
+                            s, lam = X.chunk(2, -1)
+                        if A is not None:
+                            nu = torch.where(cert_dir, dnu_last, nu)
+                        z = torch.where(ray, dz_last, z)
+                    else:
+                        new_status = torch.where(~converged & dinf, dinf_code, new_status)
+                        z = torch.where((running & ~converged & dinf).unsqueeze(-1), dz_last, z)
+                    status = torch.where(running, new_status, status)
+                dres_last = dres_prev
+                dres_prev = dres
+                running = status == _RUNNING
+                # one host synchronisation: the number of running elements (the convergence check)
+                # and whether the last step's directions were finite
+                if pending is None:
+                    nrun = int(running.sum())
+                    break
+                # (one number: the count plus 0 × the sum of the directions, not finite if that is)
+                total = float(pending[0].mul(0).add_(running.sum(dtype=pending[0].dtype)))
+                if math.isfinite(total):
+                    nrun = int(total)
+                    pending = None
+                    break
+                # some sum overflowed: the exact per-element check (an extra synchronisation);
+                # where a direction is not finite the step is taken again from the state before it,
+                # with those elements stopped, and the residuals are evaluated again
+                _, pre, dirs = pending
+                pending = None
+                finite = _finite_directions(*dirs[:3])
+                if bool(finite.all()):
+                    nrun = int(running.sum())
+                    break
+                z, s, lam, nu, X, Gz, status, running, nrun = pre
+                dres_prev = dres_last
+                z, s, lam, nu, X, Gz, status, running, dz_last, Gdz_last, D_last, dnu_last = _advance(
+                    z, s, lam, nu, X, Gz, status, running, *dirs, finite, nrun)
             Bw = z.shape[0]
-            # one host synchronisation: the number of running elements (only whether any runs when
-            # the working set is too small to be compacted)
-            nrun = int(running.sum()) if Bw >= 4 else int(bool(running.any()))
             if k == max_iter or nrun == 0:
                 break
             if nrun <= 0.75 * Bw and Bw >= 4:
@@ -668,38 +742,12 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
                 check = dz.sum()
             if dnu is not None:
                 check = check + dnu.sum()
-            # one host synchronisation: the directions of the whole working set are finite (a sum is
-            # finite only if every term is; an overflow only sends it to the exact check below)
-            if math.isfinite(float(check)):
-                finite = None
-            else:
-                check = dz.sum(-1) + (D.sum(-1) if D is not None else 0)
-                if dnu is not None:
-                    check = check + dnu.sum(-1)
-                finite = torch.isfinite(check)
-                if bool(finite.all()):
-                    finite = None
-            if finite is None:
-                # frozen elements: zero step (their directions are only read for running elements)
-                a = alpha if nrun == Bw else alpha * running.unsqueeze(-1)
-            else:
-                status = torch.where(running & ~finite, nonfinite_code, status)
-                move = (running & finite).unsqueeze(-1)
-                running = running & finite
-                # frozen elements: zero direction (also clears non-finite directions), zero step
-                a = torch.where(move, alpha, 0.0)
-                dz = torch.where(move, dz, 0.0)
-                dnu = None if dnu is None else torch.where(move, dnu, 0.0)
-                if D is not None:
-                    D, Gdz = torch.where(move, D, 0.0), torch.where(move, Gdz, 0.0)
-            z = torch.addcmul(z, a, dz)
-            if dnu is not None:
-                nu = torch.addcmul(nu, a, dnu)
-            if D is not None:
-                X = torch.addcmul(X, a, D)
-                s, lam = X.chunk(2, -1)
-                Gz = torch.addcmul(Gz, a, Gdz)
-            dz_last, Gdz_last, D_last, dnu_last = dz, Gdz, D, dnu
+            # the step is taken at once; the sum of the directions (finite only if every term is; an
+            # overflow only sends it to the exact check) is read in the next iteration's
+            # synchronisation, which takes the step again if some direction is not finite
+            pending = (check, (z, s, lam, nu, X, Gz, status, running, nrun), (dz, D, dnu, Gdz, alpha))
+            z, s, lam, nu, X, Gz, status, running, dz_last, Gdz_last, D_last, dnu_last = _advance(
+                z, s, lam, nu, X, Gz, status, running, dz, D, dnu, Gdz, alpha, None, nrun)
 
         if widx is not None:
             for f_, x in zip(full, (z, s, lam, nu, status, iterations, pres, dres, gap)):
