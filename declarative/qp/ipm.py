@@ -67,7 +67,7 @@ from .options import DEFAULT_REG, DEFAULT_TOL_INFEASIBLE, QPOptions
 from .residuals import (CERTIFICATE_TOL, dual_certificate_holds, meets_tolerances, primal_certificate_holds,
                         qp_residuals)
 # looked up in this namespace by ``solve_qp_ipm`` (the tests replace them here)
-from .polish import _polish, _polish_penalty
+from .polish import _least_norm_multipliers, _polish, _polish_penalty
 
 __all__ = ["solve_qp_ipm"]
 
@@ -854,6 +854,8 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
                 z, s, lam, nu = (torch.where(w_, a_, b_) for a_, b_ in zip(before, (z, s, lam, nu)))
                 pres, dres, gap = (torch.where(worse, a_, b_) for a_, b_ in zip(before_res, (pres, dres, gap)))
                 polished, fast_all = polished & ~worse, fast_all & ~worse
+            # multipliers that cancel at a degenerate vertex: the least-norm non-negative ones
+            lam, nu = _least_norm_multipliers(Q, q, G, A, z, lam, nu, polished)
             # the backward's active sets: the polished ones, and for elements left unpolished
             # (their polish failed at every rung; they converged by the interior-point iterations
             # alone) the strict-complementarity guess λ > s. The active-set form then serves every
