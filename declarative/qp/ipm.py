@@ -854,8 +854,6 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
                 z, s, lam, nu = (torch.where(w_, a_, b_) for a_, b_ in zip(before, (z, s, lam, nu)))
                 pres, dres, gap = (torch.where(worse, a_, b_) for a_, b_ in zip(before_res, (pres, dres, gap)))
                 polished, fast_all = polished & ~worse, fast_all & ~worse
-            # multipliers that cancel at a degenerate vertex: the least-norm non-negative ones
-            lam, nu = _least_norm_multipliers(Q, q, G, A, z, lam, nu, polished)
             # the backward's active sets: the polished ones, and for elements left unpolished
             # (their polish failed at every rung; they converged by the interior-point iterations
             # alone) the strict-complementarity guess λ > s. The active-set form then serves every
@@ -890,6 +888,21 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
     # the SOLVED contract on the original problem, and its residuals reported
     lam_, nu_ = (lam if G is not None else z.new_zeros(B, 0)), (nu if A is not None else z.new_zeros(B, 0))
     res, ok = on_original(z, lam_, nu_)
+    if "polished" in cache:
+        # multipliers that cancel at a degenerate vertex (polished elements whose dual residual's
+        # rounding u·a_d is not negligible against eps_abs): the least-norm non-negative ones, where
+        # the dual residual and gap are no worse with them and the contract holds if it held
+        unit = torch.finfo(answer_dtype or dtype).eps / 2
+        cand = cache["polished"] & (unit * res.dual_abs > 1e-2 * opts.eps_abs)
+        lam_l, nu_l = _least_norm_multipliers(Q, q, G, A, z, lam, nu, cand)
+        if lam_l is not lam:
+            r1, ok1 = on_original(z, lam_l, nu_l if A is not None else nu_)
+            better = (ok1 | ~ok) & (torch.maximum(r1.dual, r1.gap) <= torch.maximum(res.dual, res.gap))
+            lam = torch.where(better.unsqueeze(-1), lam_l, lam)
+            if A is not None:
+                nu = torch.where(better.unsqueeze(-1), nu_l, nu)
+            res = type(res)(*(torch.where(better, a_, b_) for a_, b_ in zip(r1, res)))
+            ok = torch.where(better, ok1, ok)
     status = torch.where((status == solved_code) & ~ok, int(Status.INACCURATE), status)
     if kept:
         # tighter iterations that ended worse: the last point that met the iterations' tolerances

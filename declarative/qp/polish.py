@@ -420,12 +420,17 @@ def _least_norm_multipliers(Q, q, G, A, z, lam, nu, polished, rounds=4, steps=5)
     ``δ = 10⁻¹¹ max diag``) with iterative refinement from zero, whose iterates stay in the range
     of ``M_F``: the least-norm solution. Every point of a round satisfies ``Mᵀy = g`` (a convex
     combination of two that do). The new multipliers replace the old where their residual
-    ``‖Mᵀy − g‖∞`` is not larger; ``z`` is unchanged.
+    ``‖Mᵀy − g‖∞`` is not larger and their size ``‖y‖∞`` at most half the old (the caller compares
+    the two on the original problem); ``z`` is unchanged. Returns the inputs themselves where
+    nothing changed.
 
     Shape:
         data as ``solve_qp_ipm``'s (with a batch dimension, 1 or B); ``z (B, n)``,
-        ``lam (B, m)``, ``nu (B, p)`` or None, ``polished (B,)``; returns ``lam, nu``.
+        ``lam (B, m)``, ``nu (B, p)`` or None, ``polished (B,)`` (the elements to consider);
+        returns ``lam, nu``.
     """
+    if not bool(polished.any()):
+        return lam, nu
     dtype = z.dtype
     B, m = lam.shape
     n = z.shape[-1]
@@ -482,7 +487,10 @@ def _least_norm_multipliers(Q, q, G, A, z, lam, nu, polished, rounds=4, steps=5)
             break
     old = _inf_norm(gs - _mtv(M, y0))
     new = _inf_norm(gs - _mtv(M, y))
-    ok = (new <= old) & torch.isfinite(y).all(-1) & ~(sign & (y < 0)).any(-1)
+    # only a real cancellation removed: the multipliers' size at least halved (multipliers that are
+    # large without cancelling, from ill-conditioned rows, stay)
+    ok = (new <= old) & (_inf_norm(y) <= 0.5 * _inf_norm(y0)) & torch.isfinite(y).all(-1) & \
+        ~(sign & (y < 0)).any(-1)
     if not bool(ok.any()):
         return lam, nu
     o_ = ok.unsqueeze(-1)
