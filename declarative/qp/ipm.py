@@ -69,7 +69,7 @@ from .options import DEFAULT_REG, DEFAULT_TOL_INFEASIBLE, QPOptions
 from .residuals import (CERTIFICATE_TOL, dual_certificate_holds, meets_tolerances, primal_certificate_holds,
                         qp_residuals)
 # looked up in this namespace by ``solve_qp_ipm`` (the tests replace them here)
-from .polish import _polish, _polish_penalty
+from .polish import _least_norm_multipliers, _polish, _polish_penalty
 
 __all__ = ["solve_qp_ipm"]
 
@@ -944,6 +944,21 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
         infeasible = (status == pinf_code) | (status == dinf_code)
         status = torch.where(infeasible & ~certificates_hold(z, lam_, nu_, status), int(Status.INACCURATE), status)
     res, ok = on_original(z, lam_, nu_)
+    if "polished" in cache:
+        # multipliers that cancel at a degenerate vertex (polished elements whose dual residual's
+        # rounding u·a_d is not negligible against eps_abs): the least-norm non-negative ones, where
+        # the dual residual and gap are no worse with them and the contract holds if it held
+        unit = torch.finfo(answer_dtype or dtype).eps / 2
+        cand = cache["polished"] & (unit * res.dual_abs > 1e-2 * opts.eps_abs)
+        lam_l, nu_l = _least_norm_multipliers(Q, q, G, A, z, lam, nu, cand)
+        if lam_l is not lam:
+            r1, ok1 = on_original(z, lam_l, nu_l if A is not None else nu_)
+            better = (ok1 | ~ok) & (torch.maximum(r1.dual, r1.gap) <= torch.maximum(res.dual, res.gap))
+            lam = torch.where(better.unsqueeze(-1), lam_l, lam)
+            if A is not None:
+                nu = torch.where(better.unsqueeze(-1), nu_l, nu)
+            res = type(res)(*(torch.where(better, a_, b_) for a_, b_ in zip(r1, res)))
+            ok = torch.where(better, ok1, ok)
     status = torch.where((status == solved_code) & ~ok, int(Status.INACCURATE), status)
     if kept:
         # tighter iterations that ended worse: the last point that met the iterations' tolerances

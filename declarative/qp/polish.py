@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import torch
 
-from .linalg import _Factor, _gather_rows, _inf_norm, _mtv, _mtvs, _mv, _row_norm, _shared
+from .linalg import _chol_solve, _Factor, _gather_rows, _inf_norm, _mtv, _mtvs, _mv, _row_norm, _shared
 
 __all__: list[str] = []
 
@@ -386,3 +386,116 @@ def _polish(Q, q, G, h, A, b, z, s, lam, nu, solved, opts, reg, zero_eq, hnorm, 
         if not bool(todo_all.any()):
             break
     return z, s, lam, nu, polished_all, act_final, (first if mergeable else None)
+
+
+#: the multipliers of a polished element are reduced to least-norm ones when their terms exceed
+#: the gradient they balance by this factor (``_least_norm_multipliers``)
+_CANCELLATION = 1e4
+
+#: regularisation of the normal equations in ``_least_norm_multipliers``, relative to their largest
+#: diagonal entry: rounding errors along the null space of ``Mᵀ`` (invisible to the refinement, and
+#: harmless to ``Mᵀy``) are amplified by ``u/δ``, components of ``y`` along singular values
+#: ``σ² ≫ δ`` converge by ``δ/σ²`` a step
+_LN_REG = 1e-11
+
+
+def _least_norm_multipliers(Q, q, G, A, z, lam, nu, polished, rounds=4, steps=5):
+    """Least-norm non-negative multipliers of polished points whose multipliers cancel.
+
+    At a degenerate vertex (active rows ``M = [A; G_K]`` linearly dependent) the multipliers of
+    the stationarity condition
+
+    .. math::
+
+        M^T y = g := -(Qz + q), \\qquad y = (\\nu, \\lambda_K), \\quad \\lambda_K \\ge 0
+
+    are not unique: ``y + t v`` with ``Mᵀv = 0`` is optimal too, and an interior-point iterate may
+    carry a large such component (multipliers of ``10⁷`` whose terms cancel in ``Mᵀy``, while the
+    least-norm ones are ``10³``). The answer is then exact but its residuals round at ``u‖y‖``. For
+    the elements whose multipliers are that large (``‖λ‖∞ max_i‖g_i‖₁`` or
+    ``‖ν‖∞ max_i‖a_i‖₁`` above ``10⁴ ‖g‖∞``), the multipliers are moved towards the least-norm
+    solution of ``Mᵀy = g`` on the rows not yet at zero, as far as ``λ_K ≥ 0`` allows; a multiplier
+    reaching zero leaves the set (Lawson–Hanson's non-negative least squares, without re-entry).
+    Each round solves the regularised normal equations ``(M_F M_Fᵀ + δI) y = M_F g`` (Cholesky,
+    ``δ = 10⁻¹¹ max diag``) with iterative refinement from zero, whose iterates stay in the range
+    of ``M_F``: the least-norm solution. Every point of a round satisfies ``Mᵀy = g`` (a convex
+    combination of two that do). The new multipliers replace the old where their residual
+    ``‖Mᵀy − g‖∞`` is not larger and their size ``‖y‖∞`` at most half the old (the caller compares
+    the two on the original problem); ``z`` is unchanged. Returns the inputs themselves where
+    nothing changed.
+
+    Shape:
+        data as ``solve_qp_ipm``'s (with a batch dimension, 1 or B); ``z (B, n)``,
+        ``lam (B, m)``, ``nu (B, p)`` or None, ``polished (B,)`` (the elements to consider);
+        returns ``lam, nu``.
+    """
+    if not bool(polished.any()):
+        return lam, nu
+    dtype = z.dtype
+    B, m = lam.shape
+    n = z.shape[-1]
+    p = 0 if A is None else A.shape[-2]
+    g = -(q + _mv(Q, z))
+    big = _inf_norm(lam) * _row_norm(G)
+    if p:
+        big = torch.maximum(big, _inf_norm(nu) * _row_norm(A))
+    todo = polished & (big > _CANCELLATION * _inf_norm(g))
+    if not bool(todo.any()):
+        return lam, nu
+    ix = torch.nonzero(todo).reshape(-1)
+
+    def take(t):
+        return t if t is None or t.shape[0] == 1 else t.index_select(0, ix)
+    Gs, As, gs, ls = take(G), take(A), take(g), take(lam)
+    Bs = ix.shape[0]
+    pos = ls > 0
+    k = int(pos.sum(-1).amax())
+    idx = torch.argsort(pos.to(torch.int8), dim=-1, descending=True, stable=True)[:, :k]
+    valid = pos.gather(1, idx)
+    Gk = _gather_rows(Gs, idx)
+    y_l = ls.gather(1, idx) * valid
+    if p:
+        M = torch.cat([As.expand(Bs, p, n), Gk], -2)
+        y = torch.cat([take(nu), y_l], -1)
+        sign = torch.cat([valid.new_zeros(Bs, p), valid], -1)
+        free = torch.cat([valid.new_ones(Bs, p), valid], -1)
+    else:
+        M, y, sign, free = Gk, y_l, valid, valid.clone()
+    y0 = y
+    done = torch.zeros(Bs, dtype=torch.bool, device=z.device)
+    eps = torch.finfo(dtype).eps
+    for _ in range(rounds):
+        Mf = M * free.unsqueeze(-1)
+        S = Mf @ Mf.mT
+        d_ = S.diagonal(dim1=-2, dim2=-1)
+        d_ += (_LN_REG * d_.amax(-1, keepdim=True)).clamp(min=torch.finfo(dtype).tiny)
+        U, _ = torch.linalg.cholesky_ex(S, upper=True)
+        ymn = torch.zeros_like(y)
+        for _ in range(steps):   # refinement from zero: the least-norm solution on the free rows
+            r = gs - _mtv(Mf, ymn)
+            ymn = ymn + _chol_solve(U, _mv(Mf, r).unsqueeze(-1)).squeeze(-1)
+        # a step towards it, as far as λ_K ≥ 0 allows; the multipliers reaching zero leave the set
+        neg = sign & free & (ymn < 0)
+        ratio = torch.where(neg, y / (y - ymn).clamp(min=torch.finfo(dtype).tiny), torch.ones_like(y))
+        alpha = torch.where(done, 0.0, ratio.amin(-1).clamp(0.0, 1.0)).unsqueeze(-1)
+        y = y + alpha * (ymn - y)
+        hit = sign & free & (y <= eps * _inf_norm(y).unsqueeze(-1))
+        y = torch.where(hit, 0.0, y)
+        free = free & ~hit
+        done = done | (alpha.squeeze(-1) >= 1)
+        if bool(done.all()):
+            break
+    old = _inf_norm(gs - _mtv(M, y0))
+    new = _inf_norm(gs - _mtv(M, y))
+    # only a real cancellation removed: the multipliers' size at least halved (multipliers that are
+    # large without cancelling, from ill-conditioned rows, stay)
+    ok = (new <= old) & (_inf_norm(y) <= 0.5 * _inf_norm(y0)) & torch.isfinite(y).all(-1) & \
+        ~(sign & (y < 0)).any(-1)
+    if not bool(ok.any()):
+        return lam, nu
+    o_ = ok.unsqueeze(-1)
+    lam_s = torch.where(pos, ls.new_zeros(Bs, m).scatter(1, idx, y[:, p:] * valid), ls)
+    lam = lam.index_copy(0, ix, torch.where(o_, lam_s, ls))
+    if p:
+        nu = nu.index_copy(0, ix, torch.where(o_, y[:, :p], take(nu)))
+    return lam, nu

@@ -41,6 +41,18 @@ def test_small_problems_at_high_accuracy(name):
     assert max(res[:3]) < 1e-9, res[:3]
 
 
+def test_degenerate_vertex_multipliers_at_high_accuracy():
+    """QADLITTL: linearly dependent active rows (92 rows of rank 88), the interior-point multipliers
+    of a bound and an equality row 2e7 along the null space, cancelling; the dual residual rounded
+    to 7.5e-9 (SOLVED only by the contract's rounding term). With the least-norm multipliers (|y| ≈
+    3.5e3, as ProxQP's and PIQP's) all three residuals are below 1e-9."""
+    data, sol, res = _solve("QADLITTL", QPOptions(tol=1e-9))
+    assert int(sol.status) == Status.SOLVED
+    assert max(res[:3]) < 1e-9, res[:3]
+    assert (sol.duals["lam"] >= 0).all()
+    assert max(sol.duals["lam"].abs().max().item(), sol.duals["nu"].abs().max().item()) < 1e5
+
+
 @pytest.mark.parametrize("name", ["QBORE3D", "QFORPLAN", "QSHARE1B"])
 def test_feasible_problems_are_not_called_infeasible(name):
     """Reported PRIMAL_INFEASIBLE (QBORE3D, QFORPLAN) and DUAL_INFEASIBLE (QSHARE1B) at the third
