@@ -648,10 +648,11 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
                 if pending is None:
                     nrun = int(running.sum())
                     break
-                # (one number: the count plus 0 × the sum of the directions, not finite if that is)
-                total = float(pending[0].mul(0).add_(running.sum(dtype=pending[0].dtype)))
-                if math.isfinite(total):
-                    nrun = int(total)
+                # (one integer: the count, or −1 where the sum of the directions is not finite;
+                # exact at any batch size, unlike a count carried in the working float dtype)
+                total = int(torch.where(torch.isfinite(pending[0]), running.sum(), -1))
+                if total >= 0:
+                    nrun = total
                     pending = None
                     break
                 # some sum overflowed: the exact per-element check (an extra synchronisation);
@@ -947,7 +948,7 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
     if "polished" in cache:
         # multipliers that cancel at a degenerate vertex (polished elements whose dual residual's
         # rounding u·a_d is not negligible against eps_abs): the least-norm non-negative ones, where
-        # the dual residual and gap are no worse with them and the contract holds if it held
+        # the larger of the dual residual and gap is no worse with them and the contract holds if it held
         unit = torch.finfo(answer_dtype or dtype).eps / 2
         cand = cache["polished"] & (unit * res.dual_abs > 1e-2 * opts.eps_abs)
         lam_l, nu_l = _least_norm_multipliers(Q, q, G, A, z, lam, nu, cand)
