@@ -478,7 +478,9 @@ def _least_norm_multipliers(Q, q, G, A, z, lam, nu, polished, rounds=4, steps=5)
         neg = sign & free & (ymn < 0)
         ratio = torch.where(neg, y / (y - ymn).clamp(min=torch.finfo(dtype).tiny), torch.ones_like(y))
         alpha = torch.where(done, 0.0, ratio.amin(-1).clamp(0.0, 1.0)).unsqueeze(-1)
-        y = y + alpha * (ymn - y)
+        # (a full step takes ymn itself: y + (ymn − y) keeps a rounding error of u·‖y‖ from the
+        # old, large multipliers)
+        y = torch.where(alpha >= 1, ymn, y + alpha * (ymn - y))
         hit = sign & free & (y <= eps * _inf_norm(y).unsqueeze(-1))
         y = torch.where(hit, 0.0, y)
         free = free & ~hit

@@ -44,3 +44,33 @@ def test_cancelling_multipliers_become_least_norm():
     assert stat(lam2[:1], nu2[:1])[0].item() < 1e-12
     # element 1: no cancellation (the least-norm multipliers already); element 2: not polished
     assert torch.equal(lam2[1:], lam[1:]) and torch.equal(nu2[1:], nu[1:])
+
+
+def test_full_step_lands_on_the_least_norm_multipliers():
+    """A full step to the least-norm multipliers takes them exactly: ``y + (ymn − y)`` would keep a
+    rounding error of ``u·‖y‖`` (2e-9 at multipliers of 1e7) from the cancelling ones. Random data
+    (off any common grid): rows ``a·z ≤ 0`` and ``a·z = 0`` at a point where they are active, with
+    small true multipliers and 1e7·π added along the ray ``(λ₀, ν₀) = (t, −t)``."""
+    g = torch.Generator().manual_seed(0)
+    B, n = 6, 5
+    f64 = torch.float64
+    Q = torch.randn(B, n, n, generator=g, dtype=f64)
+    Q = Q @ Q.mT / n + 0.1 * torch.eye(n, dtype=f64)
+    a = torch.randn(B, 1, n, generator=g, dtype=f64)
+    G = torch.cat([a, torch.randn(B, 2, n, generator=g, dtype=f64)], 1)
+    A = a.clone()
+    z = torch.randn(B, n, generator=g, dtype=f64)
+    z = z - (z * a[:, 0]).sum(-1, keepdim=True) / (a[:, 0] ** 2).sum(-1, keepdim=True) * a[:, 0]   # a·z = 0
+    lam_true = torch.cat([torch.rand(B, 1, generator=g, dtype=f64), torch.zeros(B, 2, dtype=f64)], 1)
+    nu_true = torch.zeros(B, 1, dtype=f64)
+    q = -(torch.einsum("bij,bj->bi", Q, z) + torch.einsum("bm,bmn->bn", lam_true, G)
+          + torch.einsum("bp,bpn->bn", nu_true, A))
+    t = 1e7 * torch.pi
+    lam = lam_true.clone()
+    lam[:, 0] += t
+    nu = nu_true - t
+    lam2, nu2 = _least_norm_multipliers(Q, q, G, A, z, lam, nu, torch.ones(B, dtype=torch.bool))
+    stat = (torch.einsum("bij,bj->bi", Q, z) + q + torch.einsum("bm,bmn->bn", lam2, G)
+            + torch.einsum("bp,bpn->bn", nu2, A)).abs().amax(-1)
+    assert (lam2 >= 0).all() and lam2.abs().amax() < 10
+    assert stat.amax().item() < 1e-12, stat
