@@ -31,13 +31,28 @@ model at the free phase,
 is ``O(‖d‖)`` (the third-order term) while ``φ̂_β`` stays in the free phase's quadratic neighbourhood,
 where the estimate's bias is ``O(β)``; ``m ≳ 1`` means the nudged phase left it — into another
 basin (near a fold, where the barrier is below ``β·|∂ℓ|``) or with ``β`` too large for the
-curvature. Where ``½|c|`` is within round-off of the energies (``100·eps·(|E(φ*)| + |E(φ̂_β)| +
-|∇E(φ*)ᵀd|)``), or where a coordinate at a bound moved, ``m`` is set to 0: the difference
-cannot be judged.
+curvature. Where ``½|c|`` is within round-off of the energies, or where a coordinate at a bound
+moved, ``m`` is set to 0: the difference cannot be judged. The round-off is the larger of
+``100·eps·(|E(φ*)| + |E(φ̂_β)| + |∇E(φ*)ᵀd|)`` and ``NOISE_FACTOR`` times the measured rounding of
+a difference of two energies near ``φ*`` (``_evaluation_noise``: the miss of the second-order
+model along a step ``√eps``-small relative to ``‖φ*‖ + ‖d‖`` in the direction ``v``, zero in exact
+arithmetic up to ``O(eps^{3/2})``). The second term sees the cancellation of large terms inside
+``E`` (e.g. ``½‖φ‖² − ½k‖φ‖²`` with ``k`` near 1 in float32), which the values of ``E`` do not
+show. One more energy evaluation.
 
-With bounds ``lower ≤ φ ≤ upper`` only the coordinates strictly inside the bounds in both phases
-enter (``d`` and ``v`` are zero on the others): along an active bound the energy may curve down
-at a constrained minimum.
+With bounds ``lower ≤ φ ≤ upper`` only the coordinates inside the bounds in both phases enter
+(``d`` and ``v`` are zero on the others): along an active bound the energy may curve down at a
+constrained minimum. A coordinate within ``ACTIVE_RTOL·(1 + |bound|)`` of a finite bound is at it,
+as in ``declarative.energy_problem`` (a solver stops just inside a bound it converges to).
+
+Equilibrium propagation itself needs only first derivatives of ``E``. Where the energy has no
+second derivative in φ (the double backward raises, e.g. ``torch.cdist``; or ``∇E`` is not
+connected to φ in the graph, e.g. a ``once_differentiable`` backward — also an energy affine in
+φ), nothing is
+judged: ``negative`` is all False, ``mismatch`` all 0 and ``unavailable`` says why; the callers
+skip the check for the call with a ``RuntimeWarning`` (``warn_no_second_derivative``), and their
+``curvature_check=False`` skips it without one. An energy that adds such an op to differentiable
+ones is not detected: its curvature is the differentiable terms' only (torch drops the others).
 
 Shape:
     free, nudged: ``(B, n)``; ``negative``, ``mismatch``: ``(B,)``.
@@ -45,12 +60,13 @@ Shape:
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
-__all__ = ["PhaseCurvature", "phase_curvature"]
+__all__ = ["PhaseCurvature", "phase_curvature", "warn_no_second_derivative"]
 
 
 #: a coordinate within this relative distance of a finite bound is at the bound (as in
@@ -89,20 +105,23 @@ def _derivatives(energy: Callable[[torch.Tensor], torch.Tensor], at: torch.Tenso
                  directions: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
     """``(E(at), ∇E(at), (∇²E(at) u for u in directions))``, detached. Raises
     ``_NoSecondDerivative`` where the double backward fails (an op without a second derivative,
-    e.g. ``torch.cdist``) or ``∇E`` is not differentiable in φ (a ``once_differentiable`` backward;
+    e.g. ``torch.cdist``) or ``∇E`` is not connected to φ (a ``once_differentiable`` backward;
     also an energy affine in φ, whose curvature is zero)."""
     with torch.enable_grad():
         z = at.detach().requires_grad_(True)
         value = energy(z)
         try:
             (grad,) = torch.autograd.grad(value.sum(), z, create_graph=True)
+            flat = _NoSecondDerivative("its gradient does not depend on phi through a differentiable graph "
+                                       "(a once_differentiable backward, or an energy affine in phi)")
             if not grad.requires_grad:
-                raise _NoSecondDerivative("its gradient does not depend on phi through a differentiable "
-                                          "graph (a once_differentiable backward, or an energy affine in phi)")
+                raise flat
             out = []
             for i, u in enumerate(directions):
                 (hu,) = torch.autograd.grad(grad, z, u, retain_graph=i + 1 < len(directions), allow_unused=True)
-                out.append(torch.zeros_like(u) if hu is None else hu.detach())
+                if hu is None:
+                    raise flat
+                out.append(hu.detach())
         except torch.OutOfMemoryError:
             raise
         except RuntimeError as err:      # NotImplementedError included
@@ -191,3 +210,11 @@ def phase_curvature(energy: Callable[[torch.Tensor], torch.Tensor], free: torch.
 #: the measured rounding of a difference of two energies (``_evaluation_noise``, one sample) is
 #: scaled by this before ``½|c|`` is compared with it: a single sample of a rounding error can be small
 NOISE_FACTOR = 10.0
+
+
+def warn_no_second_derivative(what: str, why: str, stacklevel: int) -> None:
+    """The ``RuntimeWarning`` of a caller that skips the curvature check: the energy has no
+    second derivative in φ (``PhaseCurvature.unavailable`` says why)."""
+    warnings.warn(f"{what}: the curvature check of the free phase is skipped — the energy has no second "
+                  f"derivative in phi ({why}); the status is the solver's (a saddle point or maximum "
+                  "is not detected). Pass curvature_check=False to skip it without this warning", RuntimeWarning, stacklevel=stacklevel + 1)
