@@ -48,10 +48,9 @@ as in ``declarative.energy_problem`` (a solver stops just inside a bound it conv
 Equilibrium propagation itself needs only first derivatives of ``E``. Where the energy has no
 second derivative in φ (the double backward raises, e.g. ``torch.cdist``; or ``∇E`` is not
 connected to φ in the graph, e.g. a ``once_differentiable`` backward — also an energy affine in
-φ), nothing is
-judged: ``negative`` is all False, ``mismatch`` all 0 and ``unavailable`` says why; the callers
-skip the check for the call with a ``RuntimeWarning`` (``warn_no_second_derivative``), and their
-``curvature_check=False`` skips it without one. An energy that adds such an op to differentiable
+φ), nothing is judged: ``negative`` is all False, ``mismatch`` all 0 and ``unavailable`` says why;
+the callers skip the check for the call with a ``RuntimeWarning`` (``warn_no_second_derivative``),
+and their ``curvature_check=False`` skips it without one. An energy that adds such an op to differentiable
 ones is not detected: its curvature is the differentiable terms' only (torch drops the others).
 
 Shape:
@@ -217,4 +216,5 @@ def warn_no_second_derivative(what: str, why: str, stacklevel: int) -> None:
     second derivative in φ (``PhaseCurvature.unavailable`` says why)."""
     warnings.warn(f"{what}: the curvature check of the free phase is skipped — the energy has no second "
                   f"derivative in phi ({why}); the status is the solver's (a saddle point or maximum "
-                  "is not detected). Pass curvature_check=False to skip it without this warning", RuntimeWarning, stacklevel=stacklevel + 1)
+                  "is not detected). Pass curvature_check=False to skip it without this warning",
+                  RuntimeWarning, stacklevel=stacklevel + 1)
