@@ -46,7 +46,7 @@ from declarative.status import Status
 from declarative.validation import check_batched, check_finite, check_same_dtype_device, check_tensor
 
 from .finite_difference import Stencil, ep_stencil
-from .phase_curvature import phase_curvature
+from .phase_curvature import phase_curvature, warn_no_second_derivative
 
 __all__ = ["EquilibriumEstimate", "equilibrium_propagation", "equilibrium_gradient"]
 
@@ -74,7 +74,8 @@ class EquilibriumEstimate:
             displacement and its second-order model at the free phase (``phase_curvature``):
             ``O(β)`` while the phases stay in one quadratic neighbourhood; above
             ``MISMATCH_WARN`` the nudged phase jumped (another basin, or β too large) and a
-            ``RuntimeWarning`` names the elements.
+            ``RuntimeWarning`` names the elements; 0 where it cannot be judged, and everywhere
+            when the curvature check is off or skipped (``curvature_check``).
     """
 
     surrogate: torch.Tensor
@@ -129,7 +130,8 @@ def equilibrium_propagation(energy: Energy, loss: Energy, phi0: torch.Tensor, pa
                             beta: float, estimator: str = "forward", points: int | None = None,
                             lower: torch.Tensor | None = None, upper: torch.Tensor | None = None,
                             tol: float | None = None, max_iter: int | None = None,
-                            reduction: str = "mean", check: bool = True) -> EquilibriumEstimate:
+                            reduction: str = "mean", check: bool = True,
+                            curvature_check: bool = True) -> EquilibriumEstimate:
     """Solve the phases of an equilibrium-propagation estimator and build its surrogate.
 
     Each phase minimises ``𝓛(φ, θ, n_i β) = E(φ, θ) + n_i β ℓ(φ, θ)`` over ``lower ≤ φ ≤ upper``
@@ -171,6 +173,12 @@ def equilibrium_propagation(energy: Energy, loss: Energy, phi0: torch.Tensor, pa
         check: raise a ``SolverError`` naming the failing batch elements and the phase when a phase
             is not solved or the free phase is not a minimum (``INDEFINITE``), and warn when a
             nudged phase jumped; with False, they are only recorded in ``status`` / ``mismatch``.
+        curvature_check: test the free phase's curvature along each nudged phase's displacement
+            (``phase_curvature``: two Hessian-vector products and two energy evaluations per
+            nudged phase, the only second derivatives EP needs). With False, or where the energy
+            has no second derivative in φ (an op like ``torch.cdist``, a ``once_differentiable``
+            backward; a ``RuntimeWarning`` says so), ``status`` is what the solver said and
+            ``mismatch`` is 0.
 
     Returns:
         An ``EquilibriumEstimate``; ``estimate.surrogate.backward()`` yields the estimate.
@@ -185,6 +193,8 @@ def equilibrium_propagation(energy: Energy, loss: Energy, phi0: torch.Tensor, pa
     Warns:
         RuntimeWarning: (``check=True``) a nudged phase left the free phase's quadratic
             neighbourhood (``estimate.mismatch > MISMATCH_WARN``): the estimate's bias is not O(β).
+            Also (once per call) when ``curvature_check`` is on but the energy has no second
+            derivative in φ: the check is skipped.
 
     Shape:
         - phi0: ``(B, n)``; ``energy``/``loss`` outputs: ``(B,)``.
@@ -224,7 +234,10 @@ def equilibrium_propagation(energy: Energy, loss: Energy, phi0: torch.Tensor, pa
             _raise_for_phase(phase_status, sol, nudge * beta, estimator)
         status = torch.where(status == int(Status.SOLVED), phase_status, status)
         solutions.append(sol)
-    status, mismatch = _curvature_status(energy, detached, solutions, stencil, status, lower, upper, check)
+    if curvature_check:
+        status, mismatch = _curvature_status(energy, detached, solutions, stencil, status, lower, upper, check)
+    else:
+        mismatch = torch.zeros_like(solutions[0].z[:, 0])
 
     surrogate = None
     for nudge, weight, sol in zip(stencil.nudges, stencil.weights, solutions):
@@ -261,6 +274,9 @@ def _curvature_status(energy: Energy, params: tuple, solutions: list[Solution], 
     for nudge, sol in zip(stencil.nudges[1:], solutions[1:]):
         if nudge != 0.0:
             pc = phase_curvature(lambda z: energy(z, *params), free, sol.z, lower, upper)
+            if pc.unavailable is not None:
+                warn_no_second_derivative("equilibrium propagation", pc.unavailable, stacklevel=3)
+                return status, torch.zeros_like(mismatch)
             indefinite = indefinite | pc.negative
             mismatch = torch.fmax(mismatch, pc.mismatch)
     status = torch.where(indefinite & (status == int(Status.SOLVED)), int(Status.INDEFINITE), status)
@@ -302,7 +318,7 @@ def equilibrium_gradient(energy: Energy, loss: Energy, phi0: torch.Tensor, param
                          beta: float, estimator: str = "forward", points: int | None = None,
                          lower: torch.Tensor | None = None, upper: torch.Tensor | None = None,
                          tol: float | None = None, max_iter: int | None = None, reduction: str = "mean",
-                         check: bool = True) -> tuple[torch.Tensor | None, ...]:
+                         check: bool = True, curvature_check: bool = True) -> tuple[torch.Tensor | None, ...]:
     """The equilibrium-propagation estimate of ``∇_θ`` of the reduced outer loss, directly.
 
     Same arguments as ``equilibrium_propagation``; returns ``(1/β) Σ_i w_i F(n_i β)`` for each
@@ -315,7 +331,7 @@ def equilibrium_gradient(energy: Energy, loss: Energy, phi0: torch.Tensor, param
     """
     est = equilibrium_propagation(energy, loss, phi0, params, beta=beta, estimator=estimator,
                                   points=points, lower=lower, upper=upper, tol=tol, max_iter=max_iter,
-                                  reduction=reduction, check=check)
+                                  reduction=reduction, check=check, curvature_check=curvature_check)
     params = tuple(params)
     wanted = [i for i, p in enumerate(params) if isinstance(p, torch.Tensor) and p.requires_grad]
     out: list[torch.Tensor | None] = [None] * len(params)

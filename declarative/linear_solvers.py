@@ -21,8 +21,11 @@ one host sync per step on the CPU, per 4 steps on an accelerator).
   warning). Against ``‖p‖‖Ap‖`` instead, a convex energy with flat directions was flagged at random
   once CG's direction lay in the null space, where ``Ap`` is round-off; a negative eigenvalue of
   size ``≳ √eps·λ̂`` is still flagged. For an operator positive semidefinite by construction
-  (``semidefinite=True``: the normal equations) the fixed-step solve skips the product for ``λ̂``
-  and the negative-curvature flags.
+  (``semidefinite=True``: the normal equations) the fixed-step solve (``rtol = atol = 0``) skips
+  the product for ``λ̂`` and the negative-curvature flags; the solve to a tolerance ignores
+  ``semidefinite`` (one product for ``λ̂``, flags computed). Products: ``k`` steps plus one for
+  ``λ̂`` (none for a fixed-step semidefinite solve) plus one for the initial residual ``b − A x₀``
+  where ``x0`` is given; on the normal equations each counts two products of ``A``/``Aᵀ``.
 * ``fixed_point_iteration`` – ``x ← T x + b`` (the Neumann series ``Σ Tⁱ b`` from ``x₀ = 0``),
   which converges to ``(I − T)⁻¹ b`` when the spectral radius of ``T`` is below one.
 * ``normal_equations`` – wraps ``A``/``Aᵀ`` into the symmetric positive (semi)definite operator
@@ -194,10 +197,11 @@ def conjugate_gradient(matvec: Operator, b: torch.Tensor, *, x0: torch.Tensor | 
         max_iter: number of steps (exactly this many when ``rtol = atol = 0``).
         rtol, atol: stop an element when ``‖r‖ ≤ max(atol, rtol‖b‖)``.
         semidefinite: ``A`` is positive semidefinite by construction (e.g. ``normal_equations``),
-            so negative curvature is round-off: with a fixed number of steps, no product for the
-            curvature scale (``λ̂`` is the largest Rayleigh quotient of the CG directions alone —
-            a right-hand side in the null space of ``A`` is then not recognised as flat) and
-            ``negative_curvature`` is None.
+            so negative curvature is round-off: with a fixed number of steps (``rtol = atol =
+            0``), no product for the curvature scale (``λ̂`` is the largest Rayleigh quotient of
+            the CG directions alone — a right-hand side in the null space of ``A`` is then not
+            recognised as flat) and ``negative_curvature`` is None. Ignored with a tolerance
+            (one product for ``λ̂``, ``negative_curvature`` computed).
         sync_every: with a tolerance, test for remaining active elements (a host sync) every this
             many steps (default: 1 on the CPU, 4 elsewhere); results do not depend on it.
     """

@@ -17,6 +17,7 @@ import torch
 from contrastive.equilibrium import MISMATCH_WARN, equilibrium_propagation
 from contrastive.phase_curvature import phase_curvature
 from contrastive.equilibrium_mode import EquilibriumProp
+from contrastive.modes import Contrastive
 from declarative import argmin
 from declarative.errors import SolverError
 from declarative.solution import Solution
@@ -178,3 +179,129 @@ def test_equilibrium_prop_mode_at_a_maximum():
     phi = newton_stationary(torch.tensor(1.0, dtype=DT), torch.tensor(0.8, dtype=DT)).item()
     exact = 2 * phi / (12 * phi ** 2 - 2.0) * (phi - 1.0)
     assert g[0].item() == 0.0 and abs(g[1].item() - exact) < 0.01 * abs(exact)
+
+
+def _rbf_energy(phi, c):
+    """``½‖φ‖² − Σ_k exp(−‖φ − c_k‖)``: ``torch.cdist`` has no second derivative."""
+    return 0.5 * (phi * phi).sum(-1) - torch.exp(-torch.cdist(phi[:, None, :], c)).sum((-1, -2))
+
+
+class _FirstOrderSquare(torch.autograd.Function):
+    """``x²`` with a first-order-only backward (a custom kernel)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x * x
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return 2 * x * g
+
+
+def test_energy_without_a_second_derivative_skips_the_check_with_a_warning():
+    """EP needs first derivatives only: ``torch.cdist`` (double backward raises) and a
+    ``once_differentiable`` op (∇E does not require grad, its curvature would read 0) are skipped
+    with a warning, the estimate is the plain EP one; ``curvature_check=False`` is silent."""
+    c = torch.randn(5, 3, dtype=DT, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    kwargs = dict(beta=0.1, check=False)
+    with pytest.warns(RuntimeWarning, match="no second derivative.*cdist") as rec:
+        est = equilibrium_propagation(_rbf_energy, to_one, torch.zeros(4, 3, dtype=DT), (c,), **kwargs)
+    assert len([r for r in rec if "no second derivative" in str(r.message)]) == 1   # once per call
+    assert est.status.tolist() == [Status.SOLVED] * 4 and not bool(est.mismatch.any())
+    (g,) = torch.autograd.grad(est.surrogate, c)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        quiet = equilibrium_propagation(_rbf_energy, to_one, torch.zeros(4, 3, dtype=DT), (c,),
+                                        curvature_check=False, **kwargs)
+    torch.testing.assert_close(torch.autograd.grad(quiet.surrogate, c)[0], g)
+
+    # a maximum at 0 through the first-order-only op: not judged (it used to read zero curvature)
+    pc = phase_curvature(lambda z: -_FirstOrderSquare.apply(z).sum(-1), torch.zeros(1, 1, dtype=DT),
+                         torch.full((1, 1), 0.7, dtype=DT))
+    assert "does not depend on phi" in pc.unavailable and not bool(pc.negative.any())
+    # E = s² − θs, s = φ² by the op: ∇E requires grad, but its Hessian products are not connected to φ
+    th = torch.ones(1, 1, dtype=DT, requires_grad=True)
+
+    def quartic(z, t):
+        s = _FirstOrderSquare.apply(z)
+        return (s * s - t * s).sum(-1)
+
+    with pytest.warns(RuntimeWarning, match="no second derivative.*does not depend on phi"):
+        est = equilibrium_propagation(quartic, to_one, torch.zeros(1, 1, dtype=DT), (th,), beta=0.1, check=False)
+    assert est.status.tolist() == [Status.SOLVED]     # the maximum at 0 is not detected: no curvature
+
+
+@pytest.mark.parametrize("curvature_check", [True, False])
+def test_equilibrium_prop_mode_without_a_second_derivative(curvature_check):
+    c = torch.randn(5, 3, dtype=DT, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    grads = {}
+    for mode in (EquilibriumProp(1e-3, points=2, curvature_check=curvature_check), Contrastive(1e-3)):
+        with warnings.catch_warnings(record=True) as rec:
+            warnings.simplefilter("always")
+            phi = argmin(_rbf_energy, torch.zeros(4, 3, dtype=DT), c, mode=mode, check=False)
+            (grads[mode.name],) = torch.autograd.grad(((phi - 1) ** 2).sum(), c)
+        skipped = [r for r in rec if "no second derivative" in str(r.message)]
+        assert len(skipped) == (1 if curvature_check and mode.name == "equilibrium" else 0)
+    torch.testing.assert_close(grads["equilibrium"], grads["contrastive"])
+
+
+def test_equilibrium_prop_mode_zeroes_every_phase_of_a_flagged_element():
+    """A saddle ``½θx² − ½y² + ¼y⁴`` at 0, a cotangent almost along ``x``: with p = 3 the phase at
+    β barely leaves the saddle along ``y`` (not flagged), the one at 2β does (flagged); the whole
+    element's contribution is zero, not the unflagged phase's share."""
+    K = 120
+
+    def energy(z, th):
+        x, y = z[:, :1], z[:, 1:]
+        return (0.5 * th * x ** 2 - 0.5 * y ** 2 + 0.25 * y ** 4).sum(-1)
+
+    def descent(fun, z0, *, lower=None, upper=None, tol, max_iter):
+        z = z0.clone()
+        for _ in range(K):
+            with torch.enable_grad():
+                zz = z.detach().requires_grad_(True)
+                (g,) = torch.autograd.grad(fun(zz).sum(), zz)
+            z = (zz - 0.1 * g).detach()
+        status = torch.full((z.shape[0],), int(Status.SOLVED), dtype=torch.int64)
+        return Solution(z=z, status=status, iterations=torch.full_like(status, K))
+
+    th = torch.ones(1, 1, dtype=DT, requires_grad=True)
+    w = torch.tensor([[1.0, 1e-7]], dtype=DT)
+    with pytest.warns(RuntimeWarning, match="INDEFINITE for batch indices \\[0\\]"):
+        z = argmin(energy, torch.zeros(1, 2, dtype=DT), th, mode=EquilibriumProp(0.1, points=3), solver=descent,
+                   tol=1e-12, max_iter=K, check=False)
+        (g,) = torch.autograd.grad((z * w).sum(), th)
+    assert g.item() == 0.0
+
+
+def test_free_phase_just_inside_a_bound_is_at_it():
+    """A concave energy on ``[0, 1]`` whose constrained minimum is the bound 1: a solver stopping
+    ``1e-13`` inside it (within the energy problem's activity tolerance) is not indefinite."""
+    E = lambda z: (-0.5 * z ** 2 - 0.1 * z).sum(-1)  # noqa: E731
+    upper = torch.ones(1, dtype=DT)
+    for gap in (0.0, 1e-13):
+        free = torch.tensor([[1 - gap]], dtype=DT)
+        assert phase_curvature(E, free, free - gap, None, upper).negative.tolist() == [False]
+    assert phase_curvature(E, torch.tensor([[0.5]], dtype=DT), torch.tensor([[0.4]], dtype=DT),
+                           None, upper).negative.tolist() == [True]    # inside: a maximum of E along d
+
+
+def test_quadratic_energy_with_cancelling_terms_is_not_warned_in_float32():
+    """``E = ½‖s‖² − ½k‖s‖² − bᵀs``, k = 0.999, n = 2000, in float32: its Taylor mismatch is 0 in
+    exact arithmetic, but ``E`` (≈ −1e6) is the difference of terms ≈ 1e9 whose rounding (~1e2) is
+    comparable to the curvature term ½c ≈ 50 — the floor measures it. The fold's jump stays warned
+    (``test_nudged_phase_across_the_fold_is_warned``)."""
+    n, k = 2000, 0.999
+
+    def energy(s, b):
+        return 0.5 * (s * s).sum(-1) - 0.5 * k * (s * s).sum(-1) - (b * s).sum(-1)
+
+    b = torch.ones(1, n, requires_grad=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        est = equilibrium_propagation(energy, lambda s, b: 0.5 * (s[:, :10] ** 2).sum(-1), b.detach() / (1 - k),
+                                      (b,), beta=1e-4, tol=1e-3, max_iter=200)
+    assert est.status.tolist() == [Status.SOLVED] and float(est.mismatch) < MISMATCH_WARN
