@@ -216,7 +216,8 @@ class ConjugateGradient(_AIDSteps):
         jacobian: ``"auto"`` (default), ``"dense"`` or ``"products"``: form ``∂_wΦ`` once or use
             one VJP per step (see ``declarative.dense_jacobian``), plus one for CG's curvature scale
             on the symmetric system (``declarative.linear_solvers``; the normal equations are
-            positive semidefinite by construction and need none).
+            positive semidefinite by construction and need none with ``rtol = 0``; with
+            ``rtol > 0`` the residual test takes that product too).
         rtol: stop an element when the residual ``‖r‖ ≤ rtol·‖g‖`` (default 0: exactly ``k``
             steps).
         warm_start: start from the previous backward's iterate (``v``, or ``u`` on the normal
