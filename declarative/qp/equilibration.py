@@ -31,12 +31,17 @@ right-hand sides, which the tolerances are measured against: a row scaled by its
 would turn a nearly vacuous row (``10⁻⁸ gᵀz ≤ 1``) into ``gᵀz ≤ 10⁸`` and loosen every tolerance of
 its element by ``10⁸``, while with ``h_i`` in the maximum the same row — and a big-M bound
 ``z_k ≤ 10⁸`` — becomes harmless (``10⁻⁸ gᵀz ≤ 1``). The scales are clipped to ``[1/c, c]`` with
-``c = 1/√tiny`` of the dtype, so the scaled data stay finite; ``D`` is formed from the finite
-entries only (a NaN element does not reach the scale of the others).
+``c = 1/√tiny`` of the dtype, so the scaled data stay finite. All scales, and the in-band test
+below, are formed from the finite entries only: a NaN or inf in one element stays in that element
+(which the solver reports as ``Status.NON_FINITE``) and leaves the scales of the others — shared
+ones included — and the decision to scale as they would be without it.
 
 When ``Q`` is unbatched, ``σ`` and ``D`` are one scaling for the whole batch (column norms are
 maxima over it), so that ``Q`` stays unbatched; else they are per element. The Ruiz iterations are
-a fixed number of batched reductions (no host synchronisation).
+a fixed number of batched reductions (no host synchronisation) on ``|Q|``, ``|G|``, ``|A|`` and the
+scale vectors (no scaled copy of the data per pass). When the KKT columns of the data as given
+already lie within a factor ``BAND`` of each other, ``D_r = I`` (no iterations; decided in the
+in-band test's host synchronisation).
 
 **Mapping back.** The scaled problem's minimiser is ``z' = D⁻¹z*``; its multipliers are
 ``λ' = σλ / d_G`` and ``ν' = σν / d_A``. The derivative of ``z*`` along a nudge ``q → q + βg`` is
@@ -44,8 +49,11 @@ a fixed number of batched reductions (no host synchronisation).
 so every gradient mode works on the scaled problem and maps back exactly; the scales are constants
 for the gradient (``z*`` does not depend on them).
 
-Data whose block sizes all lie in ``[1/BAND, BAND]`` are left as they are (``equilibration``
-returns None): the solver handles them directly, and bit-for-bit as without this module.
+Data whose block sizes ``max(max|Q|, max|q|)``, ``max(‖G_i‖∞, |h_i|)``, ``max(‖A_j‖∞, |b_j|)`` and
+the ratio of the largest right-hand side (``q``, ``h``, ``b``) to the largest matrix entry (``Q``,
+``G``, ``A``; a cheap bound for the minimiser's size) all lie in ``[1/BAND, BAND]`` (or are zero)
+are left as they are (``equilibration`` returns None): the solver handles them directly, and
+bit-for-bit as without this module.
 """
 
 from __future__ import annotations
