@@ -32,9 +32,10 @@ would turn a nearly vacuous row (``10⁻⁸ gᵀz ≤ 1``) into ``gᵀz ≤ 10�
 its element by ``10⁸``, while with ``h_i`` in the maximum the same row — and a big-M bound
 ``z_k ≤ 10⁸`` — becomes harmless (``10⁻⁸ gᵀz ≤ 1``). The scales are clipped to ``[1/c, c]`` with
 ``c = 1/√tiny`` of the dtype, so the scaled data stay finite. All scales, and the in-band test
-below, are formed from the finite entries only: a NaN or inf in one element stays in that element
-(which the solver reports as ``Status.NON_FINITE``) and leaves the scales of the others — shared
-ones included — and the decision to scale as they would be without it.
+below, ignore non-finite data (a norm that a NaN or inf reaches counts as 0; the Ruiz iterations
+skip just the non-finite entries): a NaN or inf in one element stays in that element (which the
+solver reports as ``Status.NON_FINITE``) and leaves the scales of the others — shared ones
+included — and the decision to scale as they would be without it.
 
 When ``Q`` is unbatched, ``σ`` and ``D`` are one scaling for the whole batch (column norms are
 maxima over it), so that ``Q`` stays unbatched; else they are per element. The Ruiz iterations are
@@ -174,8 +175,8 @@ class Equilibration(NamedTuple):
 
 
 def _inverse(size: torch.Tensor, cap: float) -> torch.Tensor:
-    """``1 / size`` clipped to ``[1/cap, cap]``; 1 where ``size`` is 0 (sizes are formed from the
-    finite entries: never NaN)."""
+    """``1 / size`` clipped to ``[1/cap, cap]``; 1 where ``size`` is 0 (sizes ignore non-finite
+    data: never NaN)."""
     inv = torch.where(size > 0, size, torch.ones_like(size)).reciprocal()
     return inv.clamp(1 / cap, cap)
 
@@ -253,6 +254,11 @@ def _size_of(x: torch.Tensor) -> torch.Tensor:
     return x.abs().nan_to_num_(0.0, 0.0)
 
 
+def _finite(x: torch.Tensor) -> torch.Tensor:
+    """``x`` (non-negative reductions) with its non-finite entries as 0."""
+    return x.nan_to_num(0.0, 0.0)
+
+
 def _reduce_to(x: torch.Tensor, dims: int) -> torch.Tensor:
     """``x`` reduced by maxima over its leading axes to ``dims`` axes."""
     while x.dim() > dims:
@@ -281,14 +287,14 @@ def _buffer(a: torch.Tensor, D: torch.Tensor) -> torch.Tensor:
     return a.new_empty(torch.broadcast_shapes(a.shape, D.unsqueeze(-2).shape))
 
 
-def _first_columns(qc, blocks, dims: int) -> torch.Tensor:
+def _first_columns(qc, block_cols, dims: int) -> torch.Tensor:
     """The KKT columns ``max(‖cQ_{:,j}‖∞, ‖G_{:,j}‖∞, ‖A_{:,j}‖∞)`` of the unscaled data
-    (``max|cQ| = 1``; ``qc = ‖Q_{:,j}‖∞``), the first Ruiz pass's, reduced over the batch to
-    ``dims`` axes (1 when ``Q`` is unbatched)."""
+    (``max|cQ| = 1``) from ``qc = ‖Q_{:,j}‖∞`` and the blocks' column norms, the first Ruiz pass's,
+    reduced over the batch to ``dims`` axes (1 when ``Q`` is unbatched)."""
     top = qc.amax(-1, keepdim=True)
     col = qc / torch.where(top > 0, top, torch.ones_like(top))
-    for aM in blocks:
-        col = torch.maximum(col, aM.amax(-2))
+    for c in block_cols:
+        col = torch.maximum(col, c)
     return _reduce_to(col, dims)
 
 
@@ -337,8 +343,8 @@ def _ruiz_variable_scale(aQ, blocks, cap: float, bufQ, bufs) -> torch.Tensor:
 def equilibration(Q, q, G=None, h=None, A=None, b=None) -> Equilibration | None:
     """The scales ``D, σ, d_G, d_A`` of the module docstring, or None when the data are in band
     (every block's size and the ratio of the largest right-hand side to the largest matrix entry
-    in ``[1/BAND, BAND]``: then nothing needs scaling). The scales are formed from the finite
-    entries: non-finite data stay non-finite in their own batch elements (which the solver reports
+    in ``[1/BAND, BAND]``: then nothing needs scaling). The scales ignore non-finite data
+    (a norm they reach counts as 0): non-finite data stay non-finite in their own batch elements (which the solver reports
     as ``Status.NON_FINITE``) and do not change the scales of the others.
 
     Shape:
@@ -348,14 +354,21 @@ def equilibration(Q, q, G=None, h=None, A=None, b=None) -> Equilibration | None:
     if _one_small_problem(Q, q, G, h, A, b) and _in_band_on_host(Q, q, G, h, A, b):
         return None
     unbatched = Q.dim() == 2
-    aQ, aq = _size_of(Q), _size_of(q)
-    data = [None if M is None else (_size_of(M), _size_of(r)) for M, r in ((G, h), (A, b))]
-    blocks = [d_[0] for d_ in data if d_ is not None and d_[0].shape[-2] > 0]
-    qc = aQ.amax(-2)
+    # the reductions of |Q|, |q|, |G|, |h|, |A|, |b|; one reached by a non-finite entry counts as 0
+    qc = _finite(Q.abs().amax(-2))
     sQ = qc.amax(-1)
-    sq_el = aq.amax(-1)                         # per element
+    sq_el = _finite(q.abs().amax(-1))           # per element
     sq = sq_el.amax() if unbatched and sq_el.dim() else sq_el   # one scale for the batch: Q stays unbatched
-    rows = [None if d_ is None else (d_[0].amax(-1), d_[1]) for d_ in data]
+    rows, block_cols = [], []
+    for M, r in ((G, h), (A, b)):
+        if M is None:
+            rows.append(None)
+            continue
+        aM = M.abs()
+        rows.append((_finite(aM.amax(-1)), _size_of(r)))
+        if M.shape[-2] > 0:
+            block_cols.append(_finite(aM.amax(-2)))
+        del aM
     sizes = [torch.maximum(sQ, sq)] + [None if r_ is None else torch.maximum(*r_) for r_ in rows]
     # a cheap bound for the minimiser's size: the largest right-hand side (q, h, b) over the
     # largest matrix entry (Q, G, A)
@@ -365,7 +378,7 @@ def equilibration(Q, q, G=None, h=None, A=None, b=None) -> Equilibration | None:
     flat = torch.cat([s_.reshape(-1) for s_ in sizes if s_ is not None] + [ratio])
     out_of_band = ((flat > BAND) | ((flat > 0) & (flat < 1 / BAND))).any()
     # the variables' columns already within a factor BAND of each other: no Ruiz iterations
-    col = _first_columns(qc, blocks, 1 if unbatched else 2)
+    col = _first_columns(qc, block_cols, 1 if unbatched else 2)
     spread = col.amax(-1) > BAND * torch.where(col > 0, col, torch.full_like(col, math.inf)).amin(-1)
     # one host sync for both decisions; in band: nothing to do, no scales formed
     out_of_band, unbalanced = torch.stack([out_of_band, spread.any()]).tolist()
@@ -373,16 +386,18 @@ def equilibration(Q, q, G=None, h=None, A=None, b=None) -> Equilibration | None:
         return None
     cap = torch.finfo(Q.dtype).tiny ** -0.5
     if unbalanced:
+        aQ = _size_of(Q)
+        blocks = [_size_of(M) for M in (G, A) if M is not None and M.shape[-2] > 0]
         bufQ = torch.empty_like(aQ)
         bufs = [_buffer(aM, col) for aM in blocks]
         D = _ruiz_variable_scale(aQ, blocks, cap, bufQ, bufs)
         # the reductions of the Ruiz-scaled data (Q DQD, q Dq, rows G_i D, A_j D)
         sQ = _objective_columns(aQ, D, bufQ).amax(-1)
-        sq_el = (aq * D).amax(-1)
-        scaled = iter(_scaled_rows(aM, D, buf) for aM, buf in zip(blocks, bufs))
+        sq_el = (_size_of(q) * D).amax(-1)
+        scaled = iter([_scaled_rows(aM, D, buf) for aM, buf in zip(blocks, bufs)])
         rows = [None if r_ is None else (next(scaled) if r_[0].shape[-1] else r_[0], r_[1]) for r_ in rows]
     else:
-        D = aQ.new_ones(col.shape)
+        D = Q.new_ones(col.shape)
     t = _solution_scale(sQ, sq_el, rows, unbatched)
     t = torch.where((t > BAND) | (t < 1 / BAND), t, torch.ones_like(t))   # in band: no common factor
     tc = t.reshape(*t.shape, 1) if t.dim() else t
