@@ -31,12 +31,18 @@ right-hand sides, which the tolerances are measured against: a row scaled by its
 would turn a nearly vacuous row (``10⁻⁸ gᵀz ≤ 1``) into ``gᵀz ≤ 10⁸`` and loosen every tolerance of
 its element by ``10⁸``, while with ``h_i`` in the maximum the same row — and a big-M bound
 ``z_k ≤ 10⁸`` — becomes harmless (``10⁻⁸ gᵀz ≤ 1``). The scales are clipped to ``[1/c, c]`` with
-``c = 1/√tiny`` of the dtype, so the scaled data stay finite; ``D`` is formed from the finite
-entries only (a NaN element does not reach the scale of the others).
+``c = 1/√tiny`` of the dtype, so the scaled data stay finite. All scales, and the in-band test
+below, ignore non-finite data (a norm that a NaN or inf reaches counts as 0; the Ruiz iterations
+skip just the non-finite entries): a NaN or inf in one element stays in that element (which the
+solver reports as ``Status.NON_FINITE``) and leaves the scales of the others — shared ones
+included — and the decision to scale as they would be without it.
 
 When ``Q`` is unbatched, ``σ`` and ``D`` are one scaling for the whole batch (column norms are
 maxima over it), so that ``Q`` stays unbatched; else they are per element. The Ruiz iterations are
-a fixed number of batched reductions (no host synchronisation).
+a fixed number of batched reductions (no host synchronisation) on ``|Q|``, ``|G|``, ``|A|`` and the
+scale vectors (no scaled copy of the data per pass). When the KKT columns of the data as given
+already lie within a factor ``BAND`` of each other, ``D_r = I`` (no iterations; decided in the
+in-band test's host synchronisation).
 
 **Mapping back.** The scaled problem's minimiser is ``z' = D⁻¹z*``; its multipliers are
 ``λ' = σλ / d_G`` and ``ν' = σν / d_A``. The derivative of ``z*`` along a nudge ``q → q + βg`` is
@@ -44,8 +50,11 @@ a fixed number of batched reductions (no host synchronisation).
 so every gradient mode works on the scaled problem and maps back exactly; the scales are constants
 for the gradient (``z*`` does not depend on them).
 
-Data whose block sizes all lie in ``[1/BAND, BAND]`` are left as they are (``equilibration``
-returns None): the solver handles them directly, and bit-for-bit as without this module.
+Data whose block sizes ``max(max|Q|, max|q|)``, ``max(‖G_i‖∞, |h_i|)``, ``max(‖A_j‖∞, |b_j|)`` and
+the ratio of the largest right-hand side (``q``, ``h``, ``b``) to the largest matrix entry (``Q``,
+``G``, ``A``; a cheap bound for the minimiser's size) all lie in ``[1/BAND, BAND]`` (or are zero)
+are left as they are (``equilibration`` returns None): the solver handles them directly, and
+bit-for-bit as without this module.
 """
 
 from __future__ import annotations
@@ -166,7 +175,8 @@ class Equilibration(NamedTuple):
 
 
 def _inverse(size: torch.Tensor, cap: float) -> torch.Tensor:
-    """``1 / size`` clipped to ``[1/cap, cap]``; 1 where ``size`` is 0 (NaN stays NaN)."""
+    """``1 / size`` clipped to ``[1/cap, cap]``; 1 where ``size`` is 0 (sizes ignore non-finite
+    data: never NaN)."""
     inv = torch.where(size > 0, size, torch.ones_like(size)).reciprocal()
     return inv.clamp(1 / cap, cap)
 
@@ -238,9 +248,15 @@ RUIZ_ITERATIONS = 10
 
 
 def _size_of(x: torch.Tensor) -> torch.Tensor:
-    """``|x|`` with non-finite entries as 0: the variable scale is formed from the finite data
-    (a NaN in one element, which the solver flags, must not reach a scale shared by the batch)."""
-    return torch.nan_to_num(x.abs(), nan=0.0, posinf=0.0)
+    """``|x|`` with non-finite entries as 0: the scales are formed from the finite data (a NaN in
+    one element, which the solver flags, must not reach a scale shared by the batch, nor turn the
+    in-band test off)."""
+    return x.abs().nan_to_num_(0.0, 0.0)
+
+
+def _finite(x: torch.Tensor) -> torch.Tensor:
+    """``x`` (non-negative reductions) with its non-finite entries as 0."""
+    return x.nan_to_num(0.0, 0.0)
 
 
 def _reduce_to(x: torch.Tensor, dims: int) -> torch.Tensor:
@@ -255,7 +271,34 @@ def _root_inverse(norm: torch.Tensor, cap: float) -> torch.Tensor:
     return torch.where(norm > 0, norm, torch.ones_like(norm)).clamp(1 / cap, cap).rsqrt()
 
 
-def _ruiz_variable_scale(Q, G, A, cap: float) -> torch.Tensor:
+def _scaled_rows(aM: torch.Tensor, D: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``‖(MD)_i‖∞`` (``aM = |M|``), through the buffer ``out`` (no new matrix), which keeps
+    ``|M| D``."""
+    return torch.mul(aM, D.unsqueeze(-2), out=out).amax(-1)
+
+
+def _objective_columns(aQ: torch.Tensor, D: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``‖(DQD)_{:,j}‖∞ = D_j max_i |Q_ij| D_i`` (``aQ = |Q|``), through the buffer ``out``."""
+    return torch.mul(aQ, D.unsqueeze(-1), out=out).amax(-2) * D
+
+
+def _buffer(a: torch.Tensor, D: torch.Tensor) -> torch.Tensor:
+    """An empty tensor of the shape of ``a * D`` (``D`` broadcast along the matrix's rows)."""
+    return a.new_empty(torch.broadcast_shapes(a.shape, D.unsqueeze(-2).shape))
+
+
+def _first_columns(qc, block_cols, dims: int) -> torch.Tensor:
+    """The KKT columns ``max(‖cQ_{:,j}‖∞, ‖G_{:,j}‖∞, ‖A_{:,j}‖∞)`` of the unscaled data
+    (``max|cQ| = 1``) from ``qc = ‖Q_{:,j}‖∞`` and the blocks' column norms, the first Ruiz pass's,
+    reduced over the batch to ``dims`` axes (1 when ``Q`` is unbatched)."""
+    top = qc.amax(-1, keepdim=True)
+    col = qc / torch.where(top > 0, top, torch.ones_like(top))
+    for c in block_cols:
+        col = torch.maximum(col, c)
+    return _reduce_to(col, dims)
+
+
+def _ruiz_variable_scale(aQ, blocks, cap: float, bufQ, bufs) -> torch.Tensor:
     r"""The diagonal ``D`` of ``RUIZ_ITERATIONS`` Ruiz iterations on the KKT matrix
 
     .. math::
@@ -268,34 +311,41 @@ def _ruiz_variable_scale(Q, G, A, cap: float) -> torch.Tensor:
     ``max|c_k DQD| = 1`` at each pass (its overall size is the cost scale's business, not the
     variables'). The row scales ``E`` are discarded: ``equilibration`` forms its own,
     right-hand-side aware. Zero columns keep 1; norms are clipped to ``[1/cap, cap]``.
+    Works on ``aQ = |Q|`` and ``blocks`` ``[|G|, |A|]`` (finite entries, non-empty blocks) and
+    the scale vectors only: ``‖(DQD)_{:,j}‖∞ = D_j max_i |Q_ij| D_i``,
+    ``‖(EMD)_i‖∞ = E_i ‖(MD)_i‖∞`` and ``‖(EMD)_{:,j}‖∞ = max_i E_i (|M| D)_{ij}``, each pass
+    through the buffers ``bufQ`` (like ``aQ``) and ``bufs`` (one per block, ``_buffer``).
 
     Shape:
         ``(n,)`` when ``Q`` is unbatched (one scaling for the batch: column norms are maxima over
         it), else ``(B, n)``.
     """
-    dims = 1 if Q.dim() == 2 else 2
-    aQ = _size_of(Q)
-    blocks = [_size_of(M) for M in (G, A) if M is not None and M.shape[-2] > 0]
-    D = aQ.new_ones(Q.shape[:-1] if dims == 2 else Q.shape[-1:])
+    dims = 1 if aQ.dim() == 2 else 2
+    D = aQ.new_ones(aQ.shape[:-1] if dims == 2 else aQ.shape[-1:])
     E = [None] * len(blocks)
     for _ in range(RUIZ_ITERATIONS):
-        DQD = aQ * (D.unsqueeze(-1) * D.unsqueeze(-2))
-        top = DQD.amax((-2, -1), keepdim=True)
-        col = (DQD / torch.where(top > 0, top, torch.ones_like(top))).amax(-2)
-        for k, M in enumerate(blocks):
-            MD = M * D.unsqueeze(-2)
-            if E[k] is not None:
-                MD = MD * E[k].unsqueeze(-1)
-            col = torch.maximum(col, MD.amax(-2))
-            E[k] = (1.0 if E[k] is None else E[k]) * _root_inverse(MD.amax(-1), cap)
+        qc = _objective_columns(aQ, D, bufQ)
+        top = qc.amax(-1, keepdim=True)
+        col = qc / torch.where(top > 0, top, torch.ones_like(top))
+        for k, (aM, buf) in enumerate(zip(blocks, bufs)):
+            rows = _scaled_rows(aM, D, buf)
+            if E[k] is None:
+                E[k] = _root_inverse(rows, cap)
+                cols = buf.amax(-2)
+            else:
+                cols = buf.mul_(E[k].unsqueeze(-1)).amax(-2)
+                E[k] = E[k] * _root_inverse(rows * E[k], cap)
+            col = torch.maximum(col, cols)
         D = D * _root_inverse(_reduce_to(col, dims), cap)
     return D
 
 
 def equilibration(Q, q, G=None, h=None, A=None, b=None) -> Equilibration | None:
     """The scales ``D, σ, d_G, d_A`` of the module docstring, or None when the data are in band
-    (every block's size in ``[1/BAND, BAND]``: then nothing needs scaling). NaN data give NaN
-    scales for their own batch elements only (which the solver reports as ``Status.NON_FINITE``).
+    (every block's size and the ratio of the largest right-hand side to the largest matrix entry
+    in ``[1/BAND, BAND]``: then nothing needs scaling). The scales ignore non-finite data
+    (a norm they reach counts as 0): non-finite data stay non-finite in their own batch elements (which the solver reports
+    as ``Status.NON_FINITE``) and do not change the scales of the others.
 
     Shape:
         Q ``(B, n, n)|(n, n)``, q ``(B, n)|(n,)``, G ``(B, m, n)|(m, n)``, h ``(B, m)|(m,)``,
@@ -303,10 +353,22 @@ def equilibration(Q, q, G=None, h=None, A=None, b=None) -> Equilibration | None:
     """
     if _one_small_problem(Q, q, G, h, A, b) and _in_band_on_host(Q, q, G, h, A, b):
         return None
-    sQ = Q.abs().amax((-2, -1))
-    sq_el = q.abs().amax(-1)                    # per element
-    sq = sq_el.amax() if Q.dim() == 2 and sq_el.dim() else sq_el   # one scale for the batch: Q stays unbatched
-    rows = [None if M is None else (M.abs().amax(-1), r.abs()) for M, r in ((G, h), (A, b))]
+    unbatched = Q.dim() == 2
+    # the reductions of |Q|, |q|, |G|, |h|, |A|, |b|; one reached by a non-finite entry counts as 0
+    qc = _finite(Q.abs().amax(-2))
+    sQ = qc.amax(-1)
+    sq_el = _finite(q.abs().amax(-1))           # per element
+    sq = sq_el.amax() if unbatched and sq_el.dim() else sq_el   # one scale for the batch: Q stays unbatched
+    rows, block_cols = [], []
+    for M, r in ((G, h), (A, b)):
+        if M is None:
+            rows.append(None)
+            continue
+        aM = M.abs()
+        rows.append((_finite(aM.amax(-1)), _size_of(r)))
+        if M.shape[-2] > 0:
+            block_cols.append(_finite(aM.amax(-2)))
+        del aM
     sizes = [torch.maximum(sQ, sq)] + [None if r_ is None else torch.maximum(*r_) for r_ in rows]
     # a cheap bound for the minimiser's size: the largest right-hand side (q, h, b) over the
     # largest matrix entry (Q, G, A)
@@ -314,21 +376,33 @@ def equilibration(Q, q, G=None, h=None, A=None, b=None) -> Equilibration | None:
     mat = [sQ.amax()] + [r_[0].amax() for r_ in rows if r_ is not None and r_[0].numel()]
     ratio = (torch.stack(rhs).amax() / torch.stack(mat).amax()).reshape(1)
     flat = torch.cat([s_.reshape(-1) for s_ in sizes if s_ is not None] + [ratio])
-    # in band (zero sizes keep the scale 1): nothing to do — one host sync, no scales formed
-    if not bool(((flat > BAND) | ((flat > 0) & (flat < 1 / BAND))).any()):
+    out_of_band = ((flat > BAND) | ((flat > 0) & (flat < 1 / BAND))).any()
+    # the variables' columns already within a factor BAND of each other: no Ruiz iterations
+    col = _first_columns(qc, block_cols, 1 if unbatched else 2)
+    spread = col.amax(-1) > BAND * torch.where(col > 0, col, torch.full_like(col, math.inf)).amin(-1)
+    # one host sync for both decisions; in band: nothing to do, no scales formed
+    out_of_band, unbalanced = torch.stack([out_of_band, spread.any()]).tolist()
+    if not out_of_band:
         return None
     cap = torch.finfo(Q.dtype).tiny ** -0.5
-    D = _ruiz_variable_scale(Q, G, A, cap)
-    # the reductions of the Ruiz-scaled data (Q DQD, q Dq, rows G_i D, A_j D)
-    DQD = Q * (D.unsqueeze(-1) * D.unsqueeze(-2))
-    sQ = DQD.abs().amax((-2, -1))
-    sq_el = (q * D).abs().amax(-1)
-    rows = [None if M is None else ((M * D.unsqueeze(-2)).abs().amax(-1), r.abs()) for M, r in ((G, h), (A, b))]
-    t = _solution_scale(sQ, sq_el, rows, Q.dim() == 2)
+    if unbalanced:
+        aQ = _size_of(Q)
+        blocks = [_size_of(M) for M in (G, A) if M is not None and M.shape[-2] > 0]
+        bufQ = torch.empty_like(aQ)
+        bufs = [_buffer(aM, col) for aM in blocks]
+        D = _ruiz_variable_scale(aQ, blocks, cap, bufQ, bufs)
+        # the reductions of the Ruiz-scaled data (Q DQD, q Dq, rows G_i D, A_j D)
+        sQ = _objective_columns(aQ, D, bufQ).amax(-1)
+        sq_el = (_size_of(q) * D).amax(-1)
+        scaled = iter([_scaled_rows(aM, D, buf) for aM, buf in zip(blocks, bufs)])
+        rows = [None if r_ is None else (next(scaled) if r_[0].shape[-1] else r_[0], r_[1]) for r_ in rows]
+    else:
+        D = Q.new_ones(col.shape)
+    t = _solution_scale(sQ, sq_el, rows, unbatched)
     t = torch.where((t > BAND) | (t < 1 / BAND), t, torch.ones_like(t))   # in band: no common factor
     tc = t.reshape(*t.shape, 1) if t.dim() else t
     sQt, sqt = sQ * t * t, sq_el * t
-    if Q.dim() == 2:
+    if unbatched:
         sqt = sqt.amax() if sqt.dim() else sqt
     sizes = [torch.maximum(sQt, sqt)] + [None if r_ is None else torch.maximum(r_[0] * tc, r_[1])
                                         for r_ in rows]

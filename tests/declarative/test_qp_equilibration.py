@@ -85,10 +85,48 @@ def test_non_finite_data_stay_in_their_element():
     G = G.clone() * 1e4
     G[1, 2, 0] = float("nan")
     eq = equilibration(Q, q, G, h, A, b)
-    assert torch.isfinite(eq.ineq).all()            # a NaN row keeps the scale 1 ...
+    assert torch.isfinite(eq.ineq).all()            # a NaN row's scale from its finite entries ...
     Gs = eq.params((Q, q, G, h, A, b))[2]
     assert torch.isnan(Gs[1]).any()                 # ... and its NaN (the solver flags element 1)
     assert torch.isfinite(Gs[[0, 2]]).all()
+
+
+@pytest.mark.parametrize("where", ["q", "G"])
+def test_a_non_finite_element_leaves_the_shared_scales_to_the_others(where):
+    """``Q`` unbatched (one ``σ`` and ``D`` for the batch), the objective × 1e-6 and a NaN in one
+    element's ``q`` (or an inf in its ``G``): the scales are formed from the finite entries, so
+    the other elements are equilibrated as without that element — before, the NaN size passed
+    the in-band test, the batch was solved unscaled and its good elements came back SOLVED
+    3.5e-2 away. The non-finite element is NON_FINITE."""
+    Q, q, G, h, A, b = random_qp(4, 5, 6, 2, seed=1)
+    Q, q = Q[0] * 1e-6, q * 1e-6
+    qn, Gn = q.clone(), G.clone()
+    if where == "q":
+        qn[2, 0] = float("nan")
+    else:
+        Gn[2, 0, 0] = float("inf")
+    good = [0, 1, 3]
+    assert equilibration(Q, qn, Gn, h, A, b) is not None
+    sol = solve_qp(Q, qn, Gn, h, A, b, check=False)
+    ref = solve_qp(Q, q[good], G[good], h[good], A[good], b[good])
+    assert sol.status.tolist() == [0, 0, int(Status.NON_FINITE), 0] and (ref.status == Status.SOLVED).all()
+    torch.testing.assert_close(sol.z[good], ref.z, atol=1e-7, rtol=1e-7)
+    # the minimiser of the objective × 1e6 (the same), from the reference
+    z, *_ = qp_reference_batch(Q.expand(3, 5, 5) * 1e6, q[good] * 1e6, G[good], h[good], A[good], b[good])
+    torch.testing.assert_close(sol.z[good], torch.as_tensor(z), atol=1e-6, rtol=1e-6)
+
+
+def test_in_band_ratio_test_ignores_a_non_finite_element():
+    """Batched data whose minimisers are of size 1e-6 (``q``, ``h``, ``b`` small against ``Q``,
+    ``G``, ``A``: every block in band, the ratio of the largest right-hand side to the largest
+    matrix entry not) need scaling; a NaN in one element's ``h`` does not turn the ratio test
+    off for the batch."""
+    Q, q, G, h, A, b = random_qp(4, 5, 6, 2, seed=1)
+    c = 1e-6
+    hn = h.clone() * c
+    hn[1, 0] = float("nan")
+    assert equilibration(Q, q * c, G, h * c, A, b * c) is not None
+    assert equilibration(Q, q * c, G, hn, A, b * c) is not None
 
 
 # -- the QP layer on badly scaled data ----------------------------------------------------------------
