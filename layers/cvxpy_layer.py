@@ -18,6 +18,11 @@ from .cvxpy_parameter_checks import check_structured_values
 __all__ = ["CvxpyLayer"]
 
 
+# buffers of the former round-by-round elimination (``rounds.N.{E,R,K,Rc,a}``), derived from the
+# problem; found in older checkpoints only
+_LEGACY_ELIMINATION_PREFIX = "elimination.rounds."
+
+
 def _fmt(shape) -> str:
     return "(" + ", ".join(str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
 
@@ -114,6 +119,15 @@ class CvxpyLayer(nn.Module):
         for j, slot in enumerate(self.canonical.outputs):
             self.register_buffer(f"_output_index_{j}", torch.as_tensor(slot.index, dtype=torch.int64),
                                  persistent=False)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """Drops ``elimination.rounds.*`` entries, the per-round index buffers that older
+        checkpoints hold: the elimination is rebuilt from the problem at construction (its
+        buffers are not persistent), so a strict load of such a checkpoint succeeds."""
+        legacy = prefix + _LEGACY_ELIMINATION_PREFIX
+        for key in [k for k in state_dict if k.startswith(legacy)]:
+            del state_dict[key]
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # -- call ------------------------------------------------------------------------------------
     def _check_params(self, values) -> int | None:
