@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["differentiable_duals"]
+__all__ = ["differentiable_duals", "lazy_differentiable_duals"]
 
 
 def _mv(M: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -187,3 +187,56 @@ def differentiable_duals(blocks, z: torch.Tensor, lam: torch.Tensor | None, nu: 
     y = y + (value - y).detach()                                # the solver's values, the formula's gradient
     y = _NoDerivativeGuard.apply(y, weak & solved, dependent & solved)
     return (y[:, :m] if m else None), (y[:, m:] if p else None)
+
+
+class _LazyDuals(torch.autograd.Function):
+    """The multipliers ``y = (λ, ν)`` as given (forward: no extra work); the backward builds
+    ``differentiable_duals``'s graph and sends the cotangent of ``y`` through it to ``z`` and the
+    blocks."""
+
+    @staticmethod
+    def forward(y, split, solved, z, *blocks):
+        return y.view_as(y)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        y, split, solved, z, *blocks = inputs
+        ctx.split = split
+        ctx.absent = [b is None for b in blocks]
+        ctx.save_for_backward(y, solved, z, *[b for b in blocks if b is not None])
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        y, solved, z, *present = ctx.saved_tensors
+        it = iter(present)
+        inputs = [z] + [None if a else next(it) for a in ctx.absent]
+        need = ctx.needs_input_grad[3:]
+        (m, has_lam), (_, has_nu) = ctx.split
+        lam = y[:, :m] if has_lam else None
+        nu = y[:, m:] if has_nu else None
+        with torch.enable_grad():
+            leaves = [None if t is None else t.detach().requires_grad_(n) for t, n in zip(inputs, need)]
+            lam_d, nu_d = differentiable_duals(leaves[1:], leaves[0], lam, nu, solved)
+            outs, cots = [], []
+            for t, cot in ((lam_d, grad[:, :m]), (nu_d, grad[:, m:])):
+                if t is not None:
+                    outs.append(t)
+                    cots.append(cot)
+            wanted = [t for t in leaves if t is not None and t.requires_grad]
+            grads = iter(torch.autograd.grad(outs, wanted, cots, allow_unused=True)) if wanted else iter(())
+        return (None, None, None, *[next(grads) if t is not None and t.requires_grad else None for t in leaves])
+
+
+def lazy_differentiable_duals(blocks, z: torch.Tensor, lam: torch.Tensor | None, nu: torch.Tensor | None,
+                              solved: torch.Tensor):
+    """``differentiable_duals`` with its graph built in the backward, only when a cotangent
+    reaches the multipliers (the forward returns the values and records nothing else; same
+    arguments and gradient; not twice differentiable)."""
+    B = z.shape[0]
+    m = 0 if lam is None else lam.shape[-1]
+    parts = [t.detach() for t in (lam, nu) if t is not None]
+    y = torch.cat(parts, -1) if parts else z.new_zeros(B, 0)
+    split = ((m, lam is not None), (y.shape[-1] - m, nu is not None))
+    y = _LazyDuals.apply(y, split, solved, z, *blocks)
+    return (y[:, :m] if lam is not None else None), (y[:, m:] if nu is not None else None)

@@ -271,3 +271,40 @@ def test_scaled_equality_rows_are_not_dependent(dtype, k):
     tol = 1e-6 if dtype == torch.float64 else 1e-3
     for a, c in zip(reference, scaled):
         torch.testing.assert_close(c, a, atol=tol, rtol=tol)
+
+
+def _graph_node_names(fn) -> set:
+    seen, stack, names = set(), [fn], set()
+    while stack:
+        f = stack.pop()
+        if f is None or f in seen:
+            continue
+        seen.add(f)
+        names.add(f.name())
+        stack.extend(g for g, _ in f.next_functions)
+    return names
+
+
+def test_multiplier_graph_is_built_in_the_backward_with_the_eager_gradient(monkeypatch):
+    """The forward records one node for the multipliers (their graph is built in the backward,
+    only when a cotangent reaches them); the gradient equals that of ``differentiable_duals``'s
+    graph built eagerly on the same canonical data."""
+    from layers import cvxpy_layer
+    from layers.cvxpy_duals import differentiable_duals
+
+    prob, params, variables, values = inequality_and_equality()
+    layer = layers.CvxpyLayer(prob, params, variables, presolve=False)
+    leaves = [v.clone().requires_grad_() for v in values]
+    ineq, eq, _ = layer(*leaves)
+    names = _graph_node_names(ineq.grad_fn)
+    assert any("LazyDuals" in n for n in names) and not any("Cholesky" in n for n in names)
+    w = [_randn(*ineq.shape, seed=30), _randn(*eq.shape, seed=31)]
+    lazy = torch.autograd.grad((ineq * w[0]).sum() + (eq * w[1]).sum(), leaves)
+
+    monkeypatch.setattr(cvxpy_layer, "lazy_differentiable_duals", differentiable_duals)
+    eager_leaves = [v.clone().requires_grad_() for v in values]
+    ineq, eq, _ = layer(*eager_leaves)
+    assert any("Cholesky" in n for n in _graph_node_names(ineq.grad_fn))
+    eager = torch.autograd.grad((ineq * w[0]).sum() + (eq * w[1]).sum(), eager_leaves)
+    for a, c in zip(lazy, eager):
+        torch.testing.assert_close(a, c, atol=1e-12, rtol=1e-10)
