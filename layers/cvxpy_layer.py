@@ -11,11 +11,16 @@ from declarative.solution import Solution
 from declarative.validation import check_instance, check_same_dtype_device, check_tensor
 
 from .cvxpy_canonical import CanonicalQP, QPDataMap, canonicalise, check_members_types
-from .cvxpy_duals import differentiable_duals
+from .cvxpy_duals import lazy_differentiable_duals
 from .cvxpy_elimination import EliminationChain, eliminable
 from .cvxpy_parameter_checks import check_structured_values
 
 __all__ = ["CvxpyLayer"]
+
+
+# buffers of the former round-by-round elimination (``rounds.N.{E,R,K,Rc,a}``), derived from the
+# problem; found in older checkpoints only
+_LEGACY_ELIMINATION_PREFIX = "elimination.rounds."
 
 
 def _fmt(shape) -> str:
@@ -115,6 +120,15 @@ class CvxpyLayer(nn.Module):
             self.register_buffer(f"_output_index_{j}", torch.as_tensor(slot.index, dtype=torch.int64),
                                  persistent=False)
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """Drops ``elimination.rounds.*`` entries, the per-round index buffers that older
+        checkpoints hold: the elimination is rebuilt from the problem at construction (its
+        buffers are not persistent), so a strict load of such a checkpoint succeeds."""
+        legacy = prefix + _LEGACY_ELIMINATION_PREFIX
+        for key in [k for k in state_dict if k.startswith(legacy)]:
+            del state_dict[key]
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     # -- call ------------------------------------------------------------------------------------
     def _check_params(self, values) -> int | None:
         """Validate the call's tensors; return the batch size (None if nothing is batched)."""
@@ -166,12 +180,13 @@ class CvxpyLayer(nn.Module):
 
     def _with_dual_gradients(self, full: dict, blocks, sol, batch) -> dict:
         """``full`` with multipliers that carry the gradient of ``cvxpy_duals.differentiable_duals``
-        (same values)."""
+        (same values; its graph — two Cholesky factorisations of order ``m + p`` per element — is
+        built in the backward, only when a cotangent reaches the multipliers)."""
         one = batch is None
         lift = (lambda t: None if t is None else t.unsqueeze(0)) if one else (lambda t: t)
         lam, nu = full["lam"], full["nu"]
         solved = sol.solved.reshape(-1)
-        lam_d, nu_d = differentiable_duals(blocks, lift(full["z"]), lift(lam), lift(nu), solved)
+        lam_d, nu_d = lazy_differentiable_duals(blocks, lift(full["z"]), lift(lam), lift(nu), solved)
         out = dict(full)
         if lam_d is not None:
             out["lam"] = lam_d[0] if one else lam_d

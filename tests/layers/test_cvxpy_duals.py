@@ -188,3 +188,123 @@ def test_zero_multiplier_of_an_equality_is_differentiable():
     nu.sum().backward()
     torch.testing.assert_close(a_t.grad, torch.full((2, 3), 2 / 3, **F64))
     torch.testing.assert_close(s_t.grad, torch.tensor(-4 / 3, **F64))
+
+
+# -- the degeneracy tests are per row and row-scale invariant --------------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_a_loose_bound_is_not_weakly_active(dtype):
+    """``x ≤ 1e4`` far from ``x``: its slack is large on its own row's scale (``|h_i| = 1e4``), so a
+    small slack elsewhere (``x_2 = 0.01``) is not mistaken for a weakly active row.
+    ``λ = 2·max(−a, 0)`` of ``x ≥ 0``: gradient ``(0, 0)`` at ``a = (1, 0.01)``, ``(0, −2)`` at
+    ``a = (1, −0.5)``."""
+    x, a = cp.Variable(2), cp.Parameter(2)
+    lower = x >= 0
+    prob = cp.Problem(cp.Minimize(cp.sum_squares(x - a)), [lower, x <= 1e4])
+    layer = layers.CvxpyLayer(prob, [a], [lower])
+    for value, expected in (([1.0, 0.01], [0.0, 0.0]), ([1.0, -0.5], [0.0, -2.0])):
+        a_t = torch.tensor(value, dtype=dtype, requires_grad=True)
+        (dual,) = layer(a_t)
+        dual.sum().backward()
+        torch.testing.assert_close(a_t.grad, torch.tensor(expected, dtype=dtype))
+
+
+def test_a_small_multiplier_beside_a_large_one_is_strictly_active_float32():
+    """``min ½‖x‖² + qᵀx, x ≥ 0`` at ``q = (1, 0.004)``: both rows strictly active (``x = 0``,
+    ``λ = q``), although ``λ_2`` is below ``ε^{1/3}`` of ``λ_1`` in float32; ``∇_q Σλ = (1, 1)``."""
+    x, q = cp.Variable(2), cp.Parameter(2)
+    con = x >= 0
+    layer = layers.CvxpyLayer(cp.Problem(cp.Minimize(0.5 * cp.sum_squares(x) + q @ x), [con]), [q], [con])
+    q_t = torch.tensor([1.0, 0.004], dtype=torch.float32, requires_grad=True)
+    (dual,) = layer(q_t)
+    dual.sum().backward()
+    torch.testing.assert_close(q_t.grad, torch.ones(2, dtype=torch.float32))
+
+
+def _multiplier_gradients(make_problem, values, dtype, weights):
+    """∇ of Σ weights_j · output_j with respect to every parameter (the outputs are multipliers)."""
+    prob, params, outputs = make_problem()
+    layer = layers.CvxpyLayer(prob, params, outputs, presolve=False)
+    leaves = [v.detach().to(dtype).clone().requires_grad_() for v in values]
+    sum(w * o.sum() for w, o in zip(weights, layer(*leaves))).backward()
+    return [t.grad.double() for t in leaves]
+
+
+@pytest.mark.parametrize("dtype, k", [(torch.float64, 1e-6), (torch.float32, 1e-2)], ids=["f64", "f32"])
+def test_scaled_inequality_rows_give_the_same_gradient(dtype, k):
+    """``k·x ≤ k·hi`` is ``x ≤ hi``: its multiplier is ``1/k`` times, and ``k·λ`` has the same
+    gradient as for ``k = 1`` (the weak-activity test compares each row on its own scale)."""
+    n = 5
+    P = np.random.default_rng(0).standard_normal((n, n))
+    P = P @ P.T / n + 0.1 * np.eye(n)
+
+    def make(scale):
+        def problem():
+            x, q, lo, hi = cp.Variable(n), cp.Parameter(n), cp.Parameter(n), cp.Parameter(n)
+            lower, upper = x >= lo, scale * x <= scale * hi
+            prob = cp.Problem(cp.Minimize(0.5 * cp.quad_form(x, P) + q @ x), [lower, upper])
+            return prob, [q, lo, hi], [lower, upper]
+        return problem
+
+    values = [2 * _randn(8, n, seed=5), -torch.ones(n, **F64) + 0.1 * _randn(n, seed=6), torch.ones(n, **F64)]
+    reference = _multiplier_gradients(make(1.0), values, torch.float64, [1.0, 1.0])
+    scaled = _multiplier_gradients(make(k), values, dtype, [1.0, k])
+    tol = 1e-6 if dtype == torch.float64 else 1e-3
+    for a, c in zip(reference, scaled):
+        torch.testing.assert_close(c, a, atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("dtype, k", [(torch.float64, 1e-6), (torch.float32, 1e-3)], ids=["f64", "f32"])
+def test_scaled_equality_rows_are_not_dependent(dtype, k):
+    """``k(x_2 − x_3) = k·b`` beside ``x_1 + x_2 = a``: independent rows at any ``k`` (the
+    dependence test normalises the rows); the gradient of ``ν_1 + k·ν_2`` is that at ``k = 1``."""
+    def make(scale):
+        def problem():
+            x, a, b = cp.Variable(3), cp.Parameter(), cp.Parameter()
+            first, second = x[0] + x[1] == a, scale * (x[1] - x[2]) == scale * b
+            return cp.Problem(cp.Minimize(cp.sum_squares(x - 1)), [first, second]), [a, b], [first, second]
+        return problem
+
+    values = [torch.tensor(0.3, **F64), torch.tensor(-0.2, **F64)]
+    reference = _multiplier_gradients(make(1.0), values, torch.float64, [1.0, 1.0])
+    scaled = _multiplier_gradients(make(k), values, dtype, [1.0, k])
+    tol = 1e-6 if dtype == torch.float64 else 1e-3
+    for a, c in zip(reference, scaled):
+        torch.testing.assert_close(c, a, atol=tol, rtol=tol)
+
+
+def _graph_node_names(fn) -> set:
+    seen, stack, names = set(), [fn], set()
+    while stack:
+        f = stack.pop()
+        if f is None or f in seen:
+            continue
+        seen.add(f)
+        names.add(f.name())
+        stack.extend(g for g, _ in f.next_functions)
+    return names
+
+
+def test_multiplier_graph_is_built_in_the_backward_with_the_eager_gradient(monkeypatch):
+    """The forward records one node for the multipliers (their graph is built in the backward,
+    only when a cotangent reaches them); the gradient equals that of ``differentiable_duals``'s
+    graph built eagerly on the same canonical data."""
+    from layers import cvxpy_layer
+    from layers.cvxpy_duals import differentiable_duals
+
+    prob, params, variables, values = inequality_and_equality()
+    layer = layers.CvxpyLayer(prob, params, variables, presolve=False)
+    leaves = [v.clone().requires_grad_() for v in values]
+    ineq, eq, _ = layer(*leaves)
+    names = _graph_node_names(ineq.grad_fn)
+    assert any("LazyDuals" in n for n in names) and not any("Cholesky" in n for n in names)
+    w = [_randn(*ineq.shape, seed=30), _randn(*eq.shape, seed=31)]
+    lazy = torch.autograd.grad((ineq * w[0]).sum() + (eq * w[1]).sum(), leaves)
+
+    monkeypatch.setattr(cvxpy_layer, "lazy_differentiable_duals", differentiable_duals)
+    eager_leaves = [v.clone().requires_grad_() for v in values]
+    ineq, eq, _ = layer(*eager_leaves)
+    assert any("Cholesky" in n for n in _graph_node_names(ineq.grad_fn))
+    eager = torch.autograd.grad((ineq * w[0]).sum() + (eq * w[1]).sum(), eager_leaves)
+    for a, c in zip(lazy, eager):
+        torch.testing.assert_close(a, c, atol=1e-12, rtol=1e-10)

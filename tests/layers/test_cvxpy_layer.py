@@ -337,3 +337,23 @@ def test_presolve_changes_nothing_but_the_size(make):
     assert results[0][2].elimination is not None and results[1][2].elimination is None
     for a, c in zip(results[0][0] + results[0][1], results[1][0] + results[1][1]):
         torch.testing.assert_close(a, c, atol=1e-7, rtol=1e-6)
+
+
+@pytest.mark.parametrize("presolve", [True, False], ids=["presolve", "no_presolve"])
+def test_strict_load_of_a_checkpoint_with_per_round_elimination_buffers(presolve):
+    """Older checkpoints hold the elimination's per-round index buffers
+    (``elimination.rounds.N.{E,R,K,Rc,a}``), derived from the problem: a strict load drops them
+    (the layer rebuilt them at construction) and loads everything else."""
+    prob, params, variables, values = small_mpc()
+    layer = layers.CvxpyLayer(prob, params, variables, presolve=presolve)
+    state = layer.state_dict()
+    legacy = dict(state)
+    for i in range(3):
+        for name in ("E", "R", "K", "Rc", "a"):
+            legacy[f"elimination.rounds.{i}.{name}"] = torch.arange(2)
+    fresh = layers.CvxpyLayer(prob, params, variables, presolve=presolve)
+    assert fresh.load_state_dict(legacy) is not None          # strict: no unexpected keys
+    assert fresh.state_dict().keys() == state.keys()
+    with pytest.raises(RuntimeError, match="Unexpected key"):
+        fresh.load_state_dict({**state, "elimination.other": torch.zeros(1)})
+    torch.testing.assert_close(fresh(*values)[0], layer(*values)[0])
