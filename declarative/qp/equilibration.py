@@ -340,6 +340,7 @@ def _ruiz_variable_scale(aQ, blocks, cap: float, bufQ, bufs) -> torch.Tensor:
     return D
 
 
+@torch.no_grad()
 def equilibration(Q, q, G=None, h=None, A=None, b=None) -> Equilibration | None:
     """The scales ``D, σ, d_G, d_A`` of the module docstring, or None when the data are in band
     (every block's size and the ratio of the largest right-hand side to the largest matrix entry

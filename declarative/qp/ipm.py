@@ -472,7 +472,7 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
         st = t.sum()
         tot = st if tot is None else tot + st
     bad = None   # None: every element finite
-    if not math.isfinite(float(tot)):
+    if not math.isfinite(float(tot.detach())):
         bad = torch.zeros(B, dtype=torch.bool, device=device)   # exact check, per element
         for t in present:
             bad = bad | ~torch.isfinite(t.reshape(t.shape[0], -1)).all(-1)
