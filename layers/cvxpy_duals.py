@@ -152,11 +152,14 @@ def differentiable_duals(blocks, z: torch.Tensor, lam: torch.Tensor | None, nu: 
             lam_hat = y_hat[:, :m]
             lam_small = lam_hat <= tau
             s_small = s_hat <= tau
-            # a row whose relative multiplier exceeds its relative slack by 1/τ and τ² (or
-            # conversely) is strictly active (inactive): complementarity tells the side; below
-            # τ² both are rounding
-            lam_dominates = (lam_hat * tau > s_hat) & (lam_hat > tau * tau)
-            s_dominates = (s_hat * tau > lam_hat) & (s_hat > tau * tau)
+            # a row whose relative multiplier exceeds its relative slack by 1/τ and the floor
+            # 10√eps (or conversely) is strictly active (inactive): complementarity tells the
+            # side. Below the floor both are rounding, and the QP backward, which classifies the
+            # primal side at √eps of its own (equilibrated) scales, may call the row weakly active
+            # and choose its side by the cotangent: a fixed side here would mix the two
+            floor = 10 * eps ** 0.5
+            lam_dominates = (lam_hat * tau > s_hat) & (lam_hat > floor)
+            s_dominates = (s_hat * tau > lam_hat) & (s_hat > floor)
             weak = (lam_small & s_small & ~lam_dominates & ~s_dominates).any(-1)
             both = (~lam_small & ~s_small).any(-1)
             active = ~lam_small | (s_small & lam_dominates)
@@ -228,15 +231,38 @@ class _LazyDuals(torch.autograd.Function):
         return (None, None, None, *[next(grads) if t is not None and t.requires_grad else None for t in leaves])
 
 
+class _FirstOrderOnly(torch.autograd.Function):
+    """Identity whose backward refuses ``create_graph``: the multipliers' gradient is built on
+    detached inputs (``_LazyDuals``), so a second derivative through it would silently miss
+    terms — raise instead."""
+
+    @staticmethod
+    def forward(y):
+        return y.view_as(y)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, grad):
+        if torch.is_grad_enabled():
+            raise RuntimeError("CvxpyLayer: the multipliers (constraints or dual variables in `variables`) "
+                               "are differentiable once: a backward with create_graph=True through them is "
+                               "not supported (the primal outputs are twice differentiable as their mode is)")
+        return grad
+
+
 def lazy_differentiable_duals(blocks, z: torch.Tensor, lam: torch.Tensor | None, nu: torch.Tensor | None,
                               solved: torch.Tensor):
     """``differentiable_duals`` with its graph built in the backward, only when a cotangent
     reaches the multipliers (the forward returns the values and records nothing else; same
-    arguments and gradient; not twice differentiable)."""
+    arguments and gradient; differentiable once: a ``create_graph`` backward through the
+    multipliers raises)."""
     B = z.shape[0]
     m = 0 if lam is None else lam.shape[-1]
     parts = [t.detach() for t in (lam, nu) if t is not None]
     y = torch.cat(parts, -1) if parts else z.new_zeros(B, 0)
     split = ((m, lam is not None), (y.shape[-1] - m, nu is not None))
-    y = _LazyDuals.apply(y, split, solved, z, *blocks)
+    y = _FirstOrderOnly.apply(_LazyDuals.apply(y, split, solved, z, *blocks))
     return (y[:, :m] if lam is not None else None), (y[:, m:] if nu is not None else None)

@@ -308,3 +308,56 @@ def test_multiplier_graph_is_built_in_the_backward_with_the_eager_gradient(monke
     eager = torch.autograd.grad((ineq * w[0]).sum() + (eq * w[1]).sum(), eager_leaves)
     for a, c in zip(lazy, eager):
         torch.testing.assert_close(a, c, atol=1e-12, rtol=1e-10)
+
+
+def _kink_problem():
+    """min ½xᵀPx + qᵀx s.t. x ≥ lo, a·x = b, with rows 2, 3 strictly active and row 1's bound
+    placed ``d`` above the free minimiser's x₁ (its multiplier is O(d))."""
+    rng = np.random.default_rng(1)
+    n = 4
+    P = rng.standard_normal((n, n))
+    P = P @ P.T / n + 0.2 * np.eye(n)
+    a = rng.standard_normal((1, n))
+    x = cp.Variable(n)
+    q, lo, b = cp.Parameter(n), cp.Parameter(n), cp.Parameter(1)
+    bound, eq = x >= lo, a @ x == b
+    prob = cp.Problem(cp.Minimize(0.5 * cp.quad_form(x, P) + q @ x), [bound, eq])
+    q0, b0 = rng.standard_normal(n), np.array([0.3])
+    q.value, lo.value, b.value = q0, np.full(n, -5.0), b0
+    prob.solve(solver="CLARABEL", tol_gap_abs=1e-11, tol_gap_rel=1e-11, tol_feas=1e-11)
+    lo0 = np.array([-5.0, -5.0, x.value[2] + 0.5, x.value[3] + 0.5])
+    q.value, lo.value = q0, lo0
+    prob.solve(solver="CLARABEL", tol_gap_abs=1e-11, tol_gap_rel=1e-11, tol_feas=1e-11)
+    lo0[1] = x.value[1]
+    layer = layers.CvxpyLayer(prob, [q, lo, b], [bound, eq])
+    return layer, torch.tensor(q0, **F64), torch.tensor(lo0, **F64), torch.tensor(b0, **F64)
+
+
+def test_multiplier_of_a_nearly_weak_row_raises_instead_of_mixing_sides():
+    """A row 1e-9 inside the kink (relative multiplier ~1e-8: weakly active for the QP backward,
+    which picks its side by the cotangent) raises; 1e-3 inside it is strictly active (a finite
+    gradient, no error)."""
+    layer, q0, lo0, b0 = _kink_problem()
+    grads = {}
+    for d in (1e-3, 1e-9):
+        lo = (lo0 + torch.tensor([0.0, d, 0.0, 0.0], **F64)).requires_grad_()
+        lam, nu = layer(q0, lo, b0)
+        loss = lam.sum() + nu.sum()
+        if d == 1e-9:
+            with pytest.raises(RuntimeError, match="weakly active"):
+                loss.backward()
+        else:
+            loss.backward()
+            grads[d] = lo.grad
+    assert torch.isfinite(grads[1e-3]).all()
+
+
+def test_create_graph_through_multipliers_raises():
+    layer, q0, lo0, b0 = _kink_problem()
+    lo = (lo0 + torch.tensor([0.0, 1e-2, 0.0, 0.0], **F64)).requires_grad_()
+    lam, nu = layer(q0, lo, b0)
+    (g,) = torch.autograd.grad(lam.sum(), lo, create_graph=False)
+    assert torch.isfinite(g).all()
+    lam, nu = layer(q0, lo, b0)
+    with pytest.raises(RuntimeError, match="differentiable once"):
+        torch.autograd.grad((lam ** 3).sum(), lo, create_graph=True)
