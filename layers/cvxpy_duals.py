@@ -153,11 +153,12 @@ def differentiable_duals(blocks, z: torch.Tensor, lam: torch.Tensor | None, nu: 
             lam_small = lam_hat <= tau
             s_small = s_hat <= tau
             # a row whose relative multiplier exceeds its relative slack by 1/τ and the floor
-            # 10√eps (or conversely) is strictly active (inactive): complementarity tells the
-            # side. Below the floor both are rounding, and the QP backward, which classifies the
-            # primal side at √eps of its own (equilibrated) scales, may call the row weakly active
-            # and choose its side by the cotangent: a fixed side here would mix the two
-            floor = 10 * eps ** 0.5
+            # 10√eps₆₄ (or conversely) is strictly active (inactive): complementarity tells the
+            # side. Below the floor the QP backward, which classifies the primal side at √eps₆₄ of
+            # its own (equilibrated) scales — float32 problems are solved and differentiated in
+            # float64 — may call the row weakly active and choose its side by the cotangent: a
+            # fixed side here would mix the two
+            floor = 10 * torch.finfo(torch.float64).eps ** 0.5
             lam_dominates = (lam_hat * tau > s_hat) & (lam_hat > floor)
             s_dominates = (s_hat * tau > lam_hat) & (s_hat > floor)
             weak = (lam_small & s_small & ~lam_dominates & ~s_dominates).any(-1)

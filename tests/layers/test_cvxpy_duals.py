@@ -361,3 +361,16 @@ def test_create_graph_through_multipliers_raises():
     lam, nu = layer(q0, lo, b0)
     with pytest.raises(RuntimeError, match="differentiable once"):
         torch.autograd.grad((lam ** 3).sum(), lo, create_graph=True)
+
+
+def test_float32_small_multiplier_and_exact_zero_slack_is_strictly_active():
+    """float32, ``min ½‖x‖² + qᵀx s.t. x ≥ 0`` with ``q = (1, 1e-3)``: x = 0, λ = q, both rows
+    strictly active although λ₂ is below ``τ = eps^(1/3)`` of the scale: ∇_q Σλ = (1, 1)."""
+    x = cp.Variable(2)
+    q = cp.Parameter(2)
+    bound = x >= 0
+    layer = layers.CvxpyLayer(cp.Problem(cp.Minimize(0.5 * cp.sum_squares(x) + q @ x), [bound]), [q], [bound])
+    qt = torch.tensor([1.0, 1e-3], dtype=torch.float32, requires_grad=True)
+    (lam,) = layer(qt)
+    lam.sum().backward()
+    torch.testing.assert_close(qt.grad, torch.ones(2), atol=1e-5, rtol=0)
