@@ -69,7 +69,7 @@ from .options import DEFAULT_REG, DEFAULT_TOL_INFEASIBLE, QPOptions
 from .residuals import (CERTIFICATE_TOL, dual_certificate_holds, meets_tolerances, primal_certificate_holds,
                         qp_residuals)
 # looked up in this namespace by ``solve_qp_ipm`` (the tests replace them here)
-from .polish import _PROX, _PROX_STEPS, _least_norm_multipliers, _polish, _polish_penalty
+from .polish import _PROX, _PROX_STEPS, _least_norm_multipliers, _polish, _polish_penalty, _strict
 
 __all__ = ["solve_qp_ipm"]
 
@@ -854,7 +854,7 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
                     if bool(prox_todo.any()):
                         z, s, lam, nu, prox_ok, act_prox, _ = _polish_penalty(
                             Q, q, G, h, A, b, z, s, lam, nu, prox_todo, opts, reg, zero_eq, QA, hnorm,
-                            prox=_PROX, steps=_PROX_STEPS)
+                            prox=_PROX, steps=_PROX_STEPS, refine_tol=_strict(dtype))
                         act_fast = torch.where(prox_ok.unsqueeze(-1), act_prox, act_fast)
                     else:
                         prox_ok = torch.zeros_like(fast)

@@ -172,7 +172,7 @@ def _zeros_as(t: torch.Tensor, B: int) -> torch.Tensor:
 
 
 def _polish_penalty(Q, q, G, h, A, b, z, s, lam, nu, todo, opts, reg, zero_eq, QA, hnorm, rounds=4, prox=1.0,
-                    steps=8):
+                    steps=8, refine_tol=None):
     """Active-set polish by the method of multipliers (``_refine_active``) on the penalised
     factorisation ``Q + Gᵀ diag(c·a) G + ρAᵀA`` of the guessed active set ``a`` (the interior-point
     ``_Factor``: no gathered rows, no Schur complement of the active rows). Rounds as in
@@ -239,7 +239,7 @@ def _polish_penalty(Q, q, G, h, A, b, z, s, lam, nu, todo, opts, reg, zero_eq, Q
         wk = cs * a
         fac = _Factor(QAs, Gs, As, None, wk, regs * prox, zqs, opts.reg)
         zp, yp, nup, conv, Gzp = _refine_active(fac, wk, a, Qs, Gs, As, qs_, hs, bs, zs, ls * a, ns,
-                                                opts.rho, _refine_tol(dtype), steps, gn=gns)
+                                                opts.rho, refine_tol or _refine_tol(dtype), steps, gn=gns)
         viol = Gzp - hs
         vtol = ((hn + 1) * strict).unsqueeze(-1)                   # feasibility threshold
         ltol = ((_inf_norm(yp) + 1) * -strict).unsqueeze(-1)      # sign threshold
