@@ -173,7 +173,7 @@ def _zeros_as(t: torch.Tensor, B: int) -> torch.Tensor:
 
 def _polish_penalty(Q, q, G, h, A, b, z, s, lam, nu, todo, opts, reg, zero_eq, QA, hnorm, rounds=4, prox=1.0,
                     steps=8, refine_tol=None):
-    """Active-set polish by the method of multipliers (``_refine_active``) on the penalised
+    r"""Active-set polish by the method of multipliers (``_refine_active``) on the penalised
     factorisation ``Q + Gᵀ diag(c·a) G + ρAᵀA`` of the guessed active set ``a`` (the interior-point
     ``_Factor``: no gathered rows, no Schur complement of the active rows). Rounds as in
     ``_polish``: a polished point must be primal feasible with non-negative multipliers up to
