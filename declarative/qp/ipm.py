@@ -848,13 +848,13 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
                     # the Schur-complement polish below takes the elements where it fails
                     z, s, lam, nu, fast, act_fast, pre_ = _polish_penalty(
                         Q, q, G, h, A, b, z, s, lam, nu, todo, opts, reg, zero_eq, QA, hnorm)
-                    # where it diverged: once more with a proximal term (its factors are not kept:
+                    # where it diverged: one round more with a proximal term (its factors are not kept:
                     # the backward's refinement expects those of the static regularisation)
                     prox_todo = todo & ~fast
                     if bool(prox_todo.any()):
                         z, s, lam, nu, prox_ok, act_prox, _ = _polish_penalty(
                             Q, q, G, h, A, b, z, s, lam, nu, prox_todo, opts, reg, zero_eq, QA, hnorm,
-                            prox=_PROX, steps=_PROX_STEPS, refine_tol=_strict(dtype))
+                            rounds=1, prox=_PROX, steps=_PROX_STEPS, refine_tol=_strict(dtype))
                         act_fast = torch.where(prox_ok.unsqueeze(-1), act_prox, act_fast)
                     else:
                         prox_ok = torch.zeros_like(fast)
