@@ -183,17 +183,26 @@ def _inverse(size: torch.Tensor, cap: float) -> torch.Tensor:
 
 def _solution_scale(sQ, sq, rows, unbatched_q: bool) -> torch.Tensor:
     """An estimate ``t`` of the size of the minimiser: the median over the constraint rows of
-    ``|h_i| / ‖G_i‖∞`` and ``|b_j| / ‖A_j‖∞`` (rows with a zero side skipped; a median, so that a
-    few big-M or tiny rows do not set it), or ``max|q| / max|Q|`` without such rows, or 1.
+    ``|h_i| / ‖G_i‖∞`` and ``|b_j| / ‖A_j‖∞`` (rows with a zero side skipped, and those whose side is
+    below ``_NEGLIGIBLE_RHS`` times the largest side of the element; a median, so that a few big-M or
+    tiny rows do not set it), or ``max|q| / max|Q|`` without such rows, or 1.
     From the reductions ``equilibration`` forms, of the Ruiz-scaled data (``D_r Q D_r``, ``D_r q``,
     ``G D_r``, ``A D_r``): ``sQ = max|Q|``, ``sq = max|q|`` (per element) and ``rows``:
     ``(‖M_i‖∞, |r_i|)`` for ``(G, h)`` and ``(A, b)`` (or None). ``()`` when ``Q`` is
     unbatched (``unbatched_q``: one scale for the batch), else ``(B,)``."""
     ratios = []
-    for r_ in rows:
-        if r_ is not None and r_[0].shape[-1] > 0:
-            rowmax, ra = torch.broadcast_tensors(*r_)
-            ratios.append(torch.where((rowmax > 0) & (ra > 0), ra / rowmax, float("nan")))
+    present = [r_ for r_ in rows if r_ is not None and r_[0].shape[-1] > 0]
+    # right-hand sides at the rounding level of the largest one (e.g. 1e-16 beside 18: the
+    # remainders of a data conversion) count as zero sides: a median over them set a minimiser
+    # size of 1e-15 (Maros–Meszaros QBORE3D: the scaled problem's minimiser was then 1e16)
+    floor = None
+    for r_ in present:
+        top = torch.broadcast_tensors(*r_)[1].amax(-1, keepdim=True)
+        floor = top if floor is None else torch.maximum(floor, top)
+    for r_ in present:
+        rowmax, ra = torch.broadcast_tensors(*r_)
+        big = ra > _NEGLIGIBLE_RHS * floor
+        ratios.append(torch.where((rowmax > 0) & (ra > 0) & big, ra / rowmax, float("nan")))
     obj = torch.where((sQ > 0) & (sq > 0), sq / torch.where(sQ > 0, sQ, 1.0), 1.0)
     if unbatched_q:
         obj = obj.amax() if obj.dim() else obj
@@ -204,6 +213,12 @@ def _solution_scale(sQ, sq, rows, unbatched_q: bool) -> torch.Tensor:
         R = R.reshape(-1)
     t = R.nanmedian(-1).values if R.dim() > 1 else R.nanmedian()
     return torch.where(torch.isnan(t), obj, t)
+
+
+#: right-hand sides below this fraction of the largest one are left out of ``_solution_scale``:
+#: rounding remainders of float64 data (``1e4·u``: sides computed from values up to 1e4 times the
+#: largest side), small enough that real small sides, and those beside big-M bounds of 1e8, count
+_NEGLIGIBLE_RHS = 1e-12
 
 
 #: up to this many data entries (one problem), the in-band test runs on the host

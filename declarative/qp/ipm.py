@@ -69,7 +69,7 @@ from .options import DEFAULT_REG, DEFAULT_TOL_INFEASIBLE, QPOptions
 from .residuals import (CERTIFICATE_TOL, dual_certificate_holds, meets_tolerances, primal_certificate_holds,
                         qp_residuals)
 # looked up in this namespace by ``solve_qp_ipm`` (the tests replace them here)
-from .polish import _least_norm_multipliers, _polish, _polish_penalty
+from .polish import _PROX, _PROX_STEPS, _least_norm_multipliers, _polish, _polish_penalty, _strict
 
 __all__ = ["solve_qp_ipm"]
 
@@ -841,13 +841,23 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
                 # later phases polish the retried elements only; the others keep their earlier polish
                 todo = unfinished | solved if retry is None else (unfinished | solved) & retry
                 if dtype != torch.float64:
-                    fast = torch.zeros_like(todo)
+                    fast = prox_ok = torch.zeros_like(todo)
                     act_fast = lam > s
                 else:
                     # float64: the penalty polish (one interior-point-sized factorisation a round);
                     # the Schur-complement polish below takes the elements where it fails
                     z, s, lam, nu, fast, act_fast, pre_ = _polish_penalty(
                         Q, q, G, h, A, b, z, s, lam, nu, todo, opts, reg, zero_eq, QA, hnorm)
+                    # where it diverged: one round more with a proximal term (its factors are not kept:
+                    # the backward's refinement expects those of the static regularisation)
+                    prox_todo = todo & ~fast
+                    if bool(prox_todo.any()):
+                        z, s, lam, nu, prox_ok, act_prox, _ = _polish_penalty(
+                            Q, q, G, h, A, b, z, s, lam, nu, prox_todo, opts, reg, zero_eq, QA, hnorm,
+                            rounds=1, prox=_PROX, steps=_PROX_STEPS, refine_tol=_strict(dtype))
+                        act_fast = torch.where(prox_ok.unsqueeze(-1), act_prox, act_fast)
+                    else:
+                        prox_ok = torch.zeros_like(fast)
                     if pre is None or pre_ is None:
                         pre = pre if pre_ is None else pre_
                     elif bool(fast.any()):
@@ -855,14 +865,14 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
                         for t_, u_ in zip(pre, pre_):
                             if t_ is not None:
                                 t_.index_copy_(0, ix, u_.index_select(0, ix))
-                rest = todo & ~fast
+                rest = todo & ~fast & ~prox_ok
                 first = None
-                act_new, pol_new = act_fast, fast
+                act_new, pol_new = act_fast, fast | prox_ok
                 if bool(rest.any()):
                     z, s, lam, nu, pol_rest, act_rest, first = _polish(
                         Q, q, G, h, A, b, z, s, lam, nu, rest, opts, reg, zero_eq, hnorm, bnorm, qnorm)
-                    act_new = torch.where(fast.unsqueeze(-1), act_fast, act_rest)
-                    pol_new = fast | pol_rest
+                    act_new = torch.where((fast | prox_ok).unsqueeze(-1), act_fast, act_rest)
+                    pol_new = fast | prox_ok | pol_rest
                 if polished is None:
                     # first phase (the accepted masks lie in ``todo``; the active sets of the other
                     # elements are replaced by λ > s below, as they are not polished)

@@ -34,6 +34,12 @@ __all__: list[str] = []
 #: penalised matrix has condition ~ γ·cond(Q))
 _PENALTY = 1e7
 
+#: the retry of ``_polish_penalty`` on elements whose first polish failed: the factor on the static
+#: regularisation (proximal weight ``_PROX·δ``, ``δ ~ 1e-11`` relative in float64) and the number of
+#: refinement steps (each gains fewer digits along the directions of small curvature)
+_PROX = 1e3
+_PROX_STEPS = 20
+
 
 def _strict(dtype) -> float:
     """Feasibility and sign threshold of a polished point (relative)."""
@@ -165,8 +171,9 @@ def _zeros_as(t: torch.Tensor, B: int) -> torch.Tensor:
     return t.new_zeros(B, *t.shape[1:])
 
 
-def _polish_penalty(Q, q, G, h, A, b, z, s, lam, nu, todo, opts, reg, zero_eq, QA, hnorm, rounds=4):
-    """Active-set polish by the method of multipliers (``_refine_active``) on the penalised
+def _polish_penalty(Q, q, G, h, A, b, z, s, lam, nu, todo, opts, reg, zero_eq, QA, hnorm, rounds=4, prox=1.0,
+                    steps=8, refine_tol=None):
+    r"""Active-set polish by the method of multipliers (``_refine_active``) on the penalised
     factorisation ``Q + Gᵀ diag(c·a) G + ρAᵀA`` of the guessed active set ``a`` (the interior-point
     ``_Factor``: no gathered rows, no Schur complement of the active rows). Rounds as in
     ``_polish``: a polished point must be primal feasible with non-negative multipliers up to
@@ -175,6 +182,20 @@ def _polish_penalty(Q, q, G, h, A, b, z, s, lam, nu, todo, opts, reg, zero_eq, Q
     The penalty ``c = γ (1 + max|Q_ii|) / max_i ‖g_i‖²`` (``γ = 1e7``) makes each step of the method
     of multipliers gain about seven digits, so two or three steps reach rounding level; used in
     float64 only (the penalised matrix has condition ~ ``γ·cond(Q)``).
+
+    ``prox`` multiplies the static regularisation ``δ`` of the factorisation: with ``prox > 1`` each
+    step of the refinement is a proximal-point step
+
+    .. math::
+        z_{k+1} = \arg\min_z \tfrac12 z^TQz + q^Tz + \tfrac{c}{2}\|G_Kz - h_K + y_k/c\|^2
+                  + \tfrac{\prox\,\delta}{2}\|z - z_k\|^2 \quad (Az = b),
+
+    whose fixed points are those of the unregularised system; it is the retry of elements whose
+    first polish diverged — a guessed active set that leaves directions of (near) zero curvature of
+    ``Q`` free, or more active rows than the vertex needs: with ``δ ~ 1e-11`` the rounding along
+    them is amplified by ``1/δ``, with ``prox·δ`` those components stay near the interior-point
+    iterate while the others converge by ``prox·δ/(σ + prox·δ)`` a step (``σ`` their curvature),
+    hence ``steps`` is raised with it.
 
     Returns:
         ``z, s, λ, ν`` (polished where accepted), the accepted mask, the active mask and the
@@ -216,9 +237,9 @@ def _polish_penalty(Q, q, G, h, A, b, z, s, lam, nu, todo, opts, reg, zero_eq, Q
         Qs, qs_, Gs, hs, As, bs, QAs, zqs, regs, hn, cs, zs, ls, ns, act, gns = d
         a = act.to(dtype)
         wk = cs * a
-        fac = _Factor(QAs, Gs, As, None, wk, regs, zqs, opts.reg)
+        fac = _Factor(QAs, Gs, As, None, wk, regs * prox, zqs, opts.reg)
         zp, yp, nup, conv, Gzp = _refine_active(fac, wk, a, Qs, Gs, As, qs_, hs, bs, zs, ls * a, ns,
-                                                opts.rho, _refine_tol(dtype), 8, gn=gns)
+                                                opts.rho, refine_tol or _refine_tol(dtype), steps, gn=gns)
         viol = Gzp - hs
         vtol = ((hn + 1) * strict).unsqueeze(-1)                   # feasibility threshold
         ltol = ((_inf_norm(yp) + 1) * -strict).unsqueeze(-1)      # sign threshold
