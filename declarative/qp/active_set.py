@@ -113,6 +113,46 @@ def _kkt_matrix(Q, q, A, b, G, h):
     return torch.cat([torch.cat([Q, C.mT, top[1]], 1), torch.cat([C, C.new_zeros(k, k), r.unsqueeze(1)], 1)], 0)
 
 
+def _dual_tableau(L, C, mq, r):
+    """The dual tableau ``S = [M; w₀ᵀ]`` (transposed) of the rows ``C`` and the unconstrained
+    minimiser ``z₀``:
+
+    .. math::
+
+        z_0 = -Q^{-1} q, \\quad M = C Q^{-1} C^T = H^T H, \\quad H = L^{-1} C^T, \\quad
+        w_0 = r - C z_0,
+
+    with ``Q = LLᵀ``: ``w = Mμ + w₀`` is the negated constraint residual ``r − Cz`` at
+    ``z = z₀ − Q⁻¹Cᵀμ``, the minimiser of the Lagrangian for the multipliers ``μ``.
+
+    Shape: ``L (n, n)``, ``C (k, n)``, ``mq (n, 1)`` (``−q``), ``r (k, 1)`` → ``S (k + 1, k)``,
+    ``z₀ (n, 1)``."""
+    z0 = torch.cholesky_solve(mq, L)
+    H = torch.linalg.solve_triangular(L, C.mT, upper=False)
+    return torch.cat([H.mT @ H, (r - C @ z0).mT], 0), z0
+
+
+def _pivot(S, j: int, d: float):
+    """Principal pivot of the transposed tableau ``S`` on row ``j`` (pivot ``d = S[j, j]``), in
+    place: the basic and non-basic variables ``w_j`` and ``μ_j`` exchange places,
+
+    .. math::
+
+        T'_{ik} = T_{ik} - \\frac{T_{ij} T_{jk}}{d}, \\quad T'_{ij} = \\frac{T_{ij}}{d}, \\quad
+        T'_{jk} = -\\frac{T_{jk}}{d}, \\quad T'_{jj} = \\frac{1}{d}
+
+    (``T = Sᵀ`` with the constant column last, which pivots like any other non-pivot column) — one
+    rank-one update ``T' = T − u vᵀ`` with ``u = T_{:j}/d`` but ``u_j = 1 + 1/d`` and ``v = T_{j:}``
+    but ``v_j = d − 1``. Pivoting on ``j`` again undoes it.
+
+    Shape: ``S (k + 1, k)``."""
+    u = S[j] * (1.0 / d)
+    u[j] = 1.0 + 1.0 / d
+    v = S[:, j].clone()
+    v[j] = d - 1.0
+    S.addr_(v, u, alpha=-1.0)
+
+
 def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None,
                         h: torch.Tensor | None = None, A: torch.Tensor | None = None,
                         b: torch.Tensor | None = None, *, options: QPOptions | None = None) -> Solution | None:
@@ -154,11 +194,17 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
     # info: 0 when the Cholesky factorisation ran through; its smallest pivot tells a definite Q
     # from one that is only semidefinite up to rounding (a pivot² at the rounding level of Q)
     pivot = L.diagonal().abs().amin().reshape(1) if n else info.new_ones(1, dtype=dtype)
+    # the dual tableau (module docstring): M = C Q⁻¹ Cᵀ = HᵀH with H = L⁻¹Cᵀ, and w(0) = r − C z₀
+    # at the unconstrained minimiser z₀ = −Q⁻¹q, stored transposed: S = [M; w(0)ᵀ]
+    # (in float64 whatever the dtype: M squares the condition of C)
+    if dtype == torch.float64:
+        S, z0 = _dual_tableau(L, C, K[:n, N:], K[n:, N:])
+    else:
+        S, z0 = _dual_tableau(torch.linalg.cholesky(Q1.double()), C.double(), K[:n, N:].double(),
+                              K[n:, N:].double())
     parts = [torch.linalg.vector_norm(Q1, float("inf")).reshape(1), info.to(dtype).reshape(1), gmax,
-             torch.linalg.vector_norm(C, 1, -1), torch.linalg.vector_norm(C, 2, -1), K[:, N], pivot]
-    if p == 0:
-        z0 = torch.cholesky_solve(K[:n, N:], L).view(-1)
-        parts += [z0, Cg @ z0] if m else [z0]
+             torch.linalg.vector_norm(C, 1, -1), torch.linalg.vector_norm(C, 2, -1), K[:, N], pivot,
+             S[-1], S[:-1].diagonal(), torch.linalg.vector_norm(z0, float("inf")).reshape(1)]
     pre = torch.cat(parts).tolist()
     if not math.isfinite(sum(pre)) or pre[1] != 0.0:
         return None
@@ -178,75 +224,80 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
     thr_g = [reps * v for v in c1]
     base = list(range(n + p))
     inf = float("inf")
+    k0 = 3 + 2 * (N - n) + N + 1
+    cst, diag = pre[k0:k0 + N - n], pre[k0 + N - n:k0 + 2 * (N - n)]
+    # a pivot below this is a row dependent on the pivoted ones (no step of the dual reaches it)
+    dep = [1e-12 * c * c / qscale for c in c2]
 
     def most_violated(rz, zmax, active):
-        ip, viol = -1, 0.0
+        ip, viol, act = -1, 0.0, set(active)
         for i, (ri, th, tg) in enumerate(zip(rz, thr_h, thr_g)):
-            if ri > viol and ri > th + tg * zmax and i not in active:
+            if ri > viol and ri > th + tg * zmax and i not in act:
                 ip, viol = i, ri
         return ip
 
-    def kkt_solve(active, col):
-        """``[Q Cᵀ; C 0]⁻¹`` on the active set applied to column ``col`` of ``K`` (``[g_p; 0]`` for
-        row p of G, ``[−q; b; h_W]`` for the last), with ``G·dz`` appended; a list, or None if the
-        system is singular."""
-        ix = _lift(base + [n + p + i for i in active] + [col], torch.int64, device)
-        Kw = K.index_select(0, ix[:-1]).index_select(1, ix)
-        # singular systems give non-finite values (no error check: it would cost a host sync)
-        x = torch.linalg.solve_ex(Kw[:, :-1], Kw[:, -1:], check_errors=False)[0].view(-1)
-        v = torch.cat([x, Cg @ x[:n]]).tolist() if m else x.tolist()
-        return v if math.isfinite(sum(v)) else None
+    def read(j):
+        """Column ``j`` of the tableau, its constant column and its diagonal (host lists)."""
+        v = torch.cat([S[j], S[-1], S[:-1].diagonal()]).tolist()
+        return v[:N - n], v[N - n:2 * (N - n)], v[2 * (N - n):]
 
-    # the state is kept in Python floats (tiny, updated every step): z, the equality multipliers ν,
-    # the active set W (rows of G, in the order of C's rows) with its multipliers, and g_i·z − h_i
-    v = pre[3 + 2 * (N - n) + N + 1:] if p == 0 else kkt_solve([], N)   # after the pivot
-    if v is None:
-        return None
-    z, nu, rz = v[:n], v[n:n + p], [gz - hv for gz, hv in zip(v[n + p:], h_v)]
+    # the equalities' multipliers enter first (free: they never leave); a vanishing pivot is a
+    # dependent row of A (the interior-point method handles it)
+    for e in range(p):
+        d = float(S[e, e]) if e else diag[0]
+        if not d > dep[e]:
+            return None
+        _pivot(S, e, d)
+    if p:
+        _, cst, diag = read(0)
+    # the state on the host: the constant column (the values at the current vertex: ν, λ_W and the
+    # slacks' negatives w_i = h_i − g_i·z of the other rows) and the active set W (rows of G)
     active: list[int] = []
-    lam_w: list[float] = []
+    # ‖z‖∞ of the violation thresholds: the unconstrained minimiser's in the steps (z is not
+    # formed there), the final solve's after it
+    zmax = pre[-1]
     steps = 1
     max_steps = 4 * (m + p) + n + 11
     for _ in range(3):      # rounds: the loop, then a fresh solve that must confirm it
         while m:
-            ip = most_violated(rz, max(map(abs, z)), active)
+            ip = most_violated([-c for c in cst[p:]], zmax, active)
             if ip < 0:
                 break
+            jp = p + ip
             lam_p = 0.0
             while True:
                 steps += 1
                 if steps > max_steps:
                     return None
-                k = len(active)
-                v = kkt_solve(active, n + p + ip)
-                if v is None:
-                    return None
-                # v = −(dz, dμ, G·dz): the direction for a unit increase of λ_p
-                dz, dmu, gdz = v[:n], v[n:n + p + k], v[n + p + k:]
-                dlam_w = dmu[p:]               # inequality multipliers' rates (equalities: free)
-                # partial step: the first active multiplier to reach zero (ratio λ_j / dλ_j, as −dλ_j)
+                col, cst, diag = read(jp)
+                # the current values: the constant column plus λ_p times column p
+                lam_w = [cst[p + i] + lam_p * col[p + i] for i in active]
+                # partial step: the first active multiplier to reach zero (λ_j + t·col_j = 0, col_j < 0)
                 t1, drop = inf, -1
-                for jj, (lj, dj) in enumerate(zip(lam_w, dlam_w)):
-                    if dj > 0 and lj / dj < t1:
-                        t1, drop = lj / dj, jj
-                # full step: constraint p becomes active (its slack h_p − g_p·z over −g_p·dz)
-                dependent = gdz[ip] <= 1e-12 * c2[p + ip] ** 2 / qscale
-                t2 = inf if dependent else rz[ip] / gdz[ip]
+                for jj, i in enumerate(active):
+                    dj = col[p + i]
+                    if dj < 0 and lam_w[jj] / -dj < t1:
+                        t1, drop = lam_w[jj] / -dj, jj
+                # full step: row p's w_p = cst_p + λ_p·s reaches zero (s = the Schur complement)
+                s = col[jp]
+                dependent = s <= dep[jp]
+                t2 = inf if dependent else -(cst[jp] + lam_p * s) / s
                 if t1 == inf and t2 == inf:
                     return None                # no step reaches p: primal infeasible (IPM certifies)
-                t = min(t1, t2)
-                if not dependent:
-                    z = [a - t * d for a, d in zip(z, dz)]
-                    rz = [a - t * d for a, d in zip(rz, gdz)]
-                nu = [a - t * d for a, d in zip(nu, dmu[:p])]
-                lam_w = [a - t * d for a, d in zip(lam_w, dlam_w)]
-                lam_p += t
                 if t2 <= t1:
+                    _pivot(S, jp, s)
                     active.append(ip)
-                    lam_w.append(lam_p)
+                    # the new constant column: the values at the new vertex (host copy)
+                    lam_p += t2
+                    cst = [c + lam_p * d for c, d in zip(cst, col)]
+                    cst[jp] = lam_p
                     break
+                lam_p += t1
+                j = p + active[drop]
+                if not diag[j] > 0:            # an active block no longer positive definite (rounding)
+                    return None
+                _pivot(S, j, diag[j])
                 del active[drop]
-                del lam_w[drop]
         # the final active set's KKT system solved afresh (the steps' updates accumulate rounding),
         # below float64 refined with float64 residuals (``refine_lu``); its LU factors serve the
         # backward (``kkt_tangent``)
@@ -267,8 +318,13 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
         z, nu, lam_w = v[3 * N:3 * N + n], v[3 * N + n:3 * N + n + p], v[3 * N + n + p:]
         Gz = v[3 * (n + p):3 * N:3]
         rz = [gz - hv for gz, hv in zip(Gz, h_v)]
-        if m and most_violated(rz, max(map(abs, z)), active) >= 0:
-            continue                           # a row the loop's rounding let through: go on from here
+        zmax = max(map(abs, z), default=0.0)
+        if m and most_violated(rz, zmax, active) >= 0:
+            # a row the steps' rounding let through: go on from the fresh values
+            lam_at = dict(zip(active, lam_w))
+            cst = nu + [lam_at[i] if i in lam_at else -r for i, r in enumerate(rz)]
+            S[-1] = _lift(cst, S.dtype, device)
+            continue
         break
     else:
         return None
