@@ -113,23 +113,24 @@ def _kkt_matrix(Q, q, A, b, G, h):
     return torch.cat([torch.cat([Q, C.mT, top[1]], 1), torch.cat([C, C.new_zeros(k, k), r.unsqueeze(1)], 1)], 0)
 
 
-def _dual_tableau(L, C, mq, r):
+def _dual_tableau(L, Cq, r):
     """The dual tableau ``S = [M; w₀ᵀ]`` (transposed) of the rows ``C`` and the unconstrained
     minimiser ``z₀``:
 
     .. math::
 
         z_0 = -Q^{-1} q, \\quad M = C Q^{-1} C^T = H^T H, \\quad H = L^{-1} C^T, \\quad
-        w_0 = r - C z_0,
+        w_0 = r - C z_0 = r + H^T L^{-1} q,
 
     with ``Q = LLᵀ``: ``w = Mμ + w₀`` is the negated constraint residual ``r − Cz`` at
-    ``z = z₀ − Q⁻¹Cᵀμ``, the minimiser of the Lagrangian for the multipliers ``μ``.
+    ``z = z₀ − Q⁻¹Cᵀμ``, the minimiser of the Lagrangian for the multipliers ``μ``. One triangular
+    solve for ``L⁻¹[Cᵀ −q]`` and one product.
 
-    Shape: ``L (n, n)``, ``C (k, n)``, ``mq (n, 1)`` (``−q``), ``r (k, 1)`` → ``S (k + 1, k)``,
-    ``z₀ (n, 1)``."""
-    z0 = torch.cholesky_solve(mq, L)
-    H = torch.linalg.solve_triangular(L, C.mT, upper=False)
-    return torch.cat([H.mT @ H, (r - C @ z0).mT], 0), z0
+    Shape: ``L (n, n)``, ``Cq (n, k + 1)`` (``[Cᵀ −q]``), ``r (k,)`` → ``S (k + 1, k)``, ``z₀ (n, 1)``."""
+    H = torch.linalg.solve_triangular(L, Cq, upper=False)
+    S = H.mT @ H[:, :-1]
+    S[-1].neg_().add_(r)
+    return S, torch.linalg.solve_triangular(L.mT, H[:, -1:], upper=True)
 
 
 def _pivot(S, j: int, d: float):
@@ -198,12 +199,11 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
     # at the unconstrained minimiser z₀ = −Q⁻¹q, stored transposed: S = [M; w(0)ᵀ]
     # (in float64 whatever the dtype: M squares the condition of C)
     if dtype == torch.float64:
-        S, z0 = _dual_tableau(L, C, K[:n, N:], K[n:, N:])
+        S, z0 = _dual_tableau(L, K[:n, n:], K[n:, N])
     else:
-        S, z0 = _dual_tableau(torch.linalg.cholesky(Q1.double()), C.double(), K[:n, N:].double(),
-                              K[n:, N:].double())
+        S, z0 = _dual_tableau(torch.linalg.cholesky(Q1.double()), K[:n, n:].double(), K[n:, N].double())
     parts = [torch.linalg.vector_norm(Q1, float("inf")).reshape(1), info.to(dtype).reshape(1), gmax,
-             torch.linalg.vector_norm(C, 1, -1), torch.linalg.vector_norm(C, 2, -1), K[:, N], pivot,
+             C.abs().sum(-1), C.square().sum(-1), K[:, N], pivot,
              S[-1], S[:-1].diagonal(), torch.linalg.vector_norm(z0, float("inf")).reshape(1)]
     pre = torch.cat(parts).tolist()
     if not math.isfinite(sum(pre)) or pre[1] != 0.0:
@@ -213,7 +213,7 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
         # semidefinite up to rounding: an unbounded direction would come back as a huge "solution"
         # (z ~ 1e15); the interior-point method certifies unboundedness or solves it
         return None
-    c1, c2, rhs = pre[3 + p:3 + p + m], pre[3 + N - n:3 + 2 * (N - n)], pre[3 + 2 * (N - n):3 + 2 * (N - n) + N]
+    c1, c2sq, rhs = pre[3 + p:3 + p + m], pre[3 + N - n:3 + 2 * (N - n)], pre[3 + 2 * (N - n):3 + 2 * (N - n) + N]
     q_v = [-v for v in rhs[:n]]
     b_v, h_v = rhs[n:n + p], rhs[n + p:]
     # a row counts as violated when g_i·z − h_i exceeds the rounding level of its evaluation,
@@ -227,7 +227,7 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
     k0 = 3 + 2 * (N - n) + N + 1
     cst, diag = pre[k0:k0 + N - n], pre[k0 + N - n:k0 + 2 * (N - n)]
     # a pivot below this is a row dependent on the pivoted ones (no step of the dual reaches it)
-    dep = [1e-12 * c * c / qscale for c in c2]
+    dep = [1e-12 * c / qscale for c in c2sq]   # ‖c_i‖₂² / max|Q|
 
     def most_violated(rz, zmax, active):
         ip, viol, act = -1, 0.0, set(active)
