@@ -133,7 +133,7 @@ def _dual_tableau(L, Cq, r):
     return S, torch.linalg.solve_triangular(L.mT, H[:, -1:], upper=True)
 
 
-def _pivot(S, j: int, d: float):
+def _pivot(S, E, j: int, d: float):
     """Principal pivot of the transposed tableau ``S`` on row ``j`` (pivot ``d = S[j, j]``), in
     place: the basic and non-basic variables ``w_j`` and ``μ_j`` exchange places,
 
@@ -143,15 +143,13 @@ def _pivot(S, j: int, d: float):
         T'_{jk} = -\\frac{T_{jk}}{d}, \\quad T'_{jj} = \\frac{1}{d}
 
     (``T = Sᵀ`` with the constant column last, which pivots like any other non-pivot column) — one
-    rank-one update ``T' = T − u vᵀ`` with ``u = T_{:j}/d`` but ``u_j = 1 + 1/d`` and ``v = T_{j:}``
-    but ``v_j = d − 1``. Pivoting on ``j`` again undoes it.
+    rank-one update ``T' = T − u vᵀ/d`` with ``u = T_{:j} + e_j`` and ``v = T_{j:} − e_j``
+    (``E``: the identity, ``(k + 1, k)``, for ``e_j``). Pivoting on ``j`` again undoes it.
 
-    Shape: ``S (k + 1, k)``."""
-    u = S[j] * (1.0 / d)
-    u[j] = 1.0 + 1.0 / d
-    v = S[:, j].clone()
-    v[j] = d - 1.0
-    S.addr_(v, u, alpha=-1.0)
+    Shape: ``S, E (k + 1, k)``."""
+    u = S[j] + E[j]
+    v = S[:, j] - E[:, j]
+    S.addr_(v, u, alpha=-1.0 / d)
 
 
 def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None,
@@ -229,55 +227,61 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
     # a pivot below this is a row dependent on the pivoted ones (no step of the dual reaches it)
     dep = [1e-12 * c / qscale for c in c2sq]   # ‖c_i‖₂² / max|Q|
 
-    def most_violated(rz, zmax, active):
-        ip, viol, act = -1, 0.0, set(active)
-        for i, (ri, th, tg) in enumerate(zip(rz, thr_h, thr_g)):
-            if ri > viol and ri > th + tg * zmax and i not in act:
-                ip, viol = i, ri
-        return ip
+    def any_violated(rz, zmax, active_g):
+        inactive = set(range(m)).difference(active_g)
+        return any(rz[i] > thr_h[i] + thr_g[i] * zmax for i in inactive)
 
     def read(j):
-        """Column ``j`` of the tableau, its constant column and its diagonal (host lists)."""
-        v = torch.cat([S[j], S[-1], S[:-1].diagonal()]).tolist()
-        return v[:N - n], v[N - n:2 * (N - n)], v[2 * (N - n):]
+        """Column ``j`` of the tableau and its constant column (host lists)."""
+        v = torch.cat([S[j], S[-1]]).tolist()
+        return v[:N - n], v[N - n:]
 
+    E = torch.eye(N - n + 1, N - n, dtype=S.dtype, device=device)
     # the equalities' multipliers enter first (free: they never leave); a vanishing pivot is a
     # dependent row of A (the interior-point method handles it)
     for e in range(p):
         d = float(S[e, e]) if e else diag[0]
         if not d > dep[e]:
             return None
-        _pivot(S, e, d)
+        _pivot(S, E, e, d)
     if p:
-        _, cst, diag = read(0)
-    # the state on the host: the constant column (the values at the current vertex: ν, λ_W and the
-    # slacks' negatives w_i = h_i − g_i·z of the other rows) and the active set W (rows of G)
+        cst = S[-1].tolist()
+    # the state on the host: the constant column ``cst`` (the values at the current vertex: ν,
+    # λ_W and the slacks' negatives w_i = h_i − g_i·z of the other rows), and the active set W
+    # (rows of the tableau, p + i for row i of G)
     active: list[int] = []
+    act: set[int] = set()
     # ‖z‖∞ of the violation thresholds: the unconstrained minimiser's in the steps (z is not
     # formed there), the final solve's after it
     zmax = pre[-1]
     steps = 1
     max_steps = 4 * (m + p) + n + 11
     for _ in range(3):      # rounds: the loop, then a fresh solve that must confirm it
+        # w_i < −threshold_i: row i violated (most_violated's test, negated)
+        nthr = [-(th + tg * zmax) for th, tg in zip(thr_h, thr_g)]
         while m:
-            ip = most_violated([-c for c in cst[p:]], zmax, active)
-            if ip < 0:
+            # the most violated row p (the most negative w_p beyond its threshold)
+            jp, wmin = -1, 0.0
+            for i, (c, t) in enumerate(zip(cst[p:], nthr)):
+                if c < wmin and c < t and p + i not in act:
+                    jp, wmin = p + i, c
+            if jp < 0:
                 break
-            jp = p + ip
             lam_p = 0.0
             while True:
                 steps += 1
                 if steps > max_steps:
                     return None
-                col, cst, diag = read(jp)
-                # the current values: the constant column plus λ_p times column p
-                lam_w = [cst[p + i] + lam_p * col[p + i] for i in active]
-                # partial step: the first active multiplier to reach zero (λ_j + t·col_j = 0, col_j < 0)
+                col, cst = read(jp)
+                # partial step: the first active multiplier λ_j + (λ_p + t)·col_j (col_j < 0) to
+                # reach zero
                 t1, drop = inf, -1
-                for jj, i in enumerate(active):
-                    dj = col[p + i]
-                    if dj < 0 and lam_w[jj] / -dj < t1:
-                        t1, drop = lam_w[jj] / -dj, jj
+                for jj, j in enumerate(active):
+                    dj = col[j]
+                    if dj < 0:
+                        tj = (cst[j] + lam_p * dj) / -dj
+                        if tj < t1:
+                            t1, drop = tj, jj
                 # full step: row p's w_p = cst_p + λ_p·s reaches zero (s = the Schur complement)
                 s = col[jp]
                 dependent = s <= dep[jp]
@@ -285,30 +289,34 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
                 if t1 == inf and t2 == inf:
                     return None                # no step reaches p: primal infeasible (IPM certifies)
                 if t2 <= t1:
-                    _pivot(S, jp, s)
-                    active.append(ip)
+                    _pivot(S, E, jp, s)
+                    active.append(jp)
+                    act.add(jp)
                     # the new constant column: the values at the new vertex (host copy)
                     lam_p += t2
                     cst = [c + lam_p * d for c, d in zip(cst, col)]
                     cst[jp] = lam_p
                     break
                 lam_p += t1
-                j = p + active[drop]
-                if not diag[j] > 0:            # an active block no longer positive definite (rounding)
+                j = active[drop]
+                d = float(S[j, j])
+                if not d > 0:                  # an active block no longer positive definite (rounding)
                     return None
-                _pivot(S, j, diag[j])
+                _pivot(S, E, j, d)
                 del active[drop]
+                act.discard(j)
+        active_g = [j - p for j in active]
         # the final active set's KKT system solved afresh (the steps' updates accumulate rounding),
         # below float64 refined with float64 residuals (``refine_lu``); its LU factors serve the
         # backward (``kkt_tangent``)
-        ix = _lift(base + [n + p + i for i in active] + [N], torch.int64, device)
+        ix = _lift(base + [n + p + i for i in active_g] + [N], torch.int64, device)
         Kw = K.index_select(0, ix[:-1]).index_select(1, ix)
         Kk, rhs_w = Kw[:, :-1], Kw[:, -1:]
         LU, piv, _ = torch.linalg.lu_factor_ex(Kk)
         x = refine_lu(LU, piv, Kk, rhs_w, torch.linalg.lu_solve(LU, piv, rhs_w))
         # [Qz, Aᵀν, G_Wᵀλ_W; Az, 0, 0; Gz, 0, 0] in one product: x spread over three columns
         cols = [3 * i for i in range(n)] + [3 * i + 1 for i in range(n, n + p)] + \
-            [3 * (n + p + i) + 2 for i in active]
+            [3 * (n + p + i) + 2 for i in active_g]
         X = x.new_zeros(3 * N).index_copy_(0, _lift(cols, torch.int64, device), x.view(-1)).view(N, 3)
         # the residuals of the SOLVED contract are judged in float64
         Y = K[:, :N] @ X if dtype == torch.float64 else K[:, :N].double() @ X.double()
@@ -319,9 +327,9 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
         Gz = v[3 * (n + p):3 * N:3]
         rz = [gz - hv for gz, hv in zip(Gz, h_v)]
         zmax = max(map(abs, z), default=0.0)
-        if m and most_violated(rz, zmax, active) >= 0:
+        if m and any_violated(rz, zmax, active_g):
             # a row the steps' rounding let through: go on from the fresh values
-            lam_at = dict(zip(active, lam_w))
+            lam_at = dict(zip(active_g, lam_w))
             cst = nu + [lam_at[i] if i in lam_at else -r for i, r in enumerate(rz)]
             S[-1] = _lift(cst, S.dtype, device)
             continue
@@ -338,7 +346,7 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
     dres = ninf(rd)
     dscale = max(ninf(Qz), ninf(q_v), ninf(Gtl), ninf(Atn))
     lam = [0.0] * m
-    for i, l in zip(active, lam_w):
+    for i, l in zip(active_g, lam_w):
         lam[i] = max(l, 0.0)
     s = [max(-r, 0.0) for r in rz]
     zQz, qz = sum(a * c for a, c in zip(z, Qz)), sum(a * c for a, c in zip(z, q_v))
@@ -369,11 +377,12 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
         if not (pres <= ea + er * pscale + r_ * ap and dres <= ea + er * dscale + r_ * ad
                 and gap <= ea + er * gscale + r_ * ag):
             return None
-    if active and not min(lam_w) + _strict(dtype) * (1 + ninf(lam_w)) >= 0:
+    if active_g and not min(lam_w) + _strict(dtype) * (1 + ninf(lam_w)) >= 0:
         return None
     out = _lift(s + lam + [pres, dres, gap], dtype, device).view(1, -1)
-    ints = _lift([int(Status.SOLVED), steps] + active, torch.int64, device).view(1, -1)
-    flags = _lift([i in active for i in range(m)] + [True], torch.bool, device).view(1, -1)
+    ints = _lift([int(Status.SOLVED), steps] + active_g, torch.int64, device).view(1, -1)
+    act_g = set(active_g)
+    flags = _lift([i in act_g for i in range(m)] + [True], torch.bool, device).view(1, -1)
     cache = {"s": out[:, :m], "polished": flags[0, m:],
              "kkt_lu": LU.unsqueeze(0), "kkt_piv": piv.unsqueeze(0), "kkt_idx": ints[:, 2:]}
     if dtype != torch.float64:
@@ -389,7 +398,7 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
         tau = (options.active_tol if options is not None else None) or torch.finfo(dtype).eps ** 0.5
         lam_nat = max(ninf(Qz), ninf(q_v)) / max(gmax, torch.finfo(dtype).tiny)
         lam_thr, s_thr = 1.001 * tau * (min(1.0, lam_nat) + ninf(lam)), 1.001 * tau * (1 + ninf(h_v))
-        if all(lam[i] > lam_thr if i in active else s[i] > s_thr for i in range(m)):
+        if all(lam[i] > lam_thr if i in act_g else s[i] > s_thr for i in range(m)):
             cache["act_strict"] = cache["act"]
     return Solution(z=x[:n].view(1, n), duals={"lam": out[:, m:2 * m], "nu": x[n:n + p].view(1, p)},
                     status=ints[:, 0], iterations=ints[:, 1],
