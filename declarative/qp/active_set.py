@@ -3,37 +3,50 @@
     minimize_z  ½ zᵀQz + qᵀz   subject to   Gz ≤ h,  Az = b,   Q ≻ 0
 
 At batch size 1 the interior-point method's cost is per-operation overhead (~100 torch operations an
-iteration, then the polish), not arithmetic. The dual active-set method needs a handful of small
-dense solves instead, and it ends on the exact active-set solution, with nothing to polish.
+iteration, then the polish), not arithmetic. The dual active-set method needs a few small
+operations a step instead, and it ends on the exact active-set solution, with nothing to polish.
 
-It starts from the equality-constrained minimiser (dual feasible: no inequality multiplier) and
-repeatedly adds the most violated inequality ``p``, raising its multiplier ``t ≥ 0`` along
+It starts from the unconstrained minimiser (dual feasible: no multiplier), brings in the
+equalities, and repeatedly adds the most violated inequality ``p``, raising its multiplier
+``t ≥ 0`` — the step ``t`` being the smaller of the full step (constraint ``p`` becomes active and
+joins W) and the partial step at which an active multiplier reaches zero (that constraint leaves
+W, and the step on ``p`` continues). Each full step strictly increases the dual objective, so no
+active set repeats: the method ends after finitely many steps on the optimum, or on a
+certificate of primal infeasibility (a violated constraint that no step can reach).
 
-    [Q  Cᵀ] [dz]   [−g_p]
-    [C  0 ] [dμ] = [ 0  ],      C = [A; G_W]  (equalities and the active set W),
+The steps run on the dual: with ``C = [A; G]``, ``r = [b; h]`` and multipliers ``μ``, the
+Lagrangian's minimiser is ``z(μ) = z₀ − Q⁻¹Cᵀμ`` (``z₀ = −Q⁻¹q``), where the negated residuals
+are affine in ``μ``,
 
-the step ``t`` being the smaller of the full step (constraint ``p`` becomes active and joins W) and
-the partial step at which an active multiplier reaches zero (that constraint leaves W, and the
-step on ``p`` continues). Each full step strictly increases the dual objective, so no active set
-repeats: the method ends after finitely many steps on the optimum, or on a certificate of primal
-infeasibility (a violated constraint that no step can reach).
+.. math::
 
-At this size each torch operation costs microseconds of dispatch whatever its arithmetic, so the
-method is written for few of them: ``K = [Q Cᵀ −q; C 0 r]`` (``C = [A; G]``, ``r = [b; h]``) is
-formed once, and a step is one principal submatrix of it (two ``index_select``), one dense solve
-and one host transfer of the solution with ``G·dz``; the iterate (``z``, the multipliers,
-``g_i·z − h_i``) is updated on the host in Python floats. The final active set's system is then
-solved afresh and its residuals computed from one product ``K [z ν λ]``; a row that the host
-updates' rounding let through is found there, and the steps go on from the fresh solution.
+    w = r - C z(\\mu) = M \\mu + w_0, \\qquad M = C Q^{-1} C^T, \\quad w_0 = r - C z_0 .
+
+The active rows are held at ``w_W = 0``; the tableau ``T`` gives the basic variables (``μ_W`` and
+``w`` of the other rows) in terms of the non-basic ones (``w_W`` and ``μ`` of the other rows), with
+the values at the current vertex as its last column. It starts as ``[M w₀]`` (one Cholesky
+factorisation of ``Q``, one triangular solve and one product), and a change of the active set is a
+principal pivot — one rank-one update of ``T`` (``_pivot``). Column ``p`` of ``T`` holds a step's
+directions: ``T_{Wp} = −M_WW⁻¹M_Wp`` the active multipliers' rates, ``T_{pp}`` the Schur complement
+``g_pᵀ(Q⁻¹ − …)g_p`` (zero: ``p`` depends on the active rows, only partial steps reach it) and
+``T_{ip}`` the other rows' rates. A step is one transfer of that column, the values and the
+diagonal to the host, the ratio test there in Python floats, and one pivot. The tableau is kept in
+float64 whatever the dtype (``M`` squares the condition of ``C``).
+
+The final active set's KKT system is then solved afresh (an LU factorisation of
+``[Q C_Wᵀ; C_W 0]``, kept for the backward) and its residuals computed from one product
+``K [z ν λ]``; a row that the pivots' rounding let through is found there, and the steps go on
+from the fresh solution.
 
 D. Goldfarb and A. Idnani, "A numerically stable dual method for solving strictly convex quadratic
-programs", Math. Programming 27, 1983 (here with a fresh dense solve per step, fine for tiny
-problems, instead of their factorisation updates).
+programs", Math. Programming 27, 1983 (the dual method; here on an explicit tableau, fine for tiny
+problems, instead of their factorisation updates). Principal pivoting: R. W. Cottle, J.-S. Pang,
+R. E. Stone, "The Linear Complementarity Problem", 1992, §4.1.
 
 The result is accepted only if it passes the same strict test as the polish (primal feasible and
 multipliers non-negative to ``1e3·eps`` of the data scale) and the solver's tolerances; otherwise
-— and for anything outside this method's scope (``Q`` not positive definite, singular equality
-blocks, infeasibility, the step limit) — ``solve_qp_active_set`` returns None and the caller runs
+— and for anything outside this method's scope (``Q`` not positive definite, dependent equality
+rows, infeasibility, the step limit) — ``solve_qp_active_set`` returns None and the caller runs
 the interior-point method, whose statuses and certificates then apply.
 """
 
@@ -199,7 +212,9 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
     if dtype == torch.float64:
         S, z0 = _dual_tableau(L, K[:n, n:], K[n:, N])
     else:
-        S, z0 = _dual_tableau(torch.linalg.cholesky(Q1.double()), K[:n, n:].double(), K[n:, N].double())
+        L64, info64 = torch.linalg.cholesky_ex(Q1.double())
+        info = info + info64                   # either factorisation failing: not this method's
+        S, z0 = _dual_tableau(L64, K[:n, n:].double(), K[n:, N].double())
     parts = [torch.linalg.vector_norm(Q1, float("inf")).reshape(1), info.to(dtype).reshape(1), gmax,
              C.abs().sum(-1), C.square().sum(-1), K[:, N], pivot,
              S[-1], S[:-1].diagonal(), torch.linalg.vector_norm(z0, float("inf")).reshape(1)]
@@ -231,10 +246,13 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
         inactive = set(range(m)).difference(active_g)
         return any(rz[i] > thr_h[i] + thr_g[i] * zmax for i in inactive)
 
+    diag_view = S[:-1].diagonal()
+
     def read(j):
-        """Column ``j`` of the tableau and its constant column (host lists)."""
-        v = torch.cat([S[j], S[-1]]).tolist()
-        return v[:N - n], v[N - n:]
+        """Column ``j`` of the tableau, its constant column and its diagonal (host lists: one
+        transfer a step)."""
+        v = torch.cat([S[j], S[-1], diag_view]).tolist()
+        return v[:N - n], v[N - n:2 * (N - n)], v[2 * (N - n):]
 
     E = torch.eye(N - n + 1, N - n, dtype=S.dtype, device=device)
     # the equalities' multipliers enter first (free: they never leave); a vanishing pivot is a
@@ -272,7 +290,7 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
                 steps += 1
                 if steps > max_steps:
                     return None
-                col, cst = read(jp)
+                col, cst, diag = read(jp)
                 # partial step: the first active multiplier λ_j + (λ_p + t)·col_j (col_j < 0) to
                 # reach zero
                 t1, drop = inf, -1
@@ -299,7 +317,7 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
                     break
                 lam_p += t1
                 j = active[drop]
-                d = float(S[j, j])
+                d = diag[j]
                 if not d > 0:                  # an active block no longer positive definite (rounding)
                     return None
                 _pivot(S, E, j, d)
