@@ -333,16 +333,16 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
         LU, piv, _ = torch.linalg.lu_factor_ex(Kk)
         x = refine_lu(LU, piv, Kk, rhs_w, torch.linalg.lu_solve(LU, piv, rhs_w))
         # [Qz, Aᵀν, G_Wᵀλ_W; Az, 0, 0; Gz, 0, 0] in one product: x spread over three columns
-        cols = [3 * i for i in range(n)] + [3 * i + 1 for i in range(n, n + p)] + \
-            [3 * (n + p + i) + 2 for i in active_g]
-        X = x.new_zeros(3 * N).index_copy_(0, _lift(cols, torch.int64, device), x.view(-1)).view(N, 3)
+        # (as rows: X K[:, :N]ᵀ, the (3, N) @ (N, N) layout, is the fast one for BLAS)
+        cols = list(range(n)) + [N + i for i in range(n, n + p)] + [2 * N + n + p + i for i in active_g]
+        X = x.new_zeros(3 * N).index_copy_(0, _lift(cols, torch.int64, device), x.view(-1)).view(3, N)
         # the residuals of the SOLVED contract are judged in float64
-        Y = K[:, :N] @ X if dtype == torch.float64 else K[:, :N].double() @ X.double()
+        Y = X @ K[:, :N].mT if dtype == torch.float64 else X.double() @ K[:, :N].double().mT
         v = torch.cat([Y.view(-1), x.view(-1)]).tolist()
         if not math.isfinite(sum(v)):          # a singular final system
             return None
         z, nu, lam_w = v[3 * N:3 * N + n], v[3 * N + n:3 * N + n + p], v[3 * N + n + p:]
-        Gz = v[3 * (n + p):3 * N:3]
+        Gz = v[n + p:N]
         rz = [gz - hv for gz, hv in zip(Gz, h_v)]
         zmax = max(map(abs, z), default=0.0)
         if m and any_violated(rz, zmax, active_g):
@@ -357,8 +357,8 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
     # the SOLVED contract of ``QPOptions`` on the data as given (``residuals.qp_residuals``'
     # definitions, in float64; those of the solve's multipliers: the returned λ is clamped at 0, a
     # change below 1e3·eps of its scale)
-    Qz, Az = v[0:3 * n:3], v[3 * n:3 * (n + p):3]
-    Atn, Gtl = v[1:3 * n:3], v[2:3 * n:3]
+    Qz, Az = v[0:n], v[n:n + p]
+    Atn, Gtl = v[N:N + n], v[2 * N:2 * N + n]
     rd = [a + c + d + e for a, c, d, e in zip(Qz, q_v, Atn, Gtl)]
     ninf = lambda xs: max(map(abs, xs), default=0.0)   # noqa: E731
     dres = ninf(rd)
@@ -383,9 +383,9 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
         # the same products with every term in absolute value
         Xa = X.abs() if dtype == torch.float64 else X.double().abs()
         Ka = K[:, :N].abs() if dtype == torch.float64 else K[:, :N].double().abs()
-        w_ = (Ka @ Xa).view(-1).tolist()
-        aQz, aAtn, aGtl = w_[0:3 * n:3], w_[1:3 * n:3], w_[2:3 * n:3]
-        aAz, aGz = w_[3 * n:3 * (n + p):3], w_[3 * (n + p):3 * N:3]
+        w_ = (Xa @ Ka.mT).view(-1).tolist()
+        aQz, aAtn, aGtl = w_[0:n], w_[N:N + n], w_[2 * N:2 * N + n]
+        aAz, aGz = w_[n:n + p], w_[n + p:N]
         az = [abs(a) for a in z]
         ad = max((a + abs(c) + d + e for a, c, d, e in zip(aQz, q_v, aAtn, aGtl)), default=0.0)
         ag = sum(a * c for a, c in zip(az, aQz)) + sum(abs(a) * c for a, c in zip(q_v, az)) + \
