@@ -277,10 +277,14 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
     for _ in range(3):      # rounds: the loop, then a fresh solve that must confirm it
         # w_i < −threshold_i: row i violated (most_violated's test, negated)
         nthr = [-(th + tg * zmax) for th, tg in zip(thr_h, thr_g)]
+        # the values at the vertex: cst + lam_p·col after a full step (the host's copy, read
+        # afresh at the next step), cst alone at the start of a round
+        col, lam_p = [0.0] * len(cst), 0.0
         while m:
             # the most violated row p (the most negative w_p beyond its threshold)
             jp, wmin = -1, 0.0
-            for i, (c, t) in enumerate(zip(cst[p:], nthr)):
+            for i, (c, d, t) in enumerate(zip(cst[p:], col[p:], nthr)):
+                c += lam_p * d
                 if c < wmin and c < t and p + i not in act:
                     jp, wmin = p + i, c
             if jp < 0:
@@ -310,10 +314,7 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
                     _pivot(S, E, jp, s)
                     active.append(jp)
                     act.add(jp)
-                    # the new constant column: the values at the new vertex (host copy)
                     lam_p += t2
-                    cst = [c + lam_p * d for c, d in zip(cst, col)]
-                    cst[jp] = lam_p
                     break
                 lam_p += t1
                 j = active[drop]
