@@ -197,10 +197,10 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
     C = K[n:, :n]
     Cg = C[p:]                                 # G
     # one host sync for the scalars the steps compare against: max|Q| and the Cholesky info of Q
-    # (positive definite: the unconstrained minimiser exists), ‖c_i‖₁ and ‖c_i‖₂ of the rows of
-    # C = [A; G], and the right-hand sides (−q, b, h); any non-finite datum makes one of them
-    # non-finite (the interior-point method flags it). Without equalities the starting point,
-    # the unconstrained minimiser −Q⁻¹q, and its G·z come with them (by that Cholesky factor).
+    # (positive definite: the unconstrained minimiser exists), ‖c_i‖₁ and ‖c_i‖₂² of the rows of
+    # C = [A; G], the right-hand sides (−q, b, h), and the dual tableau's starting values and
+    # diagonal; any non-finite datum makes one of them non-finite (the interior-point method
+    # flags it).
     L, info = torch.linalg.cholesky_ex(Q1)
     gmax = torch.linalg.vector_norm(Cg, float("inf")).reshape(1) if m else info.new_zeros(1, dtype=dtype)
     # info: 0 when the Cholesky factorisation ran through; its smallest pivot tells a definite Q
