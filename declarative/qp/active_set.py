@@ -246,12 +246,12 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
         inactive = set(range(m)).difference(active_g)
         return any(rz[i] > thr_h[i] + thr_g[i] * zmax for i in inactive)
 
-    diag_view = S[:-1].diagonal()
+    diag_view, last = S[:-1].diagonal(), S[-1]
 
     def read(j):
         """Column ``j`` of the tableau, its constant column and its diagonal (host lists: one
         transfer a step)."""
-        v = torch.cat([S[j], S[-1], diag_view]).tolist()
+        v = torch.cat([S[j], last, diag_view]).tolist()
         return v[:N - n], v[N - n:2 * (N - n)], v[2 * (N - n):]
 
     E = torch.eye(N - n + 1, N - n, dtype=S.dtype, device=device)
