@@ -53,6 +53,7 @@ the interior-point method, whose statuses and certificates then apply.
 from __future__ import annotations
 
 import math
+import operator
 from array import array
 
 import torch
@@ -193,6 +194,7 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
     p = 0 if A1 is None else A1.shape[0]
     N = n + p + m
     dtype, device = Q1.dtype, Q1.device
+    on_cpu = device.type == "cpu"
     K = _kkt_matrix(Q1, q1, A1, b1, G1, h1)
     C = K[n:, :n]
     Cg = C[p:]                                 # G
@@ -250,7 +252,10 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
 
     def read(j):
         """Column ``j`` of the tableau, its constant column and its diagonal (host lists: one
-        transfer a step)."""
+        transfer a step); on the CPU, where a transfer is a copy, the first two alone (no
+        concatenation; the diagonal is None, its entries are read when a pivot needs them)."""
+        if on_cpu:
+            return S[j].tolist(), last.tolist(), None
         v = torch.cat([S[j], last, diag_view]).tolist()
         return v[:N - n], v[N - n:2 * (N - n)], v[2 * (N - n):]
 
@@ -281,14 +286,21 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
         # afresh at the next step), cst alone at the start of a round
         col, lam_p = [0.0] * len(cst), 0.0
         while m:
-            # the most violated row p (the most negative w_p beyond its threshold)
-            jp, wmin = -1, 0.0
-            for i, (c, d, t) in enumerate(zip(cst[p:], col[p:], nthr)):
-                c += lam_p * d
-                if c < wmin and c < t and p + i not in act:
-                    jp, wmin = p + i, c
-            if jp < 0:
+            # the most violated row p (the most negative w_p beyond its threshold): the smallest
+            # w_i of all rows (builtins' loops) when it qualifies, else a pass over the rows
+            w = list(map(operator.add, cst[p:], map(lam_p.__mul__, col[p:])))
+            i = min(range(m), key=w.__getitem__)
+            if w[i] >= 0.0:                    # (thresholds are ≥ 0: nothing violated)
                 break
+            if w[i] < nthr[i] and p + i not in act:
+                jp = p + i
+            else:
+                jp, wmin = -1, 0.0
+                for i, (c, t) in enumerate(zip(w, nthr)):
+                    if c < wmin and c < t and p + i not in act:
+                        jp, wmin = p + i, c
+                if jp < 0:
+                    break
             lam_p = 0.0
             while True:
                 steps += 1
@@ -318,7 +330,7 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
                     break
                 lam_p += t1
                 j = active[drop]
-                d = diag[j]
+                d = diag[j] if diag is not None else S[j, j].item()
                 if not d > 0:                  # an active block no longer positive definite (rounding)
                     return None
                 _pivot(S, E, j, d)
