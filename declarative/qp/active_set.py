@@ -112,6 +112,15 @@ def refine_lu(LU, piv, K, rhs, x, steps: int = 2):
     return x
 
 
+def _split(values: list, sizes: list[int]) -> list[list]:
+    """``values`` cut into consecutive pieces of the given sizes."""
+    out, k = [], 0
+    for size in sizes:
+        out.append(values[k:k + size])
+        k += size
+    return out
+
+
 def _kkt_matrix(Q, q, A, b, G, h):
     """``[Q Cᵀ −q; C 0 r]`` with ``C = [A; G]`` and ``r = [b; h]`` (absent blocks left out): the
     KKT matrix of every row with the right-hand sides as a last column — the system of an active
@@ -205,9 +214,6 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
     # flags it).
     L, info = torch.linalg.cholesky_ex(Q1)
     gmax = torch.linalg.vector_norm(Cg, float("inf")).reshape(1) if m else info.new_zeros(1, dtype=dtype)
-    # info: 0 when the Cholesky factorisation ran through; its smallest pivot tells a definite Q
-    # from one that is only semidefinite up to rounding (a pivot² at the rounding level of Q)
-    pivot = L.diagonal().abs().amin().reshape(1) if n else info.new_ones(1, dtype=dtype)
     # the dual tableau (module docstring): M = C Q⁻¹ Cᵀ = HᵀH with H = L⁻¹Cᵀ, and w(0) = r − C z₀
     # at the unconstrained minimiser z₀ = −Q⁻¹q, stored transposed: S = [M; w(0)ᵀ]
     # (in float64 whatever the dtype: M squares the condition of C)
@@ -218,17 +224,20 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
         info = info + info64                   # either factorisation failing: not this method's
         S, z0 = _dual_tableau(L64, K[:n, n:].double(), K[n:, N].double())
     parts = [torch.linalg.vector_norm(Q1, float("inf")).reshape(1), info.to(dtype).reshape(1), gmax,
-             C.abs().sum(-1), C.square().sum(-1), K[:, N], pivot,
-             S[-1], S[:-1].diagonal(), torch.linalg.vector_norm(z0, float("inf")).reshape(1)]
+             C.abs().sum(-1), C.square().sum(-1), K[:, N], L.diagonal(), S[-1], S[:-1].diagonal(),
+             z0.view(-1)]
     pre = torch.cat(parts).tolist()
     if not math.isfinite(sum(pre)) or pre[1] != 0.0:
         return None
     qscale, gmax = max(pre[0], torch.finfo(dtype).tiny), pre[2]
-    if pre[3 + 2 * (N - n) + N] ** 2 <= 100 * n * torch.finfo(dtype).eps * qscale:
+    c1, c2sq, rhs, ldiag, cst, diag, z0_v = _split(pre[3:], [N - n, N - n, N, n, N - n, N - n, n])
+    # info: 0 when the Cholesky factorisation ran through; its smallest pivot tells a definite Q
+    # from one that is only semidefinite up to rounding (a pivot² at the rounding level of Q)
+    if min(map(abs, ldiag), default=1.0) ** 2 <= 100 * n * torch.finfo(dtype).eps * qscale:
         # semidefinite up to rounding: an unbounded direction would come back as a huge "solution"
         # (z ~ 1e15); the interior-point method certifies unboundedness or solves it
         return None
-    c1, c2sq, rhs = pre[3 + p:3 + p + m], pre[3 + N - n:3 + 2 * (N - n)], pre[3 + 2 * (N - n):3 + 2 * (N - n) + N]
+    c1 = c1[p:]                                # ‖g_i‖₁ (the rows of G)
     q_v = [-v for v in rhs[:n]]
     b_v, h_v = rhs[n:n + p], rhs[n + p:]
     # a row counts as violated when g_i·z − h_i exceeds the rounding level of its evaluation,
@@ -239,8 +248,6 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
     thr_g = [reps * v for v in c1]
     base = list(range(n + p))
     inf = float("inf")
-    k0 = 3 + 2 * (N - n) + N + 1
-    cst, diag = pre[k0:k0 + N - n], pre[k0 + N - n:k0 + 2 * (N - n)]
     # a pivot below this is a row dependent on the pivoted ones (no step of the dual reaches it)
     dep = [1e-12 * c / qscale for c in c2sq]   # ‖c_i‖₂² / max|Q|
 
@@ -276,7 +283,7 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
     act: set[int] = set()
     # ‖z‖∞ of the violation thresholds: the unconstrained minimiser's in the steps (z is not
     # formed there), the final solve's after it
-    zmax = pre[-1]
+    zmax = max(map(abs, z0_v), default=0.0)
     steps = 1
     max_steps = 4 * (m + p) + n + 11
     for _ in range(3):      # rounds: the loop, then a fresh solve that must confirm it
