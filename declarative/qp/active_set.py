@@ -30,7 +30,8 @@ principal pivot — one rank-one update of ``T`` (``_pivot``). Column ``p`` of `
 directions: ``T_{Wp} = −M_WW⁻¹M_Wp`` the active multipliers' rates, ``T_{pp}`` the Schur complement
 ``g_pᵀ(Q⁻¹ − …)g_p`` (zero: ``p`` depends on the active rows, only partial steps reach it) and
 ``T_{ip}`` the other rows' rates. A step is one transfer of that column, the values and the
-diagonal to the host, the ratio test there in Python floats, and one pivot. The tableau is kept in
+diagonal to the host (on the CPU the first two, unconcatenated), the ratio test there in Python
+floats, and one pivot. The tableau is kept in
 float64 whatever the dtype (``M`` squares the condition of ``C``).
 
 The final active set's KKT system is then solved afresh (an LU factorisation of
