@@ -3,43 +3,58 @@
     minimize_z  ½ zᵀQz + qᵀz   subject to   Gz ≤ h,  Az = b,   Q ≻ 0
 
 At batch size 1 the interior-point method's cost is per-operation overhead (~100 torch operations an
-iteration, then the polish), not arithmetic. The dual active-set method needs a handful of small
-dense solves instead, and it ends on the exact active-set solution, with nothing to polish.
+iteration, then the polish), not arithmetic. The dual active-set method needs a few small
+operations a step instead, and it ends on the exact active-set solution, with nothing to polish.
 
-It starts from the equality-constrained minimiser (dual feasible: no inequality multiplier) and
-repeatedly adds the most violated inequality ``p``, raising its multiplier ``t ≥ 0`` along
+It starts from the unconstrained minimiser (dual feasible: no multiplier), brings in the
+equalities, and repeatedly adds the most violated inequality ``p``, raising its multiplier
+``t ≥ 0`` — the step ``t`` being the smaller of the full step (constraint ``p`` becomes active and
+joins W) and the partial step at which an active multiplier reaches zero (that constraint leaves
+W, and the step on ``p`` continues). Each full step strictly increases the dual objective, so no
+active set repeats: the method ends after finitely many steps on the optimum, or on a
+certificate of primal infeasibility (a violated constraint that no step can reach).
 
-    [Q  Cᵀ] [dz]   [−g_p]
-    [C  0 ] [dμ] = [ 0  ],      C = [A; G_W]  (equalities and the active set W),
+The steps run on the dual: with ``C = [A; G]``, ``r = [b; h]`` and multipliers ``μ``, the
+Lagrangian's minimiser is ``z(μ) = z₀ − Q⁻¹Cᵀμ`` (``z₀ = −Q⁻¹q``), where the negated residuals
+are affine in ``μ``,
 
-the step ``t`` being the smaller of the full step (constraint ``p`` becomes active and joins W) and
-the partial step at which an active multiplier reaches zero (that constraint leaves W, and the
-step on ``p`` continues). Each full step strictly increases the dual objective, so no active set
-repeats: the method ends after finitely many steps on the optimum, or on a certificate of primal
-infeasibility (a violated constraint that no step can reach).
+.. math::
 
-At this size each torch operation costs microseconds of dispatch whatever its arithmetic, so the
-method is written for few of them: ``K = [Q Cᵀ −q; C 0 r]`` (``C = [A; G]``, ``r = [b; h]``) is
-formed once, and a step is one principal submatrix of it (two ``index_select``), one dense solve
-and one host transfer of the solution with ``G·dz``; the iterate (``z``, the multipliers,
-``g_i·z − h_i``) is updated on the host in Python floats. The final active set's system is then
-solved afresh and its residuals computed from one product ``K [z ν λ]``; a row that the host
-updates' rounding let through is found there, and the steps go on from the fresh solution.
+    w = r - C z(\\mu) = M \\mu + w_0, \\qquad M = C Q^{-1} C^T, \\quad w_0 = r - C z_0 .
+
+The active rows are held at ``w_W = 0``; the tableau ``T`` gives the basic variables (``μ_W`` and
+``w`` of the other rows) in terms of the non-basic ones (``w_W`` and ``μ`` of the other rows), with
+the values at the current vertex as its last column. It starts as ``[M w₀]`` (one Cholesky
+factorisation of ``Q``, one triangular solve and one product), and a change of the active set is a
+principal pivot — one rank-one update of ``T`` (``_pivot``). Column ``p`` of ``T`` holds a step's
+directions: ``T_{Wp} = −M_WW⁻¹M_Wp`` the active multipliers' rates, ``T_{pp}`` the Schur complement
+``g_pᵀ(Q⁻¹ − …)g_p`` (zero: ``p`` depends on the active rows, only partial steps reach it) and
+``T_{ip}`` the other rows' rates. A step is one transfer of that column, the values and the
+diagonal to the host (on the CPU the first two, unconcatenated), the ratio test there in Python
+floats, and one pivot. The tableau is kept in
+float64 whatever the dtype (``M`` squares the condition of ``C``).
+
+The final active set's KKT system is then solved afresh (an LU factorisation of
+``[Q C_Wᵀ; C_W 0]``, kept for the backward) and its residuals computed from one product
+``K [z ν λ]``; a row that the pivots' rounding let through is found there, and the steps go on
+from the fresh solution.
 
 D. Goldfarb and A. Idnani, "A numerically stable dual method for solving strictly convex quadratic
-programs", Math. Programming 27, 1983 (here with a fresh dense solve per step, fine for tiny
-problems, instead of their factorisation updates).
+programs", Math. Programming 27, 1983 (the dual method; here on an explicit tableau, fine for tiny
+problems, instead of their factorisation updates). Principal pivoting: R. W. Cottle, J.-S. Pang,
+R. E. Stone, "The Linear Complementarity Problem", 1992, §4.1.
 
 The result is accepted only if it passes the same strict test as the polish (primal feasible and
 multipliers non-negative to ``1e3·eps`` of the data scale) and the solver's tolerances; otherwise
-— and for anything outside this method's scope (``Q`` not positive definite, singular equality
-blocks, infeasibility, the step limit) — ``solve_qp_active_set`` returns None and the caller runs
+— and for anything outside this method's scope (``Q`` not positive definite, dependent equality
+rows, infeasibility, the step limit) — ``solve_qp_active_set`` returns None and the caller runs
 the interior-point method, whose statuses and certificates then apply.
 """
 
 from __future__ import annotations
 
 import math
+import operator
 from array import array
 
 import torch
@@ -98,6 +113,15 @@ def refine_lu(LU, piv, K, rhs, x, steps: int = 2):
     return x
 
 
+def _split(values: list, sizes: list[int]) -> list[list]:
+    """``values`` cut into consecutive pieces of the given sizes."""
+    out, k = [], 0
+    for size in sizes:
+        out.append(values[k:k + size])
+        k += size
+    return out
+
+
 def _kkt_matrix(Q, q, A, b, G, h):
     """``[Q Cᵀ −q; C 0 r]`` with ``C = [A; G]`` and ``r = [b; h]`` (absent blocks left out): the
     KKT matrix of every row with the right-hand sides as a last column — the system of an active
@@ -111,6 +135,45 @@ def _kkt_matrix(Q, q, A, b, G, h):
     r = torch.cat([b, h]) if len(rows) > 1 else (b if A is not None else h)
     k = C.shape[0]
     return torch.cat([torch.cat([Q, C.mT, top[1]], 1), torch.cat([C, C.new_zeros(k, k), r.unsqueeze(1)], 1)], 0)
+
+
+def _dual_tableau(L, Cq, r):
+    """The dual tableau ``S = [M; w₀ᵀ]`` (transposed) of the rows ``C`` and the unconstrained
+    minimiser ``z₀``:
+
+    .. math::
+
+        z_0 = -Q^{-1} q, \\quad M = C Q^{-1} C^T = H^T H, \\quad H = L^{-1} C^T, \\quad
+        w_0 = r - C z_0 = r + H^T L^{-1} q,
+
+    with ``Q = LLᵀ``: ``w = Mμ + w₀`` is the negated constraint residual ``r − Cz`` at
+    ``z = z₀ − Q⁻¹Cᵀμ``, the minimiser of the Lagrangian for the multipliers ``μ``. One triangular
+    solve for ``L⁻¹[Cᵀ −q]`` and one product.
+
+    Shape: ``L (n, n)``, ``Cq (n, k + 1)`` (``[Cᵀ −q]``), ``r (k,)`` → ``S (k + 1, k)``, ``z₀ (n, 1)``."""
+    H = torch.linalg.solve_triangular(L, Cq, upper=False)
+    S = H.mT @ H[:, :-1]
+    S[-1].neg_().add_(r)
+    return S, torch.linalg.solve_triangular(L.mT, H[:, -1:], upper=True)
+
+
+def _pivot(S, E, j: int, d: float):
+    """Principal pivot of the transposed tableau ``S`` on row ``j`` (pivot ``d = S[j, j]``), in
+    place: the basic and non-basic variables ``w_j`` and ``μ_j`` exchange places,
+
+    .. math::
+
+        T'_{ik} = T_{ik} - \\frac{T_{ij} T_{jk}}{d}, \\quad T'_{ij} = \\frac{T_{ij}}{d}, \\quad
+        T'_{jk} = -\\frac{T_{jk}}{d}, \\quad T'_{jj} = \\frac{1}{d}
+
+    (``T = Sᵀ`` with the constant column last, which pivots like any other non-pivot column) — one
+    rank-one update ``T' = T − u vᵀ/d`` with ``u = T_{:j} + e_j`` and ``v = T_{j:} − e_j``
+    (``E``: the identity, ``(k + 1, k)``, for ``e_j``). Pivoting on ``j`` again undoes it.
+
+    Shape: ``S, E (k + 1, k)``."""
+    u = S[j] + E[j]
+    v = S[:, j] - E[:, j]
+    S.addr_(v, u, alpha=-1.0 / d)
 
 
 def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None,
@@ -141,33 +204,41 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
     p = 0 if A1 is None else A1.shape[0]
     N = n + p + m
     dtype, device = Q1.dtype, Q1.device
+    on_cpu = device.type == "cpu"
     K = _kkt_matrix(Q1, q1, A1, b1, G1, h1)
     C = K[n:, :n]
     Cg = C[p:]                                 # G
     # one host sync for the scalars the steps compare against: max|Q| and the Cholesky info of Q
-    # (positive definite: the unconstrained minimiser exists), ‖c_i‖₁ and ‖c_i‖₂ of the rows of
-    # C = [A; G], and the right-hand sides (−q, b, h); any non-finite datum makes one of them
-    # non-finite (the interior-point method flags it). Without equalities the starting point,
-    # the unconstrained minimiser −Q⁻¹q, and its G·z come with them (by that Cholesky factor).
+    # (positive definite: the unconstrained minimiser exists), ‖c_i‖₁ and ‖c_i‖₂² of the rows of
+    # C = [A; G], the right-hand sides (−q, b, h), and the dual tableau's starting values and
+    # diagonal; any non-finite datum makes one of them non-finite (the interior-point method
+    # flags it).
     L, info = torch.linalg.cholesky_ex(Q1)
     gmax = torch.linalg.vector_norm(Cg, float("inf")).reshape(1) if m else info.new_zeros(1, dtype=dtype)
-    # info: 0 when the Cholesky factorisation ran through; its smallest pivot tells a definite Q
-    # from one that is only semidefinite up to rounding (a pivot² at the rounding level of Q)
-    pivot = L.diagonal().abs().amin().reshape(1) if n else info.new_ones(1, dtype=dtype)
+    # the dual tableau (module docstring): M = C Q⁻¹ Cᵀ = HᵀH with H = L⁻¹Cᵀ, and w(0) = r − C z₀
+    # at the unconstrained minimiser z₀ = −Q⁻¹q, stored transposed: S = [M; w(0)ᵀ]
+    # (in float64 whatever the dtype: M squares the condition of C)
+    if dtype == torch.float64:
+        S, z0 = _dual_tableau(L, K[:n, n:], K[n:, N])
+    else:
+        L64, info64 = torch.linalg.cholesky_ex(Q1.double())
+        info = info + info64                   # either factorisation failing: not this method's
+        S, z0 = _dual_tableau(L64, K[:n, n:].double(), K[n:, N].double())
     parts = [torch.linalg.vector_norm(Q1, float("inf")).reshape(1), info.to(dtype).reshape(1), gmax,
-             torch.linalg.vector_norm(C, 1, -1), torch.linalg.vector_norm(C, 2, -1), K[:, N], pivot]
-    if p == 0:
-        z0 = torch.cholesky_solve(K[:n, N:], L).view(-1)
-        parts += [z0, Cg @ z0] if m else [z0]
+             C.abs().sum(-1), C.square().sum(-1), K[:, N], L.diagonal(), S[-1], S[:-1].diagonal(),
+             z0.view(-1)]
     pre = torch.cat(parts).tolist()
     if not math.isfinite(sum(pre)) or pre[1] != 0.0:
         return None
     qscale, gmax = max(pre[0], torch.finfo(dtype).tiny), pre[2]
-    if pre[3 + 2 * (N - n) + N] ** 2 <= 100 * n * torch.finfo(dtype).eps * qscale:
+    c1, c2sq, rhs, ldiag, cst, diag, z0_v = _split(pre[3:], [N - n, N - n, N, n, N - n, N - n, n])
+    # info: 0 when the Cholesky factorisation ran through; its smallest pivot tells a definite Q
+    # from one that is only semidefinite up to rounding (a pivot² at the rounding level of Q)
+    if min(map(abs, ldiag), default=1.0) ** 2 <= 100 * n * torch.finfo(dtype).eps * qscale:
         # semidefinite up to rounding: an unbounded direction would come back as a huge "solution"
         # (z ~ 1e15); the interior-point method certifies unboundedness or solves it
         return None
-    c1, c2, rhs = pre[3 + p:3 + p + m], pre[3 + N - n:3 + 2 * (N - n)], pre[3 + 2 * (N - n):3 + 2 * (N - n) + N]
+    c1 = c1[p:]                                # ‖g_i‖₁ (the rows of G)
     q_v = [-v for v in rhs[:n]]
     b_v, h_v = rhs[n:n + p], rhs[n + p:]
     # a row counts as violated when g_i·z − h_i exceeds the rounding level of its evaluation,
@@ -178,111 +249,143 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
     thr_g = [reps * v for v in c1]
     base = list(range(n + p))
     inf = float("inf")
+    # a pivot below this is a row dependent on the pivoted ones (no step of the dual reaches it)
+    dep = [1e-12 * c / qscale for c in c2sq]   # ‖c_i‖₂² / max|Q|
 
-    def most_violated(rz, zmax, active):
-        ip, viol = -1, 0.0
-        for i, (ri, th, tg) in enumerate(zip(rz, thr_h, thr_g)):
-            if ri > viol and ri > th + tg * zmax and i not in active:
-                ip, viol = i, ri
-        return ip
+    def any_violated(rz, zmax, active_g):
+        inactive = set(range(m)).difference(active_g)
+        return any(rz[i] > thr_h[i] + thr_g[i] * zmax for i in inactive)
 
-    def kkt_solve(active, col):
-        """``[Q Cᵀ; C 0]⁻¹`` on the active set applied to column ``col`` of ``K`` (``[g_p; 0]`` for
-        row p of G, ``[−q; b; h_W]`` for the last), with ``G·dz`` appended; a list, or None if the
-        system is singular."""
-        ix = _lift(base + [n + p + i for i in active] + [col], torch.int64, device)
-        Kw = K.index_select(0, ix[:-1]).index_select(1, ix)
-        # singular systems give non-finite values (no error check: it would cost a host sync)
-        x = torch.linalg.solve_ex(Kw[:, :-1], Kw[:, -1:], check_errors=False)[0].view(-1)
-        v = torch.cat([x, Cg @ x[:n]]).tolist() if m else x.tolist()
-        return v if math.isfinite(sum(v)) else None
+    diag_view, last = S[:-1].diagonal(), S[-1]
 
-    # the state is kept in Python floats (tiny, updated every step): z, the equality multipliers ν,
-    # the active set W (rows of G, in the order of C's rows) with its multipliers, and g_i·z − h_i
-    v = pre[3 + 2 * (N - n) + N + 1:] if p == 0 else kkt_solve([], N)   # after the pivot
-    if v is None:
-        return None
-    z, nu, rz = v[:n], v[n:n + p], [gz - hv for gz, hv in zip(v[n + p:], h_v)]
+    def read(j):
+        """Column ``j`` of the tableau, its constant column and its diagonal (host lists: one
+        transfer a step); on the CPU, where a transfer is a copy, the first two alone (no
+        concatenation; the diagonal is None, its entries are read when a pivot needs them)."""
+        if on_cpu:
+            return S[j].tolist(), last.tolist(), None
+        v = torch.cat([S[j], last, diag_view]).tolist()
+        return v[:N - n], v[N - n:2 * (N - n)], v[2 * (N - n):]
+
+    E = torch.eye(N - n + 1, N - n, dtype=S.dtype, device=device)
+    # the equalities' multipliers enter first (free: they never leave); a vanishing pivot is a
+    # dependent row of A (the interior-point method handles it)
+    for e in range(p):
+        d = float(S[e, e]) if e else diag[0]
+        if not d > dep[e]:
+            return None
+        _pivot(S, E, e, d)
+    if p:
+        cst = S[-1].tolist()
+    # the state on the host: the constant column ``cst`` (the values at the current vertex: ν,
+    # λ_W and the slacks' negatives w_i = h_i − g_i·z of the other rows), and the active set W
+    # (rows of the tableau, p + i for row i of G)
     active: list[int] = []
-    lam_w: list[float] = []
+    act: set[int] = set()
+    # ‖z‖∞ of the violation thresholds: the unconstrained minimiser's in the steps (z is not
+    # formed there), the final solve's after it
+    zmax = max(map(abs, z0_v), default=0.0)
     steps = 1
     max_steps = 4 * (m + p) + n + 11
     for _ in range(3):      # rounds: the loop, then a fresh solve that must confirm it
+        # w_i < −threshold_i: row i violated (most_violated's test, negated)
+        nthr = [-(th + tg * zmax) for th, tg in zip(thr_h, thr_g)]
+        # the values at the vertex: cst + lam_p·col after a full step (the host's copy, read
+        # afresh at the next step), cst alone at the start of a round
+        col, lam_p = [0.0] * len(cst), 0.0
         while m:
-            ip = most_violated(rz, max(map(abs, z)), active)
-            if ip < 0:
+            # the most violated row p (the most negative w_p beyond its threshold): the smallest
+            # w_i of all rows (builtins' loops) when it qualifies, else a pass over the rows
+            w = list(map(operator.add, cst[p:], map(lam_p.__mul__, col[p:])))
+            i = min(range(m), key=w.__getitem__)
+            if w[i] >= 0.0:                    # (thresholds are ≥ 0: nothing violated)
                 break
+            if w[i] < nthr[i] and p + i not in act:
+                jp = p + i
+            else:
+                jp, wmin = -1, 0.0
+                for i, (c, t) in enumerate(zip(w, nthr)):
+                    if c < wmin and c < t and p + i not in act:
+                        jp, wmin = p + i, c
+                if jp < 0:
+                    break
             lam_p = 0.0
             while True:
                 steps += 1
                 if steps > max_steps:
                     return None
-                k = len(active)
-                v = kkt_solve(active, n + p + ip)
-                if v is None:
-                    return None
-                # v = −(dz, dμ, G·dz): the direction for a unit increase of λ_p
-                dz, dmu, gdz = v[:n], v[n:n + p + k], v[n + p + k:]
-                dlam_w = dmu[p:]               # inequality multipliers' rates (equalities: free)
-                # partial step: the first active multiplier to reach zero (ratio λ_j / dλ_j, as −dλ_j)
+                col, cst, diag = read(jp)
+                # partial step: the first active multiplier λ_j + (λ_p + t)·col_j (col_j < 0) to
+                # reach zero
                 t1, drop = inf, -1
-                for jj, (lj, dj) in enumerate(zip(lam_w, dlam_w)):
-                    if dj > 0 and lj / dj < t1:
-                        t1, drop = lj / dj, jj
-                # full step: constraint p becomes active (its slack h_p − g_p·z over −g_p·dz)
-                dependent = gdz[ip] <= 1e-12 * c2[p + ip] ** 2 / qscale
-                t2 = inf if dependent else rz[ip] / gdz[ip]
+                for jj, j in enumerate(active):
+                    dj = col[j]
+                    if dj < 0:
+                        tj = (cst[j] + lam_p * dj) / -dj
+                        if tj < t1:
+                            t1, drop = tj, jj
+                # full step: row p's w_p = cst_p + λ_p·s reaches zero (s = the Schur complement)
+                s = col[jp]
+                dependent = s <= dep[jp]
+                t2 = inf if dependent else -(cst[jp] + lam_p * s) / s
                 if t1 == inf and t2 == inf:
                     return None                # no step reaches p: primal infeasible (IPM certifies)
-                t = min(t1, t2)
-                if not dependent:
-                    z = [a - t * d for a, d in zip(z, dz)]
-                    rz = [a - t * d for a, d in zip(rz, gdz)]
-                nu = [a - t * d for a, d in zip(nu, dmu[:p])]
-                lam_w = [a - t * d for a, d in zip(lam_w, dlam_w)]
-                lam_p += t
                 if t2 <= t1:
-                    active.append(ip)
-                    lam_w.append(lam_p)
+                    _pivot(S, E, jp, s)
+                    active.append(jp)
+                    act.add(jp)
+                    lam_p += t2
                     break
+                lam_p += t1
+                j = active[drop]
+                d = diag[j] if diag is not None else S[j, j].item()
+                if not d > 0:                  # an active block no longer positive definite (rounding)
+                    return None
+                _pivot(S, E, j, d)
                 del active[drop]
-                del lam_w[drop]
+                act.discard(j)
+        active_g = [j - p for j in active]
         # the final active set's KKT system solved afresh (the steps' updates accumulate rounding),
         # below float64 refined with float64 residuals (``refine_lu``); its LU factors serve the
         # backward (``kkt_tangent``)
-        ix = _lift(base + [n + p + i for i in active] + [N], torch.int64, device)
+        ix = _lift(base + [n + p + i for i in active_g] + [N], torch.int64, device)
         Kw = K.index_select(0, ix[:-1]).index_select(1, ix)
         Kk, rhs_w = Kw[:, :-1], Kw[:, -1:]
         LU, piv, _ = torch.linalg.lu_factor_ex(Kk)
         x = refine_lu(LU, piv, Kk, rhs_w, torch.linalg.lu_solve(LU, piv, rhs_w))
         # [Qz, Aᵀν, G_Wᵀλ_W; Az, 0, 0; Gz, 0, 0] in one product: x spread over three columns
-        cols = [3 * i for i in range(n)] + [3 * i + 1 for i in range(n, n + p)] + \
-            [3 * (n + p + i) + 2 for i in active]
-        X = x.new_zeros(3 * N).index_copy_(0, _lift(cols, torch.int64, device), x.view(-1)).view(N, 3)
+        # (as rows: X K[:, :N]ᵀ, the (3, N) @ (N, N) layout, is the fast one for BLAS)
+        cols = list(range(n)) + [N + i for i in range(n, n + p)] + [2 * N + n + p + i for i in active_g]
+        X = x.new_zeros(3 * N).index_copy_(0, _lift(cols, torch.int64, device), x.view(-1)).view(3, N)
         # the residuals of the SOLVED contract are judged in float64
-        Y = K[:, :N] @ X if dtype == torch.float64 else K[:, :N].double() @ X.double()
+        Y = X @ K[:, :N].mT if dtype == torch.float64 else X.double() @ K[:, :N].double().mT
         v = torch.cat([Y.view(-1), x.view(-1)]).tolist()
         if not math.isfinite(sum(v)):          # a singular final system
             return None
         z, nu, lam_w = v[3 * N:3 * N + n], v[3 * N + n:3 * N + n + p], v[3 * N + n + p:]
-        Gz = v[3 * (n + p):3 * N:3]
+        Gz = v[n + p:N]
         rz = [gz - hv for gz, hv in zip(Gz, h_v)]
-        if m and most_violated(rz, max(map(abs, z)), active) >= 0:
-            continue                           # a row the loop's rounding let through: go on from here
+        zmax = max(map(abs, z), default=0.0)
+        if m and any_violated(rz, zmax, active_g):
+            # a row the steps' rounding let through: go on from the fresh values
+            lam_at = dict(zip(active_g, lam_w))
+            cst = nu + [lam_at[i] if i in lam_at else -r for i, r in enumerate(rz)]
+            S[-1] = _lift(cst, S.dtype, device)
+            continue
         break
     else:
         return None
     # the SOLVED contract of ``QPOptions`` on the data as given (``residuals.qp_residuals``'
     # definitions, in float64; those of the solve's multipliers: the returned λ is clamped at 0, a
     # change below 1e3·eps of its scale)
-    Qz, Az = v[0:3 * n:3], v[3 * n:3 * (n + p):3]
-    Atn, Gtl = v[1:3 * n:3], v[2:3 * n:3]
+    Qz, Az = v[0:n], v[n:n + p]
+    Atn, Gtl = v[N:N + n], v[2 * N:2 * N + n]
     rd = [a + c + d + e for a, c, d, e in zip(Qz, q_v, Atn, Gtl)]
     ninf = lambda xs: max(map(abs, xs), default=0.0)   # noqa: E731
     dres = ninf(rd)
     dscale = max(ninf(Qz), ninf(q_v), ninf(Gtl), ninf(Atn))
     lam = [0.0] * m
-    for i, l in zip(active, lam_w):
+    for i, l in zip(active_g, lam_w):
         lam[i] = max(l, 0.0)
     s = [max(-r, 0.0) for r in rz]
     zQz, qz = sum(a * c for a, c in zip(z, Qz)), sum(a * c for a, c in zip(z, q_v))
@@ -301,9 +404,9 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
         # the same products with every term in absolute value
         Xa = X.abs() if dtype == torch.float64 else X.double().abs()
         Ka = K[:, :N].abs() if dtype == torch.float64 else K[:, :N].double().abs()
-        w_ = (Ka @ Xa).view(-1).tolist()
-        aQz, aAtn, aGtl = w_[0:3 * n:3], w_[1:3 * n:3], w_[2:3 * n:3]
-        aAz, aGz = w_[3 * n:3 * (n + p):3], w_[3 * (n + p):3 * N:3]
+        w_ = (Xa @ Ka.mT).view(-1).tolist()
+        aQz, aAtn, aGtl = w_[0:n], w_[N:N + n], w_[2 * N:2 * N + n]
+        aAz, aGz = w_[n:n + p], w_[n + p:N]
         az = [abs(a) for a in z]
         ad = max((a + abs(c) + d + e for a, c, d, e in zip(aQz, q_v, aAtn, aGtl)), default=0.0)
         ag = sum(a * c for a, c in zip(az, aQz)) + sum(abs(a) * c for a, c in zip(q_v, az)) + \
@@ -313,11 +416,12 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
         if not (pres <= ea + er * pscale + r_ * ap and dres <= ea + er * dscale + r_ * ad
                 and gap <= ea + er * gscale + r_ * ag):
             return None
-    if active and not min(lam_w) + _strict(dtype) * (1 + ninf(lam_w)) >= 0:
+    if active_g and not min(lam_w) + _strict(dtype) * (1 + ninf(lam_w)) >= 0:
         return None
     out = _lift(s + lam + [pres, dres, gap], dtype, device).view(1, -1)
-    ints = _lift([int(Status.SOLVED), steps] + active, torch.int64, device).view(1, -1)
-    flags = _lift([i in active for i in range(m)] + [True], torch.bool, device).view(1, -1)
+    ints = _lift([int(Status.SOLVED), steps] + active_g, torch.int64, device).view(1, -1)
+    act_g = set(active_g)
+    flags = _lift([i in act_g for i in range(m)] + [True], torch.bool, device).view(1, -1)
     cache = {"s": out[:, :m], "polished": flags[0, m:],
              "kkt_lu": LU.unsqueeze(0), "kkt_piv": piv.unsqueeze(0), "kkt_idx": ints[:, 2:]}
     if dtype != torch.float64:
@@ -333,7 +437,7 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
         tau = (options.active_tol if options is not None else None) or torch.finfo(dtype).eps ** 0.5
         lam_nat = max(ninf(Qz), ninf(q_v)) / max(gmax, torch.finfo(dtype).tiny)
         lam_thr, s_thr = 1.001 * tau * (min(1.0, lam_nat) + ninf(lam)), 1.001 * tau * (1 + ninf(h_v))
-        if all(lam[i] > lam_thr if i in active else s[i] > s_thr for i in range(m)):
+        if all(lam[i] > lam_thr if i in act_g else s[i] > s_thr for i in range(m)):
             cache["act_strict"] = cache["act"]
     return Solution(z=x[:n].view(1, n), duals={"lam": out[:, m:2 * m], "nu": x[n:n + p].view(1, p)},
                     status=ints[:, 0], iterations=ints[:, 1],

@@ -73,6 +73,10 @@ def _stationarity_status(params, g, dz, dlam, dnu) -> torch.Tensor:
     return torch.where(ok, int(Status.SOLVED), int(Status.INACCURATE))
 
 
+#: the options of a ``QPProblem`` made without any
+_DEFAULT_OPTIONS = QPOptions()
+
+
 class QPProblem(ArgminProblem):
     r"""``z* = argmin_z ½zᵀQz + qᵀz  s.t.  Gz ≤ h,  Az = b`` (``docs/guide/problems.md``, QP).
 
@@ -144,9 +148,18 @@ class QPProblem(ArgminProblem):
     param_names = ("Q", "q", "G", "h", "A", "b")
 
     def __init__(self, options: QPOptions | None = None):
-        self.options = options if options is not None else QPOptions()
-        # the backward QP's accuracy is judged by the backward (no SOLVED contract of its own)
-        self._inner_options = replace(self.options, contract=False)
+        # (options are frozen: the default instance is shared, and so are the per-dtype defaults
+        # it caches)
+        self.options = options if options is not None else _DEFAULT_OPTIONS
+        self._inner = None
+
+    @property
+    def _inner_options(self) -> QPOptions:
+        """The backward QP's options: accuracy judged by the backward (no SOLVED contract of its
+        own); made when first needed."""
+        if self._inner is None:
+            self._inner = replace(self.options, contract=False)
+        return self._inner
 
     # -- solves ------------------------------------------------------------------------------------
     def solve(self, params, warm_start: Solution | None = None) -> Solution:

@@ -274,6 +274,41 @@ def test_strict_complementarity_is_classified_as_the_backward_does(kind):
     assert seen == ({True} if kind == "random" else {False})
 
 
+def test_tableau_pivots_give_the_active_sets_directions():
+    """The dual tableau after pivoting in a set W of rows, against dense solves of our own: the
+    active multipliers' rates ``−M_WW⁻¹M_Wp``, the Schur complement ``M_pp − M_pWM_WW⁻¹M_Wp`` and
+    the values at the vertex (the equality-constrained minimiser's multipliers and ``r − Cz``);
+    pivoting the same rows again gives the initial tableau back."""
+    Q, q, G, h, _, _ = (None if t is None else t[0] for t in random_qp(1, 7, 12, 0, seed=3))
+    L = torch.linalg.cholesky(Q)
+    S, z0 = active_set._dual_tableau(L, torch.cat([G.T, -q[:, None]], 1), h)
+    S0 = S.clone()
+    Qi = torch.linalg.inv(Q)
+    M = G @ Qi @ G.T
+    torch.testing.assert_close(S[:-1], M, rtol=0, atol=1e-12)
+    torch.testing.assert_close(z0[:, 0], -Qi @ q, rtol=0, atol=1e-12)
+    torch.testing.assert_close(S[-1], h - G @ z0[:, 0], rtol=0, atol=1e-12)
+    E = torch.eye(13, 12, dtype=S.dtype)
+    W = [4, 0, 9, 2]
+    for j in W:
+        active_set._pivot(S, E, j, float(S[j, j]))
+    T = S.T                                          # rows: basic variables, columns: non-basic
+    Ww = torch.tensor(W)
+    MWW = M[Ww][:, Ww]
+    lam_W = torch.linalg.solve(MWW, -(h - G @ z0[:, 0])[Ww])     # w_W = M_WW λ_W + w₀_W = 0
+    z = z0[:, 0] - Qi @ G[Ww].T @ lam_W
+    torch.testing.assert_close(T[Ww, -1], lam_W, rtol=0, atol=1e-10)
+    rest = torch.tensor([i for i in range(12) if i not in W])
+    torch.testing.assert_close(T[rest, -1], (h - G @ z)[rest], rtol=0, atol=1e-10)
+    for p in rest.tolist():
+        rate = -torch.linalg.solve(MWW, M[Ww, p])
+        torch.testing.assert_close(T[Ww, p], rate, rtol=0, atol=1e-10)
+        torch.testing.assert_close(T[p, p], M[p, p] + M[p, Ww] @ rate, rtol=0, atol=1e-10)
+    for j in reversed(W):
+        active_set._pivot(S, E, j, float(S[j, j]))
+    torch.testing.assert_close(S, S0, rtol=0, atol=1e-10)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.int64, torch.bool, torch.float16])
 def test_lift(dtype, device):
     values = [1, 0, 1] if dtype == torch.bool else [1.5, -2.0, 3.0] if dtype.is_floating_point else [4, -1, 7]
