@@ -39,7 +39,8 @@ Timing: repetitions interleaved (each repetition runs every method once, in a sh
 medians reported, ratios ``peer / ours``; torch and XLA single-threaded. For the equilibrium model
 the ratio is also reported *paired* (the median over repetitions of the ratio within a
 repetition, with its quartiles), which cancels a load that drifts between repetitions on a shared
-machine.
+machine, and paired on the thread's CPU time (``time.thread_time``: the time other processes hold
+the core is not counted; cache contention still is).
 
 Equilibrium model (Grazzi et al. 2020, §3.2; ``--equilibrium``): ``w = tanh(A w + B x + c)`` with
 hidden size 200 on a batch of 128 inputs of size 784 (float32, random data) and a linear read-out
@@ -366,13 +367,15 @@ def bench_equilibrium(reps: int, t: int = 20, k: int = 20, peers: bool = True, m
         methods["torchopt CG"] = lambda: eq.torchopt_hypergradient(k, t)
     errors = {m: ((_flat(fn()) - exact).norm() / exact.norm()).item() for m, fn in methods.items()}
     times = {m: [] for m in methods}
+    cpu = {m: [] for m in methods}   # this thread's CPU time: less sensitive to other processes' load
     for _ in tqdm(range(reps), desc="equilibrium model", leave=False):
         order = list(methods)
         random.shuffle(order)
         for m in order:
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.thread_time()
             methods[m]()
             times[m].append(time.perf_counter() - start)
+            cpu[m].append(time.thread_time() - start_cpu)
     memory = {}
     for tt in mem_ts:
         memory[("ours ITD", tt)] = saved_bytes(lambda: eq.forward(Unrolled(tt), tt, eq.leaves()))
@@ -398,6 +401,10 @@ def bench_equilibrium(reps: int, t: int = 20, k: int = 20, peers: bool = True, m
             ratios[m] = per_rep
         print("paired ratios torchopt CG / ours, median [quartiles] over the repetitions: " + ", ".join(
             f"{m[5:]} {statistics.median(r):.2f} [{_quartiles(r)}]" for m, r in ratios.items()))
+        print("paired ratios of the thread CPU time, torchopt CG / ours, median [quartiles]: " + ", ".join(
+            f"{m[5:]} {statistics.median(r):.2f} [{_quartiles(r)}]"
+            for m in ("ours ITD", "ours FP", "ours CG")
+            for r in [sorted(a / b for a, b in zip(cpu["torchopt CG"], cpu[m]))]))
     return {"ms": med, "errors": errors, "memory": memory, "ratios": ratios}
 
 
@@ -453,21 +460,24 @@ def bench_equilibrium_training(reps: int, t: int = 20, k: int = 20, steps: int =
         grads(ps, partial(eq.forward, warm, t))
         iters.append(int(warm.last_solve.iterations.max()))
     times = {m: [] for m in methods}
+    cpu = {m: [] for m in methods}
     for _ in range(reps):
         for m in random.sample(list(methods), len(methods)):
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.thread_time()
             methods[m]()
             times[m].append((time.perf_counter() - start) / steps)
+            cpu[m].append((time.thread_time() - start_cpu) / steps)
     print(f"\nequilibrium model, {steps} outer SGD steps (lr {lr}): median time per outer step; warm = "
           f"ConjugateGradient({k_max}, rtol={rtol:g}, warm_start=True), CG steps per outer step {iters}")
     print(f"{'method':>13} {'ms':>9} {'rel. error: median':>19} {'max':>9}")
     med = {m: 1000 * statistics.median(v) for m, v in times.items()}
     for m in methods:
         print(f"{m:>13} {med[m]:>9.2f} {statistics.median(errors[m]):>19.2e} {max(errors[m]):>9.2e}")
-    print("paired ratios torchopt CG / ours, median [quartiles]: " + ", ".join(
-        f"{m[5:]} {statistics.median(r):.2f} [{_quartiles(r)}]"
-        for m in ("ours CG", "ours CG warm")
-        for r in [sorted(a / b for a, b in zip(times["torchopt CG"], times[m]))]))
+    for what, t_ in (("time", times), ("thread CPU time", cpu)):
+        print(f"paired ratios of the {what}, torchopt CG / ours, median [quartiles]: " + ", ".join(
+            f"{m[5:]} {statistics.median(r):.2f} [{_quartiles(r)}]"
+            for m in ("ours CG", "ours CG warm")
+            for r in [sorted(a / b for a, b in zip(t_["torchopt CG"], t_[m]))]))
     return {"ms": med, "errors": errors, "iterations": iters}
 
 
