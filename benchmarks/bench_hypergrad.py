@@ -39,7 +39,8 @@ Timing: repetitions interleaved (each repetition runs every method once, in a sh
 medians reported, ratios ``peer / ours``; torch and XLA single-threaded. For the equilibrium model
 the ratio is also reported *paired* (the median over repetitions of the ratio within a
 repetition, with its quartiles), which cancels a load that drifts between repetitions on a shared
-machine.
+machine, and paired on the thread's CPU time (``time.thread_time``: the time other processes hold
+the core is not counted; cache contention still is).
 
 Equilibrium model (Grazzi et al. 2020, §3.2; ``--equilibrium``): ``w = tanh(A w + B x + c)`` with
 hidden size 200 on a batch of 128 inputs of size 784 (float32, random data) and a linear read-out
@@ -56,11 +57,23 @@ Accuracy: every hypergradient's relative error against the exact implicit gradie
 ``t ∈ {10, 20, 40, 80}`` (ITD grows linearly, AID must stay flat). ``A`` is scaled to ``‖A‖₂ = 0.9``
 (a contraction, as after the projection of the paper).
 
+Training loop (``--equilibrium --training``): the parameters change between outer steps, as in
+training, so the adjoint vector ``v`` of one step is a good start for the next. Eight SGD steps
+(step 0.5, gradients of ``ConjugateGradient(20)``, ``A`` projected back to ``‖A‖₂ ≤ 0.9``) give a
+fixed sequence of parameter sets; on each, **ours CG** (``k = 20`` from 0), **ours CG warm**
+(``ConjugateGradient(40, rtol=1e-6, warm_start=True)``, one mode object across the steps: CG stops
+per element at ``‖r‖ ≤ 10⁻⁶‖g‖``, 40 the step limit) and **torchopt CG** (``k = 20`` from 0; its
+``solve_normal_cg`` takes a fixed ``init``, not the previous backward's iterate) are timed per outer
+step, with each step's relative error against the float64 implicit gradient. The warm-started
+solve stops on a residual, not after ``k`` steps: its accuracy is close to, not equal to, the
+other two's (both are printed).
+
 Usage::
 
     python benchmarks/bench_hypergrad.py
     python benchmarks/bench_hypergrad.py --sizes 50x100 --ts 10,100 --reps 5
     python benchmarks/bench_hypergrad.py --equilibrium --reps 10     # the equilibrium model only
+    python benchmarks/bench_hypergrad.py --equilibrium --training   # ... and the training loop
 """
 
 from __future__ import annotations
@@ -354,13 +367,15 @@ def bench_equilibrium(reps: int, t: int = 20, k: int = 20, peers: bool = True, m
         methods["torchopt CG"] = lambda: eq.torchopt_hypergradient(k, t)
     errors = {m: ((_flat(fn()) - exact).norm() / exact.norm()).item() for m, fn in methods.items()}
     times = {m: [] for m in methods}
+    cpu = {m: [] for m in methods}   # this thread's CPU time: less sensitive to other processes' load
     for _ in tqdm(range(reps), desc="equilibrium model", leave=False):
         order = list(methods)
         random.shuffle(order)
         for m in order:
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.thread_time()
             methods[m]()
             times[m].append(time.perf_counter() - start)
+            cpu[m].append(time.thread_time() - start_cpu)
     memory = {}
     for tt in mem_ts:
         memory[("ours ITD", tt)] = saved_bytes(lambda: eq.forward(Unrolled(tt), tt, eq.leaves()))
@@ -386,7 +401,84 @@ def bench_equilibrium(reps: int, t: int = 20, k: int = 20, peers: bool = True, m
             ratios[m] = per_rep
         print("paired ratios torchopt CG / ours, median [quartiles] over the repetitions: " + ", ".join(
             f"{m[5:]} {statistics.median(r):.2f} [{_quartiles(r)}]" for m, r in ratios.items()))
+        print("paired ratios of the thread CPU time, torchopt CG / ours, median [quartiles]: " + ", ".join(
+            f"{m[5:]} {statistics.median(r):.2f} [{_quartiles(r)}]"
+            for m in ("ours ITD", "ours FP", "ours CG")
+            for r in [sorted(a / b for a, b in zip(cpu["torchopt CG"], cpu[m]))]))
     return {"ms": med, "errors": errors, "memory": memory, "ratios": ratios}
+
+
+def _training_trajectory(eq: Equilibrium, steps: int, t: int, k: int, lr: float):
+    """Parameter sets of ``steps`` outer SGD steps (step ``lr``, gradients of ``ConjugateGradient(k)``),
+    ``A`` projected back to ``‖A‖₂ ≤ 0.9`` after each step: every method is timed on the same sets."""
+    params = [p.clone() for p in (eq.A, eq.B, eq.c, eq.W, eq.d)]
+    out = []
+    for _ in range(steps):
+        out.append([p.clone() for p in params])
+        leaves = [p.clone().requires_grad_(True) for p in params]
+        grads = torch.autograd.grad(eq.forward(ConjugateGradient(k), t, leaves), leaves)
+        with torch.no_grad():
+            for p, g in zip(params, grads):
+                p -= lr * g
+            params[0] *= 0.9 / max(0.9, torch.linalg.matrix_norm(params[0], ord=2).item())
+    return out
+
+
+def bench_equilibrium_training(reps: int, t: int = 20, k: int = 20, steps: int = 8, lr: float = 0.5,
+                               rtol: float = 1e-6, k_max: int = 40):
+    """Outer steps of a training loop (the parameters change between steps): torchopt CG (``k``
+    steps, cold) against ours CG cold (``k`` steps) and warm-started (``ConjugateGradient(k_max,
+    rtol, warm_start=True)``, one mode object across the steps, a fresh one per repetition).
+    Prints the time per outer step and the relative error of every step's hypergradient."""
+    eq, eq64 = Equilibrium(), Equilibrium(dtype=torch.float64)
+    traj = _training_trajectory(eq, steps, t, k, lr)
+
+    def grads(params, run):
+        leaves = [p.clone().requires_grad_(True) for p in params]
+        return torch.autograd.grad(run(leaves), leaves)
+
+    exact = [_flat(grads([p.double() for p in ps], lambda l: eq64.forward(ConjugateGradient(1000, rtol=1e-12), t, l)))
+             for ps in traj]
+
+    def loop(run_for):
+        def go():
+            run = run_for()
+            return [grads(ps, run) for ps in traj]
+        return go
+
+    def warm_mode():   # one object across the outer steps of a repetition (it keeps v)
+        return ConjugateGradient(k_max, rtol=rtol, warm_start=True)
+
+    methods = {"ours CG": loop(lambda: partial(eq.forward, ConjugateGradient(k), t)),
+               "ours CG warm": loop(lambda: partial(eq.forward, warm_mode(), t)),
+               "torchopt CG": loop(lambda: partial(eq.torchopt_forward, k, t))}
+    errors = {m: [((_flat(g) - ex).norm() / ex.norm()).item() for g, ex in zip(fn(), exact)]
+              for m, fn in methods.items()}
+    warm = warm_mode()
+    iters = []
+    for ps in traj:
+        grads(ps, partial(eq.forward, warm, t))
+        iters.append(int(warm.last_solve.iterations.max()))
+    times = {m: [] for m in methods}
+    cpu = {m: [] for m in methods}
+    for _ in range(reps):
+        for m in random.sample(list(methods), len(methods)):
+            start, start_cpu = time.perf_counter(), time.thread_time()
+            methods[m]()
+            times[m].append((time.perf_counter() - start) / steps)
+            cpu[m].append((time.thread_time() - start_cpu) / steps)
+    print(f"\nequilibrium model, {steps} outer SGD steps (lr {lr}): median time per outer step; warm = "
+          f"ConjugateGradient({k_max}, rtol={rtol:g}, warm_start=True), CG steps per outer step {iters}")
+    print(f"{'method':>13} {'ms':>9} {'rel. error: median':>19} {'max':>9}")
+    med = {m: 1000 * statistics.median(v) for m, v in times.items()}
+    for m in methods:
+        print(f"{m:>13} {med[m]:>9.2f} {statistics.median(errors[m]):>19.2e} {max(errors[m]):>9.2e}")
+    for what, t_ in (("time", times), ("thread CPU time", cpu)):
+        print(f"paired ratios of the {what}, torchopt CG / ours, median [quartiles]: " + ", ".join(
+            f"{m[5:]} {statistics.median(r):.2f} [{_quartiles(r)}]"
+            for m in ("ours CG", "ours CG warm")
+            for r in [sorted(a / b for a, b in zip(t_["torchopt CG"], t_[m]))]))
+    return {"ms": med, "errors": errors, "iterations": iters}
 
 
 def _quartiles(values):
@@ -402,10 +494,15 @@ def main(argv=None):
     ap.add_argument("--no-peers", action="store_true")
     ap.add_argument("--equilibrium", action="store_true", help="only the equilibrium-model benchmark")
     ap.add_argument("--no-equilibrium", action="store_true", help="skip the equilibrium-model benchmark")
+    ap.add_argument("--training", action="store_true",
+                    help="with --equilibrium: also a training loop with a warm-started linear system")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     if args.equilibrium:
-        return bench_equilibrium(args.reps, peers=not args.no_peers)
+        res = bench_equilibrium(args.reps, peers=not args.no_peers)
+        if args.training and not args.no_peers:
+            res["training"] = bench_equilibrium_training(args.reps)
+        return res
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
     ts = [int(v) for v in args.ts.split(",")]
     from tqdm import tqdm

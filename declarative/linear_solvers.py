@@ -151,7 +151,6 @@ def _cg_fixed_steps(matvec: Operator, b: torch.Tensor, x: torch.Tensor, r: torch
     overhead, not the arithmetic, is what a step costs beyond its product — hence ``‖p‖²`` by
     the recurrence ``‖p_{i+1}‖² = ‖r_{i+1}‖² + β_i²‖p_i‖²`` rather than an inner product."""
     B = b.shape[0]
-    iterations = torch.zeros(B, dtype=torch.int64, device=b.device)
     ok = torch.ones(B, dtype=torch.bool, device=b.device)
     eps = torch.finfo(b.dtype).eps
     if semidefinite:
@@ -163,25 +162,27 @@ def _cg_fixed_steps(matvec: Operator, b: torch.Tensor, x: torch.Tensor, r: torch
     zero = torch.zeros((), dtype=b.dtype, device=b.device)
     floor = (eps ** 2) * batch_dot(b, b)
     pp = batch_dot(p, p)
+    oks = []   # each step's mask (ok only falls): the iteration counts are their sum, one operation
     for _ in range(max_iter):
         Ap = matvec(p)
         pAp = batch_dot(p, Ap)
         # the Rayleigh quotient raises the scale λ̂ (fmax: a 0/0 of a zero direction is ignored)
-        scale = torch.fmax(scale, torch.nan_to_num(pAp / pp, nan=0.0, posinf=0.0, neginf=0.0))
+        scale = torch.fmax(scale, (pAp / pp).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0))
         spp = scale * pp
         if negative is not None:
             negative = negative | (ok & (pAp < -(eps ** 0.5) * spp))
-        ok = ok & (pAp > _FLAT * eps * spp) & (rs > floor)   # rs > floor ≥ 0: rs > 0 where ok
-        alpha = _expand(torch.where(ok, rs / torch.where(ok, pAp, 1.0), zero), x)
+        ok = ok & (pAp > _FLAT * eps * spp) & (rs > floor)   # rs > floor ≥ 0 and pAp > 0 where ok
+        alpha = _expand(torch.where(ok, rs / pAp, zero), x)  # (rs/pAp is inf or NaN only where not ok)
         x = torch.addcmul(x, alpha, p)
         r = torch.addcmul(r, alpha, Ap, value=-1)
         rs_new = batch_dot(r, r)
-        beta = torch.where(ok, rs_new / torch.where(ok, rs, 1.0), zero)
+        beta = torch.where(ok, rs_new / rs, zero)
         p = torch.addcmul(r, _expand(beta, p), p)
         # ‖p‖² by CG's recurrence (rᵀp_old = 0): only a scale for the round-off thresholds
         pp = torch.addcmul(rs_new, beta * beta, pp)
         rs = rs_new
-        iterations += ok
+        oks.append(ok)
+    iterations = (torch.stack(oks).sum(0) if oks else torch.zeros(B, dtype=torch.int64, device=b.device))
     return LinearSolve(x, iterations, rs.sqrt(), torch.ones(B, dtype=torch.bool, device=b.device), negative)
 
 
