@@ -96,7 +96,23 @@ class _EagerClosedFormFunction(torch.autograd.Function):
         ctx.save_for_backward(*params, z)
         return z
 
-    backward = staticmethod(ClosedFormFunction.backward)
+    @staticmethod
+    def backward(ctx, g):
+        if torch.is_grad_enabled():   # double backward: the re-solving path of ``ClosedFormFunction``
+            return ClosedFormFunction.backward(ctx, g)
+        # ``ClosedFormFunction.backward`` with the Python work of a call cut down (it runs once per
+        # activation per training step). With one parameter (every activation) ``needs`` is
+        # ``(True,)``: autograd calls a backward only when some input needs a gradient.
+        *params, z = ctx.saved_tensors
+        problem, mode = ctx.problem, ctx.mode
+        if len(params) == 1:
+            (grad,) = mode.vjp(problem, params, Solution(z=z), g, _NEEDS_ONE)
+            return None, None, sum_to_shape(grad, params[0].shape)
+        return (None, None, *_vjp_grads(problem, mode, params, Solution(z=z), g, ctx.needs_input_grad[2:]))
+
+
+#: ``needs`` of a one-parameter closed form whose backward runs
+_NEEDS_ONE = (True,)
 
 
 #: the part of the message with which ``Function.apply`` refuses a ``forward(ctx, ...)`` Function

@@ -134,6 +134,31 @@ def test_eager_call_equals_closed_form_function(name, mode):
 
 @all_modules
 @all_modes
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_eager_first_order_backward_equals_closed_form_function(name, mode, dtype):
+    """A plain (first-order) backward takes the eager Function's own short path, not the
+    re-solving one of ``create_graph``: its gradient equals ``ClosedFormFunction``'s bit for bit,
+    at kinks (zeros and box bounds in the input, both signs and zeros of the cotangent) and for
+    non-finite cotangents."""
+    act = make(name, mode)
+    special = torch.tensor([[0.0, -0.0, -0.5, 1.0, 0.0], [0.0, 1.0, -0.5, 0.3, -2.0]], dtype=torch.float64)
+    x = torch.cat([_input(3, 5), special]).to(dtype).requires_grad_(True)
+    g = torch.cat([_input(3, 5, seed=2), torch.tensor([[-1.0, -2.0, 3.0, -1.0, 0.0],
+                                                      [-0.0, float("inf"), float("-inf"), float("nan"), 1.0]],
+                                                     dtype=torch.float64)]).to(dtype)
+    z = act(x)
+    assert type(z.grad_fn).__name__ != "ClosedFormFunctionBackward"
+    (gx,) = torch.autograd.grad(z, x, g)
+    (gx_ref,) = torch.autograd.grad(ClosedFormFunction.apply(act.problem, act.mode, x), x, g)
+    assert gx.dtype == dtype and not gx.requires_grad
+    torch.testing.assert_close(gx, gx_ref, rtol=0, atol=0, equal_nan=True)
+    assert bool((gx[:3] != 0).any())
+    # an input that needs no gradient: no autograd node, so the backward's ``needs`` is never all False
+    assert act(x.detach()).grad_fn is None
+
+
+@all_modules
+@all_modes
 def test_double_backward_gradgradcheck(name, mode):
     """Every mode's backward is differentiable torch code, and its derivative is exact (closed-form
     problems are re-solved in torch ops under create_graph, see ArgminFunction.backward)."""
