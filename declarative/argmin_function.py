@@ -82,7 +82,9 @@ class ClosedFormFunction(torch.autograd.Function):
 class _EagerClosedFormFunction(torch.autograd.Function):
     """``ClosedFormFunction`` in the combined ``forward(ctx, ...)`` form, for eager calls.
 
-    Same inputs, output, saved tensors and backward. ``Function.apply`` binds the arguments of a
+    Same inputs, output, saved tensors and gradients; a first-order backward takes a shorter path
+    (no gradient lists; ``needs`` is ``(True,)`` for one parameter), a ``create_graph`` one the
+    re-solving path of ``ClosedFormFunction.backward``. ``Function.apply`` binds the arguments of a
     Function that defines ``setup_context`` to its forward's signature on every call (a few µs per
     activation per step); this form skips that. ``torch.func`` transforms accept only the
     ``setup_context`` form: under them ``apply`` raises before running anything
