@@ -44,7 +44,7 @@ class ReLUProblem(ActivationProblem):
         # else 0. With s = sign(a) − sign(g)/2 the pass condition is exactly s > 0 (|sign(g)/2| < 1
         # cannot flip sign(a) ≠ 0; at a = 0, s = −sign(g)/2), so it is one threshold_backward:
         # four float ops, no boolean masks (which are several times slower on CPU).
-        # (The key's values are exact in every dtype, so the in-place form saves an allocation and
-        # changes no bit.)
-        key = torch.sign(params[0]).sub_(torch.sign(g), alpha=0.5)
+        # Out of place: under jacrev the backward is vmapped over g but not over a, and an in-place
+        # update of sign(a) by a batched sign(g) is refused.
+        key = torch.sub(torch.sign(params[0]), torch.sign(g), alpha=0.5)
         return (torch.ops.aten.threshold_backward(g, key, 0),)

@@ -157,6 +157,20 @@ def test_eager_first_order_backward_equals_closed_form_function(name, mode, dtyp
     assert act(x.detach()).grad_fn is None
 
 
+@all_modules
+@all_modes
+def test_jacrev_at_kinks_equals_rows_of_backward(name, mode):
+    """``torch.func.jacrev`` (the backward vmapped over cotangents, not over the input) at an input
+    with kinks: each row is the eager backward of that basis cotangent."""
+    act = make(name, mode)
+    x = torch.tensor([0.0, -0.5, 1.0, 0.0, 0.3], dtype=torch.float64)
+    jac = jacrev(act)(x)
+    xr = x.clone().requires_grad_(True)
+    z = act(xr)
+    rows = torch.stack([torch.autograd.grad(z, xr, e, retain_graph=True)[0] for e in torch.eye(5, dtype=x.dtype)])
+    torch.testing.assert_close(jac, rows, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_implicit_relu_native_path_has_the_implicit_gradient(dtype):
     """Eagerly, an implicit ``ArgminReLU`` on a CPU input without 0 or NaN runs ``torch.relu``
