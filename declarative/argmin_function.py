@@ -82,7 +82,9 @@ class ClosedFormFunction(torch.autograd.Function):
 class _EagerClosedFormFunction(torch.autograd.Function):
     """``ClosedFormFunction`` in the combined ``forward(ctx, ...)`` form, for eager calls.
 
-    Same inputs, output, saved tensors and backward. ``Function.apply`` binds the arguments of a
+    Same inputs, output, saved tensors and gradients; a first-order backward takes a shorter path
+    (no gradient lists; ``needs`` is ``(True,)`` for one parameter), a ``create_graph`` one the
+    re-solving path of ``ClosedFormFunction.backward``. ``Function.apply`` binds the arguments of a
     Function that defines ``setup_context`` to its forward's signature on every call (a few µs per
     activation per step); this form skips that. ``torch.func`` transforms accept only the
     ``setup_context`` form: under them ``apply`` raises before running anything
@@ -96,7 +98,23 @@ class _EagerClosedFormFunction(torch.autograd.Function):
         ctx.save_for_backward(*params, z)
         return z
 
-    backward = staticmethod(ClosedFormFunction.backward)
+    @staticmethod
+    def backward(ctx, g):
+        if torch.is_grad_enabled():   # double backward: the re-solving path of ``ClosedFormFunction``
+            return ClosedFormFunction.backward(ctx, g)
+        # ``ClosedFormFunction.backward`` with the Python work of a call cut down (it runs once per
+        # activation per training step). With one parameter (every activation) ``needs`` is
+        # ``(True,)``: autograd calls a backward only when some input needs a gradient.
+        *params, z = ctx.saved_tensors
+        problem, mode = ctx.problem, ctx.mode
+        if len(params) == 1:
+            (grad,) = mode.vjp(problem, params, Solution(z=z), g, _NEEDS_ONE)
+            return None, None, sum_to_shape(grad, params[0].shape)
+        return (None, None, *_vjp_grads(problem, mode, params, Solution(z=z), g, ctx.needs_input_grad[2:]))
+
+
+#: ``needs`` of a one-parameter closed form whose backward runs
+_NEEDS_ONE = (True,)
 
 
 #: the part of the message with which ``Function.apply`` refuses a ``forward(ctx, ...)`` Function

@@ -5,9 +5,24 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from declarative import ActivationProblem, GradientMode, resolve_mode
+from declarative import ActivationProblem, GradientMode, Implicit, resolve_mode
 from declarative.argmin_function import apply_closed_form
 from declarative.validation import check_instance, check_tensor
+
+
+#: the part of the message with which ``torch.func.vmap`` refuses ``Tensor.item``
+_VMAP_ITEM_REFUSAL = "calling .item() on a Tensor"
+
+
+def _native_implicit(problem: ActivationProblem, x: torch.Tensor) -> torch.Tensor | None:
+    """``problem.native_implicit(x)``; ``None`` under ``torch.func.vmap``, which refuses its
+    data-dependent check (the closed-form Function then batches the layer)."""
+    try:
+        return problem.native_implicit(x)
+    except RuntimeError as err:
+        if _VMAP_ITEM_REFUSAL not in str(err):
+            raise
+        return None
 
 
 class ArgminActivation(nn.Module):
@@ -17,7 +32,10 @@ class ArgminActivation(nn.Module):
     with ``setup_context``: ``torch.compile(..., fullgraph=True)`` traces both into the graph, and
     ``torch.func.vmap`` batches them (``generate_vmap_rule``). Eager calls outside ``torch.func``
     transforms run the same forward and backward without ``Function.apply``'s argument binding
-    (``declarative.argmin_function.apply_closed_form``).
+    (``declarative.argmin_function.apply_closed_form``); in the ``Implicit`` mode, where the
+    problem has a natively differentiable form with the same gradient at the input
+    (``ActivationProblem.native_implicit``: ReLU on a CPU input without 0 or NaN), they run that
+    instead, with no Python backward.
 
     Args:
         problem: the ``ActivationProblem`` (closed form and one-sided derivative).
@@ -43,6 +61,10 @@ class ArgminActivation(nn.Module):
         # a closed form under a mode that does not run its own forward (no ``apply`` override on
         # its class or instance): straight to the closed-form Function
         if problem.closed_form and getattr(mode.apply, "__func__", None) is GradientMode.apply:
+            if type(mode) is Implicit and not torch.compiler.is_compiling():
+                z = _native_implicit(problem, x)
+                if z is not None:
+                    return z
             return apply_closed_form(problem, mode, (x,))
         return mode.apply(problem, (x,)).z
 

@@ -36,6 +36,13 @@ class ActivationProblem(ArgminProblem):
     def directional_derivative(self, a: torch.Tensor, z: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def native_implicit(self, a: torch.Tensor) -> torch.Tensor | None:
+        """``activation(a)`` in natively differentiable torch operations whose own backward gives
+        this problem's implicit gradient bit for bit at this ``a``, for every cotangent; ``None``
+        where no such form holds (the default, always). Eager layers in the ``Implicit`` mode use it
+        to skip the Python ``autograd.Function``."""
+        return None
+
     def check_input(self, a: torch.Tensor) -> None:
         """Raise for an input this activation does not accept (beyond a floating tensor, which the
         layers check); element-wise activations accept every shape."""

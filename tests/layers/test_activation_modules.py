@@ -134,6 +134,84 @@ def test_eager_call_equals_closed_form_function(name, mode):
 
 @all_modules
 @all_modes
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_eager_first_order_backward_equals_closed_form_function(name, mode, dtype):
+    """A plain (first-order) backward takes the eager Function's own short path, not the
+    re-solving one of ``create_graph``: its gradient equals ``ClosedFormFunction``'s bit for bit,
+    at kinks (zeros and box bounds in the input, both signs and zeros of the cotangent) and for
+    non-finite cotangents."""
+    act = make(name, mode)
+    special = torch.tensor([[0.0, -0.0, -0.5, 1.0, 0.0], [0.0, 1.0, -0.5, 0.3, -2.0]], dtype=torch.float64)
+    x = torch.cat([_input(3, 5), special]).to(dtype).requires_grad_(True)
+    g = torch.cat([_input(3, 5, seed=2), torch.tensor([[-1.0, -2.0, 3.0, -1.0, 0.0],
+                                                      [-0.0, float("inf"), float("-inf"), float("nan"), 1.0]],
+                                                     dtype=torch.float64)]).to(dtype)
+    z = act(x)
+    assert type(z.grad_fn).__name__ != "ClosedFormFunctionBackward"
+    (gx,) = torch.autograd.grad(z, x, g)
+    (gx_ref,) = torch.autograd.grad(ClosedFormFunction.apply(act.problem, act.mode, x), x, g)
+    assert gx.dtype == dtype and not gx.requires_grad
+    torch.testing.assert_close(gx, gx_ref, rtol=0, atol=0, equal_nan=True)
+    assert bool((gx[:3] != 0).any())
+    # an input that needs no gradient: no autograd node, so the backward's ``needs`` is never all False
+    assert act(x.detach()).grad_fn is None
+
+
+@all_modules
+@all_modes
+def test_jacrev_at_kinks_equals_rows_of_backward(name, mode):
+    """``torch.func.jacrev`` (the backward vmapped over cotangents, not over the input) at an input
+    with kinks: each row is the eager backward of that basis cotangent."""
+    act = make(name, mode)
+    x = torch.tensor([0.0, -0.5, 1.0, 0.0, 0.3], dtype=torch.float64)
+    jac = jacrev(act)(x)
+    xr = x.clone().requires_grad_(True)
+    z = act(xr)
+    rows = torch.stack([torch.autograd.grad(z, xr, e, retain_graph=True)[0] for e in torch.eye(5, dtype=x.dtype)])
+    torch.testing.assert_close(jac, rows, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_implicit_relu_native_path_has_the_implicit_gradient(dtype):
+    """Eagerly, an implicit ``ArgminReLU`` on a CPU input without 0 or NaN runs ``torch.relu``
+    (no Python backward); its gradient is ``ClosedFormFunction``'s bit for bit for every cotangent
+    (±inf, NaN, ±0 included), first and second order. An input holding a 0 or a NaN takes the
+    Function (the one-sided rule at 0 differs from ``torch.relu``'s backward, and NaN is a kink for
+    it): there the two gradients differ, which is why the check exists."""
+    act = layers.ArgminReLU()
+    special = [float("inf"), float("-inf"), float("nan"), 0.0, -0.0, 1e-45, -1e-45, 3.0, -3.0]
+    x = torch.tensor([[v] * len(special) for v in (1.5, -2.0, float("inf"), float("-inf"), 1e-45, -1e-45)],
+                     dtype=dtype).requires_grad_(True)
+    g = torch.tensor([special] * 6, dtype=dtype)
+    z = act(x)
+    assert type(z.grad_fn).__name__ == "ReluBackward0"
+    z_ref = ClosedFormFunction.apply(act.problem, act.mode, x)
+    torch.testing.assert_close(z, z_ref, rtol=0, atol=0)
+    (gx,) = torch.autograd.grad(z, x, g, create_graph=True)
+    (gx_ref,) = torch.autograd.grad(z_ref, x, g, create_graph=True)
+    assert torch.equal(gx.isnan(), gx_ref.isnan()) and torch.equal(gx.signbit(), gx_ref.signbit())
+    torch.testing.assert_close(gx, gx_ref, rtol=0, atol=0, equal_nan=True)
+    w = torch.ones_like(gx)
+    (hx,) = torch.autograd.grad((gx.nan_to_num() * w).sum(), x, allow_unused=True, materialize_grads=True)
+    (hx_ref,) = torch.autograd.grad((gx_ref.nan_to_num() * w).sum(), x, allow_unused=True, materialize_grads=True)
+    torch.testing.assert_close(hx, hx_ref, rtol=0, atol=0)
+    # at 0 with g < 0 the rule passes g and relu's backward 0; at NaN with g > 0 the rule 0 and relu g
+    for kink, cotangent in ((0.0, -1.0), (-0.0, -1.0), (float("nan"), 1.0)):
+        xk = torch.cat([x.detach()[:, :1], torch.full((6, 1), kink, dtype=dtype)], 1).requires_grad_(True)
+        gk = torch.full((6, 2), cotangent, dtype=dtype)
+        zk = act(xk)
+        assert type(zk.grad_fn).__name__ != "ReluBackward0"
+        (gxk,) = torch.autograd.grad(zk, xk, gk)
+        (gxk_native,) = torch.autograd.grad(torch.relu(xk), xk, gk)
+        (gxk_ref,) = torch.autograd.grad(ClosedFormFunction.apply(act.problem, act.mode, xk), xk, gk)
+        torch.testing.assert_close(gxk, gxk_ref, rtol=0, atol=0)
+        assert not torch.equal(gxk[:, 1], gxk_native[:, 1])
+    # the other modes and the compiled path keep the Function
+    assert type(layers.ArgminReLU("contrastive", beta=0.5)(x).grad_fn).__name__ != "ReluBackward0"
+
+
+@all_modules
+@all_modes
 def test_double_backward_gradgradcheck(name, mode):
     """Every mode's backward is differentiable torch code, and its derivative is exact (closed-form
     problems are re-solved in torch ops under create_graph, see ArgminFunction.backward)."""
