@@ -15,8 +15,9 @@ Methods: **ours** (``layers.CvxpyLayer``), **backend** (``cvxpylayers.torch.Cvxp
 solver=layers.ArgminQPSolver())``), **diffcp** (cvxpylayers' default, DIFFCP/SCS with
 ``eps=1e-9``), **diffcp-clarabel** (DIFFCP with ``solve_method="Clarabel"``). One *call* is
 forward + backward of ``ℓ = Σ wᵀ(outputs)``; the median of ``--reps`` calls (after one warm-up) is
-reported with ``peer / ours`` ratios (construction: the median of 3); repetitions are interleaved (each runs every method once, in
-a shuffled order) so that the load of the machine affects every method alike. *Construction* is the layer's constructor on a freshly built
+reported with ``peer / ours`` ratios; repetitions are interleaved (each runs every method once, in
+a shuffled order) so that the load of the machine affects every method alike (construction: the
+median of 5 such repetitions). *Construction* is the layer's constructor on a freshly built
 problem (cvxpy caches canonicalisations on the problem object).
 
 *Gradient error*: ``declarative.testing.check_against_cvxpy`` on the first 8 batch elements —
@@ -145,12 +146,12 @@ def run_problem(name, methods, reps, step, gen):
     print(f"\n== ({name}) batch {next(v.shape[0] for v, b in zip(values, batched) if b)}, "
           f"parameters {[tuple(p.shape) for p in params]} ==", flush=True)
     builds = {m: [] for m in methods}
-    for _ in range(3):                                          # construction: median of 3, interleaved
-        for m in methods:
+    order = random.Random(0)
+    for _ in range(5):                                          # construction: median of 5, interleaved, shuffled
+        for m in order.sample(methods, len(methods)):
             builds[m].append(make(m, build))
     built = {m: (builds[m][-1][0], statistics.median(t for _, t in builds[m])) for m in methods}
     times = {m: [] for m in methods}
-    order = random.Random(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ws = [torch.randn(o.shape, generator=torch.Generator().manual_seed(1), **F64)

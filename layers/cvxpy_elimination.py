@@ -47,17 +47,14 @@ def _structure(const: np.ndarray, maps, shape) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _eliminable_once(A_nz, A_dep, G_nz):
-    """``(E, R)``: one eliminable variable per equality row where there is one, or None."""
-    in_g = G_nz.any(0)
+    """``(E, R)``: per equality row with a candidate, its first eliminable variable (the lowest
+    column), or None. A candidate appears in one row only, so the variables are distinct."""
     once = A_nz.sum(0) == 1
-    cand = A_nz & ~A_dep & once[None, :] & ~in_g[None, :]
-    rows, cols = [], []
-    for r in range(A_nz.shape[0]):
-        js = np.nonzero(cand[r])[0]
-        if len(js):
-            rows.append(r)
-            cols.append(js[0])
-    return (np.asarray(cols), np.asarray(rows)) if rows else None
+    cand = A_nz & ~A_dep & (once & ~G_nz.any(0))[None, :]
+    R = np.flatnonzero(cand.any(1))
+    if not len(R):
+        return None
+    return cand[R].argmax(1), R
 
 
 def eliminable(canon, max_rounds: int = 64) -> list:
@@ -76,9 +73,10 @@ def eliminable(canon, max_rounds: int = 64) -> list:
         if found is None:
             break
         E, R = found
-        n_cur, p_cur = A_nz.shape[1], A_nz.shape[0]
+        p_cur, n_cur = A_nz.shape
         rounds.append((n_cur, p_cur, E, R, A_const[R, E]))
-        K, Rc = np.setdiff1d(np.arange(n_cur), E), np.setdiff1d(np.arange(p_cur), R)
+        K, Rc = np.ones(n_cur, bool), np.ones(p_cur, bool)
+        K[E], Rc[R] = False, False
         A_nz, A_dep, A_const = (x[Rc][:, K] for x in (A_nz, A_dep, A_const))
         G_nz = G_nz[:, K]
     return rounds
