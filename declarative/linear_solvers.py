@@ -172,11 +172,13 @@ def _cg_fixed_steps(matvec: Operator, b: torch.Tensor, x: torch.Tensor, r: torch
         if negative is not None:
             negative = negative | (ok & (pAp < -(eps ** 0.5) * spp))
         ok = ok & (pAp > _FLAT * eps * spp) & (rs > floor)   # rs > floor ≥ 0 and pAp > 0 where ok
-        alpha = _expand(torch.where(ok, rs / pAp, zero), x)  # (rs/pAp is inf or NaN only where not ok)
+        # the inner where keeps 0/0 out of the discarded branch: its NaN would reach the gradient
+        # of a backward through the iteration (autograd differentiates both branches of a where)
+        alpha = _expand(torch.where(ok, rs / torch.where(ok, pAp, 1.0), zero), x)
         x = torch.addcmul(x, alpha, p)
         r = torch.addcmul(r, alpha, Ap, value=-1)
         rs_new = batch_dot(r, r)
-        beta = torch.where(ok, rs_new / rs, zero)
+        beta = torch.where(ok, rs_new / torch.where(ok, rs, 1.0), zero)
         p = torch.addcmul(r, _expand(beta, p), p)
         # ‖p‖² by CG's recurrence (rᵀp_old = 0): only a scale for the round-off thresholds
         pp = torch.addcmul(rs_new, beta * beta, pp)
