@@ -4,24 +4,25 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.autograd import forward_ad
 
 from declarative import ActivationProblem, GradientMode, Implicit, resolve_mode
 from declarative.argmin_function import apply_closed_form
 from declarative.validation import check_instance, check_tensor
 
 
-#: the part of the message with which ``torch.func.vmap`` refuses ``Tensor.item``
-_VMAP_ITEM_REFUSAL = "calling .item() on a Tensor"
-
-
 def _native_implicit(problem: ActivationProblem, x: torch.Tensor) -> torch.Tensor | None:
-    """``problem.native_implicit(x)``; ``None`` under ``torch.func.vmap``, which refuses its
-    data-dependent check (the closed-form Function then batches the layer)."""
+    """``problem.native_implicit(x)``, or ``None`` (the closed-form Function then runs) wherever
+    its data-dependent check must not decide the graph: under ``torch.jit.trace`` (the trace would
+    fix the branch of the example input for every later input), for tensor subclasses (fake and
+    functional tensors of ``make_fx`` and export), for dual tensors of forward-mode AD (whose
+    support must not depend on the input's values), and wherever reading the value is refused
+    (``torch.func.vmap``, ``make_fx``'s proxy mode, data-dependent symbolic guards)."""
+    if type(x) is not torch.Tensor or torch.jit.is_tracing() or forward_ad.unpack_dual(x).tangent is not None:
+        return None
     try:
         return problem.native_implicit(x)
-    except RuntimeError as err:
-        if _VMAP_ITEM_REFUSAL not in str(err):
-            raise
+    except RuntimeError:   # the value read was refused: the general path, correct everywhere
         return None
 
 
@@ -34,8 +35,8 @@ class ArgminActivation(nn.Module):
     transforms run the same forward and backward without ``Function.apply``'s argument binding
     (``declarative.argmin_function.apply_closed_form``); in the ``Implicit`` mode, where the
     problem has a natively differentiable form with the same gradient at the input
-    (``ActivationProblem.native_implicit``: ReLU on a CPU input without 0 or NaN), they run that
-    instead, with no Python backward.
+    (``ActivationProblem.native_implicit``: ReLU on a CPU input without 0 or NaN, outside tracing
+    and forward-mode AD), they run that instead, with no Python backward.
 
     Args:
         problem: the ``ActivationProblem`` (closed form and one-sided derivative).

@@ -2,6 +2,8 @@
 dtype/device preserved, batch of 1 equals unbatched, nn.Sequential training, torch.func.vmap
 (also of grad), double backward, bad input, repr."""
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -208,6 +210,39 @@ def test_implicit_relu_native_path_has_the_implicit_gradient(dtype):
         assert not torch.equal(gxk[:, 1], gxk_native[:, 1])
     # the other modes and the compiled path keep the Function
     assert type(layers.ArgminReLU("contrastive", beta=0.5)(x).grad_fn).__name__ != "ReluBackward0"
+
+
+def test_implicit_relu_native_path_is_not_taken_where_it_would_decide_the_graph():
+    """The native path's value check must not fix a traced graph, fail a tracer, or make forward-mode
+    support depend on the input's values: ``torch.jit.trace`` on a kink-free input keeps the
+    one-sided rule at a later kink, ``make_fx`` (real and fake) traces, a dual tensor takes the
+    Function whatever its values, and a subclass that redefines the rule keeps it."""
+    from torch.autograd import forward_ad
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    act = layers.ArgminReLU()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(act, torch.tensor([1.0, -2.0, 3.0]))
+    xk = torch.tensor([0.0, 1.0], requires_grad=True)
+    (g_traced,) = torch.autograd.grad(traced(xk), xk, torch.tensor([-1.0, 1.0]))
+    (g_eager,) = torch.autograd.grad(act(xk), xk, torch.tensor([-1.0, 1.0]))
+    assert g_eager.tolist() == [-1.0, 1.0]
+    torch.testing.assert_close(g_traced, g_eager, rtol=0, atol=0)
+    for tracing_mode in ("real", "fake"):
+        gm = make_fx(act, tracing_mode=tracing_mode)(torch.tensor([1.0, -2.0, 3.0]))
+        torch.testing.assert_close(gm(torch.tensor([0.5, -1.0])), torch.tensor([0.5, 0.0]))
+    with forward_ad.dual_level():
+        for x in (torch.tensor([1.0, -2.0]), torch.tensor([1.0, 0.0])):
+            with pytest.raises(NotImplementedError):
+                act(forward_ad.make_dual(x, torch.ones_like(x)))
+
+    class LeakyRule(type(act.problem)):
+        def implicit_vjp(self, solution, params, g, needs):
+            return (0.5 * g,)
+    x = torch.tensor([1.0, -2.0], requires_grad=True)
+    (gx,) = torch.autograd.grad(layers.ArgminActivation(LeakyRule())(x), x, torch.ones(2))
+    assert gx.tolist() == [0.5, 0.5]
 
 
 @all_modules
