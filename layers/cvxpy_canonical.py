@@ -391,10 +391,6 @@ class QPDataMap(nn.Module):
                 self.register_buffer(f"{b}_{i}_src", torch.as_tensor(src, dtype=torch.int64))
                 self.register_buffer(f"{b}_{i}_coef", torch.as_tensor(coef, dtype=torch.float64))
 
-    def depends_on(self, block: str) -> list[int]:
-        """Indices of the parameters that block ``block`` depends on."""
-        return self.uses[block]
-
     def block(self, name: str, flat: list, dtype, device) -> torch.Tensor:
         """One block ``(*batch, *shape)`` from the flattened parameters ``flat[i]: (*batch_i, size_i)``."""
         out = getattr(self, f"{name}_const").to(dtype=dtype, device=device).reshape(-1)
