@@ -11,14 +11,23 @@ from declarative.argmin_function import apply_closed_form
 from declarative.validation import check_instance, check_tensor
 
 
+#: whether a ``torch.func`` transform is running (no public query exists; where this build lacks
+#: it, the other checks and the refusal of ``Tensor.item`` by ``vmap`` remain)
+_transforms_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: False)
+
+
 def _native_implicit(problem: ActivationProblem, x: torch.Tensor) -> torch.Tensor | None:
     """``problem.native_implicit(x)``, or ``None`` (the closed-form Function then runs) wherever
     its data-dependent check must not decide the graph: under ``torch.jit.trace`` (the trace would
     fix the branch of the example input for every later input), for tensor subclasses (fake and
     functional tensors of ``make_fx`` and export), for dual tensors of forward-mode AD (whose
     support must not depend on the input's values), and wherever reading the value is refused
-    (``torch.func.vmap``, ``make_fx``'s proxy mode, data-dependent symbolic guards)."""
-    if type(x) is not torch.Tensor or torch.jit.is_tracing() or forward_ad.unpack_dual(x).tangent is not None:
+    (``torch.func.vmap``, ``make_fx``'s proxy mode, data-dependent symbolic guards); also under
+    every ``torch.func`` transform (nested forward-mode levels, ``functionalize``), where the
+    wrapped input shows neither its tangent nor its wrapper type. A ``RuntimeError`` from
+    ``native_implicit`` means "use the Function" (which is correct for every input)."""
+    if (type(x) is not torch.Tensor or torch.jit.is_tracing() or _transforms_active()
+            or forward_ad.unpack_dual(x).tangent is not None):
         return None
     try:
         return problem.native_implicit(x)

@@ -1,6 +1,7 @@
 """Autograd through the fixed-step conjugate gradient (``rtol = atol = 0``): a user who unrolls it
 gets finite gradients for every batch element, including one whose right-hand side is zero (its
-iteration stops at once, and the discarded ``0/0`` branch of the step must not reach the backward).
+iteration stops at once, and the discarded ``0/0`` branch of the step must not reach the backward;
+its gradient is that of the stopped iteration, 0).
 """
 
 import pytest
@@ -26,7 +27,9 @@ def test_unrolled_cg_gradients_are_finite_and_match_the_solve(semidefinite):
     ones = torch.ones(B, n, 1, dtype=torch.float64)
     w = torch.linalg.solve(A.detach().mT, ones)
     x = torch.linalg.solve(A.detach(), b.detach().unsqueeze(-1))
-    # (elements with b ≠ 0; at b = 0 the unrolled iteration stops before its first step, a kink)
+    # (elements with b ≠ 0. At b = 0 the stopping test ‖r‖² > eps²‖b‖² ends the iteration before
+    # its first step: x = x₀ whatever b, and autograd differentiates that constant — a gradient
+    # of 0, not A⁻ᵀ1; finite is what is asserted there)
     live = [0, 2]
     torch.testing.assert_close(gb[live], w.squeeze(-1)[live], rtol=1e-8, atol=1e-10)
     # CG assumes A symmetric: only the gradient along symmetric perturbations is A⁻¹b's

@@ -7,7 +7,7 @@ import warnings
 import pytest
 import torch
 from torch import nn
-from torch.func import grad, jacrev, vmap
+from torch.func import grad, hessian, jacrev, vmap
 
 import layers
 from contrastive import Contrastive, Symmetric
@@ -232,16 +232,28 @@ def test_implicit_relu_native_path_is_not_taken_where_it_would_decide_the_graph(
     for tracing_mode in ("real", "fake"):
         gm = make_fx(act, tracing_mode=tracing_mode)(torch.tensor([1.0, -2.0, 3.0]))
         torch.testing.assert_close(gm(torch.tensor([0.5, -1.0])), torch.tensor([0.5, 0.0]))
-    with forward_ad.dual_level():
-        for x in (torch.tensor([1.0, -2.0]), torch.tensor([1.0, 0.0])):
+    for x in (torch.tensor([1.0, -2.0]), torch.tensor([1.0, 0.0])):
+        with forward_ad.dual_level():
             with pytest.raises(NotImplementedError):
                 act(forward_ad.make_dual(x, torch.ones_like(x)))
+        with pytest.raises(NotImplementedError):   # nested: forward over reverse
+            hessian(lambda a: act(a).sum())(x)
 
     class LeakyRule(type(act.problem)):
         def implicit_vjp(self, solution, params, g, needs):
             return (0.5 * g,)
+    class Shifted(type(act.problem)):
+        def solve(self, params, warm_start=None):
+            sol = super().solve(params, warm_start)
+            sol.z = sol.z + 1
+            return sol
     x = torch.tensor([1.0, -2.0], requires_grad=True)
     (gx,) = torch.autograd.grad(layers.ArgminActivation(LeakyRule())(x), x, torch.ones(2))
+    assert gx.tolist() == [0.5, 0.5]
+    assert layers.ArgminActivation(Shifted())(x).tolist() == [2.0, 1.0]
+    instance = type(act.problem)()
+    instance.implicit_vjp = lambda solution, params, g, needs: (0.5 * g,)
+    (gx,) = torch.autograd.grad(layers.ArgminActivation(instance)(x), x, torch.ones(2))
     assert gx.tolist() == [0.5, 0.5]
 
 
