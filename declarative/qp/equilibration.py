@@ -38,7 +38,11 @@ solver reports as ``Status.NON_FINITE``) and leaves the scales of the others —
 included — and the decision to scale as they would be without it.
 
 When ``Q`` is unbatched, ``σ`` and ``D`` are one scaling for the whole batch (column norms are
-maxima over it), so that ``Q`` stays unbatched; else they are per element. The Ruiz iterations are
+maxima over it), so that ``Q`` stays unbatched; else they are per element. One exception: when the
+elements' objectives ``max|q|`` (or their largest right-hand sides) differ by more than ``BAND²``,
+one ``σ`` would leave the small ones at the rounding level of the large one, so ``σ`` and ``t``
+are per element (``D = t·D_r`` then has shape ``(B, n)``, and the scaled ``Q`` is batched) while
+``D_r`` stays shared. The Ruiz iterations are
 a fixed number of batched reductions (no host synchronisation) on ``|Q|``, ``|G|``, ``|A|`` and the
 scale vectors (no scaled copy of the data per pass). When the KKT columns of the data as given
 already lie within a factor ``BAND`` of each other, ``D_r = I`` (no iterations; decided in the
@@ -78,11 +82,12 @@ class Equilibration(NamedTuple):
 
     Shape:
         - cost ``σ``: ``()`` when ``Q`` is unbatched (one scale for the batch: ``Q`` stays
-          unbatched), else ``(B,)``
+          unbatched), else ``(B,)`` (also for an unbatched ``Q`` whose batch's objectives differ by
+          more than ``BAND²``: see the module docstring)
         - ineq ``d_G``: like ``h`` without its last axis plus ``m``: ``(m,)`` or ``(B, m)``; None
           without inequalities
         - eq ``d_A``: ``(p,)`` or ``(B, p)``; None without equalities
-        - var ``D`` (the diagonal): ``(n,)`` when ``Q`` is unbatched, else ``(B, n)``
+        - var ``D`` (the diagonal): ``(n,)`` when ``σ`` is ``()``, else ``(B, n)``
     """
 
     cost: torch.Tensor
@@ -172,6 +177,18 @@ class Equilibration(NamedTuple):
         which map like solutions; cache shared)."""
         return Solution(z=self.unscale_z(sol.z), duals=self.unscale_duals(sol.duals),
                         status=sol.status, iterations=sol.iterations, residuals=sol.residuals, cache=sol.cache)
+
+
+def _spread_apart(sq_el: torch.Tensor, rows) -> torch.Tensor:
+    """Whether the batch elements' objective sizes ``max|q|``, or their largest right-hand sides,
+    differ by more than ``BAND²`` (zeros ignored; ``()`` bool tensor, no host sync)."""
+    sizes = [sq_el] + [r_[1].amax(-1) for r_ in rows if r_ is not None and r_[1].dim() > 1 and r_[1].shape[-1]]
+    out = torch.zeros((), dtype=torch.bool, device=sq_el.device)
+    for s_ in sizes:
+        if s_.dim() and s_.shape[0] > 1:
+            low = torch.where(s_ > 0, s_, torch.full_like(s_, math.inf)).amin()
+            out = out | (s_.amax() > BAND * BAND * low)
+    return out
 
 
 def _inverse(size: torch.Tensor, cap: float) -> torch.Tensor:
@@ -396,10 +413,16 @@ def equilibration(Q, q, G=None, h=None, A=None, b=None) -> Equilibration | None:
     # the variables' columns already within a factor BAND of each other: no Ruiz iterations
     col = _first_columns(qc, block_cols, 1 if unbatched else 2)
     spread = col.amax(-1) > BAND * torch.where(col > 0, col, torch.full_like(col, math.inf)).amin(-1)
-    # one host sync for both decisions; in band: nothing to do, no scales formed
-    out_of_band, unbalanced = torch.stack([out_of_band, spread.any()]).tolist()
+    # an unbatched Q with a batch whose objectives (or right-hand sides) differ in size by more
+    # than BAND² between elements: one cost scale for all would leave the small ones at rounding
+    # level (q of 1e9 beside q of 1 made a whole batch INACCURATE that solves element by element);
+    # then σ and the minimiser size t are per element (the scaled Q becomes batched), D stays shared
+    apart = _spread_apart(sq_el, rows) if unbatched else torch.zeros((), dtype=torch.bool, device=Q.device)
+    # one host sync for the decisions; in band: nothing to do, no scales formed
+    out_of_band, unbalanced, apart = torch.stack([out_of_band, spread.any(), apart]).tolist()
     if not out_of_band:
         return None
+    shared = unbatched and not apart            # one cost scale and one t for the batch
     cap = torch.finfo(Q.dtype).tiny ** -0.5
     if unbalanced:
         aQ = _size_of(Q)
@@ -414,11 +437,11 @@ def equilibration(Q, q, G=None, h=None, A=None, b=None) -> Equilibration | None:
         rows = [None if r_ is None else (next(scaled) if r_[0].shape[-1] else r_[0], r_[1]) for r_ in rows]
     else:
         D = Q.new_ones(col.shape)
-    t = _solution_scale(sQ, sq_el, rows, unbatched)
+    t = _solution_scale(sQ, sq_el, rows, shared)
     t = torch.where((t > BAND) | (t < 1 / BAND), t, torch.ones_like(t))   # in band: no common factor
     tc = t.reshape(*t.shape, 1) if t.dim() else t
     sQt, sqt = sQ * t * t, sq_el * t
-    if unbatched:
+    if shared:
         sqt = sqt.amax() if sqt.dim() else sqt
     sizes = [torch.maximum(sQt, sqt)] + [None if r_ is None else torch.maximum(r_[0] * tc, r_[1])
                                         for r_ in rows]

@@ -116,6 +116,47 @@ def test_a_non_finite_element_leaves_the_shared_scales_to_the_others(where):
     torch.testing.assert_close(sol.z[good], torch.as_tensor(z), atol=1e-6, rtol=1e-6)
 
 
+def test_an_element_of_extreme_size_leaves_the_others_solved():
+    """``Q`` unbatched and one element's objective 1e9 times that of the others: one cost scale
+    for the batch put the others' objectives at 1e-9 of unit size, and the whole batch came back
+    INACCURATE (each element solved alone is SOLVED). The cost scale and the minimiser size are
+    then per element: the other elements are SOLVED, equal to their solves alone and to cvxpy,
+    and so are their gradients (summed over the batch for the shared ``Q``, ``G``, ``h``)."""
+    Q, q, G, h, A, b = random_qp(None, 20, 30, 3, seed=1)
+    gen = torch.Generator().manual_seed(0)
+    qb = torch.randn(6, 20, generator=gen, dtype=torch.float64)
+    qb[0] *= 1e9
+    qb[2] *= 1e-3
+    eq = equilibration(Q, qb, G, h, A, b)
+    assert eq.cost.shape == (6,) and eq.var.shape == (6, 20)
+    good = [1, 2, 3, 4, 5]
+    Qr, Gr, hr = (t.clone().requires_grad_() for t in (Q, G, h))
+    qr = qb.clone().requires_grad_()
+    sol = solve_qp(Qr, qr, Gr, hr, A, b, check=False)
+    assert (sol.status[good] == Status.SOLVED).all()
+    assert sol.status[0] != Status.SOLVED or sol.z[0].abs().max() > 1e6
+    z_ref, *_ = qp_reference_batch(Q.expand(5, 20, 20), qb[good], G.expand(5, 30, 20), h.expand(5, 30),
+                                   A.expand(5, 3, 20), b.expand(5, 3))
+    torch.testing.assert_close(sol.z[good].detach(), torch.as_tensor(z_ref), atol=1e-6, rtol=1e-6)
+    w = torch.randn(6, 20, generator=gen, dtype=torch.float64)
+    w[0] = 0
+    (sol.z * w).sum().backward()
+    grads = [torch.zeros_like(t) for t in (Q, G, h)]
+    for i in good:
+        Qi, Gi, hi = (t.clone().requires_grad_() for t in (Q, G, h))
+        qi = qb[i].clone().requires_grad_()
+        alone = solve_qp(Qi, qi, Gi, hi, A, b)
+        torch.testing.assert_close(sol.z[i].detach(), alone.z.detach(), atol=1e-10, rtol=1e-10)
+        (alone.z * w[i]).sum().backward()
+        torch.testing.assert_close(qr.grad[i], qi.grad, atol=1e-9, rtol=1e-9)
+        for acc, t in zip(grads, (Qi, Gi, hi)):
+            acc += t.grad
+    for got, want in zip((Qr.grad, Gr.grad, hr.grad), grads):
+        torch.testing.assert_close(got, want, atol=1e-9, rtol=1e-9)
+    # a batch whose sizes differ by less than BAND² keeps one scaling (Q stays unbatched)
+    assert equilibration(Q * 1e-6, qb[1:] * 1e-6, G, h, A, b).cost.shape == ()
+
+
 def test_in_band_ratio_test_ignores_a_non_finite_element():
     """Batched data whose minimisers are of size 1e-6 (``q``, ``h``, ``b`` small against ``Q``,
     ``G``, ``A``: every block in band, the ratio of the largest right-hand side to the largest
