@@ -39,10 +39,10 @@ included — and the decision to scale as they would be without it.
 
 When ``Q`` is unbatched, ``σ`` and ``D`` are one scaling for the whole batch (column norms are
 maxima over it), so that ``Q`` stays unbatched; else they are per element. One exception: when the
-elements' objectives ``max|q|`` (or their largest right-hand sides) differ by more than ``BAND²``,
-one ``σ`` would leave the small ones at the rounding level of the large one, so ``σ`` and ``t``
-are per element (``D = t·D_r`` then has shape ``(B, n)``, and the scaled ``Q`` is batched) while
-``D_r`` stays shared. The Ruiz iterations are
+elements' objective sizes ``max(max|Q|, max|q|)`` differ by more than ``BAND²``, one ``σ`` would
+leave the small ones at the rounding level of the large one, so ``σ`` and ``t`` are per element
+(``D = t·D_r`` then has shape ``(B, n)``, and the scaled ``Q``, ``G`` and ``A`` are batched: the
+solver's shared-matrix products are lost for that batch) while ``D_r`` stays shared. The Ruiz iterations are
 a fixed number of batched reductions (no host synchronisation) on ``|Q|``, ``|G|``, ``|A|`` and the
 scale vectors (no scaled copy of the data per pass). When the KKT columns of the data as given
 already lie within a factor ``BAND`` of each other, ``D_r = I`` (no iterations; decided in the
@@ -82,10 +82,10 @@ class Equilibration(NamedTuple):
 
     Shape:
         - cost ``σ``: ``()`` when ``Q`` is unbatched (one scale for the batch: ``Q`` stays
-          unbatched), else ``(B,)`` (also for an unbatched ``Q`` whose batch's objectives differ by
-          more than ``BAND²``: see the module docstring)
-        - ineq ``d_G``: like ``h`` without its last axis plus ``m``: ``(m,)`` or ``(B, m)``; None
-          without inequalities
+          unbatched), else ``(B,)`` (also for an unbatched ``Q`` whose batch's objective sizes
+          differ by more than ``BAND²``: see the module docstring)
+        - ineq ``d_G``: ``(m,)`` or ``(B, m)`` (``(B, m)`` when ``h`` or ``G`` is batched, or ``σ``
+          is per element); None without inequalities
         - eq ``d_A``: ``(p,)`` or ``(B, p)``; None without equalities
         - var ``D`` (the diagonal): ``(n,)`` when ``σ`` is ``()``, else ``(B, n)``
     """
@@ -179,16 +179,13 @@ class Equilibration(NamedTuple):
                         status=sol.status, iterations=sol.iterations, residuals=sol.residuals, cache=sol.cache)
 
 
-def _spread_apart(sq_el: torch.Tensor, rows) -> torch.Tensor:
-    """Whether the batch elements' objective sizes ``max|q|``, or their largest right-hand sides,
-    differ by more than ``BAND²`` (zeros ignored; ``()`` bool tensor, no host sync)."""
-    sizes = [sq_el] + [r_[1].amax(-1) for r_ in rows if r_ is not None and r_[1].dim() > 1 and r_[1].shape[-1]]
-    out = torch.zeros((), dtype=torch.bool, device=sq_el.device)
-    for s_ in sizes:
-        if s_.dim() and s_.shape[0] > 1:
-            low = torch.where(s_ > 0, s_, torch.full_like(s_, math.inf)).amin()
-            out = out | (s_.amax() > BAND * BAND * low)
-    return out
+def _spread_apart(size: torch.Tensor) -> torch.Tensor:
+    """Whether the batch elements' objective sizes ``max(max|Q|, max|q|)`` (``(B,)``; zeros, which
+    have no scale, ignored) differ by more than ``BAND²``: a ``()`` bool tensor, no host sync."""
+    if not size.dim() or size.shape[0] < 2:
+        return torch.zeros((), dtype=torch.bool, device=size.device)
+    low = torch.where(size > 0, size, torch.full_like(size, math.inf)).amin()
+    return size.amax() > BAND * BAND * low
 
 
 def _inverse(size: torch.Tensor, cap: float) -> torch.Tensor:
@@ -198,7 +195,7 @@ def _inverse(size: torch.Tensor, cap: float) -> torch.Tensor:
     return inv.clamp(1 / cap, cap)
 
 
-def _solution_scale(sQ, sq, rows, unbatched_q: bool) -> torch.Tensor:
+def _solution_scale(sQ, sq, rows, shared: bool) -> torch.Tensor:
     """An estimate ``t`` of the size of the minimiser: the median over the constraint rows of
     ``|h_i| / ‖G_i‖∞`` and ``|b_j| / ‖A_j‖∞`` (rows with a zero side skipped, and those whose side is
     below ``_NEGLIGIBLE_RHS`` times the largest side of the element; a median, so that a few big-M or
@@ -206,7 +203,7 @@ def _solution_scale(sQ, sq, rows, unbatched_q: bool) -> torch.Tensor:
     From the reductions ``equilibration`` forms, of the Ruiz-scaled data (``D_r Q D_r``, ``D_r q``,
     ``G D_r``, ``A D_r``): ``sQ = max|Q|``, ``sq = max|q|`` (per element) and ``rows``:
     ``(‖M_i‖∞, |r_i|)`` for ``(G, h)`` and ``(A, b)`` (or None). ``()`` when ``Q`` is
-    unbatched (``unbatched_q``: one scale for the batch), else ``(B,)``."""
+    unbatched and the batch shares one scaling (``shared``), else ``(B,)``."""
     ratios = []
     present = [r_ for r_ in rows if r_ is not None and r_[0].shape[-1] > 0]
     # right-hand sides at the rounding level of the largest one (e.g. 1e-16 beside 18: the
@@ -221,12 +218,12 @@ def _solution_scale(sQ, sq, rows, unbatched_q: bool) -> torch.Tensor:
         big = ra > _NEGLIGIBLE_RHS * floor
         ratios.append(torch.where((rowmax > 0) & (ra > 0) & big, ra / rowmax, float("nan")))
     obj = torch.where((sQ > 0) & (sq > 0), sq / torch.where(sQ > 0, sQ, 1.0), 1.0)
-    if unbatched_q:
+    if shared:
         obj = obj.amax() if obj.dim() else obj
     if not ratios:
         return obj
     R = torch.cat(ratios, -1)
-    if unbatched_q:
+    if shared:
         R = R.reshape(-1)
     t = R.nanmedian(-1).values if R.dim() > 1 else R.nanmedian()
     return torch.where(torch.isnan(t), obj, t)
@@ -413,11 +410,12 @@ def equilibration(Q, q, G=None, h=None, A=None, b=None) -> Equilibration | None:
     # the variables' columns already within a factor BAND of each other: no Ruiz iterations
     col = _first_columns(qc, block_cols, 1 if unbatched else 2)
     spread = col.amax(-1) > BAND * torch.where(col > 0, col, torch.full_like(col, math.inf)).amin(-1)
-    # an unbatched Q with a batch whose objectives (or right-hand sides) differ in size by more
-    # than BAND² between elements: one cost scale for all would leave the small ones at rounding
-    # level (q of 1e9 beside q of 1 made a whole batch INACCURATE that solves element by element);
-    # then σ and the minimiser size t are per element (the scaled Q becomes batched), D stays shared
-    apart = _spread_apart(sq_el, rows) if unbatched else torch.zeros((), dtype=torch.bool, device=Q.device)
+    # an unbatched Q with a batch whose objectives differ in size by more than BAND² between
+    # elements: one cost scale for all would leave the small ones at rounding level (q of 1e9
+    # beside q of 1, or of 0, made a whole batch INACCURATE that solves element by element); then
+    # σ and the minimiser size t are per element (the scaled Q becomes batched), D_r stays shared
+    apart = (_spread_apart(torch.maximum(sQ, sq_el)) if unbatched
+             else torch.zeros((), dtype=torch.bool, device=Q.device))
     # one host sync for the decisions; in band: nothing to do, no scales formed
     out_of_band, unbalanced, apart = torch.stack([out_of_band, spread.any(), apart]).tolist()
     if not out_of_band:

@@ -117,9 +117,9 @@ def test_a_non_finite_element_leaves_the_shared_scales_to_the_others(where):
 
 
 def test_an_element_of_extreme_size_leaves_the_others_solved():
-    """``Q`` unbatched and one element's objective 1e9 times that of the others: one cost scale
-    for the batch put the others' objectives at 1e-9 of unit size, and the whole batch came back
-    INACCURATE (each element solved alone is SOLVED). The cost scale and the minimiser size are
+    """``Q`` unbatched and one element's objective 1e9 times that of the others (one of them with
+    ``q = 0``): one cost scale for the batch put the others' objectives at 1e-9 of unit size, and
+    the whole batch came back INACCURATE (each element solved alone is SOLVED). The cost scale and the minimiser size are
     then per element: the other elements are SOLVED, equal to their solves alone and to cvxpy,
     and so are their gradients (summed over the batch for the shared ``Q``, ``G``, ``h``)."""
     Q, q, G, h, A, b = random_qp(None, 20, 30, 3, seed=1)
@@ -127,6 +127,7 @@ def test_an_element_of_extreme_size_leaves_the_others_solved():
     qb = torch.randn(6, 20, generator=gen, dtype=torch.float64)
     qb[0] *= 1e9
     qb[2] *= 1e-3
+    qb[3] = 0      # (its objective's size is max|Q|)
     eq = equilibration(Q, qb, G, h, A, b)
     assert eq.cost.shape == (6,) and eq.var.shape == (6, 20)
     good = [1, 2, 3, 4, 5]
