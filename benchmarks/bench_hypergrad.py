@@ -394,17 +394,12 @@ def bench_equilibrium(reps: int, t: int = 20, k: int = 20, peers: bool = True, m
     if peers:
         print("ratios torchopt CG time / ours (ratio of the medians): " + ", ".join(
             f"{m[5:]} {med['torchopt CG'] / med[m]:.2f}" for m in ("ours ITD", "ours FP", "ours CG")))
-        # paired: each repetition runs every method back to back, so the ratio within a repetition
-        # cancels the load of a shared machine that drifts between repetitions
-        for m in ("ours ITD", "ours FP", "ours CG"):
-            per_rep = sorted(a / b for a, b in zip(times["torchopt CG"], times[m]))
-            ratios[m] = per_rep
-        print("paired ratios torchopt CG / ours, median [quartiles] over the repetitions: " + ", ".join(
-            f"{m[5:]} {statistics.median(r):.2f} [{_quartiles(r)}]" for m, r in ratios.items()))
-        print("paired ratios of the thread CPU time, torchopt CG / ours, median [quartiles]: " + ", ".join(
-            f"{m[5:]} {statistics.median(r):.2f} [{_quartiles(r)}]"
-            for m in ("ours ITD", "ours FP", "ours CG")
-            for r in [sorted(a / b for a, b in zip(cpu["torchopt CG"], cpu[m]))]))
+        ours = ("ours ITD", "ours FP", "ours CG")
+        ratios = _paired_ratios(times, ours)
+        print("paired ratios torchopt CG / ours, median [quartiles] over the repetitions: "
+              + _format_ratios(ratios))
+        print("paired ratios of the thread CPU time, torchopt CG / ours, median [quartiles]: "
+              + _format_ratios(_paired_ratios(cpu, ours)))
     return {"ms": med, "errors": errors, "memory": memory, "ratios": ratios}
 
 
@@ -474,11 +469,20 @@ def bench_equilibrium_training(reps: int, t: int = 20, k: int = 20, steps: int =
     for m in methods:
         print(f"{m:>13} {med[m]:>9.2f} {statistics.median(errors[m]):>19.2e} {max(errors[m]):>9.2e}")
     for what, t_ in (("time", times), ("thread CPU time", cpu)):
-        print(f"paired ratios of the {what}, torchopt CG / ours, median [quartiles]: " + ", ".join(
-            f"{m[5:]} {statistics.median(r):.2f} [{_quartiles(r)}]"
-            for m in ("ours CG", "ours CG warm")
-            for r in [sorted(a / b for a, b in zip(t_["torchopt CG"], t_[m]))]))
+        print(f"paired ratios of the {what}, torchopt CG / ours, median [quartiles]: "
+              + _format_ratios(_paired_ratios(t_, ("ours CG", "ours CG warm"))))
     return {"ms": med, "errors": errors, "iterations": iters}
+
+
+def _paired_ratios(times: dict, ours) -> dict:
+    """``torchopt CG`` time over each of ``ours``' within each repetition, sorted: each repetition
+    runs every method back to back, so the ratio within it cancels the load of a shared machine
+    that drifts between repetitions."""
+    return {m: sorted(a / b for a, b in zip(times["torchopt CG"], times[m])) for m in ours}
+
+
+def _format_ratios(ratios: dict) -> str:
+    return ", ".join(f"{m[5:]} {statistics.median(r):.2f} [{_quartiles(r)}]" for m, r in ratios.items())
 
 
 def _quartiles(values):

@@ -100,17 +100,16 @@ class _EagerClosedFormFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g):
-        if torch.is_grad_enabled():   # double backward: the re-solving path of ``ClosedFormFunction``
+        saved = ctx.saved_tensors
+        if torch.is_grad_enabled() or len(saved) != 2:
+            # double backward (the re-solving path) and several parameters: ``ClosedFormFunction``'s
             return ClosedFormFunction.backward(ctx, g)
         # ``ClosedFormFunction.backward`` with the Python work of a call cut down (it runs once per
         # activation per training step). With one parameter (every activation) ``needs`` is
         # ``(True,)``: autograd calls a backward only when some input needs a gradient.
-        *params, z = ctx.saved_tensors
-        problem, mode = ctx.problem, ctx.mode
-        if len(params) == 1:
-            (grad,) = mode.vjp(problem, params, Solution(z=z), g, _NEEDS_ONE)
-            return None, None, sum_to_shape(grad, params[0].shape)
-        return (None, None, *_vjp_grads(problem, mode, params, Solution(z=z), g, ctx.needs_input_grad[2:]))
+        a, z = saved
+        (grad,) = ctx.mode.vjp(ctx.problem, (a,), Solution(z=z), g, _NEEDS_ONE)
+        return None, None, sum_to_shape(grad, a.shape)
 
 
 #: ``needs`` of a one-parameter closed form whose backward runs

@@ -865,14 +865,15 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
                         for t_, u_ in zip(pre, pre_):
                             if t_ is not None:
                                 t_.index_copy_(0, ix, u_.index_select(0, ix))
-                rest = todo & ~fast & ~prox_ok
+                penalty_ok = fast | prox_ok      # accepted by the penalty polish or its retry
+                rest = todo & ~penalty_ok
                 first = None
-                act_new, pol_new = act_fast, fast | prox_ok
+                act_new, pol_new = act_fast, penalty_ok
                 if bool(rest.any()):
                     z, s, lam, nu, pol_rest, act_rest, first = _polish(
                         Q, q, G, h, A, b, z, s, lam, nu, rest, opts, reg, zero_eq, hnorm, bnorm, qnorm)
-                    act_new = torch.where((fast | prox_ok).unsqueeze(-1), act_fast, act_rest)
-                    pol_new = fast | prox_ok | pol_rest
+                    act_new = torch.where(penalty_ok.unsqueeze(-1), act_fast, act_rest)
+                    pol_new = penalty_ok | pol_rest
                 if polished is None:
                     # first phase (the accepted masks lie in ``todo``; the active sets of the other
                     # elements are replaced by λ > s below, as they are not polished)
