@@ -10,7 +10,10 @@ the CPU in the same run, with one summary at the end.
    their ratio, the largest difference of the CUDA solution and gradients from the CPU ones, and
    the host synchronisations of one CUDA call (counted by
    ``torch.cuda.set_sync_debug_mode("warn")``) with the solver's iteration count.
-3. **Fenchel BP step** — the MNIST MLP (784-256-128-64-10, batch 50) training step with
+3. **float32 against float64** — the QP layer on the device in both dtypes (repetitions
+   interleaved): the time ratio float64/float32, how many float32 elements end ``SOLVED``, and the
+   largest difference of the float32 solution from the float64 one, relative to max(1, max|z|).
+4. **Fenchel BP step** — the MNIST MLP (784-256-128-64-10, batch 50) training step with
    ``nn.ReLU`` and with ``ArgminReLU`` in the three modes, on CUDA, as ratios to the ``nn.ReLU`` step
    (as ``bench_fenchel.py`` does on the CPU).
 
@@ -51,6 +54,8 @@ QP_SIZES = [(1, 10, 10, 0), (32, 20, 20, 0), (128, 50, 50, 0), (128, 100, 100, 1
 LASSO_SIZES = [(1, 20, 50), (128, 50, 100), (128, 100, 400), (1024, 50, 100)]
 QUICK_QP_SIZES = [(1, 10, 10, 0), (16, 10, 10, 0)]
 QUICK_LASSO_SIZES = [(1, 10, 20), (16, 10, 20)]
+DTYPE_SIZES = [(128, 50, 50, 0), (128, 100, 100, 10), (1024, 50, 50, 0)]
+QUICK_DTYPE_SIZES = [(16, 10, 10, 0)]
 MLP_SIZES = (784, 256, 128, 64, 10)
 MLP_BATCH = 50
 
@@ -179,7 +184,42 @@ def layer_cases(device, quick, reps) -> list[dict]:
     return rows
 
 
-# -- 3. the Fenchel back-propagation training step ---------------------------------------------------
+# -- 3. float32 against float64 on the device ------------------------------------------------------
+def dtype_cases(device, quick, reps) -> list[dict]:
+    """The QP layer on ``device`` in float32 and float64: time ratio, float32 statuses, difference."""
+    from declarative import Status
+
+    rows = []
+    qp = layers.QPLayer(mode="implicit")
+    for size in (QUICK_DTYPE_SIZES if quick else DTYPE_SIZES):
+        cases = {}
+        for dtype in (torch.float64, torch.float32):
+            inputs, w = _qp_case(size)
+            inputs = [None if t is None else t.to(device, dtype) for t in inputs]
+            present = [i for i, t in enumerate(inputs) if t is not None]
+            cases[dtype] = (lambda a=inputs, w=w.to(device, dtype), p=present: _call(qp, a, w, p), inputs)
+        results = {d: f() for d, (f, _) in cases.items()}   # warm-up and results
+        times = {d: [] for d in cases}
+        for _ in range(reps):
+            for d, (f, _) in cases.items():
+                times[d].append(_timed(f, device))
+        with torch.no_grad():
+            status = qp.solve(*cases[torch.float32][1]).status
+        z64, z32 = results[torch.float64][0], results[torch.float32][0]
+        rows.append({"case": f"QP {size}", "f64_ms": 1e3 * statistics.median(times[torch.float64]),
+                     "f32_ms": 1e3 * statistics.median(times[torch.float32]),
+                     "solved": int((status == int(Status.SOLVED)).sum()), "batch": size[0],
+                     "dz": float((z32.double() - z64).abs().max()) / max(1.0, float(z64.abs().max()))})
+        print(_dtype_row(rows[-1]), flush=True)
+    return rows
+
+
+def _dtype_row(r: dict) -> str:
+    return (f"{r['case']:<28} {r['f64_ms']:>9.2f} {r['f32_ms']:>9.2f} {r['f64_ms'] / r['f32_ms']:>8.2f}x "
+            f"{r['solved']:>5}/{r['batch']:<5} {r['dz']:>9.1e}")
+
+
+# -- 4. the Fenchel back-propagation training step ---------------------------------------------------
 def fenchel_step_ratios(device, steps, reps, beta=1e3) -> dict:
     """Median time of a training step on ``device`` per variant, relative to ``nn.ReLU``."""
     gen = torch.Generator().manual_seed(0)
@@ -217,7 +257,7 @@ def _row(r: dict) -> str:
             f"{r['dz']:>9.1e} {r['dgrad']:>9.1e} {syncs:>6} {its:>6}")
 
 
-def summary(device, tests, rows, fenchel) -> str:
+def summary(device, tests, rows, fenchel, dtype_rows=()) -> str:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (dry run)"
     lines = ["", "=" * 96, f"GPU check summary — {name}, torch {torch.__version__}", "=" * 96]
     if tests is not None:
@@ -231,6 +271,12 @@ def summary(device, tests, rows, fenchel) -> str:
     lines += [_row(r) for r in rows]
     lines.append("(|Δz|, |Δgrad|: largest difference of the device's results from the CPU's, relative to "
                  "max(1, max|·|); syncs: host synchronisations of one device call)")
+    if dtype_rows:
+        lines.append("")
+        lines.append(f"{'QP layer on the device':<28} {'f64 ms':>9} {'f32 ms':>9} {'f64/f32':>9} "
+                     f"{'f32 SOLVED':>11} {'|Δz|':>9}")
+        lines += [_dtype_row(r) for r in dtype_rows]
+        lines.append("(|Δz|: float32 solution against float64, relative to max(1, max|z|))")
     if fenchel is not None:
         lines.append("")
         lines.append(f"Fenchel BP training step on the device: nn.ReLU {fenchel['relu_ms']:.2f} ms; "
@@ -244,6 +290,7 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="small sizes, few repetitions")
     ap.add_argument("--skip-tests", action="store_true", help="timings only")
     ap.add_argument("--skip-fenchel", action="store_true")
+    ap.add_argument("--skip-dtype", action="store_true", help="no float32 against float64 section")
     ap.add_argument("--reps", type=int, default=None, help="timing repetitions (default 5; 2 with --quick)")
     ap.add_argument("--test-timeout", type=float, default=360.0, help="seconds for the CUDA tests")
     args = ap.parse_args(argv)
@@ -262,8 +309,9 @@ def main(argv=None) -> int:
     if tests is not None:
         print(f"CUDA tests: {tests['summary']} ({tests['seconds']:.0f} s)", flush=True)
     rows = layer_cases(device, args.quick, reps)
+    dtype_rows = [] if args.skip_dtype else dtype_cases(device, args.quick, reps)
     fenchel = None if args.skip_fenchel else fenchel_step_ratios(device, 3 if args.quick else 20, reps)
-    print(summary(device, tests, rows, fenchel))
+    print(summary(device, tests, rows, fenchel, dtype_rows))
     print(f"total {time.perf_counter() - t0:.0f} s")
     failed = (tests is not None and not tests["ok"]) or any(r["dz"] > 1e-6 or r["dgrad"] > 1e-6 for r in rows)
     return 1 if failed else 0

@@ -37,4 +37,7 @@ def test_dry_run_on_the_cpu_prints_one_summary():
         row = next(line for line in summary.splitlines() if line.startswith(case))
         # the CPU compared with itself: identical solutions and gradients
         assert row.split()[-4:-2] == ["0.0e+00", "0.0e+00"], row
+    dtype_part = summary[summary.index("QP layer on the device"):]
+    row = next(line for line in dtype_part.splitlines() if line.startswith("QP (16, 10, 10, 0)"))
+    assert "16/16" in row, row    # every float32 element SOLVED on these well-posed problems
     assert "Fenchel BP training step on the device" in summary
