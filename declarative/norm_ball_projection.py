@@ -17,7 +17,9 @@ step.
   are unitarily invariant). Matrices already inside the ball are returned unchanged (bit for
   bit); the others are rebuilt from their clipped singular values (not as the correction
   ``A − U diag((σ − r)₊) Vᵀ``, which cancels in float32 when ``σ_max ≫ r`` and can leave
-  ``‖P‖₂ > r``). The inside matrices do not enter the SVD's backward, so they get the identity
+  ``‖P‖₂ > r``). Below float64 the SVD is computed in float64 and the result rounded once:
+  float32 singular vectors (cuSOLVER's on a GPU) are orthogonal only to about 1e-5, and the
+  product rebuilt from them left the ball by more than that. The inside matrices do not enter the SVD's backward, so they get the identity
   gradient even with repeated singular values (``0.5·I``, the zero matrix, low rank).
 
 * ``project_inf_norm_ball`` – the nearest matrix in Frobenius norm with
@@ -106,11 +108,15 @@ def project_spectral_ball(A: torch.Tensor, radius=1.0) -> torch.Tensor:
     """
     A = _check_matrix(A)
     r = _radius(radius, A)
-    inside = (torch.linalg.svdvals(A.detach()) <= r.detach().unsqueeze(-1)).all(-1)[..., None, None]
+    # below float64 the SVD runs in float64 and its result is rounded once: float32 singular
+    # vectors (cuSOLVER's in particular) are orthogonal only to ~1e-5, enough for their product to
+    # leave the ball by that much
+    work, r_work = (A, r) if A.dtype == torch.float64 else (A.double(), r.double())
+    inside = (torch.linalg.svdvals(work.detach()) <= r_work.detach().unsqueeze(-1)).all(-1)[..., None, None]
     # the SVD that is differentiated sees the inside matrices as constants: its backward (undefined
     # for repeated singular values) then never reaches them
-    U, S, Vh = torch.linalg.svd(torch.where(inside, A.detach(), A), full_matrices=False)
-    projected = (U * torch.minimum(S, r.unsqueeze(-1)).unsqueeze(-2)) @ Vh
+    U, S, Vh = torch.linalg.svd(torch.where(inside, work.detach(), work), full_matrices=False)
+    projected = ((U * torch.minimum(S, r_work.unsqueeze(-1)).unsqueeze(-2)) @ Vh).to(A.dtype)
     return torch.where(inside, A, projected)
 
 
