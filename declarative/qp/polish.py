@@ -198,9 +198,10 @@ def _polish_penalty(Q, q, G, h, A, b, z, s, lam, nu, todo, opts, reg, zero_eq, Q
     hence ``steps`` is raised with it.
 
     Returns:
-        ``z, s, λ, ν`` (polished where accepted), the accepted mask, the active mask and the
-        full-batch ``[U, Y, Us, w, gn]`` (factors and weights of the accepted elements' last round,
-        largest row 1-norm of G) for ``kkt_tangent``.
+        ``z, s, λ, ν`` (polished where accepted), the accepted mask, the active mask (of the
+        accepted point; for the other elements of ``todo`` the guess a next round would take, the
+        start of the Schur-complement polish) and the full-batch ``[U, Y, Us, w, gn]`` (factors and
+        weights of the accepted elements' last round, largest row 1-norm of G) for ``kkt_tangent``.
     """
     dtype = z.dtype
     B, m = lam.shape
@@ -217,9 +218,9 @@ def _polish_penalty(Q, q, G, h, A, b, z, s, lam, nu, todo, opts, reg, zero_eq, Q
     # the active-set guess: the barrier's curvature along g_i, w_i‖g_i‖² (w = λ/s), exceeds that of
     # Q — invariant to the scaling of the rows of G, unlike λ_i > s_i, which at the loose
     # tolerance of the interior-point phase misses many active constraints with small multipliers
-    # (a wrong guess costs a round; the Schur-complement polish, with λ > s, is the fallback)
-    act_all = lam * g2 > qscale.unsqueeze(-1) * s
-    act_final = act_all      # (never updated in place)
+    # (a wrong guess costs a round; the Schur-complement polish, from the guess the rounds reached,
+    # is the fallback)
+    act_all = lam * g2 > qscale.unsqueeze(-1) * s   # the next round's guess (an accepted element's own)
     accepted = torch.zeros_like(todo)
     todo_all = todo
     store = None
@@ -245,7 +246,7 @@ def _polish_penalty(Q, q, G, h, A, b, z, s, lam, nu, todo, opts, reg, zero_eq, Q
         ltol = ((_inf_norm(yp) + 1) * -strict).unsqueeze(-1)      # sign threshold
         keep = yp >= ltol
         ok = conv & (viol <= vtol).all(-1) & keep.all(-1)
-        upd = [(z, zp), (s, (-viol).clamp(min=0)), (lam, yp.clamp(min=0)), (nu, nup), (act_final, act)]
+        upd = [(z, zp), (s, (-viol).clamp(min=0)), (lam, yp.clamp(min=0)), (nu, nup)]
         parts = [fac.L, fac.Y, fac.Ls, wk.expand(fac.L.shape[0], m)]
         if store is None:
             # the factors of the full batch, in their (column-major) layout: the triangular
@@ -265,19 +266,18 @@ def _polish_penalty(Q, q, G, h, A, b, z, s, lam, nu, todo, opts, reg, zero_eq, Q
                             t.index_copy_(0, dst, p_.index_select(0, dst))
             if all_ok:
                 # every element accepted: the polished points as they are, no further round
-                z, s, lam, nu, act_final = (n_ for _, n_ in upd)
+                z, s, lam, nu = (n_ for _, n_ in upd)
                 accepted = ok
                 break
         new_act = (act & keep) | (viol > vtol)
         o_ = ok.unsqueeze(-1)
         if sub is None:
-            z, s, lam, nu, act_final = (torch.where(o_, n_, o) for o, n_ in upd)
+            z, s, lam, nu = (torch.where(o_, n_, o) for o, n_ in upd)
             accepted = accepted | ok
             todo_all = todo_all & ~ok
             act_all = torch.where(o_, act_all, new_act)
         else:
-            z, s, lam, nu, act_final = (o.index_copy(0, sub, torch.where(o_, n_, o.index_select(0, sub)))
-                                        for o, n_ in upd)
+            z, s, lam, nu = (o.index_copy(0, sub, torch.where(o_, n_, o.index_select(0, sub))) for o, n_ in upd)
             if bool(ok.any()):
                 dst = sub[ok]
                 for t, p_ in zip(store, parts):
@@ -286,10 +286,10 @@ def _polish_penalty(Q, q, G, h, A, b, z, s, lam, nu, todo, opts, reg, zero_eq, Q
             accepted = accepted.index_copy(0, sub, accepted.index_select(0, sub) | ok)
             todo_all = todo_all.index_copy(0, sub, ~ok)
             act_all = act_all.index_copy(0, sub, new_act)
-    return z, s, lam, nu, accepted, act_final, (None if store is None else store + [gn])
+    return z, s, lam, nu, accepted, act_all, (None if store is None else store + [gn])
 
 
-def _polish(Q, q, G, h, A, b, z, s, lam, nu, solved, opts, reg, zero_eq, hnorm, bnorm, qnorm, rounds=4):
+def _polish(Q, q, G, h, A, b, z, s, lam, nu, solved, opts, reg, zero_eq, hnorm, bnorm, qnorm, rounds=4, act=None):
     """Active-set polishing of converged IPM solutions (cf. OSQP's solution polishing).
 
     The constraints guessed active (``λ_i > s_i``) are imposed as equalities and the
@@ -298,7 +298,8 @@ def _polish(Q, q, G, h, A, b, z, s, lam, nu, solved, opts, reg, zero_eq, hnorm, 
     primal feasible and its multipliers are non-negative up to ``1e3·eps`` (or, as a fallback, up
     to the solver tolerance); otherwise constraints with negative multipliers are dropped, violated
     ones added, and the polish repeated on those elements only (at most ``rounds`` times). This
-    removes the ``O(√μ)`` error of interior-point iterates at weakly active constraints.
+    removes the ``O(√μ)`` error of interior-point iterates at weakly active constraints. ``act``
+    ``(B, m)``: a first guess other than ``λ > s`` (the last one of ``_polish_penalty``).
 
     Returns:
         ``z, s, λ, ν`` (polished where accepted), the mask of strictly polished elements, the
@@ -311,7 +312,7 @@ def _polish(Q, q, G, h, A, b, z, s, lam, nu, solved, opts, reg, zero_eq, hnorm, 
     n = z.shape[-1]
     tol = opts.tol_primal
     strict = 1e3 * torch.finfo(z.dtype).eps
-    act_all = lam > s
+    act_all = lam > s if act is None else act
     act_final = act_all.clone()
     todo_all = solved.clone()
     fallback_all = torch.zeros_like(todo_all)
