@@ -40,6 +40,17 @@ _PENALTY = 1e7
 _PROX = 1e3
 _PROX_STEPS = 20
 
+#: rounds of ``_polish_penalty``: each fixes the active set of the elements whose guess was right
+#: and corrects the others' (drops negative multipliers, adds violated rows); an active set that
+#: propagates along a chain of coupled variables (an MPC's inputs over its horizon) is corrected a
+#: link or two a round, and the number of corrected rows need not fall every round. Every element
+#: takes the first ``_PENALTY_ROUNDS_ALL``; after those an element stops when that number has
+#: risen over its previous round's ``_PENALTY_RISES + 1`` times (a guess that cycles; the
+#: Schur-complement polish and the tighter iterations take it)
+_PENALTY_ROUNDS = 12
+_PENALTY_ROUNDS_ALL = 4
+_PENALTY_RISES = 2
+
 
 def _strict(dtype) -> float:
     """Feasibility and sign threshold of a polished point (relative)."""
@@ -171,8 +182,27 @@ def _zeros_as(t: torch.Tensor, B: int) -> torch.Tensor:
     return t.new_zeros(B, *t.shape[1:])
 
 
-def _polish_penalty(Q, q, G, h, A, b, z, s, lam, nu, todo, opts, reg, zero_eq, QA, hnorm, rounds=4, prox=1.0,
-                    steps=8, refine_tol=None):
+def _next_round(act, new_act, ok, r, fixes_prev, rises_prev):
+    r"""Which elements of a round of ``_polish_penalty`` take the next one: those not accepted whose
+    active set changed (an unchanged one would repeat the round) and, after the first
+    ``_PENALTY_ROUNDS_ALL`` rounds, whose number of corrected rows
+
+    .. math::
+        f_r = |\{i : a_i \ne a'_i\}| \quad (a, a' \text{: the round's active set and the next guess})
+
+    has risen over the previous round's (:math:`f_r > f_{r-1}`) at most ``_PENALTY_RISES`` times.
+
+    Shape:
+        act, new_act: ``(B, m)``; ok, fixes_prev, rises_prev: ``(B,)``; returns ``(fixes, rises,
+        go)``, each ``(B,)``.
+    """
+    fixes = (act != new_act).sum(-1)
+    rises = rises_prev + (fixes > fixes_prev) if r + 1 >= _PENALTY_ROUNDS_ALL else rises_prev
+    return fixes, rises, ~ok & (fixes > 0) & (rises <= _PENALTY_RISES)
+
+
+def _polish_penalty(Q, q, G, h, A, b, z, s, lam, nu, todo, opts, reg, zero_eq, QA, hnorm, rounds=_PENALTY_ROUNDS,
+                    prox=1.0, steps=8, refine_tol=None):
     r"""Active-set polish by the method of multipliers (``_refine_active``) on the penalised
     factorisation ``Q + Gᵀ diag(c·a) G + ρAᵀA`` of the guessed active set ``a`` (the interior-point
     ``_Factor``: no gathered rows, no Schur complement of the active rows). Rounds as in
@@ -221,6 +251,10 @@ def _polish_penalty(Q, q, G, h, A, b, z, s, lam, nu, todo, opts, reg, zero_eq, Q
     # (a wrong guess costs a round; the Schur-complement polish, from the guess the rounds reached,
     # is the fallback)
     act_all = lam * g2 > qscale.unsqueeze(-1) * s   # the next round's guess (an accepted element's own)
+    # per element: the number of rows the last round corrected, and how often it rose (counted after
+    # the first rounds)
+    fixes_all = torch.zeros_like(todo, dtype=torch.int64)
+    rises_all = torch.zeros_like(fixes_all)
     accepted = torch.zeros_like(todo)
     todo_all = todo
     store = None
@@ -270,12 +304,15 @@ def _polish_penalty(Q, q, G, h, A, b, z, s, lam, nu, todo, opts, reg, zero_eq, Q
                 accepted = ok
                 break
         new_act = (act & keep) | (viol > vtol)
+        fixes, rises, go = _next_round(act, new_act, ok, r, *((fixes_all, rises_all) if sub is None else
+                                                              (fixes_all[sub], rises_all[sub])))
         o_ = ok.unsqueeze(-1)
         if sub is None:
             z, s, lam, nu = (torch.where(o_, n_, o) for o, n_ in upd)
             accepted = accepted | ok
-            todo_all = todo_all & ~ok
+            todo_all = todo_all & go
             act_all = torch.where(o_, act_all, new_act)
+            fixes_all, rises_all = fixes, rises
         else:
             z, s, lam, nu = (o.index_copy(0, sub, torch.where(o_, n_, o.index_select(0, sub))) for o, n_ in upd)
             if bool(ok.any()):
@@ -284,8 +321,9 @@ def _polish_penalty(Q, q, G, h, A, b, z, s, lam, nu, todo, opts, reg, zero_eq, Q
                     if t is not None:
                         t.index_copy_(0, dst, p_[ok])   # in place: keeps the layout
             accepted = accepted.index_copy(0, sub, accepted.index_select(0, sub) | ok)
-            todo_all = todo_all.index_copy(0, sub, ~ok)
+            todo_all = todo_all.index_copy(0, sub, go)
             act_all = act_all.index_copy(0, sub, new_act)
+            fixes_all, rises_all = fixes_all.index_copy(0, sub, fixes), rises_all.index_copy(0, sub, rises)
     return z, s, lam, nu, accepted, act_all, (None if store is None else store + [gn])
 
 
