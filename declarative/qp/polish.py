@@ -43,10 +43,11 @@ _PROX_STEPS = 20
 #: rounds of ``_polish_penalty``: each fixes the active set of the elements whose guess was right
 #: and corrects the others' (drops negative multipliers, adds violated rows); an active set that
 #: propagates along a chain of coupled variables (an MPC's inputs over its horizon) is corrected a
-#: link or two a round, and the number of corrected rows need not fall every round. Every element
-#: takes the first ``_PENALTY_ROUNDS_ALL``; after those an element stops when that number has
-#: risen over its previous round's ``_PENALTY_RISES + 1`` times (a guess that cycles; the
-#: Schur-complement polish and the tighter iterations take it)
+#: link or two a round, and the number of corrected rows need not fall every round. An element
+#: stops when its guess no longer changes (the round would repeat) and, from round
+#: ``_PENALTY_ROUNDS_ALL`` on, once that number has exceeded its previous round's
+#: ``_PENALTY_RISES + 1`` times (a guess that cycles; the Schur-complement polish and the tighter
+#: iterations take it)
 _PENALTY_ROUNDS = 12
 _PENALTY_ROUNDS_ALL = 4
 _PENALTY_RISES = 2
@@ -184,13 +185,13 @@ def _zeros_as(t: torch.Tensor, B: int) -> torch.Tensor:
 
 def _next_round(act, new_act, ok, r, fixes_prev, rises_prev):
     r"""Which elements of a round of ``_polish_penalty`` take the next one: those not accepted whose
-    active set changed (an unchanged one would repeat the round) and, after the first
-    ``_PENALTY_ROUNDS_ALL`` rounds, whose number of corrected rows
+    active set changed (an unchanged one would repeat the round) and whose number of corrected rows
 
     .. math::
         f_r = |\{i : a_i \ne a'_i\}| \quad (a, a' \text{: the round's active set and the next guess})
 
-    has risen over the previous round's (:math:`f_r > f_{r-1}`) at most ``_PENALTY_RISES`` times.
+    has exceeded the previous round's (:math:`f_r > f_{r-1}`, counted from the
+    ``_PENALTY_ROUNDS_ALL``-th round on) at most ``_PENALTY_RISES`` times.
 
     Shape:
         act, new_act: ``(B, m)``; ok, fixes_prev, rises_prev: ``(B,)``; returns ``(fixes, rises,

@@ -79,9 +79,9 @@ def test_full_step_lands_on_the_least_norm_multipliers():
 
 
 def test_next_round_stops_unchanged_and_cycling_guesses():
-    """``_next_round``: an element goes on while not accepted and its guess changes; after the first
-    ``_PENALTY_ROUNDS_ALL`` rounds, until the number of corrected rows has risen
-    ``_PENALTY_RISES + 1`` times."""
+    """``_next_round``: an element goes on while not accepted and its guess changes, and until the
+    number of corrected rows has risen ``_PENALTY_RISES + 1`` times (counted from round
+    ``_PENALTY_ROUNDS_ALL`` on)."""
     act = torch.tensor([[True, False, False], [True, False, False], [True, True, False]])
     new = torch.tensor([[True, True, False], [True, False, False], [True, True, False]])
     ok = torch.tensor([False, False, True])
