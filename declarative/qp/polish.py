@@ -40,6 +40,18 @@ _PENALTY = 1e7
 _PROX = 1e3
 _PROX_STEPS = 20
 
+#: rounds of ``_polish_penalty``: each fixes the active set of the elements whose guess was right
+#: and corrects the others' (drops negative multipliers, adds violated rows); an active set that
+#: propagates along a chain of coupled variables (an MPC's inputs over its horizon) is corrected a
+#: link or two a round, and the number of corrected rows need not fall every round. An element
+#: stops when its guess no longer changes (the round would repeat) and, from round
+#: ``_PENALTY_ROUNDS_ALL`` on, once that number has exceeded its previous round's
+#: ``_PENALTY_RISES + 1`` times (a guess that cycles; the Schur-complement polish and the tighter
+#: iterations take it)
+_PENALTY_ROUNDS = 12
+_PENALTY_ROUNDS_ALL = 4
+_PENALTY_RISES = 2
+
 
 def _strict(dtype) -> float:
     """Feasibility and sign threshold of a polished point (relative)."""
@@ -171,8 +183,27 @@ def _zeros_as(t: torch.Tensor, B: int) -> torch.Tensor:
     return t.new_zeros(B, *t.shape[1:])
 
 
-def _polish_penalty(Q, q, G, h, A, b, z, s, lam, nu, todo, opts, reg, zero_eq, QA, hnorm, rounds=4, prox=1.0,
-                    steps=8, refine_tol=None):
+def _next_round(act, new_act, ok, r, fixes_prev, rises_prev):
+    r"""Which elements of a round of ``_polish_penalty`` take the next one: those not accepted whose
+    active set changed (an unchanged one would repeat the round) and whose number of corrected rows
+
+    .. math::
+        f_r = |\{i : a_i \ne a'_i\}| \quad (a, a' \text{: the round's active set and the next guess})
+
+    has exceeded the previous round's (:math:`f_r > f_{r-1}`, counted from the
+    ``_PENALTY_ROUNDS_ALL``-th round on) at most ``_PENALTY_RISES`` times.
+
+    Shape:
+        act, new_act: ``(B, m)``; ok, fixes_prev, rises_prev: ``(B,)``; returns ``(fixes, rises,
+        go)``, each ``(B,)``.
+    """
+    fixes = (act != new_act).sum(-1)
+    rises = rises_prev + (fixes > fixes_prev) if r + 1 >= _PENALTY_ROUNDS_ALL else rises_prev
+    return fixes, rises, ~ok & (fixes > 0) & (rises <= _PENALTY_RISES)
+
+
+def _polish_penalty(Q, q, G, h, A, b, z, s, lam, nu, todo, opts, reg, zero_eq, QA, hnorm, rounds=_PENALTY_ROUNDS,
+                    prox=1.0, steps=8, refine_tol=None):
     r"""Active-set polish by the method of multipliers (``_refine_active``) on the penalised
     factorisation ``Q + Gᵀ diag(c·a) G + ρAᵀA`` of the guessed active set ``a`` (the interior-point
     ``_Factor``: no gathered rows, no Schur complement of the active rows). Rounds as in
@@ -198,9 +229,10 @@ def _polish_penalty(Q, q, G, h, A, b, z, s, lam, nu, todo, opts, reg, zero_eq, Q
     hence ``steps`` is raised with it.
 
     Returns:
-        ``z, s, λ, ν`` (polished where accepted), the accepted mask, the active mask and the
-        full-batch ``[U, Y, Us, w, gn]`` (factors and weights of the accepted elements' last round,
-        largest row 1-norm of G) for ``kkt_tangent``.
+        ``z, s, λ, ν`` (polished where accepted), the accepted mask, the active mask (of the
+        accepted point; for the other elements of ``todo`` the guess a next round would take, the
+        start of the Schur-complement polish) and the full-batch ``[U, Y, Us, w, gn]`` (factors and
+        weights of the accepted elements' last round, largest row 1-norm of G) for ``kkt_tangent``.
     """
     dtype = z.dtype
     B, m = lam.shape
@@ -217,9 +249,13 @@ def _polish_penalty(Q, q, G, h, A, b, z, s, lam, nu, todo, opts, reg, zero_eq, Q
     # the active-set guess: the barrier's curvature along g_i, w_i‖g_i‖² (w = λ/s), exceeds that of
     # Q — invariant to the scaling of the rows of G, unlike λ_i > s_i, which at the loose
     # tolerance of the interior-point phase misses many active constraints with small multipliers
-    # (a wrong guess costs a round; the Schur-complement polish, with λ > s, is the fallback)
-    act_all = lam * g2 > qscale.unsqueeze(-1) * s
-    act_final = act_all      # (never updated in place)
+    # (a wrong guess costs a round; the Schur-complement polish, from the guess the rounds reached,
+    # is the fallback)
+    act_all = lam * g2 > qscale.unsqueeze(-1) * s   # the next round's guess (an accepted element's own)
+    # per element: the number of rows the last round corrected, and how often it rose (counted after
+    # the first rounds)
+    fixes_all = torch.zeros_like(todo, dtype=torch.int64)
+    rises_all = torch.zeros_like(fixes_all)
     accepted = torch.zeros_like(todo)
     todo_all = todo
     store = None
@@ -245,7 +281,7 @@ def _polish_penalty(Q, q, G, h, A, b, z, s, lam, nu, todo, opts, reg, zero_eq, Q
         ltol = ((_inf_norm(yp) + 1) * -strict).unsqueeze(-1)      # sign threshold
         keep = yp >= ltol
         ok = conv & (viol <= vtol).all(-1) & keep.all(-1)
-        upd = [(z, zp), (s, (-viol).clamp(min=0)), (lam, yp.clamp(min=0)), (nu, nup), (act_final, act)]
+        upd = [(z, zp), (s, (-viol).clamp(min=0)), (lam, yp.clamp(min=0)), (nu, nup)]
         parts = [fac.L, fac.Y, fac.Ls, wk.expand(fac.L.shape[0], m)]
         if store is None:
             # the factors of the full batch, in their (column-major) layout: the triangular
@@ -265,31 +301,34 @@ def _polish_penalty(Q, q, G, h, A, b, z, s, lam, nu, todo, opts, reg, zero_eq, Q
                             t.index_copy_(0, dst, p_.index_select(0, dst))
             if all_ok:
                 # every element accepted: the polished points as they are, no further round
-                z, s, lam, nu, act_final = (n_ for _, n_ in upd)
+                z, s, lam, nu = (n_ for _, n_ in upd)
                 accepted = ok
                 break
         new_act = (act & keep) | (viol > vtol)
+        fixes, rises, go = _next_round(act, new_act, ok, r, *((fixes_all, rises_all) if sub is None else
+                                                              (fixes_all[sub], rises_all[sub])))
         o_ = ok.unsqueeze(-1)
         if sub is None:
-            z, s, lam, nu, act_final = (torch.where(o_, n_, o) for o, n_ in upd)
+            z, s, lam, nu = (torch.where(o_, n_, o) for o, n_ in upd)
             accepted = accepted | ok
-            todo_all = todo_all & ~ok
+            todo_all = todo_all & go
             act_all = torch.where(o_, act_all, new_act)
+            fixes_all, rises_all = fixes, rises
         else:
-            z, s, lam, nu, act_final = (o.index_copy(0, sub, torch.where(o_, n_, o.index_select(0, sub)))
-                                        for o, n_ in upd)
+            z, s, lam, nu = (o.index_copy(0, sub, torch.where(o_, n_, o.index_select(0, sub))) for o, n_ in upd)
             if bool(ok.any()):
                 dst = sub[ok]
                 for t, p_ in zip(store, parts):
                     if t is not None:
                         t.index_copy_(0, dst, p_[ok])   # in place: keeps the layout
             accepted = accepted.index_copy(0, sub, accepted.index_select(0, sub) | ok)
-            todo_all = todo_all.index_copy(0, sub, ~ok)
+            todo_all = todo_all.index_copy(0, sub, go)
             act_all = act_all.index_copy(0, sub, new_act)
-    return z, s, lam, nu, accepted, act_final, (None if store is None else store + [gn])
+            fixes_all, rises_all = fixes_all.index_copy(0, sub, fixes), rises_all.index_copy(0, sub, rises)
+    return z, s, lam, nu, accepted, act_all, (None if store is None else store + [gn])
 
 
-def _polish(Q, q, G, h, A, b, z, s, lam, nu, solved, opts, reg, zero_eq, hnorm, bnorm, qnorm, rounds=4):
+def _polish(Q, q, G, h, A, b, z, s, lam, nu, solved, opts, reg, zero_eq, hnorm, bnorm, qnorm, rounds=4, act=None):
     """Active-set polishing of converged IPM solutions (cf. OSQP's solution polishing).
 
     The constraints guessed active (``λ_i > s_i``) are imposed as equalities and the
@@ -298,7 +337,8 @@ def _polish(Q, q, G, h, A, b, z, s, lam, nu, solved, opts, reg, zero_eq, hnorm, 
     primal feasible and its multipliers are non-negative up to ``1e3·eps`` (or, as a fallback, up
     to the solver tolerance); otherwise constraints with negative multipliers are dropped, violated
     ones added, and the polish repeated on those elements only (at most ``rounds`` times). This
-    removes the ``O(√μ)`` error of interior-point iterates at weakly active constraints.
+    removes the ``O(√μ)`` error of interior-point iterates at weakly active constraints. ``act``
+    ``(B, m)``: a first guess other than ``λ > s`` (the last one of ``_polish_penalty``).
 
     Returns:
         ``z, s, λ, ν`` (polished where accepted), the mask of strictly polished elements, the
@@ -311,7 +351,7 @@ def _polish(Q, q, G, h, A, b, z, s, lam, nu, solved, opts, reg, zero_eq, hnorm, 
     n = z.shape[-1]
     tol = opts.tol_primal
     strict = 1e3 * torch.finfo(z.dtype).eps
-    act_all = lam > s
+    act_all = lam > s if act is None else act
     act_final = act_all.clone()
     todo_all = solved.clone()
     fallback_all = torch.zeros_like(todo_all)

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import torch
 
-from declarative.qp.polish import _least_norm_multipliers
+from declarative import Status, solve_qp
+from declarative.qp import ipm
+from declarative.qp.polish import _PENALTY_RISES, _PENALTY_ROUNDS_ALL, _least_norm_multipliers, _next_round
 
 
 def _degenerate_vertex():
@@ -74,3 +76,74 @@ def test_full_step_lands_on_the_least_norm_multipliers():
             + torch.einsum("bp,bpn->bn", nu2, A)).abs().amax(-1)
     assert (lam2 >= 0).all() and lam2.abs().amax() < 10
     assert stat.amax().item() < 1e-12, stat
+
+
+def test_next_round_stops_unchanged_and_cycling_guesses():
+    """``_next_round``: an element goes on while not accepted and its guess changes, and until the
+    number of corrected rows has risen ``_PENALTY_RISES + 1`` times (counted from round
+    ``_PENALTY_ROUNDS_ALL`` on)."""
+    act = torch.tensor([[True, False, False], [True, False, False], [True, True, False]])
+    new = torch.tensor([[True, True, False], [True, False, False], [True, True, False]])
+    ok = torch.tensor([False, False, True])
+    zero = torch.zeros(3, dtype=torch.int64)
+    fixes, rises, go = _next_round(act, new, ok, 0, zero, zero)
+    assert fixes.tolist() == [1, 0, 0] and rises.tolist() == [0, 0, 0]
+    assert go.tolist() == [True, False, False]     # changed / unchanged (would repeat) / accepted
+    # in the first rounds a rise is not counted; later each rise is, and the last allowed one passes
+    early = _PENALTY_ROUNDS_ALL - 2
+    assert _next_round(act, new, ok, early, zero, zero)[1].tolist() == [0, 0, 0]
+    late = _PENALTY_ROUNDS_ALL - 1
+    at_limit = torch.full((3,), _PENALTY_RISES - 1, dtype=torch.int64)
+    _, rises, go = _next_round(act, new, ok, late, zero, at_limit)
+    assert rises[0] == _PENALTY_RISES and go[0]
+    _, rises, go = _next_round(act, new, ok, late, zero, rises)
+    assert rises[0] == _PENALTY_RISES + 1 and not go[0]
+    # no rise (the same number of corrected rows): goes on
+    _, rises, go = _next_round(act, new, ok, late, torch.ones(3, dtype=torch.int64), at_limit + 1)
+    assert rises[0] == _PENALTY_RISES and go[0]
+
+
+def _condensed_mpc(B, T=10, nx=4, nu=2, seed=3):
+    """``min Σ‖x_t‖² + ‖u_t‖²`` over the inputs of ``x_{t+1} = A x_t + B u_t`` from ``x_0``
+    (batched), ``−1 ≤ u ≤ 1``: the states eliminated, ``x = Φ x_0 + Γ u``."""
+    g = torch.Generator().manual_seed(seed)
+    f64 = dict(dtype=torch.float64)
+    A = torch.eye(nx, **f64) + 0.1 * torch.randn(nx, nx, generator=g, **f64)
+    Bu = torch.randn(nx, nu, generator=g, **f64)
+    x0 = 3 * torch.randn(B, nx, generator=g, **f64)
+    powers = [torch.linalg.matrix_power(A, t) for t in range(T + 1)]
+    Phi = torch.cat(powers[1:])                                               # (T·nx, nx)
+    Gam = torch.zeros(T, nx, T, nu, **f64)
+    for t in range(1, T + 1):
+        for k in range(t):
+            Gam[t - 1, :, k] = powers[t - 1 - k] @ Bu
+    Gam = Gam.reshape(T * nx, T * nu)
+    n = T * nu
+    Q = 2 * (Gam.T @ Gam + torch.eye(n, **f64))
+    q = 2 * (x0 @ Phi.T) @ Gam
+    G = torch.cat([torch.eye(n, **f64), -torch.eye(n, **f64)])
+    return Q, q, G, torch.ones(2 * n, **f64)
+
+
+def test_penalty_polish_follows_an_mpc_chain_of_active_bounds(monkeypatch):
+    """An input bound that becomes active moves the others along the horizon: the guesses are
+    corrected a link or two a round. The first penalty polish accepts nearly every element (with 4
+    rounds: 55 of 64), and every element is SOLVED as a cvxpy-free check of the answer: the KKT
+    conditions hold."""
+    Q, q, G, h = _condensed_mpc(64)
+    calls = []
+    penalty = ipm._polish_penalty
+
+    def recording(*args, **kwargs):
+        out = penalty(*args, **kwargs)
+        calls.append((int(args[10].sum()), int(out[4].sum())))
+        return out
+    monkeypatch.setattr(ipm, "_polish_penalty", recording)
+    sol = solve_qp(Q, q, G, h)
+    assert (sol.status == Status.SOLVED).all()
+    assert calls[0][0] == 64 and calls[0][1] >= 62
+    lam = sol.duals["lam"]
+    stat = sol.z @ Q + q + lam @ G
+    assert stat.abs().max() < 1e-9 * (1 + q.abs().max())
+    assert (sol.z.abs() <= 1 + 1e-12).all() and (lam >= 0).all()
+    assert (lam * (h - sol.z @ G.T)).abs().max() < 1e-9
