@@ -137,49 +137,46 @@ def apply_closed_form(problem, mode, params) -> torch.Tensor:
 class ArgminFunction(torch.autograd.Function):
     """``z* = argmin_z E(z; θ)`` for an iterative solver, as an autograd node.
 
-    Inputs: ``problem, mode, warm_start, names_box, *params``. ``names_box`` is a list that the
-    forward fills with the names of the flattened ``Solution`` fields, so that the caller can
-    rebuild the ``Solution`` from the tuple of output tensors.
-    Outputs: ``(z, *other solution tensors)``; only ``z`` is differentiable.
+    Inputs: ``problem, mode, warm_start, box, *params``. ``box`` is a list into which the forward
+    puts the whole ``Solution``, so that the caller receives its other tensors (multipliers,
+    statuses, solver caches); they are not differentiable (made without gradient tracking) and are
+    saved for the backward beside ``z``.
+    Output: ``z`` alone — a Function's cost per call grows with its number of outputs (each is
+    wrapped and marked), which at batch size 1 is a sizeable part of a small solve.
     """
 
     @staticmethod
     @_with_cached_signature
-    def forward(problem, mode, warm_start, names_box, *params):
+    def forward(problem, mode, warm_start, box, *params):
         sol = problem.solve(params, warm_start=warm_start)
-        names, tensors = sol.flatten()
-        names_box[:] = names
-        return tuple(tensors)
+        box.append(sol)
+        return sol.z
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        ctx.problem, ctx.mode, ctx.names = inputs[0], inputs[1], tuple(inputs[3])
+        names, tensors = inputs[3][0].flatten()
+        ctx.problem, ctx.mode, ctx.names = inputs[0], inputs[1], names
         ctx.n_params = len(inputs) - 4
-        if len(output) > 1:
-            ctx.mark_non_differentiable(*output[1:])
-            # only z is differentiable: no zero cotangents materialised for the other outputs
-            ctx.set_materialize_grads(False)
-        ctx.save_for_backward(*inputs[4:], *output)
+        ctx.save_for_backward(*inputs[4:], output, *tensors[1:])
 
     @staticmethod
-    def backward(ctx, g, *_aux_grads):
+    def backward(ctx, g):
         saved = ctx.saved_tensors
         n = ctx.n_params
         params = saved[:n]
         solution = Solution.unflatten(ctx.names, saved[n:])
-        if g is None:   # (materialize_grads off: z received no cotangent)
-            g = torch.zeros_like(solution.z)
         needs = ctx.needs_input_grad[4:]
         return (None, None, None, None, *_vjp_grads(ctx.problem, ctx.mode, params, solution, g, needs))
 
 
 @torch.compiler.disable
 def _apply_solver_function(problem, mode, params, warm_start: Solution | None) -> Solution:
-    names: list[str] = []
-    outputs = ArgminFunction.apply(problem, mode, warm_start, names, *params)
-    if not isinstance(outputs, tuple):
-        outputs = (outputs,)
-    return Solution.unflatten(names, outputs)
+    box: list[Solution] = []
+    z = ArgminFunction.apply(problem, mode, warm_start, box, *params)
+    names, tensors = box[0].flatten()
+    # the other tensors as the solver made them, cut from the graph should one be a parameter
+    # passed through (never differentiable: only z is)
+    return Solution.unflatten(names, [z] + [t.detach() if t.requires_grad else t for t in tensors[1:]])
 
 
 def apply_argmin_function(problem, mode, params, warm_start: Solution | None = None) -> Solution:
