@@ -62,14 +62,19 @@ import torch
 from ..solution import Solution
 from ..status import Status
 from .linalg import _one_problem, _with_batch
+from .equilibration import in_band
 from .options import QPOptions
 from .polish import _strict
 from .residuals import ROUNDING_FACTOR
 
-__all__ = ["refine_lu", "solve_qp_active_set", "use_active_set"]
+__all__ = ["OUT_OF_BAND", "refine_lu", "solve_qp_active_set", "use_active_set"]
 
 #: the fast path applies up to this many variables plus constraints
 MAX_SIZE = 128
+
+#: ``solve_qp_active_set(..., in_band_only=True)`` on data that ``equilibration`` does not leave
+#: as they are (or whose in-band test it takes to its tensor test: non-finite data)
+OUT_OF_BAND = object()
 
 
 def use_active_set(opts: QPOptions, Q, q, G, h, A, b) -> bool:
@@ -120,6 +125,21 @@ def _split(values: list, sizes: list[int]) -> list[list]:
         out.append(values[k:k + size])
         k += size
     return out
+
+
+def _in_band(qmax: float, rhs: list[float], cinf: list[float], n: int, p: int) -> bool:
+    """``equilibration.in_band`` on this method's host values: ``max|Q|``, the right-hand sides
+    ``rhs = [−q; b; h]`` and the ∞-norms ``cinf`` of the rows of ``C = [A; G]``. False also for
+    non-finite data (that test's answer for them)."""
+    aq = [abs(v) for v in rhs[:n]]
+    if not math.isfinite(sum(aq)):
+        return False                           # (the reduction max|q| would not be finite)
+    v, rows = [qmax, max(aq)], []
+    for lo, hi, k in ((p, len(cinf), len(cinf) - p), (0, p, p)):    # (G, h), then (A, b)
+        if k:
+            v += cinf[lo:hi] + [abs(x) for x in rhs[n + lo:n + hi]]
+            rows.append(k)
+    return in_band(v, rows)
 
 
 def _kkt_matrix(Q, q, A, b, G, h):
@@ -178,9 +198,14 @@ def _pivot(S, E, j: int, d: float):
 
 def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None,
                         h: torch.Tensor | None = None, A: torch.Tensor | None = None,
-                        b: torch.Tensor | None = None, *, options: QPOptions | None = None) -> Solution | None:
+                        b: torch.Tensor | None = None, *, options: QPOptions | None = None,
+                        in_band_only: bool = False):
     """The exact solution of one small strictly convex QP by the dual active-set method (see the
     module docstring), or None when it does not apply or fails (run ``solve_qp_ipm`` then).
+
+    With ``in_band_only``, ``OUT_OF_BAND`` for data that ``equilibration`` would not leave as
+    they are (run the equilibrated solve then): its in-band test (``equilibration.in_band``, the
+    test of one small problem) is decided on this method's first host transfer, before any step.
 
     Returns:
         ``Solution`` as ``solve_qp_ipm``'s with batch size 1: ``z (1, n)``, ``duals`` ``lam (1, m)``
@@ -207,14 +232,12 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
     on_cpu = device.type == "cpu"
     K = _kkt_matrix(Q1, q1, A1, b1, G1, h1)
     C = K[n:, :n]
-    Cg = C[p:]                                 # G
     # one host sync for the scalars the steps compare against: max|Q| and the Cholesky info of Q
-    # (positive definite: the unconstrained minimiser exists), ‖c_i‖₁ and ‖c_i‖₂² of the rows of
-    # C = [A; G], the right-hand sides (−q, b, h), and the dual tableau's starting values and
-    # diagonal; any non-finite datum makes one of them non-finite (the interior-point method
-    # flags it).
+    # (positive definite: the unconstrained minimiser exists), ‖c_i‖∞, ‖c_i‖₁ and ‖c_i‖₂² of the
+    # rows of C = [A; G], the right-hand sides (−q, b, h), and the dual tableau's starting values
+    # and diagonal; any non-finite datum makes one of them non-finite (the interior-point method
+    # flags it). The same values decide equilibration's in-band test (``in_band_only``).
     L, info = torch.linalg.cholesky_ex(Q1)
-    gmax = torch.linalg.vector_norm(Cg, float("inf")).reshape(1) if m else info.new_zeros(1, dtype=dtype)
     # the dual tableau (module docstring): M = C Q⁻¹ Cᵀ = HᵀH with H = L⁻¹Cᵀ, and w(0) = r − C z₀
     # at the unconstrained minimiser z₀ = −Q⁻¹q, stored transposed: S = [M; w(0)ᵀ]
     # (in float64 whatever the dtype: M squares the condition of C)
@@ -224,14 +247,17 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
         L64, info64 = torch.linalg.cholesky_ex(Q1.double())
         info = info + info64                   # either factorisation failing: not this method's
         S, z0 = _dual_tableau(L64, K[:n, n:].double(), K[n:, N].double())
-    parts = [torch.linalg.vector_norm(Q1, float("inf")).reshape(1), info.to(dtype).reshape(1), gmax,
-             C.abs().sum(-1), C.square().sum(-1), K[:, N], L.diagonal(), S[-1], S[:-1].diagonal(),
-             z0.view(-1)]
+    aC = C.abs()
+    parts = [torch.linalg.vector_norm(Q1, float("inf")).reshape(1), info.to(dtype).reshape(1),
+             aC.amax(-1), aC.sum(-1), C.square().sum(-1), K[:, N], L.diagonal(), S[-1],
+             S[:-1].diagonal(), z0.view(-1)]
     pre = torch.cat(parts).tolist()
+    cinf, c1, c2sq, rhs, ldiag, cst, diag, z0_v = _split(pre[2:], [N - n, N - n, N - n, N, n, N - n, N - n, n])
+    if in_band_only and not _in_band(pre[0], rhs, cinf, n, p):
+        return OUT_OF_BAND
     if not math.isfinite(sum(pre)) or pre[1] != 0.0:
         return None
-    qscale, gmax = max(pre[0], torch.finfo(dtype).tiny), pre[2]
-    c1, c2sq, rhs, ldiag, cst, diag, z0_v = _split(pre[3:], [N - n, N - n, N, n, N - n, N - n, n])
+    qscale, gmax = max(pre[0], torch.finfo(dtype).tiny), max(cinf[p:], default=0.0)
     # info: 0 when the Cholesky factorisation ran through; its smallest pivot tells a definite Q
     # from one that is only semidefinite up to rounding (a pivot² at the rounding level of Q)
     if min(map(abs, ldiag), default=1.0) ** 2 <= 100 * n * torch.finfo(dtype).eps * qscale:
