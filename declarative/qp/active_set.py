@@ -173,7 +173,8 @@ def _dual_tableau(L, Cq, r):
     Shape: ``L (n, n)``, ``Cq (n, k + 1)`` (``[Cᵀ −q]``), ``r (k,)`` → ``S (k + 1, k)``, ``z₀ (n, 1)``."""
     H = torch.linalg.solve_triangular(L, Cq, upper=False)
     S = H.mT @ H[:, :-1]
-    S[-1].neg_().add_(r)
+    last = S[-1]
+    torch.sub(r, last, out=last)                 # w₀ = r − (the product's last row)
     return S, torch.linalg.solve_triangular(L.mT, H[:, -1:], upper=True)
 
 
@@ -248,7 +249,7 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
         info = info + info64                   # either factorisation failing: not this method's
         S, z0 = _dual_tableau(L64, K[:n, n:].double(), K[n:, N].double())
     aC = C.abs()
-    parts = [torch.linalg.vector_norm(Q1, float("inf")).reshape(1), info.to(dtype).reshape(1),
+    parts = [torch.linalg.vector_norm(Q1, float("inf")).reshape(1), info.reshape(1),   # (cat promotes info)
              aC.amax(-1), aC.sum(-1), C.square().sum(-1), K[:, N], L.diagonal(), S[-1],
              S[:-1].diagonal(), z0.view(-1)]
     pre = torch.cat(parts).tolist()
