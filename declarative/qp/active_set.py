@@ -193,7 +193,7 @@ def _pivot(S, E, j: int, d: float):
 
     Shape: ``S, E (k + 1, k)``."""
     u = S[j] + E[j]
-    v = S[:, j] - E[:, j]
+    v = S.select(1, j) - E.select(1, j)
     S.addr_(v, u, alpha=-1.0 / d)
 
 
@@ -445,16 +445,19 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
             return None
     if active_g and not min(lam_w) + _strict(dtype) * (1 + ninf(lam_w)) >= 0:
         return None
-    out = _lift(s + lam + [pres, dres, gap], dtype, device).view(1, -1)
-    ints = _lift([int(Status.SOLVED), steps] + active_g, torch.int64, device).view(1, -1)
+    # the returned tensors as views of three lifted lists and of x, cut by one split each
+    s_t, lam_t, res = _lift(s + lam + [pres, dres, gap], dtype, device).view(1, -1).split([m, m, 3], 1)
+    status, iters, kkt_idx = _lift([int(Status.SOLVED), steps] + active_g, torch.int64, device).split(
+        [1, 1, len(active_g)])
     act_g = set(active_g)
-    flags = _lift([i in act_g for i in range(m)] + [True], torch.bool, device).view(1, -1)
-    cache = {"s": out[:, :m], "polished": flags[0, m:],
-             "kkt_lu": LU.unsqueeze(0), "kkt_piv": piv.unsqueeze(0), "kkt_idx": ints[:, 2:]}
+    act_t, polished = _lift([i in act_g for i in range(m)] + [True], torch.bool, device).split([m, 1])
+    z_t, nu_t, _ = x.view(1, -1).split([n, p, len(active_g)], 1)
+    cache = {"s": s_t, "polished": polished,
+             "kkt_lu": LU.unsqueeze(0), "kkt_piv": piv.unsqueeze(0), "kkt_idx": kkt_idx.view(1, -1)}
     if dtype != torch.float64:
         cache["kkt_mat"] = Kk.unsqueeze(0)   # for the backward's refinement
     if m:
-        cache["act"] = flags[:, :m]
+        cache["act"] = act_t.view(1, m)
         # the backward's classification (``QPProblem.classify_constraints`` with the threshold
         # of polished solutions), done here on the host: when every row is clearly strongly active
         # or clearly not weakly active — 1e-3 away from its threshold, so that the backward's
@@ -466,7 +469,6 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
         lam_thr, s_thr = 1.001 * tau * (min(1.0, lam_nat) + ninf(lam)), 1.001 * tau * (1 + ninf(h_v))
         if all(lam[i] > lam_thr if i in act_g else s[i] > s_thr for i in range(m)):
             cache["act_strict"] = cache["act"]
-    return Solution(z=x[:n].view(1, n), duals={"lam": out[:, m:2 * m], "nu": x[n:n + p].view(1, p)},
-                    status=ints[:, 0], iterations=ints[:, 1],
-                    residuals={"primal": out[:, 2 * m], "dual": out[:, 2 * m + 1], "gap": out[:, 2 * m + 2]},
-                    cache=cache)
+    primal, dual, gap_t = res.unbind(1)
+    return Solution(z=z_t, duals={"lam": lam_t, "nu": nu_t}, status=status, iterations=iters,
+                    residuals={"primal": primal, "dual": dual, "gap": gap_t}, cache=cache)
