@@ -13,11 +13,14 @@ Two Functions, one protocol:
   transforms, ``apply_argmin_function`` runs the same forward and backward through
   ``_EagerClosedFormFunction`` (the combined ``forward(ctx, ...)`` form), which ``Function.apply``
   calls without binding the arguments to the forward's signature.
-* ``ArgminFunction`` for iterative solvers: the whole ``Solution`` (multipliers, statuses, solver
-  caches) travels as a tuple of tensors. Solvers check convergence on the host and run
-  data-dependent loops, so ``apply_argmin_function`` runs them outside ``torch.compile``'s graph
+* ``ArgminFunction`` for iterative solvers: ``z`` is its output, the rest of the ``Solution``
+  (multipliers, statuses, solver caches) is handed to the caller beside it and saved for the
+  backward. Solvers check convergence on the host and run data-dependent loops, so
+  ``apply_argmin_function`` runs them outside ``torch.compile``'s graph
   (``torch.compiler.disable``: one clean graph break; the model around the layer still compiles,
-  and autograd connects the compiled parts with the solver's backward).
+  and autograd connects the compiled parts with the solver's backward). No ``torch.func``
+  transform runs them either (their host reads): ``ArgminFunction`` takes the combined
+  ``forward(ctx, ...)`` form, which ``Function.apply`` calls without binding the arguments.
 """
 
 from __future__ import annotations
@@ -146,18 +149,14 @@ class ArgminFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    @_with_cached_signature
-    def forward(problem, mode, warm_start, box, *params):
+    def forward(ctx, problem, mode, warm_start, box, *params):
         sol = problem.solve(params, warm_start=warm_start)
         box.append(sol)
+        names, tensors = sol.flatten()
+        ctx.problem, ctx.mode, ctx.names = problem, mode, names
+        ctx.n_params = len(params)
+        ctx.save_for_backward(*params, *tensors)
         return sol.z
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        names, tensors = inputs[3][0].flatten()
-        ctx.problem, ctx.mode, ctx.names = inputs[0], inputs[1], names
-        ctx.n_params = len(inputs) - 4
-        ctx.save_for_backward(*inputs[4:], output, *tensors[1:])
 
     @staticmethod
     def backward(ctx, g):
@@ -173,10 +172,13 @@ class ArgminFunction(torch.autograd.Function):
 def _apply_solver_function(problem, mode, params, warm_start: Solution | None) -> Solution:
     box: list[Solution] = []
     z = ArgminFunction.apply(problem, mode, warm_start, box, *params)
-    names, tensors = box[0].flatten()
-    # the other tensors as the solver made them, cut from the graph should one be a parameter
-    # passed through (never differentiable: only z is)
-    return Solution.unflatten(names, [z] + [t.detach() if t.requires_grad else t for t in tensors[1:]])
+    sol = box[0]
+    names, tensors = sol.flatten()
+    if any(t.requires_grad for t in tensors[1:]):
+        # a parameter passed through by the solver: cut from the graph (only z is differentiable)
+        return Solution.unflatten(names, [z] + [t.detach() if t.requires_grad else t for t in tensors[1:]])
+    return Solution(z=z, duals=sol.duals, status=sol.status, iterations=sol.iterations,
+                    residuals=sol.residuals, cache=sol.cache)
 
 
 def apply_argmin_function(problem, mode, params, warm_start: Solution | None = None) -> Solution:
