@@ -61,7 +61,7 @@ import torch
 
 from ..solution import Solution
 from ..status import Status
-from .linalg import _one_problem, _with_batch
+from .linalg import _one_problem
 from .equilibration import in_band
 from .options import QPOptions
 from .polish import _strict
@@ -100,7 +100,12 @@ def _lift(values: list, dtype: torch.dtype, device) -> torch.Tensor:
     if code is None:
         return torch.tensor(values, dtype=dtype, device=device)
     t = torch.frombuffer(array(code, values), dtype=dtype) if values else torch.empty(0, dtype=dtype)
-    return t if t.device == torch.device(device) else t.to(device)
+    return t if torch.device(device).type == "cpu" else t.to(device)
+
+
+def _single(x: torch.Tensor, core: int) -> torch.Tensor:
+    """The one problem's tensor of ``core`` dimensions of an unbatched or batch-size-1 input."""
+    return x if x.dim() == core else x[0]
 
 
 def refine_lu(LU, piv, K, rhs, x, steps: int = 2):
@@ -220,11 +225,11 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
         inputs as ``solve_qp_ipm``'s, batch size 1 or unbatched.
     """
     opts = (options or QPOptions()).resolved(Q.dtype)
-    Q1, q1 = _with_batch(Q, 2)[0], _with_batch(q, 1)[0]
-    G1 = None if G is None or G.shape[-2] == 0 else _with_batch(G, 2)[0]
-    A1 = None if A is None or A.shape[-2] == 0 else _with_batch(A, 2)[0]
-    h1 = None if G1 is None else _with_batch(h, 1)[0]
-    b1 = None if A1 is None else _with_batch(b, 1)[0]
+    Q1, q1 = _single(Q, 2), _single(q, 1)
+    G1 = None if G is None or G.shape[-2] == 0 else _single(G, 2)
+    A1 = None if A is None or A.shape[-2] == 0 else _single(A, 2)
+    h1 = None if G1 is None else _single(h, 1)
+    b1 = None if A1 is None else _single(b, 1)
     n = Q1.shape[-1]
     m = 0 if G1 is None else G1.shape[0]
     p = 0 if A1 is None else A1.shape[0]
@@ -249,9 +254,10 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
         info = info + info64                   # either factorisation failing: not this method's
         S, z0 = _dual_tableau(L64, K[:n, n:].double(), K[n:, N].double())
     aC = C.abs()
+    diag_view, last = S[:-1].diagonal(), S[-1]
     parts = [torch.linalg.vector_norm(Q1, float("inf")).reshape(1), info.reshape(1),   # (cat promotes info)
-             aC.amax(-1), aC.sum(-1), C.square().sum(-1), K[:, N], L.diagonal(), S[-1],
-             S[:-1].diagonal(), z0.view(-1)]
+             aC.amax(-1), aC.sum(-1), C.square().sum(-1), K[:, N], L.diagonal(), last, diag_view,
+             z0.view(-1)]
     pre = torch.cat(parts).tolist()
     cinf, c1, c2sq, rhs, ldiag, cst, diag, z0_v = _split(pre[2:], [N - n, N - n, N - n, N, n, N - n, N - n, n])
     if in_band_only and not _in_band(pre[0], rhs, cinf, n, p):
@@ -282,8 +288,6 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
     def any_violated(rz, zmax, active_g):
         inactive = set(range(m)).difference(active_g)
         return any(rz[i] > thr_h[i] + thr_g[i] * zmax for i in inactive)
-
-    diag_view, last = S[:-1].diagonal(), S[-1]
 
     def read(j):
         """Column ``j`` of the tableau, its constant column and its diagonal (host lists: one

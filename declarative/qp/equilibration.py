@@ -275,10 +275,11 @@ def in_band(v: list[float], rows: list[int]) -> bool:
         at += 2 * k
         mats += block
         rhs += rs
-        sizes += [max(a, c) for a, c in zip(block, rs)]
+        sizes += map(max, block, rs)
     top, big = max(rhs), max(mats)
     sizes.append(top / big if big > 0 else (math.inf if top > 0 else 0.0))
-    return all(not (x > BAND or 0 < x < 1 / BAND) for x in sizes)
+    # every size (≥ 0) at most BAND, and the positive ones at least 1/BAND
+    return max(sizes) <= BAND and min((x for x in sizes if x > 0), default=1.0) >= 1 / BAND
 
 
 #: Ruiz iterations on the KKT matrix (a fixed number: no host synchronisation)
