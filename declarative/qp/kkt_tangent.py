@@ -140,7 +140,8 @@ def _active_set_tangent(G: torch.Tensor | None, A: torch.Tensor | None, solution
     p = 0 if A is None else A.shape[-2]
     idx = cache["kkt_idx"]
     k = idx.shape[-1]
-    rhs = torch.nn.functional.pad(-g.expand(B, n), (0, p + k)).unsqueeze(-1)
+    rhs = z.new_zeros(B, n + p + k, 1)
+    torch.neg(g.expand(B, n), out=rhs[:, :n, 0])       # [−g; 0]
     LU, piv = cache["kkt_lu"], cache["kkt_piv"]
     sol = torch.linalg.lu_solve(LU, piv, rhs)
     if "kkt_mat" in cache:                # below float64: refined with float64 residuals
@@ -148,5 +149,5 @@ def _active_set_tangent(G: torch.Tensor | None, A: torch.Tensor | None, solution
     sol = sol.squeeze(-1)
     dlam = z.new_zeros(B, m)
     if k:
-        dlam = dlam.scatter(1, idx, sol[:, n + p:])
+        dlam.scatter_(1, idx, sol[:, n + p:])
     return sol[:, :n], dlam, sol[:, n:n + p]
