@@ -167,7 +167,7 @@ class QPProblem(ArgminProblem):
         with the multipliers returned in the original units. One small problem for the active-set
         method goes to it first: its first host transfer also decides the in-band test
         (``solve_qp_active_set``'s ``in_band_only``), and only data out of band are equilibrated."""
-        if _one_small_problem(*params) and use_active_set(self.options, *params):
+        if use_active_set(self.options, *params) and _one_small_problem(*params):
             sol = solve_qp_active_set(*params, options=self.options, in_band_only=True)
             if sol is not OUT_OF_BAND:
                 return sol if sol is not None else solve_qp_ipm(*params, options=self.options,
