@@ -318,6 +318,9 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
     zmax = max(map(abs, z0_v), default=0.0)
     steps = 1
     max_steps = 4 * (m + p) + n + 11
+    # a full step's pivot, taken when the tableau is next needed (the last step's never is: the
+    # final solve works on K)
+    pending = ()
     for _ in range(3):      # rounds: the loop, then a fresh solve that must confirm it
         # w_i < −threshold_i: row i violated (most_violated's test, negated)
         nthr = [-(th + tg * zmax) for th, tg in zip(thr_h, thr_g)]
@@ -345,6 +348,9 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
                 steps += 1
                 if steps > max_steps:
                     return None
+                if pending:
+                    _pivot(S, E, *pending)
+                    pending = ()
                 col, cst, diag = read(jp)
                 # partial step: the first active multiplier λ_j + (λ_p + t)·col_j (col_j < 0) to
                 # reach zero
@@ -362,7 +368,7 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
                 if t1 == inf and t2 == inf:
                     return None                # no step reaches p: primal infeasible (IPM certifies)
                 if t2 <= t1:
-                    _pivot(S, E, jp, s)
+                    pending = (jp, s)
                     active.append(jp)
                     act.add(jp)
                     lam_p += t2
@@ -401,6 +407,9 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
             # a row the steps' rounding let through: go on from the fresh values
             lam_at = dict(zip(active_g, lam_w))
             cst = nu + [lam_at[i] if i in lam_at else -r for i, r in enumerate(rz)]
+            if pending:
+                _pivot(S, E, *pending)
+                pending = ()
             S[-1] = _lift(cst, S.dtype, device)
             continue
         break
