@@ -136,14 +136,18 @@ def _in_band(qmax: float, rhs: list[float], cinf: list[float], n: int, p: int) -
     """``equilibration.in_band`` on this method's host values: ``max|Q|``, the right-hand sides
     ``rhs = [−q; b; h]`` and the ∞-norms ``cinf`` of the rows of ``C = [A; G]``. False also for
     non-finite data (that test's answer for them)."""
-    aq = [abs(v) for v in rhs[:n]]
+    aq = list(map(abs, rhs[:n]))
     if not math.isfinite(sum(aq)):
         return False                           # (the reduction max|q| would not be finite)
-    v, rows = [qmax, max(aq)], []
-    for lo, hi, k in ((p, len(cinf), len(cinf) - p), (0, p, p)):    # (G, h), then (A, b)
-        if k:
-            v += cinf[lo:hi] + [abs(x) for x in rhs[n + lo:n + hi]]
-            rows.append(k)
+    v, rows, m = [qmax, max(aq)], [], len(cinf) - p
+    if m:                                      # (G, h), then (A, b)
+        v += cinf[p:]
+        v += map(abs, rhs[n + p:])
+        rows.append(m)
+    if p:
+        v += cinf[:p]
+        v += map(abs, rhs[n:n + p])
+        rows.append(p)
     return in_band(v, rows)
 
 

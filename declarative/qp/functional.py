@@ -217,10 +217,11 @@ def solve_qp(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None,
     sizes = [v.shape[0] for v, nd in ((Q, 3), (q, 2), (G, 3), (h, 2), (A, 3), (b, 2))
              if v is not None and v.dim() == nd]
     B = sizes[0] if sizes else 1
-    batch = [(n,)] if unbatched else [(B, n), (n,)]
-    check_warm_start("warm_start", warm_start, Q, batch,
-                     {"lam": [(m,)] if unbatched else [(B, m), (m,)],
-                      "nu": [(p,)] if unbatched else [(B, p), (p,)]})
+    if warm_start is not None:
+        batch = [(n,)] if unbatched else [(B, n), (n,)]
+        check_warm_start("warm_start", warm_start, Q, batch,
+                         {"lam": [(m,)] if unbatched else [(B, m), (m,)],
+                          "nu": [(p,)] if unbatched else [(B, p), (p,)]})
     if B == 0:
         return empty_batch_solution((0, n), Q, (Q, q, G, h, A, b), duals={"lam": m, "nu": p},
                                     residuals=("primal", "dual", "gap"))
