@@ -13,11 +13,14 @@ Two Functions, one protocol:
   transforms, ``apply_argmin_function`` runs the same forward and backward through
   ``_EagerClosedFormFunction`` (the combined ``forward(ctx, ...)`` form), which ``Function.apply``
   calls without binding the arguments to the forward's signature.
-* ``ArgminFunction`` for iterative solvers: the whole ``Solution`` (multipliers, statuses, solver
-  caches) travels as a tuple of tensors. Solvers check convergence on the host and run
-  data-dependent loops, so ``apply_argmin_function`` runs them outside ``torch.compile``'s graph
+* ``ArgminFunction`` for iterative solvers: ``z`` is its output, the rest of the ``Solution``
+  (multipliers, statuses, solver caches) is handed to the caller beside it and saved for the
+  backward. Solvers check convergence on the host and run data-dependent loops, so
+  ``apply_argmin_function`` runs them outside ``torch.compile``'s graph
   (``torch.compiler.disable``: one clean graph break; the model around the layer still compiles,
-  and autograd connects the compiled parts with the solver's backward).
+  and autograd connects the compiled parts with the solver's backward). No ``torch.func``
+  transform runs them either (their host reads): ``ArgminFunction`` takes the combined
+  ``forward(ctx, ...)`` form, which ``Function.apply`` calls without binding the arguments.
 """
 
 from __future__ import annotations
@@ -137,49 +140,45 @@ def apply_closed_form(problem, mode, params) -> torch.Tensor:
 class ArgminFunction(torch.autograd.Function):
     """``z* = argmin_z E(z; θ)`` for an iterative solver, as an autograd node.
 
-    Inputs: ``problem, mode, warm_start, names_box, *params``. ``names_box`` is a list that the
-    forward fills with the names of the flattened ``Solution`` fields, so that the caller can
-    rebuild the ``Solution`` from the tuple of output tensors.
-    Outputs: ``(z, *other solution tensors)``; only ``z`` is differentiable.
+    Inputs: ``problem, mode, warm_start, box, *params``. ``box`` is a list into which the forward
+    puts the whole ``Solution``, so that the caller receives its other tensors (multipliers,
+    statuses, solver caches); they are not differentiable (made without gradient tracking) and are
+    saved for the backward beside ``z``.
+    Output: ``z`` alone — a Function's cost per call grows with its number of outputs (each is
+    wrapped and marked), which at batch size 1 is a sizeable part of a small solve.
     """
 
     @staticmethod
-    @_with_cached_signature
-    def forward(problem, mode, warm_start, names_box, *params):
+    def forward(ctx, problem, mode, warm_start, box, *params):
         sol = problem.solve(params, warm_start=warm_start)
+        box.append(sol)
         names, tensors = sol.flatten()
-        names_box[:] = names
-        return tuple(tensors)
+        ctx.problem, ctx.mode, ctx.names = problem, mode, names
+        ctx.n_params = len(params)
+        ctx.save_for_backward(*params, *tensors)
+        return sol.z
 
     @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.problem, ctx.mode, ctx.names = inputs[0], inputs[1], tuple(inputs[3])
-        ctx.n_params = len(inputs) - 4
-        if len(output) > 1:
-            ctx.mark_non_differentiable(*output[1:])
-            # only z is differentiable: no zero cotangents materialised for the other outputs
-            ctx.set_materialize_grads(False)
-        ctx.save_for_backward(*inputs[4:], *output)
-
-    @staticmethod
-    def backward(ctx, g, *_aux_grads):
+    def backward(ctx, g):
         saved = ctx.saved_tensors
         n = ctx.n_params
         params = saved[:n]
         solution = Solution.unflatten(ctx.names, saved[n:])
-        if g is None:   # (materialize_grads off: z received no cotangent)
-            g = torch.zeros_like(solution.z)
         needs = ctx.needs_input_grad[4:]
         return (None, None, None, None, *_vjp_grads(ctx.problem, ctx.mode, params, solution, g, needs))
 
 
 @torch.compiler.disable
 def _apply_solver_function(problem, mode, params, warm_start: Solution | None) -> Solution:
-    names: list[str] = []
-    outputs = ArgminFunction.apply(problem, mode, warm_start, names, *params)
-    if not isinstance(outputs, tuple):
-        outputs = (outputs,)
-    return Solution.unflatten(names, outputs)
+    box: list[Solution] = []
+    z = ArgminFunction.apply(problem, mode, warm_start, box, *params)
+    sol = box[0]
+    names, tensors = sol.flatten()
+    if any(t.requires_grad for t in tensors[1:]):
+        # a parameter passed through by the solver: cut from the graph (only z is differentiable)
+        return Solution.unflatten(names, [z] + [t.detach() if t.requires_grad else t for t in tensors[1:]])
+    return Solution(z=z, duals=sol.duals, status=sol.status, iterations=sol.iterations,
+                    residuals=sol.residuals, cache=sol.cache)
 
 
 def apply_argmin_function(problem, mode, params, warm_start: Solution | None = None) -> Solution:

@@ -93,7 +93,8 @@ class QPLayer(nn.Module):
         per-element ``status``, ``iterations`` and ``residuals``."""
         sol = solve_qp(Q, q, G, h, A, b, mode=self.mode, options=self.options,
                        warm_start=warm_start, check=self.check)
-        self.last_status = sol.status_tensor().detach()
+        status = sol.status_tensor()
+        self.last_status = status.detach() if status.requires_grad else status
         return sol
 
     def forward(self, Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None,

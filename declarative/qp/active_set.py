@@ -61,15 +61,20 @@ import torch
 
 from ..solution import Solution
 from ..status import Status
-from .linalg import _one_problem, _with_batch
+from .linalg import _one_problem
+from .equilibration import in_band
 from .options import QPOptions
 from .polish import _strict
 from .residuals import ROUNDING_FACTOR
 
-__all__ = ["refine_lu", "solve_qp_active_set", "use_active_set"]
+__all__ = ["OUT_OF_BAND", "refine_lu", "solve_qp_active_set", "use_active_set"]
 
 #: the fast path applies up to this many variables plus constraints
 MAX_SIZE = 128
+
+#: ``solve_qp_active_set(..., in_band_only=True)`` on data that ``equilibration`` does not leave
+#: as they are (or whose in-band test it takes to its tensor test: non-finite data)
+OUT_OF_BAND = object()
 
 
 def use_active_set(opts: QPOptions, Q, q, G, h, A, b) -> bool:
@@ -95,7 +100,12 @@ def _lift(values: list, dtype: torch.dtype, device) -> torch.Tensor:
     if code is None:
         return torch.tensor(values, dtype=dtype, device=device)
     t = torch.frombuffer(array(code, values), dtype=dtype) if values else torch.empty(0, dtype=dtype)
-    return t if t.device == torch.device(device) else t.to(device)
+    return t if torch.device(device).type == "cpu" else t.to(device)
+
+
+def _single(x: torch.Tensor, core: int) -> torch.Tensor:
+    """The one problem's tensor of ``core`` dimensions of an unbatched or batch-size-1 input."""
+    return x if x.dim() == core else x[0]
 
 
 def refine_lu(LU, piv, K, rhs, x, steps: int = 2):
@@ -120,6 +130,25 @@ def _split(values: list, sizes: list[int]) -> list[list]:
         out.append(values[k:k + size])
         k += size
     return out
+
+
+def _in_band(qmax: float, rhs: list[float], cinf: list[float], n: int, p: int) -> bool:
+    """``equilibration.in_band`` on this method's host values: ``max|Q|``, the right-hand sides
+    ``rhs = [−q; b; h]`` and the ∞-norms ``cinf`` of the rows of ``C = [A; G]``. False also for
+    non-finite data (that test's answer for them)."""
+    aq = list(map(abs, rhs[:n]))
+    if not math.isfinite(sum(aq)):
+        return False                           # (the reduction max|q| would not be finite)
+    v, rows, m = [qmax, max(aq)], [], len(cinf) - p
+    if m:                                      # (G, h), then (A, b)
+        v += cinf[p:]
+        v += map(abs, rhs[n + p:])
+        rows.append(m)
+    if p:
+        v += cinf[:p]
+        v += map(abs, rhs[n:n + p])
+        rows.append(p)
+    return in_band(v, rows)
 
 
 def _kkt_matrix(Q, q, A, b, G, h):
@@ -153,7 +182,8 @@ def _dual_tableau(L, Cq, r):
     Shape: ``L (n, n)``, ``Cq (n, k + 1)`` (``[Cᵀ −q]``), ``r (k,)`` → ``S (k + 1, k)``, ``z₀ (n, 1)``."""
     H = torch.linalg.solve_triangular(L, Cq, upper=False)
     S = H.mT @ H[:, :-1]
-    S[-1].neg_().add_(r)
+    last = S[-1]
+    torch.sub(r, last, out=last)                 # w₀ = r − (the product's last row)
     return S, torch.linalg.solve_triangular(L.mT, H[:, -1:], upper=True)
 
 
@@ -172,15 +202,20 @@ def _pivot(S, E, j: int, d: float):
 
     Shape: ``S, E (k + 1, k)``."""
     u = S[j] + E[j]
-    v = S[:, j] - E[:, j]
+    v = S.select(1, j) - E.select(1, j)
     S.addr_(v, u, alpha=-1.0 / d)
 
 
 def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None,
                         h: torch.Tensor | None = None, A: torch.Tensor | None = None,
-                        b: torch.Tensor | None = None, *, options: QPOptions | None = None) -> Solution | None:
+                        b: torch.Tensor | None = None, *, options: QPOptions | None = None,
+                        in_band_only: bool = False):
     """The exact solution of one small strictly convex QP by the dual active-set method (see the
     module docstring), or None when it does not apply or fails (run ``solve_qp_ipm`` then).
+
+    With ``in_band_only``, ``OUT_OF_BAND`` for data that ``equilibration`` would not leave as
+    they are (run the equilibrated solve then): its in-band test (``equilibration.in_band``, the
+    test of one small problem) is decided on this method's first host transfer, before any step.
 
     Returns:
         ``Solution`` as ``solve_qp_ipm``'s with batch size 1: ``z (1, n)``, ``duals`` ``lam (1, m)``
@@ -194,11 +229,11 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
         inputs as ``solve_qp_ipm``'s, batch size 1 or unbatched.
     """
     opts = (options or QPOptions()).resolved(Q.dtype)
-    Q1, q1 = _with_batch(Q, 2)[0], _with_batch(q, 1)[0]
-    G1 = None if G is None or G.shape[-2] == 0 else _with_batch(G, 2)[0]
-    A1 = None if A is None or A.shape[-2] == 0 else _with_batch(A, 2)[0]
-    h1 = None if G1 is None else _with_batch(h, 1)[0]
-    b1 = None if A1 is None else _with_batch(b, 1)[0]
+    Q1, q1 = _single(Q, 2), _single(q, 1)
+    G1 = None if G is None or G.shape[-2] == 0 else _single(G, 2)
+    A1 = None if A is None or A.shape[-2] == 0 else _single(A, 2)
+    h1 = None if G1 is None else _single(h, 1)
+    b1 = None if A1 is None else _single(b, 1)
     n = Q1.shape[-1]
     m = 0 if G1 is None else G1.shape[0]
     p = 0 if A1 is None else A1.shape[0]
@@ -207,14 +242,12 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
     on_cpu = device.type == "cpu"
     K = _kkt_matrix(Q1, q1, A1, b1, G1, h1)
     C = K[n:, :n]
-    Cg = C[p:]                                 # G
     # one host sync for the scalars the steps compare against: max|Q| and the Cholesky info of Q
-    # (positive definite: the unconstrained minimiser exists), ‖c_i‖₁ and ‖c_i‖₂² of the rows of
-    # C = [A; G], the right-hand sides (−q, b, h), and the dual tableau's starting values and
-    # diagonal; any non-finite datum makes one of them non-finite (the interior-point method
-    # flags it).
+    # (positive definite: the unconstrained minimiser exists), ‖c_i‖∞, ‖c_i‖₁ and ‖c_i‖₂² of the
+    # rows of C = [A; G], the right-hand sides (−q, b, h), and the dual tableau's starting values
+    # and diagonal; any non-finite datum makes one of them non-finite (the interior-point method
+    # flags it). The same values decide equilibration's in-band test (``in_band_only``).
     L, info = torch.linalg.cholesky_ex(Q1)
-    gmax = torch.linalg.vector_norm(Cg, float("inf")).reshape(1) if m else info.new_zeros(1, dtype=dtype)
     # the dual tableau (module docstring): M = C Q⁻¹ Cᵀ = HᵀH with H = L⁻¹Cᵀ, and w(0) = r − C z₀
     # at the unconstrained minimiser z₀ = −Q⁻¹q, stored transposed: S = [M; w(0)ᵀ]
     # (in float64 whatever the dtype: M squares the condition of C)
@@ -224,14 +257,18 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
         L64, info64 = torch.linalg.cholesky_ex(Q1.double())
         info = info + info64                   # either factorisation failing: not this method's
         S, z0 = _dual_tableau(L64, K[:n, n:].double(), K[n:, N].double())
-    parts = [torch.linalg.vector_norm(Q1, float("inf")).reshape(1), info.to(dtype).reshape(1), gmax,
-             C.abs().sum(-1), C.square().sum(-1), K[:, N], L.diagonal(), S[-1], S[:-1].diagonal(),
+    aC = C.abs()
+    diag_view, last = S[:-1].diagonal(), S[-1]
+    parts = [torch.linalg.vector_norm(Q1, float("inf")).reshape(1), info.reshape(1),   # (cat promotes info)
+             aC.amax(-1), aC.sum(-1), C.square().sum(-1), K[:, N], L.diagonal(), last, diag_view,
              z0.view(-1)]
     pre = torch.cat(parts).tolist()
+    cinf, c1, c2sq, rhs, ldiag, cst, diag, z0_v = _split(pre[2:], [N - n, N - n, N - n, N, n, N - n, N - n, n])
+    if in_band_only and not _in_band(pre[0], rhs, cinf, n, p):
+        return OUT_OF_BAND
     if not math.isfinite(sum(pre)) or pre[1] != 0.0:
         return None
-    qscale, gmax = max(pre[0], torch.finfo(dtype).tiny), pre[2]
-    c1, c2sq, rhs, ldiag, cst, diag, z0_v = _split(pre[3:], [N - n, N - n, N, n, N - n, N - n, n])
+    qscale, gmax = max(pre[0], torch.finfo(dtype).tiny), max(cinf[p:], default=0.0)
     # info: 0 when the Cholesky factorisation ran through; its smallest pivot tells a definite Q
     # from one that is only semidefinite up to rounding (a pivot² at the rounding level of Q)
     if min(map(abs, ldiag), default=1.0) ** 2 <= 100 * n * torch.finfo(dtype).eps * qscale:
@@ -255,8 +292,6 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
     def any_violated(rz, zmax, active_g):
         inactive = set(range(m)).difference(active_g)
         return any(rz[i] > thr_h[i] + thr_g[i] * zmax for i in inactive)
-
-    diag_view, last = S[:-1].diagonal(), S[-1]
 
     def read(j):
         """Column ``j`` of the tableau, its constant column and its diagonal (host lists: one
@@ -287,6 +322,9 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
     zmax = max(map(abs, z0_v), default=0.0)
     steps = 1
     max_steps = 4 * (m + p) + n + 11
+    # a full step's pivot, taken when the tableau is next needed (the last step's never is: the
+    # final solve works on K)
+    pending = ()
     for _ in range(3):      # rounds: the loop, then a fresh solve that must confirm it
         # w_i < −threshold_i: row i violated (most_violated's test, negated)
         nthr = [-(th + tg * zmax) for th, tg in zip(thr_h, thr_g)]
@@ -314,6 +352,9 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
                 steps += 1
                 if steps > max_steps:
                     return None
+                if pending:
+                    _pivot(S, E, *pending)
+                    pending = ()
                 col, cst, diag = read(jp)
                 # partial step: the first active multiplier λ_j + (λ_p + t)·col_j (col_j < 0) to
                 # reach zero
@@ -331,7 +372,7 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
                 if t1 == inf and t2 == inf:
                     return None                # no step reaches p: primal infeasible (IPM certifies)
                 if t2 <= t1:
-                    _pivot(S, E, jp, s)
+                    pending = (jp, s)
                     active.append(jp)
                     act.add(jp)
                     lam_p += t2
@@ -370,6 +411,9 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
             # a row the steps' rounding let through: go on from the fresh values
             lam_at = dict(zip(active_g, lam_w))
             cst = nu + [lam_at[i] if i in lam_at else -r for i, r in enumerate(rz)]
+            if pending:
+                _pivot(S, E, *pending)
+                pending = ()
             S[-1] = _lift(cst, S.dtype, device)
             continue
         break
@@ -418,16 +462,19 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
             return None
     if active_g and not min(lam_w) + _strict(dtype) * (1 + ninf(lam_w)) >= 0:
         return None
-    out = _lift(s + lam + [pres, dres, gap], dtype, device).view(1, -1)
-    ints = _lift([int(Status.SOLVED), steps] + active_g, torch.int64, device).view(1, -1)
+    # the returned tensors as views of three lifted lists and of x, cut by one split each
+    s_t, lam_t, res = _lift(s + lam + [pres, dres, gap], dtype, device).view(1, -1).split([m, m, 3], 1)
+    status, iters, kkt_idx = _lift([int(Status.SOLVED), steps] + active_g, torch.int64, device).split(
+        [1, 1, len(active_g)])
     act_g = set(active_g)
-    flags = _lift([i in act_g for i in range(m)] + [True], torch.bool, device).view(1, -1)
-    cache = {"s": out[:, :m], "polished": flags[0, m:],
-             "kkt_lu": LU.unsqueeze(0), "kkt_piv": piv.unsqueeze(0), "kkt_idx": ints[:, 2:]}
+    act_t, polished = _lift([i in act_g for i in range(m)] + [True], torch.bool, device).split([m, 1])
+    z_t, nu_t, _ = x.view(1, -1).split([n, p, len(active_g)], 1)
+    cache = {"s": s_t, "polished": polished,
+             "kkt_lu": LU.unsqueeze(0), "kkt_piv": piv.unsqueeze(0), "kkt_idx": kkt_idx.view(1, -1)}
     if dtype != torch.float64:
         cache["kkt_mat"] = Kk.unsqueeze(0)   # for the backward's refinement
     if m:
-        cache["act"] = flags[:, :m]
+        cache["act"] = act_t.view(1, m)
         # the backward's classification (``QPProblem.classify_constraints`` with the threshold
         # of polished solutions), done here on the host: when every row is clearly strongly active
         # or clearly not weakly active — 1e-3 away from its threshold, so that the backward's
@@ -439,7 +486,6 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
         lam_thr, s_thr = 1.001 * tau * (min(1.0, lam_nat) + ninf(lam)), 1.001 * tau * (1 + ninf(h_v))
         if all(lam[i] > lam_thr if i in act_g else s[i] > s_thr for i in range(m)):
             cache["act_strict"] = cache["act"]
-    return Solution(z=x[:n].view(1, n), duals={"lam": out[:, m:2 * m], "nu": x[n:n + p].view(1, p)},
-                    status=ints[:, 0], iterations=ints[:, 1],
-                    residuals={"primal": out[:, 2 * m], "dual": out[:, 2 * m + 1], "gap": out[:, 2 * m + 2]},
-                    cache=cache)
+    primal, dual, gap_t = res.unbind(1)
+    return Solution(z=z_t, duals={"lam": lam_t, "nu": nu_t}, status=status, iterations=iters,
+                    residuals={"primal": primal, "dual": dual, "gap": gap_t}, cache=cache)

@@ -246,30 +246,40 @@ def _one_small_problem(*data) -> bool:
 
 def _in_band_on_host(Q, q, G, h, A, b) -> bool:
     """``equilibration``'s in-band test for one problem, with the reductions brought to the host
-    in one transfer (seven operations instead of thirty): ``max(max|Q|, max|q|)``,
-    ``max(‖G_i‖∞, |h_i|)``, ``max(‖A_j‖∞, |b_j|)`` and the cheap bound (largest right-hand side
-    over largest matrix entry) in ``[1/BAND, BAND]`` or zero. Non-finite data go to the tensor test."""
+    in one transfer (seven operations instead of thirty); the test itself is ``in_band``.
+    Non-finite data go to the tensor test."""
     parts = [torch.linalg.vector_norm(Q.reshape(-1), float("inf")).reshape(1),
              torch.linalg.vector_norm(q.reshape(-1), float("inf")).reshape(1)]
     for M, r in ((G, h), (A, b)):
         if M is not None and M.shape[-2] > 0:
             parts += [torch.linalg.vector_norm(M.reshape(-1, M.shape[-1]), float("inf"), -1), r.reshape(-1).abs()]
-    v = torch.cat(parts).tolist()
+    return in_band(torch.cat(parts).tolist(), [part.shape[0] for part in parts[2::2]])
+
+
+def in_band(v: list[float], rows: list[int]) -> bool:
+    """Whether one problem's data are in band, from its reductions on the host: ``max(max|Q|,
+    max|q|)``, ``max(‖G_i‖∞, |h_i|)``, ``max(‖A_j‖∞, |b_j|)`` and the cheap bound (largest
+    right-hand side over largest matrix entry) in ``[1/BAND, BAND]`` or zero. False when some value
+    is not finite (the tensor test, which ignores non-finite data, decides then).
+
+    ``v``: ``[max|Q|, max|q|]`` followed, for each constraint block with rows (``(G, h)`` then
+    ``(A, b)``), by its rows' ∞-norms and the absolute values of its right-hand side; ``rows``:
+    those blocks' row counts."""
     if not math.isfinite(sum(v)):
         return False                             # non-finite data: the tensor test decides
     mats, rhs = [v[0]], [v[1]]
     sizes = [max(v[0], v[1])]
     at = 2
-    for part_m, part_r in zip(parts[2::2], parts[3::2]):
-        k = part_m.shape[0]
-        rows, rs = v[at:at + k], v[at + k:at + 2 * k]
+    for k in rows:
+        block, rs = v[at:at + k], v[at + k:at + 2 * k]
         at += 2 * k
-        mats += rows
+        mats += block
         rhs += rs
-        sizes += [max(a, c) for a, c in zip(rows, rs)]
+        sizes += map(max, block, rs)
     top, big = max(rhs), max(mats)
     sizes.append(top / big if big > 0 else (math.inf if top > 0 else 0.0))
-    return all(not (x > BAND or 0 < x < 1 / BAND) for x in sizes)
+    # every size (≥ 0) at most BAND, and the positive ones at least 1/BAND
+    return max(sizes) <= BAND and min((x for x in sizes if x > 0), default=1.0) >= 1 / BAND
 
 
 #: Ruiz iterations on the KKT matrix (a fixed number: no host synchronisation)

@@ -31,15 +31,27 @@ def check_qp_inputs(Q, q, G=None, h=None, A=None, b=None) -> bool:
     """
     check_tensor("Q", Q)
     check_tensor("q", q)
-    if (G is None) != (h is None):
-        raise ValueError("G and h must be given together (or both be None)")
-    if (A is None) != (b is None):
-        raise ValueError("A and b must be given together (or both be None)")
+    _check_pairs(G, h, A, b)
     named = {"Q": Q, "q": q, "G": G, "h": h, "A": A, "b": b}
     for k, v in named.items():
         if v is not None:
             check_tensor(k, v)
     check_same_dtype_device(**named)
+    return _check_shapes(Q, q, G, h, A, b)
+
+
+def _check_pairs(G, h, A, b) -> None:
+    """``G`` with ``h`` and ``A`` with ``b`` (or neither)."""
+    if (G is None) != (h is None):
+        raise ValueError("G and h must be given together (or both be None)")
+    if (A is None) != (b is None):
+        raise ValueError("A and b must be given together (or both be None)")
+
+
+def _check_shapes(Q, q, G, h, A, b) -> bool:
+    """``check_qp_inputs`` after its type, pairing and dtype/device checks: the shapes, the batch
+    sizes and ``Q`` positive semidefinite; True if every input is unbatched."""
+    named = {"Q": Q, "q": q, "G": G, "h": h, "A": A, "b": b}
     batched = {
         "Q": check_batched("Q", Q, "nn"),
         "q": check_batched("q", q, "n"),
@@ -95,7 +107,7 @@ def _single_passes(Q1: torch.Tensor, tol: float) -> bool:
     asym = torch.linalg.vector_norm(torch.sub(Q1, Q1.mT), float("inf"))
     scale = torch.linalg.vector_norm(Q1.diagonal(), float("inf"))
     info = torch.linalg.cholesky_ex(Q1, upper=True).info
-    a, d, i = torch.stack([asym, scale, info.to(Q1.dtype)]).tolist()
+    a, d, i = torch.stack([asym, scale, info]).tolist()     # (info promoted to Q's dtype)
     return a <= tol * (1 + d) and i == 0
 
 
@@ -198,15 +210,18 @@ def solve_qp(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None,
             check_tensor(k, v)
     check_same_dtype_device(**named)
     t, low = upcast_low_precision(**named)
-    unbatched = check_qp_inputs(*t.values())
+    # the rest of ``check_qp_inputs`` (its type and dtype/device checks are the ones above)
+    _check_pairs(G, h, A, b)
+    unbatched = _check_shapes(*t.values())
     n, m, p = Q.shape[-1], 0 if G is None else G.shape[-2], 0 if A is None else A.shape[-2]
     sizes = [v.shape[0] for v, nd in ((Q, 3), (q, 2), (G, 3), (h, 2), (A, 3), (b, 2))
              if v is not None and v.dim() == nd]
     B = sizes[0] if sizes else 1
-    batch = [(n,)] if unbatched else [(B, n), (n,)]
-    check_warm_start("warm_start", warm_start, Q, batch,
-                     {"lam": [(m,)] if unbatched else [(B, m), (m,)],
-                      "nu": [(p,)] if unbatched else [(B, p), (p,)]})
+    if warm_start is not None:
+        batch = [(n,)] if unbatched else [(B, n), (n,)]
+        check_warm_start("warm_start", warm_start, Q, batch,
+                         {"lam": [(m,)] if unbatched else [(B, m), (m,)],
+                          "nu": [(p,)] if unbatched else [(B, p), (p,)]})
     if B == 0:
         return empty_batch_solution((0, n), Q, (Q, q, G, h, A, b), duals={"lam": m, "nu": p},
                                     residuals=("primal", "dual", "gap"))

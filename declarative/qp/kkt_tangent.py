@@ -45,9 +45,11 @@ def kkt_tangent(Q: torch.Tensor, G: torch.Tensor | None, A: torch.Tensor | None,
             return None if t is None else t.to(wd)
         part = Solution(z=up(solution.z), cache=solution.cache)
         return tuple(t.to(Q.dtype) for t in kkt_tangent(up(Q), up(G), up(A), part, up(g), options))
+    cache = solution.cache
+    if "kkt_lu" in cache:
+        return _active_set_tangent(G, A, solution, g)
     opts = (options or QPOptions()).resolved(Q.dtype)
     Qb, Gb, Ab = _with_batch(Q, 2), _with_batch(G, 2), _with_batch(A, 2)
-    cache = solution.cache
     z = solution.z
     B, n = z.shape
     g = g.expand(B, n)
@@ -57,20 +59,6 @@ def kkt_tangent(Q: torch.Tensor, G: torch.Tensor | None, A: torch.Tensor | None,
         Gb = None
     if p == 0:
         Ab = None
-    if "kkt_lu" in cache:
-        # the dual active-set solver's LU factors of [Q Cᵀ; C 0], C = [A; G_K] (``active_set``)
-        idx = cache["kkt_idx"]
-        k = idx.shape[-1]
-        rhs = torch.nn.functional.pad(-g, (0, p + k)).unsqueeze(-1)
-        LU, piv = cache["kkt_lu"], cache["kkt_piv"]
-        sol = torch.linalg.lu_solve(LU, piv, rhs)
-        if "kkt_mat" in cache:                # below float64: refined with float64 residuals
-            sol = refine_lu(LU, piv, cache["kkt_mat"], rhs, sol)
-        sol = sol.squeeze(-1)
-        dlam = z.new_zeros(B, m)
-        if k:
-            dlam = dlam.scatter(1, idx, sol[:, n + p:])
-        return sol[:, :n], dlam, sol[:, n:n + p]
     empty = z.new_zeros(B, 0)
     if Gb is not None and "pre_U" in cache:
         # the method of multipliers with the forward's penalty factors (``_polish_penalty``); the
@@ -136,3 +124,30 @@ def kkt_tangent(Q: torch.Tensor, G: torch.Tensor | None, A: torch.Tensor | None,
         fac = _Factor(Qb, None, Ab, AtA, None, reg, zero_eq, opts.reg)
     dz, dnu = fac.solve(-g, None if Ab is None else z.new_zeros(B, p))
     return dz, empty, (dnu if dnu is not None else empty)
+
+
+def _active_set_tangent(G: torch.Tensor | None, A: torch.Tensor | None, solution: Solution,
+                        g: torch.Tensor):
+    """``kkt_tangent`` with the dual active-set solver's LU factors of ``[Q Cᵀ; C 0]``,
+    ``C = [A; G_K]`` (``active_set``): one solve with the right-hand side ``[−g; 0]``.
+
+    Shape: ``G (B, m, n)|(m, n)``, ``A (B, p, n)|(p, n)`` (or None), ``g (B, n)|(n,)``; returns
+    ``(dz (B, n), dλ (B, m), dν (B, p))``."""
+    cache = solution.cache
+    z = solution.z
+    B, n = z.shape
+    m = 0 if G is None else G.shape[-2]
+    p = 0 if A is None else A.shape[-2]
+    idx = cache["kkt_idx"]
+    k = idx.shape[-1]
+    rhs = z.new_zeros(B, n + p + k, 1)
+    torch.neg(g.expand(B, n), out=rhs[:, :n, 0])       # [−g; 0]
+    LU, piv = cache["kkt_lu"], cache["kkt_piv"]
+    sol = torch.linalg.lu_solve(LU, piv, rhs)
+    if "kkt_mat" in cache:                # below float64: refined with float64 residuals
+        sol = refine_lu(LU, piv, cache["kkt_mat"], rhs, sol)
+    sol = sol.squeeze(-1)
+    dlam = z.new_zeros(B, m)
+    if k:
+        dlam.scatter_(1, idx, sol[:, n + p:])
+    return sol[:, :n], dlam, sol[:, n:n + p]

@@ -12,8 +12,8 @@ from ..problem import ArgminProblem
 from ..solution import Solution
 from ..status import Status
 from .ipm import solve_qp_ipm
-from .active_set import solve_qp_active_set, use_active_set
-from .equilibration import Equilibration, equilibration
+from .active_set import OUT_OF_BAND, solve_qp_active_set, use_active_set
+from .equilibration import Equilibration, _one_small_problem, equilibration
 from .kkt_tangent import kkt_tangent
 from .linalg import _abs_max, _gather_rows, _with_batch
 from .options import QPOptions
@@ -164,7 +164,14 @@ class QPProblem(ArgminProblem):
     # -- solves ------------------------------------------------------------------------------------
     def solve(self, params, warm_start: Solution | None = None) -> Solution:
         """``solve_qp_ipm`` on the equilibrated data (``equilibration``; badly scaled data only),
-        with the multipliers returned in the original units."""
+        with the multipliers returned in the original units. One small problem for the active-set
+        method goes to it first: its first host transfer also decides the in-band test
+        (``solve_qp_active_set``'s ``in_band_only``), and only data out of band are equilibrated."""
+        if use_active_set(self.options, *params) and _one_small_problem(*params):
+            sol = solve_qp_active_set(*params, options=self.options, in_band_only=True)
+            if sol is not OUT_OF_BAND:
+                return sol if sol is not None else solve_qp_ipm(*params, options=self.options,
+                                                                warm_start=warm_start)
         eq = equilibration(*params)
         if eq is None:
             return self._solve(params, warm_start)

@@ -316,10 +316,12 @@ def test_small_solutions_match_the_scaled_problem():
 
 
 def test_host_in_band_test_agrees_with_the_tensor_test(monkeypatch):
-    """One small problem decides "nothing to scale" on the host (``_in_band_on_host``); it must
-    decide as the batched tensor test does, over random block scales (1e-4…1e4), zero rows and
-    zero blocks, unbatched and batch-size-1 inputs, with and without each constraint block."""
+    """One small problem decides "nothing to scale" on the host (``_in_band_on_host``, and the
+    active-set method on its own host values, ``in_band_only``); it must decide as the batched
+    tensor test does, over random block scales (1e-4…1e4), zero rows and zero blocks, unbatched
+    and batch-size-1 inputs, with and without each constraint block."""
     from declarative.qp import equilibration as eqm
+    from declarative.qp.active_set import OUT_OF_BAND, solve_qp_active_set
     g = torch.Generator().manual_seed(0)
     scales = [0.0, 1e-4, 0.009, 0.011, 1.0, 99.0, 101.0, 1e4]
     checked = {True: 0, False: 0}
@@ -341,12 +343,19 @@ def test_host_in_band_test_agrees_with_the_tensor_test(monkeypatch):
             data = [None if t is None else t[0] for t in data]   # unbatched
         assert eqm._one_small_problem(*data)
         host = eqm._in_band_on_host(*data)
+        assert (solve_qp_active_set(*data, in_band_only=True) is not OUT_OF_BAND) == host, f"trial {trial}"
         monkeypatch.setattr(eqm, "_one_small_problem", lambda *a: False)
         tensor = equilibration(*data) is None
         monkeypatch.undo()
         assert host == tensor, f"trial {trial}"
         checked[host] += 1
     assert min(checked.values()) > 40                     # both outcomes exercised
+    # non-finite data: the tensor test decides (the active set's answer: out of band)
+    Q, q, G, h, A, b = random_qp(1, 4, 3, 1, seed=2)
+    for data in ((Q, q.clone().fill_(float("nan")), G, h, A, b), (Q, q, G, h.clone().fill_(float("inf")), A, b),
+                 (Q * float("inf"), q, G, h, A, b)):
+        assert not eqm._in_band_on_host(*data)
+        assert solve_qp_active_set(*data, in_band_only=True) is OUT_OF_BAND
     # batches and large problems take the tensor test
     assert not eqm._one_small_problem(*random_qp(2, 4, 3, 0, seed=1))
     assert not eqm._one_small_problem(*random_qp(1, 60, 60, 0, seed=1))
