@@ -183,7 +183,7 @@ def _dual_tableau(L, Cq, r):
     H = torch.linalg.solve_triangular(L, Cq, upper=False)
     S = H.mT @ H[:, :-1]
     last = S[-1]
-    torch.sub(r, last, out=last)                 # w₀ = r − (the product's last row)
+    last.neg_().add_(r)                 # w₀ = r − (the product's last row)
     return S, torch.linalg.solve_triangular(L.mT, H[:, -1:], upper=True)
 
 

@@ -101,3 +101,29 @@ def test_learning_a_constraint_set_reduces_the_loss():
         losses.append(loss.item())
     assert model.G.grad is not None and model.h.grad is not None
     assert losses[-1] < 0.5 * losses[0]
+
+
+@pytest.mark.parametrize("mode, beta", [("implicit", None), ("symmetric", 1e-5)])
+def test_double_backward_of_one_problem_equals_differences_of_its_gradient(mode, beta):
+    """A single problem (the active-set path): the gradient's own gradient (``create_graph=True``)
+    equals central differences of the gradient. Its backward once wrote into a tensor that carried
+    the cotangent's graph (``out=`` arguments refuse automatic differentiation), in both modes."""
+    Q = 2 * torch.eye(3, dtype=torch.float64)
+    G = torch.randn(2, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    h = torch.full((2,), 0.1, dtype=torch.float64)
+    q0 = torch.randn(3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    layer = layers.QPLayer(mode=mode, beta=beta)
+
+    def grad_q(q, create_graph=False):
+        z = layer(Q, q, G, h)
+        return torch.autograd.grad((z ** 2).sum(), q, create_graph=create_graph)[0]
+
+    q = q0.clone().requires_grad_(True)
+    w = torch.tensor([0.3, -1.0, 0.7], dtype=torch.float64)
+    (hvp,) = torch.autograd.grad(grad_q(q, create_graph=True) @ w, q)
+    eps = 1e-6
+    rows = []
+    for e in torch.eye(3, dtype=torch.float64):   # the gradient is piecewise linear in q: exact
+        plus, minus = (grad_q((q0 + s * eps * e).requires_grad_(True)) for s in (1, -1))
+        rows.append((plus - minus) @ w / (2 * eps))
+    torch.testing.assert_close(hvp, torch.stack(rows), rtol=1e-6, atol=1e-8)
