@@ -870,9 +870,11 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
                 first = None
                 act_new, pol_new = act_fast, penalty_ok
                 if bool(rest.any()):
-                    # from the penalty polish's last active set (λ > s in other precisions)
+                    # from λ > s of the interior-point iterate: the penalty rounds' last guess of
+                    # an element they did not accept comes from a diverged refinement more often
+                    # than not (it then holds more rows than a vertex), and was accepted far less
                     z, s, lam, nu, pol_rest, act_rest, first = _polish(
-                        Q, q, G, h, A, b, z, s, lam, nu, rest, opts, reg, zero_eq, hnorm, bnorm, qnorm, act=act_fast)
+                        Q, q, G, h, A, b, z, s, lam, nu, rest, opts, reg, zero_eq, hnorm, bnorm, qnorm)
                     act_new = torch.where(penalty_ok.unsqueeze(-1), act_fast, act_rest)
                     pol_new = penalty_ok | pol_rest
                 if polished is None:

@@ -183,9 +183,12 @@ def _zeros_as(t: torch.Tensor, B: int) -> torch.Tensor:
     return t.new_zeros(B, *t.shape[1:])
 
 
-def _next_round(act, new_act, ok, r, fixes_prev, rises_prev):
+def _next_round(act, new_act, ok, conv, r, fixes_prev, rises_prev):
     r"""Which elements of a round of ``_polish_penalty`` take the next one: those not accepted whose
-    active set changed (an unchanged one would repeat the round) and whose number of corrected rows
+    active set changed (an unchanged one would repeat the round), beyond the first
+    ``_PENALTY_ROUNDS_ALL`` rounds only those whose refinement converged (a diverged one's
+    corrections come from a point that solves no round's system, so its guess tends to grow; the
+    proximal retry or the Schur-complement polish takes it), and whose number of corrected rows
 
     .. math::
         f_r = |\{i : a_i \ne a'_i\}| \quad (a, a' \text{: the round's active set and the next guess})
@@ -194,12 +197,14 @@ def _next_round(act, new_act, ok, r, fixes_prev, rises_prev):
     ``_PENALTY_ROUNDS_ALL``-th round on) at most ``_PENALTY_RISES`` times.
 
     Shape:
-        act, new_act: ``(B, m)``; ok, fixes_prev, rises_prev: ``(B,)``; returns ``(fixes, rises,
-        go)``, each ``(B,)``.
+        act, new_act: ``(B, m)``; ok, conv, fixes_prev, rises_prev: ``(B,)``; returns ``(fixes,
+        rises, go)``, each ``(B,)``.
     """
     fixes = (act != new_act).sum(-1)
-    rises = rises_prev + (fixes > fixes_prev) if r + 1 >= _PENALTY_ROUNDS_ALL else rises_prev
-    return fixes, rises, ~ok & (fixes > 0) & (rises <= _PENALTY_RISES)
+    late = r + 1 >= _PENALTY_ROUNDS_ALL
+    rises = rises_prev + (fixes > fixes_prev) if late else rises_prev
+    go = ~ok & (fixes > 0) & (rises <= _PENALTY_RISES)
+    return fixes, rises, (go & conv if late else go)
 
 
 def _polish_penalty(Q, q, G, h, A, b, z, s, lam, nu, todo, opts, reg, zero_eq, QA, hnorm, rounds=_PENALTY_ROUNDS,
@@ -230,8 +235,7 @@ def _polish_penalty(Q, q, G, h, A, b, z, s, lam, nu, todo, opts, reg, zero_eq, Q
 
     Returns:
         ``z, s, λ, ν`` (polished where accepted), the accepted mask, the active mask (of the
-        accepted point; for the other elements of ``todo`` the guess a next round would take, the
-        start of the Schur-complement polish) and the full-batch ``[U, Y, Us, w, gn]`` (factors and
+        accepted point; for the other elements of ``todo`` the guess a next round would take) and the full-batch ``[U, Y, Us, w, gn]`` (factors and
         weights of the accepted elements' last round, largest row 1-norm of G) for ``kkt_tangent``.
     """
     dtype = z.dtype
@@ -249,8 +253,7 @@ def _polish_penalty(Q, q, G, h, A, b, z, s, lam, nu, todo, opts, reg, zero_eq, Q
     # the active-set guess: the barrier's curvature along g_i, w_i‖g_i‖² (w = λ/s), exceeds that of
     # Q — invariant to the scaling of the rows of G, unlike λ_i > s_i, which at the loose
     # tolerance of the interior-point phase misses many active constraints with small multipliers
-    # (a wrong guess costs a round; the Schur-complement polish, from the guess the rounds reached,
-    # is the fallback)
+    # (a wrong guess costs a round; the Schur-complement polish, from λ > s, is the fallback)
     act_all = lam * g2 > qscale.unsqueeze(-1) * s   # the next round's guess (an accepted element's own)
     # per element: the number of rows the last round corrected, and how often it rose (counted after
     # the first rounds)
@@ -305,7 +308,7 @@ def _polish_penalty(Q, q, G, h, A, b, z, s, lam, nu, todo, opts, reg, zero_eq, Q
                 accepted = ok
                 break
         new_act = (act & keep) | (viol > vtol)
-        fixes, rises, go = _next_round(act, new_act, ok, r, *((fixes_all, rises_all) if sub is None else
+        fixes, rises, go = _next_round(act, new_act, ok, conv, r, *((fixes_all, rises_all) if sub is None else
                                                               (fixes_all[sub], rises_all[sub])))
         o_ = ok.unsqueeze(-1)
         if sub is None:
@@ -328,7 +331,7 @@ def _polish_penalty(Q, q, G, h, A, b, z, s, lam, nu, todo, opts, reg, zero_eq, Q
     return z, s, lam, nu, accepted, act_all, (None if store is None else store + [gn])
 
 
-def _polish(Q, q, G, h, A, b, z, s, lam, nu, solved, opts, reg, zero_eq, hnorm, bnorm, qnorm, rounds=4, act=None):
+def _polish(Q, q, G, h, A, b, z, s, lam, nu, solved, opts, reg, zero_eq, hnorm, bnorm, qnorm, rounds=4):
     """Active-set polishing of converged IPM solutions (cf. OSQP's solution polishing).
 
     The constraints guessed active (``λ_i > s_i``) are imposed as equalities and the
@@ -337,8 +340,7 @@ def _polish(Q, q, G, h, A, b, z, s, lam, nu, solved, opts, reg, zero_eq, hnorm, 
     primal feasible and its multipliers are non-negative up to ``1e3·eps`` (or, as a fallback, up
     to the solver tolerance); otherwise constraints with negative multipliers are dropped, violated
     ones added, and the polish repeated on those elements only (at most ``rounds`` times). This
-    removes the ``O(√μ)`` error of interior-point iterates at weakly active constraints. ``act``
-    ``(B, m)``: a first guess other than ``λ > s`` (the last one of ``_polish_penalty``).
+    removes the ``O(√μ)`` error of interior-point iterates at weakly active constraints.
 
     Returns:
         ``z, s, λ, ν`` (polished where accepted), the mask of strictly polished elements, the
@@ -351,7 +353,7 @@ def _polish(Q, q, G, h, A, b, z, s, lam, nu, solved, opts, reg, zero_eq, hnorm, 
     n = z.shape[-1]
     tol = opts.tol_primal
     strict = 1e3 * torch.finfo(z.dtype).eps
-    act_all = lam > s if act is None else act
+    act_all = lam > s
     act_final = act_all.clone()
     todo_all = solved.clone()
     fallback_all = torch.zeros_like(todo_all)

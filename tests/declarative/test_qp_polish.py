@@ -79,27 +79,33 @@ def test_full_step_lands_on_the_least_norm_multipliers():
 
 
 def test_next_round_stops_unchanged_and_cycling_guesses():
-    """``_next_round``: an element goes on while not accepted and its guess changes, and until the
-    number of corrected rows has risen ``_PENALTY_RISES + 1`` times (counted from round
+    """``_next_round``: an element goes on while not accepted and its guess changes (after the first
+    ``_PENALTY_ROUNDS_ALL`` rounds only if its refinement converged), and until the number of
+    corrected rows has risen ``_PENALTY_RISES + 1`` times (counted from round
     ``_PENALTY_ROUNDS_ALL`` on)."""
     act = torch.tensor([[True, False, False], [True, False, False], [True, True, False]])
     new = torch.tensor([[True, True, False], [True, False, False], [True, True, False]])
     ok = torch.tensor([False, False, True])
     zero = torch.zeros(3, dtype=torch.int64)
-    fixes, rises, go = _next_round(act, new, ok, 0, zero, zero)
+    conv = torch.ones(3, dtype=torch.bool)
+    fixes, rises, go = _next_round(act, new, ok, conv, 0, zero, zero)
     assert fixes.tolist() == [1, 0, 0] and rises.tolist() == [0, 0, 0]
     assert go.tolist() == [True, False, False]     # changed / unchanged (would repeat) / accepted
+    # a refinement that diverged: a further round within the first ones, none after them
+    assert _next_round(act, new, ok, ~conv, 0, zero, zero)[2].tolist() == [True, False, False]
+    late_ = _PENALTY_ROUNDS_ALL - 1
+    assert _next_round(act, new, ok, ~conv, late_, zero, zero)[2].tolist() == [False, False, False]
     # in the first rounds a rise is not counted; later each rise is, and the last allowed one passes
     early = _PENALTY_ROUNDS_ALL - 2
-    assert _next_round(act, new, ok, early, zero, zero)[1].tolist() == [0, 0, 0]
+    assert _next_round(act, new, ok, conv, early, zero, zero)[1].tolist() == [0, 0, 0]
     late = _PENALTY_ROUNDS_ALL - 1
     at_limit = torch.full((3,), _PENALTY_RISES - 1, dtype=torch.int64)
-    _, rises, go = _next_round(act, new, ok, late, zero, at_limit)
+    _, rises, go = _next_round(act, new, ok, conv, late, zero, at_limit)
     assert rises[0] == _PENALTY_RISES and go[0]
-    _, rises, go = _next_round(act, new, ok, late, zero, rises)
+    _, rises, go = _next_round(act, new, ok, conv, late, zero, rises)
     assert rises[0] == _PENALTY_RISES + 1 and not go[0]
     # no rise (the same number of corrected rows): goes on
-    _, rises, go = _next_round(act, new, ok, late, torch.ones(3, dtype=torch.int64), at_limit + 1)
+    _, rises, go = _next_round(act, new, ok, conv, late, torch.ones(3, dtype=torch.int64), at_limit + 1)
     assert rises[0] == _PENALTY_RISES and go[0]
 
 
