@@ -463,12 +463,13 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
     if active_g and not min(lam_w) + _strict(dtype) * (1 + ninf(lam_w)) >= 0:
         return None
     # the returned tensors as views of three lifted lists and of x, cut by one split each
-    s_t, lam_t, res = _lift(s + lam + [pres, dres, gap], dtype, device).view(1, -1).split([m, m, 3], 1)
-    status, iters, kkt_idx = _lift([int(Status.SOLVED), steps] + active_g, torch.int64, device).split(
+    # (``split_with_sizes``: ``Tensor.split`` without its Python wrapper)
+    s_t, lam_t, res = _lift(s + lam + [pres, dres, gap], dtype, device).view(1, -1).split_with_sizes([m, m, 3], 1)
+    status, iters, kkt_idx = _lift([int(Status.SOLVED), steps] + active_g, torch.int64, device).split_with_sizes(
         [1, 1, len(active_g)])
     act_g = set(active_g)
-    act_t, polished = _lift([i in act_g for i in range(m)] + [True], torch.bool, device).split([m, 1])
-    z_t, nu_t, _ = x.view(1, -1).split([n, p, len(active_g)], 1)
+    act_t, polished = _lift([i in act_g for i in range(m)] + [True], torch.bool, device).split_with_sizes([m, 1])
+    z_t, nu_t, _ = x.view(1, -1).split_with_sizes([n, p, len(active_g)], 1)
     cache = {"s": s_t, "polished": polished,
              "kkt_lu": LU.unsqueeze(0), "kkt_piv": piv.unsqueeze(0), "kkt_idx": kkt_idx.view(1, -1)}
     if dtype != torch.float64:
