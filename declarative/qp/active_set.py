@@ -432,8 +432,9 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
     for i, l in zip(active_g, lam_w):
         lam[i] = max(l, 0.0)
     s = [max(-r, 0.0) for r in rz]
-    zQz, qz = sum(a * c for a, c in zip(z, Qz)), sum(a * c for a, c in zip(z, q_v))
-    hl, bn = sum(a * c for a, c in zip(h_v, lam)), sum(a * c for a, c in zip(b_v, nu))
+    mul = operator.mul
+    zQz, qz = sum(map(mul, z, Qz)), sum(map(mul, z, q_v))
+    hl, bn = sum(map(mul, h_v, lam)), sum(map(mul, b_v, nu))
     gap, gscale = abs(zQz + qz + hl + bn), max(abs(zQz), abs(qz), abs(hl), abs(bn))
     pres = max(max(rz, default=0.0), 0.0)
     pscale = max(ninf(Gz), ninf(h_v))
