@@ -123,6 +123,19 @@ def refine_lu(LU, piv, K, rhs, x, steps: int = 2):
     return x
 
 
+def _to_host(parts: list[torch.Tensor], on_cpu: bool) -> list:
+    """The entries of the 1-D tensors ``parts``, in order, as one list of Python numbers: one
+    concatenation and one transfer, or on the CPU, where a transfer is a copy, each tensor's own
+    (no concatenation; the same numbers: a float32 or integer entry is exact as a Python float
+    or int)."""
+    if not on_cpu:
+        return torch.cat(parts).tolist()
+    out = []
+    for t in parts:
+        out += t.tolist()
+    return out
+
+
 def _split(values: list, sizes: list[int]) -> list[list]:
     """``values`` cut into consecutive pieces of the given sizes."""
     out, k = [], 0
@@ -259,10 +272,10 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
         S, z0 = _dual_tableau(L64, K[:n, n:].double(), K[n:, N].double())
     aC = C.abs()
     diag_view, last = S[:-1].diagonal(), S[-1]
-    parts = [torch.linalg.vector_norm(Q1, float("inf")).reshape(1), info.reshape(1),   # (cat promotes info)
+    parts = [torch.linalg.vector_norm(Q1, float("inf")).reshape(1), info.reshape(1),   # (info: promoted by a cat)
              aC.amax(-1), aC.sum(-1), C.square().sum(-1), K[:, N], L.diagonal(), last, diag_view,
              z0.view(-1)]
-    pre = torch.cat(parts).tolist()
+    pre = _to_host(parts, on_cpu)
     cinf, c1, c2sq, rhs, ldiag, cst, diag, z0_v = _split(pre[2:], [N - n, N - n, N - n, N, n, N - n, N - n, n])
     if in_band_only and not _in_band(pre[0], rhs, cinf, n, p):
         return OUT_OF_BAND
@@ -400,7 +413,7 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
         X = x.new_zeros(3 * N).index_copy_(0, _lift(cols, torch.int64, device), x.view(-1)).view(3, N)
         # the residuals of the SOLVED contract are judged in float64
         Y = X @ K[:, :N].mT if dtype == torch.float64 else X.double() @ K[:, :N].double().mT
-        v = torch.cat([Y.view(-1), x.view(-1)]).tolist()
+        v = _to_host([Y.view(-1), x.view(-1)], on_cpu)
         if not math.isfinite(sum(v)):          # a singular final system
             return None
         z, nu, lam_w = v[3 * N:3 * N + n], v[3 * N + n:3 * N + n + p], v[3 * N + n + p:]
