@@ -101,14 +101,17 @@ def _check_psd(Q: torch.Tensor) -> None:
 
 def _single_passes(Q1: torch.Tensor, tol: float) -> bool:
     """One matrix (B = 1): the checks of ``_check_psd`` with fewer operations, through one host
-    transfer — the asymmetry, and a Cholesky of ``Q`` itself: if it succeeds, ``Q`` is positive
+    transfer (on the CPU, three reads) — the asymmetry, and a Cholesky of ``Q`` itself: if it succeeds, ``Q`` is positive
     definite and so is ``Q + εI``. False (not necessarily failing) otherwise: then the full
     checks decide. Below ``2¹⁶`` entries only, where the full check's Cholesky reads the same
     (upper) triangle (above, it factors the transposed layout: the lower one)."""
     asym = torch.linalg.vector_norm(torch.sub(Q1, Q1.mT), float("inf"))
     scale = torch.linalg.vector_norm(Q1.diagonal(), float("inf"))
     info = torch.linalg.cholesky_ex(Q1, upper=True).info
-    a, d, i = torch.stack([asym, scale, info]).tolist()     # (info promoted to Q's dtype)
+    if Q1.device.type == "cpu":         # (a transfer is a copy: three reads, no stack)
+        a, d, i = asym.item(), scale.item(), info.item()
+    else:
+        a, d, i = torch.stack([asym, scale, info]).tolist()     # (info promoted to Q's dtype)
     return a <= tol * (1 + d) and i == 0
 
 
