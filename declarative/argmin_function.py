@@ -142,8 +142,9 @@ class ArgminFunction(torch.autograd.Function):
 
     Inputs: ``problem, mode, warm_start, box, *params``. ``box`` is a list into which the forward
     puts the whole ``Solution``, so that the caller receives its other tensors (multipliers,
-    statuses, solver caches); they are not differentiable (made without gradient tracking) and are
-    saved for the backward beside ``z``.
+    statuses, solver caches); they are not differentiable (made without gradient tracking). The
+    backward's ``Solution`` holds what a mode's ``vjp`` reads: ``z``, ``status``, ``duals`` and
+    ``cache``, saved beside the parameters (``iterations`` and ``residuals``, diagnostics, are not).
     Output: ``z`` alone — a Function's cost per call grows with its number of outputs (each is
     wrapped and marked), which at batch size 1 is a sizeable part of a small solve.
     """
@@ -152,20 +153,21 @@ class ArgminFunction(torch.autograd.Function):
     def forward(ctx, problem, mode, warm_start, box, *params):
         sol = problem.solve(params, warm_start=warm_start)
         box.append(sol)
-        names, tensors = sol.flatten()
-        ctx.problem, ctx.mode, ctx.names = problem, mode, names
-        ctx.n_params = len(params)
-        ctx.save_for_backward(*params, *tensors)
+        duals, cache = sol.duals, sol.cache
+        ctx.problem, ctx.mode = problem, mode
+        ctx.layout = (len(params), tuple(duals), tuple(cache))
+        ctx.save_for_backward(*params, sol.z, sol.status, *duals.values(), *cache.values())
         return sol.z
 
     @staticmethod
     def backward(ctx, g):
+        n, dual_keys, cache_keys = ctx.layout
         saved = ctx.saved_tensors
-        n = ctx.n_params
-        params = saved[:n]
-        solution = Solution.unflatten(ctx.names, saved[n:])
+        k = n + 2 + len(dual_keys)
+        solution = Solution(z=saved[n], duals=dict(zip(dual_keys, saved[n + 2:k])), status=saved[n + 1],
+                            cache=dict(zip(cache_keys, saved[k:])))
         needs = ctx.needs_input_grad[4:]
-        return (None, None, None, None, *_vjp_grads(ctx.problem, ctx.mode, params, solution, g, needs))
+        return (None, None, None, None, *_vjp_grads(ctx.problem, ctx.mode, saved[:n], solution, g, needs))
 
 
 @torch.compiler.disable
@@ -173,9 +175,10 @@ def _apply_solver_function(problem, mode, params, warm_start: Solution | None) -
     box: list[Solution] = []
     z = ArgminFunction.apply(problem, mode, warm_start, box, *params)
     sol = box[0]
-    names, tensors = sol.flatten()
-    if any(t.requires_grad for t in tensors[1:]):
+    others = [sol.status, sol.iterations, *sol.duals.values(), *sol.residuals.values(), *sol.cache.values()]
+    if any(t is not None and t.requires_grad for t in others):
         # a parameter passed through by the solver: cut from the graph (only z is differentiable)
+        names, tensors = sol.flatten()
         return Solution.unflatten(names, [z] + [t.detach() if t.requires_grad else t for t in tensors[1:]])
     return Solution(z=z, duals=sol.duals, status=sol.status, iterations=sol.iterations,
                     residuals=sol.residuals, cache=sol.cache)

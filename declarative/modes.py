@@ -263,8 +263,11 @@ def problem_capabilities(problem) -> frozenset[str]:
 
 
 def check_mode_supports(mode: GradientMode, problem) -> None:
-    """Raise a ``ValueError`` naming ``mode`` and the capability ``problem`` lacks, if any."""
-    _check_requirements(repr(mode), type(mode).requires, problem)
+    """Raise a ``ValueError`` naming ``mode`` and the capability ``problem`` lacks, if any (the
+    mode's ``repr`` is taken for the message only)."""
+    requires = type(mode).requires
+    if not requires <= problem_capabilities(problem):
+        _check_requirements(repr(mode), requires, problem)
 
 
 def _check_requirements(mode: str, requires: frozenset[str], problem) -> None:

@@ -94,7 +94,9 @@ class QPLayer(nn.Module):
         sol = solve_qp(Q, q, G, h, A, b, mode=self.mode, options=self.options,
                        warm_start=warm_start, check=self.check)
         status = sol.status_tensor()
-        self.last_status = status.detach() if status.requires_grad else status
+        # a plain attribute (never a parameter, buffer or submodule): set without the registry
+        # lookups of ``nn.Module.__setattr__``
+        vars(self)["last_status"] = status.detach() if status.requires_grad else status
         return sol
 
     def forward(self, Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None,

@@ -123,6 +123,19 @@ def refine_lu(LU, piv, K, rhs, x, steps: int = 2):
     return x
 
 
+def _to_host(parts: list[torch.Tensor], on_cpu: bool) -> list:
+    """The entries of the 1-D tensors ``parts``, in order, as one list of Python numbers: one
+    concatenation and one transfer, or on the CPU, where a transfer is a copy, each tensor's own
+    (no concatenation; the same numbers: a float32 or integer entry is exact as a Python float
+    or int)."""
+    if not on_cpu:
+        return torch.cat(parts).tolist()
+    out = []
+    for t in parts:
+        out += t.tolist()
+    return out
+
+
 def _split(values: list, sizes: list[int]) -> list[list]:
     """``values`` cut into consecutive pieces of the given sizes."""
     out, k = [], 0
@@ -259,10 +272,10 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
         S, z0 = _dual_tableau(L64, K[:n, n:].double(), K[n:, N].double())
     aC = C.abs()
     diag_view, last = S[:-1].diagonal(), S[-1]
-    parts = [torch.linalg.vector_norm(Q1, float("inf")).reshape(1), info.reshape(1),   # (cat promotes info)
+    parts = [torch.linalg.vector_norm(Q1, float("inf")).reshape(1), info.reshape(1),   # (info: promoted by a cat)
              aC.amax(-1), aC.sum(-1), C.square().sum(-1), K[:, N], L.diagonal(), last, diag_view,
              z0.view(-1)]
-    pre = torch.cat(parts).tolist()
+    pre = _to_host(parts, on_cpu)
     cinf, c1, c2sq, rhs, ldiag, cst, diag, z0_v = _split(pre[2:], [N - n, N - n, N - n, N, n, N - n, N - n, n])
     if in_band_only and not _in_band(pre[0], rhs, cinf, n, p):
         return OUT_OF_BAND
@@ -400,7 +413,7 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
         X = x.new_zeros(3 * N).index_copy_(0, _lift(cols, torch.int64, device), x.view(-1)).view(3, N)
         # the residuals of the SOLVED contract are judged in float64
         Y = X @ K[:, :N].mT if dtype == torch.float64 else X.double() @ K[:, :N].double().mT
-        v = torch.cat([Y.view(-1), x.view(-1)]).tolist()
+        v = _to_host([Y.view(-1), x.view(-1)], on_cpu)
         if not math.isfinite(sum(v)):          # a singular final system
             return None
         z, nu, lam_w = v[3 * N:3 * N + n], v[3 * N + n:3 * N + n + p], v[3 * N + n + p:]
@@ -432,8 +445,9 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
     for i, l in zip(active_g, lam_w):
         lam[i] = max(l, 0.0)
     s = [max(-r, 0.0) for r in rz]
-    zQz, qz = sum(a * c for a, c in zip(z, Qz)), sum(a * c for a, c in zip(z, q_v))
-    hl, bn = sum(a * c for a, c in zip(h_v, lam)), sum(a * c for a, c in zip(b_v, nu))
+    mul = operator.mul
+    zQz, qz = sum(map(mul, z, Qz)), sum(map(mul, z, q_v))
+    hl, bn = sum(map(mul, h_v, lam)), sum(map(mul, b_v, nu))
     gap, gscale = abs(zQz + qz + hl + bn), max(abs(zQz), abs(qz), abs(hl), abs(bn))
     pres = max(max(rz, default=0.0), 0.0)
     pscale = max(ninf(Gz), ninf(h_v))
@@ -463,12 +477,13 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
     if active_g and not min(lam_w) + _strict(dtype) * (1 + ninf(lam_w)) >= 0:
         return None
     # the returned tensors as views of three lifted lists and of x, cut by one split each
-    s_t, lam_t, res = _lift(s + lam + [pres, dres, gap], dtype, device).view(1, -1).split([m, m, 3], 1)
-    status, iters, kkt_idx = _lift([int(Status.SOLVED), steps] + active_g, torch.int64, device).split(
+    # (``split_with_sizes``: ``Tensor.split`` without its Python wrapper)
+    s_t, lam_t, res = _lift(s + lam + [pres, dres, gap], dtype, device).view(1, -1).split_with_sizes([m, m, 3], 1)
+    status, iters, kkt_idx = _lift([int(Status.SOLVED), steps] + active_g, torch.int64, device).split_with_sizes(
         [1, 1, len(active_g)])
     act_g = set(active_g)
-    act_t, polished = _lift([i in act_g for i in range(m)] + [True], torch.bool, device).split([m, 1])
-    z_t, nu_t, _ = x.view(1, -1).split([n, p, len(active_g)], 1)
+    act_t, polished = _lift([i in act_g for i in range(m)] + [True], torch.bool, device).split_with_sizes([m, 1])
+    z_t, nu_t, _ = x.view(1, -1).split_with_sizes([n, p, len(active_g)], 1)
     cache = {"s": s_t, "polished": polished,
              "kkt_lu": LU.unsqueeze(0), "kkt_piv": piv.unsqueeze(0), "kkt_idx": kkt_idx.view(1, -1)}
     if dtype != torch.float64:

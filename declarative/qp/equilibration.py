@@ -239,9 +239,14 @@ _NEGLIGIBLE_RHS = 1e-12
 HOST_TEST_SIZE = 4096
 
 
+def _small_problem(*data) -> bool:
+    """At most ``HOST_TEST_SIZE`` entries in all the data."""
+    return sum(t.numel() for t in data if t is not None) <= HOST_TEST_SIZE
+
+
 def _one_small_problem(*data) -> bool:
     """One problem (batch size 1 or unbatched) of at most ``HOST_TEST_SIZE`` entries."""
-    return sum(t.numel() for t in data if t is not None) <= HOST_TEST_SIZE and _one_problem(*data)
+    return _small_problem(*data) and _one_problem(*data)
 
 
 def _in_band_on_host(Q, q, G, h, A, b) -> bool:

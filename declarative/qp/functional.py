@@ -37,7 +37,7 @@ def check_qp_inputs(Q, q, G=None, h=None, A=None, b=None) -> bool:
         if v is not None:
             check_tensor(k, v)
     check_same_dtype_device(**named)
-    return _check_shapes(Q, q, G, h, A, b)
+    return _check_shapes(Q, q, G, h, A, b)[0]
 
 
 def _check_pairs(G, h, A, b) -> None:
@@ -48,9 +48,10 @@ def _check_pairs(G, h, A, b) -> None:
         raise ValueError("A and b must be given together (or both be None)")
 
 
-def _check_shapes(Q, q, G, h, A, b) -> bool:
+def _check_shapes(Q, q, G, h, A, b) -> tuple[bool, int]:
     """``check_qp_inputs`` after its type, pairing and dtype/device checks: the shapes, the batch
-    sizes and ``Q`` positive semidefinite; True if every input is unbatched."""
+    sizes and ``Q`` positive semidefinite. Returns whether every input is unbatched, and the batch
+    size (1 then)."""
     named = {"Q": Q, "q": q, "G": G, "h": h, "A": A, "b": b}
     batched = {
         "Q": check_batched("Q", Q, "nn"),
@@ -74,7 +75,7 @@ def _check_shapes(Q, q, G, h, A, b) -> bool:
     B = common_batch_size(**{k: (named[k], v) for k, v in batched.items()})
     if B != 0:   # (float16/bfloat16 have no Cholesky kernel on the CPU: checked in float32)
         _check_psd(Q.float() if Q.dtype in LOW_PRECISION else Q)
-    return not any(batched.values())
+    return not any(batched.values()), (1 if B is None else B)
 
 
 def _check_psd(Q: torch.Tensor) -> None:
@@ -100,14 +101,17 @@ def _check_psd(Q: torch.Tensor) -> None:
 
 def _single_passes(Q1: torch.Tensor, tol: float) -> bool:
     """One matrix (B = 1): the checks of ``_check_psd`` with fewer operations, through one host
-    transfer — the asymmetry, and a Cholesky of ``Q`` itself: if it succeeds, ``Q`` is positive
+    transfer (on the CPU, three reads) — the asymmetry, and a Cholesky of ``Q`` itself: if it succeeds, ``Q`` is positive
     definite and so is ``Q + εI``. False (not necessarily failing) otherwise: then the full
     checks decide. Below ``2¹⁶`` entries only, where the full check's Cholesky reads the same
     (upper) triangle (above, it factors the transposed layout: the lower one)."""
     asym = torch.linalg.vector_norm(torch.sub(Q1, Q1.mT), float("inf"))
     scale = torch.linalg.vector_norm(Q1.diagonal(), float("inf"))
     info = torch.linalg.cholesky_ex(Q1, upper=True).info
-    a, d, i = torch.stack([asym, scale, info]).tolist()     # (info promoted to Q's dtype)
+    if Q1.device.type == "cpu":         # (a transfer is a copy: three reads, no stack)
+        a, d, i = asym.item(), scale.item(), info.item()
+    else:
+        a, d, i = torch.stack([asym, scale, info]).tolist()     # (info promoted to Q's dtype)
     return a <= tol * (1 + d) and i == 0
 
 
@@ -212,11 +216,8 @@ def solve_qp(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None,
     t, low = upcast_low_precision(**named)
     # the rest of ``check_qp_inputs`` (its type and dtype/device checks are the ones above)
     _check_pairs(G, h, A, b)
-    unbatched = _check_shapes(*t.values())
+    unbatched, B = _check_shapes(*t.values())
     n, m, p = Q.shape[-1], 0 if G is None else G.shape[-2], 0 if A is None else A.shape[-2]
-    sizes = [v.shape[0] for v, nd in ((Q, 3), (q, 2), (G, 3), (h, 2), (A, 3), (b, 2))
-             if v is not None and v.dim() == nd]
-    B = sizes[0] if sizes else 1
     if warm_start is not None:
         batch = [(n,)] if unbatched else [(B, n), (n,)]
         check_warm_start("warm_start", warm_start, Q, batch,

@@ -140,8 +140,7 @@ def _active_set_tangent(G: torch.Tensor | None, A: torch.Tensor | None, solution
     p = 0 if A is None else A.shape[-2]
     idx = cache["kkt_idx"]
     k = idx.shape[-1]
-    rhs = z.new_zeros(B, n + p + k, 1)
-    rhs[:, :n, 0] = g.expand(B, n).neg()       # [−g; 0]
+    rhs = torch.cat([g.expand(B, n).neg(), z.new_zeros(B, p + k)], 1).unsqueeze(-1)   # [−g; 0]
     LU, piv = cache["kkt_lu"], cache["kkt_piv"]
     sol = torch.linalg.lu_solve(LU, piv, rhs)
     if "kkt_mat" in cache:                # below float64: refined with float64 residuals

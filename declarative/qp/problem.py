@@ -13,7 +13,7 @@ from ..solution import Solution
 from ..status import Status
 from .ipm import solve_qp_ipm
 from .active_set import OUT_OF_BAND, solve_qp_active_set, use_active_set
-from .equilibration import Equilibration, _one_small_problem, equilibration
+from .equilibration import Equilibration, _small_problem, equilibration
 from .kkt_tangent import kkt_tangent
 from .linalg import _abs_max, _gather_rows, _with_batch
 from .options import QPOptions
@@ -167,7 +167,7 @@ class QPProblem(ArgminProblem):
         with the multipliers returned in the original units. One small problem for the active-set
         method goes to it first: its first host transfer also decides the in-band test
         (``solve_qp_active_set``'s ``in_band_only``), and only data out of band are equilibrated."""
-        if use_active_set(self.options, *params) and _one_small_problem(*params):
+        if use_active_set(self.options, *params) and _small_problem(*params):   # (one problem)
             sol = solve_qp_active_set(*params, options=self.options, in_band_only=True)
             if sol is not OUT_OF_BAND:
                 return sol if sol is not None else solve_qp_ipm(*params, options=self.options,
