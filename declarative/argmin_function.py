@@ -143,8 +143,9 @@ class ArgminFunction(torch.autograd.Function):
     Inputs: ``problem, mode, warm_start, box, *params``. ``box`` is a list into which the forward
     puts the whole ``Solution``, so that the caller receives its other tensors (multipliers,
     statuses, solver caches); they are not differentiable (made without gradient tracking). The
-    backward's ``Solution`` holds what a mode's ``vjp`` reads: ``z``, ``status``, ``duals`` and
-    ``cache``, saved beside the parameters (``iterations`` and ``residuals``, diagnostics, are not).
+    backward's ``Solution`` is the whole one: ``z``, ``status``, ``duals`` and ``cache`` saved
+    beside the parameters (by position), ``iterations`` and ``residuals`` (diagnostics, which no
+    built-in ``vjp`` reads but a ``SolverError`` raised in a backward reports) kept on the context.
     Output: ``z`` alone — a Function's cost per call grows with its number of outputs (each is
     wrapped and marked), which at batch size 1 is a sizeable part of a small solve.
     """
@@ -156,6 +157,7 @@ class ArgminFunction(torch.autograd.Function):
         duals, cache = sol.duals, sol.cache
         ctx.problem, ctx.mode = problem, mode
         ctx.layout = (len(params), tuple(duals), tuple(cache))
+        ctx.diagnostics = (sol.iterations, sol.residuals)
         ctx.save_for_backward(*params, sol.z, sol.status, *duals.values(), *cache.values())
         return sol.z
 
@@ -164,8 +166,9 @@ class ArgminFunction(torch.autograd.Function):
         n, dual_keys, cache_keys = ctx.layout
         saved = ctx.saved_tensors
         k = n + 2 + len(dual_keys)
+        iterations, residuals = ctx.diagnostics
         solution = Solution(z=saved[n], duals=dict(zip(dual_keys, saved[n + 2:k])), status=saved[n + 1],
-                            cache=dict(zip(cache_keys, saved[k:])))
+                            iterations=iterations, residuals=residuals, cache=dict(zip(cache_keys, saved[k:])))
         needs = ctx.needs_input_grad[4:]
         return (None, None, None, None, *_vjp_grads(ctx.problem, ctx.mode, saved[:n], solution, g, needs))
 

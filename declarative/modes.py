@@ -266,7 +266,7 @@ def check_mode_supports(mode: GradientMode, problem) -> None:
     """Raise a ``ValueError`` naming ``mode`` and the capability ``problem`` lacks, if any (the
     mode's ``repr`` is taken for the message only)."""
     requires = type(mode).requires
-    if not requires <= problem_capabilities(problem):
+    if not problem_capabilities(problem).issuperset(requires):   # any iterable of names
         _check_requirements(repr(mode), requires, problem)
 
 

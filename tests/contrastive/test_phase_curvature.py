@@ -174,6 +174,8 @@ def test_equilibrium_prop_mode_at_a_maximum():
     with pytest.raises(SolverError) as info:
         _layer_grad(check=True)
     assert info.value.indices == [0] and info.value.statuses == [Status.INDEFINITE]
+    # the whole free-phase Solution, the solver's diagnostics included
+    assert info.value.solution.iterations.tolist() == [60, 60]
     with pytest.warns(RuntimeWarning, match="INDEFINITE for batch indices \\[0\\]"):
         g = _layer_grad(check=False)
     phi = newton_stationary(torch.tensor(1.0, dtype=DT), torch.tensor(0.8, dtype=DT)).item()

@@ -142,3 +142,17 @@ def test_register_mode_for_an_own_mode_and_builtin_names_are_reserved(monkeypatc
     for name in ("implicit", "Contrastive", "unrolled"):
         with pytest.raises(ValueError, match="built-in gradient mode name"):
             register_mode(name, FirstOrder, takes_beta=False)
+
+
+def test_an_own_mode_may_list_its_requirements_in_any_iterable():
+    """``GradientMode.requires`` as a tuple: resolved where the problem has them, the usual
+    ``ValueError`` naming the missing capability where not."""
+    class Own(Implicit):
+        requires = ("implicit",)
+
+    class NeedsMap(Implicit):
+        requires = ("fixed_point_map",)
+
+    assert isinstance(resolve_mode(Own(), None, problem=QPProblem), Own)
+    with pytest.raises(ValueError, match="fixed_point_map"):
+        resolve_mode(NeedsMap(), None, problem=QPProblem)
