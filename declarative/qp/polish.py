@@ -235,8 +235,9 @@ def _polish_penalty(Q, q, G, h, A, b, z, s, lam, nu, todo, opts, reg, zero_eq, Q
 
     Returns:
         ``z, s, λ, ν`` (polished where accepted), the accepted mask, the active mask (of the
-        accepted point; for the other elements of ``todo`` the guess a next round would take) and the full-batch ``[U, Y, Us, w, gn]`` (factors and
-        weights of the accepted elements' last round, largest row 1-norm of G) for ``kkt_tangent``.
+        accepted point; for the other elements the guess a next round would take) and the
+        full-batch ``[U, Y, Us, w, gn]`` (factors and weights of the accepted elements' last round,
+        largest row 1-norm of G) for ``kkt_tangent``.
     """
     dtype = z.dtype
     B, m = lam.shape
