@@ -25,6 +25,7 @@ Two Functions, one protocol:
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 
 import torch
@@ -181,8 +182,7 @@ def _apply_solver_function(problem, mode, params, warm_start: Solution | None) -
     others = [sol.status, sol.iterations, *sol.duals.values(), *sol.residuals.values(), *sol.cache.values()]
     if any(t is not None and t.requires_grad for t in others):
         # a parameter passed through by the solver: cut from the graph (only z is differentiable)
-        names, tensors = sol.flatten()
-        return Solution.unflatten(names, [z] + [t.detach() if t.requires_grad else t for t in tensors[1:]])
+        return dataclasses.replace(sol.detach(), z=z)
     return Solution(z=z, duals=sol.duals, status=sol.status, iterations=sol.iterations,
                     residuals=sol.residuals, cache=sol.cache)
 

@@ -195,8 +195,7 @@ def _dual_tableau(L, Cq, r):
     Shape: ``L (n, n)``, ``Cq (n, k + 1)`` (``[Cᵀ −q]``), ``r (k,)`` → ``S (k + 1, k)``, ``z₀ (n, 1)``."""
     H = torch.linalg.solve_triangular(L, Cq, upper=False)
     S = H.mT @ H[:, :-1]
-    last = S[-1]
-    last.neg_().add_(r)                 # w₀ = r − (the product's last row)
+    S[-1].neg_().add_(r)                # w₀ = r − (the product's last row)
     return S, torch.linalg.solve_triangular(L.mT, H[:, -1:], upper=True)
 
 
