@@ -171,6 +171,11 @@ class ArgminFunction(torch.autograd.Function):
         solution = Solution(z=saved[n], duals=dict(zip(dual_keys, saved[n + 2:k])), status=saved[n + 1],
                             iterations=iterations, residuals=residuals, cache=dict(zip(cache_keys, saved[k:])))
         needs = ctx.needs_input_grad[4:]
+        if torch.is_grad_enabled():
+            # double backward (create_graph=True): the multipliers (saved, not outputs) and the
+            # solver's factorisations are constants for autograd; the problem re-expresses its
+            # solution in torch ops where it can, so that the gradient's own derivatives are exact
+            solution = ctx.problem.differentiable_solution(solution, saved[:n])
         return (None, None, None, None, *_vjp_grads(ctx.problem, ctx.mode, saved[:n], solution, g, needs))
 
 

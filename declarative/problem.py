@@ -65,6 +65,13 @@ class ArgminProblem:
     def implicit_tangent(self, solution: Solution, params: Params, g: torch.Tensor) -> Solution:
         raise NotImplementedError(f"{type(self).__name__} provides no implicit tangent")
 
+    def differentiable_solution(self, solution: Solution, params: Params) -> Solution:
+        """The solution handed to a ``create_graph=True`` backward (second derivatives): the same
+        values, with ``z`` and the multipliers differentiable in ``params`` where the problem can
+        express its solution map in torch ops (``QPProblem``: the KKT system on the active set).
+        Default: ``solution`` unchanged (its ``z`` is differentiable through the layer itself)."""
+        return solution
+
     def implicit_vjp(self, solution: Solution, params: Params, g: torch.Tensor,
                      needs: Sequence[bool]) -> Grads:
         """The ``Implicit`` gradient: the linearised Lagrangian gradient along the implicit tangent.

@@ -8,6 +8,7 @@ from typing import Sequence
 
 import torch
 
+from ..broadcasting import sum_to_shape
 from ..problem import ArgminProblem
 from ..solution import Solution
 from ..status import Status
@@ -18,6 +19,7 @@ from .kkt_tangent import kkt_tangent
 from .linalg import _abs_max, _gather_rows, _with_batch
 from .options import QPOptions
 from .residuals import meets_tolerances, qp_residuals
+from .second_order import differentiable_kkt_solution, second_order
 
 __all__ = ["QPProblem"]
 
@@ -206,7 +208,65 @@ class QPProblem(ArgminProblem):
 
     def solve_nudged(self, params, g, beta, warm_start=None) -> Solution:
         Q, q, G, h, A, b = params
-        return self.solve((Q, q + beta * g, G, h, A, b), warm_start)
+        nudged = (Q, q + beta * g, G, h, A, b)
+        if not second_order(nudged):
+            return self.solve(nudged, warm_start)
+        # a create_graph backward (the contrastive modes' second derivatives): solved as data, then
+        # made differentiable in θ and g by the KKT system on its own active set
+        with torch.no_grad():
+            sol = self.solve(tuple(None if t is None else t.detach() for t in nudged), warm_start)
+        return self.differentiable_solution(sol, nudged)
+
+    def differentiable_solution(self, solution, params) -> Solution:
+        """``solution`` with ``z`` and the multipliers differentiable in ``params`` through the KKT
+        system on its active set (``second_order``: same values, exact derivatives; zero
+        derivatives, with a warning, for solved elements with weakly active constraints or a
+        singular system). The active set is the one of the first-order backward: the active-set
+        solver's, else the strongly active rows of ``classify_constraints``."""
+        if not second_order(params):
+            return solution
+        solved = solution.solved
+        lam = solution.duals.get("lam")
+        if params[2] is None or lam is None or lam.shape[-1] == 0:
+            active, usable = None, solved
+        elif "act_strict" in solution.cache:
+            active, usable = solution.cache["act_strict"], solved
+        else:
+            with torch.no_grad():
+                plain = tuple(None if t is None else t.detach() for t in params)
+                eq = Equilibration.stored(solution.cache)
+                if eq is not None:
+                    strong, weak = self.classify_constraints(eq.scaled_solution(solution.detach()), eq.params(plain))
+                else:
+                    strong, weak = self.classify_constraints(solution.detach(), plain)
+            active, usable = strong, solved & ~weak.any(-1)
+        return differentiable_kkt_solution(solution, params, active, usable)
+
+    def implicit_vjp(self, solution, params, g, needs):
+        """The ``Implicit`` gradient (``lagrangian_grads_tangent`` along ``implicit_tangent``). In a
+        ``create_graph=True`` backward: the same values, differentiable in ``g`` through the
+        tangent and in ``params`` through ``differentiable_solution`` (the gradient of
+        ``⟨g, z(θ)⟩`` for the KKT system's solution map ``z(θ)``, ``g`` held fixed)."""
+        if not second_order(params):
+            return super().implicit_vjp(solution, params, g, needs)
+        plain = tuple(None if t is None else t.detach() for t in params)
+        first = super().implicit_vjp(solution.detach(), plain, g, needs)   # in g only
+        z = solution.z if solution.z.requires_grad else self.differentiable_solution(solution, params).z
+        leaves = [i for i, (p, need) in enumerate(zip(params, needs)) if need and p is not None and p.requires_grad]
+        grads = [None] * len(params)
+        if z.requires_grad and leaves:
+            found = torch.autograd.grad(z, [params[i] for i in leaves], g.detach().expand_as(z),
+                                        create_graph=True, allow_unused=True)
+            for i, d in zip(leaves, found):
+                grads[i] = d
+        out = []
+        for p, f, d in zip(params, first, grads):
+            if f is not None and p is not None:
+                f = sum_to_shape(f, p.shape)
+                if d is not None:
+                    f = f + (d - d.detach())
+            out.append(f)
+        return tuple(out)
 
     # -- gradients -----------------------------------------------------------------------------------
     def lagrangian_grads(self, solution, params, needs: Sequence[bool]):

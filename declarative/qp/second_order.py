@@ -1,0 +1,142 @@
+r"""The QP's solution as a differentiable function of its data, for second derivatives.
+
+First-order gradients of a QP come from the implicit tangent (``kkt_tangent``), computed with the
+forward's factorisations, which are constants for autograd. A ``create_graph=True`` backward
+(Hessian-vector products, gradient penalties, meta-gradients) also differentiates the gradient
+itself, so the solution ``(z, λ, ν)`` and the tangent must be differentiable functions of the data.
+On a neighbourhood where the active set ``K`` does not change (strict complementarity), the solution
+and its multipliers solve the linear KKT system of the equality-constrained QP on ``K``:
+
+.. math::
+
+    \begin{bmatrix} Q & G_K^\top & A^\top \\ G_K & 0 & 0 \\ A & 0 & 0 \end{bmatrix}
+    \begin{bmatrix} z \\ \lambda_K \\ \nu \end{bmatrix} =
+    \begin{bmatrix} -q \\ h_K \\ b \end{bmatrix}, \qquad \lambda_{\bar K} = 0 .
+
+There this system is the solution map itself. Solved in torch ops (``torch.linalg.solve_ex``, in
+float64), it carries exact derivatives of every order. ``differentiable_kkt_solution`` returns the
+forward's values with that system's derivatives (``x + (x̃ − x̃.detach())``): first-order gradients
+are unchanged, and their own derivatives are exact. ``Q`` enters symmetrised, ``½(Q + Qᵀ)``, as in
+the first-order gradient ``½(dz zᵀ + z dzᵀ)``.
+
+Per element, the derivatives are zero (the values stay) where the map is not differentiable or the
+system does not stand for it. A ``RuntimeWarning`` names those solved elements:
+
+* weakly active constraints (active with a zero multiplier): the solution map has a kink there, and
+  the one-sided first derivative (the backward QP) has no derivative of its own;
+* a KKT system that is singular, or whose solution is not the forward's to ``1e-6`` (float64
+  answers) or ``1e-3`` (float32) of its size, e.g. dependent active rows.
+
+Elements whose forward solve failed get zero derivatives without a warning (their status says so).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from ..solution import Solution
+
+__all__ = ["differentiable_kkt_solution", "second_order"]
+
+#: agreement between the KKT system's solution and the forward's, relative to its size, per dtype
+#: of the forward's answer (an interior-point answer is accurate to its tolerances, not to rounding)
+_AGREEMENT = {torch.float64: 1e-6, torch.float32: 1e-3}
+
+
+def second_order(params, g: torch.Tensor | None = None) -> bool:
+    """Whether a backward is building a graph of its own (``create_graph=True``) through data that
+    need gradients: autograd runs a backward with gradient mode on only then."""
+    if not torch.is_grad_enabled():
+        return False
+    return any(p is not None and p.requires_grad for p in params) or (g is not None and g.requires_grad)
+
+
+def _batched(t: torch.Tensor | None, core: int, B: int) -> torch.Tensor | None:
+    if t is None:
+        return None
+    t = t.to(torch.float64)
+    return t.expand(B, *t.shape[-core:]) if t.dim() == core else t
+
+
+def _kkt_system(params, active: torch.Tensor | None, B: int):
+    """``(K, r)`` of the system in the module docstring, ``(B, N, N)`` and ``(B, N)`` with
+    ``N = n + m + p``, in float64. Inactive rows read ``−λ_i = 0``; equality rows of zeros read
+    ``ν_i = b_i``, which keeps the system regular."""
+    Q, q, G, h, A, b = (_batched(t, c, B) for t, c in zip(params, (2, 1, 2, 1, 2, 1)))
+    Q = 0.5 * (Q + Q.transpose(-1, -2))
+    rows, rhs = [[Q]], [-q]
+    blocks = []
+    if G is not None and G.shape[-2]:
+        a = active.to(torch.float64)
+        Gk = G * a.unsqueeze(-1)
+        blocks.append((Gk, torch.diag_embed(a - 1.0), a * h))
+    if A is not None and A.shape[-2]:
+        zero = (A.abs().amax(-1) == 0).to(torch.float64)
+        blocks.append((A, torch.diag_embed(zero), b))
+    for M, _, _ in blocks:
+        rows[0].append(M.transpose(-1, -2))
+    for i, (M, D, r) in enumerate(blocks):
+        row = [M]
+        for j, (M2, _, _) in enumerate(blocks):
+            row.append(D if i == j else M.new_zeros(B, M.shape[-2], M2.shape[-2]))
+        rows.append(row)
+        rhs.append(r)
+    return torch.cat([torch.cat(row, -1) for row in rows], -2), torch.cat(rhs, -1)
+
+
+def differentiable_kkt_solution(solution: Solution, params, active: torch.Tensor | None,
+                                usable: torch.Tensor) -> Solution:
+    """``solution`` with ``z`` and the multipliers made differentiable in ``params`` (see the
+    module docstring); values unchanged, ``status``, ``iterations``, ``residuals`` and ``cache``
+    kept.
+
+    Args:
+        solution: the forward's solution in the units of ``params`` (``z (B, n)``, duals ``lam
+            (B, m)`` and ``nu (B, p)``).
+        params: ``(Q, q, G, h, A, b)``, batched or not, some requiring gradients.
+        active: ``(B, m)`` bool, the active set ``K`` (None without inequalities).
+        usable: ``(B,)`` bool, the solved elements whose solution map is differentiable there
+            (no weakly active constraint); the others get zero derivatives, with a warning for
+            those that ``solution`` calls solved.
+    """
+    z = solution.z
+    B, dtype = z.shape[0], z.dtype
+    lam, nu = solution.duals.get("lam"), solution.duals.get("nu")
+    K, r = _kkt_system(params, active, B)
+    x, info = torch.linalg.solve_ex(K, r.unsqueeze(-1))
+    x = x.squeeze(-1)
+    forward = torch.cat([t.detach().to(torch.float64) for t in (z, lam, nu) if t is not None and t.shape[-1]], -1)
+    size = forward.abs().amax(-1)
+    tol = _AGREEMENT.get(dtype, 1e-3)
+    with torch.no_grad():
+        agree = (info == 0) & torch.isfinite(x).all(-1) & ((x - forward).abs().amax(-1) <= tol * (1 + size))
+    ok = usable & agree
+    _warn_zeroed(solution.solved & ~ok, usable)
+    delta = torch.where(ok.unsqueeze(-1), x - x.detach(), 0.0).to(dtype)
+    parts = list(delta.split([t.shape[-1] if t is not None else 0 for t in (z, lam, nu)], -1))
+    out_z = z.detach() + parts[0]
+    duals = dict(solution.duals)
+    if lam is not None:
+        duals["lam"] = lam.detach() + parts[1]
+    if nu is not None:
+        duals["nu"] = nu.detach() + parts[2]
+    return Solution(z=out_z, duals=duals, status=solution.status, iterations=solution.iterations,
+                    residuals=solution.residuals, cache=solution.cache)
+
+
+def _warn_zeroed(zeroed: torch.Tensor, usable: torch.Tensor) -> None:
+    if not bool(zeroed.any()):
+        return
+    idx = torch.nonzero(zeroed).reshape(-1).tolist()
+    weak = (~usable)[zeroed].tolist()
+    shown = ", ".join(map(str, idx[:20])) + (", ..." if len(idx) > 20 else "")
+    why = ("weakly active constraints (the gradient has a kink there)" if all(weak) else
+           "a singular KKT system on the active set, or one whose solution is not the forward's"
+           if not any(weak) else
+           "weakly active constraints, or a singular KKT system on the active set")
+    warnings.warn(f"QP second derivatives (create_graph=True): {why} for {len(idx)} solved batch "
+                  f"element(s), batch indices [{shown}]; the derivatives of their gradients are set "
+                  "to zero (their gradients and the other elements' derivatives are exact)",
+                  RuntimeWarning, stacklevel=4)

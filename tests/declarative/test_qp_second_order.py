@@ -1,0 +1,134 @@
+"""Second derivatives through a QP (``create_graph=True``; ``declarative.qp.second_order``).
+
+Each checks the derivative of the gradient against central differences of the gradient itself
+(the solution map is piecewise smooth: away from a change of active set, differences of 1e-6 are
+exact to about 1e-8), or ``torch.autograd.gradgradcheck``. Before the KKT system on the active set
+was re-expressed in torch ops, the multipliers and the factorisations were constants for autograd:
+the derivatives of ∇_Q, ∇_G and ∇_A came out wrong without a warning (by 18-50 % and one sign)."""
+
+import pytest
+import torch
+
+import layers
+from declarative import solve_qp
+from declarative.reference.qp import random_qp
+
+F64 = dict(dtype=torch.float64)
+NAMES = ("Q", "q", "G", "h", "A", "b")
+
+
+def _gradient(data, i, x, loss, create_graph=False, **kw):
+    """∇ of ``loss(z)`` with respect to the data's ``i``-th tensor, placed at ``x`` (``Q``
+    symmetrised, so that a perturbation of ``Q`` is a QP's)."""
+    d = list(data)
+    d[i] = x
+    if i == 0:
+        d[0] = 0.5 * (x + x.transpose(-1, -2))
+    z = solve_qp(*d, **kw).z
+    return torch.autograd.grad(loss(z), x, create_graph=create_graph)[0]
+
+
+def _second_derivative_and_differences(data, i, loss, eps=1e-6, **kw):
+    """``⟨V, ∂(⟨∇, V⟩)⟩`` by double backward, and by central differences of ``⟨∇, V⟩`` along ``V``."""
+    x0 = data[i]
+    V = torch.randn(x0.shape, generator=torch.Generator().manual_seed(7), **F64)
+    x = x0.clone().requires_grad_(True)
+    (hv,) = torch.autograd.grad((_gradient(data, i, x, loss, True, **kw) * V).sum(), x)
+    plus, minus = ((_gradient(data, i, (x0 + s * eps * V).requires_grad_(True), loss, **kw) * V).sum()
+                   for s in (1, -1))
+    return (hv * V).sum(), (plus - minus) / (2 * eps)
+
+
+@pytest.mark.parametrize("B", [None, 1, 3])
+@pytest.mark.parametrize("name", NAMES)
+def test_implicit_second_derivatives_equal_differences_of_the_gradient(B, name):
+    """Every parameter, unbatched (the active-set path at one problem) and batched (the
+    interior-point path); a loss quadratic in z, so that the cotangent depends on θ too."""
+    data = list(random_qp(B, 4, 5, 1, seed=1))
+    W = torch.randn(data[1].shape, generator=torch.Generator().manual_seed(5), **F64)
+    an, fd = _second_derivative_and_differences(data, NAMES.index(name), lambda z: (W * z ** 2).sum())
+    torch.testing.assert_close(an, fd, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("B", [None, 3])
+@pytest.mark.parametrize("mode", ["contrastive", "symmetric"])
+@pytest.mark.parametrize("name", ["Q", "G", "A"])
+def test_contrastive_second_derivatives_are_those_of_the_surrogate(B, mode, name):
+    """The contrastive modes' gradient is a finite-β surrogate; its own derivative (nudged
+    solutions re-expressed on their active sets) equals differences of the surrogate. A loss linear
+    in z: a quadratic one would also differentiate z through the surrogate (its O(β) bias)."""
+    data = list(random_qp(B, 4, 5, 1, seed=1))
+    W = torch.randn(data[1].shape, generator=torch.Generator().manual_seed(5), **F64)
+    an, fd = _second_derivative_and_differences(data, NAMES.index(name), lambda z: (W * z).sum(),
+                                                mode=mode, beta=1e-2)
+    torch.testing.assert_close(an, fd, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("B", [1, 3])
+def test_gradgradcheck_of_every_parameter(B):
+    """All six parameters at once: the mixed second derivatives and those with respect to the
+    cotangent too."""
+    data = [t.clone().requires_grad_(True) for t in random_qp(B, 4, 5, 2, seed=2)]
+
+    def f(Q, q, G, h, A, b):
+        return solve_qp(0.5 * (Q + Q.transpose(-1, -2)), q, G, h, A, b).z
+    assert torch.autograd.gradgradcheck(f, data)
+
+
+def test_float32_second_derivatives_agree_with_float64():
+    data = random_qp(3, 4, 5, 1, seed=3)
+    W = torch.randn(3, 4, generator=torch.Generator().manual_seed(5), **F64)
+
+    def hvp(dtype, i):
+        d = [t.to(dtype) for t in data]
+        x = d[i].clone().requires_grad_(True)
+        g = _gradient(d, i, x, lambda z: (W.to(dtype) * z ** 2).sum(), create_graph=True)
+        return torch.autograd.grad(g.sum(), x)[0].double()
+    for i in (0, 2, 4):
+        exact = hvp(torch.float64, i)
+        torch.testing.assert_close(hvp(torch.float32, i), exact, rtol=0, atol=1e-5 * exact.abs().max().item())
+
+
+def test_a_weakly_active_element_gets_zero_second_derivatives_and_a_warning():
+    """Element 0: the unconstrained minimiser lies on its constraint (λ = 0, slack 0, a kink of
+    the solution map); element 1: the constraint strongly active. Element 0's second derivatives
+    are zero with a warning naming it; its gradient, and element 1's second derivatives, are
+    exact (equal to element 1 solved alone)."""
+    Q = torch.eye(2, **F64)
+    q = torch.tensor([[-1.0, 0.5], [-3.0, 0.5]], **F64)
+    G = torch.tensor([[1.0, 0.0]], **F64)
+    h = torch.tensor([1.0], **F64)
+
+    def run(q_, create_graph):
+        G_ = G.clone().requires_grad_(True)
+        z = solve_qp(Q, q_, G_, h).z
+        (gG,) = torch.autograd.grad((z ** 2).sum(), G_, create_graph=create_graph)
+        return G_, gG
+    with pytest.warns(RuntimeWarning, match=r"weakly active.*batch indices \[0\]"):
+        G_, gG = run(q, True)   # (the create_graph backward re-expresses the solution)
+    (hvp,) = torch.autograd.grad(gG.sum(), G_)
+    _, first = run(q, False)
+    torch.testing.assert_close(gG.detach(), first)
+    G1, g1 = run(q[1:], True)
+    (hvp1,) = torch.autograd.grad(g1.sum(), G1)
+    torch.testing.assert_close(hvp, hvp1)
+
+
+def test_cvxpy_layer_second_derivatives_equal_differences_of_the_gradient():
+    cp = pytest.importorskip("cvxpy")
+    x = cp.Variable(3)
+    P, c, h = cp.Parameter((2, 3)), cp.Parameter(3), cp.Parameter(2)
+    layer = layers.CvxpyLayer(cp.Problem(cp.Minimize(cp.sum_squares(x) + c @ x), [P @ x <= h]), [P, c, h], [x])
+    gen = torch.Generator().manual_seed(0)
+    Pv, cv, hv = torch.randn(4, 2, 3, generator=gen, **F64), torch.randn(4, 3, generator=gen, **F64), \
+        torch.full((4, 2), 0.1, **F64)
+
+    def grad_of(Pt, create_graph=False):
+        (z,) = layer(Pt, cv, hv)
+        return torch.autograd.grad((z ** 3).sum(), Pt, create_graph=create_graph)[0]
+    V = torch.randn(Pv.shape, generator=gen, **F64)
+    Pr = Pv.clone().requires_grad_(True)
+    an = (torch.autograd.grad((grad_of(Pr, True) * V).sum(), Pr)[0] * V).sum()
+    eps = 1e-6
+    fd = ((grad_of((Pv + eps * V).requires_grad_(True)) - grad_of((Pv - eps * V).requires_grad_(True))) * V).sum() / (2 * eps)
+    torch.testing.assert_close(an, fd, rtol=1e-6, atol=1e-8)
