@@ -175,8 +175,24 @@ class ArgminFunction(torch.autograd.Function):
             # double backward (create_graph=True): the multipliers (saved, not outputs) and the
             # solver's factorisations are constants for autograd; the problem re-expresses its
             # solution in torch ops where it can, so that the gradient's own derivatives are exact
+            _check_second_derivatives(ctx.problem, ctx.mode)
             solution = ctx.problem.differentiable_solution(solution, saved[:n])
         return (None, None, None, None, *_vjp_grads(ctx.problem, ctx.mode, saved[:n], solution, g, needs))
+
+
+def _check_second_derivatives(problem, mode) -> None:
+    """Raise ``NotImplementedError`` for a ``create_graph=True`` backward that ``problem`` cannot
+    differentiate exactly with ``mode`` (``ArgminProblem.second_derivative_modes``)."""
+    name = getattr(mode, "name", None)
+    if name == "first_order" or name in problem.second_derivative_modes:
+        return
+    supported = sorted(problem.second_derivative_modes)
+    raise NotImplementedError(
+        f"second derivatives (a backward with create_graph=True) through {type(problem).__name__} with "
+        f"{mode!r} are not implemented: its gradient is computed from solver iterates that are constants "
+        "for autograd, so the gradient's own derivative would be wrong. "
+        + (f"Modes with exact second derivatives for this problem: {supported}. " if supported else "")
+        + "For a fixed-point or energy layer, differentiate through the iterations with mode=Unrolled(t).")
 
 
 @torch.compiler.disable

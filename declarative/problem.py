@@ -40,6 +40,12 @@ class ArgminProblem:
     param_names: tuple[str, ...] = ()
     #: True when the forward is a closed form written in torch ops (vmap-able, never fails).
     closed_form: bool = False
+    #: Names of the gradient modes whose gradient this problem differentiates exactly in a
+    #: ``create_graph=True`` backward (second derivatives); with any other mode (``first_order``
+    #: excepted: its gradient is zero) such a backward raises ``NotImplementedError`` instead of
+    #: returning a gradient whose own derivative is wrong. Closed forms re-solve in torch ops and
+    #: support every mode.
+    second_derivative_modes: frozenset = frozenset()
 
     def solve(self, params: Params, warm_start: Solution | None = None) -> Solution:
         raise NotImplementedError

@@ -76,6 +76,9 @@ class LassoProblem(ArgminProblem):
     """
 
     param_names = ("D", "x", "lam", "mu")
+    #: second derivatives: the implicit gradient is written in torch ops of ``D``, ``μ`` and the
+    #: saved ``z`` (the layer's output) on the support, which is locally constant
+    second_derivative_modes = frozenset({"implicit"})
 
     def __init__(self, options: LassoOptions | None = None):
         self.options = options or LassoOptions()

@@ -148,6 +148,9 @@ class QPProblem(ArgminProblem):
     """
 
     param_names = ("Q", "q", "G", "h", "A", "b")
+    #: second derivatives: the solution (and every nudged one) re-expressed by the KKT system on
+    #: its active set (``differentiable_solution``, ``second_order``)
+    second_derivative_modes = frozenset({"implicit", "contrastive", "symmetric", "equilibrium"})
 
     def __init__(self, options: QPOptions | None = None):
         # (options are frozen: the default instance is shared, and so are the per-dtype defaults

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import layers
+from contrastive import EquilibriumProp
 from declarative import solve_qp
 from declarative.reference.qp import random_qp
 
@@ -51,7 +52,7 @@ def test_implicit_second_derivatives_equal_differences_of_the_gradient(B, name):
 
 
 @pytest.mark.parametrize("B", [None, 3])
-@pytest.mark.parametrize("mode", ["contrastive", "symmetric"])
+@pytest.mark.parametrize("mode", ["contrastive", "symmetric", "equilibrium"])
 @pytest.mark.parametrize("name", ["Q", "G", "A"])
 def test_contrastive_second_derivatives_are_those_of_the_surrogate(B, mode, name):
     """The contrastive modes' gradient is a finite-β surrogate; its own derivative (nudged
@@ -59,8 +60,8 @@ def test_contrastive_second_derivatives_are_those_of_the_surrogate(B, mode, name
     in z: a quadratic one would also differentiate z through the surrogate (its O(β) bias)."""
     data = list(random_qp(B, 4, 5, 1, seed=1))
     W = torch.randn(data[1].shape, generator=torch.Generator().manual_seed(5), **F64)
-    an, fd = _second_derivative_and_differences(data, NAMES.index(name), lambda z: (W * z).sum(),
-                                                mode=mode, beta=1e-2)
+    kw = dict(mode=EquilibriumProp(1e-2)) if mode == "equilibrium" else dict(mode=mode, beta=1e-2)
+    an, fd = _second_derivative_and_differences(data, NAMES.index(name), lambda z: (W * z).sum(), **kw)
     torch.testing.assert_close(an, fd, rtol=1e-6, atol=1e-8)
 
 

@@ -1,0 +1,76 @@
+"""``create_graph=True`` backwards through iterative layers: exact where the problem declares the
+mode (``ArgminProblem.second_derivative_modes``; the QP's are in ``test_qp_second_order.py``), a
+``NotImplementedError`` naming the problem and the mode elsewhere — the gradients of those modes
+come from solver iterates that are constants for autograd, and their derivatives came out wrong
+without a word (lasso, contrastive: 1037.8 against −25.8) or raised autograd's "does not require
+grad"."""
+
+import pytest
+import torch
+
+from declarative import ConjugateGradient, FixedPoint, Unrolled, argmin, fixed_point
+from declarative.lasso.functional import solve_lasso
+
+F64 = dict(dtype=torch.float64)
+GEN = torch.Generator().manual_seed(0)
+B, K = 3, 5
+D = torch.randn(B, 6, K, generator=GEN, **F64)
+X = torch.randn(B, 6, generator=GEN, **F64)
+W = torch.randn(B, K, generator=GEN, **F64)
+
+
+def _second_derivative_and_differences(fn, x0, eps=1e-6):
+    """``⟨V, ∂⟨∇, V⟩⟩`` of ``ℓ = Σ W z²`` by double backward and by central differences."""
+    V = torch.randn(x0.shape, generator=torch.Generator().manual_seed(7), **F64)
+
+    def grad_of(x, create_graph=False):
+        return torch.autograd.grad((W * fn(x) ** 2).sum(), x, create_graph=create_graph)[0]
+    x = x0.clone().requires_grad_(True)
+    (hv,) = torch.autograd.grad((grad_of(x, True) * V).sum(), x)
+    plus, minus = (grad_of((x0 + s * eps * V).requires_grad_(True)) for s in (1, -1))
+    return (hv * V).sum(), ((plus - minus) * V).sum() / (2 * eps)
+
+
+@pytest.mark.parametrize("which", ["D", "x"])
+def test_lasso_implicit_second_derivatives_equal_differences_of_the_gradient(which):
+    fn = (lambda d: solve_lasso(d, X, 0.1).z) if which == "D" else (lambda x: solve_lasso(D, x, 0.1).z)
+    an, fd = _second_derivative_and_differences(fn, D if which == "D" else X)
+    torch.testing.assert_close(an, fd, rtol=1e-6, atol=1e-8)
+
+
+def _phi(w, A, u):
+    return torch.tanh(w @ A.T + u)
+
+
+A0 = 0.3 * torch.randn(K, K, generator=GEN, **F64)
+U0 = torch.randn(B, K, generator=GEN, **F64)
+
+
+@pytest.mark.parametrize("case", ["lasso contrastive", "lasso symmetric", "energy implicit",
+                                  "fixed point implicit", "fixed point FixedPoint", "fixed point CG"])
+def test_a_create_graph_backward_without_exact_second_derivatives_raises(case):
+    z0 = torch.zeros(B, K, **F64)
+    fns = {
+        "lasso contrastive": (lambda d: solve_lasso(d, X, 0.1, mode="contrastive", beta=1e-2).z, D),
+        "lasso symmetric": (lambda d: solve_lasso(d, X, 0.1, mode="symmetric", beta=1e-2).z, D),
+        "energy implicit": (lambda p: argmin(lambda z, p_: (0.5 * z ** 2 + z ** 4 / 4 - z * p_).sum(-1), z0, p,
+                                             tol=1e-12), U0),
+        "fixed point implicit": (lambda A: fixed_point(_phi, z0, A, U0, tol=1e-13, max_iter=500), A0),
+        "fixed point FixedPoint": (lambda A: fixed_point(_phi, z0, A, U0, mode=FixedPoint(200), tol=1e-13,
+                                                         max_iter=500), A0),
+        "fixed point CG": (lambda A: fixed_point(_phi, z0, A, U0, mode=ConjugateGradient(50), tol=1e-13,
+                                                 max_iter=500), A0),
+    }
+    fn, x0 = fns[case]
+    x = x0.clone().requires_grad_(True)
+    with pytest.raises(NotImplementedError, match=r"second derivatives .*create_graph=True.* through \w+Problem"):
+        torch.autograd.grad((W * fn(x) ** 2).sum(), x, create_graph=True)
+    torch.autograd.grad((W * fn(x) ** 2).sum(), x)   # a first-order backward is unaffected
+
+
+def test_unrolled_second_derivatives_are_exact():
+    """The way the error message points to: ``Unrolled`` differentiates through the iterations."""
+    fn = lambda A: fixed_point(_phi, torch.zeros(B, K, **F64), A, U0, mode=Unrolled(200), tol=1e-13,  # noqa: E731
+                               max_iter=500)
+    an, fd = _second_derivative_and_differences(fn, A0)
+    torch.testing.assert_close(an, fd, rtol=1e-6, atol=1e-8)
