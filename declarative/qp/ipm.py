@@ -550,11 +550,27 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
         iterations = torch.where(redo, torch.zeros_like(iterations), iterations)
         return z, s, lam, nu, status, iterations
 
-    def run(z, s, lam, nu, status, iterations, tol_p, tol_d, tol_g, max_iter, fac0=None, work=None):
+    def limits(more, iterations):
+        """``(limit, budget)`` of a further ``run``: the elements ``more`` may iterate to
+        ``max_iter`` of their own (at least once more), every other element not at all — a running
+        element outside ``more`` stays where it is, so that an element's iterations never depend on
+        the other elements of its batch; ``budget``, the loop's bound, is the largest remainder
+        (one host sync)."""
+        limit = torch.where(more, torch.clamp(iterations + 1, min=opts.max_iter), iterations)
+        return limit, int((limit - iterations).max())
+
+    def run(z, s, lam, nu, status, iterations, tol_p, tol_d, tol_g, max_iter, fac0=None, work=None,
+            limit=None):
         """The interior-point loop on the elements with status ``_RUNNING`` (``fac0``: the
         factorisation at the starting point, if known). ``work``: the data, its constants and the
-        numerical settings in the working precision (``_Working``; default: the input's)."""
+        numerical settings in the working precision (``_Working``; default: the input's).
+        ``limit``: per-element caps of ``iterations`` (``(B,)``, see ``limits``); an element at its
+        cap stops where it is, still ``_RUNNING``."""
         work = work or work64
+
+        def stepping(status, iterations):
+            running = status == _RUNNING
+            return running if limit is None else running & (iterations < limit)
         Q, q, G, h, A, b = work.data
         QA, zero_eq, reg, hnorm, bnorm, qnorm = work.aux
         dtype = work.dtype
@@ -580,7 +596,7 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
         tiny = torch.finfo(dtype).tiny
 
 
-        running = status == _RUNNING
+        running = stepping(status, iterations)
         # the last step, taken before its directions were known to be finite: (their sum, the
         # state before the step, the directions); checked in the next iteration's synchronisation
         pending = None
@@ -642,7 +658,7 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
                     status = torch.where(running, new_status, status)
                 dres_last = dres_prev
                 dres_prev = dres
-                running = status == _RUNNING
+                running = stepping(status, iterations)
                 # one host synchronisation: the number of running elements (the convergence check)
                 # and whether the last step's directions were finite
                 if pending is None:
@@ -686,7 +702,9 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
                     take(x, keep) for x in (
                         z, s, lam, nu, status, iterations, dres_prev, dz_last, Gdz_last, D_last, dnu_last, Gz,
                         rd0, nri, re, mu, w, nGtwri, Q, q, G, h, A, b, QA, zero_eq, reg, hnorm, bnorm, qnorm, pscale))
-                running = status == _RUNNING
+                if limit is not None:
+                    limit = take(limit, keep)
+                running = stepping(status, iterations)
                 nrun = Bw = z.shape[0]
                 Qv, Gv, Av = _shared(Q), _shared(G), _shared(A)
                 X = None
@@ -806,9 +824,10 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
             status = torch.where(redo, int(Status.INACCURATE), status)
             break
         z, s, lam, nu, status, iterations = restart(redo, z, s, lam, nu, status, iterations)
+        limit, budget = limits(redo, iterations)
         z, s, lam, nu, status, iterations, pres, dres, gap, fac = run(
-            z, s, lam, nu, status, iterations, *tols1, opts.max_iter, None,
-            work64._replace(eps_inf=work64.eps_inf * 1e-3))
+            z, s, lam, nu, status, iterations, *tols1, budget, None,
+            work64._replace(eps_inf=work64.eps_inf * 1e-3), limit)
     if not (opts.polish and G is not None) and opts.contract:
         # without the polish ladder: elements that met the iterations' tolerances but not the
         # contract iterate on (Newton steps on the equality-constrained problem refine the point)
@@ -822,9 +841,10 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
                 break
             keep(fail, (z, s, lam, nu))
             status = torch.where(fail, torch.full_like(status, _RUNNING), status)
-            budget = max(1, opts.max_iter - int(iterations[fail].max()))
+            limit, budget = limits(fail, iterations)
             z, s, lam, nu, status, iterations, pres, dres, gap, fac = run(
-                z, s, lam, nu, status, iterations, *(max(t_ * f_, floor) for t_ in tols), budget)
+                z, s, lam, nu, status, iterations, *(max(t_ * f_, floor) for t_ in tols), budget,
+                limit=limit)
             rerun = True
     unfinished = status < 0   # running or stalled
     cache = {}
@@ -903,10 +923,10 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
                 r_ = retry.unsqueeze(-1)
                 z, s, lam, nu = (torch.where(r_, a_, b_) for a_, b_ in zip(before, (z, s, lam, nu)))
                 # the iteration limit counts per element: the retried ones' own iterations, not
-                # those of an element that ran out of iterations elsewhere in the batch
-                budget = max(1, opts.max_iter - int(iterations[retry].max()))
+                # those of another element of the batch; elements not retried stay where they are
+                limit, budget = limits(retry, iterations)
                 z, s, lam, nu, status, iterations, pres, dres, gap, fac = run(
-                    z, s, lam, nu, status, iterations, *ladder[phase], budget)
+                    z, s, lam, nu, status, iterations, *ladder[phase], budget, limit=limit)
                 rerun = True
                 unfinished = status < 0
             # the last rung's polish left a point that misses the tolerances (its factorisation's

@@ -187,6 +187,18 @@ def test_iteration_limit():
     assert (sol.iterations == 1).all()
 
 
+@pytest.mark.parametrize("seed", [35, 36, 37, 38])
+def test_iteration_limit_counts_per_element(seed):
+    """``max_iter`` is each element's own budget over the interior-point runs: an element iterated
+    on again (the polish ladder, the contract, a certificate re-run) gets the rest of its own
+    iterations — at least one — and an element that is not stays where it is. Random LPs (many
+    unbounded) with ``max_iter = 8``: before, an element still running at its limit iterated along
+    whenever another element of the batch was retried, and ended at up to 13 iterations."""
+    Q, q, G, h, A, b = random_qp(8, 10, 14, 3, seed=seed, psd_rank=0)
+    sol = solve_qp(Q, q, G, h, A, b, options=QPOptions(max_iter=8), check=False)
+    assert int(sol.iterations.max()) <= 8 + 1
+
+
 def test_indefinite_and_asymmetric_q():
     Q = torch.diag(torch.tensor([1.0, -0.5], dtype=torch.float64))
     q = torch.zeros(2, dtype=torch.float64)
