@@ -23,6 +23,7 @@ return ``None`` for them).
 
 from __future__ import annotations
 
+import warnings
 from typing import Sequence
 
 import torch
@@ -31,6 +32,27 @@ from .solution import Solution
 
 Params = Sequence[torch.Tensor | None]
 Grads = tuple[torch.Tensor | None, ...]
+
+
+def second_order(params: Params, g: torch.Tensor | None = None) -> bool:
+    """Whether a backward is building a graph of its own (``create_graph=True``) through data that
+    need gradients: autograd runs a backward with gradient mode on only then."""
+    if not torch.is_grad_enabled():
+        return False
+    return any(p is not None and p.requires_grad for p in params) or (g is not None and g.requires_grad)
+
+
+def warn_zeroed_second_derivatives(zeroed: torch.Tensor, why: str, what: str, stacklevel: int = 3) -> None:
+    """``RuntimeWarning`` naming the batch elements ``zeroed`` (``(B,)`` bool) whose gradients get
+    zero derivatives in a ``create_graph=True`` backward, and why."""
+    if not bool(zeroed.any()):
+        return
+    idx = torch.nonzero(zeroed).reshape(-1).tolist()
+    shown = ", ".join(map(str, idx[:20])) + (", ..." if len(idx) > 20 else "")
+    warnings.warn(f"{what} second derivatives (create_graph=True): {why} for {len(idx)} solved batch "
+                  f"element(s), batch indices [{shown}]; the derivatives of their gradients are set "
+                  "to zero (their gradients and the other elements' derivatives are exact)",
+                  RuntimeWarning, stacklevel=stacklevel + 1)
 
 
 class ArgminProblem:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..problem import ArgminProblem
+from ..problem import ArgminProblem, second_order, warn_zeroed_second_derivatives
 from ..solution import Solution
 from .solver import (LassoOptions, lasso_correlation, lasso_fista_polish, support_solve)
 
@@ -77,7 +77,8 @@ class LassoProblem(ArgminProblem):
 
     param_names = ("D", "x", "lam", "mu")
     #: second derivatives: the implicit gradient is written in torch ops of ``D``, ``μ`` and the
-    #: saved ``z`` (the layer's output) on the support, which is locally constant
+    #: saved ``z`` (the layer's output) on the support, which is locally constant (elements with
+    #: weakly active coordinates, a kink of the solution map: zero, with a warning; ``implicit_vjp``)
     second_derivative_modes = frozenset({"implicit"})
 
     def __init__(self, options: LassoOptions | None = None):
@@ -141,9 +142,32 @@ class LassoProblem(ArgminProblem):
         need_qp = W.any(-1)
         if bool(need_qp.any()):
             idx = torch.nonzero(need_qp).squeeze(-1)
-            dq = _weakly_active_tangent(D[idx], mu[idx], S[idx], W[idx], s[idx], g2[idx])
+            with torch.no_grad():   # (a constant in a create_graph backward: see implicit_vjp)
+                dq = _weakly_active_tangent(*(t[idx].detach() for t in (D, mu, S, W, s, g2)))
             dz = dz.index_copy(0, idx, dq)
         return Solution(z=dz.reshape(solution.z.shape))
+
+    def implicit_vjp(self, solution, params, g, needs):
+        """The ``Implicit`` gradient. In a ``create_graph=True`` backward an element with weakly
+        active coordinates (a kink of the solution map; its tangent comes from the backward QP)
+        gets zero derivatives of its gradient, with a ``RuntimeWarning``; the others' are exact."""
+        if not second_order(params, g):
+            return super().implicit_vjp(solution, params, g, needs)
+        with torch.no_grad():
+            _, W, _ = self.classify(solution, params)
+            weak = W.any(-1)
+        if not bool(weak.any()):
+            return super().implicit_vjp(solution, params, g, needs)
+        warn_zeroed_second_derivatives(weak, "weakly active coordinates (the gradient has a kink there)",
+                                       "lasso", stacklevel=4)
+        D, x, lam, mu, z = _canonical(params, solution.z)
+        keep = ~weak
+
+        def cut(t):   # the weak elements' rows as constants
+            return torch.where(keep.reshape(-1, *([1] * (t.dim() - 1))), t, t.detach())
+        cut_params = (cut(D), cut(x), cut(lam), cut(mu))[: len(params)]
+        cut_solution = Solution(z=cut(z).reshape(solution.z.shape), status=solution.status)
+        return super().implicit_vjp(cut_solution, cut_params, cut(g.reshape(z.shape)).reshape(g.shape), needs)
 
     def lagrangian_grads_tangent(self, solution, tangent, params, needs):
         D, x, lam, mu, z = _canonical(params, solution.z)

@@ -9,7 +9,7 @@ from typing import Sequence
 import torch
 
 from ..broadcasting import sum_to_shape
-from ..problem import ArgminProblem
+from ..problem import ArgminProblem, second_order
 from ..solution import Solution
 from ..status import Status
 from .ipm import solve_qp_ipm
@@ -19,7 +19,7 @@ from .kkt_tangent import kkt_tangent
 from .linalg import _abs_max, _gather_rows, _with_batch
 from .options import QPOptions
 from .residuals import meets_tolerances, qp_residuals
-from .second_order import differentiable_kkt_solution, second_order
+from .second_order import differentiable_kkt_solution
 
 __all__ = ["QPProblem"]
 

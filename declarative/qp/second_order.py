@@ -32,25 +32,16 @@ Elements whose forward solve failed get zero derivatives without a warning (thei
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 
+from ..problem import warn_zeroed_second_derivatives
 from ..solution import Solution
 
-__all__ = ["differentiable_kkt_solution", "second_order"]
+__all__ = ["differentiable_kkt_solution"]
 
 #: agreement between the KKT system's solution and the forward's, relative to its size, per dtype
 #: of the forward's answer (an interior-point answer is accurate to its tolerances, not to rounding)
 _AGREEMENT = {torch.float64: 1e-6, torch.float32: 1e-3}
-
-
-def second_order(params, g: torch.Tensor | None = None) -> bool:
-    """Whether a backward is building a graph of its own (``create_graph=True``) through data that
-    need gradients: autograd runs a backward with gradient mode on only then."""
-    if not torch.is_grad_enabled():
-        return False
-    return any(p is not None and p.requires_grad for p in params) or (g is not None and g.requires_grad)
 
 
 def _batched(t: torch.Tensor | None, core: int, B: int) -> torch.Tensor | None:
@@ -113,7 +104,14 @@ def differentiable_kkt_solution(solution: Solution, params, active: torch.Tensor
     with torch.no_grad():
         agree = (info == 0) & torch.isfinite(x).all(-1) & ((x - forward).abs().amax(-1) <= tol * (1 + size))
     ok = usable & agree
-    _warn_zeroed(solution.solved & ~ok, usable)
+    zeroed = solution.solved & ~ok
+    if bool(zeroed.any()):
+        weak = (~usable)[zeroed]
+        why = ("weakly active constraints (the gradient has a kink there)" if bool(weak.all()) else
+               "a singular KKT system on the active set, or one whose solution is not the forward's"
+               if not bool(weak.any()) else
+               "weakly active constraints, or a singular KKT system on the active set")
+        warn_zeroed_second_derivatives(zeroed, why, "QP", stacklevel=4)
     delta = torch.where(ok.unsqueeze(-1), x - x.detach(), 0.0).to(dtype)
     parts = list(delta.split([t.shape[-1] if t is not None else 0 for t in (z, lam, nu)], -1))
     out_z = z.detach() + parts[0]
@@ -124,19 +122,3 @@ def differentiable_kkt_solution(solution: Solution, params, active: torch.Tensor
         duals["nu"] = nu.detach() + parts[2]
     return Solution(z=out_z, duals=duals, status=solution.status, iterations=solution.iterations,
                     residuals=solution.residuals, cache=solution.cache)
-
-
-def _warn_zeroed(zeroed: torch.Tensor, usable: torch.Tensor) -> None:
-    if not bool(zeroed.any()):
-        return
-    idx = torch.nonzero(zeroed).reshape(-1).tolist()
-    weak = (~usable)[zeroed].tolist()
-    shown = ", ".join(map(str, idx[:20])) + (", ..." if len(idx) > 20 else "")
-    why = ("weakly active constraints (the gradient has a kink there)" if all(weak) else
-           "a singular KKT system on the active set, or one whose solution is not the forward's"
-           if not any(weak) else
-           "weakly active constraints, or a singular KKT system on the active set")
-    warnings.warn(f"QP second derivatives (create_graph=True): {why} for {len(idx)} solved batch "
-                  f"element(s), batch indices [{shown}]; the derivatives of their gradients are set "
-                  "to zero (their gradients and the other elements' derivatives are exact)",
-                  RuntimeWarning, stacklevel=4)

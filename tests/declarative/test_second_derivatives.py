@@ -74,3 +74,31 @@ def test_unrolled_second_derivatives_are_exact():
                                max_iter=500)
     an, fd = _second_derivative_and_differences(fn, A0)
     torch.testing.assert_close(an, fd, rtol=1e-6, atol=1e-8)
+
+
+def test_lasso_element_with_a_weakly_active_coordinate_gets_zero_second_derivatives_and_a_warning():
+    """Element 0 has a weakly active coordinate (``z_1 = 0`` with ``|D_1ᵀ(x − Dz)| = λ``): a kink;
+    its tangent comes from the backward QP. It gets zero second derivatives and a warning naming
+    it (before: autograd raised "modified by an inplace operation" from inside that QP's solver);
+    element 1's equal those of its solve alone, and the first-order gradient is unchanged."""
+    gen = torch.Generator().manual_seed(3)
+    Dv = torch.randn(2, 6, 4, generator=gen, **F64)
+    z_star = torch.tensor([[1.0, 0.0, -0.5, 0.0], [0.7, 0.0, 0.3, -0.2]], **F64)
+    sign = torch.tensor([[1.0, 1.0, -1.0, 0.3], [1.0, 0.5, 1.0, -1.0]], **F64)   # |·| = 1: active
+    lam = 0.1
+    # x = D z* + r with Dᵀr = λ·sign: z* is the lasso solution, coordinate 1 of element 0 weakly active
+    r = (Dv @ torch.linalg.solve(Dv.mT @ Dv, (lam * sign).unsqueeze(-1))).squeeze(-1)
+    x = (Dv @ z_star.unsqueeze(-1)).squeeze(-1) + r
+    w = torch.randn(2, 4, generator=gen, **F64)
+
+    def second(d, x_, w_, create_graph=True):
+        d = d.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad((w_ * solve_lasso(d, x_, lam).z ** 2).sum(), d, create_graph=create_graph)
+        return g, (torch.autograd.grad(g.sum(), d)[0] if create_graph else None)
+    with pytest.warns(RuntimeWarning, match=r"weakly active coordinates.*batch indices \[0\]"):
+        g, hv = second(Dv, x, w)
+    assert (hv[0] == 0).all()
+    _, hv1 = second(Dv[1:], x[1:], w[1:])
+    torch.testing.assert_close(hv[1:], hv1)
+    assert hv1.abs().max() > 0.1
+    torch.testing.assert_close(g.detach(), second(Dv, x, w, create_graph=False)[0], rtol=0, atol=0)
