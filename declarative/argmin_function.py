@@ -171,34 +171,151 @@ class ArgminFunction(torch.autograd.Function):
         solution = Solution(z=saved[n], duals=dict(zip(dual_keys, saved[n + 2:k])), status=saved[n + 1],
                             iterations=iterations, residuals=residuals, cache=dict(zip(cache_keys, saved[k:])))
         needs = ctx.needs_input_grad[4:]
-        if torch.is_grad_enabled():
-            # double backward (create_graph=True): the multipliers (saved, not outputs) and the
-            # solver's factorisations are constants for autograd; the problem re-expresses its
-            # solution in torch ops where it can, so that the gradient's own derivatives are exact
-            _check_second_derivatives(ctx.problem, ctx.mode)
-            solution = ctx.problem.differentiable_solution(solution, saved[:n])
-        return (None, None, None, None, *_vjp_grads(ctx.problem, ctx.mode, saved[:n], solution, g, needs))
+        params = saved[:n]
+        try:
+            if torch.is_grad_enabled():
+                grads = _graph_building_vjp(ctx.problem, ctx.mode, params, solution, g, needs)
+            else:
+                grads = _vjp_grads(ctx.problem, ctx.mode, params, solution, g, needs)
+        except RuntimeError as err:
+            _refuse_transform(err, ctx.problem)
+            raise
+        return (None, None, None, None, *grads)
 
 
-def _check_second_derivatives(problem, mode) -> None:
-    """Raise ``NotImplementedError`` for a ``create_graph=True`` backward that ``problem`` cannot
-    differentiate exactly with ``mode`` (``ArgminProblem.second_derivative_modes``)."""
+#: the message for a batching transform (vmap, jacrev, ...) over a solver layer
+_BATCHING_REFUSAL = (
+    "torch.func.vmap (and jacrev, jacfwd, hessian, which batch with it) cannot run {}'s solver or its "
+    "backward: they read values on the host (convergence tests, data-dependent loops). Pass the batch "
+    "as the leading dimension of the parameters instead (every solver layer is batched), and use "
+    "torch.func.grad, torch.func.vjp or torch.autograd for gradients.")
+
+
+#: the message for a torch.func transform over a solver that differentiates with torch.autograd
+_AUTOGRAD_INSIDE_REFUSAL = (
+    "torch.func transforms (grad, vjp, ...) cannot run {}'s solver or its backward: they differentiate "
+    "your function with torch.autograd inside (gradients, vector-Jacobian products), which a "
+    "transformed function may not do. Use torch.autograd (loss.backward(), torch.autograd.grad); "
+    "QP, lasso and activation layers work under torch.func.grad and torch.func.vjp.")
+
+
+def _refuse_transform(err: RuntimeError, problem) -> None:
+    """Raise the library's ``NotImplementedError`` for a ``torch.func`` transform's refusal
+    ``err`` (batching, or torch.autograd inside a transformed function); return for other errors."""
+    text = str(err)
+    if "vmap" in text or "Batching rule" in text:
+        raise NotImplementedError(_BATCHING_REFUSAL.format(type(problem).__name__)) from err
+    if "functorch transform" in text:
+        raise NotImplementedError(_AUTOGRAD_INSIDE_REFUSAL.format(type(problem).__name__)) from err
+
+
+def _graph_building_vjp(problem, mode, params, solution, g, needs):
+    """The gradients of a backward that builds a graph of its own (``create_graph=True``, and every
+    backward under ``torch.func.grad``). Where ``problem`` differentiates ``mode``'s gradient exactly
+    (``ArgminProblem.second_derivative_modes``; ``FirstOrder``, whose gradient is zero), the
+    multipliers and factorisations, constants for autograd, are replaced by the problem's
+    differentiable expression of its solution. Elsewhere the first-order gradients are returned
+    with a node that raises ``NotImplementedError`` when they are differentiated: a first-order use
+    works, a second derivative is refused instead of being wrong."""
     name = getattr(mode, "name", None)
     if name == "first_order" or name in problem.second_derivative_modes:
-        return
+        solution = problem.differentiable_solution(solution, params)
+        return _vjp_grads(problem, mode, params, solution, g, needs)
+    with torch.no_grad():
+        plain = [None if p is None else p.detach() for p in params]
+        grads = _vjp_grads(problem, mode, plain, solution.detach(), g.detach(), needs)
+    anchor = next((t for t in (*params, g) if t is not None and t.requires_grad), None)
+    present = [i for i, t in enumerate(grads) if t is not None]
+    if anchor is None or not present:
+        return grads
     supported = sorted(problem.second_derivative_modes)
-    raise NotImplementedError(
-        f"second derivatives (a backward with create_graph=True) through {type(problem).__name__} with "
-        f"{mode!r} are not implemented: its gradient is computed from solver iterates that are constants "
-        "for autograd, so the gradient's own derivative would be wrong. "
-        + (f"Modes with exact second derivatives for this problem: {supported}. " if supported else "")
+    message = (
+        f"second derivatives (a backward with create_graph=True, or nested torch.func.grad) through "
+        f"{type(problem).__name__} with {mode!r} are not implemented: its gradient is computed from "
+        "solver iterates that are constants for autograd, so the gradient's own derivative would be "
+        "wrong. " + (f"Modes with exact second derivatives for this problem: {supported}. " if supported else "")
         + "For a fixed-point or energy layer, differentiate through the iterations with mode=Unrolled(t).")
+    marked = _OnceDifferentiable.apply(message, anchor, *(grads[i] for i in present))
+    out = list(grads)
+    for i, t in zip(present, marked):
+        out[i] = t
+    return out
+
+
+class _OnceDifferentiable(torch.autograd.Function):
+    """Identity on ``grads`` (copies) whose backward raises ``NotImplementedError(message)``; the
+    ``anchor`` (an input that requires grad) puts it in the graph."""
+
+    @staticmethod
+    def forward(message, anchor, *grads):
+        return tuple(t.clone() for t in grads)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.message = inputs[0]
+
+    @staticmethod
+    def backward(ctx, *_):
+        raise NotImplementedError(ctx.message)
+
+
+class _TransformArgminFunction(torch.autograd.Function):
+    """``ArgminFunction`` in the ``setup_context`` form, which ``torch.func`` transforms require:
+    ``torch.func.grad`` and ``torch.func.vjp`` run the solver and the mode's backward as autograd
+    does. Transforms that batch the function (``vmap``, and ``jacrev``/``jacfwd``/``hessian``,
+    built on it) are refused with a ``NotImplementedError``: the solvers read values on the host
+    (convergence tests, data-dependent loops), which a batching transform cannot trace — pass the
+    batch as a leading dimension instead. Same inputs, output, saved tensors and gradients."""
+
+    @staticmethod
+    @_with_cached_signature
+    def forward(problem, mode, warm_start, box, *params):
+        sol = problem.solve(params, warm_start=warm_start)
+        box.append(sol)
+        return sol.z
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        problem, mode, _, box, *params = inputs
+        sol = box[-1]
+        ctx.problem, ctx.mode = problem, mode
+        ctx.layout = (len(params), tuple(sol.duals), tuple(sol.cache))
+        ctx.diagnostics = (sol.iterations, sol.residuals)
+        ctx.save_for_backward(*params, output, sol.status, *sol.duals.values(), *sol.cache.values())
+
+    backward = ArgminFunction.backward
+
+    @staticmethod
+    def vmap(info, in_dims, problem, *args):
+        raise NotImplementedError(_BATCHING_REFUSAL.format(type(problem).__name__))
+
+    @staticmethod
+    def jvp(ctx, *tangents):
+        raise NotImplementedError(
+            "forward-mode differentiation (torch.func.jvp, jacfwd, hessian; torch.autograd.forward_ad) "
+            f"through {type(ctx.problem).__name__}'s solver is not implemented: use reverse mode "
+            "(torch.func.grad, torch.func.vjp, torch.autograd).")
+
+
+class _Box(list):
+    """The list into which the forward puts its ``Solution`` (``ArgminFunction``'s ``box``): a
+    subclass, which ``torch.func`` transforms pass as it is (a plain list they rebuild, and the
+    forward's ``Solution`` would not reach ``setup_context``)."""
 
 
 @torch.compiler.disable
 def _apply_solver_function(problem, mode, params, warm_start: Solution | None) -> Solution:
-    box: list[Solution] = []
-    z = ArgminFunction.apply(problem, mode, warm_start, box, *params)
+    box: list[Solution] = _Box()
+    try:
+        z = ArgminFunction.apply(problem, mode, warm_start, box, *params)
+    except RuntimeError as err:   # under a torch.func transform (refused before anything ran)
+        if _FUNCTORCH_REFUSAL not in str(err):
+            raise
+        try:
+            z = _TransformArgminFunction.apply(problem, mode, warm_start, box, *params)
+        except RuntimeError as inner:
+            _refuse_transform(inner, problem)
+            raise
     sol = box[0]
     others = [sol.status, sol.iterations, *sol.duals.values(), *sol.residuals.values(), *sol.cache.values()]
     if any(t is not None and t.requires_grad for t in others):

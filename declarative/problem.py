@@ -64,9 +64,9 @@ class ArgminProblem:
     closed_form: bool = False
     #: Names of the gradient modes whose gradient this problem differentiates exactly in a
     #: ``create_graph=True`` backward (second derivatives); with any other mode (``first_order``
-    #: excepted: its gradient is zero) such a backward raises ``NotImplementedError`` instead of
-    #: returning a gradient whose own derivative is wrong. Closed forms re-solve in torch ops and
-    #: support every mode.
+    #: excepted: its gradient is zero) such a backward returns the first-order gradient, and
+    #: differentiating that raises ``NotImplementedError`` instead of giving a wrong derivative.
+    #: Closed forms re-solve in torch ops and support every mode.
     second_derivative_modes: frozenset = frozenset()
 
     def solve(self, params: Params, warm_start: Solution | None = None) -> Solution:
