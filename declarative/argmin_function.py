@@ -31,6 +31,7 @@ import inspect
 import torch
 
 from .broadcasting import sum_to_shape
+from .problem import with_zero_derivatives
 from .solution import Solution
 
 
@@ -219,8 +220,10 @@ def _graph_building_vjp(problem, mode, params, solution, g, needs):
     works, a second derivative is refused instead of being wrong."""
     name = getattr(mode, "name", None)
     if name == "first_order" or name in problem.second_derivative_modes:
-        solution = problem.differentiable_solution(solution, params)
-        return _vjp_grads(problem, mode, params, solution, g, needs)
+        if name != "first_order":   # (zero gradients, whose derivatives are zero)
+            solution = problem.differentiable_solution(solution, params)
+        # a gradient left without a graph (every element's derivatives dropped) gets zero ones
+        return with_zero_derivatives(_vjp_grads(problem, mode, params, solution, g, needs), (*params, g))
     with torch.no_grad():
         plain = [None if p is None else p.detach() for p in params]
         grads = _vjp_grads(problem, mode, plain, solution.detach(), g.detach(), needs)

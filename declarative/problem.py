@@ -42,6 +42,18 @@ def second_order(params: Params, g: torch.Tensor | None = None) -> bool:
     return any(p is not None and p.requires_grad for p in params) or (g is not None and g.requires_grad)
 
 
+def with_zero_derivatives(grads, anchors):
+    """``grads`` where each tensor without a graph is joined to the first of ``anchors`` that
+    requires grad by a term that is exactly zero with a zero derivative (the sum of none of its
+    entries): a second derivative taken through it is zero, as documented, rather than autograd's
+    "does not require grad" error."""
+    anchor = next((a for a in anchors if a is not None and a.requires_grad), None)
+    if anchor is None:
+        return grads
+    zero = anchor.reshape(-1)[:0].sum()
+    return tuple(t if t is None or t.requires_grad else t + zero.to(t.dtype) for t in grads)
+
+
 def warn_zeroed_second_derivatives(zeroed: torch.Tensor, why: str, what: str, stacklevel: int = 3) -> None:
     """``RuntimeWarning`` naming the batch elements ``zeroed`` (``(B,)`` bool) whose gradients get
     zero derivatives in a ``create_graph=True`` backward, and why."""
@@ -50,8 +62,9 @@ def warn_zeroed_second_derivatives(zeroed: torch.Tensor, why: str, what: str, st
     idx = torch.nonzero(zeroed).reshape(-1).tolist()
     shown = ", ".join(map(str, idx[:20])) + (", ..." if len(idx) > 20 else "")
     warnings.warn(f"{what} second derivatives (create_graph=True): {why} for {len(idx)} solved batch "
-                  f"element(s), batch indices [{shown}]; the derivatives of their gradients are set "
-                  "to zero (their gradients and the other elements' derivatives are exact)",
+                  f"element(s), batch indices [{shown}]; the second-order terms of their solution maps "
+                  "are set to zero — the derivatives of their gradients are zero for a loss linear "
+                  "in the output (their gradients and the other elements' derivatives are exact)",
                   RuntimeWarning, stacklevel=stacklevel + 1)
 
 

@@ -243,18 +243,20 @@ class QPProblem(ArgminProblem):
                 else:
                     strong, weak = self.classify_constraints(solution.detach(), plain)
             active, usable = strong, solved & ~weak.any(-1)
-        return differentiable_kkt_solution(solution, params, active, usable)
+        accuracy = self.options.resolved(solution.z.dtype).tol
+        return differentiable_kkt_solution(solution, params, active, usable, accuracy)
 
     def implicit_vjp(self, solution, params, g, needs):
         """The ``Implicit`` gradient (``lagrangian_grads_tangent`` along ``implicit_tangent``). In a
         ``create_graph=True`` backward: the same values, differentiable in ``g`` through the
         tangent and in ``params`` through ``differentiable_solution`` (the gradient of
-        ``⟨g, z(θ)⟩`` for the KKT system's solution map ``z(θ)``, ``g`` held fixed)."""
+        ``⟨g, z(θ)⟩`` for the KKT system's solution map ``z(θ)``, ``g`` held fixed; ``solution``
+        is then ``differentiable_solution``'s, as ``ArgminFunction`` passes it)."""
         if not second_order(params):
             return super().implicit_vjp(solution, params, g, needs)
         plain = tuple(None if t is None else t.detach() for t in params)
         first = super().implicit_vjp(solution.detach(), plain, g, needs)   # in g only
-        z = solution.z if solution.z.requires_grad else self.differentiable_solution(solution, params).z
+        z = solution.z   # (``ArgminFunction`` passes ``differentiable_solution``'s)
         leaves = [i for i, (p, need) in enumerate(zip(params, needs)) if need and p is not None and p.requires_grad]
         grads = [None] * len(params)
         if z.requires_grad and leaves:
@@ -372,13 +374,18 @@ class QPProblem(ArgminProblem):
         if qp is None or not bool(qp.any()):
             return self._kkt_tangent(solution, params, g)
         strong, weak = masks
+        # the backward QP is solved as data (a constant in a create_graph backward: the derivatives
+        # of those elements' gradients are zero, see ``differentiable_solution``)
+        plain = tuple(None if t is None else t.detach() for t in params)
         if bool(qp.all()):
-            return self._backward_qp(solution.z, params, g, strong, weak)
+            with torch.no_grad():
+                return self._backward_qp(solution.z.detach(), plain, g.detach(), strong, weak)
         idx = torch.nonzero(qp).reshape(-1)
         tangent = self._kkt_tangent(solution, params, g)
-        part = self._backward_qp(solution.z.index_select(0, idx), _select(params, idx, _QP_CORES),
-                                 _select((g,), idx, (1,))[0], strong.index_select(0, idx),
-                                 weak.index_select(0, idx))
+        with torch.no_grad():
+            part = self._backward_qp(solution.z.detach().index_select(0, idx), _select(plain, idx, _QP_CORES),
+                                     _select((g.detach(),), idx, (1,))[0], strong.index_select(0, idx),
+                                     weak.index_select(0, idx))
         status = tangent.status.index_copy(0, idx, part.status)
         return Solution(z=tangent.z.index_copy(0, idx, part.z),
                         duals={k: v.index_copy(0, idx, part.duals[k]) for k, v in tangent.duals.items()},

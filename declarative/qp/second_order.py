@@ -19,13 +19,18 @@ forward's values with that system's derivatives (``x + (x̃ − x̃.detach())``)
 are unchanged, and their own derivatives are exact. ``Q`` enters symmetrised, ``½(Q + Qᵀ)``, as in
 the first-order gradient ``½(dz zᵀ + z dzᵀ)``.
 
-Per element, the derivatives are zero (the values stay) where the map is not differentiable or the
-system does not stand for it. A ``RuntimeWarning`` names those solved elements:
+Per element, these derivatives are zero (the values stay) where the map is not differentiable or
+the system does not stand for it — the second-order terms of that element's solution map are
+dropped; a cotangent that itself depends on θ still contributes through the first-order gradient.
+A ``RuntimeWarning`` names those solved elements:
 
 * weakly active constraints (active with a zero multiplier): the solution map has a kink there, and
   the one-sided first derivative (the backward QP) has no derivative of its own;
 * a KKT system that is singular, or whose solution is not the forward's to ``1e-6`` (float64
-  answers) or ``1e-3`` (float32) of its size, e.g. dependent active rows.
+  answers) or ``1e-3`` (float32) of its size, or ``1e3`` times the iterations' tolerance if that
+  is larger (e.g. dependent active rows). The system is judged before it is differentiated: a
+  singular one never reaches autograd (its backward would raise, or return NaN that a shared
+  parameter spreads to every element).
 
 Elements whose forward solve failed get zero derivatives without a warning (their status says so).
 """
@@ -78,7 +83,7 @@ def _kkt_system(params, active: torch.Tensor | None, B: int):
 
 
 def differentiable_kkt_solution(solution: Solution, params, active: torch.Tensor | None,
-                                usable: torch.Tensor) -> Solution:
+                                usable: torch.Tensor, accuracy: float = 0.0) -> Solution:
     """``solution`` with ``z`` and the multipliers made differentiable in ``params`` (see the
     module docstring); values unchanged, ``status``, ``iterations``, ``residuals`` and ``cache``
     kept.
@@ -91,18 +96,23 @@ def differentiable_kkt_solution(solution: Solution, params, active: torch.Tensor
         usable: ``(B,)`` bool, the solved elements whose solution map is differentiable there
             (no weakly active constraint); the others get zero derivatives, with a warning for
             those that ``solution`` calls solved.
+        accuracy: the forward's relative accuracy (its iterations' tolerance); the agreement
+            required is the larger of ``1e3·accuracy`` and the dtype's threshold above.
     """
     z = solution.z
     B, dtype = z.shape[0], z.dtype
     lam, nu = solution.duals.get("lam"), solution.duals.get("nu")
     K, r = _kkt_system(params, active, B)
-    x, info = torch.linalg.solve_ex(K, r.unsqueeze(-1))
-    x = x.squeeze(-1)
     forward = torch.cat([t.detach().to(torch.float64) for t in (z, lam, nu) if t is not None and t.shape[-1]], -1)
-    size = forward.abs().amax(-1)
-    tol = _AGREEMENT.get(dtype, 1e-3)
+    tol = max(_AGREEMENT.get(dtype, 1e-3), 1e3 * accuracy)
     with torch.no_grad():
-        agree = (info == 0) & torch.isfinite(x).all(-1) & ((x - forward).abs().amax(-1) <= tol * (1 + size))
+        # which elements the system stands for: decided first, so that the differentiable solve
+        # below never meets a singular matrix (its backward would raise, or give NaN that a
+        # shared parameter spreads to every element)
+        x0, info = torch.linalg.solve_ex(K.detach(), r.detach().unsqueeze(-1))
+        x0 = x0.squeeze(-1)
+        agree = (info == 0) & torch.isfinite(x0).all(-1) & \
+            ((x0 - forward).abs().amax(-1) <= tol * (1 + forward.abs().amax(-1)))
     ok = usable & agree
     zeroed = solution.solved & ~ok
     if bool(zeroed.any()):
@@ -110,8 +120,15 @@ def differentiable_kkt_solution(solution: Solution, params, active: torch.Tensor
         why = ("weakly active constraints (the gradient has a kink there)" if bool(weak.all()) else
                "a singular KKT system on the active set, or one whose solution is not the forward's"
                if not bool(weak.any()) else
-               "weakly active constraints, or a singular KKT system on the active set")
+               "weakly active constraints, a singular KKT system on the active set, or one whose "
+               "solution is not the forward's")
         warn_zeroed_second_derivatives(zeroed, why, "QP", stacklevel=4)
+    if not bool(ok.any()):
+        return solution.detach() if solution.z.requires_grad else solution
+    # the elements not ok solve I x = 0 instead (a regular system; their derivatives are dropped)
+    keep = ok.reshape(-1, 1, 1)
+    eye = torch.eye(K.shape[-1], dtype=K.dtype, device=K.device)
+    x = torch.linalg.solve(torch.where(keep, K, eye), torch.where(keep[..., 0], r, 0.0).unsqueeze(-1)).squeeze(-1)
     delta = torch.where(ok.unsqueeze(-1), x - x.detach(), 0.0).to(dtype)
     parts = list(delta.split([t.shape[-1] if t is not None else 0 for t in (z, lam, nu)], -1))
     out_z = z.detach() + parts[0]

@@ -12,7 +12,7 @@ import torch
 import layers
 from contrastive import EquilibriumProp
 from declarative import solve_qp
-from declarative.reference.qp import random_qp
+from declarative.reference.qp import degenerate_qp, random_qp
 
 F64 = dict(dtype=torch.float64)
 NAMES = ("Q", "q", "G", "h", "A", "b")
@@ -93,8 +93,8 @@ def test_float32_second_derivatives_agree_with_float64():
 def test_a_weakly_active_element_gets_zero_second_derivatives_and_a_warning():
     """Element 0: the unconstrained minimiser lies on its constraint (λ = 0, slack 0, a kink of
     the solution map); element 1: the constraint strongly active. Element 0's second derivatives
-    are zero with a warning naming it; its gradient, and element 1's second derivatives, are
-    exact (equal to element 1 solved alone)."""
+    are zero with a warning naming it (its tangent, from the backward QP, is a constant); its
+    gradient, and element 1's second derivatives, are exact (equal to element 1 solved alone)."""
     Q = torch.eye(2, **F64)
     q = torch.tensor([[-1.0, 0.5], [-3.0, 0.5]], **F64)
     G = torch.tensor([[1.0, 0.0]], **F64)
@@ -133,3 +133,53 @@ def test_cvxpy_layer_second_derivatives_equal_differences_of_the_gradient():
     eps = 1e-6
     fd = ((grad_of((Pv + eps * V).requires_grad_(True)) - grad_of((Pv - eps * V).requires_grad_(True))) * V).sum() / (2 * eps)
     torch.testing.assert_close(an, fd, rtol=1e-6, atol=1e-8)
+
+
+def test_a_singular_kkt_system_gives_zero_second_derivatives_not_an_error_or_nan():
+    """Equality rows repeated (``A`` of rank ``p`` in ``2p`` rows): the KKT system on the active
+    set is singular. The elements get zero second derivatives (a loss linear in z) and a warning;
+    before, the backward of the differentiable solve raised ``linalg.solve: singular`` (implicit)
+    or returned NaN (contrastive), and a NaN through a shared parameter reaches every element."""
+    Q, q, G, h, A, b = random_qp(3, 4, 5, 1, seed=1)
+    A2, b2 = torch.cat([A, A], -2), torch.cat([b, b], -1)
+    w = torch.randn(3, 4, generator=torch.Generator().manual_seed(2), **F64)
+    for kw in (dict(), dict(mode="contrastive", beta=1e-2)):
+        x = G.clone().requires_grad_(True)
+        with pytest.warns(RuntimeWarning, match="singular KKT system"):
+            (g,) = torch.autograd.grad((solve_qp(Q, q, x, h, A2, b2, **kw).z * w).sum(), x, create_graph=True)
+        (hv,) = torch.autograd.grad((g ** 2).sum(), x)
+        assert (hv == 0).all()
+
+
+def test_an_unbounded_element_does_not_break_the_others_second_derivatives():
+    """A shared singular ``Q``; element 1 is unbounded (DUAL_INFEASIBLE, ``check=False``): its
+    zero derivatives do not stop element 0's, which equal those of element 0 solved alone."""
+    Q0 = torch.diag(torch.tensor([1.0, 0.0], **F64))
+    q = torch.tensor([[1.0, -1.0], [1.0, 1.0]], **F64)
+    G = torch.tensor([[0.0, 1.0]], **F64)
+    h = torch.tensor([2.0], **F64)
+    w = torch.tensor([1.0, 2.0], **F64)
+
+    def hvp(q_):
+        Q = Q0.clone().requires_grad_(True)
+        sol = solve_qp(Q, q_, G, h, check=False)
+        (g,) = torch.autograd.grad(((sol.z[0] * w) ** 2).sum(), Q, create_graph=True)
+        return sol.status, torch.autograd.grad((g ** 2).sum(), Q)[0]
+    status, hv = hvp(q)
+    assert status.tolist() == [0, int(solve_qp(Q0, q[1], G, h, check=False).status)] and int(status[1]) != 0
+    torch.testing.assert_close(hv, hvp(q[:1])[1])
+    assert hv.abs().max() > 0
+
+
+@pytest.mark.parametrize("B", [2, 3])
+def test_several_weakly_active_elements_get_zero_second_derivatives(B):
+    """Every element with weakly active rows (``degenerate_qp``): their tangents come from the
+    backward QP, which is now solved as data (their second-order terms, and here, with the
+    backward QP's tangent a constant, the whole derivative, are zero); before, autograd raised
+    "modified by an inplace operation" from inside it whenever the cotangent depended on θ."""
+    Q, q, G, h = degenerate_qp(B)[:4]
+    x = G.clone().requires_grad_(True)
+    with pytest.warns(RuntimeWarning, match="weakly active"):
+        (g,) = torch.autograd.grad((solve_qp(Q, q, x, h).z ** 2).sum(), x, create_graph=True)
+    (hv,) = torch.autograd.grad((g ** 2).sum(), x)
+    assert (hv == 0).all()
