@@ -31,7 +31,7 @@ import inspect
 import torch
 
 from .broadcasting import sum_to_shape
-from .problem import with_zero_derivatives
+from .problem import second_order_notes, with_notes, with_zero_derivatives
 from .solution import Solution
 
 
@@ -173,15 +173,18 @@ class ArgminFunction(torch.autograd.Function):
                             iterations=iterations, residuals=residuals, cache=dict(zip(cache_keys, saved[k:])))
         needs = ctx.needs_input_grad[4:]
         params = saved[:n]
-        try:
-            if torch.is_grad_enabled():
-                grads = _graph_building_vjp(ctx.problem, ctx.mode, params, solution, g, needs)
-            else:
-                grads = _vjp_grads(ctx.problem, ctx.mode, params, solution, g, needs)
-        except RuntimeError as err:
-            _refuse_transform(err, ctx.problem)
-            raise
+        if torch.is_grad_enabled():
+            grads = _graph_building_vjp(ctx.problem, ctx.mode, params, solution, g, needs)
+        else:
+            grads = _vjp_grads(ctx.problem, ctx.mode, params, solution, g, needs)
         return (None, None, None, None, *grads)
+
+    @staticmethod
+    def jvp(ctx, *tangents):
+        raise NotImplementedError(
+            "forward-mode differentiation (torch.func.jvp, jacfwd, hessian; torch.autograd.forward_ad) "
+            f"through {type(ctx.problem).__name__}'s solver is not implemented: use reverse mode "
+            "(torch.func.grad, torch.func.vjp, torch.autograd).")
 
 
 #: the message for a batching transform (vmap, jacrev, ...) over a solver layer
@@ -219,17 +222,21 @@ def _graph_building_vjp(problem, mode, params, solution, g, needs):
     with a node that raises ``NotImplementedError`` when they are differentiated: a first-order use
     works, a second derivative is refused instead of being wrong."""
     name = getattr(mode, "name", None)
-    if name == "first_order" or name in problem.second_derivative_modes:
-        if name != "first_order":   # (zero gradients, whose derivatives are zero)
+    anchors = [t for t in (*params, g) if t is not None and t.requires_grad]
+    if name == "first_order":   # zero gradients, whose derivatives are zero
+        return with_zero_derivatives(_vjp_grads(problem, mode, params, solution, g, needs), anchors)
+    if name in problem.second_derivative_modes:
+        with second_order_notes() as notes:
             solution = problem.differentiable_solution(solution, params)
-        # a gradient left without a graph (every element's derivatives dropped) gets zero ones
-        return with_zero_derivatives(_vjp_grads(problem, mode, params, solution, g, needs), (*params, g))
+            grads = _vjp_grads(problem, mode, params, solution, g, needs)
+        # a gradient left without a graph (every element's derivatives dropped) gets zero ones; the
+        # notes of elements whose second-order terms were dropped are warned about when used
+        return with_notes(with_zero_derivatives(grads, anchors), notes, anchors)
     with torch.no_grad():
         plain = [None if p is None else p.detach() for p in params]
         grads = _vjp_grads(problem, mode, plain, solution.detach(), g.detach(), needs)
-    anchor = next((t for t in (*params, g) if t is not None and t.requires_grad), None)
     present = [i for i, t in enumerate(grads) if t is not None]
-    if anchor is None or not present:
+    if not anchors or not present:
         return grads
     supported = sorted(problem.second_derivative_modes)
     message = (
@@ -238,7 +245,7 @@ def _graph_building_vjp(problem, mode, params, solution, g, needs):
         "solver iterates that are constants for autograd, so the gradient's own derivative would be "
         "wrong. " + (f"Modes with exact second derivatives for this problem: {supported}. " if supported else "")
         + "For a fixed-point or energy layer, differentiate through the iterations with mode=Unrolled(t).")
-    marked = _OnceDifferentiable.apply(message, anchor, *(grads[i] for i in present))
+    marked = _OnceDifferentiable.apply(message, len(anchors), *anchors, *(grads[i] for i in present))
     out = list(grads)
     for i, t in zip(present, marked):
         out[i] = t
@@ -246,12 +253,13 @@ def _graph_building_vjp(problem, mode, params, solution, g, needs):
 
 
 class _OnceDifferentiable(torch.autograd.Function):
-    """Identity on ``grads`` (copies) whose backward raises ``NotImplementedError(message)``; the
-    ``anchor`` (an input that requires grad) puts it in the graph."""
+    """Identity on the gradients (copies) whose backward raises ``NotImplementedError(message)``:
+    inputs ``message, k, *anchors, *grads`` with ``k`` anchors — every input that requires grad,
+    so that a derivative with respect to any of them meets it."""
 
     @staticmethod
-    def forward(message, anchor, *grads):
-        return tuple(t.clone() for t in grads)
+    def forward(message, k, *tensors):
+        return tuple(t.clone() for t in tensors[k:])
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -286,18 +294,19 @@ class _TransformArgminFunction(torch.autograd.Function):
         ctx.diagnostics = (sol.iterations, sol.residuals)
         ctx.save_for_backward(*params, output, sol.status, *sol.duals.values(), *sol.cache.values())
 
-    backward = ArgminFunction.backward
+    @staticmethod
+    def backward(ctx, g):
+        try:
+            return ArgminFunction.backward(ctx, g)
+        except RuntimeError as err:   # a transform refusing the backward: the library's message
+            _refuse_transform(err, ctx.problem)
+            raise
 
     @staticmethod
     def vmap(info, in_dims, problem, *args):
         raise NotImplementedError(_BATCHING_REFUSAL.format(type(problem).__name__))
 
-    @staticmethod
-    def jvp(ctx, *tangents):
-        raise NotImplementedError(
-            "forward-mode differentiation (torch.func.jvp, jacfwd, hessian; torch.autograd.forward_ad) "
-            f"through {type(ctx.problem).__name__}'s solver is not implemented: use reverse mode "
-            "(torch.func.grad, torch.func.vjp, torch.autograd).")
+    jvp = staticmethod(ArgminFunction.jvp)
 
 
 class _Box(list):

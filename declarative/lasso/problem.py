@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..problem import ArgminProblem, second_order, warn_zeroed_second_derivatives
+from ..problem import ArgminProblem, note_zeroed_second_derivatives, second_order
 from ..solution import Solution
 from .solver import (LassoOptions, lasso_correlation, lasso_fista_polish, support_solve)
 
@@ -158,8 +158,7 @@ class LassoProblem(ArgminProblem):
             weak = W.any(-1)
         if not bool(weak.any()):
             return super().implicit_vjp(solution, params, g, needs)
-        warn_zeroed_second_derivatives(weak, "weakly active coordinates (the gradient has a kink there)",
-                                       "lasso", stacklevel=4)
+        note_zeroed_second_derivatives(weak, "weakly active coordinates (the gradient has a kink there)", "lasso")
         D, x, lam, mu, z = _canonical(params, solution.z)
         keep = ~weak
 

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import torch
 
-from ..problem import warn_zeroed_second_derivatives
+from ..problem import note_zeroed_second_derivatives
 from ..solution import Solution
 
 __all__ = ["differentiable_kkt_solution"]
@@ -122,7 +122,7 @@ def differentiable_kkt_solution(solution: Solution, params, active: torch.Tensor
                if not bool(weak.any()) else
                "weakly active constraints, a singular KKT system on the active set, or one whose "
                "solution is not the forward's")
-        warn_zeroed_second_derivatives(zeroed, why, "QP", stacklevel=4)
+        note_zeroed_second_derivatives(zeroed, why, "QP")
     if not bool(ok.any()):
         return solution.detach() if solution.z.requires_grad else solution
     # the elements not ok solve I x = 0 instead (a regular system; their derivatives are dropped)

@@ -6,6 +6,8 @@ exact to about 1e-8), or ``torch.autograd.gradgradcheck``. Before the KKT system
 was re-expressed in torch ops, the multipliers and the factorisations were constants for autograd:
 the derivatives of ∇_Q, ∇_G and ∇_A came out wrong without a warning (by 18-50 % and one sign)."""
 
+import warnings
+
 import pytest
 import torch
 
@@ -105,9 +107,11 @@ def test_a_weakly_active_element_gets_zero_second_derivatives_and_a_warning():
         z = solve_qp(Q, q_, G_, h).z
         (gG,) = torch.autograd.grad((z ** 2).sum(), G_, create_graph=create_graph)
         return G_, gG
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # a first-order use of a graph-building backward: no warning
+        G_, gG = run(q, True)
     with pytest.warns(RuntimeWarning, match=r"weakly active.*batch indices \[0\]"):
-        G_, gG = run(q, True)   # (the create_graph backward re-expresses the solution)
-    (hvp,) = torch.autograd.grad(gG.sum(), G_)
+        (hvp,) = torch.autograd.grad(gG.sum(), G_)   # the second derivative: the warning
     _, first = run(q, False)
     torch.testing.assert_close(gG.detach(), first)
     G1, g1 = run(q[1:], True)
@@ -145,9 +149,9 @@ def test_a_singular_kkt_system_gives_zero_second_derivatives_not_an_error_or_nan
     w = torch.randn(3, 4, generator=torch.Generator().manual_seed(2), **F64)
     for kw in (dict(), dict(mode="contrastive", beta=1e-2)):
         x = G.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad((solve_qp(Q, q, x, h, A2, b2, **kw).z * w).sum(), x, create_graph=True)
         with pytest.warns(RuntimeWarning, match="singular KKT system"):
-            (g,) = torch.autograd.grad((solve_qp(Q, q, x, h, A2, b2, **kw).z * w).sum(), x, create_graph=True)
-        (hv,) = torch.autograd.grad((g ** 2).sum(), x)
+            (hv,) = torch.autograd.grad((g ** 2).sum(), x)
         assert (hv == 0).all()
 
 
@@ -179,7 +183,33 @@ def test_several_weakly_active_elements_get_zero_second_derivatives(B):
     "modified by an inplace operation" from inside it whenever the cotangent depended on θ."""
     Q, q, G, h = degenerate_qp(B)[:4]
     x = G.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad((solve_qp(Q, q, x, h).z ** 2).sum(), x, create_graph=True)
     with pytest.warns(RuntimeWarning, match="weakly active"):
-        (g,) = torch.autograd.grad((solve_qp(Q, q, x, h).z ** 2).sum(), x, create_graph=True)
-    (hv,) = torch.autograd.grad((g ** 2).sum(), x)
+        (hv,) = torch.autograd.grad((g ** 2).sum(), x)
     assert (hv == 0).all()
+
+
+def test_first_order_grad_under_torch_func_does_not_warn():
+    """``torch.func.grad`` runs every backward as one that builds a graph; a first-order use with
+    weakly active elements (zero second-order terms) gives autograd's gradient and no warning —
+    the warning waits for a derivative of that gradient."""
+    Q, q, G, h = degenerate_qp(3)[:4]
+    f = lambda x: (solve_qp(Q, q, x, h).z ** 2).sum()   # noqa: E731
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        g = torch.func.grad(f)(G)
+    x = G.clone().requires_grad_(True)
+    torch.testing.assert_close(g, torch.autograd.grad(f(x), x)[0], rtol=0, atol=0)
+
+
+def test_dropped_second_derivatives_are_zero_with_respect_to_every_parameter():
+    """All elements weakly active and a loss linear in z: the gradient with respect to ``G`` has
+    no second-order terms left, and its derivative with respect to ``h`` (another input) is zero
+    — before, autograd said ``h`` was not used in the graph."""
+    Q, q, G, h = degenerate_qp(2)[:4]
+    G_, h_ = G.clone().requires_grad_(True), h.clone().requires_grad_(True)
+    w = torch.randn(q.shape, generator=torch.Generator().manual_seed(1), **F64)
+    (gG,) = torch.autograd.grad((solve_qp(Q, q, G_, h_).z * w).sum(), G_, create_graph=True)
+    with pytest.warns(RuntimeWarning, match="weakly active"):
+        dG, dh = torch.autograd.grad(gG.sum(), (G_, h_))
+    assert (dG == 0).all() and (dh == 0).all()

@@ -99,9 +99,27 @@ def test_lasso_element_with_a_weakly_active_coordinate_gets_zero_second_derivati
         (g,) = torch.autograd.grad((w_ * solve_lasso(d, x_, lam).z ** 2).sum(), d, create_graph=create_graph)
         return g, (torch.autograd.grad(g.sum(), d)[0] if create_graph else None)
     with pytest.warns(RuntimeWarning, match=r"weakly active coordinates.*batch indices \[0\]"):
-        g, hv = second(Dv, x, w)
+        g, hv = second(Dv, x, w)   # (the warning comes with the second derivative)
     assert (hv[0] == 0).all()
     _, hv1 = second(Dv[1:], x[1:], w[1:])
     torch.testing.assert_close(hv[1:], hv1)
     assert hv1.abs().max() > 0.1
     torch.testing.assert_close(g.detach(), second(Dv, x, w, create_graph=False)[0], rtol=0, atol=0)
+
+
+def test_a_refused_second_derivative_is_refused_through_every_input():
+    """The gradient with respect to ``D`` depends on ``x = w·x₀`` too; differentiating it with
+    respect to ``w`` (not ``D``) must also meet the refusal. Before, only the first input that
+    required grad was joined to it, and d/dw came out as 2.0 (the direct term alone) instead of
+    83.2 by differences — silently."""
+    x0 = torch.randn(B, 6, generator=torch.Generator().manual_seed(4), **F64)
+    d = D.clone().requires_grad_(True)
+    w = torch.ones(B, 1, **F64, requires_grad=True)
+    (gD,) = torch.autograd.grad((solve_lasso(d, w * x0, 0.1, mode="symmetric", beta=1e-4).z ** 2).sum(), d,
+                                create_graph=True)
+    with pytest.raises(NotImplementedError, match="second derivatives"):
+        torch.autograd.grad((gD ** 2).sum() + (w ** 2).sum(), w)
+    with pytest.raises(NotImplementedError, match="second derivatives"):   # nested torch.func.grad
+        torch.func.grad(lambda w_: torch.func.grad(
+            lambda d_: (solve_lasso(d_, w_ * x0, 0.1, mode="symmetric", beta=1e-4).z ** 2).sum())(D).pow(2).sum()
+        )(torch.ones(B, 1, **F64))
