@@ -248,7 +248,7 @@ class _FirstOrderOnly(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         if torch.is_grad_enabled():
-            raise RuntimeError("CvxpyLayer: the multipliers (constraints or dual variables in `variables`) "
+            raise NotImplementedError("CvxpyLayer: the multipliers (constraints or dual variables in `variables`) "
                                "are differentiable once: a backward with create_graph=True through them is "
                                "not supported (the primal outputs are twice differentiable as their mode is)")
         return grad

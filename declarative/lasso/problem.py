@@ -158,7 +158,8 @@ class LassoProblem(ArgminProblem):
             weak = W.any(-1)
         if not bool(weak.any()):
             return super().implicit_vjp(solution, params, g, needs)
-        note_zeroed_second_derivatives(weak, "weakly active coordinates (the gradient has a kink there)", "lasso")
+        note_zeroed_second_derivatives(weak, "weakly active coordinates (the gradient has a kink there)", "lasso",
+                                       whole=True)
         D, x, lam, mu, z = _canonical(params, solution.z)
         keep = ~weak
 

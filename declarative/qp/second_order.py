@@ -25,7 +25,8 @@ dropped; a cotangent that itself depends on θ still contributes through the fir
 A ``RuntimeWarning`` names those solved elements:
 
 * weakly active constraints (active with a zero multiplier): the solution map has a kink there, and
-  the one-sided first derivative (the backward QP) has no derivative of its own;
+  the one-sided first derivative (the backward QP, solved as data) has no derivative of its own —
+  these elements' gradients get no derivative at all, through the cotangent neither;
 * a KKT system that is singular, or whose solution is not the forward's to ``1e-6`` (float64
   answers) or ``1e-3`` (float32) of its size, or ``1e3`` times the iterations' tolerance if that
   is larger (e.g. dependent active rows). The system is judged before it is differentiated: a
@@ -114,15 +115,13 @@ def differentiable_kkt_solution(solution: Solution, params, active: torch.Tensor
         agree = (info == 0) & torch.isfinite(x0).all(-1) & \
             ((x0 - forward).abs().amax(-1) <= tol * (1 + forward.abs().amax(-1)))
     ok = usable & agree
-    zeroed = solution.solved & ~ok
-    if bool(zeroed.any()):
-        weak = (~usable)[zeroed]
-        why = ("weakly active constraints (the gradient has a kink there)" if bool(weak.all()) else
-               "a singular KKT system on the active set, or one whose solution is not the forward's"
-               if not bool(weak.any()) else
-               "weakly active constraints, a singular KKT system on the active set, or one whose "
-               "solution is not the forward's")
-        note_zeroed_second_derivatives(zeroed, why, "QP")
+    solved = solution.solved
+    # weakly active: the tangent is the backward QP's, a constant (``QPProblem``); else only the
+    # solution map's second-order terms are dropped
+    note_zeroed_second_derivatives(solved & ~usable, "weakly active constraints (the gradient has a kink there)",
+                                   "QP", whole=True)
+    note_zeroed_second_derivatives(solved & usable & ~agree, "a singular KKT system on the active set, or one "
+                                   "whose solution is not the forward's", "QP", whole=False)
     if not bool(ok.any()):
         return solution.detach() if solution.z.requires_grad else solution
     # the elements not ok solve I x = 0 instead (a regular system; their derivatives are dropped)
