@@ -374,22 +374,52 @@ class QPProblem(ArgminProblem):
         if qp is None or not bool(qp.any()):
             return self._kkt_tangent(solution, params, g)
         strong, weak = masks
-        # the backward QP is solved as data (a constant in a create_graph backward: the derivatives
-        # of those elements' gradients are zero, see ``differentiable_solution``)
+        # the backward QP is solved as data (in a create_graph backward its tangent gets its
+        # derivative in g from ``_linear_in_cotangent``; none in θ, see ``differentiable_solution``)
         plain = tuple(None if t is None else t.detach() for t in params)
         if bool(qp.all()):
             with torch.no_grad():
-                return self._backward_qp(solution.z.detach(), plain, g.detach(), strong, weak)
+                part = self._backward_qp(solution.z.detach(), plain, g.detach(), strong, weak)
+            return self._linear_in_cotangent(part, solution.z.detach(), plain, g, strong, weak)
         idx = torch.nonzero(qp).reshape(-1)
         tangent = self._kkt_tangent(solution, params, g)
+        sub = _select(plain, idx, _QP_CORES)
+        g_sub = _select((g,), idx, (1,))[0]
         with torch.no_grad():
-            part = self._backward_qp(solution.z.detach().index_select(0, idx), _select(plain, idx, _QP_CORES),
-                                     _select((g.detach(),), idx, (1,))[0], strong.index_select(0, idx),
-                                     weak.index_select(0, idx))
+            part = self._backward_qp(solution.z.detach().index_select(0, idx), sub, g_sub.detach(),
+                                     strong.index_select(0, idx), weak.index_select(0, idx))
+        part = self._linear_in_cotangent(part, solution.z.detach().index_select(0, idx), sub, g_sub,
+                                         strong.index_select(0, idx), weak.index_select(0, idx))
         status = tangent.status.index_copy(0, idx, part.status)
         return Solution(z=tangent.z.index_copy(0, idx, part.z),
                         duals={k: v.index_copy(0, idx, part.duals[k]) for k, v in tangent.duals.items()},
                         status=status)
+
+    def _linear_in_cotangent(self, part: Solution, z, params, g, strong, weak) -> Solution:
+        """The backward QP's tangent ``part`` (data) with its derivative in ``g`` when ``g``
+        requires grad (a create_graph backward): the tangent is positively homogeneous and
+        piecewise linear in ``g``, linear where the backward QP's own active set — the strongly
+        active rows and the weakly active ones it holds with a positive multiplier — does not
+        change; there it is the KKT tangent on that set (``kkt_tangent``, torch ops in ``g``).
+        Values stay the backward QP's; an element whose KKT tangent does not reproduce them (to
+        ``1e-6`` of its size in float64, ``1e-3`` below; an ambiguous active set) keeps no
+        derivative."""
+        if not (torch.is_grad_enabled() and g.requires_grad):
+            return part
+        dlam = part.duals["lam"]
+        held = weak & (dlam > 1e-9 * (1 + dlam.abs().amax(-1, keepdim=True)))
+        kkt = Solution(z=z, cache={"act": strong | held})
+        dz, dl, dn = kkt_tangent(params[0], params[2], params[4], kkt, g.expand_as(z), self.options)
+        size = part.z.abs().amax(-1) + 1
+        tol = 1e-6 if z.dtype == torch.float64 else 1e-3
+        with torch.no_grad():
+            ok = (dz - part.z).abs().amax(-1) <= tol * size
+        keep = ok.unsqueeze(-1)
+        duals = {"lam": part.duals["lam"] + torch.where(keep, dl - dl.detach(), 0.0)}
+        if "nu" in part.duals:
+            duals["nu"] = part.duals["nu"] + (torch.where(keep, dn - dn.detach(), 0.0) if dn.shape[-1] else 0.0)
+        return Solution(z=part.z + torch.where(keep, dz - dz.detach(), 0.0), duals=duals, status=part.status,
+                        iterations=part.iterations, residuals=part.residuals)
 
     @staticmethod
     def _zero_failed(solution: Solution, tangent: Solution, g: torch.Tensor) -> Solution:

@@ -24,9 +24,10 @@ the system does not stand for it — the second-order terms of that element's so
 dropped; a cotangent that itself depends on θ still contributes through the first-order gradient.
 A ``RuntimeWarning`` names those solved elements:
 
-* weakly active constraints (active with a zero multiplier): the solution map has a kink there, and
-  the one-sided first derivative (the backward QP, solved as data) has no derivative of its own —
-  these elements' gradients get no derivative at all, through the cotangent neither;
+* weakly active constraints (active with a zero multiplier): the solution map has a kink there.
+  The one-sided first derivative (the backward QP, solved as data) keeps its derivative in the
+  cotangent — it is linear in ``g`` on the backward QP's own active set
+  (``QPProblem._linear_in_cotangent``) — but has none in θ;
 * a KKT system that is singular, or whose solution is not the forward's to ``1e-6`` (float64
   answers) or ``1e-3`` (float32) of its size, or ``1e3`` times the iterations' tolerance if that
   is larger (e.g. dependent active rows). The system is judged before it is differentiated: a
@@ -119,7 +120,7 @@ def differentiable_kkt_solution(solution: Solution, params, active: torch.Tensor
     # weakly active: the tangent is the backward QP's, a constant (``QPProblem``); else only the
     # solution map's second-order terms are dropped
     note_zeroed_second_derivatives(solved & ~usable, "weakly active constraints (the gradient has a kink there)",
-                                   "QP", whole=True)
+                                   "QP", whole=False)
     note_zeroed_second_derivatives(solved & usable & ~agree, "a singular KKT system on the active set, or one "
                                    "whose solution is not the forward's", "QP", whole=False)
     if not bool(ok.any()):

@@ -178,12 +178,13 @@ def test_an_unbounded_element_does_not_break_the_others_second_derivatives():
 @pytest.mark.parametrize("B", [2, 3])
 def test_several_weakly_active_elements_get_zero_second_derivatives(B):
     """Every element with weakly active rows (``degenerate_qp``): their tangents come from the
-    backward QP, which is now solved as data (their second-order terms, and here, with the
-    backward QP's tangent a constant, the whole derivative, are zero); before, autograd raised
-    "modified by an inplace operation" from inside it whenever the cotangent depended on θ."""
+    backward QP, which is now solved as data, and their solution maps' second-order terms are zero
+    (zero second derivatives for a loss linear in z); before, autograd raised "modified by an
+    inplace operation" from inside it whenever the cotangent depended on θ."""
     Q, q, G, h = degenerate_qp(B)[:4]
     x = G.clone().requires_grad_(True)
-    (g,) = torch.autograd.grad((solve_qp(Q, q, x, h).z ** 2).sum(), x, create_graph=True)
+    w = torch.randn(q.shape, generator=torch.Generator().manual_seed(1), **F64)
+    (g,) = torch.autograd.grad((solve_qp(Q, q, x, h).z * w).sum(), x, create_graph=True)
     with pytest.warns(RuntimeWarning, match="weakly active"):
         (hv,) = torch.autograd.grad((g ** 2).sum(), x)
     assert (hv == 0).all()
@@ -213,3 +214,23 @@ def test_dropped_second_derivatives_are_zero_with_respect_to_every_parameter():
     with pytest.warns(RuntimeWarning, match="weakly active"):
         dG, dh = torch.autograd.grad(gG.sum(), (G_, h_))
     assert (dG == 0).all() and (dh == 0).all()
+
+
+def test_at_a_weakly_active_constraint_the_derivative_through_the_cotangent_is_kept():
+    """Element 0 has its unconstrained minimiser on its constraint ``z₁ ≤ 1``; along ``q₂`` the
+    solution map is smooth (``z₂ = −q₂``), and ``ℓ = ‖z‖²`` has ``∂²ℓ/∂q₂² = 2`` — through the
+    cotangent ``g = 2z`` and the backward QP's tangent, linear in ``g`` on its own active set.
+    Before, that element's whole derivative was dropped (0 with a warning)."""
+    Q, G, h = torch.eye(2, **F64), torch.tensor([[1.0, 0.0]], **F64), torch.tensor([1.0], **F64)
+    q0 = torch.tensor([[-1.0, 0.5], [-3.0, 0.5]], **F64)
+
+    def grad_q(q_, create_graph=False):
+        q_ = q_.clone().requires_grad_(True)
+        return q_, torch.autograd.grad((solve_qp(Q, q_, G, h).z ** 2).sum(), q_, create_graph=create_graph)[0]
+    q, g = grad_q(q0, True)
+    with pytest.warns(RuntimeWarning, match=r"weakly active.*batch indices \[0\]"):
+        (d2,) = torch.autograd.grad(g[:, 1].sum(), q)
+    e = torch.tensor([0.0, 1e-6], **F64)
+    fd = (grad_q(q0 + e)[1][:, 1] - grad_q(q0 - e)[1][:, 1]) / 2e-6
+    torch.testing.assert_close(d2[:, 1], fd, rtol=1e-6, atol=1e-8)
+    assert abs(d2[0, 1].item() - 2.0) < 1e-9
