@@ -94,26 +94,21 @@ def second_order_notes():
         _NOTES.reset(token)
 
 
-def note_zeroed_second_derivatives(zeroed: torch.Tensor, why: str, what: str, whole: bool) -> None:
-    """Record that the batch elements ``zeroed`` (``(B,)`` bool) lose second-order terms, and why:
-    with ``whole``, every derivative of their gradients (through the parameters and the cotangent:
-    their tangent is a constant); else the second-order terms of their solution maps (a cotangent
-    that depends on θ still contributes through the first-order gradient). Inside
-    ``second_order_notes`` (a backward that builds a graph) the message waits for ``with_notes``,
-    which emits it when a derivative is taken through the gradients — not on a first-order use
-    (``torch.func.grad``, a gradient penalty elsewhere in the model); elsewhere it is a
-    ``RuntimeWarning`` at once."""
+def note_zeroed_second_derivatives(zeroed: torch.Tensor, why: str, what: str) -> None:
+    """Record that the solution maps of the batch elements ``zeroed`` (``(B,)`` bool) have their
+    second-order terms dropped, and why (a cotangent that depends on θ still contributes through
+    the first-order gradient). Inside ``second_order_notes`` (a backward that builds a graph) the
+    message waits for ``with_notes``, which emits it when a derivative is taken through the
+    gradients — not on a first-order use (``torch.func.grad``, a gradient penalty elsewhere in the
+    model); elsewhere it is a ``RuntimeWarning`` at once."""
     if not bool(zeroed.any()):
         return
     idx = torch.nonzero(zeroed).reshape(-1).tolist()
     shown = ", ".join(map(str, idx[:20])) + (", ..." if len(idx) > 20 else "")
-    lost = ("the derivatives of their gradients are zero, through the parameters and the cotangent alike"
-            if whole else
-            "the second-order terms of their solution maps are zero — the derivatives of their gradients "
-            "are zero for a loss linear in the output")
     message = (f"{what} second derivatives (create_graph=True, nested torch.func.grad): {why} for "
-               f"{len(idx)} solved batch element(s), batch indices [{shown}]; {lost} (their gradients "
-               "and the other elements' derivatives are exact)")
+               f"{len(idx)} solved batch element(s), batch indices [{shown}]; the second-order terms "
+               "of their solution maps are zero — the derivatives of their gradients are zero for a "
+               "loss linear in the output (their gradients and the other elements' derivatives are exact)")
     notes = _NOTES.get()
     if notes is None:
         warnings.warn(message, RuntimeWarning, stacklevel=3)

@@ -78,7 +78,7 @@ class LassoProblem(ArgminProblem):
     param_names = ("D", "x", "lam", "mu")
     #: second derivatives: the implicit gradient is written in torch ops of ``D``, ``μ`` and the
     #: saved ``z`` (the layer's output) on the support, which is locally constant (elements with
-    #: weakly active coordinates, a kink of the solution map: zero, with a warning; ``implicit_vjp``)
+    #: weakly active coordinates, a kink: second-order terms zero, with a warning; ``implicit_vjp``)
     second_derivative_modes = frozenset({"implicit"})
 
     def __init__(self, options: LassoOptions | None = None):
@@ -142,15 +142,18 @@ class LassoProblem(ArgminProblem):
         need_qp = W.any(-1)
         if bool(need_qp.any()):
             idx = torch.nonzero(need_qp).squeeze(-1)
-            with torch.no_grad():   # (a constant in a create_graph backward: see implicit_vjp)
-                dq = _weakly_active_tangent(*(t[idx].detach() for t in (D, mu, S, W, s, g2)))
+            # θ as data (no derivative in a create_graph backward: see implicit_vjp); the tangent
+            # keeps its derivative in g where its exact refinement holds
+            dq = _weakly_active_tangent(*(t[idx].detach() for t in (D, mu, S, W, s)), g2[idx])
             dz = dz.index_copy(0, idx, dq)
         return Solution(z=dz.reshape(solution.z.shape))
 
     def implicit_vjp(self, solution, params, g, needs):
         """The ``Implicit`` gradient. In a ``create_graph=True`` backward an element with weakly
         active coordinates (a kink of the solution map; its tangent comes from the backward QP)
-        gets zero derivatives of its gradient, with a ``RuntimeWarning``; the others' are exact."""
+        has the second-order terms of its solution map dropped — its tangent keeps its derivative
+        in ``g`` where the backward QP's exact refinement holds, linear in ``g`` on its support —
+        with a ``RuntimeWarning``; the others' are exact."""
         if not second_order(params, g):
             return super().implicit_vjp(solution, params, g, needs)
         with torch.no_grad():
@@ -158,8 +161,7 @@ class LassoProblem(ArgminProblem):
             weak = W.any(-1)
         if not bool(weak.any()):
             return super().implicit_vjp(solution, params, g, needs)
-        note_zeroed_second_derivatives(weak, "weakly active coordinates (the gradient has a kink there)", "lasso",
-                                       whole=True)
+        note_zeroed_second_derivatives(weak, "weakly active coordinates (the gradient has a kink there)", "lasso")
         D, x, lam, mu, z = _canonical(params, solution.z)
         keep = ~weak
 
@@ -167,7 +169,7 @@ class LassoProblem(ArgminProblem):
             return torch.where(keep.reshape(-1, *([1] * (t.dim() - 1))), t, t.detach())
         cut_params = (cut(D), cut(x), cut(lam), cut(mu))[: len(params)]
         cut_solution = Solution(z=cut(z).reshape(solution.z.shape), status=solution.status)
-        return super().implicit_vjp(cut_solution, cut_params, cut(g.reshape(z.shape)).reshape(g.shape), needs)
+        return super().implicit_vjp(cut_solution, cut_params, g, needs)
 
     def lagrangian_grads_tangent(self, solution, tangent, params, needs):
         D, x, lam, mu, z = _canonical(params, solution.z)
@@ -214,7 +216,8 @@ def _weakly_active_tangent(D, mu, S, W, s, g):
     sc = s.gather(1, idx)
     G = torch.diag_embed(torch.where(Wc, -sc, torch.zeros_like(sc)))
     h = torch.where(Wc, torch.zeros_like(sc), torch.ones_like(sc))
-    sol = solve_qp_ipm(Q, q, G, h)
+    with torch.no_grad():   # (the solver's iterations are not differentiated; the refinement below is)
+        sol = solve_qp_ipm(Q, q.detach(), G, h)
     d_ipm = torch.zeros(B, k, dtype=dt, device=dev).scatter(1, idx, sol.z * vf)
     # Exact refinement: the interior-point iterate identifies which weakly active coordinates leave
     # zero (s_i d_i clearly > 0); re-solve the linear system on S ∪ {those} and keep it when it

@@ -120,9 +120,9 @@ def differentiable_kkt_solution(solution: Solution, params, active: torch.Tensor
     # weakly active: the tangent is the backward QP's, a constant (``QPProblem``); else only the
     # solution map's second-order terms are dropped
     note_zeroed_second_derivatives(solved & ~usable, "weakly active constraints (the gradient has a kink there)",
-                                   "QP", whole=False)
+                                   "QP")
     note_zeroed_second_derivatives(solved & usable & ~agree, "a singular KKT system on the active set, or one "
-                                   "whose solution is not the forward's", "QP", whole=False)
+                                   "whose solution is not the forward's", "QP")
     if not bool(ok.any()):
         return solution.detach() if solution.z.requires_grad else solution
     # the elements not ok solve I x = 0 instead (a regular system; their derivatives are dropped)

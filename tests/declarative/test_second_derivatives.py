@@ -6,6 +6,8 @@ come from solver iterates that are constants for autograd, and their derivatives
 without a word (lasso, contrastive: 1037.8 against −25.8) or raised autograd's "does not require
 grad"."""
 
+import warnings
+
 import pytest
 import torch
 
@@ -79,11 +81,13 @@ def test_unrolled_second_derivatives_are_exact():
     torch.testing.assert_close(an, fd, rtol=1e-6, atol=1e-8)
 
 
-def test_lasso_element_with_a_weakly_active_coordinate_gets_zero_second_derivatives_and_a_warning():
+def test_lasso_element_with_a_weakly_active_coordinate_drops_second_order_terms_with_a_warning():
     """Element 0 has a weakly active coordinate (``z_1 = 0`` with ``|D_1ᵀ(x − Dz)| = λ``): a kink;
-    its tangent comes from the backward QP. It gets zero second derivatives and a warning naming
-    it (before: autograd raised "modified by an inplace operation" from inside that QP's solver);
-    element 1's equal those of its solve alone, and the first-order gradient is unchanged."""
+    its tangent comes from the backward QP. With a loss linear in z its second derivatives are
+    zero, with a warning naming it (before: autograd raised "modified by an inplace operation"
+    from inside that QP's solver); element 1's equal those of its solve alone; the first-order
+    gradient is unchanged; and the derivative through the cotangent (the backward QP's tangent is
+    linear in it on its own support) equals central differences in the cotangent."""
     gen = torch.Generator().manual_seed(3)
     Dv = torch.randn(2, 6, 4, generator=gen, **F64)
     z_star = torch.tensor([[1.0, 0.0, -0.5, 0.0], [0.7, 0.0, 0.3, -0.2]], **F64)
@@ -94,17 +98,29 @@ def test_lasso_element_with_a_weakly_active_coordinate_gets_zero_second_derivati
     x = (Dv @ z_star.unsqueeze(-1)).squeeze(-1) + r
     w = torch.randn(2, 4, generator=gen, **F64)
 
-    def second(d, x_, w_, create_graph=True):
+    def grad_D(d, x_, w_, create_graph=False):
         d = d.clone().requires_grad_(True)
-        (g,) = torch.autograd.grad((w_ * solve_lasso(d, x_, lam).z ** 2).sum(), d, create_graph=create_graph)
-        return g, (torch.autograd.grad(g.sum(), d)[0] if create_graph else None)
+        (g,) = torch.autograd.grad((w_ * solve_lasso(d, x_, lam).z).sum(), d, create_graph=create_graph)
+        return d, g
+    d, g = grad_D(Dv, x, w, True)
     with pytest.warns(RuntimeWarning, match=r"weakly active coordinates.*batch indices \[0\]"):
-        g, hv = second(Dv, x, w)   # (the warning comes with the second derivative)
+        (hv,) = torch.autograd.grad(g.sum(), d)
     assert (hv[0] == 0).all()
-    _, hv1 = second(Dv[1:], x[1:], w[1:])
+    d1, g1 = grad_D(Dv[1:], x[1:], w[1:], True)
+    (hv1,) = torch.autograd.grad(g1.sum(), d1)
     torch.testing.assert_close(hv[1:], hv1)
     assert hv1.abs().max() > 0.1
-    torch.testing.assert_close(g.detach(), second(Dv, x, w, create_graph=False)[0], rtol=0, atol=0)
+    torch.testing.assert_close(g.detach(), grad_D(Dv, x, w)[1], rtol=0, atol=0)
+    # the cotangent's direction: d⟨∇_D, V⟩/dw against differences in w
+    V = torch.randn(Dv.shape, generator=gen, **F64)
+    U = torch.randn(w.shape, generator=gen, **F64)
+    wr = w.clone().requires_grad_(True)
+    _, gw = grad_D(Dv, x, wr, True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        (dw,) = torch.autograd.grad((gw * V).sum(), wr)
+    fd = ((grad_D(Dv, x, w + 1e-6 * U)[1] - grad_D(Dv, x, w - 1e-6 * U)[1]) * V).sum() / 2e-6
+    torch.testing.assert_close((dw * U).sum(), fd, rtol=1e-6, atol=1e-8)
 
 
 def test_a_refused_second_derivative_is_refused_through_every_input():
