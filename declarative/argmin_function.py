@@ -31,7 +31,7 @@ import inspect
 import torch
 
 from .broadcasting import sum_to_shape
-from .problem import second_order_notes, with_notes, with_zero_derivatives
+from .second_derivatives import refused_when_differentiated, second_order_notes, with_notes, with_zero_derivatives
 from .solution import Solution
 
 
@@ -235,9 +235,6 @@ def _graph_building_vjp(problem, mode, params, solution, g, needs):
     with torch.no_grad():
         plain = [None if p is None else p.detach() for p in params]
         grads = _vjp_grads(problem, mode, plain, solution.detach(), g.detach(), needs)
-    present = [i for i, t in enumerate(grads) if t is not None]
-    if not anchors or not present:
-        return grads
     supported = sorted(problem.second_derivative_modes)
     message = (
         f"second derivatives (a backward with create_graph=True, or nested torch.func.grad) through "
@@ -245,29 +242,7 @@ def _graph_building_vjp(problem, mode, params, solution, g, needs):
         "solver iterates that are constants for autograd, so the gradient's own derivative would be "
         "wrong. " + (f"Modes with exact second derivatives for this problem: {supported}. " if supported else "")
         + "For a fixed-point or energy layer, differentiate through the iterations with mode=Unrolled(t).")
-    marked = _OnceDifferentiable.apply(message, len(anchors), *anchors, *(grads[i] for i in present))
-    out = list(grads)
-    for i, t in zip(present, marked):
-        out[i] = t
-    return out
-
-
-class _OnceDifferentiable(torch.autograd.Function):
-    """Identity on the gradients (copies) whose backward raises ``NotImplementedError(message)``:
-    inputs ``message, k, *anchors, *grads`` with ``k`` anchors — every input that requires grad,
-    so that a derivative with respect to any of them meets it."""
-
-    @staticmethod
-    def forward(message, k, *tensors):
-        return tuple(t.clone() for t in tensors[k:])
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.message = inputs[0]
-
-    @staticmethod
-    def backward(ctx, *_):
-        raise NotImplementedError(ctx.message)
+    return refused_when_differentiated(grads, message, anchors)
 
 
 class _TransformArgminFunction(torch.autograd.Function):

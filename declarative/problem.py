@@ -23,9 +23,6 @@ return ``None`` for them).
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-import warnings
 from typing import Sequence
 
 import torch
@@ -34,99 +31,6 @@ from .solution import Solution
 
 Params = Sequence[torch.Tensor | None]
 Grads = tuple[torch.Tensor | None, ...]
-
-
-def second_order(params: Params, g: torch.Tensor | None = None) -> bool:
-    """Whether a backward is building a graph of its own (``create_graph=True``) through data that
-    need gradients: autograd runs a backward with gradient mode on only then."""
-    if not torch.is_grad_enabled():
-        return False
-    return any(p is not None and p.requires_grad for p in params) or (g is not None and g.requires_grad)
-
-
-def _live(anchors) -> list:
-    return [a for a in anchors if a is not None and a.requires_grad]
-
-
-def with_zero_derivatives(grads, anchors):
-    """``grads`` where each tensor without a graph is joined to every one of ``anchors`` that
-    requires grad by a term that is exactly zero with zero derivatives (sums of none of their
-    entries): a second derivative taken through it, with respect to any of them, is zero, as
-    documented, rather than autograd's "does not require grad" or "not used in the graph"."""
-    live = _live(anchors)
-    if not live:
-        return grads
-    zero = sum(a.reshape(-1)[:0].sum() for a in live)
-    return tuple(t if t is None or t.requires_grad else t + zero.to(t.dtype) for t in grads)
-
-
-class _WarnWhenDifferentiated(torch.autograd.Function):
-    """A zero scalar joined to ``anchors``; its backward (taken only when a derivative passes
-    through it) emits ``RuntimeWarning(message)`` and returns zeros."""
-
-    @staticmethod
-    def forward(message, like, *anchors):
-        return like.new_zeros(())
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.message = inputs[0]
-
-    @staticmethod
-    def backward(ctx, _):
-        warnings.warn(ctx.message, RuntimeWarning, stacklevel=2)
-        return None, None, *([None] * (len(ctx.needs_input_grad) - 2))
-
-
-#: the notes of a backward that builds a graph (``second_order_notes``), else None
-_NOTES: contextvars.ContextVar = contextvars.ContextVar("second_order_notes", default=None)
-
-
-@contextlib.contextmanager
-def second_order_notes():
-    """Collect, during a backward that builds a graph, the notes of ``note_zeroed_second_derivatives``
-    (yields the list of messages)."""
-    notes: list[str] = []
-    token = _NOTES.set(notes)
-    try:
-        yield notes
-    finally:
-        _NOTES.reset(token)
-
-
-def note_zeroed_second_derivatives(zeroed: torch.Tensor, why: str, what: str) -> None:
-    """Record that the solution maps of the batch elements ``zeroed`` (``(B,)`` bool) have their
-    second-order terms dropped, and why (a cotangent that depends on θ still contributes through
-    the first-order gradient). Inside ``second_order_notes`` (a backward that builds a graph) the
-    message waits for ``with_notes``, which emits it when a derivative is taken through the
-    gradients — not on a first-order use (``torch.func.grad``, a gradient penalty elsewhere in the
-    model); elsewhere it is a ``RuntimeWarning`` at once."""
-    if not bool(zeroed.any()):
-        return
-    idx = torch.nonzero(zeroed).reshape(-1).tolist()
-    shown = ", ".join(map(str, idx[:20])) + (", ..." if len(idx) > 20 else "")
-    message = (f"{what} second derivatives (create_graph=True, nested torch.func.grad): {why} for "
-               f"{len(idx)} solved batch element(s), batch indices [{shown}]; the second-order terms "
-               "of their solution maps are zero — the derivatives of their gradients are zero for a "
-               "loss linear in the output (their gradients and the other elements' derivatives are exact)")
-    notes = _NOTES.get()
-    if notes is None:
-        warnings.warn(message, RuntimeWarning, stacklevel=3)
-    else:
-        notes.append(message)
-
-
-def with_notes(grads, notes: list, anchors):
-    """``grads`` (same values), each joined to ``anchors`` by a zero term whose backward emits the
-    ``notes`` as one ``RuntimeWarning`` (once per differentiation that reaches them)."""
-    live = _live(anchors)
-    if not notes or not live:
-        return grads
-    message = "; ".join(dict.fromkeys(notes))
-    out = []
-    for t in grads:
-        out.append(t if t is None else t + _WarnWhenDifferentiated.apply(message, t, *live).to(t.dtype))
-    return tuple(out)
 
 
 class ArgminProblem:

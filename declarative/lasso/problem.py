@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ..problem import ArgminProblem, note_zeroed_second_derivatives, second_order
+from ..problem import ArgminProblem
+from ..second_derivatives import note_zeroed_second_derivatives, second_order
 from ..solution import Solution
 from .solver import (LassoOptions, lasso_correlation, lasso_fista_polish, support_solve)
 

@@ -9,7 +9,8 @@ from typing import Sequence
 import torch
 
 from ..broadcasting import sum_to_shape
-from ..problem import ArgminProblem, second_order
+from ..problem import ArgminProblem
+from ..second_derivatives import second_order
 from ..solution import Solution
 from ..status import Status
 from .ipm import solve_qp_ipm
@@ -19,7 +20,7 @@ from .kkt_tangent import kkt_tangent
 from .linalg import _abs_max, _gather_rows, _with_batch
 from .options import QPOptions
 from .residuals import meets_tolerances, qp_residuals
-from .second_order import differentiable_kkt_solution
+from .differentiable_kkt import differentiable_kkt_solution
 
 __all__ = ["QPProblem"]
 
@@ -149,7 +150,7 @@ class QPProblem(ArgminProblem):
 
     param_names = ("Q", "q", "G", "h", "A", "b")
     #: second derivatives: the solution (and every nudged one) re-expressed by the KKT system on
-    #: its active set (``differentiable_solution``, ``second_order``)
+    #: its active set (``differentiable_solution``, ``differentiable_kkt``)
     second_derivative_modes = frozenset({"implicit", "contrastive", "symmetric", "equilibrium"})
 
     def __init__(self, options: QPOptions | None = None):
@@ -222,7 +223,7 @@ class QPProblem(ArgminProblem):
 
     def differentiable_solution(self, solution, params) -> Solution:
         """``solution`` with ``z`` and the multipliers differentiable in ``params`` through the KKT
-        system on its active set (``second_order``: same values, exact derivatives; zero
+        system on its active set (``differentiable_kkt``: same values, exact derivatives; zero
         derivatives, with a warning, for solved elements with weakly active constraints or a
         singular system). The active set is the one of the first-order backward: the active-set
         solver's, else the strongly active rows of ``classify_constraints``."""

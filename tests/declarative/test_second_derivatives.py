@@ -1,5 +1,5 @@
 """``create_graph=True`` backwards through iterative layers: exact where the problem declares the
-mode (``ArgminProblem.second_derivative_modes``; the QP's are in ``test_qp_second_order.py``);
+mode (``ArgminProblem.second_derivative_modes``; the QP's are in ``test_qp_differentiable_kkt.py``);
 elsewhere the first-order gradient, whose differentiation raises a ``NotImplementedError`` naming
 the problem and the mode — the gradients of those modes
 come from solver iterates that are constants for autograd, and their derivatives came out wrong

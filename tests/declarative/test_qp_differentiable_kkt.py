@@ -1,4 +1,4 @@
-"""Second derivatives through a QP (``create_graph=True``; ``declarative.qp.second_order``).
+"""Second derivatives through a QP (``create_graph=True``; ``declarative.qp.differentiable_kkt``).
 
 Each checks the derivative of the gradient against central differences of the gradient itself
 (the solution map is piecewise smooth: away from a change of active set, differences of 1e-6 are

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import torch
 
-from ..problem import note_zeroed_second_derivatives
+from ..second_derivatives import note_zeroed_second_derivatives
 from ..solution import Solution
 
 __all__ = ["differentiable_kkt_solution"]
