@@ -145,8 +145,13 @@ class LassoProblem(ArgminProblem):
             idx = torch.nonzero(need_qp).squeeze(-1)
             # θ as data (no derivative in a create_graph backward: see implicit_vjp); the tangent
             # keeps its derivative in g where its exact refinement holds
-            dq = _weakly_active_tangent(*(t[idx].detach() for t in (D, mu, S, W, s)), g2[idx])
+            dq, exact = _weakly_active_tangent(*(t[idx].detach() for t in (D, mu, S, W, s)), g2[idx])
             dz = dz.index_copy(0, idx, dq)
+            if torch.is_grad_enabled() and not bool(exact.all()):
+                lost = torch.zeros(B, dtype=torch.bool, device=D.device).index_copy(0, idx, ~exact)
+                note_zeroed_second_derivatives(lost, "weakly active coordinates whose backward QP's tangent is the "
+                                               "solver's, not its exact refinement (the derivative through the "
+                                               "cotangent is dropped too)", "lasso")
         return Solution(z=dz.reshape(solution.z.shape))
 
     def implicit_vjp(self, solution, params, g, needs):
@@ -198,6 +203,10 @@ def _weakly_active_tangent(D, mu, S, W, s, g):
     rows and zero linear term, whose solution is 0); one inequality row ``−s_i d_i ≤ 0`` per weakly
     active coordinate, padded with trivially satisfied rows ``0 ≤ 1``. Solved by the batched QP
     solver of ``declarative.qp.ipm`` (no second QP solver is written here).
+
+    Returns:
+        ``(d, exact)``: the tangent ``(B, k)`` and, ``(B,)``, where it is the exact refinement
+        (linear in ``g``, differentiable in it) rather than the solver's iterate (data).
     """
     from ..qp.ipm import solve_qp_ipm  # the shared batched QP solver
 
@@ -233,4 +242,4 @@ def _weakly_active_tangent(D, mu, S, W, s, g):
     feasible = ((s * d_ex >= -tol) | ~(W & F)).all(-1)
     dual_ok = ((s * grad_qp >= -tol) | ~(W & ~F)).all(-1)
     exact = ok & feasible & dual_ok
-    return torch.where(exact.unsqueeze(-1), d_ex, d_ipm)
+    return torch.where(exact.unsqueeze(-1), d_ex, d_ipm), exact

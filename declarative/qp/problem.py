@@ -10,7 +10,7 @@ import torch
 
 from ..broadcasting import sum_to_shape
 from ..problem import ArgminProblem
-from ..second_derivatives import second_order
+from ..second_derivatives import note_zeroed_second_derivatives, second_order
 from ..solution import Solution
 from ..status import Status
 from .ipm import solve_qp_ipm
@@ -390,31 +390,39 @@ class QPProblem(ArgminProblem):
             part = self._backward_qp(solution.z.detach().index_select(0, idx), sub, g_sub.detach(),
                                      strong.index_select(0, idx), weak.index_select(0, idx))
         part = self._linear_in_cotangent(part, solution.z.detach().index_select(0, idx), sub, g_sub,
-                                         strong.index_select(0, idx), weak.index_select(0, idx))
+                                         strong.index_select(0, idx), weak.index_select(0, idx), idx,
+                                         solution.z.shape[0])
         status = tangent.status.index_copy(0, idx, part.status)
         return Solution(z=tangent.z.index_copy(0, idx, part.z),
                         duals={k: v.index_copy(0, idx, part.duals[k]) for k, v in tangent.duals.items()},
                         status=status)
 
-    def _linear_in_cotangent(self, part: Solution, z, params, g, strong, weak) -> Solution:
-        """The backward QP's tangent ``part`` (data) with its derivative in ``g`` when ``g``
-        requires grad (a create_graph backward): the tangent is positively homogeneous and
-        piecewise linear in ``g``, linear where the backward QP's own active set — the strongly
-        active rows and the weakly active ones it holds with a positive multiplier — does not
-        change; there it is the KKT tangent on that set (``kkt_tangent``, torch ops in ``g``).
-        Values stay the backward QP's; an element whose KKT tangent does not reproduce them (to
-        ``1e-6`` of its size in float64, ``1e-3`` below; an ambiguous active set) keeps no
-        derivative."""
-        if not (torch.is_grad_enabled() and g.requires_grad):
+    def _linear_in_cotangent(self, part: Solution, z, params, g, strong, weak, rows=None, B=None) -> Solution:
+        """The backward QP's tangent ``part`` (data) with its derivative in ``g`` in a backward that
+        builds a graph: the tangent is positively homogeneous and piecewise linear in ``g``, linear
+        where the backward QP's own active set — the strongly active rows and the weakly active
+        ones it holds with a positive multiplier (relative to its largest) — does not change;
+        there it is the KKT tangent on that set (``kkt_tangent``, torch ops in ``g``). Values stay
+        the backward QP's; an element whose KKT tangent does not reproduce them (to ``1e-6`` of
+        its size in float64, ``1e-3`` below; an ambiguous active set) keeps no derivative, and a
+        note names it (its batch index: ``rows`` of a batch of ``B``, default all)."""
+        if not torch.is_grad_enabled():   # (not ``g.requires_grad``: under torch.func it reads False)
             return part
         dlam = part.duals["lam"]
-        held = weak & (dlam > 1e-9 * (1 + dlam.abs().amax(-1, keepdim=True)))
+        held = weak & (dlam > 1e-9 * dlam.abs().amax(-1, keepdim=True))   # scale-free: g may be tiny
         kkt = Solution(z=z, cache={"act": strong | held})
         dz, dl, dn = kkt_tangent(params[0], params[2], params[4], kkt, g.expand_as(z), self.options)
-        size = part.z.abs().amax(-1) + 1
         tol = 1e-6 if z.dtype == torch.float64 else 1e-3
         with torch.no_grad():
-            ok = (dz - part.z).abs().amax(-1) <= tol * size
+            size = part.z.abs().amax(-1)
+            ok = (dz - part.z).abs().amax(-1) <= tol * size + torch.finfo(z.dtype).tiny
+            lost = ~ok & (part.status == Status.SOLVED) if part.status is not None else ~ok
+            if bool(lost.any()):
+                if rows is not None:
+                    lost = torch.zeros(B, dtype=torch.bool, device=z.device).index_copy(0, rows, lost)
+                note_zeroed_second_derivatives(lost, "weakly active constraints whose backward QP's own active set "
+                                               "is ambiguous (the derivative through the cotangent is dropped "
+                                               "too)", "QP")
         keep = ok.unsqueeze(-1)
         duals = {"lam": part.duals["lam"] + torch.where(keep, dl - dl.detach(), 0.0)}
         if "nu" in part.duals:

@@ -234,3 +234,42 @@ def test_at_a_weakly_active_constraint_the_derivative_through_the_cotangent_is_k
     fd = (grad_q(q0 + e)[1][:, 1] - grad_q(q0 - e)[1][:, 1]) / 2e-6
     torch.testing.assert_close(d2[:, 1], fd, rtol=1e-6, atol=1e-8)
     assert abs(d2[0, 1].item() - 2.0) < 1e-9
+
+
+@pytest.mark.parametrize("k, c", [(1.0, 1.0), (1.0, 1e-7), (1e8, 1.0)])
+def test_derivative_through_the_cotangent_at_weakly_active_rows_is_scale_free(k, c):
+    """``degenerate_qp`` (weakly active rows), loss ``c·Σ w·z``, data ``Q, q`` scaled by ``k``:
+    ∂⟨Σ∇, 1⟩/∂w against central differences in w. With thresholds that had an absolute floor, a
+    small cotangent (c = 1e-7) or a large objective (k = 1e8, equilibrated: the cotangent reaches
+    the backward QP scaled down) picked the backward QP's active set wrong and gave 5.81 against
+    0.923, without a warning."""
+    Q0, q0, G, h = degenerate_qp(1)[:4]
+    gen = torch.Generator().manual_seed(1)
+    w0, U = torch.randn(q0.shape, generator=gen, **F64), torch.randn(q0.shape, generator=gen, **F64)
+
+    def total(w, create_graph):
+        ps = [t.clone().requires_grad_(True) for t in (Q0 * k, q0 * k, G, h)]
+        grads = torch.autograd.grad((c * w * solve_qp(*ps).z).sum(), ps, create_graph=create_graph)
+        return sum(a.sum() for a in grads)
+    w = w0.clone().requires_grad_(True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # (the weakly active rows' dropped second-order terms)
+        an = (torch.autograd.grad(total(w, True), w)[0] * U).sum() / c
+    fd = (total(w0 + 1e-6 * U, False) - total(w0 - 1e-6 * U, False)) / 2e-6 / c
+    torch.testing.assert_close(an, fd, rtol=1e-6, atol=1e-8)
+
+
+def test_nested_torch_func_grad_at_a_weakly_active_row_keeps_the_cotangent_derivative():
+    """Under ``torch.func`` the cotangent reads ``requires_grad = False``; the derivative through
+    it was dropped there (0.0 against −0.518 by differences, no warning)."""
+    Q, q0, G, h = degenerate_qp(1)[:4]
+    w0 = torch.randn(q0.shape, generator=torch.Generator().manual_seed(2), **F64)
+
+    def inner(w):
+        return torch.func.grad(lambda q_: (w * solve_qp(Q, q_, G, h).z).sum())(q0).sum()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        d = torch.func.grad(inner)(w0)
+    U = torch.randn(w0.shape, generator=torch.Generator().manual_seed(3), **F64)
+    fd = (inner(w0 + 1e-6 * U) - inner(w0 - 1e-6 * U)) / 2e-6
+    torch.testing.assert_close((d * U).sum(), fd, rtol=1e-6, atol=1e-8)
