@@ -24,7 +24,7 @@ import warnings
 
 import torch
 
-__all__ = ["note_zeroed_second_derivatives", "refused_when_differentiated", "second_order",
+__all__ = ["building_graph", "note_zeroed_second_derivatives", "refused_when_differentiated", "second_order",
            "second_order_notes", "with_notes", "with_zero_derivatives"]
 
 
@@ -84,6 +84,13 @@ def second_order_notes():
         yield notes
     finally:
         _NOTES.reset(token)
+
+
+def building_graph() -> bool:
+    """Whether this runs inside a backward that builds a graph of its own (``second_order_notes``:
+    ``create_graph=True``, every backward under ``torch.func.grad``) — not merely with gradient
+    mode on, as a direct call of a problem's methods usually is."""
+    return _NOTES.get() is not None
 
 
 def note_zeroed_second_derivatives(zeroed: torch.Tensor, why: str, what: str) -> None:

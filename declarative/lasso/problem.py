@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..problem import ArgminProblem
-from ..second_derivatives import note_zeroed_second_derivatives, second_order
+from ..second_derivatives import building_graph, note_zeroed_second_derivatives, second_order
 from ..solution import Solution
 from .solver import (LassoOptions, lasso_correlation, lasso_fista_polish, support_solve)
 
@@ -147,7 +147,7 @@ class LassoProblem(ArgminProblem):
             # keeps its derivative in g where its exact refinement holds
             dq, exact = _weakly_active_tangent(*(t[idx].detach() for t in (D, mu, S, W, s)), g2[idx])
             dz = dz.index_copy(0, idx, dq)
-            if torch.is_grad_enabled() and not bool(exact.all()):
+            if building_graph() and not bool(exact.all()):
                 lost = torch.zeros(B, dtype=torch.bool, device=D.device).index_copy(0, idx, ~exact)
                 note_zeroed_second_derivatives(lost, "weakly active coordinates whose backward QP's tangent is the "
                                                "solver's, not its exact refinement (the derivative through the "

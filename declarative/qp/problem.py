@@ -10,7 +10,7 @@ import torch
 
 from ..broadcasting import sum_to_shape
 from ..problem import ArgminProblem
-from ..second_derivatives import note_zeroed_second_derivatives, second_order
+from ..second_derivatives import building_graph, note_zeroed_second_derivatives, second_order
 from ..solution import Solution
 from ..status import Status
 from .ipm import solve_qp_ipm
@@ -399,14 +399,15 @@ class QPProblem(ArgminProblem):
 
     def _linear_in_cotangent(self, part: Solution, z, params, g, strong, weak, rows=None, B=None) -> Solution:
         """The backward QP's tangent ``part`` (data) with its derivative in ``g`` in a backward that
-        builds a graph: the tangent is positively homogeneous and piecewise linear in ``g``, linear
-        where the backward QP's own active set — the strongly active rows and the weakly active
-        ones it holds with a positive multiplier (relative to its largest) — does not change;
+        builds a graph (``building_graph``): the tangent is positively homogeneous and piecewise
+        linear in ``g``, linear where the backward QP's own active set — the strongly active rows
+        and the weakly active ones it holds with a positive multiplier (relative to its largest) —
+        does not change;
         there it is the KKT tangent on that set (``kkt_tangent``, torch ops in ``g``). Values stay
         the backward QP's; an element whose KKT tangent does not reproduce them (to ``1e-6`` of
         its size in float64, ``1e-3`` below; an ambiguous active set) keeps no derivative, and a
         note names it (its batch index: ``rows`` of a batch of ``B``, default all)."""
-        if not torch.is_grad_enabled():   # (not ``g.requires_grad``: under torch.func it reads False)
+        if not building_graph():   # (not ``g.requires_grad``: under torch.func it reads False)
             return part
         dlam = part.duals["lam"]
         held = weak & (dlam > 1e-9 * dlam.abs().amax(-1, keepdim=True))   # scale-free: g may be tiny
