@@ -52,21 +52,31 @@ def with_zero_derivatives(grads, anchors):
     return tuple(t if t is None or t.requires_grad else t + zero.to(t.dtype) for t in grads)
 
 
+class _Warning:
+    """One warning shared by the nodes of one backward's gradients: emitted once, by the first of
+    them that a differentiation reaches (a plain object: ``torch.func`` passes it as it is)."""
+
+    def __init__(self, message: str):
+        self.message, self.sent = message, False
+
+
 class _WarnWhenDifferentiated(torch.autograd.Function):
     """A zero scalar joined to ``anchors``; its backward (taken only when a derivative passes
-    through it) emits ``RuntimeWarning(message)`` and returns zeros."""
+    through it) emits the shared ``warning`` (once) and returns zeros."""
 
     @staticmethod
-    def forward(message, like, *anchors):
+    def forward(warning, like, *anchors):
         return like.new_zeros(())
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        ctx.message = inputs[0]
+        ctx.warning = inputs[0]
 
     @staticmethod
     def backward(ctx, _):
-        warnings.warn(ctx.message, RuntimeWarning, stacklevel=2)
+        if not ctx.warning.sent:
+            ctx.warning.sent = True
+            warnings.warn(ctx.warning.message, RuntimeWarning, stacklevel=2)
         return None, None, *([None] * (len(ctx.needs_input_grad) - 2))
 
 
@@ -117,14 +127,15 @@ def note_zeroed_second_derivatives(zeroed: torch.Tensor, why: str, what: str) ->
 
 def with_notes(grads, notes: list, anchors):
     """``grads`` (same values), each joined to ``anchors`` by a zero term whose backward emits the
-    ``notes`` as one ``RuntimeWarning`` (once per differentiation that reaches them)."""
+    ``notes`` as one ``RuntimeWarning``, once: at the first differentiation that reaches any of
+    them."""
     live = _live(anchors)
     if not notes or not live:
         return grads
-    message = "; ".join(dict.fromkeys(notes))
+    warning = _Warning("; ".join(dict.fromkeys(notes)))
     out = []
     for t in grads:
-        out.append(t if t is None else t + _WarnWhenDifferentiated.apply(message, t, *live).to(t.dtype))
+        out.append(t if t is None else t + _WarnWhenDifferentiated.apply(warning, t, *live).to(t.dtype))
     return tuple(out)
 
 
