@@ -43,11 +43,15 @@ def test_vjp_equals_autograd():
     torch.testing.assert_close(pullback(w)[0], _autograd(lambda G_: (solve_qp(Q, q, G_, h, A, b).z * w).sum(), G))
 
 
-def test_nested_grad_equals_double_backward():
-    V = torch.randn(G.shape, generator=GEN, **F64)
-    nested = torch.func.grad(lambda G_: (torch.func.grad(_qp_loss)(G_) * V).sum())(G)
-    x = G.clone().requires_grad_(True)
-    (g,) = torch.autograd.grad(_qp_loss(x), x, create_graph=True)
+def test_nested_grad_equals_double_backward(device):
+    Qd, qd, Gd, hd, Ad, bd = (t.to(device) for t in (Q, q, G, h, A, b))
+
+    def loss(G_):
+        return (solve_qp(Qd, qd, G_, hd, Ad, bd).z ** 2).sum()
+    V = torch.randn(G.shape, generator=GEN, **F64).to(device)
+    nested = torch.func.grad(lambda G_: (torch.func.grad(loss)(G_) * V).sum())(Gd)
+    x = Gd.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(loss(x), x, create_graph=True)
     torch.testing.assert_close(nested, torch.autograd.grad((g * V).sum(), x)[0])
 
 

@@ -68,10 +68,10 @@ def test_contrastive_second_derivatives_are_those_of_the_surrogate(B, mode, name
 
 
 @pytest.mark.parametrize("B", [1, 3])
-def test_gradgradcheck_of_every_parameter(B):
+def test_gradgradcheck_of_every_parameter(B, device):
     """All six parameters at once: the mixed second derivatives and those with respect to the
     cotangent too."""
-    data = [t.clone().requires_grad_(True) for t in random_qp(B, 4, 5, 2, seed=2)]
+    data = [t.to(device).requires_grad_(True) for t in random_qp(B, 4, 5, 2, seed=2)]
 
     def f(Q, q, G, h, A, b):
         return solve_qp(0.5 * (Q + Q.transpose(-1, -2)), q, G, h, A, b).z
