@@ -31,7 +31,8 @@ import inspect
 import torch
 
 from .broadcasting import sum_to_shape
-from .second_derivatives import refused_when_differentiated, second_order_notes, with_notes, with_zero_derivatives
+from .second_derivatives import (detached, refused_when_differentiated, second_order_notes, with_notes,
+                                 with_zero_derivatives)
 from .solution import Solution
 
 
@@ -139,6 +140,15 @@ def apply_closed_form(problem, mode, params) -> torch.Tensor:
     return ClosedFormFunction.apply(problem, mode, *params)
 
 
+def _save(ctx, problem, mode, params, sol: Solution, z: torch.Tensor) -> None:
+    """What ``ArgminFunction.backward`` reads: the parameters, ``z``, the status, the duals and the
+    cache saved by position (``ctx.layout``), the diagnostics on the context."""
+    ctx.problem, ctx.mode = problem, mode
+    ctx.layout = (len(params), tuple(sol.duals), tuple(sol.cache))
+    ctx.diagnostics = (sol.iterations, sol.residuals)
+    ctx.save_for_backward(*params, z, sol.status, *sol.duals.values(), *sol.cache.values())
+
+
 class ArgminFunction(torch.autograd.Function):
     """``z* = argmin_z E(z; θ)`` for an iterative solver, as an autograd node.
 
@@ -156,11 +166,7 @@ class ArgminFunction(torch.autograd.Function):
     def forward(ctx, problem, mode, warm_start, box, *params):
         sol = problem.solve(params, warm_start=warm_start)
         box.append(sol)
-        duals, cache = sol.duals, sol.cache
-        ctx.problem, ctx.mode = problem, mode
-        ctx.layout = (len(params), tuple(duals), tuple(cache))
-        ctx.diagnostics = (sol.iterations, sol.residuals)
-        ctx.save_for_backward(*params, sol.z, sol.status, *duals.values(), *cache.values())
+        _save(ctx, problem, mode, params, sol, sol.z)
         return sol.z
 
     @staticmethod
@@ -222,7 +228,7 @@ def _graph_building_vjp(problem, mode, params, solution, g, needs):
     with a node that raises ``NotImplementedError`` when they are differentiated: a first-order use
     works, a second derivative is refused instead of being wrong."""
     name = getattr(mode, "name", None)
-    anchors = [t for t in (*params, g) if t is not None and t.requires_grad]
+    anchors = (*params, g)   # (the helpers keep those that require grad)
     if name == "first_order":   # zero gradients, whose derivatives are zero
         return with_zero_derivatives(_vjp_grads(problem, mode, params, solution, g, needs), anchors)
     if name in problem.second_derivative_modes:
@@ -233,8 +239,7 @@ def _graph_building_vjp(problem, mode, params, solution, g, needs):
         # notes of elements whose second-order terms were dropped are warned about when used
         return with_notes(with_zero_derivatives(grads, anchors), notes, anchors)
     with torch.no_grad():
-        plain = [None if p is None else p.detach() for p in params]
-        grads = _vjp_grads(problem, mode, plain, solution.detach(), g.detach(), needs)
+        grads = _vjp_grads(problem, mode, detached(params), solution.detach(), g.detach(), needs)
     supported = sorted(problem.second_derivative_modes)
     message = (
         f"second derivatives (a backward with create_graph=True, or nested torch.func.grad) through "
@@ -263,11 +268,7 @@ class _TransformArgminFunction(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         problem, mode, _, box, *params = inputs
-        sol = box[-1]
-        ctx.problem, ctx.mode = problem, mode
-        ctx.layout = (len(params), tuple(sol.duals), tuple(sol.cache))
-        ctx.diagnostics = (sol.iterations, sol.residuals)
-        ctx.save_for_backward(*params, output, sol.status, *sol.duals.values(), *sol.cache.values())
+        _save(ctx, problem, mode, params, box[-1], output)
 
     @staticmethod
     def backward(ctx, g):

@@ -7,6 +7,7 @@ solution in torch ops (``ArgminProblem.differentiable_solution``) give exact sec
 here are the rest of the rules:
 
 * ``second_order`` — whether a backward is building a graph through data that need gradients;
+* ``derivative_of`` — a value with another expression's derivative (``v + (x − x.detach())``);
 * ``with_zero_derivatives`` — gradients left without a graph get exactly-zero derivatives (rather
   than autograd's "does not require grad");
 * ``note_zeroed_second_derivatives`` / ``second_order_notes`` / ``with_notes`` — elements whose
@@ -24,16 +25,28 @@ import warnings
 
 import torch
 
-__all__ = ["building_graph", "note_zeroed_second_derivatives", "refused_when_differentiated", "second_order",
-           "second_order_notes", "with_notes", "with_zero_derivatives"]
+__all__ = ["building_graph", "derivative_of", "detached", "note_zeroed_second_derivatives",
+           "refused_when_differentiated", "second_order", "second_order_notes", "with_notes",
+           "with_zero_derivatives"]
 
 
 def second_order(params, g: torch.Tensor | None = None) -> bool:
     """Whether a backward is building a graph of its own (``create_graph=True``) through data that
     need gradients: autograd runs a backward with gradient mode on only then."""
-    if not torch.is_grad_enabled():
-        return False
-    return any(p is not None and p.requires_grad for p in params) or (g is not None and g.requires_grad)
+    return torch.is_grad_enabled() and bool(_live((*params, g)))
+
+
+def detached(tensors) -> tuple:
+    """The tensors detached (None stays None): data for a solve inside a backward."""
+    return tuple(None if t is None else t.detach() for t in tensors)
+
+
+def derivative_of(x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+    """Zeros carrying ``x``'s derivative on the batch elements ``keep`` (``(B,)`` bool; None: all)
+    and none on the others: added to a value, it lends that value ``x``'s derivative without
+    changing it (``v + (x − x.detach())``)."""
+    d = x - x.detach()
+    return d if keep is None else torch.where(keep.reshape(-1, *([1] * (x.dim() - 1))), d, 0.0)
 
 
 def _live(anchors) -> list:

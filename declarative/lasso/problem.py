@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..problem import ArgminProblem
-from ..second_derivatives import building_graph, note_zeroed_second_derivatives, second_order
+from ..second_derivatives import building_graph, derivative_of, note_zeroed_second_derivatives, second_order
 from ..solution import Solution
 from .solver import (LassoOptions, lasso_correlation, lasso_fista_polish, support_solve)
 
@@ -169,10 +169,8 @@ class LassoProblem(ArgminProblem):
             return super().implicit_vjp(solution, params, g, needs)
         note_zeroed_second_derivatives(weak, "weakly active coordinates (the gradient has a kink there)", "lasso")
         D, x, lam, mu, z = _canonical(params, solution.z)
-        keep = ~weak
-
         def cut(t):   # the weak elements' rows as constants
-            return torch.where(keep.reshape(-1, *([1] * (t.dim() - 1))), t, t.detach())
+            return t.detach() + derivative_of(t, ~weak)
         cut_params = (cut(D), cut(x), cut(lam), cut(mu))[: len(params)]
         cut_solution = Solution(z=cut(z).reshape(solution.z.shape), status=solution.status)
         return super().implicit_vjp(cut_solution, cut_params, g, needs)

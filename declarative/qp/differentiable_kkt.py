@@ -41,8 +41,9 @@ from __future__ import annotations
 
 import torch
 
-from ..second_derivatives import note_zeroed_second_derivatives
+from ..second_derivatives import derivative_of, note_zeroed_second_derivatives
 from ..solution import Solution
+from .linalg import _zero_rows
 
 __all__ = ["differentiable_kkt_solution"]
 
@@ -71,8 +72,7 @@ def _kkt_system(params, active: torch.Tensor | None, B: int):
         Gk = G * a.unsqueeze(-1)
         blocks.append((Gk, torch.diag_embed(a - 1.0), a * h))
     if A is not None and A.shape[-2]:
-        zero = (A.abs().amax(-1) == 0).to(torch.float64)
-        blocks.append((A, torch.diag_embed(zero), b))
+        blocks.append((A, torch.diag_embed(_zero_rows(A, torch.float64)), b))
     for M, _, _ in blocks:
         rows[0].append(M.transpose(-1, -2))
     for i, (M, D, r) in enumerate(blocks):
@@ -129,13 +129,10 @@ def differentiable_kkt_solution(solution: Solution, params, active: torch.Tensor
     keep = ok.reshape(-1, 1, 1)
     eye = torch.eye(K.shape[-1], dtype=K.dtype, device=K.device)
     x = torch.linalg.solve(torch.where(keep, K, eye), torch.where(keep[..., 0], r, 0.0).unsqueeze(-1)).squeeze(-1)
-    delta = torch.where(ok.unsqueeze(-1), x - x.detach(), 0.0).to(dtype)
-    parts = list(delta.split([t.shape[-1] if t is not None else 0 for t in (z, lam, nu)], -1))
-    out_z = z.detach() + parts[0]
+    parts = x.to(dtype).split([t.shape[-1] if t is not None else 0 for t in (z, lam, nu)], -1)
     duals = dict(solution.duals)
-    if lam is not None:
-        duals["lam"] = lam.detach() + parts[1]
-    if nu is not None:
-        duals["nu"] = nu.detach() + parts[2]
-    return Solution(z=out_z, duals=duals, status=solution.status, iterations=solution.iterations,
-                    residuals=solution.residuals, cache=solution.cache)
+    for key, value, part in (("lam", lam, parts[1]), ("nu", nu, parts[2])):
+        if value is not None:
+            duals[key] = value.detach() + derivative_of(part, ok)
+    return Solution(z=z.detach() + derivative_of(parts[0], ok), duals=duals, status=solution.status,
+                    iterations=solution.iterations, residuals=solution.residuals, cache=solution.cache)

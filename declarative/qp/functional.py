@@ -103,8 +103,9 @@ def _single_passes(Q1: torch.Tensor, tol: float) -> bool:
     """One matrix (B = 1): the checks of ``_check_psd`` with fewer operations, through one host
     transfer (on the CPU, three reads) — the asymmetry, and a Cholesky of ``Q`` itself: if it
     succeeds, ``Q`` is positive definite and so is ``Q + εI``. False (not necessarily failing)
-    otherwise: then the full checks decide. Below ``2¹⁶`` entries only, where the full check's Cholesky reads the same
-    (upper) triangle (above, it factors the transposed layout: the lower one)."""
+    otherwise: then the full checks decide. Below ``2¹⁶`` entries only, where the full check's
+    Cholesky reads the same (upper) triangle (above, it factors the transposed layout: the lower
+    one)."""
     asym = torch.linalg.vector_norm(torch.sub(Q1, Q1.mT), float("inf"))
     scale = torch.linalg.vector_norm(Q1.diagonal(), float("inf"))
     info = torch.linalg.cholesky_ex(Q1, upper=True).info

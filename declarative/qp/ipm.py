@@ -64,7 +64,7 @@ import torch
 
 from ..solution import Solution
 from ..status import Status
-from .linalg import _Factor, _inf_norm, _mtv, _mtvs, _mv, _mvs, _shared, _static_reg, _with_batch
+from .linalg import _Factor, _inf_norm, _mtv, _mtvs, _mv, _mvs, _shared, _static_reg, _with_batch, _zero_rows
 from .options import DEFAULT_REG, DEFAULT_TOL_INFEASIBLE, QPOptions
 from .residuals import (CERTIFICATE_TOL, dual_certificate_holds, meets_tolerances, primal_certificate_holds,
                         qp_residuals)
@@ -491,7 +491,7 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
     zero_eq = None
     if A is not None:
         AtA = opts.rho * (A.transpose(-1, -2) @ A) if opts.rho > 0 else None
-        zero_eq = (A.abs().amax(-1) == 0).to(dtype)   # rows of zeros: fixed multiplier 0
+        zero_eq = _zero_rows(A, dtype)   # rows of zeros: fixed multiplier 0
     reg = _static_reg(Q, AtA, opts)
     QA = Q if AtA is None else Q + AtA   # the constant part of every reduced KKT matrix, formed once
     hnorm = _inf_norm(h) if G is not None else torch.zeros((), dtype=dtype, device=device)

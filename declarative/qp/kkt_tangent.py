@@ -7,7 +7,7 @@ import torch
 
 from ..solution import Solution
 from .active_set import refine_lu
-from .linalg import _Factor, _mtv, _mv, _static_reg, _with_batch
+from .linalg import _Factor, _mtv, _mv, _static_reg, _with_batch, _zero_rows
 from .options import QPOptions
 from .polish import _active_system, _refine_active, _refine_tol
 
@@ -81,7 +81,7 @@ def kkt_tangent(Q: torch.Tensor, G: torch.Tensor | None, A: torch.Tensor | None,
             if Ab is not None:
                 dnu = dnu.index_copy(0, sub, dnu_)
         return dz, dlam, (dnu if Ab is not None else empty)
-    zero_eq = None if Ab is None else (Ab.abs().amax(-1) == 0).to(z.dtype)
+    zero_eq = None if Ab is None else _zero_rows(Ab, z.dtype)
     AtA = None if Ab is None or opts.rho == 0 else opts.rho * (Ab.transpose(-1, -2) @ Ab)
     reg = _static_reg(Qb, AtA, opts)
     if Gb is not None and "act" in cache and "act_idx" not in cache:

@@ -99,6 +99,12 @@ def _cholesky_upper(H: torch.Tensor):
 _NORM_SMALL = 256
 
 
+def _zero_rows(M: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``1`` for each row of ``M`` that is all zeros, else ``0``, in ``dtype``: an equality row of
+    zeros, whose multiplier the KKT systems fix at zero (``ν_i = b_i``, ``b_i = 0`` if feasible)."""
+    return (M.abs().amax(-1) == 0).to(dtype)
+
+
 def _abs_max(x: torch.Tensor, dim=-1, keepdim: bool = False) -> torch.Tensor:
     """``max |x|`` over ``dim`` (NaN propagates)."""
     if x.numel() <= _NORM_SMALL:

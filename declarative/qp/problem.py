@@ -10,7 +10,7 @@ import torch
 
 from ..broadcasting import sum_to_shape
 from ..problem import ArgminProblem
-from ..second_derivatives import building_graph, note_zeroed_second_derivatives, second_order
+from ..second_derivatives import building_graph, derivative_of, detached, note_zeroed_second_derivatives, second_order
 from ..solution import Solution
 from ..status import Status
 from .ipm import solve_qp_ipm
@@ -218,7 +218,7 @@ class QPProblem(ArgminProblem):
         # a create_graph backward (the contrastive modes' second derivatives): solved as data, then
         # made differentiable in θ and g by the KKT system on its own active set
         with torch.no_grad():
-            sol = self.solve(tuple(None if t is None else t.detach() for t in nudged), warm_start)
+            sol = self.solve(detached(nudged), warm_start)
         return self.differentiable_solution(sol, nudged)
 
     def differentiable_solution(self, solution, params) -> Solution:
@@ -237,7 +237,7 @@ class QPProblem(ArgminProblem):
             active, usable = solution.cache["act_strict"], solved
         else:
             with torch.no_grad():
-                plain = tuple(None if t is None else t.detach() for t in params)
+                plain = detached(params)
                 eq = Equilibration.stored(solution.cache)
                 if eq is not None:
                     strong, weak = self.classify_constraints(eq.scaled_solution(solution.detach()), eq.params(plain))
@@ -255,8 +255,7 @@ class QPProblem(ArgminProblem):
         is then ``differentiable_solution``'s, as ``ArgminFunction`` passes it)."""
         if not second_order(params):
             return super().implicit_vjp(solution, params, g, needs)
-        plain = tuple(None if t is None else t.detach() for t in params)
-        first = super().implicit_vjp(solution.detach(), plain, g, needs)   # in g only
+        first = super().implicit_vjp(solution.detach(), detached(params), g, needs)   # in g only
         z = solution.z   # (``ArgminFunction`` passes ``differentiable_solution``'s)
         leaves = [i for i, (p, need) in enumerate(zip(params, needs)) if need and p is not None and p.requires_grad]
         grads = [None] * len(params)
@@ -270,7 +269,7 @@ class QPProblem(ArgminProblem):
             if f is not None and p is not None:
                 f = sum_to_shape(f, p.shape)
                 if d is not None:
-                    f = f + (d - d.detach())
+                    f = f + derivative_of(d)
             out.append(f)
         return tuple(out)
 
@@ -377,7 +376,7 @@ class QPProblem(ArgminProblem):
         strong, weak = masks
         # the backward QP is solved as data (in a create_graph backward its tangent gets its
         # derivative in g from ``_linear_in_cotangent``; none in θ, see ``differentiable_solution``)
-        plain = tuple(None if t is None else t.detach() for t in params)
+        plain = detached(params)
         if bool(qp.all()):
             with torch.no_grad():
                 part = self._backward_qp(solution.z.detach(), plain, g.detach(), strong, weak)
@@ -402,9 +401,8 @@ class QPProblem(ArgminProblem):
         builds a graph (``building_graph``): the tangent is positively homogeneous and piecewise
         linear in ``g``, linear where the backward QP's own active set — the strongly active rows
         and the weakly active ones it holds with a positive multiplier (relative to its largest) —
-        does not change;
-        there it is the KKT tangent on that set (``kkt_tangent``, torch ops in ``g``). Values stay
-        the backward QP's; an element whose KKT tangent does not reproduce them (to ``1e-6`` of
+        does not change; there it is the KKT tangent on that set (``kkt_tangent``, torch ops in
+        ``g``). Values stay the backward QP's; an element whose KKT tangent does not reproduce them (to ``1e-6`` of
         its size in float64, ``1e-3`` below; an ambiguous active set) keeps no derivative, and a
         note names it (its batch index: ``rows`` of a batch of ``B``, default all)."""
         if not building_graph():   # (not ``g.requires_grad``: under torch.func it reads False)
@@ -424,11 +422,10 @@ class QPProblem(ArgminProblem):
                 note_zeroed_second_derivatives(lost, "weakly active constraints whose backward QP's own active set "
                                                "is ambiguous (the derivative through the cotangent is dropped "
                                                "too)", "QP")
-        keep = ok.unsqueeze(-1)
-        duals = {"lam": part.duals["lam"] + torch.where(keep, dl - dl.detach(), 0.0)}
+        duals = {"lam": part.duals["lam"] + derivative_of(dl, ok)}
         if "nu" in part.duals:
-            duals["nu"] = part.duals["nu"] + (torch.where(keep, dn - dn.detach(), 0.0) if dn.shape[-1] else 0.0)
-        return Solution(z=part.z + torch.where(keep, dz - dz.detach(), 0.0), duals=duals, status=part.status,
+            duals["nu"] = part.duals["nu"] + (derivative_of(dn, ok) if dn.shape[-1] else 0.0)
+        return Solution(z=part.z + derivative_of(dz, ok), duals=duals, status=part.status,
                         iterations=part.iterations, residuals=part.residuals)
 
     @staticmethod
