@@ -215,6 +215,7 @@ def _rejected() -> list:
         r"FixedPoint\(k=2\).*fixed-point map.*QPProblem")
     add("QPLayer-contrastive-no-beta", lambda: layers.QPLayer(mode="contrastive"), ValueError, r"beta")
     add("QPOptions-max-iter", lambda: QPOptions(max_iter=0), ValueError, r"max_iter")
+    add("QPOptions-proximal-max-iter", lambda: QPOptions(proximal_max_iter=-1), ValueError, r"proximal_max_iter")
 
     # lasso: solve_lasso and LassoLayer ---------------------------------------------------------------
     for entry, f in (("solve_lasso", lambda **d: dc.solve_lasso(**d)),

@@ -38,7 +38,9 @@ complement of the gathered active rows (``_polish``). Elements whose polish fail
 tighter tolerance and are polished again. The first iteration reuses the factorisation of the
 starting point (``λ = s``, weights 1). A primal and gap converged element whose dual residual grows
 (ill-conditioned Newton systems, typically float32) is stopped and handed to the polish as well;
-if that polish fails it iterates on (in float64) like the others.
+if that polish fails it iterates on (in float64) like the others. Elements that end ``INACCURATE``
+(or ``NON_FINITE`` with finite data) are solved again by the second solver, the proximal
+interior-point method of ``proximal_ipm`` (``_second_solver``; ``QPOptions.proximal_max_iter``).
 
 Mixed precision (``QPOptions.mixed_precision``): for float64 problems with inequalities the first
 phase (to ``polish_tol``) runs on a float32 copy of the data (``_Working``, ``_lowered``) — the
@@ -67,9 +69,10 @@ from ..status import Status
 from .linalg import _Factor, _inf_norm, _mtv, _mtvs, _mv, _mvs, _shared, _static_reg, _with_batch, _zero_rows
 from .options import DEFAULT_REG, DEFAULT_TOL_INFEASIBLE, QPOptions
 from .residuals import (CERTIFICATE_TOL, dual_certificate_holds, meets_tolerances, primal_certificate_holds,
-                        qp_residuals)
+                        qp_residuals, within_factor)
 # looked up in this namespace by ``solve_qp_ipm`` (the tests replace them here)
 from .polish import _PROX, _PROX_STEPS, _least_norm_multipliers, _polish, _polish_penalty, _strict
+from .proximal_ipm import solve_qp_proximal
 
 __all__ = ["solve_qp_ipm"]
 
@@ -1009,8 +1012,77 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
                 cache["act"] = torch.where(b_, lam > s, cache["act"])
             lam_, nu_ = (lam if G is not None else z.new_zeros(B, 0)), (nu if A is not None else z.new_zeros(B, 0))
             res, _ = on_original(z, lam_, nu_)
+    redo = (status == int(Status.INACCURATE)) | (status == nonfinite_code)
+    if bad is not None:
+        redo = redo & ~bad
+    if G is not None and opts.contract and opts.proximal_max_iter > 0 and bool(redo.any()):
+        z, s, lam, nu, status, iterations, res = _second_solver(
+            (Q, q, G, h, A, b), (z, s, lam, nu), status, iterations, cache, redo, on_original, opts)
     pres, dres, gap = (r_.to(dtype) for r_ in (res.primal, res.dual, res.gap))
     duals = {"lam": lam if G is not None else z.new_zeros(B, 0),
              "nu": nu if A is not None else z.new_zeros(B, 0)}
     return Solution(z=z, duals=duals, status=status, iterations=iterations,
                     residuals={"primal": pres, "dual": dres, "gap": gap}, cache=cache)
+
+
+#: the second solver's answers are taken where they meet the contract with no residual above this
+#: many times its tolerance (the contract's rounding allowance capped there): its iterates are not
+#: polished onto an active set, and where the multipliers reach 1e13 (QFORPLAN) the allowance
+#: alone spans 1e-3
+_SECOND_SOLVER_FACTOR = 100.0
+
+#: cache entries that hold one factorisation for the whole batch (valid only if every element's
+#: active set is the one factorised)
+_BATCH_FACTORS = ("U", "act_idx", "act_valid", "Y", "Us")
+
+
+def _second_solver(data, state, status, iterations, cache, redo, on_original, opts):
+    """The elements ``redo`` (``INACCURATE``, or ``NON_FINITE`` with finite data) solved again by
+    the proximal interior-point method (``proximal_ipm``, at most ``opts.proximal_max_iter``
+    iterations of its own, counted in ``iterations``). Where its iterate meets the SOLVED contract
+    on the original problem, with no residual above ``_SECOND_SOLVER_FACTOR`` times its tolerance
+    (``residuals.within_factor``), it replaces the element's answer (``SOLVED``; the backward's active set
+    is its strict-complementarity guess ``λ > s``); elsewhere the answer stays as it was.
+
+    Returns ``(z, s, λ, ν, status, iterations, residuals)`` of the whole batch; ``cache`` is updated
+    in place.
+    """
+    z, s, lam, nu = state
+    ix = torch.nonzero(redo).reshape(-1)
+    A = data[4]
+    part = tuple(t if t is None or t.shape[0] == 1 else t.index_select(0, ix) for t in data)
+
+    def whole(zs, ls, ns):
+        """The batch with the elements ``ix`` replaced."""
+        return (z.index_copy(0, ix, zs), lam.index_copy(0, ix, ls),
+                nu.index_copy(0, ix, ns) if A is not None else z.new_zeros(z.shape[0], 0))
+
+    def accept(zs, ls, ns):
+        res, ok = on_original(*whole(zs, ls, ns))
+        return (ok & within_factor(res, opts.eps_abs, opts.eps_rel, _SECOND_SOLVER_FACTOR)).index_select(0, ix)
+
+    st, its, accepted = solve_qp_proximal(part, accept=accept, max_iter=opts.proximal_max_iter,
+                                          fraction=opts.step_fraction)
+    won = torch.zeros_like(redo).index_copy(0, ix, accepted)
+    iterations = iterations.index_add(0, ix, its)
+    if bool(won.any()):
+        w_ = won.unsqueeze(-1)
+        z_new, lam_new, nu_new = whole(st.z, st.lam, st.nu)
+        s_new = s.index_copy(0, ix, st.s.clamp(min=0))
+        z, s, lam = (torch.where(w_, a_, b_) for a_, b_ in ((z_new, z), (s_new, s), (lam_new, lam)))
+        if A is not None:
+            nu = torch.where(w_, nu_new, nu)
+        status = torch.where(won, int(Status.SOLVED), status)
+        if "act" in cache:
+            cache["act"] = torch.where(w_, lam > s, cache["act"])
+            cache["polished"] = cache["polished"] & ~won
+            if "pre_ok" in cache:
+                cache["pre_ok"] = cache["pre_ok"] & ~won
+            for key in _BATCH_FACTORS:
+                cache.pop(key, None)
+        cache["s"] = s
+        if "w" in cache:
+            cache["w"] = torch.where(w_, (lam / s.clamp(min=torch.finfo(s.dtype).tiny)).clamp(
+                max=1.0 / torch.finfo(s.dtype).eps ** 2), cache["w"])
+    res, _ = on_original(z, lam, nu if A is not None else z.new_zeros(z.shape[0], 0))
+    return z, s, lam, nu, status, iterations, res

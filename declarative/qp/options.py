@@ -128,6 +128,12 @@ class QPOptions:
             exact, no polish) instead of the interior-point method, which takes over whenever it
             does not apply or does not succeed. Used by ``QPProblem`` (the layer and ``solve_qp``),
             not by the raw ``solve_qp_ipm``. False: always the interior-point method.
+        proximal_max_iter: iteration limit of the second solver: elements (with inequalities)
+            that the interior-point method leaves ``INACCURATE`` — or ``NON_FINITE`` although
+            their data are finite — are solved again from the cold start by the proximal
+            interior-point method (``qp.proximal_ipm``), whose answer replaces theirs (as
+            ``SOLVED``) where it meets the contract; its iterations add to ``Solution.iterations``.
+            0: no second solver. Needs ``contract`` (it stops on the contract).
     """
 
     eps_abs: float | None = None
@@ -148,6 +154,7 @@ class QPOptions:
     mixed_precision: bool | None = None
     active_set: bool = True
     contract: bool = True
+    proximal_max_iter: int = 150
 
     def __post_init__(self):
         for name in ("tol", "tol_primal", "tol_dual", "tol_gap", "reg", "tol_infeasible", "active_tol",
@@ -170,6 +177,9 @@ class QPOptions:
             raise ValueError(f"QPOptions.contract: expected True or False, got {self.contract!r}")
         if not isinstance(self.active_set, bool):
             raise ValueError(f"QPOptions.active_set: expected True or False, got {self.active_set!r}")
+        if (isinstance(self.proximal_max_iter, bool) or not isinstance(self.proximal_max_iter, int)
+                or self.proximal_max_iter < 0):
+            raise ValueError(f"QPOptions.proximal_max_iter: expected an integer >= 0, got {self.proximal_max_iter!r}")
         if not self.warm_start_margin > 0:
             raise ValueError(f"QPOptions.warm_start_margin: expected a number > 0, got {self.warm_start_margin!r}")
 

@@ -146,6 +146,14 @@ def meets_tolerances(res: QPResiduals, eps_abs: float, eps_rel: float, unit: flo
             & (res.gap <= eps_abs + eps_rel * res.gap_scale + allowance(res.gap_scale, res.gap_abs)))
 
 
+def within_factor(res: QPResiduals, eps_abs: float, eps_rel: float, factor: float) -> torch.Tensor:
+    """``(B,)`` bool: all three residuals within ``factor·(eps_abs + eps_rel·scale)`` — the
+    tolerances times ``factor``, without the rounding term of ``meets_tolerances`` (False for NaN)."""
+    return ((res.primal <= factor * (eps_abs + eps_rel * res.primal_scale))
+            & (res.dual <= factor * (eps_abs + eps_rel * res.dual_scale))
+            & (res.gap <= factor * (eps_abs + eps_rel * res.gap_scale)))
+
+
 def _entry_max(M):
     return M.abs().amax((-2, -1))
 
