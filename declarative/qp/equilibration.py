@@ -111,6 +111,12 @@ class Equilibration(NamedTuple):
             return None
         return cls(cache["eq_cost"], cache.get("eq_ineq"), cache.get("eq_eq"), cache["eq_var"])
 
+    def select(self, ix: torch.Tensor) -> "Equilibration":
+        """The scales of the batch elements ``ix`` (shared scales stay shared)."""
+        def pick(t, core):
+            return t if t is None or t.dim() == core else t.index_select(0, ix)
+        return Equilibration(pick(self.cost, 0), pick(self.ineq, 1), pick(self.eq, 1), pick(self.var, 1))
+
     # -- data ----------------------------------------------------------------------------------------
     @staticmethod
     def _per_element(c: torch.Tensor, dims: int) -> torch.Tensor:

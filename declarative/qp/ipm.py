@@ -345,6 +345,27 @@ def _residuals(Q, q, G, h, A, b, z, s, lam, nu, hnorm, bnorm, qnorm, products=Fa
     return rd, ri, re, pres, dres, gap, mu
 
 
+def _contract_on(orig, scales, answer_dtype, dtype, opts):
+    """``(z, λ, ν) ↦ (residuals, contract mask)``: the residuals of an iterate of the (possibly
+    equilibrated, ``scales``) problem on the original problem ``orig``, and where the SOLVED
+    contract of ``opts`` holds — on the answer rounded to ``answer_dtype`` when given."""
+    def on_original(z, lam, nu):
+        if answer_dtype is not None:
+            # the answer as the caller returns it: rounded, then unscaled in that dtype
+            z, lam, nu = (t.to(answer_dtype) for t in (z, lam, nu))
+        if scales is not None:
+            z = scales.unscale_z(z)
+            d_ = scales.unscale_duals({"lam": lam, "nu": nu})
+            lam, nu = d_["lam"], d_["nu"]
+        if answer_dtype is not None:
+            z, lam, nu = (t.to(dtype) for t in (z, lam, nu))
+        res = qp_residuals(*orig, z, lam, nu)
+        if not opts.contract:
+            return res, torch.ones_like(res.primal, dtype=torch.bool)
+        return res, meets_tolerances(res, opts.eps_abs, opts.eps_rel, torch.finfo(answer_dtype or dtype).eps / 2)
+    return on_original
+
+
 def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None,
                  h: torch.Tensor | None = None, A: torch.Tensor | None = None,
                  b: torch.Tensor | None = None, *, options: QPOptions | None = None,
@@ -419,21 +440,7 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
     B = max(t.shape[0] for t in present)
     orig = original if original is not None else (Q, q, G, h, A, b)
 
-    def on_original(z, lam, nu):
-        """The residuals of ``(z, λ, ν)`` on the original problem and the contract's mask."""
-        if answer_dtype is not None:
-            # the answer as the caller returns it: rounded, then unscaled in that dtype
-            z, lam, nu = (t.to(answer_dtype) for t in (z, lam, nu))
-        if scales is not None:
-            z = scales.unscale_z(z)
-            d_ = scales.unscale_duals({"lam": lam, "nu": nu})
-            lam, nu = d_["lam"], d_["nu"]
-        if answer_dtype is not None:
-            z, lam, nu = (t.to(dtype) for t in (z, lam, nu))
-        res = qp_residuals(*orig, z, lam, nu)
-        if not opts.contract:
-            return res, torch.ones_like(res.primal, dtype=torch.bool)
-        return res, meets_tolerances(res, opts.eps_abs, opts.eps_rel, torch.finfo(answer_dtype or dtype).eps / 2)
+    on_original = _contract_on(orig, scales, answer_dtype, dtype, opts)
 
     # elements that met the iterations' tolerances but not the contract are iterated on; their
     # last such point is kept and returned (INACCURATE) if the tighter iterations end worse
@@ -1016,8 +1023,17 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
     if bad is not None:
         redo = redo & ~bad
     if G is not None and opts.contract and opts.proximal_max_iter > 0 and bool(redo.any()):
-        z, s, lam, nu, status, iterations, res = _second_solver(
-            (Q, q, G, h, A, b), (z, s, lam, nu), status, iterations, cache, redo, on_original, opts)
+        z, s, lam, nu, won, iterations = _second_solver(
+            (Q, q, G, h, A, b), (z, s, lam, nu), iterations, redo, opts, orig, scales, answer_dtype)
+        if won is not None:
+            status = torch.where(won, int(Status.SOLVED), status)
+            if opts.polish:
+                z, s, lam, nu = _polish_second_solver(
+                    (Q, q, G, h, A, b), (z, s, lam, nu), won, cache, opts, on_original,
+                    (reg, zero_eq, hnorm, bnorm, qnorm))
+            _forget_batch_factors(cache, won, s, lam)
+            lam_, nu_ = lam, (nu if A is not None else z.new_zeros(B, 0))
+            res, _ = on_original(z, lam_, nu_)
     pres, dres, gap = (r_.to(dtype) for r_ in (res.primal, res.dual, res.gap))
     duals = {"lam": lam if G is not None else z.new_zeros(B, 0),
              "nu": nu if A is not None else z.new_zeros(B, 0)}
@@ -1036,53 +1052,87 @@ _SECOND_SOLVER_FACTOR = 100.0
 _BATCH_FACTORS = ("U", "act_idx", "act_valid", "Y", "Us")
 
 
-def _second_solver(data, state, status, iterations, cache, redo, on_original, opts):
-    """The elements ``redo`` (``INACCURATE``, or ``NON_FINITE`` with finite data) solved again by
-    the proximal interior-point method (``proximal_ipm``, at most ``opts.proximal_max_iter``
-    iterations of its own, counted in ``iterations``). Where its iterate meets the SOLVED contract
-    on the original problem, with no residual above ``_SECOND_SOLVER_FACTOR`` times its tolerance
-    (``residuals.within_factor``), it replaces the element's answer (``SOLVED``; the backward's active set
-    is its strict-complementarity guess ``λ > s``); elsewhere the answer stays as it was.
+#: core dimensions of (Q, q, G, h, A, b)
+_CORES = (2, 1, 2, 1, 2, 1)
 
-    Returns ``(z, s, λ, ν, status, iterations, residuals)`` of the whole batch; ``cache`` is updated
-    in place.
+
+def _select(t, ix, core):
+    """The batch elements ``ix`` of ``t`` (a tensor shared by the batch — no batch dimension, or
+    one of size 1 — stays as it is)."""
+    return t if t is None or t.dim() == core or t.shape[0] == 1 else t.index_select(0, ix)
+
+
+def _second_solver(data, state, iterations, redo, opts, orig, scales, answer_dtype):
+    """The elements ``redo`` (``INACCURATE``, or ``NON_FINITE`` with finite data) solved again by
+    the proximal interior-point method (``proximal_ipm``), in float64, from the cold start, at most
+    ``opts.proximal_max_iter`` iterations of its own (counted in ``iterations``). It stops where its
+    iterate meets the SOLVED contract on the original problem (in the answer's dtype) with no
+    residual above ``_SECOND_SOLVER_FACTOR`` times its tolerance (``residuals.within_factor``); the
+    contract is evaluated on those elements alone.
+
+    Returns:
+        ``(z, s, λ, ν, won, iterations)``: the batch with the accepted iterates in place of the
+        elements' answers (``won``, None where none was accepted).
     """
     z, s, lam, nu = state
+    dtype = z.dtype
     ix = torch.nonzero(redo).reshape(-1)
-    A = data[4]
-    part = tuple(t if t is None or t.shape[0] == 1 else t.index_select(0, ix) for t in data)
-
-    def whole(zs, ls, ns):
-        """The batch with the elements ``ix`` replaced."""
-        return (z.index_copy(0, ix, zs), lam.index_copy(0, ix, ls),
-                nu.index_copy(0, ix, ns) if A is not None else z.new_zeros(z.shape[0], 0))
+    part = tuple(None if t is None else _select(t, ix, c).double() for t, c in zip(data, _CORES))
+    contract = _contract_on(tuple(_select(t, ix, c) for t, c in zip(orig, _CORES)),
+                            None if scales is None else scales.select(ix), answer_dtype, dtype, opts)
+    with_eq = data[4] is not None
 
     def accept(zs, ls, ns):
-        res, ok = on_original(*whole(zs, ls, ns))
-        return (ok & within_factor(res, opts.eps_abs, opts.eps_rel, _SECOND_SOLVER_FACTOR)).index_select(0, ix)
+        res, ok = contract(zs.to(dtype), ls.to(dtype), ns.to(dtype) if with_eq else zs.new_zeros(zs.shape[0], 0, dtype=dtype))
+        return ok & within_factor(res, opts.eps_abs, opts.eps_rel, _SECOND_SOLVER_FACTOR)
 
     st, its, accepted = solve_qp_proximal(part, accept=accept, max_iter=opts.proximal_max_iter,
                                           fraction=opts.step_fraction)
-    won = torch.zeros_like(redo).index_copy(0, ix, accepted)
     iterations = iterations.index_add(0, ix, its)
-    if bool(won.any()):
-        w_ = won.unsqueeze(-1)
-        z_new, lam_new, nu_new = whole(st.z, st.lam, st.nu)
-        s_new = s.index_copy(0, ix, st.s.clamp(min=0))
-        z, s, lam = (torch.where(w_, a_, b_) for a_, b_ in ((z_new, z), (s_new, s), (lam_new, lam)))
-        if A is not None:
-            nu = torch.where(w_, nu_new, nu)
-        status = torch.where(won, int(Status.SOLVED), status)
-        if "act" in cache:
-            cache["act"] = torch.where(w_, lam > s, cache["act"])
-            cache["polished"] = cache["polished"] & ~won
-            if "pre_ok" in cache:
-                cache["pre_ok"] = cache["pre_ok"] & ~won
-            for key in _BATCH_FACTORS:
-                cache.pop(key, None)
-        cache["s"] = s
-        if "w" in cache:
-            cache["w"] = torch.where(w_, (lam / s.clamp(min=torch.finfo(s.dtype).tiny)).clamp(
-                max=1.0 / torch.finfo(s.dtype).eps ** 2), cache["w"])
-    res, _ = on_original(z, lam, nu if A is not None else z.new_zeros(z.shape[0], 0))
-    return z, s, lam, nu, status, iterations, res
+    won = torch.zeros_like(redo).index_copy(0, ix, accepted)
+    if not bool(won.any()):
+        return z, s, lam, nu, None, iterations
+    w_ = won.unsqueeze(-1)
+
+    def put(t, u):
+        return torch.where(w_, t.index_copy(0, ix, u.to(t.dtype)), t)
+    z, s, lam = put(z, st.z), put(s, st.s.clamp(min=0)), put(lam, st.lam)
+    if with_eq:
+        nu = put(nu, st.nu)
+    return z, s, lam, nu, won, iterations
+
+
+def _polish_second_solver(data, state, won, cache, opts, on_original, aux):
+    """The second solver's answers ``won`` polished onto their active set ``λ > s`` (``polish.
+    _polish``): where the polish is accepted and the contract holds at the polished point, that
+    point replaces the answer and the element counts as polished (``cache["polished"]``, its active
+    set in ``cache["act"]``: the backward's classification is the one of polished elements). The
+    others keep the second solver's answer, unpolished, with the active set ``λ > s``."""
+    Q, q, G, h, A, b = data
+    z, s, lam, nu = state
+    reg, zero_eq, hnorm, bnorm, qnorm = aux
+    zp, sp, lp, np_, ok, act, _ = _polish(Q, q, G, h, A, b, z, s, lam, nu, won, opts, reg, zero_eq, hnorm,
+                                          bnorm, qnorm)
+    ok = ok & won & on_original(zp, lp, np_ if A is not None else zp.new_zeros(zp.shape[0], 0))[1]
+    o_ = ok.unsqueeze(-1)
+    z, s, lam = (torch.where(o_, a_, b_) for a_, b_ in ((zp, z), (sp, s), (lp, lam)))
+    if A is not None:
+        nu = torch.where(o_, np_, nu)
+    w_ = won.unsqueeze(-1)
+    cache["act"] = torch.where(o_, act, torch.where(w_, lam > s, cache["act"]))
+    cache["polished"] = torch.where(won, ok, cache["polished"])
+    if "pre_ok" in cache:
+        cache["pre_ok"] = cache["pre_ok"] & ~won
+    return z, s, lam, nu
+
+
+def _forget_batch_factors(cache, won, s, lam):
+    """After answers were replaced (``won``): the batch's single factorisation no longer fits
+    every element (the backward factorises again), the slacks are the new ones, and without
+    polish the barrier weights ``w = λ/s`` of the replaced elements are recomputed."""
+    for key in _BATCH_FACTORS:
+        cache.pop(key, None)
+    cache["s"] = s
+    if "w" in cache:
+        tiny, eps = torch.finfo(s.dtype).tiny, torch.finfo(s.dtype).eps
+        cache["w"] = torch.where(won.unsqueeze(-1), (lam / s.clamp(min=tiny)).clamp(max=1.0 / eps ** 2), cache["w"])

@@ -141,3 +141,14 @@ def test_second_solver_answers_are_differentiable():
     assert int(sol.status) == Status.SOLVED
     grads = torch.autograd.grad(sol.z.sum(), t)
     assert all(torch.isfinite(g).all() for g in grads)
+
+
+def test_second_solver_on_the_device(device):
+    """QPCBOEI2 on the device: SOLVED by the second solver, meeting the contract (numpy
+    reference residuals on the CPU)."""
+    from declarative.reference.maros_meszaros import load_problem
+    data = load_problem(FOLDER / "QPCBOEI2.mat")
+    sol = solve_qp(*(torch.from_numpy(a).to(device) for a in data), check=False)
+    assert int(sol.status) == Status.SOLVED
+    res = qp_residuals_np(*data, sol.z.cpu().numpy(), sol.duals["lam"].cpu().numpy(), sol.duals["nu"].cpu().numpy())
+    assert meets_np(res, 1e-8, 0.0, 32 * EPS64), res

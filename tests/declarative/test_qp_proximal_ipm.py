@@ -104,3 +104,14 @@ def test_iteration_limit_and_refusal():
 def test_option_is_validated(bad):
     with pytest.raises(ValueError, match="proximal_max_iter"):
         QPOptions(proximal_max_iter=bad)
+
+
+def test_same_answer_on_every_device(device):
+    """On the device the iterations and answers are the CPU's (to rounding)."""
+    data = _redundant_equalities(3, 2)
+    st, its, accepted = solve_qp_proximal(data, accept=_contract(data), max_iter=150)
+    on = tuple(t.to(device) for t in data)
+    st_d, its_d, accepted_d = solve_qp_proximal(on, accept=_contract(on), max_iter=150)
+    assert accepted.all() and accepted_d.cpu().tolist() == accepted.tolist()
+    assert its_d.cpu().tolist() == its.tolist()
+    torch.testing.assert_close(st_d.z.cpu(), st.z, rtol=1e-7, atol=1e-9)
