@@ -114,7 +114,7 @@ class Equilibration(NamedTuple):
     def select(self, ix: torch.Tensor) -> "Equilibration":
         """The scales of the batch elements ``ix`` (shared scales stay shared)."""
         def pick(t, core):
-            return t if t is None or t.dim() == core else t.index_select(0, ix)
+            return t if t is None or t.dim() == core or t.shape[0] == 1 else t.index_select(0, ix)
         return Equilibration(pick(self.cost, 0), pick(self.ineq, 1), pick(self.eq, 1), pick(self.var, 1))
 
     # -- data ----------------------------------------------------------------------------------------

@@ -1019,6 +1019,8 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
                 cache["act"] = torch.where(b_, lam > s, cache["act"])
             lam_, nu_ = (lam if G is not None else z.new_zeros(B, 0)), (nu if A is not None else z.new_zeros(B, 0))
             res, _ = on_original(z, lam_, nu_)
+    # the second solver (its answers skip the least-norm multipliers above: the contract is
+    # checked on them as they are)
     redo = (status == int(Status.INACCURATE)) | (status == nonfinite_code)
     if bad is not None:
         redo = redo & ~bad
@@ -1083,7 +1085,8 @@ def _second_solver(data, state, iterations, redo, opts, orig, scales, answer_dty
     with_eq = data[4] is not None
 
     def accept(zs, ls, ns):
-        res, ok = contract(zs.to(dtype), ls.to(dtype), ns.to(dtype) if with_eq else zs.new_zeros(zs.shape[0], 0, dtype=dtype))
+        ns = ns.to(dtype) if with_eq else zs.new_zeros(zs.shape[0], 0, dtype=dtype)
+        res, ok = contract(zs.to(dtype), ls.to(dtype), ns)
         return ok & within_factor(res, opts.eps_abs, opts.eps_rel, _SECOND_SOLVER_FACTOR)
 
     st, its, accepted = solve_qp_proximal(part, accept=accept, max_iter=opts.proximal_max_iter,

@@ -165,7 +165,7 @@ def step(data, st: ProximalState, running: torch.Tensor, fraction: float):
     mu_aff = ((st.s + a_aff * ds) * (st.lam + a_aff * dl)).sum(-1, keepdim=True) / m
     sigma = (mu_aff / mu).clamp(0.0, 1.0) ** 3
     dz, ds, dl, dn = _direction(data, st, sys, r_d, r_e, r_i, sl + ds * dl - sigma * mu)
-    finite = torch.stack([d.isfinite().all(-1) for d in (dz, ds, dl)] + [dn.isfinite().all(-1)], -1).all(-1)
+    finite = torch.stack([d.isfinite().all(-1) for d in (dz, ds, dl, dn)], -1).all(-1)
     alpha = fraction * torch.minimum(_max_step(st.s, ds), _max_step(st.lam, dl))
     alpha = torch.where(running & finite, alpha, torch.zeros_like(alpha))
     a = alpha.unsqueeze(-1)

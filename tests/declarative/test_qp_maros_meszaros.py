@@ -134,7 +134,8 @@ def test_interior_point_failures_are_solved_by_the_proximal_method(name, options
 
 def test_second_solver_answers_are_differentiable():
     """The implicit backward of an answer of the second solver (QPCBOEI2): finite gradients with
-    respect to every input (its active set is the strict-complementarity guess λ > s)."""
+    respect to every input (its polish fails — a degenerate vertex — so the active set is the
+    strict-complementarity guess λ > s)."""
     from declarative.reference.maros_meszaros import load_problem
     t = [torch.from_numpy(a).requires_grad_(True) for a in load_problem(FOLDER / "QPCBOEI2.mat")]
     sol = solve_qp(*t, check=False)
