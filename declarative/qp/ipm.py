@@ -972,10 +972,13 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
                     cache.update(U=U_, act_idx=idx, act_valid=valid)
                     if Y_ is not None:
                         cache.update(Y=Y_, Us=Us_)
+        else:
+            # unpolished: the active-set form on the strict-complementarity guess, classified with
+            # the interior-point accuracy's threshold (``QPProblem``). The barrier form
+            # (Q + Gᵀ diag(λ/s) G) dz = −g it replaces misread small multipliers of active rows at
+            # interior-point accuracy: gradients off by 3 to 5e6 times their size on random QPs.
+            cache = {"act": lam > s, "polished": torch.zeros(B, dtype=torch.bool, device=device)}
         cache["s"] = s
-        if not opts.polish:
-            # the barrier form of the backward (``kkt_tangent``; with polish it uses ``act``)
-            cache["w"] = (lam / s.clamp(min=torch.finfo(dtype).tiny)).clamp(max=1.0 / torch.finfo(dtype).eps ** 2)
     elif fac is not None:
         cache = {"U": fac.L}
         if fac.Y is not None:
@@ -1033,7 +1036,9 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
                 z, s, lam, nu = _polish_second_solver(
                     (Q, q, G, h, A, b), (z, s, lam, nu), won, cache, opts, on_original,
                     (reg, zero_eq, hnorm, bnorm, qnorm))
-            _forget_batch_factors(cache, won, s, lam)
+            else:
+                cache["act"] = torch.where(won.unsqueeze(-1), lam > s, cache["act"])
+            _forget_batch_factors(cache, s)
             lam_, nu_ = lam, (nu if A is not None else z.new_zeros(B, 0))
             res, _ = on_original(z, lam_, nu_)
     pres, dres, gap = (r_.to(dtype) for r_ in (res.primal, res.dual, res.gap))
@@ -1129,13 +1134,9 @@ def _polish_second_solver(data, state, won, cache, opts, on_original, aux):
     return z, s, lam, nu
 
 
-def _forget_batch_factors(cache, won, s, lam):
-    """After answers were replaced (``won``): the batch's single factorisation no longer fits
-    every element (the backward factorises again), the slacks are the new ones, and without
-    polish the barrier weights ``w = λ/s`` of the replaced elements are recomputed."""
+def _forget_batch_factors(cache, s):
+    """After answers were replaced: the batch's single factorisation no longer fits every element
+    (the backward factorises again), and the slacks are the new ones."""
     for key in _BATCH_FACTORS:
         cache.pop(key, None)
     cache["s"] = s
-    if "w" in cache:
-        tiny, eps = torch.finfo(s.dtype).tiny, torch.finfo(s.dtype).eps
-        cache["w"] = torch.where(won.unsqueeze(-1), (lam / s.clamp(min=tiny)).clamp(max=1.0 / eps ** 2), cache["w"])

@@ -24,9 +24,9 @@ def kkt_tangent(Q: torch.Tensor, G: torch.Tensor | None, A: torch.Tensor | None,
     factors (``_polish_penalty``, three steps) where the forward kept them, otherwise reusing the
     forward's factorisation kept in
     ``solution.cache`` when the first polish round was final for every element (otherwise the
-    active-set system is factorised once here), plus two steps of iterative refinement. If the forward was not polished,
-    the barrier form ``(Q + GᵀWG) dz + Aᵀdν = −g, dλ = W G dz`` with ``W = λ/s`` of the last iterate
-    is factorised instead (equal up to the solver's accuracy).
+    active-set system is factorised once here), plus two steps of iterative refinement. A forward
+    that was not polished (``QPOptions.polish=False``) has the strict-complementarity guess
+    ``λ > s`` as its active set.
 
     A forward solved in a higher precision than the data (float32 data are solved as float64
     problems, ``ipm._solve_upcast``, which marks its cache with an empty ``cache["work_dtype"]`` of
@@ -114,10 +114,8 @@ def kkt_tangent(Q: torch.Tensor, G: torch.Tensor | None, A: torch.Tensor | None,
         dlam = z.new_zeros(B, m).scatter(1, idx, dy[:, p:] * valid)
         return dz, dlam, (dy[:, :p] if Ab is not None else empty)
     if Gb is not None:
-        w = cache["w"]
-        fac = _Factor(Qb, Gb, Ab, AtA, w, reg, zero_eq, opts.reg)
-        dz, dnu = fac.solve(-g, None if Ab is None else z.new_zeros(B, p))
-        return dz, w * _mv(Gb, dz), (dnu if dnu is not None else empty)
+        raise KeyError("kkt_tangent: the solution's cache holds no active set ('act'); every "
+                       "solve_qp_ipm solution with inequalities has one")
     if "U" in cache:
         fac = _Factor.from_cache(cache["U"], Ab, cache.get("Y"), cache.get("Us"))
     else:

@@ -95,8 +95,8 @@ class QPOptions:
         step_fraction: fraction of the step to the boundary of the positive orthant.
         active_tol: relative threshold of the weakly-active classification used by the implicit
             gradient (see ``QPProblem``). None: ``√eps`` (``1.5e-8`` float64, ``3.5e-4``
-            float32) for polished solutions, ``tol ** 0.25`` (``1e-2`` float64, ``0.1`` float32)
-            for raw interior-point iterates.
+            float32) for polished solutions, ``√min(tol, eps_abs)`` (``√tol`` with
+            ``contract=False``; ``1e-4`` float64, ``1e-2`` float32) for unpolished answers.
         warm_start_margin: a warm start's slacks and multipliers are lifted to at least this value
             (times the data scale), so that the iterate is interior.
         polish: after convergence, solve the equality-constrained QP on the guessed active set
@@ -219,5 +219,8 @@ class QPOptions:
             reg=self.reg if self.reg is not None else DEFAULT_REG.get(dtype, 1e-11),
             tol_infeasible=(self.tol_infeasible if self.tol_infeasible is not None
                             else DEFAULT_TOL_INFEASIBLE.get(dtype, 1e-5)),
-            active_tol=self.active_tol if self.active_tol is not None else tol ** 0.25,
+            # the accuracy an unpolished answer has: the iterations' ``tol``, or the contract's
+            # ``eps_abs`` where that is tighter (elements iterate on to meet it)
+            active_tol=(self.active_tol if self.active_tol is not None
+                        else (min(tol, eps_abs) if self.contract else tol) ** 0.5),
         )

@@ -61,7 +61,7 @@ def _stationarity_status(params, g, dz, dlam, dnu) -> torch.Tensor:
         \big\||Q||dz| + |G|^\top|d\lambda| + |A|^\top|d\nu| + |g|\big\|_\infty ,
 
     INACCURATE where it does not. Every factorisation the tangent uses satisfies this row exactly
-    up to rounding (the barrier form with ``dλ = W G dz``, the method of multipliers at every step)
+    up to rounding (the method of multipliers at every step)
     except through its regularisation ``reg·dz``: a tangent that violates it is ``~g/reg`` along
     a null direction of ``Q`` that no constraint fixes — the minimiser is not unique there and no
     derivative exists (a gradient of 5e10 was returned silently)."""
@@ -96,11 +96,12 @@ class QPProblem(ArgminProblem):
     threshold ``τ`` tied to their accuracy — ``options.active_tol`` if set, otherwise for polished
     elements (active-set solution exact to rounding) ``√eps`` in float64 (``1.5e-8``) and
     ``eps^¾`` below (``6.4e-6`` in float32, where ``√eps = 3.5e-4`` is the size of real
-    multipliers), else ``tol ** 0.25`` (``1e-2``
-    in float64, ``0.1`` in float32: at an interior-point solution of accuracy ``tol`` a strictly
-    complementary pair has one member ``O(1)`` and the other ``O(tol)``, a weakly active pair
-    both ``O(√tol)``; ``tol^¼`` separates them geometrically) — constraint ``i`` of a batch
-    element is
+    multipliers), else ``√tol`` (``1e-4`` in float64, ``1e-2`` in float32: at an interior-point
+    solution of accuracy ``tol`` the complementarity products are ``μ ≲ tol/m``, so a weakly
+    active pair has both members ``O(√μ)``, below ``√tol``, while a strictly complementary pair
+    keeps its multiplier — which can itself be small, ``10⁻³`` on random problems, and was called
+    weakly active by a threshold of ``tol^¼ = 10⁻²``, bending gradients by up to 13 times their size)
+    — constraint ``i`` of a batch element is
 
     * strongly active if ``λ_i > τ (f + ‖λ‖∞)``, with ``f = 1``, or for polished elements
       ``f = min(1, λ̄)``, ``λ̄ = max(‖Qz‖∞, ‖q‖∞) / max|G|`` the multipliers' own scale (with
@@ -113,10 +114,9 @@ class QPProblem(ArgminProblem):
 
     Elements without a weakly active constraint get the tangent of the KKT linear system
     ``Q dz + G_Kᵀdλ_K + Aᵀdν = −g, G_K dz = 0, A dz = 0`` on the active set ``K``, reusing the
-    forward's factorisation (``kkt_tangent``; the polished active-set factorisation, or, without
-    polish, the barrier system ``(Q + GᵀWG) dz + Aᵀdν = −g, dλ = W G dz`` with ``W = λ/s`` of the
-    last iterate, equal up to the solver's accuracy). The elements with one get the backward QP of
-    the one-sided derivative,
+    forward's factorisation where it has one (``kkt_tangent``; without polish, or where the polish
+    failed, the active set is the strict-complementarity guess ``λ > s``). The elements with one
+    get the backward QP of the one-sided derivative,
 
     .. math::
 
