@@ -409,8 +409,8 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
         ``Solution`` with ``z (B, n)``, ``duals={"lam": (B, m), "nu": (B, p)}``, ``status (B,)``,
         ``iterations (B,)``, ``residuals={"primal", "dual", "gap"}`` each ``(B,)`` (absolute, on the
         original problem: see ``residuals.qp_residuals``) and ``cache``
-        for the backward: the slack ``s``, without polish the weights ``w = λ/s`` of the returned
-        iterate, with polish the active mask ``act`` (``polished``: the elements polished), the penalty factors of
+        for the backward: the slack ``s``, the active mask ``act`` (``polished``: the elements
+        polished; the others', and without polish everyone's, is the guess ``λ > s``), the penalty factors of
         ``_polish_penalty`` (``pre_U``, ``pre_Y``, ``pre_Us``, ``pre_w``, ``pre_gn``; ``pre_ok``: the
         elements polished that way) and — if the first polish
         round was final — the upper Cholesky factor ``U`` (``H = UᵀU``) of

@@ -18,6 +18,23 @@ DEFAULT_EPS_REL = {torch.float64: 0.0, torch.float32: 1e-5, torch.float16: 1e-2,
 DEFAULT_TOL_INFEASIBLE = {torch.float64: 1e-8, torch.float32: 1e-5, torch.float16: 1e-5, torch.bfloat16: 1e-5}
 
 
+def _unpolished_threshold(dtype, tol: float, eps_abs: float, contract: bool) -> float:
+    """The default weakly-active threshold of unpolished answers (``QPProblem``): in float64
+    ``√a``, ``a`` the accuracy they have — the iterations' ``tol``, or the contract's ``eps_abs``
+    where that is tighter (elements iterate on to meet it); below float64 ``tol^¼``.
+
+    Measured against the exact (polished) gradients: at the float64 defaults ``√a = 1e-4``
+    separates the multipliers of random problems (down to 1e-3) from weakly active pairs (up to
+    ~14√μ, 1.9e-4), where ``tol^¼ = 1e-2`` bent gradients by up to 18 times their size; with
+    looser tolerances (``contract=False``, ``eps_abs ≥ 1e-6``) weak pairs exceed it (errors of
+    0.2–4 on degenerate problems). In float32 the real multipliers reach down to ~√μ and no
+    threshold separates them; ``tol^¼`` (0.1) keeps the weak pairs (errors ~1e-2 on degenerate
+    problems, O(1) on random ones either way)."""
+    if dtype != torch.float64:
+        return tol ** 0.25
+    return (min(tol, eps_abs) if contract else tol) ** 0.5
+
+
 @dataclass(frozen=True)
 class QPOptions:
     r"""Numerical settings of the QP solver (every field has a per-dtype default).
@@ -95,8 +112,10 @@ class QPOptions:
         step_fraction: fraction of the step to the boundary of the positive orthant.
         active_tol: relative threshold of the weakly-active classification used by the implicit
             gradient (see ``QPProblem``). None: ``√eps`` (``1.5e-8`` float64, ``3.5e-4``
-            float32) for polished solutions, ``√min(tol, eps_abs)`` (``√tol`` with
-            ``contract=False``; ``1e-4`` float64, ``1e-2`` float32) for unpolished answers.
+            float32) for polished solutions; for unpolished answers (``polish=False``, or where
+            the polish failed) ``√min(tol, eps_abs)`` in float64 (``√tol`` with
+            ``contract=False``; ``1e-4`` by default) and ``tol ** 0.25`` below (``0.1`` in
+            float32): see ``_unpolished_threshold``.
         warm_start_margin: a warm start's slacks and multipliers are lifted to at least this value
             (times the data scale), so that the iterate is interior.
         polish: after convergence, solve the equality-constrained QP on the guessed active set
@@ -219,8 +238,6 @@ class QPOptions:
             reg=self.reg if self.reg is not None else DEFAULT_REG.get(dtype, 1e-11),
             tol_infeasible=(self.tol_infeasible if self.tol_infeasible is not None
                             else DEFAULT_TOL_INFEASIBLE.get(dtype, 1e-5)),
-            # the accuracy an unpolished answer has: the iterations' ``tol``, or the contract's
-            # ``eps_abs`` where that is tighter (elements iterate on to meet it)
             active_tol=(self.active_tol if self.active_tol is not None
-                        else (min(tol, eps_abs) if self.contract else tol) ** 0.5),
+                        else _unpolished_threshold(dtype, tol, eps_abs, self.contract)),
         )

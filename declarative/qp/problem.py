@@ -96,11 +96,12 @@ class QPProblem(ArgminProblem):
     threshold ``τ`` tied to their accuracy — ``options.active_tol`` if set, otherwise for polished
     elements (active-set solution exact to rounding) ``√eps`` in float64 (``1.5e-8``) and
     ``eps^¾`` below (``6.4e-6`` in float32, where ``√eps = 3.5e-4`` is the size of real
-    multipliers), else ``√tol`` (``1e-4`` in float64, ``1e-2`` in float32: at an interior-point
-    solution of accuracy ``tol`` the complementarity products are ``μ ≲ tol/m``, so a weakly
-    active pair has both members ``O(√μ)``, below ``√tol``, while a strictly complementary pair
-    keeps its multiplier — which can itself be small, ``10⁻³`` on random problems, and was called
-    weakly active by a threshold of ``tol^¼ = 10⁻²``, bending gradients by up to 13 times their size)
+    multipliers), else — unpolished answers — ``√min(tol, eps_abs)`` in float64 and ``tol^¼``
+    below (``options._unpolished_threshold``, with what it was measured against: at an
+    interior-point answer a weakly active pair has both members of order ``√μ``, up to ~14√μ, a
+    strictly complementary pair keeps its multiplier, which can itself be small; at the float64
+    defaults ``1e-4`` separates them on random and degenerate problems, with looser tolerances or
+    below float64 the two overlap and such gradients are not exact)
     — constraint ``i`` of a batch element is
 
     * strongly active if ``λ_i > τ (f + ‖λ‖∞)``, with ``f = 1``, or for polished elements
