@@ -23,13 +23,13 @@ def _unpolished_threshold(dtype, tol: float, eps_abs: float, contract: bool) -> 
     ``√a``, ``a`` the accuracy they have — the iterations' ``tol``, or the contract's ``eps_abs``
     where that is tighter (elements iterate on to meet it); below float64 ``tol^¼``.
 
-    Measured against the exact (polished) gradients: at the float64 defaults ``√a = 1e-4``
-    separates the multipliers of random problems (down to 1e-3) from weakly active pairs (up to
-    ~14√μ, 1.9e-4), where ``tol^¼ = 1e-2`` bent gradients by up to 18 times their size; with
-    looser tolerances (``contract=False``, ``eps_abs ≥ 1e-6``) weak pairs exceed it (errors of
-    0.2–4 on degenerate problems). In float32 the real multipliers reach down to ~√μ and no
-    threshold separates them; ``tol^¼`` (0.1) keeps the weak pairs (errors ~1e-2 on degenerate
-    problems, O(1) on random ones either way)."""
+    ``QPProblem.classify_constraints`` raises it to ``30√μ̂`` where an element's complementarity
+    says its accuracy is lower. Measured against the exact (polished) gradients: at the float64
+    defaults ``√a = 1e-4`` keeps the multipliers of random problems (down to 1e-3) strongly
+    active, where ``tol^¼ = 1e-2`` bent gradients by up to 18 times their size. In float32 the
+    real multipliers reach down to ~√μ and no threshold separates them from weakly active pairs;
+    ``tol^¼`` (0.1) keeps the weak pairs (errors ~1e-2 on degenerate problems, O(1) on random
+    ones either way)."""
     if dtype != torch.float64:
         return tol ** 0.25
     return (min(tol, eps_abs) if contract else tol) ** 0.5

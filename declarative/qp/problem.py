@@ -80,6 +80,11 @@ def _stationarity_status(params, g, dz, dlam, dnu) -> torch.Tensor:
 _DEFAULT_OPTIONS = QPOptions()
 
 
+#: the weakly-active threshold of an unpolished element is at least this many times the square
+#: root of its relative mean complementarity product (``QPProblem.classify_constraints``)
+_WEAK_PAIR_FACTOR = 30.0
+
+
 class QPProblem(ArgminProblem):
     r"""``z* = argmin_z ½zᵀQz + qᵀz  s.t.  Gz ≤ h,  Az = b`` (``docs/guide/problems.md``, QP).
 
@@ -96,12 +101,13 @@ class QPProblem(ArgminProblem):
     threshold ``τ`` tied to their accuracy — ``options.active_tol`` if set, otherwise for polished
     elements (active-set solution exact to rounding) ``√eps`` in float64 (``1.5e-8``) and
     ``eps^¾`` below (``6.4e-6`` in float32, where ``√eps = 3.5e-4`` is the size of real
-    multipliers), else — unpolished answers — ``√min(tol, eps_abs)`` in float64 and ``tol^¼``
-    below (``options._unpolished_threshold``, with what it was measured against: at an
-    interior-point answer a weakly active pair has both members of order ``√μ``, up to ~14√μ, a
-    strictly complementary pair keeps its multiplier, which can itself be small; at the float64
-    defaults ``1e-4`` separates them on random and degenerate problems, with looser tolerances or
-    below float64 the two overlap and such gradients are not exact)
+    multipliers), else — unpolished answers — the larger of ``30√μ̂`` (``μ̂`` the element's mean
+    complementarity product ``mean(λ∘s)`` relative to the two scales below) and
+    ``√min(tol, eps_abs)`` in float64, ``tol^¼`` below (``options._unpolished_threshold``): at an
+    interior-point answer a weakly active pair has both members of order ``√μ``, a strictly
+    complementary pair keeps its multiplier, which can itself be small, and where the two overlap
+    (loose tolerances, float32, some random problems even at the float64 defaults) such gradients
+    are not exact
     — constraint ``i`` of a batch element is
 
     * strongly active if ``λ_i > τ (f + ‖λ‖∞)``, with ``f = 1``, or for polished elements
@@ -346,6 +352,18 @@ class QPProblem(ArgminProblem):
             tau = tau_s = loose
         lam_scale = _abs_max(lam, keepdim=True) + floor
         h_scale = _abs_max(h, keepdim=True) + 1
+        if self.options.active_tol is None:
+            # unpolished elements: at least κ√μ̂, μ̂ the element's mean complementarity product
+            # relative to the scales — a weakly active pair has both members of order √μ̂, and the
+            # answer's accuracy can be below what tol and eps_abs promise (eps_abs = 1e-4 on
+            # degenerate_qp: weak rows at 1e-3 > √tol read as strongly active, gradients 1.7 off;
+            # 3e-4 with κ = 30, 10 was not enough; random problems unchanged)
+            mu = (lam * s).mean(-1, keepdim=True) / (lam_scale * h_scale)
+            adapt = _WEAK_PAIR_FACTOR * mu.clamp(min=0).sqrt()
+            if polished is not None:
+                adapt = torch.where(polished.unsqueeze(-1), torch.zeros_like(adapt), adapt)
+            tau = torch.maximum(torch.as_tensor(tau, dtype=lam.dtype, device=lam.device), adapt)
+            tau_s = torch.maximum(torch.as_tensor(tau_s, dtype=lam.dtype, device=lam.device), adapt)
         strong = lam > tau * lam_scale
         weak = ~strong & (s <= tau_s * h_scale)
         return strong, weak

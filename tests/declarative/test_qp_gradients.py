@@ -419,3 +419,20 @@ def test_unpolished_answers_match_cvxpy_finite_differences(options):
     for k in (1, 3):
         fd = _fd_cvxpy(params, w, k)
         np.testing.assert_allclose(grads[k].numpy(), fd, atol=1e-5 * max(1.0, np.abs(fd).max()))
+
+
+@pytest.mark.parametrize("options", [QPOptions(polish=False, eps_abs=1e-4), QPOptions(polish=False, contract=False)],
+                         ids=["eps_abs=1e-4", "contract=False"])
+def test_unpolished_weak_rows_follow_the_answers_accuracy(options):
+    """Weakly active rows at an unpolished answer less accurate than √tol suggests (eps_abs = 1e-4,
+    or no contract): their λ and s (~1e-3) exceed √tol = 1e-4, and the threshold 30√μ̂ of the
+    element's own complementarity keeps them weakly active — gradients within 1e-3 of the exact
+    (polished, one-sided) ones, where √tol alone read them as strongly active (1.7 off)."""
+    Q, q, G, h, *_ = degenerate_qp(16, seed=2)
+    params = (Q, q, G, h, None, None)
+    w = torch.randn(16, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    _, exact = _grads_with(params, w, QPOptions())
+    _, got = _grads_with(params, w, options)
+    for a, b in zip(got[:4], exact[:4]):
+        scale = b.flatten(1).abs().amax(1).clamp(min=1.0)
+        assert ((a - b).flatten(1).abs().amax(1) / scale).max() < 1e-3
