@@ -23,8 +23,8 @@ def _unpolished_threshold(dtype, tol: float, eps_abs: float, contract: bool) -> 
     ``√a``, ``a`` the accuracy they have — the iterations' ``tol``, or the contract's ``eps_abs``
     where that is tighter (elements iterate on to meet it); below float64 ``tol^¼``.
 
-    ``QPProblem.classify_constraints`` raises it to ``30√μ̂`` where an element's complementarity
-    says its accuracy is lower. Measured against the exact (polished) gradients: at the float64
+    ``QPProblem.classify_constraints`` raises the multipliers' threshold to ``30√μ̂`` where an
+    element's complementarity says its accuracy is lower. Measured against the exact (polished) gradients: at the float64
     defaults ``√a = 1e-4`` keeps the multipliers of random problems (down to 1e-3) strongly
     active, where ``tol^¼ = 1e-2`` bent gradients by up to 18 times their size. In float32 the
     real multipliers reach down to ~√μ and no threshold separates them from weakly active pairs;
@@ -111,11 +111,13 @@ class QPOptions:
             is reported.
         step_fraction: fraction of the step to the boundary of the positive orthant.
         active_tol: relative threshold of the weakly-active classification used by the implicit
-            gradient (see ``QPProblem``). None: ``√eps`` (``1.5e-8`` float64, ``3.5e-4``
-            float32) for polished solutions; for unpolished answers (``polish=False``, or where
-            the polish failed) ``√min(tol, eps_abs)`` in float64 (``√tol`` with
-            ``contract=False``; ``1e-4`` by default) and ``tol ** 0.25`` below (``0.1`` in
-            float32): see ``_unpolished_threshold``.
+            gradient (see ``QPProblem``). None: for polished solutions ``√eps`` in float64
+            (``1.5e-8``) and ``eps^¾`` below (``6.4e-6`` in float32); for unpolished answers
+            (``polish=False``, or where the polish failed) ``√min(tol, eps_abs)`` in float64
+            (``√tol`` with ``contract=False``; ``1e-4`` by default) and ``tol ** 0.25`` below
+            (``0.1`` in float32), the multipliers' threshold raised to ``30√μ̂`` where the
+            element's complementarity is larger (``_unpolished_threshold``). Setting it fixes
+            every threshold (no ``30√μ̂``).
         warm_start_margin: a warm start's slacks and multipliers are lifted to at least this value
             (times the data scale), so that the iterate is interior.
         polish: after convergence, solve the equality-constrained QP on the guessed active set

@@ -436,3 +436,16 @@ def test_unpolished_weak_rows_follow_the_answers_accuracy(options):
     for a, b in zip(got[:4], exact[:4]):
         scale = b.flatten(1).abs().amax(1).clamp(min=1.0)
         assert ((a - b).flatten(1).abs().amax(1) / scale).max() < 1e-3
+
+
+def test_unpolished_inactive_rows_with_small_slacks_stay_inactive():
+    """random_qp(32, 6, 30, 0, seed=3) without polish: an inactive row with λ ≈ 1e-5 and a slack of
+    ~25√μ̂ stays inactive — the 30√μ̂ floor raises the multipliers' threshold only (raised for
+    the slacks too, it called the row weakly active and bent the element's gradient by 0.81)."""
+    params = random_qp(32, 6, 30, 0, seed=3)
+    w = torch.randn(32, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    _, exact = _grads_with(params, w, QPOptions())
+    _, got = _grads_with(params, w, QPOptions(polish=False))
+    for a, b in zip(got[:4], exact[:4]):
+        scale = b.flatten(1).abs().amax(1).clamp(min=1.0)
+        assert ((a - b).flatten(1).abs().amax(1) / scale).max() < 1e-4
