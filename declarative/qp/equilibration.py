@@ -69,7 +69,7 @@ from typing import NamedTuple
 import torch
 
 from ..solution import Solution
-from .linalg import _one_problem
+from .linalg import _one_problem, _select
 
 __all__ = ["Equilibration", "equilibration"]
 
@@ -113,9 +113,8 @@ class Equilibration(NamedTuple):
 
     def select(self, ix: torch.Tensor) -> "Equilibration":
         """The scales of the batch elements ``ix`` (shared scales stay shared)."""
-        def pick(t, core):
-            return t if t is None or t.dim() == core or t.shape[0] == 1 else t.index_select(0, ix)
-        return Equilibration(pick(self.cost, 0), pick(self.ineq, 1), pick(self.eq, 1), pick(self.var, 1))
+        return Equilibration(_select(self.cost, ix), _select(self.ineq, ix, 1), _select(self.eq, ix, 1),
+                             _select(self.var, ix, 1))
 
     # -- data ----------------------------------------------------------------------------------------
     @staticmethod

@@ -66,7 +66,8 @@ import torch
 
 from ..solution import Solution
 from ..status import Status
-from .linalg import _Factor, _inf_norm, _mtv, _mtvs, _mv, _mvs, _shared, _static_reg, _with_batch, _zero_rows
+from .linalg import (_Factor, _inf_norm, _mtv, _mtvs, _mv, _mvs, _select, _shared, _static_reg, _with_batch,
+                     _zero_rows)
 from .options import DEFAULT_REG, DEFAULT_TOL_INFEASIBLE, QPOptions
 from .residuals import (CERTIFICATE_TOL, dual_certificate_holds, meets_tolerances, primal_certificate_holds,
                         qp_residuals, within_factor)
@@ -545,14 +546,11 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
     dinf_code = int(Status.DUAL_INFEASIBLE)
     nonfinite_code = int(Status.NON_FINITE)
 
-    def take(t, ix):
-        return t if t is None or t.dim() == 0 or t.shape[0] == 1 else t.index_select(0, ix)
-
     def restart(redo, z, s, lam, nu, status, iterations):
         """The elements ``redo`` set back to the cold start of the float64 data, running, with no
         iterations counted."""
         ix = torch.nonzero(redo).reshape(-1)
-        part = _Working(tuple(take(t, ix) for t in work64.data), tuple(take(t, ix) for t in work64.aux),
+        part = _Working(tuple(_select(t, ix) for t in work64.data), tuple(_select(t, ix) for t in work64.aux),
                         dtype, work64.reg_rel, work64.eps_inf)
         zr, sr, lr, nr, _ = _cold_start(part, opts.rho, ix.shape[0])
         z, s, lam, nu = (t.index_copy(0, ix, u) for t, u in zip((z, s, lam, nu), (zr, sr, lr, nr)))
@@ -709,11 +707,11 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
                 widx = widx.index_select(0, keep)
                 (z, s, lam, nu, status, iterations, dres_prev, dz_last, Gdz_last, D_last, dnu_last, Gz,
                  rd0, nri, re, mu, w, nGtwri, Q, q, G, h, A, b, QA, zero_eq, reg, hnorm, bnorm, qnorm, pscale) = (
-                    take(x, keep) for x in (
+                    _select(x, keep) for x in (
                         z, s, lam, nu, status, iterations, dres_prev, dz_last, Gdz_last, D_last, dnu_last, Gz,
                         rd0, nri, re, mu, w, nGtwri, Q, q, G, h, A, b, QA, zero_eq, reg, hnorm, bnorm, qnorm, pscale))
                 if limit is not None:
-                    limit = take(limit, keep)
+                    limit = _select(limit, keep)
                 running = stepping(status, iterations)
                 nrun = Bw = z.shape[0]
                 Qv, Gv, Av = _shared(Q), _shared(G), _shared(A)
@@ -1061,12 +1059,6 @@ _BATCH_FACTORS = ("U", "act_idx", "act_valid", "Y", "Us")
 
 #: core dimensions of (Q, q, G, h, A, b)
 _CORES = (2, 1, 2, 1, 2, 1)
-
-
-def _select(t, ix, core):
-    """The batch elements ``ix`` of ``t`` (a tensor shared by the batch — no batch dimension, or
-    one of size 1 — stays as it is)."""
-    return t if t is None or t.dim() == core or t.shape[0] == 1 else t.index_select(0, ix)
 
 
 def _second_solver(data, state, iterations, redo, opts, orig, scales, answer_dtype):

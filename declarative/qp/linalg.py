@@ -99,6 +99,12 @@ def _cholesky_upper(H: torch.Tensor):
 _NORM_SMALL = 256
 
 
+def _select(t: torch.Tensor | None, ix: torch.Tensor, core: int = 0) -> torch.Tensor | None:
+    """The batch elements ``ix`` of ``t``, a tensor with ``core`` non-batch dimensions; a tensor
+    shared by the batch (no batch dimension, or one of size 1) and None stay as they are."""
+    return t if t is None or t.dim() == core or t.shape[0] == 1 else t.index_select(0, ix)
+
+
 def _zero_rows(M: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """``1`` for each row of ``M`` that is all zeros, else ``0``, in ``dtype``: an equality row of
     zeros, whose multiplier the KKT systems fix at zero (``ν_i = b_i``, ``b_i = 0`` if feasible)."""

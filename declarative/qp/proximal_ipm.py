@@ -158,8 +158,8 @@ def step(data, st: ProximalState, running: torch.Tensor, fraction: float):
     m = st.s.shape[-1]
     r_d, r_e, r_i = _residuals(data, st)
     sys = _factorise(data, st)
-    mu = (st.s * st.lam).sum(-1, keepdim=True) / m
     sl = st.s * st.lam
+    mu = sl.sum(-1, keepdim=True) / m
     dz, ds, dl, dn = _direction(data, st, sys, r_d, r_e, r_i, sl)
     a_aff = torch.minimum(_max_step(st.s, ds), _max_step(st.lam, dl)).unsqueeze(-1)
     mu_aff = ((st.s + a_aff * ds) * (st.lam + a_aff * dl)).sum(-1, keepdim=True) / m
