@@ -262,24 +262,25 @@ def test_stalled_elements_are_retried(mixed):
     np.testing.assert_allclose(z.numpy(), z_ref.numpy(), atol=1e-4)
 
 
-@pytest.mark.parametrize("mixed", [True, False])
-def test_unbounded_element_found_after_a_stall(mixed):
+@pytest.mark.parametrize("mixed, polish_tol", [(True, None), (False, None), (False, 1e-1)])
+def test_unbounded_element_found_after_a_stall(mixed, polish_tol):
     """Element 13 of this batch is unbounded (cvxpy: "unbounded"); its iterations stall first, and
     before stalled elements were retried it ended as MAX_ITERATIONS after 10 iterations. The
     retried iterations find its descent ray; the verdict DUAL_INFEASIBLE needs that ray verified
-    on the data (``CERTIFICATE_TOL``). With mixed-precision iterations the ray holds and the
-    verdict is DUAL_INFEASIBLE; in float64 iterations the retry's ray holds to 1e-9 but not 1e-10,
-    and the element is INACCURATE (an unverified verdict was returned before). The other
-    elements are SOLVED."""
+    on the data (``CERTIFICATE_TOL``). With the default first phase (to ``1e-3``: m = 2n rows) the
+    ray holds in 29 iterations and the verdict is DUAL_INFEASIBLE. Stopping the first phase at
+    ``polish_tol=1e-1`` in float64 iterations, the retry's ray holds to 1e-9 but not 1e-10, and
+    the element is INACCURATE (an unverified verdict was returned before). The other elements are
+    SOLVED."""
     from declarative.qp.residuals import CERTIFICATE_TOL, dual_certificate_holds
     params = random_qp(64, 20, 40, 5, seed=2, psd_rank=3)
-    sol = solve_qp_ipm(*params, options=QPOptions(mixed_precision=mixed))
+    sol = solve_qp_ipm(*params, options=QPOptions(mixed_precision=mixed, polish_tol=polish_tol))
     others = torch.arange(64) != 13
     assert (sol.status[others] == Status.SOLVED).all()
     Q, q, G, h, A, b = params
     holds = bool(dual_certificate_holds(Q[13:14], q[13:14], G[13:14], A[13:14], sol.z[13:14],
                                         CERTIFICATE_TOL[torch.float64]).all())
-    if mixed:
+    if polish_tol is None:
         assert int(sol.status[13]) == Status.DUAL_INFEASIBLE and holds
     else:
         assert int(sol.status[13]) == Status.INACCURATE and not holds

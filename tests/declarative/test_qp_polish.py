@@ -1,13 +1,14 @@
-"""The polish's clean-up of the multipliers (``declarative.qp.polish._least_norm_multipliers``): at a
-degenerate vertex the optimal multipliers form a ray, and a point far along it (terms of 1e7 that
-cancel) is replaced by the least-norm non-negative one; elements without cancellation, and those
-not polished, are left as they are."""
+"""The polish (``declarative.qp.polish``). Its clean-up of the multipliers
+(``_least_norm_multipliers``): at a degenerate vertex the optimal multipliers form a ray, and a
+point far along it (terms of 1e7 that cancel) is replaced by the least-norm non-negative one;
+elements without cancellation, and those not polished, are left as they are. Its rounds: when a
+guess stops (unchanged, cycling, far off) and how loose the iterate it starts from is."""
 
 from __future__ import annotations
 
 import torch
 
-from declarative import Status, solve_qp
+from declarative import QPOptions, Status, solve_qp
 from declarative.qp import ipm
 from declarative.qp.polish import _PENALTY_RISES, _PENALTY_ROUNDS_ALL, _least_norm_multipliers, _next_round
 
@@ -153,3 +154,61 @@ def test_penalty_polish_follows_an_mpc_chain_of_active_bounds(monkeypatch):
     assert stat.abs().max() < 1e-9 * (1 + q.abs().max())
     assert (sol.z.abs() <= 1 + 1e-12).all() and (lam >= 0).all()
     assert (lam * (h - sol.z @ G.T)).abs().max() < 1e-9
+
+
+def test_far_guesses_iterate_on_instead_of_the_schur_complement_polish(monkeypatch):
+    """Random QPs with twice as many rows as variables, stopped at the loose ``polish_tol=1e-1``:
+    several elements' first penalty round corrects more than ``max(8, n/4)`` rows. They stop
+    polishing there (reported far), skip the first phase's Schur-complement polish and are
+    polished after the next rung's iterations; every element ends SOLVED and polished, at
+    cvxpy's (Clarabel's) solution."""
+    from declarative.qp.polish import _give_up_threshold
+    from declarative.reference.qp import qp_reference_batch, random_qp
+    params = random_qp(8, 32, 64, 0, seed=0)
+    penalty, schur = ipm._polish_penalty, ipm._polish
+    far_first, schur_todo = [], []
+
+    def recording_penalty(*args, **kwargs):
+        out = penalty(*args, **kwargs)
+        if kwargs.get("give_up") and not far_first:
+            far_first.append(out[-1].clone())
+        assert not kwargs.get("give_up") or not bool((out[-1] & out[4]).any())   # far: not accepted
+        return out
+
+    def recording_schur(*args, **kwargs):
+        schur_todo.append(args[10].clone())
+        return schur(*args, **kwargs)
+    monkeypatch.setattr(ipm, "_polish_penalty", recording_penalty)
+    monkeypatch.setattr(ipm, "_polish", recording_schur)
+    sol = solve_qp(*params, options=QPOptions(polish_tol=1e-1), check=False)
+    assert _give_up_threshold(32) == 8
+    far = far_first[0]
+    assert int(far.sum()) >= 2, far
+    if schur_todo:   # the first phase's Schur-complement polish, if any, leaves the far elements out
+        assert not bool((schur_todo[0] & far).any())
+    assert (sol.status == Status.SOLVED).all() and bool(sol.cache["polished"].all())
+    z_ref, *_ = qp_reference_batch(*params)
+    assert (sol.z - torch.from_numpy(z_ref)).abs().max() < 1e-6
+
+
+def test_first_phase_tolerance_by_the_rows_that_can_be_active_together():
+    """``polish_tol=None``: 1e-3 where at least 2n rows can be active together, counting a
+    variable's lower and upper bound rows once (box constraints alone: 1e-1, or 1e-2 with float32
+    first-phase iterations); over a batch, its largest count."""
+    from declarative.qp.ipm import _default_polish_tol, _rows_active_together
+    g = torch.Generator().manual_seed(0)
+    n = 6
+    eye = torch.eye(n, dtype=torch.float64)
+    box = torch.cat([eye, -eye])                                  # 2n rows, n can be active
+    general = torch.randn(2 * n, n, generator=g, dtype=torch.float64)
+    assert _rows_active_together(box) == n
+    assert _rows_active_together(general) == 2 * n
+    assert _rows_active_together(torch.cat([box, general[:3]])) == n + 3
+    assert _default_polish_tol(box, n, mixed=False) == 1e-1
+    assert _default_polish_tol(box, n, mixed=True) == 1e-2
+    assert _default_polish_tol(general, n, mixed=False) == 1e-3
+    assert _default_polish_tol(general[:2 * n - 1], n, mixed=False) == 1e-1
+    assert _default_polish_tol(None, n, mixed=False) == 1e-1
+    batch = torch.stack([torch.cat([box, box[:n]]), torch.cat([general[:n], box])])   # n and 2n
+    assert _rows_active_together(batch) == 2 * n                  # the second element's count
+    assert _default_polish_tol(batch, n, mixed=False) == 1e-3

@@ -42,7 +42,8 @@ def _solve_and_grads(params, w):
 
 def _rejecting(fn, phases):
     """``fn`` (``_polish_penalty`` or ``_polish``) that rejects the odd elements on its first
-    ``phases`` calls: their iterates are returned unchanged and their accepted flag is False."""
+    ``phases`` calls: their iterates are returned unchanged, their accepted flag (and the penalty
+    polish's far flag) False."""
     calls = [0]
 
     def wrapped(Q, q, G, h, A, b, z, s, lam, nu, todo, *args, **kwargs):
@@ -52,11 +53,12 @@ def _rejecting(fn, phases):
         calls[0] += 1
         if calls[0] > phases:
             return out
-        zo, so, lo, no, ok, act, factors = out
+        zo, so, lo, no, ok, act, factors, *far = out   # (``_polish_penalty`` adds its far mask)
         rej = REJECT.to(z.device)
         r_ = rej.unsqueeze(-1)
         return (torch.where(r_, z, zo), torch.where(r_, s, so), torch.where(r_, lam, lo),
-                torch.where(r_, nu, no) if nu is not None and no is not None else no, ok & ~rej, act, factors)
+                torch.where(r_, nu, no) if nu is not None and no is not None else no, ok & ~rej, act, factors,
+                *(f_ & ~rej for f_ in far))
 
     return wrapped, calls
 
