@@ -477,17 +477,20 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
     # elements that met the iterations' tolerances but not the contract are iterated on; their
     # last such point is kept and returned (INACCURATE) if the tighter iterations end worse
     # (non-finite steps or the iteration limit, e.g. an unbounded set of optimal multipliers)
+    # Also kept: unpolished points that met the contract while a later rung followed (``met``:
+    # returned SOLVED, unpolished, if the later rungs end worse)
     kept = {}
 
-    def keep(mask, state):
+    def keep(mask, state, met=False):
         if not bool(mask.any()):
             return
         if not kept:
-            kept.update(mask=mask, state=state)
+            kept.update(mask=mask, state=state, met=mask & met)
             return
         m_ = mask.unsqueeze(-1)
         kept["state"] = tuple(torch.where(m_, a_, b_) for a_, b_ in zip(state, kept["state"]))
         kept["mask"] = kept["mask"] | mask
+        kept["met"] = torch.where(mask, met, kept["met"])
 
     def certificates_hold(z, lam, nu, st):
         """Per element: True where ``st`` claims no infeasibility, or where its certificate holds
@@ -928,7 +931,11 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
                             if t_ is not None:
                                 t_.index_copy_(0, ix, u_.index_select(0, ix))
                 penalty_ok = fast | prox_ok      # accepted by the penalty polish or its retry
-                rest = todo & ~penalty_ok & ~far
+                # far elements skip it, unless their interior-point iterate already meets the final
+                # tolerances (float32 answers' looser ones): unpolished, it would be accepted as it
+                # is, and its gradients would be the unpolished form's
+                near_final = (torch.stack([before_res[0], before_res[2], before_res[1]], -1) <= tols_final).all(-1)
+                rest = todo & ~penalty_ok & ~(far & ~near_final)
                 first = None
                 act_new, pol_new = act_fast, penalty_ok
                 if bool(rest.any()):
@@ -953,10 +960,20 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
                 ok_c = on_original(z, lam, nu)[1]
                 keep((unfinished | solved) & converged & ~ok_c, (z, s, lam, nu))
                 converged = converged & ok_c
+                if phase < len(ladder):
+                    # an unpolished point that meets the contract (the polish failed; float32
+                    # answers' looser tolerances are met by loose iterates) iterates on and is
+                    # polished again while a later rung follows: unpolished gradients are not exact
+                    # (such float32 answers' were up to 50 off); the point is kept
+                    unpolished = todo & converged & ~pol_new
+                    keep(unpolished, (z, s, lam, nu), met=True)
+                    converged = converged & ~unpolished
+                else:
+                    unpolished = torch.zeros_like(converged)
                 status = torch.where(unfinished & converged, solved_t, status)
                 # loose IPM solution or stalled iterations, polish failed: iterate on (in float64;
                 # stalled elements are typical of the float32 phase, and of cond(Q) ≳ 1e8)
-                retry = (solved & ~converged) | (status == _STALLED)
+                retry = (solved & ~converged) | (status == _STALLED) | unpolished
                 if phase == len(ladder) or not bool(retry.any()):
                     break
                 first = None
@@ -1049,9 +1066,15 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
         if bool(back.any()):
             b_ = back.unsqueeze(-1)
             z, s, lam, nu = (torch.where(b_, a_, c_) for a_, c_ in zip(kept["state"], (z, s, lam, nu)))
-            status = torch.where(back, int(Status.INACCURATE), status)
+            # (SOLVED where the kept point met the contract: an unpolished answer)
+            status = torch.where(back, torch.where(kept["met"], solved_code, int(Status.INACCURATE)), status)
             if G is not None and "act" in cache:
                 cache["act"] = torch.where(b_, lam > s, cache["act"])
+            if "polished" in cache:
+                cache["polished"] = cache["polished"] & ~back
+                if "pre_ok" in cache:
+                    cache["pre_ok"] = cache["pre_ok"] & ~back
+                _forget_batch_factors(cache, s)
             lam_, nu_ = (lam if G is not None else z.new_zeros(B, 0)), (nu if A is not None else z.new_zeros(B, 0))
             res, _ = on_original(z, lam_, nu_)
     # the second solver (its answers skip the least-norm multipliers above: the contract is
