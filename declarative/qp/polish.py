@@ -58,7 +58,7 @@ _PENALTY_RISES = 2
 #: with two to three times as many inequality rows as variables: such elements were rarely accepted
 #: by the later penalty rounds, the proximal round or the Schur-complement polish (several
 #: factorisations each), and were accepted after the next phase of interior-point iterations;
-#: stopping them there took 1.3–1.8× less time (Maros–Meszaros problems of n ≈ 300–650: 1.5–2.3×)
+#: stopping them there took 1.2–1.5× less time (Maros–Meszaros problems of n ≈ 260–650: 1.5–2.3×)
 _GIVE_UP_ROWS = 8
 _GIVE_UP_FRACTION = 0.25
 
@@ -248,12 +248,13 @@ def _polish_penalty(Q, q, G, h, A, b, z, s, lam, nu, todo, opts, reg, zero_eq, Q
     iterate while the others converge by ``prox·δ/(σ + prox·δ)`` a step (``σ`` their curvature),
     hence ``steps`` is raised with it.
 
-    ``give_up``: where more interior-point iterations follow (not the last rung of the caller's
-    ladder), an element whose round corrects more than ``_give_up_threshold(n)`` rows stops and is
-    reported *far*: its iterate is too far from the solution for the guess to be repaired in a few
-    rounds, and the caller iterates on instead of the Schur-complement polish (several
-    factorisations, rarely successful there); the one proximal round still runs (it rescues
-    points whose refinement stalls near dependent active rows, e.g. QSCTAP1).
+    ``give_up``: where more interior-point iterations follow (the caller's rungs looser than the
+    final tolerances), an element whose round corrects more than ``_give_up_threshold(n)`` rows
+    stops and is reported *far*: its iterate is too far from the solution for the guess to be
+    repaired in a few rounds, and the caller iterates on instead of the Schur-complement polish
+    (several factorisations, rarely successful there) where the element is retried; the one
+    proximal round still runs (it rescues points whose refinement stalls near dependent active
+    rows, e.g. QSCTAP1).
 
     Returns:
         ``z, s, λ, ν`` (polished where accepted), the accepted mask, the active mask (of the

@@ -204,6 +204,9 @@ def test_first_phase_tolerance_by_the_rows_that_can_be_active_together():
     assert _rows_active_together(box) == n
     assert _rows_active_together(general) == 2 * n
     assert _rows_active_together(torch.cat([box, general[:3]])) == n + 3
+    zero = torch.zeros(2 * n, n, dtype=torch.float64)
+    assert _rows_active_together(torch.cat([general[:3], zero])) == 3   # zero rows (padding)
+    assert _default_polish_tol(torch.cat([general[:3], zero]), n, mixed=False) == 1e-1
     assert _default_polish_tol(box, n, mixed=False) == 1e-1
     assert _default_polish_tol(box, n, mixed=True) == 1e-2
     assert _default_polish_tol(general, n, mixed=False) == 1e-3
@@ -212,3 +215,6 @@ def test_first_phase_tolerance_by_the_rows_that_can_be_active_together():
     batch = torch.stack([torch.cat([box, box[:n]]), torch.cat([general[:n], box])])   # n and 2n
     assert _rows_active_together(batch) == 2 * n                  # the second element's count
     assert _default_polish_tol(batch, n, mixed=False) == 1e-3
+    bad = torch.tensor([False, True])                             # elements with non-finite data
+    assert _rows_active_together(batch, bad) == n
+    assert _default_polish_tol(batch, n, mixed=False, bad=bad) == 1e-1
