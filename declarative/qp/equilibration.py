@@ -127,13 +127,19 @@ class Equilibration(NamedTuple):
         Q, q, G, h, A, b = params
         c = self._per_element(self.cost, 0)
         D = self.var
-        Qs = Q * (self._per_element(c, 2) * D.unsqueeze(-1) * D.unsqueeze(-2))
+        # the matrices' second product in place on the first's result (the same values: at
+        # (128, 500, 500) a fresh temporary per product cost 0.5–1.4 s of allocation); out of
+        # place where autograd records it
+        inplace = not torch.is_grad_enabled() or not any(
+            t is not None and t.requires_grad for t in (Q, G, A, self.cost, self.var, self.ineq, self.eq))
+        scale = self._per_element(c, 2) * D.unsqueeze(-1) * D.unsqueeze(-2)
+        Qs = scale.mul_(Q) if inplace and scale.shape == torch.broadcast_shapes(scale.shape, Q.shape) else Q * scale
         qs = q * (self._per_element(c, 1) * D)
         Gs = hs = As = bs = None
         if G is not None:
-            Gs, hs = G * self.ineq.unsqueeze(-1) * D.unsqueeze(-2), h * self.ineq
+            Gs, hs = _rows_then_columns(G, self.ineq, D, inplace), h * self.ineq
         if A is not None:
-            As, bs = A * self.eq.unsqueeze(-1) * D.unsqueeze(-2), b * self.eq
+            As, bs = _rows_then_columns(A, self.eq, D, inplace), b * self.eq
         return Qs, qs, Gs, hs, As, bs
 
     def direction(self, g: torch.Tensor) -> torch.Tensor:
@@ -182,6 +188,13 @@ class Equilibration(NamedTuple):
         which map like solutions; cache shared)."""
         return Solution(z=self.unscale_z(sol.z), duals=self.unscale_duals(sol.duals),
                         status=sol.status, iterations=sol.iterations, residuals=sol.residuals, cache=sol.cache)
+
+
+def _rows_then_columns(M: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, inplace: bool) -> torch.Tensor:
+    """``(M · rows[:, None]) · cols[None, :]``, the second product in place where allowed."""
+    out = M * rows.unsqueeze(-1)
+    c_ = cols.unsqueeze(-2)
+    return out.mul_(c_) if inplace and out.shape == torch.broadcast_shapes(out.shape, c_.shape) else out * c_
 
 
 def _spread_apart(size: torch.Tensor) -> torch.Tensor:
