@@ -96,24 +96,21 @@ _MANY_ROWS = 2
 _MANY_ROWS_POLISH_TOL = 1e-3
 
 
-def _rows_active_together(G, bad=None) -> int:
+def _rows_active_together(G) -> int:
     """The number of rows of ``G`` that can be active at one point, as counted for the first
-    phase's tolerance, largest over the batch (elements ``bad`` left out): the rows with two or
-    more nonzeros, plus the variables that single-nonzero rows (bounds) constrain — a variable's
-    lower and upper bound rows count once, as at most one of them is active for ``l < u``; zero
-    rows (padding) do not count."""
+    phase's tolerance, largest over the batch: the rows with two or more nonzeros, plus the
+    variables that single-nonzero rows (bounds) constrain — a variable's lower and upper bound rows
+    count once, as at most one of them is active for ``l < u``; zero rows (padding, and the data
+    of elements with non-finite inputs, which the solver replaces by zeros) do not count."""
     nz = G != 0
     per_row = nz.sum(-1)
     single = per_row == 1                                       # (B, m) bound rows
     general = (per_row >= 2).sum(-1)
     bounded = (nz & single.unsqueeze(-1)).any(-2).sum(-1)       # variables with a bound row
-    count = general + bounded
-    if bad is not None and count.shape[0] == bad.shape[0]:
-        count = torch.where(bad, 0, count)
-    return int(count.amax())
+    return int((general + bounded).amax())
 
 
-def _default_polish_tol(G, n: int, mixed: bool, bad=None) -> float:
+def _default_polish_tol(G, n: int, mixed: bool) -> float:
     """``QPOptions.polish_tol=None``: ``1e-1``, or ``1e-2`` with ``mixed`` (float32 iterations
     cost about half a float64 one, so a closer iterate pays), or ``1e-3`` where at least ``2n``
     rows can be active together (``_rows_active_together``; box constraints alone do not count
@@ -122,7 +119,7 @@ def _default_polish_tol(G, n: int, mixed: bool, bad=None) -> float:
     identify it. Measured forward times against ``1e-1``: random QPs with m = 2n–3n general rows
     1.3–2.3× faster; but QPs with few active rows among them (``degenerate_qp``, m = 2n–2.5n)
     0.86–0.90× (slower); m ≤ 1.5n and box constraints are not affected."""
-    if G is not None and G.shape[-2] >= _MANY_ROWS * n and _rows_active_together(G, bad) >= _MANY_ROWS * n:
+    if G is not None and G.shape[-2] >= _MANY_ROWS * n and _rows_active_together(G) >= _MANY_ROWS * n:
         return _MANY_ROWS_POLISH_TOL
     return 1e-2 if mixed else 1e-1
 
@@ -488,6 +485,8 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
     kept = {}
 
     def keep(mask, state, met=False):
+        if kept and not met:
+            mask = mask & ~kept["met"]   # a point that met the contract is not replaced by one that did not
         if not bool(mask.any()):
             return
         if not kept:
@@ -826,7 +825,7 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
     # phase 1: with polishing, iterate only to a loose tolerance (the polish makes the solution
     # exact once the active set is identified); later phases: elements whose polish fails continue
     # to a 100× tighter tolerance (at most twice, then to the full tolerance) and are polished again
-    polish_tol = opts.polish_tol if opts.polish_tol is not None else _default_polish_tol(G, q.shape[-1], mixed, bad)
+    polish_tol = opts.polish_tol if opts.polish_tol is not None else _default_polish_tol(G, q.shape[-1], mixed)
     loose = max(opts.tol, polish_tol) if (opts.polish and G is not None) else None
     tols = (opts.tol_primal, opts.tol_dual, opts.tol_gap)
     ladder = [tols]
@@ -915,10 +914,10 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
                     # float64: the penalty polish (one interior-point-sized factorisation a round);
                     # the Schur-complement polish below takes the elements where it fails
                     # (elements whose guess is far off skip the Schur-complement polish and iterate
-                    # on, where a later rung looser than the final tolerances follows)
+                    # on, where a later rung follows)
                     z, s, lam, nu, fast, act_fast, pre_, far = _polish_penalty(
                         Q, q, G, h, A, b, z, s, lam, nu, todo, opts, reg, zero_eq, QA, hnorm,
-                        give_up=phase < len(ladder) and max(ladder[phase - 1]) > max(tols))
+                        give_up=phase < len(ladder))
                     # where it diverged: one round more with a proximal term (its factors are not kept:
                     # the backward's refinement expects those of the static regularisation)
                     prox_todo = todo & ~fast
@@ -937,13 +936,10 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
                             if t_ is not None:
                                 t_.index_copy_(0, ix, u_.index_select(0, ix))
                 penalty_ok = fast | prox_ok      # accepted by the penalty polish or its retry
-                # far elements skip it where they iterate on (converged or stalled at this rung's
-                # tolerance; an element out of iterations is not retried), unless their
-                # interior-point iterate already meets the final tolerances (float32 answers'
-                # looser ones)
-                near_final = (torch.stack([before_res[0], before_res[2], before_res[1]], -1) <= tols_final).all(-1)
-                iterates_on = (solved | (status == _STALLED)) & ~near_final
-                rest = todo & ~penalty_ok & ~(far & iterates_on)
+                # far elements skip it where they are retried (converged or stalled at this rung's
+                # tolerance; an element out of iterations is not; one whose unpolished iterate meets
+                # the contract is retried below)
+                rest = todo & ~penalty_ok & ~(far & (solved | (status == _STALLED)))
                 first = None
                 act_new, pol_new = act_fast, penalty_ok
                 if bool(rest.any()):

@@ -248,13 +248,12 @@ def _polish_penalty(Q, q, G, h, A, b, z, s, lam, nu, todo, opts, reg, zero_eq, Q
     iterate while the others converge by ``prox·δ/(σ + prox·δ)`` a step (``σ`` their curvature),
     hence ``steps`` is raised with it.
 
-    ``give_up``: where more interior-point iterations follow (the caller's rungs looser than the
-    final tolerances), an element whose round corrects more than ``_give_up_threshold(n)`` rows
-    stops and is reported *far*: its iterate is too far from the solution for the guess to be
-    repaired in a few rounds, and the caller iterates on instead of the Schur-complement polish
-    (several factorisations, rarely successful there) where the element is retried; the one
-    proximal round still runs (it rescues points whose refinement stalls near dependent active
-    rows, e.g. QSCTAP1).
+    ``give_up``: where more interior-point iterations follow (not the caller's last rung), an
+    element whose round corrects more than ``_give_up_threshold(n)`` rows stops and is reported
+    *far*: its iterate is too far from the solution for the guess to be repaired in a few rounds,
+    and the caller iterates on instead of the Schur-complement polish (several factorisations,
+    rarely successful there) where the element is retried; the one proximal round still runs (it
+    rescues points whose refinement stalls near dependent active rows, e.g. QSCTAP1).
 
     Returns:
         ``z, s, λ, ν`` (polished where accepted), the accepted mask, the active mask (of the

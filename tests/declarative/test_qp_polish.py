@@ -215,6 +215,3 @@ def test_first_phase_tolerance_by_the_rows_that_can_be_active_together():
     batch = torch.stack([torch.cat([box, box[:n]]), torch.cat([general[:n], box])])   # n and 2n
     assert _rows_active_together(batch) == 2 * n                  # the second element's count
     assert _default_polish_tol(batch, n, mixed=False) == 1e-3
-    bad = torch.tensor([False, True])                             # elements with non-finite data
-    assert _rows_active_together(batch, bad) == n
-    assert _default_polish_tol(batch, n, mixed=False, bad=bad) == 1e-1

@@ -182,3 +182,22 @@ def test_far_elements_out_of_iterations_keep_the_schur_complement_polish(monkeyp
     assert int((ref.status == Status.SOLVED).sum()) > int((ref.status == Status.MAX_ITERATIONS).sum()) > 0
     assert torch.equal(sol.status, ref.status)
     assert torch.equal(sol.cache["polished"], ref.cache["polished"])
+
+
+def test_a_kept_point_that_met_the_contract_is_not_replaced_by_a_worse_one(monkeypatch):
+    """Polishes that never succeed on the odd elements of the degenerate problems, without the
+    second solver: element 3's unpolished iterate meets the contract at one rung and is kept while
+    it iterates on; the next rung's point meets the iterations' tolerances but not the contract
+    (kept too, as a fallback) and the last rung ends at the iteration limit. The point that met
+    the contract is the answer (SOLVED); when the later point replaced it, element 3 was
+    INACCURATE. Element 5 meets the contract at no rung and is INACCURATE, as before."""
+    params, zs = _problems("degenerate")
+    pen, pen_calls = _rejecting(ipm._polish_penalty, phases=10 ** 6)
+    sch, _ = _rejecting(ipm._polish, phases=10 ** 6)
+    monkeypatch.setattr(ipm, "_polish_penalty", pen)
+    monkeypatch.setattr(ipm, "_polish", sch)
+    sol = solve_qp(*params, options=QPOptions(proximal_max_iter=0), check=False)
+    assert pen_calls[0] >= 3
+    assert sol.status.tolist() == [Status.SOLVED] * 5 + [Status.INACCURATE]
+    assert not bool(sol.cache["polished"][REJECT].any())
+    assert (sol.z[:5] - zs[:5]).abs().max() < 1e-4
