@@ -601,7 +601,8 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
         """``(limit, budget)`` of a further ``run``: the elements ``more`` may iterate to
         ``max_iter`` of their own (at least once more), every other element not at all — a running
         element outside ``more`` stays where it is, so that an element's iterations never depend on
-        the other elements of its batch; ``budget``, the loop's bound, is the largest remainder
+        the other elements of its batch (one exception: the first phase's default tolerance is the
+        batch's, ``_default_polish_tol``); ``budget``, the loop's bound, is the largest remainder
         (one host sync)."""
         limit = torch.where(more, torch.clamp(iterations + 1, min=opts.max_iter), iterations)
         return limit, int((limit - iterations).max())
