@@ -285,7 +285,7 @@ def _polish_penalty(Q, q, G, h, A, b, z, s, lam, nu, todo, opts, reg, zero_eq, Q
     rises_all = torch.zeros_like(fixes_all)
     accepted = torch.zeros_like(todo)
     far_all = torch.zeros_like(todo)
-    limit = _give_up_threshold(z.shape[-1]) if give_up else None
+    limit = _give_up_threshold(z.shape[-1]) if give_up else m   # (no round corrects more than m rows)
     todo_all = todo
     store = None
 
@@ -336,16 +336,14 @@ def _polish_penalty(Q, q, G, h, A, b, z, s, lam, nu, todo, opts, reg, zero_eq, Q
         new_act = (act & keep) | (viol > vtol)
         fixes, rises, go = _next_round(act, new_act, ok, conv, r, *((fixes_all, rises_all) if sub is None else
                                                               (fixes_all[sub], rises_all[sub])))
-        far = (~ok & (fixes > limit)) if give_up else None
-        if give_up:
-            go = go & ~far
+        far = ~ok & (fixes > limit)
+        go = go & ~far
         o_ = ok.unsqueeze(-1)
         if sub is None:
             z, s, lam, nu = (torch.where(o_, n_, o) for o, n_ in upd)
             accepted = accepted | ok
             todo_all = todo_all & go
-            if give_up:
-                far_all = far_all | far
+            far_all = far_all | far
             act_all = torch.where(o_, act_all, new_act)
             fixes_all, rises_all = fixes, rises
         else:
@@ -357,8 +355,7 @@ def _polish_penalty(Q, q, G, h, A, b, z, s, lam, nu, todo, opts, reg, zero_eq, Q
                         t.index_copy_(0, dst, p_[ok])   # in place: keeps the layout
             accepted = accepted.index_copy(0, sub, accepted.index_select(0, sub) | ok)
             todo_all = todo_all.index_copy(0, sub, go)
-            if give_up:
-                far_all = far_all.index_copy(0, sub, far_all.index_select(0, sub) | far)
+            far_all = far_all.index_copy(0, sub, far_all.index_select(0, sub) | far)
             act_all = act_all.index_copy(0, sub, new_act)
             fixes_all, rises_all = fixes_all.index_copy(0, sub, fixes), rises_all.index_copy(0, sub, rises)
     return z, s, lam, nu, accepted, act_all, (None if store is None else store + [gn]), far_all
