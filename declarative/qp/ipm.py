@@ -40,7 +40,8 @@ starting point (``λ = s``, weights 1). A primal and gap converged element whose
 (ill-conditioned Newton systems, typically float32) is stopped and handed to the polish as well;
 if that polish fails it iterates on (in float64) like the others. Elements that end ``INACCURATE``
 (or ``NON_FINITE`` with finite data) are solved again by the second solver, the proximal
-interior-point method of ``proximal_ipm`` (``_second_solver``; ``QPOptions.proximal_max_iter``).
+interior-point method of ``proximal_ipm`` (``_second_solver``; ``QPOptions.proximal_max_iter``),
+on the equilibrated problem and, where it fails there, on the original one.
 
 Mixed precision (``QPOptions.mixed_precision``): for float64 problems with inequalities the first
 phase (to ``polish_tol``) runs on a float32 copy of the data (``_Working``, ``_lowered``) — the
@@ -916,19 +917,9 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
                     # the Schur-complement polish below takes the elements where it fails
                     # (elements whose guess is far off skip the Schur-complement polish and iterate
                     # on, where a later rung follows)
-                    z, s, lam, nu, fast, act_fast, pre_, far = _polish_penalty(
-                        Q, q, G, h, A, b, z, s, lam, nu, todo, opts, reg, zero_eq, QA, hnorm,
+                    z, s, lam, nu, fast, prox_ok, act_fast, pre_, far = _polish_penalty_twice(
+                        (Q, q, G, h, A, b), (z, s, lam, nu), todo, opts, (QA, reg, zero_eq, hnorm),
                         give_up=phase < len(ladder))
-                    # where it diverged: one round more with a proximal term (its factors are not kept:
-                    # the backward's refinement expects those of the static regularisation)
-                    prox_todo = todo & ~fast
-                    if bool(prox_todo.any()):
-                        z, s, lam, nu, prox_ok, act_prox, _, _ = _polish_penalty(
-                            Q, q, G, h, A, b, z, s, lam, nu, prox_todo, opts, reg, zero_eq, QA, hnorm,
-                            rounds=1, prox=_PROX, steps=_PROX_STEPS, refine_tol=_strict(dtype))
-                        act_fast = torch.where(prox_ok.unsqueeze(-1), act_prox, act_fast)
-                    else:
-                        prox_ok = torch.zeros_like(fast)
                     if pre is None or pre_ is None:
                         pre = pre if pre_ is None else pre_
                     elif bool(fast.any()):
@@ -1095,7 +1086,7 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
             if opts.polish:
                 z, s, lam, nu = _polish_second_solver(
                     (Q, q, G, h, A, b), (z, s, lam, nu), won, cache, opts, on_original,
-                    (reg, zero_eq, hnorm, bnorm, qnorm))
+                    (QA, reg, zero_eq, hnorm, bnorm, qnorm))
             else:
                 cache["act"] = torch.where(won.unsqueeze(-1), lam > s, cache["act"])
             _forget_batch_factors(cache, s)
@@ -1150,6 +1141,8 @@ def _second_solver(data, state, iterations, redo, opts, orig, scales, answer_dty
 
     st, its, accepted = solve_qp_proximal(part, accept=accept, max_iter=opts.proximal_max_iter,
                                           fraction=opts.step_fraction)
+    if scales is not None and not bool(accepted.all()):
+        st, its, accepted = _second_solver_unscaled(orig, scales, ix, st, its, accepted, accept, opts)
     iterations = iterations.index_add(0, ix, its)
     won = torch.zeros_like(redo).index_copy(0, ix, accepted)
     if not bool(won.any()):
@@ -1164,17 +1157,87 @@ def _second_solver(data, state, iterations, redo, opts, orig, scales, answer_dty
     return z, s, lam, nu, won, iterations
 
 
+def _second_solver_unscaled(orig, scales, ix, st, its, accepted, accept, opts):
+    """The second solver's elements ``ix`` that it left unaccepted on the equilibrated problem,
+    solved once more on the original one (float64, cold start, ``opts.proximal_max_iter`` more
+    iterations). Equilibration can make a solution's entries huge (QSHARE1B: ``‖z'‖∞ ≈ 7·10⁹``
+    in scaled units, ``9·10⁵`` in the original ones), and the proximal method then stalls far from
+    it; on the original data it converges. The iterate is mapped to scaled units
+    (``z' = D⁻¹z``, ``s' = d_G s``, multipliers by ``Equilibration.scale_duals``) and ``accept``
+    is evaluated on that mapped point, i.e. on exactly what the caller returns.
+
+    Returns:
+        ``(state, iterations, accepted)`` of ``ix`` with the accepted retries in place.
+    """
+    left = torch.nonzero(~accepted).reshape(-1)
+    sub = scales.select(ix).select(left)
+    data = tuple(None if t is None else _with_batch(_select(_select(t, ix, c), left, c), c).double()
+                 for t, c in zip(orig, _CORES))
+
+    def to_scaled(z, lam, nu):
+        d = sub.scale_duals({"lam": lam, "nu": nu})
+        return sub.scale_z(z), d["lam"], d["nu"]
+
+    st2, its2, acc2 = solve_qp_proximal(data, accept=lambda *point: accept(*to_scaled(*point)),
+                                        max_iter=opts.proximal_max_iter, fraction=opts.step_fraction)
+    z2, lam2, nu2 = to_scaled(st2.z, st2.lam, st2.nu)
+    s2 = st2.s * sub.ineq
+    a_ = acc2.unsqueeze(-1)
+
+    def put(t, u):
+        return t.index_copy(0, left, torch.where(a_, u.to(t.dtype), t.index_select(0, left)))
+    st = st._replace(z=put(st.z, z2), s=put(st.s, s2), lam=put(st.lam, lam2), nu=put(st.nu, nu2))
+    return st, its.index_add(0, left, its2), accepted.index_copy(0, left, acc2)
+
+
+def _polish_penalty_twice(data, state, todo, opts, aux, give_up=False):
+    """The penalty polish (``polish._polish_penalty``, float64) of the elements ``todo`` and, where
+    its refinement diverged, one round more with a proximal term (its factors are not kept: the
+    backward's refinement expects those of the static regularisation).
+
+    Returns:
+        ``(z, s, λ, ν, fast, prox_ok, act, factors, far)``: the points (polished where accepted),
+        the masks accepted by the first and by the proximal polish, the active masks, the first
+        polish's factors and its *far* mask (``give_up``, see ``_polish_penalty``).
+    """
+    Q, q, G, h, A, b = data
+    QA, reg, zero_eq, hnorm = aux
+    z, s, lam, nu, fast, act, factors, far = _polish_penalty(
+        Q, q, G, h, A, b, *state, todo, opts, reg, zero_eq, QA, hnorm, give_up=give_up)
+    prox_todo = todo & ~fast
+    prox_ok = torch.zeros_like(fast)
+    if bool(prox_todo.any()):
+        z, s, lam, nu, prox_ok, act_prox, _, _ = _polish_penalty(
+            Q, q, G, h, A, b, z, s, lam, nu, prox_todo, opts, reg, zero_eq, QA, hnorm,
+            rounds=1, prox=_PROX, steps=_PROX_STEPS, refine_tol=_strict(z.dtype))
+        act = torch.where(prox_ok.unsqueeze(-1), act_prox, act)
+    return z, s, lam, nu, fast, prox_ok, act, factors, far
+
+
 def _polish_second_solver(data, state, won, cache, opts, on_original, aux):
-    """The second solver's answers ``won`` polished onto their active set ``λ > s`` (``polish.
-    _polish``): where the polish is accepted and the contract holds at the polished point, that
-    point replaces the answer and the element counts as polished (``cache["polished"]``, its active
-    set in ``cache["act"]``: the backward's classification is the one of polished elements). The
-    others keep the second solver's answer, unpolished, with the active set ``λ > s``."""
+    """The second solver's answers ``won`` polished as the interior-point method's are: in float64
+    by the penalty polish and its proximal retry (``_polish_penalty_twice``; their guessed active
+    set handles dependent active rows, e.g. QCAPRI, QPCBOEI2), then, where those fail and in the
+    other dtypes, onto the active set ``λ > s`` (``polish._polish``). Where a polish is accepted and
+    the contract holds at the polished point, that point replaces the answer and the element counts
+    as polished (``cache["polished"]``, its active set in ``cache["act"]``: the backward's
+    classification is the one of polished elements). The others keep the second solver's answer,
+    unpolished, with the active set ``λ > s``."""
     Q, q, G, h, A, b = data
     z, s, lam, nu = state
-    reg, zero_eq, hnorm, bnorm, qnorm = aux
-    zp, sp, lp, np_, ok, act, _ = _polish(Q, q, G, h, A, b, z, s, lam, nu, won, opts, reg, zero_eq, hnorm,
-                                          bnorm, qnorm)
+    QA, reg, zero_eq, hnorm, bnorm, qnorm = aux
+    zp, sp, lp, np_ = z, s, lam, nu
+    ok, act = torch.zeros_like(won), lam > s
+    if z.dtype == torch.float64:
+        zp, sp, lp, np_, fast, prox_ok, act, _, _ = _polish_penalty_twice(
+            data, state, won, opts, (QA, reg, zero_eq, hnorm))
+        ok = fast | prox_ok
+    rest = won & ~ok
+    if bool(rest.any()):
+        zp, sp, lp, np_, ok_rest, act_rest, _ = _polish(Q, q, G, h, A, b, zp, sp, lp, np_, rest, opts, reg,
+                                                        zero_eq, hnorm, bnorm, qnorm)
+        act = torch.where(ok.unsqueeze(-1), act, act_rest)
+        ok = ok | ok_rest
     ok = ok & won & on_original(zp, lp, np_ if A is not None else zp.new_zeros(zp.shape[0], 0))[1]
     o_ = ok.unsqueeze(-1)
     z, s, lam = (torch.where(o_, a_, b_) for a_, b_ in ((zp, z), (sp, s), (lp, lam)))

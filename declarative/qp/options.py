@@ -157,6 +157,8 @@ class QPOptions:
             their data are finite — are solved again from the cold start by the proximal
             interior-point method (``qp.proximal_ipm``), whose answer replaces theirs (as
             ``SOLVED``) where it meets the contract; its iterations add to ``Solution.iterations``.
+            The limit holds per run: an element it leaves unsolved on the equilibrated problem
+            is run once more on the original data (at most twice this many iterations in all).
             0: no second solver. Needs ``contract`` (it stops on the contract).
     """
 

@@ -38,8 +38,9 @@ iterative refinement. After a step of length ``α`` both weights shrink, ``ρ �
 An element stops as soon as the caller's ``accept`` says its iterate meets the tolerances (in
 ``solve_qp_ipm``: the SOLVED contract on the original problem), when a direction is not finite,
 or after ``max_iter`` iterations. The method keeps no active set and no factorisation for the
-backward: ``solve_qp_ipm`` polishes its answers onto the guessed active set ``λ > s``
-(``ipm._polish_second_solver``).
+backward: ``solve_qp_ipm`` polishes its answers as it polishes its own
+(``ipm._polish_second_solver``). ``solve_qp_ipm`` runs it on the equilibrated problem and, for the
+elements it leaves unsolved there, once more on the original data (``ipm._second_solver_unscaled``).
 
 Shape:
     ``Q (b, n, n)``, ``q (b, n)``, ``G (b, m, n)``, ``h (b, m)``, ``A (b, p, n)``, ``b (b, p)``;
