@@ -67,7 +67,7 @@ import torch
 
 from ..solution import Solution
 from ..status import Status
-from .linalg import (_Factor, _inf_norm, _mtv, _mtvs, _mv, _mvs, _select, _shared, _static_reg, _with_batch,
+from .linalg import (_Factor, _inf_norm, _Scratch, _mtv, _mtvs, _mv, _mvs, _select, _shared, _static_reg, _with_batch,
                      _zero_rows)
 from .options import DEFAULT_REG, DEFAULT_TOL_INFEASIBLE, QPOptions
 from .residuals import (CERTIFICATE_TOL, dual_certificate_holds, meets_tolerances, primal_certificate_holds,
@@ -385,6 +385,8 @@ def _contract_on(orig, scales, answer_dtype, dtype, opts):
     """``(z, λ, ν) ↦ (residuals, contract mask)``: the residuals of an iterate of the (possibly
     equilibrated, ``scales``) problem on the original problem ``orig``, and where the SOLVED
     contract of ``opts`` holds — on the answer rounded to ``answer_dtype`` when given."""
+    absolute = {}   # |Q|, |G|, |A| of ``orig``, kept for every call
+
     def on_original(z, lam, nu):
         if answer_dtype is not None:
             # the answer as the caller returns it: rounded, then unscaled in that dtype
@@ -395,7 +397,7 @@ def _contract_on(orig, scales, answer_dtype, dtype, opts):
             lam, nu = d_["lam"], d_["nu"]
         if answer_dtype is not None:
             z, lam, nu = (t.to(dtype) for t in (z, lam, nu))
-        res = qp_residuals(*orig, z, lam, nu)
+        res = qp_residuals(*orig, z, lam, nu, absolute=absolute)
         if not opts.contract:
             return res, torch.ones_like(res.primal, dtype=torch.bool)
         return res, meets_tolerances(res, opts.eps_abs, opts.eps_rel, torch.finfo(answer_dtype or dtype).eps / 2)
@@ -1202,14 +1204,15 @@ def _polish_penalty_twice(data, state, todo, opts, aux, give_up=False):
     """
     Q, q, G, h, A, b = data
     QA, reg, zero_eq, hnorm = aux
+    scratch = _Scratch(state[0].dtype, state[0].device)   # (used by large problems only)
     z, s, lam, nu, fast, act, factors, far = _polish_penalty(
-        Q, q, G, h, A, b, *state, todo, opts, reg, zero_eq, QA, hnorm, give_up=give_up)
+        Q, q, G, h, A, b, *state, todo, opts, reg, zero_eq, QA, hnorm, give_up=give_up, scratch=scratch)
     prox_todo = todo & ~fast
     prox_ok = torch.zeros_like(fast)
     if bool(prox_todo.any()):
         z, s, lam, nu, prox_ok, act_prox, _, _ = _polish_penalty(
             Q, q, G, h, A, b, z, s, lam, nu, prox_todo, opts, reg, zero_eq, QA, hnorm,
-            rounds=1, prox=_PROX, steps=_PROX_STEPS, refine_tol=_strict(z.dtype))
+            rounds=1, prox=_PROX, steps=_PROX_STEPS, refine_tol=_strict(z.dtype), scratch=scratch)
         act = torch.where(prox_ok.unsqueeze(-1), act_prox, act)
     return z, s, lam, nu, fast, prox_ok, act, factors, far
 

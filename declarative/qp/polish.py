@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import torch
 
-from .linalg import _chol_solve, _Factor, _gather_rows, _inf_norm, _mtv, _mtvs, _mv, _row_norm, _shared
+from .linalg import _chol_solve, _Factor, _gather_rows, _inf_norm, _mtv, _mtvs, _mv, _row_norm, _Scratch, _shared
 
 __all__: list[str] = []
 
@@ -61,6 +61,34 @@ _PENALTY_RISES = 2
 #: stopping them there took 1.2–1.5× less time (Maros–Meszaros problems of n ≈ 260–650: 1.5–2.3×)
 _GIVE_UP_ROWS = 8
 _GIVE_UP_FRACTION = 0.25
+
+
+#: the penalty rounds of large problems (``B·m·n² ≥ _GATHER_WORK``) factorise ``Q + G_Kᵀ diag(w_K)
+#: G_K`` on the gathered rows ``K`` of the guessed active sets (padded to the batch's largest
+#: count) where that leaves out at least ``_GATHER_SAVING`` of the rows: the other rows' weights
+#: are zero, they add nothing but their flops (at (128, 500, 500) about half the rows are active)
+_GATHER_WORK = 1 << 29
+_GATHER_SAVING = 0.125
+
+
+def _penalty_factor(QA, G, A, wk, act, reg, zero_eq, opts, k, scratch):
+    """The factorisation of a penalty round, ``Q + Gᵀ diag(w) G + ρAᵀA + δI`` with weights ``w``
+    (``wk``) zero off the active masks ``act``: on the ``k`` gathered rows of each element whose
+    mask is set first (all of them when ``k`` is None), into the memory of ``scratch`` when given
+    (``linalg._Scratch``; the factor ``L`` then lives in its ``"H"`` until released).
+
+    Shape:
+        ``QA (B or 1, n, n)``, ``G (B or 1, m, n)``, ``wk, act (B, m)``; the factor's ``(B, n, n)``.
+    """
+    if k is not None:
+        idx = torch.argsort(act.to(torch.int8), dim=-1, descending=True, stable=True)[:, :k]
+        G = _gather_rows(G, idx)
+        wk = wk.gather(1, idx)
+    bufs = None
+    if scratch is not None:
+        B, n = wk.shape[0], G.shape[-1]
+        bufs = (scratch.view("sG", (B, G.shape[-2], n)), scratch.view("H", (B, n, n)))
+    return _Factor(QA, G, A, None, wk, reg, zero_eq, opts.reg, bufs)
 
 
 def _give_up_threshold(n: int) -> int:
@@ -223,7 +251,7 @@ def _next_round(act, new_act, ok, conv, r, fixes_prev, rises_prev):
 
 
 def _polish_penalty(Q, q, G, h, A, b, z, s, lam, nu, todo, opts, reg, zero_eq, QA, hnorm, rounds=_PENALTY_ROUNDS,
-                    prox=1.0, steps=8, refine_tol=None, give_up=False):
+                    prox=1.0, steps=8, refine_tol=None, give_up=False, scratch=None, gather=None):
     r"""Active-set polish by the method of multipliers (``_refine_active``) on the penalised
     factorisation ``Q + Gᵀ diag(c·a) G + ρAᵀA`` of the guessed active set ``a`` (the interior-point
     ``_Factor``: no gathered rows, no Schur complement of the active rows). Rounds as in
@@ -254,6 +282,11 @@ def _polish_penalty(Q, q, G, h, A, b, z, s, lam, nu, todo, opts, reg, zero_eq, Q
     and the caller iterates on instead of the Schur-complement polish (several factorisations,
     rarely successful there) where the element is retried; the one proximal round still runs (it
     rescues points whose refinement stalls near dependent active rows, e.g. QSCTAP1).
+
+    ``gather``: factorise on the gathered active rows (``_penalty_factor``, where they leave out
+    at least ``_GATHER_SAVING`` of the rows) and, outside autograd, into reused memory (``scratch``,
+    a ``linalg._Scratch``; one of its own if None); None: for large problems
+    (``B·m·n² ≥ _GATHER_WORK``).
 
     Returns:
         ``z, s, λ, ν`` (polished where accepted), the accepted mask, the active mask (of the
@@ -288,21 +321,34 @@ def _polish_penalty(Q, q, G, h, A, b, z, s, lam, nu, todo, opts, reg, zero_eq, Q
     limit = _give_up_threshold(z.shape[-1]) if give_up else m   # (no round corrects more than m rows)
     todo_all = todo
     store = None
+    n = z.shape[-1]
+    large = B * m * n * n >= _GATHER_WORK if gather is None else gather
+    if not large or (torch.is_grad_enabled() and any(t.requires_grad for t in (QA, G, lam, s))):
+        scratch = None
+    elif scratch is None:
+        scratch = _Scratch(dtype, z.device)
 
     def take(t, ix):
         return t if t is None or t.dim() == 0 or t.shape[0] == 1 else t.index_select(0, ix)
     for r in range(rounds):
-        ntodo = int(todo_all.sum())   # one host synchronisation: any left, all left
+        # one host synchronisation: any left, all left (and the rows to gather)
+        k = None
+        if large:
+            ntodo, k = torch.stack([todo_all.sum(), (act_all & todo_all.unsqueeze(-1)).sum(-1).amax()]).tolist()
+            k = k if k <= (1 - _GATHER_SAVING) * m else None
+        else:
+            ntodo = int(todo_all.sum())
         if ntodo == 0:
             break
         sub = None if ntodo == B else torch.nonzero(todo_all).reshape(-1)
-        d = (Q, q, G, h, A, b, QA, zero_eq, reg, hnorm, c, z, lam, nu, act_all, gn)
+        d = (Q, q, G, h, A, b, None if QA is Q else QA, zero_eq, reg, hnorm, c, z, lam, nu, act_all, gn)
         if sub is not None:
             d = tuple(take(t, sub) for t in d)
         Qs, qs_, Gs, hs, As, bs, QAs, zqs, regs, hn, cs, zs, ls, ns, act, gns = d
+        QAs = Qs if QA is Q else QAs   # (without equalities the same matrix: gathered once)
         a = act.to(dtype)
         wk = cs * a
-        fac = _Factor(QAs, Gs, As, None, wk, regs * prox, zqs, opts.reg)
+        fac = _penalty_factor(QAs, Gs, As, wk, act, regs * prox, zqs, opts, k, scratch)
         zp, yp, nup, conv, Gzp = _refine_active(fac, wk, a, Qs, Gs, As, qs_, hs, bs, zs, ls * a, ns,
                                                 opts.rho, refine_tol or _refine_tol(dtype), steps, gn=gns)
         viol = Gzp - hs
@@ -312,22 +358,23 @@ def _polish_penalty(Q, q, G, h, A, b, z, s, lam, nu, todo, opts, reg, zero_eq, Q
         ok = conv & (viol <= vtol).all(-1) & keep.all(-1)
         upd = [(z, zp), (s, (-viol).clamp(min=0)), (lam, yp.clamp(min=0)), (nu, nup)]
         parts = [fac.L, fac.Y, fac.Ls, wk.expand(fac.L.shape[0], m)]
-        if store is None:
-            # the factors of the full batch, in their (column-major) layout: the triangular
-            # solves of the backward would copy a row-major factor on every call
-            store = parts if sub is None else [None if t is None else _zeros_as(t, B) for t in parts]
+        # ``store``: the factors of the accepted elements, made when the first are accepted — on
+        # the whole batch this round's own (in their column-major layout: the triangular solves of
+        # the backward would copy a row-major factor on every call), else zeros they are copied into
         if sub is None:
-            all_ok = bool(ok.all())
-            if r > 0 and store is not parts:
+            n_ok = int(ok.sum())   # (one host synchronisation: none, some or all accepted)
+            all_ok = n_ok == B
+            if all_ok or (store is None and n_ok > 0):
+                store = parts
+                if scratch is not None:
+                    scratch.release("H")   # the factor is kept: a next round factorises elsewhere
+            elif n_ok > 0:
                 # a later round on the whole batch (every element retried): its accepted elements'
                 # factors replace those of the earlier round
-                if all_ok:
-                    store = parts
-                elif bool(ok.any()):
-                    dst = torch.nonzero(ok).reshape(-1)
-                    for t, p_ in zip(store, parts):
-                        if t is not None:
-                            t.index_copy_(0, dst, p_.index_select(0, dst))
+                dst = torch.nonzero(ok).reshape(-1)
+                for t, p_ in zip(store, parts):
+                    if t is not None:
+                        t.index_copy_(0, dst, p_.index_select(0, dst))
             if all_ok:
                 # every element accepted: the polished points as they are, no further round
                 z, s, lam, nu = (n_ for _, n_ in upd)
@@ -349,6 +396,8 @@ def _polish_penalty(Q, q, G, h, A, b, z, s, lam, nu, todo, opts, reg, zero_eq, Q
         else:
             z, s, lam, nu = (o.index_copy(0, sub, torch.where(o_, n_, o.index_select(0, sub))) for o, n_ in upd)
             if bool(ok.any()):
+                if store is None:
+                    store = [None if t is None else _zeros_as(t, B) for t in parts]
                 dst = sub[ok]
                 for t, p_ in zip(store, parts):
                     if t is not None:
