@@ -1194,8 +1194,10 @@ def _second_solver_unscaled(orig, scales, ix, st, its, accepted, accept, opts):
 
 def _polish_penalty_twice(data, state, todo, opts, aux, give_up=False):
     """The penalty polish (``polish._polish_penalty``, float64) of the elements ``todo`` and, where
-    its refinement diverged, one round more with a proximal term (its factors are not kept: the
-    backward's refinement expects those of the static regularisation).
+    it failed and its first round's refinement did not converge, one round more with a proximal
+    term (its factors are not kept: the backward's refinement expects those of the static
+    regularisation). That round starts from the first round's guess; where the first refinement
+    converged it would only solve the same system again.
 
     Returns:
         ``(z, s, λ, ν, fast, prox_ok, act, factors, far)``: the points (polished where accepted),
@@ -1205,12 +1207,14 @@ def _polish_penalty_twice(data, state, todo, opts, aux, give_up=False):
     Q, q, G, h, A, b = data
     QA, reg, zero_eq, hnorm = aux
     scratch = _Scratch(state[0].dtype, state[0].device)   # (used by large problems only)
-    z, s, lam, nu, fast, act, factors, far = _polish_penalty(
+    z, s, lam, nu, fast, act, factors, first_conv, far = _polish_penalty(
         Q, q, G, h, A, b, *state, todo, opts, reg, zero_eq, QA, hnorm, give_up=give_up, scratch=scratch)
-    prox_todo = todo & ~fast
+    # (the proximal round starts from the first round's guess: where that round's refinement
+    # converged, it would solve the same system again)
+    prox_todo = todo & ~fast & ~first_conv
     prox_ok = torch.zeros_like(fast)
     if bool(prox_todo.any()):
-        z, s, lam, nu, prox_ok, act_prox, _, _ = _polish_penalty(
+        z, s, lam, nu, prox_ok, act_prox, _, _, _ = _polish_penalty(
             Q, q, G, h, A, b, z, s, lam, nu, prox_todo, opts, reg, zero_eq, QA, hnorm,
             rounds=1, prox=_PROX, steps=_PROX_STEPS, refine_tol=_strict(z.dtype), scratch=scratch)
         act = torch.where(prox_ok.unsqueeze(-1), act_prox, act)

@@ -124,7 +124,8 @@ def _active_system(G, h, A, b, zero_eq, idx, valid):
     return Ae, be, torch.cat([zero_eq.expand(B, p), pad], -1)
 
 
-def _refine_active(fac, wk, a, Q, G, A, cq, ch, cb, z, y, nu, rho, tol, steps, todo=None, gn=None):
+def _refine_active(fac, wk, a, Q, G, A, cq, ch, cb, z, y, nu, rho, tol, steps, todo=None, gn=None,
+                   patient=False):
     """Solve the equality-constrained KKT system on an active set ``K`` (0/1 mask ``a``)
 
         Q z + Gᵀy + Aᵀν = −c_q,   a ∘ (G z) = a ∘ c_h,   A z = c_b,   y = a ∘ y
@@ -136,7 +137,10 @@ def _refine_active(fac, wk, a, Q, G, A, cq, ch, cb, z, y, nu, rho, tol, steps, t
     ``1 / (1 + w σ_min(G_K H⁻¹ G_Kᵀ))`` per step. ``c_h``, ``c_b`` may be None (zero). Elements whose
     relative residuals are below ``tol`` are frozen; the loop ends when those of ``todo`` (all if
     None) are. ``z = None`` starts from zero (``y``, ``ν`` must be None too); ``gn``: the largest
-    row 1-norm of ``G`` (``_row_norm``), computed if None.
+    row 1-norm of ``G`` (``_row_norm``), computed if None. From the fourth step on the loop also
+    ends when a step converged none of the others — with ``patient``, only when none of their
+    relative residuals fell either (the proximal retry of ``_polish_penalty``, whose steps each gain
+    a few digits).
 
     Returns:
         ``z, y, ν``, the mask of elements whose residuals met ``tol`` (on the returned iterate) and
@@ -160,6 +164,7 @@ def _refine_active(fac, wk, a, Q, G, A, cq, ch, cb, z, y, nu, rho, tol, steps, t
     chn = None if ch is None else _inf_norm(ch * a)
     cbn = None if cb is None else _inf_norm(cb)
     conv = torch.zeros(cq.shape[0], dtype=torch.bool, device=cq.device)
+    rel_prev = None   # the relative residuals of the last check (``patient``)
     ncq = -cq
     for it in range(steps + 1):
         if it == 0 and zero and ch is None:
@@ -189,16 +194,21 @@ def _refine_active(fac, wk, a, Q, G, A, cq, ch, cb, z, y, nu, rho, tol, steps, t
             scale_k = gn * zn if ch is None else torch.maximum(gn * zn, chn)
             if A is not None:
                 scale_a = torch.maximum(scale_a, _inf_norm(Atn))
-            ok = (_inf_norm(ra) <= tol * (scale_a + tiny)) & (_inf_norm(rk) <= tol * (scale_k + tiny))
+            rel = torch.maximum(_inf_norm(ra) / (scale_a + tiny), _inf_norm(rk) / (scale_k + tiny))
             if A is not None:
                 scale_b = an * zn if cb is None else torch.maximum(an * zn, cbn)
-                ok = ok & (_inf_norm(rb) <= tol * (scale_b + tiny))
+                rel = torch.maximum(rel, _inf_norm(rb) / (scale_b + tiny))
+            ok = rel <= tol
             done = conv | ok
             # stop when all are done, or when a step (from the fourth on) converged none of the
             # others: they are on a wrong or degenerate active set, the next round or the
-            # Schur-complement polish takes them
-            if it == steps or bool((done if todo is None else done | ~todo).all()) or \
-                    (it >= 3 and not bool((done & ~conv).any())):
+            # Schur-complement polish takes them; ``patient``: only once none of the others'
+            # residuals fell either (proximal steps gain a few digits a step, not all at once)
+            stuck = it >= 3 and not bool((done & ~conv).any())
+            if stuck and patient:
+                stuck = not bool((~done & (rel < rel_prev)).any())
+            rel_prev = rel
+            if it == steps or bool((done if todo is None else done | ~todo).all()) or stuck:
                 conv = done
                 break
             conv = done
@@ -292,8 +302,8 @@ def _polish_penalty(Q, q, G, h, A, b, z, s, lam, nu, todo, opts, reg, zero_eq, Q
         ``z, s, λ, ν`` (polished where accepted), the accepted mask, the active mask (of the
         accepted point; for the other elements the guess a next round would take), the
         full-batch ``[U, Y, Us, w, gn]`` (factors and weights of the accepted elements' last round,
-        largest row 1-norm of G) for ``kkt_tangent``, and the *far* mask (``give_up``; all False
-        without it).
+        largest row 1-norm of G) for ``kkt_tangent``, whether the first round's refinement
+        converged (True off ``todo``) and the *far* mask (``give_up``; all False without it).
     """
     dtype = z.dtype
     B, m = lam.shape
@@ -318,6 +328,7 @@ def _polish_penalty(Q, q, G, h, A, b, z, s, lam, nu, todo, opts, reg, zero_eq, Q
     rises_all = torch.zeros_like(fixes_all)
     accepted = torch.zeros_like(todo)
     far_all = torch.zeros_like(todo)
+    first_conv = torch.ones_like(todo)   # whether the first round's refinement converged
     limit = _give_up_threshold(z.shape[-1]) if give_up else m   # (no round corrects more than m rows)
     todo_all = todo
     store = None
@@ -350,7 +361,10 @@ def _polish_penalty(Q, q, G, h, A, b, z, s, lam, nu, todo, opts, reg, zero_eq, Q
         wk = cs * a
         fac = _penalty_factor(QAs, Gs, As, wk, act, regs * prox, zqs, opts, k, scratch)
         zp, yp, nup, conv, Gzp = _refine_active(fac, wk, a, Qs, Gs, As, qs_, hs, bs, zs, ls * a, ns,
-                                                opts.rho, refine_tol or _refine_tol(dtype), steps, gn=gns)
+                                                opts.rho, refine_tol or _refine_tol(dtype), steps, gn=gns,
+                                                patient=prox > 1)
+        if r == 0:
+            first_conv = conv if sub is None else first_conv.index_copy(0, sub, conv)
         viol = Gzp - hs
         vtol = ((hn + 1) * strict).unsqueeze(-1)                   # feasibility threshold
         ltol = ((_inf_norm(yp) + 1) * -strict).unsqueeze(-1)      # sign threshold
@@ -407,7 +421,7 @@ def _polish_penalty(Q, q, G, h, A, b, z, s, lam, nu, todo, opts, reg, zero_eq, Q
             far_all = far_all.index_copy(0, sub, far_all.index_select(0, sub) | far)
             act_all = act_all.index_copy(0, sub, new_act)
             fixes_all, rises_all = fixes_all.index_copy(0, sub, fixes), rises_all.index_copy(0, sub, rises)
-    return z, s, lam, nu, accepted, act_all, (None if store is None else store + [gn]), far_all
+    return z, s, lam, nu, accepted, act_all, (None if store is None else store + [gn]), first_conv, far_all
 
 
 def _polish(Q, q, G, h, A, b, z, s, lam, nu, solved, opts, reg, zero_eq, hnorm, bnorm, qnorm, rounds=4):

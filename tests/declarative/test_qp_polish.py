@@ -288,3 +288,28 @@ def test_gathered_penalty_rounds_give_the_same_answers_and_gradients(monkeypatch
     assert torch.equal(ok, s0.cache["pre_ok"]) and bool(ok.any())
     U0, U1 = s0.cache["pre_U"][ok], s1.cache["pre_U"][ok]
     assert (U0 - U1).abs().max() <= 1e-10 * U0.abs().max()
+
+
+def test_proximal_refinement_goes_on_while_its_residuals_fall():
+    """``_refine_active`` with a proximal weight on its factor (``H = Q + c G_KᵀG_K + δI``, δ = 0.2
+    against unit curvature: each step contracts the error by about δ/(1 + δ) = 1/6): the plain
+    loop stops at its fourth step, as no element converged in that step, with the dual residual
+    still at 4e-3; ``patient`` (the proximal retry of the penalty polish) refines on while the
+    residuals fall and converges within its 20 steps."""
+    from declarative.qp.linalg import _Factor
+    from declarative.qp.polish import _refine_active
+    f64 = dict(dtype=torch.float64)
+    g = torch.Generator().manual_seed(0)
+    n, m = 6, 3
+    Q = torch.eye(n, **f64).unsqueeze(0)
+    G = torch.randn(1, m, n, generator=g, **f64)
+    q, h = torch.randn(1, n, generator=g, **f64), torch.randn(1, m, generator=g, **f64)
+    a = torch.tensor([[1.0, 1.0, 0.0]], **f64)
+    wk = 1e7 * a
+    fac = _Factor(Q, G, None, None, wk, torch.full((1, 1), 0.2, **f64), None, 0.0)
+    for patient in (False, True):
+        z, y, _, conv, _ = _refine_active(fac, wk, a, Q, G, None, q, h, None, torch.zeros(1, n, **f64),
+                                          torch.zeros(1, m, **f64), None, 1.0, 1e-13, 20, patient=patient)
+        dual = (z @ Q[0] + q + y @ G[0]).abs().max()
+        assert bool(conv.all()) == patient and (dual < 1e-12) == patient, (patient, dual)
+        assert ((z @ G[0].T - h) * a).abs().max() < 1e-12
