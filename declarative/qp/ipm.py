@@ -1132,19 +1132,23 @@ def _second_solver(data, state, iterations, redo, opts, orig, scales, answer_dty
     dtype = z.dtype
     ix = torch.nonzero(redo).reshape(-1)
     part = tuple(None if t is None else _select(t, ix, c).double() for t, c in zip(data, _CORES))
-    contract = _contract_on(tuple(_select(t, ix, c) for t, c in zip(orig, _CORES)),
-                            None if scales is None else scales.select(ix), answer_dtype, dtype, opts)
     with_eq = data[4] is not None
 
-    def accept(zs, ls, ns):
-        ns = ns.to(dtype) if with_eq else zs.new_zeros(zs.shape[0], 0, dtype=dtype)
-        res, ok = contract(zs.to(dtype), ls.to(dtype), ns)
-        return ok & within_factor(res, opts.eps_abs, opts.eps_rel, _SECOND_SOLVER_FACTOR)
+    def acceptor(sel):
+        """The stopping test of the batch elements ``sel`` (scaled iterates of those only)."""
+        contract = _contract_on(tuple(_select(t, sel, c) for t, c in zip(orig, _CORES)),
+                                None if scales is None else scales.select(sel), answer_dtype, dtype, opts)
 
-    st, its, accepted = solve_qp_proximal(part, accept=accept, max_iter=opts.proximal_max_iter,
+        def accept(zs, ls, ns):
+            ns = ns.to(dtype) if with_eq else zs.new_zeros(zs.shape[0], 0, dtype=dtype)
+            res, ok = contract(zs.to(dtype), ls.to(dtype), ns)
+            return ok & within_factor(res, opts.eps_abs, opts.eps_rel, _SECOND_SOLVER_FACTOR)
+        return accept
+
+    st, its, accepted = solve_qp_proximal(part, accept=acceptor(ix), max_iter=opts.proximal_max_iter,
                                           fraction=opts.step_fraction)
     if scales is not None and not bool(accepted.all()):
-        st, its, accepted = _second_solver_unscaled(orig, scales, ix, st, its, accepted, accept, opts)
+        st, its, accepted = _second_solver_unscaled(orig, scales, ix, st, its, accepted, acceptor, opts)
     iterations = iterations.index_add(0, ix, its)
     won = torch.zeros_like(redo).index_copy(0, ix, accepted)
     if not bool(won.any()):
@@ -1159,20 +1163,22 @@ def _second_solver(data, state, iterations, redo, opts, orig, scales, answer_dty
     return z, s, lam, nu, won, iterations
 
 
-def _second_solver_unscaled(orig, scales, ix, st, its, accepted, accept, opts):
+def _second_solver_unscaled(orig, scales, ix, st, its, accepted, acceptor, opts):
     """The second solver's elements ``ix`` that it left unaccepted on the equilibrated problem,
     solved once more on the original one (float64, cold start, ``opts.proximal_max_iter`` more
     iterations). Equilibration can make a solution's entries huge (QSHARE1B: ``‖z'‖∞ ≈ 7·10⁹``
     in scaled units, ``9·10⁵`` in the original ones), and the proximal method then stalls far from
     it; on the original data it converges. The iterate is mapped to scaled units
-    (``z' = D⁻¹z``, ``s' = d_G s``, multipliers by ``Equilibration.scale_duals``) and ``accept``
-    is evaluated on that mapped point, i.e. on exactly what the caller returns.
+    (``z' = D⁻¹z``, ``s' = d_G s``, multipliers by ``Equilibration.scale_duals``) and the stopping
+    test of those elements, ``acceptor(ix[left])`` (scaled iterates ↦ accepted), is evaluated on
+    that mapped point, i.e. on exactly what the caller returns.
 
     Returns:
         ``(state, iterations, accepted)`` of ``ix`` with the accepted retries in place.
     """
     left = torch.nonzero(~accepted).reshape(-1)
     sub = scales.select(ix).select(left)
+    accept = acceptor(ix.index_select(0, left))
     data = tuple(None if t is None else _with_batch(_select(_select(t, ix, c), left, c), c).double()
                  for t, c in zip(orig, _CORES))
 

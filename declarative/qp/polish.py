@@ -13,8 +13,8 @@ only (a few rounds).
 Two forms:
 
 - ``_polish_penalty`` (float64): the method of multipliers (``_refine_active``) on the penalised
-  interior-point matrix ``Q + c G_KᵀG_K + ρAᵀA`` (the interior-point ``_Factor``: no gathered rows,
-  no Schur complement of the active rows). The penalty ``c = γ (1 + max|Q_ii|) / max_i ‖g_i‖²``
+  interior-point matrix ``Q + c G_KᵀG_K + ρAᵀA`` (the interior-point ``_Factor``, on the gathered
+  active rows for large problems; no Schur complement of the active rows). The penalty ``c = γ (1 + max|Q_ii|) / max_i ‖g_i‖²``
   (``γ = 1e7``) makes each step gain about seven digits, so two or three steps reach rounding level;
   the penalised matrix has condition ~ ``γ·cond(Q)``, hence float64 only.
 - ``_polish`` (elsewhere, and where the penalty polish fails): the active rows ``λ_i > s_i`` are
@@ -264,7 +264,7 @@ def _polish_penalty(Q, q, G, h, A, b, z, s, lam, nu, todo, opts, reg, zero_eq, Q
                     prox=1.0, steps=8, refine_tol=None, give_up=False, scratch=None, gather=None):
     r"""Active-set polish by the method of multipliers (``_refine_active``) on the penalised
     factorisation ``Q + Gᵀ diag(c·a) G + ρAᵀA`` of the guessed active set ``a`` (the interior-point
-    ``_Factor``: no gathered rows, no Schur complement of the active rows). Rounds as in
+    ``_Factor``, on the gathered active rows with ``gather``; no Schur complement of the active rows). Rounds as in
     ``_polish``: a polished point must be primal feasible with non-negative multipliers up to
     ``1e3·eps``; otherwise violated constraints are added and negative multipliers dropped.
 
@@ -284,14 +284,16 @@ def _polish_penalty(Q, q, G, h, A, b, z, s, lam, nu, todo, opts, reg, zero_eq, Q
     ``Q`` free, or more active rows than the vertex needs: with ``δ ~ 1e-11`` the rounding along
     them is amplified by ``1/δ``, with ``prox·δ`` those components stay near the interior-point
     iterate while the others converge by ``prox·δ/(σ + prox·δ)`` a step (``σ`` their curvature),
-    hence ``steps`` is raised with it.
+    hence ``steps`` is raised with it, and its refinement goes on while its residuals fall
+    (``_refine_active(patient=True)``).
 
     ``give_up``: where more interior-point iterations follow (not the caller's last rung), an
     element whose round corrects more than ``_give_up_threshold(n)`` rows stops and is reported
     *far*: its iterate is too far from the solution for the guess to be repaired in a few rounds,
     and the caller iterates on instead of the Schur-complement polish (several factorisations,
-    rarely successful there) where the element is retried; the one proximal round still runs (it
-    rescues points whose refinement stalls near dependent active rows, e.g. QSCTAP1).
+    rarely successful there) where the element is retried; the one proximal round still runs where
+    its first round's refinement did not converge (it rescues points whose refinement stalls near
+    dependent active rows, e.g. QSCTAP1).
 
     ``gather``: factorise on the gathered active rows (``_penalty_factor``, where they leave out
     at least ``_GATHER_SAVING`` of the rows) and, outside autograd, into reused memory (``scratch``,

@@ -313,3 +313,28 @@ def test_proximal_refinement_goes_on_while_its_residuals_fall():
         dual = (z @ Q[0] + q + y @ G[0]).abs().max()
         assert bool(conv.all()) == patient and (dual < 1e-12) == patient, (patient, dual)
         assert ((z @ G[0].T - h) * a).abs().max() < 1e-12
+
+
+def test_proximal_retry_only_where_the_first_refinement_did_not_converge(monkeypatch):
+    """The proximal round of the penalty polish starts from the first round's guess: it takes the
+    elements whose polish failed and whose first round's refinement did not converge, not those
+    rejected for a wrong guess after a converged refinement (it would solve the same system
+    again). On random (128, 50, 100, 10) QPs both kinds occur."""
+    from declarative.reference.qp import random_qp
+    penalty = ipm._polish_penalty
+    calls = []
+
+    def recording(*args, **kwargs):
+        out = penalty(*args, **kwargs)
+        calls.append((kwargs.get("prox", 1.0), args[10].clone(), out[4].clone(), out[7].clone()))
+        return out
+    monkeypatch.setattr(ipm, "_polish_penalty", recording)
+    sol = solve_qp(*random_qp(128, 50, 100, 10, seed=0))
+    assert (sol.status == Status.SOLVED).all()
+    pairs = [(a, b) for a, b in zip(calls, calls[1:]) if a[0] == 1.0 and b[0] > 1.0]
+    assert pairs
+    skipped = 0
+    for (_, todo, fast, first_conv), (_, prox_todo, _, _) in pairs:
+        assert torch.equal(prox_todo, todo & ~fast & ~first_conv)
+        skipped += int((todo & ~fast & first_conv).sum())
+    assert skipped > 0

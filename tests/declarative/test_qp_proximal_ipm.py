@@ -89,6 +89,52 @@ def test_each_element_iterates_on_its_own():
         torch.testing.assert_close(st1.z[0], st.z[i], rtol=1e-7, atol=1e-9)
 
 
+def _scaled_variables(B, seed):
+    """Random QPs whose variables are scaled by 10^U(−2, 2) (equilibration then scales them back)."""
+    Q, q, G, h, A, b = random_qp(B, 8, 16, 2, seed=seed)
+    D = 10.0 ** (4 * torch.rand(B, 8, generator=torch.Generator().manual_seed(seed + 100), dtype=torch.float64) - 2)
+    return D.unsqueeze(-1) * Q * D.unsqueeze(-2), D * q, G * D.unsqueeze(-2), h, A * D.unsqueeze(-2), b
+
+
+def test_retry_on_the_original_data_takes_the_elements_left_over(monkeypatch):
+    """``ipm._second_solver`` on equilibrated data, with a budget (8 iterations) that the run on the
+    equilibrated problem meets for one element of six: the other five are run again on the
+    original data (where these problems converge sooner) and accepted there. Each element's
+    outcome, iterations and answer are those of its run alone (with its scales from the batch),
+    and every accepted answer meets the contract on the original problem."""
+    from declarative.qp import ipm
+    from declarative.qp.equilibration import equilibration
+    f64 = torch.float64
+    runs = []
+    proximal = ipm.solve_qp_proximal
+
+    def recording(data, **kwargs):
+        out = proximal(data, **kwargs)
+        runs.append((out[2].shape[0], int(out[2].sum())))
+        return out
+    monkeypatch.setattr(ipm, "solve_qp_proximal", recording)
+    opts = QPOptions(proximal_max_iter=8).resolved(f64)
+
+    def second(orig, scales):
+        B = orig[0].shape[0]
+        state = (torch.zeros(B, 8, dtype=f64), torch.ones(B, 16, dtype=f64), torch.ones(B, 16, dtype=f64),
+                 torch.zeros(B, 2, dtype=f64))
+        return ipm._second_solver(scales.params(orig), state, torch.zeros(B, dtype=torch.int64),
+                                  torch.ones(B, dtype=torch.bool), opts, orig, scales, None)
+    orig = _scaled_variables(6, 0)
+    scales = equilibration(*orig)
+    z, s, lam, nu, won, its = second(orig, scales)
+    assert runs == [(6, 1), (5, 5)] and bool(won.all())
+    zu = scales.unscale_z(z)
+    d = scales.unscale_duals({"lam": lam, "nu": nu})
+    assert bool(meets_tolerances(qp_residuals(*orig, zu, d["lam"], d["nu"]), opts.eps_abs, opts.eps_rel, UNIT).all())
+    for i in range(6):
+        one, scales1 = tuple(t[i:i + 1] for t in orig), scales.select(torch.tensor([i]))
+        z1, _, _, _, won1, its1 = second(one, scales1)
+        assert bool(won1.all()) and int(its1) == int(its[i])
+        torch.testing.assert_close(scales1.unscale_z(z1)[0], zu[i], rtol=1e-7, atol=1e-9)
+
+
 def test_iteration_limit_and_refusal():
     """An accept test that never holds: every element runs exactly ``max_iter`` iterations and is
     not accepted; with ``max_iter = 0`` none runs."""
