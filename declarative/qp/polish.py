@@ -14,9 +14,10 @@ Two forms:
 
 - ``_polish_penalty`` (float64): the method of multipliers (``_refine_active``) on the penalised
   interior-point matrix ``Q + c G_KᵀG_K + ρAᵀA`` (the interior-point ``_Factor``, on the gathered
-  active rows for large problems; no Schur complement of the active rows). The penalty ``c = γ (1 + max|Q_ii|) / max_i ‖g_i‖²``
-  (``γ = 1e7``) makes each step gain about seven digits, so two or three steps reach rounding level;
-  the penalised matrix has condition ~ ``γ·cond(Q)``, hence float64 only.
+  active rows for large problems; no Schur complement of the active rows). The penalty
+  ``c = γ (1 + max|Q_ii|) / max_i ‖g_i‖²`` (``γ = 1e7``) makes each step gain about seven digits,
+  so two or three steps reach rounding level; the penalised matrix has condition ~ ``γ·cond(Q)``,
+  hence float64 only.
 - ``_polish`` (elsewhere, and where the penalty polish fails): the active rows ``λ_i > s_i`` are
   gathered and padded, and the equality block is eliminated with a Schur complement (two steps of
   iterative refinement).
@@ -264,8 +265,8 @@ def _polish_penalty(Q, q, G, h, A, b, z, s, lam, nu, todo, opts, reg, zero_eq, Q
                     prox=1.0, steps=8, refine_tol=None, give_up=False, scratch=None, gather=None):
     r"""Active-set polish by the method of multipliers (``_refine_active``) on the penalised
     factorisation ``Q + Gᵀ diag(c·a) G + ρAᵀA`` of the guessed active set ``a`` (the interior-point
-    ``_Factor``, on the gathered active rows with ``gather``; no Schur complement of the active rows). Rounds as in
-    ``_polish``: a polished point must be primal feasible with non-negative multipliers up to
+    ``_Factor``, on the gathered active rows with ``gather``; no Schur complement of the active
+    rows). Rounds as in ``_polish``: a polished point must be primal feasible with non-negative multipliers up to
     ``1e3·eps``; otherwise violated constraints are added and negative multipliers dropped.
 
     The penalty ``c = γ (1 + max|Q_ii|) / max_i ‖g_i‖²`` (``γ = 1e7``) makes each step of the method

@@ -55,7 +55,8 @@ def _rejecting(fn, phases):
         calls[0] += 1
         if calls[0] > phases:
             return out
-        zo, so, lo, no, ok, act, factors, *far = out   # (``_polish_penalty`` adds two masks: first round converged, far)
+        # (``_polish_penalty`` adds two masks: its first round converged, far)
+        zo, so, lo, no, ok, act, factors, *far = out
         rej = REJECT.to(z.device)
         r_ = rej.unsqueeze(-1)
         return (torch.where(r_, z, zo), torch.where(r_, s, so), torch.where(r_, lam, lo),
