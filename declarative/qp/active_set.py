@@ -67,7 +67,7 @@ from .options import QPOptions
 from .polish import _strict
 from .residuals import ROUNDING_FACTOR
 
-__all__ = ["OUT_OF_BAND", "refine_lu", "solve_qp_active_set", "use_active_set"]
+__all__ = ["OUT_OF_BAND", "solve_qp_active_set", "use_active_set"]
 
 #: the fast path applies up to this many variables plus constraints
 MAX_SIZE = 128
@@ -106,21 +106,6 @@ def _lift(values: list, dtype: torch.dtype, device) -> torch.Tensor:
 def _single(x: torch.Tensor, core: int) -> torch.Tensor:
     """The one problem's tensor of ``core`` dimensions of an unbatched or batch-size-1 input."""
     return x if x.dim() == core else x[0]
-
-
-def refine_lu(LU, piv, K, rhs, x, steps: int = 2):
-    """``x`` improved by iterative refinement for ``K x = rhs`` with ``K``'s LU factors, below
-    float64 only (float64 is returned as is): ``steps`` corrections ``x += K⁻¹(rhs − K x)`` with
-    the residual evaluated in float64 — for KKT systems whose condition the working precision does
-    not resolve (e.g. a vertex solution, where ``dz = 0`` exactly, came out O(10) in float32).
-
-    Shape: ``LU, K (..., k, k)``, ``piv (..., k)``, ``rhs, x (..., k, r)``."""
-    if x.dtype == torch.float64:
-        return x
-    K64, rhs64 = K.double(), rhs.double()
-    for _ in range(steps):
-        x = x + torch.linalg.lu_solve(LU, piv, (rhs64 - K64 @ x.double()).to(x.dtype))
-    return x
 
 
 def _to_host(parts: list[torch.Tensor], on_cpu: bool) -> list:
@@ -399,13 +384,14 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
                 act.discard(j)
         active_g = [j - p for j in active]
         # the final active set's KKT system solved afresh (the steps' updates accumulate rounding),
-        # below float64 refined with float64 residuals (``refine_lu``); its LU factors serve the
-        # backward (``kkt_tangent``)
+        # factorised in float64 whatever the dtype (below float64 a vertex solution, where dz = 0
+        # exactly, came out O(10) in float32; at these sizes float64 costs what float32 does, and
+        # fewer operations than refining a float32 solve); the answer is rounded to the dtype before
+        # it is judged. The LU factors serve the backward (``kkt_tangent``)
         ix = _lift(base + [n + p + i for i in active_g] + [N], torch.int64, device)
-        Kw = K.index_select(0, ix[:-1]).index_select(1, ix)
-        Kk, rhs_w = Kw[:, :-1], Kw[:, -1:]
-        LU, piv, _ = torch.linalg.lu_factor_ex(Kk)
-        x = refine_lu(LU, piv, Kk, rhs_w, torch.linalg.lu_solve(LU, piv, rhs_w))
+        Kw = K.index_select(0, ix[:-1]).index_select(1, ix).double()
+        LU, piv, _ = torch.linalg.lu_factor_ex(Kw[:, :-1])
+        x = torch.linalg.lu_solve(LU, piv, Kw[:, -1:]).to(dtype)
         # [Qz, Aᵀν, G_Wᵀλ_W; Az, 0, 0; Gz, 0, 0] in one product: x spread over three columns
         # (as rows: X K[:, :N]ᵀ, the (3, N) @ (N, N) layout, is the fast one for BLAS)
         cols = list(range(n)) + [N + i for i in range(n, n + p)] + [2 * N + n + p + i for i in active_g]
@@ -485,8 +471,6 @@ def solve_qp_active_set(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None
     z_t, nu_t, _ = x.view(1, -1).split_with_sizes([n, p, len(active_g)], 1)
     cache = {"s": s_t, "polished": polished,
              "kkt_lu": LU.unsqueeze(0), "kkt_piv": piv.unsqueeze(0), "kkt_idx": kkt_idx.view(1, -1)}
-    if dtype != torch.float64:
-        cache["kkt_mat"] = Kk.unsqueeze(0)   # for the backward's refinement
     if m:
         cache["act"] = act_t.view(1, m)
         # the backward's classification (``QPProblem.classify_constraints`` with the threshold

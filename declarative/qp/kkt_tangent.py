@@ -6,7 +6,6 @@ from __future__ import annotations
 import torch
 
 from ..solution import Solution
-from .active_set import refine_lu
 from .linalg import _Factor, _mtv, _mv, _static_reg, _with_batch, _zero_rows
 from .options import QPOptions
 from .polish import _active_system, _refine_active, _refine_tol
@@ -139,11 +138,8 @@ def _active_set_tangent(G: torch.Tensor | None, A: torch.Tensor | None, solution
     idx = cache["kkt_idx"]
     k = idx.shape[-1]
     rhs = torch.cat([g.expand(B, n).neg(), z.new_zeros(B, p + k)], 1).unsqueeze(-1)   # [−g; 0]
-    LU, piv = cache["kkt_lu"], cache["kkt_piv"]
-    sol = torch.linalg.lu_solve(LU, piv, rhs)
-    if "kkt_mat" in cache:                # below float64: refined with float64 residuals
-        sol = refine_lu(LU, piv, cache["kkt_mat"], rhs, sol)
-    sol = sol.squeeze(-1)
+    LU, piv = cache["kkt_lu"], cache["kkt_piv"]   # (float64 whatever the dtype)
+    sol = torch.linalg.lu_solve(LU, piv, rhs.to(LU.dtype)).to(rhs.dtype).squeeze(-1)
     dlam = z.new_zeros(B, m)
     if k:
         dlam.scatter_(1, idx, sol[:, n + p:])
