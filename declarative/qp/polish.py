@@ -372,7 +372,10 @@ def _polish_penalty(Q, q, G, h, A, b, z, s, lam, nu, todo, opts, reg, zero_eq, Q
         vtol = ((hn + 1) * strict).unsqueeze(-1)                   # feasibility threshold
         ltol = ((_inf_norm(yp) + 1) * -strict).unsqueeze(-1)      # sign threshold
         keep = yp >= ltol
-        ok = conv & (viol <= vtol).all(-1) & keep.all(-1)
+        # (rows of the guess are held by the refinement's own test, relative to their terms
+        # ‖g_i‖₁‖z‖∞: checked against ``vtol`` as well, a rounding-level residual of a row the guess
+        # already holds rejected the round and, with no row to correct, stopped the element)
+        ok = conv & ((viol <= vtol) | act).all(-1) & keep.all(-1)
         upd = [(z, zp), (s, (-viol).clamp(min=0)), (lam, yp.clamp(min=0)), (nu, nup)]
         parts = [fac.L, fac.Y, fac.Ls, wk.expand(fac.L.shape[0], m)]
         # ``store``: the factors of the accepted elements, made when the first are accepted — on

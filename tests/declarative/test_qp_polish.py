@@ -338,3 +338,24 @@ def test_proximal_retry_only_where_the_first_refinement_did_not_converge(monkeyp
         assert torch.equal(prox_todo, todo & ~fast & ~first_conv)
         skipped += int((todo & ~fast & first_conv).sum())
     assert skipped > 0
+
+
+def test_rows_the_guess_holds_are_judged_by_the_refinement(monkeypatch):
+    """A round of the penalty polish whose refinement converged, with no negative multiplier and
+    no violated row outside its guess, is accepted: the rows the guess holds are judged by the
+    refinement's own test, relative to their terms ``‖g_i‖₁‖z‖∞``. Judged against the
+    right-hand sides' scale ``1e3·u·(1 + ‖h‖∞)`` as well, dense rows of 500 entries had
+    rounding-level residuals above it: on random (128, 500, 500) QPs 18 elements were rejected with
+    nothing left to correct, and went to the Schur-complement polish."""
+    from declarative.qp import polish
+    from declarative.reference.qp import random_qp
+    next_round = polish._next_round
+    stuck = []
+
+    def recording(act, new_act, ok, conv, *args):
+        stuck.append(int((~ok & conv & (act == new_act).all(-1)).sum()))
+        return next_round(act, new_act, ok, conv, *args)
+    monkeypatch.setattr(polish, "_next_round", recording)
+    sol = solve_qp(*random_qp(128, 500, 500, 0, seed=0))
+    assert stuck and sum(stuck) == 0, stuck
+    assert (sol.status == Status.SOLVED).all() and bool(sol.cache["polished"].all())
