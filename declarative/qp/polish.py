@@ -372,9 +372,9 @@ def _polish_penalty(Q, q, G, h, A, b, z, s, lam, nu, todo, opts, reg, zero_eq, Q
         vtol = ((hn + 1) * strict).unsqueeze(-1)                   # feasibility threshold
         ltol = ((_inf_norm(yp) + 1) * -strict).unsqueeze(-1)      # sign threshold
         keep = yp >= ltol
-        # (rows of the guess are held by the refinement's own test, relative to their terms
-        # ‖g_i‖₁‖z‖∞: checked against ``vtol`` as well, a rounding-level residual of a row the guess
-        # already holds rejected the round and, with no row to correct, stopped the element)
+        # (rows of the guess are held by the refinement's own test, relative to ``gn·‖z‖∞``:
+        # checked against ``vtol`` as well, a residual of a row the guess already holds within that
+        # test but above ``vtol`` rejected the round and, with no row to correct, stopped the element)
         ok = conv & ((viol <= vtol) | act).all(-1) & keep.all(-1)
         upd = [(z, zp), (s, (-viol).clamp(min=0)), (lam, yp.clamp(min=0)), (nu, nup)]
         parts = [fac.L, fac.Y, fac.Ls, wk.expand(fac.L.shape[0], m)]
@@ -400,7 +400,8 @@ def _polish_penalty(Q, q, G, h, A, b, z, s, lam, nu, todo, opts, reg, zero_eq, Q
                 z, s, lam, nu = (n_ for _, n_ in upd)
                 accepted = ok
                 break
-        new_act = (act & keep) | (viol > vtol)
+        # (the guess's rows stay unless their multipliers are negative, the others join if violated)
+        new_act = (act & keep) | (~act & (viol > vtol))
         fixes, rises, go = _next_round(act, new_act, ok, conv, r, *((fixes_all, rises_all) if sub is None else
                                                               (fixes_all[sub], rises_all[sub])))
         far = ~ok & (fixes > limit)
