@@ -643,7 +643,7 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
         Qv, Gv, Av = _shared(Q), _shared(G), _shared(A)
         Gz = _mv(Gv, z) if G is not None else None
         X = None   # (s, λ) stacked: updated by the steps, rebuilt after a compaction
-        bufs = None   # (√w∘G, H) of the factorisations (large problems)
+        scratch = None   # the memory of the factorisations' √w∘G and H (large problems)
         tiny = torch.finfo(dtype).tiny
 
 
@@ -764,11 +764,12 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
             if k == 0 and fac0 is not None and widx is None:
                 fac = fac0
             else:
-                if bufs is None and G is not None and Q.shape[-1] ** 2 * z.shape[0] >= 1 << 16 and \
+                if scratch is None and G is not None and Q.shape[-1] ** 2 * z.shape[0] >= 1 << 16 and \
                         not (torch.is_grad_enabled() and (QA.requires_grad or G.requires_grad or w.requires_grad)):
                     # reused by every factorisation of this loop: the previous factor is dead by then
-                    bufs = (torch.empty(z.shape[0], m, n, dtype=dtype, device=device),
-                            torch.empty(z.shape[0], n, n, dtype=dtype, device=device))
+                    scratch = _Scratch(dtype, device)
+                bufs = None if scratch is None else (scratch.view("sG", (z.shape[0], m, n)),
+                                                     scratch.view("H", (z.shape[0], n, n)))
                 fac = _Factor(QA, G, A, None, w, reg, zero_eq, work.reg_rel, bufs)
             iterations = iterations + running
             r0 = -rd0 if A is None else -rd0 - opts.rho * _mtv(Av, re)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from ..solution import Solution
-from .linalg import _Factor, _mtv, _mv, _static_reg, _with_batch, _zero_rows
+from .linalg import _Factor, _mtv, _mv, _select, _static_reg, _with_batch, _zero_rows
 from .options import QPOptions
 from .polish import _active_system, _refine_active, _refine_tol
 
@@ -71,11 +71,9 @@ def kkt_tangent(Q: torch.Tensor, G: torch.Tensor | None, A: torch.Tensor | None,
             opts.rho, _refine_tol(z.dtype), 5, cache["pre_ok"], gn)
         if not bool(conv.all()):
             sub = torch.nonzero(~conv).reshape(-1)
-
-            def take(t):
-                return t if t is None or t.shape[0] == 1 else t.index_select(0, sub)
-            part = Solution(z=take(z), cache={"act": take(act)})
-            dz_, dlam_, dnu_ = kkt_tangent(take(Qb), take(Gb), take(Ab), part, take(g), options)
+            part = Solution(z=_select(z, sub), cache={"act": _select(act, sub)})
+            dz_, dlam_, dnu_ = kkt_tangent(_select(Qb, sub), _select(Gb, sub), _select(Ab, sub), part, _select(g, sub),
+                                           options)
             dz, dlam = dz.index_copy(0, sub, dz_), dlam.index_copy(0, sub, dlam_)
             if Ab is not None:
                 dnu = dnu.index_copy(0, sub, dnu_)

@@ -141,7 +141,8 @@ def _with_batch(x: torch.Tensor | None, core: int) -> torch.Tensor | None:
 
 class _Scratch:
     """Reusable memory for the large temporaries of repeated factorisations (``_Factor``'s
-    ``√w ∘ G`` and ``H``, passed as its ``bufs``). On CPU a fresh tensor of 10⁸ bytes costs a page
+    ``√w ∘ G`` and ``H``, passed as its ``bufs``: the interior-point loop's and the penalty
+    polish's). On CPU a fresh tensor of 10⁸ bytes costs a page
     fault per page on first touch: at (B, n, m) = (128, 500, 500) a factorisation into fresh
     tensors took 1.7 s, into reused ones 0.5 s. ``view(key, shape)`` is a tensor of ``shape`` on the
     memory held under ``key`` (grown when too small); ``release(key)`` gives that memory up to its

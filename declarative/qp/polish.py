@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import torch
 
-from .linalg import _chol_solve, _Factor, _gather_rows, _inf_norm, _mtv, _mtvs, _mv, _row_norm, _Scratch, _shared
+from .linalg import (_chol_solve, _Factor, _gather_rows, _inf_norm, _mtv, _mtvs, _mv, _row_norm, _Scratch, _select,
+                     _shared)
 
 __all__: list[str] = []
 
@@ -342,8 +343,6 @@ def _polish_penalty(Q, q, G, h, A, b, z, s, lam, nu, todo, opts, reg, zero_eq, Q
     elif scratch is None:
         scratch = _Scratch(dtype, z.device)
 
-    def take(t, ix):
-        return t if t is None or t.dim() == 0 or t.shape[0] == 1 else t.index_select(0, ix)
     for r in range(rounds):
         # one host synchronisation: any left, all left (and the rows to gather)
         k = None
@@ -357,7 +356,7 @@ def _polish_penalty(Q, q, G, h, A, b, z, s, lam, nu, todo, opts, reg, zero_eq, Q
         sub = None if ntodo == B else torch.nonzero(todo_all).reshape(-1)
         d = (Q, q, G, h, A, b, None if QA is Q else QA, zero_eq, reg, hnorm, c, z, lam, nu, act_all, gn)
         if sub is not None:
-            d = tuple(take(t, sub) for t in d)
+            d = tuple(_select(t, sub) for t in d)
         Qs, qs_, Gs, hs, As, bs, QAs, zqs, regs, hn, cs, zs, ls, ns, act, gns = d
         QAs = Qs if QA is Q else QAs   # (without equalities the same matrix: gathered once)
         a = act.to(dtype)
@@ -469,11 +468,8 @@ def _polish(Q, q, G, h, A, b, z, s, lam, nu, solved, opts, reg, zero_eq, hnorm, 
             act, todo, fb = act_all, todo_all, fallback_all
         else:
             sub = torch.nonzero(todo_all).reshape(-1)
-
-            def take(t):
-                return t if t is None or t.dim() == 0 or t.shape[0] == 1 else t.index_select(0, sub)
-            Qs, qs, Gs, hs, As, bs, zqs, regs, hn = (take(x) for x in (Q, q, G, h, A, b, zero_eq, reg, hnorm))
-            act, todo, fb = take(act_all), take(todo_all), take(fallback_all)
+            Qs, qs, Gs, hs, As, bs, zqs, regs, hn = (_select(x, sub) for x in (Q, q, G, h, A, b, zero_eq, reg, hnorm))
+            act, todo, fb = _select(act_all, sub), _select(todo_all, sub), _select(fallback_all, sub)
         Bs = act.shape[0]
         k = int(act.sum(-1).amax())
         if first is not None and k <= first[5]:
@@ -607,9 +603,7 @@ def _least_norm_multipliers(Q, q, G, A, z, lam, nu, polished, rounds=4, steps=5)
         return lam, nu
     ix = torch.nonzero(todo).reshape(-1)
 
-    def take(t):
-        return t if t is None or t.shape[0] == 1 else t.index_select(0, ix)
-    Gs, As, gs, ls = take(G), take(A), take(g), take(lam)
+    Gs, As, gs, ls = _select(G, ix), _select(A, ix), _select(g, ix), _select(lam, ix)
     Bs = ix.shape[0]
     pos = ls > 0
     k = int(pos.sum(-1).amax())
@@ -619,7 +613,7 @@ def _least_norm_multipliers(Q, q, G, A, z, lam, nu, polished, rounds=4, steps=5)
     y_l = ls.gather(1, idx) * valid
     if p:
         M = torch.cat([As.expand(Bs, p, n), Gk], -2)
-        y = torch.cat([take(nu), y_l], -1)
+        y = torch.cat([_select(nu, ix), y_l], -1)
         sign = torch.cat([valid.new_zeros(Bs, p), valid], -1)
         free = torch.cat([valid.new_ones(Bs, p), valid], -1)
     else:
@@ -662,5 +656,5 @@ def _least_norm_multipliers(Q, q, G, A, z, lam, nu, polished, rounds=4, steps=5)
     lam_s = torch.where(pos, ls.new_zeros(Bs, m).scatter(1, idx, y[:, p:] * valid), ls)
     lam = lam.index_copy(0, ix, torch.where(o_, lam_s, ls))
     if p:
-        nu = nu.index_copy(0, ix, torch.where(o_, y[:, :p], take(nu)))
+        nu = nu.index_copy(0, ix, torch.where(o_, y[:, :p], _select(nu, ix)))
     return lam, nu
