@@ -69,7 +69,7 @@ from typing import NamedTuple
 import torch
 
 from ..solution import Solution
-from .linalg import _one_problem, _select
+from .linalg import _abs_max, _one_problem, _select
 
 __all__ = ["Equilibration", "equilibration"]
 
@@ -418,7 +418,7 @@ def equilibration(Q, q, G=None, h=None, A=None, b=None) -> Equilibration | None:
         return None
     unbatched = Q.dim() == 2
     # the reductions of |Q|, |q|, |G|, |h|, |A|, |b|; one reached by a non-finite entry counts as 0
-    qc = _finite(Q.abs().amax(-2))
+    qc = _finite(_abs_max(Q, -2))
     sQ = qc.amax(-1)
     sq_el = _finite(q.abs().amax(-1))           # per element
     sq = sq_el.amax() if unbatched and sq_el.dim() else sq_el   # one scale for the batch: Q stays unbatched
@@ -427,11 +427,9 @@ def equilibration(Q, q, G=None, h=None, A=None, b=None) -> Equilibration | None:
         if M is None:
             rows.append(None)
             continue
-        aM = M.abs()
-        rows.append((_finite(aM.amax(-1)), _size_of(r)))
+        rows.append((_finite(_abs_max(M, -1)), _size_of(r)))
         if M.shape[-2] > 0:
-            block_cols.append(_finite(aM.amax(-2)))
-        del aM
+            block_cols.append(_finite(_abs_max(M, -2)))
     sizes = [torch.maximum(sQ, sq)] + [None if r_ is None else torch.maximum(*r_) for r_ in rows]
     # a cheap bound for the minimiser's size: the largest right-hand side (q, h, b) over the
     # largest matrix entry (Q, G, A)

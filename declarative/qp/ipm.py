@@ -152,8 +152,10 @@ def _lowered(work: _Working, dtype, opts: QPOptions) -> _Working:
 
     def cast(t):
         return None if t is None else t.to(dtype)
-    return _Working(tuple(cast(t) for t in work.data), tuple(cast(t) for t in aux), dtype, reg_rel,
-                    max(opts.tol_infeasible, DEFAULT_TOL_INFEASIBLE[dtype]))
+    data = tuple(cast(t) for t in work.data)
+    # (QA is Q without equalities: cast once)
+    aux = (data[0] if QA is work.data[0] else cast(QA),) + tuple(cast(t) for t in aux[1:])
+    return _Working(data, aux, dtype, reg_rel, max(opts.tol_infeasible, DEFAULT_TOL_INFEASIBLE[dtype]))
 
 
 def _solve_upcast(Q, q, G, h, A, b, options: QPOptions, warm_start, original, scales) -> Solution:
@@ -194,11 +196,30 @@ def _solve_upcast(Q, q, G, h, A, b, options: QPOptions, warm_start, original, sc
                     cache=cache)
 
 
-def _cold_start(work: _Working, rho: float, B: int):
+def _factor_scratch(work: _Working, B: int, w=None) -> _Scratch | None:
+    """Reused memory for the interior-point loop's factorisations (``linalg._Scratch``), or None:
+    with inequalities, from ``B·n² ≥ 2¹⁶`` on, and outside autograd (a factor in reused memory
+    must not be recorded by it)."""
+    Q, G = work.data[0], work.data[2]
+    QA = work.aux[0]
+    if G is None or Q.shape[-1] ** 2 * B < 1 << 16:
+        return None
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (QA, G, w)):
+        return None
+    return _Scratch(work.dtype, Q.device)
+
+
+def _factor_bufs(scratch: _Scratch | None, B: int, m: int, n: int):
+    """``_Factor``'s ``bufs`` (``√w∘G`` and ``H``) on the memory of ``scratch`` (None without)."""
+    return None if scratch is None else (scratch.view("sG", (B, m, n)), scratch.view("H", (B, n, n)))
+
+
+def _cold_start(work: _Working, rho: float, B: int, scratch: _Scratch | None = None):
     """The starting point: ``z`` minimises ``½zᵀ(Q + GᵀG + ρAᵀA)z + (q − Gᵀh − ρAᵀb)ᵀz`` subject to
     ``Az = b`` (the reduced system with unit weights), the slacks ``h − Gz`` shifted to at least 1
     when any is not positive, and ``λ = s`` — so the weights of the first iteration are 1 and it
-    reuses this factorisation (returned with the point).
+    reuses this factorisation (returned with the point; in the memory of ``scratch`` when given,
+    which the loop then takes over).
 
     Returns:
         ``z (B, n), s (B, m), λ (B, m), ν (B, p)`` and the ``_Factor``.
@@ -206,7 +227,8 @@ def _cold_start(work: _Working, rho: float, B: int):
     Q, q, G, h, A, b = work.data
     QA, zero_eq, reg, _, _, _ = work.aux
     n = Q.shape[-1]
-    fac = _Factor(QA, G, A, None, None, reg, zero_eq, work.reg_rel)   # unit weights
+    bufs = None if G is None else _factor_bufs(scratch, B, G.shape[-2], n)
+    fac = _Factor(QA, G, A, None, None, reg, zero_eq, work.reg_rel, bufs)   # unit weights
     r1 = -q.expand(B, n)
     if G is not None:
         r1 = r1 + _mtv(G, h)
@@ -385,8 +407,6 @@ def _contract_on(orig, scales, answer_dtype, dtype, opts):
     """``(z, λ, ν) ↦ (residuals, contract mask)``: the residuals of an iterate of the (possibly
     equilibrated, ``scales``) problem on the original problem ``orig``, and where the SOLVED
     contract of ``opts`` holds — on the answer rounded to ``answer_dtype`` when given."""
-    absolute = {}   # |Q|, |G|, |A| of ``orig``, kept for every call
-
     def on_original(z, lam, nu):
         if answer_dtype is not None:
             # the answer as the caller returns it: rounded, then unscaled in that dtype
@@ -397,7 +417,7 @@ def _contract_on(orig, scales, answer_dtype, dtype, opts):
             lam, nu = d_["lam"], d_["nu"]
         if answer_dtype is not None:
             z, lam, nu = (t.to(dtype) for t in (z, lam, nu))
-        res = qp_residuals(*orig, z, lam, nu, absolute=absolute)
+        res = qp_residuals(*orig, z, lam, nu)
         if not opts.contract:
             return res, torch.ones_like(res.primal, dtype=torch.bool)
         return res, meets_tolerances(res, opts.eps_abs, opts.eps_rel, torch.finfo(answer_dtype or dtype).eps / 2)
@@ -559,9 +579,10 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
     work1 = _lowered(work64, torch.float32, opts) if mixed else work64
 
     # -- starting point ---------------------------------------------------------------------------
-    fac0 = None
+    fac0 = scratch0 = None
     if warm_start is None:
-        z, s, lam, nu, fac0 = _cold_start(work1, opts.rho, B)
+        scratch0 = _factor_scratch(work1, B)
+        z, s, lam, nu, fac0 = _cold_start(work1, opts.rho, B, scratch0)
     else:
         z = warm_start.z.detach().to(dtype).expand(B, n).clone()
         nu = warm_start.duals.get("nu") if A is not None else None
@@ -611,10 +632,11 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
         return limit, int((limit - iterations).max())
 
     def run(z, s, lam, nu, status, iterations, tol_p, tol_d, tol_g, max_iter, fac0=None, work=None,
-            limit=None):
+            limit=None, scratch=None):
         """The interior-point loop on the elements with status ``_RUNNING`` (``fac0``: the
-        factorisation at the starting point, if known). ``work``: the data, its constants and the
-        numerical settings in the working precision (``_Working``; default: the input's).
+        factorisation at the starting point, if known; ``scratch``: the memory it lies in, reused
+        by the loop's factorisations, see ``_factor_scratch``). ``work``: the data, its constants
+        and the numerical settings in the working precision (``_Working``; default: the input's).
         ``limit``: per-element caps of ``iterations`` (``(B,)``, see ``limits``); an element at its
         cap stops where it is, still ``_RUNNING``."""
         work = work or work64
@@ -643,7 +665,6 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
         Qv, Gv, Av = _shared(Q), _shared(G), _shared(A)
         Gz = _mv(Gv, z) if G is not None else None
         X = None   # (s, λ) stacked: updated by the steps, rebuilt after a compaction
-        scratch = None   # the memory of the factorisations' √w∘G and H (large problems)
         tiny = torch.finfo(dtype).tiny
 
 
@@ -764,13 +785,10 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
             if k == 0 and fac0 is not None and widx is None:
                 fac = fac0
             else:
-                if scratch is None and G is not None and Q.shape[-1] ** 2 * z.shape[0] >= 1 << 16 and \
-                        not (torch.is_grad_enabled() and (QA.requires_grad or G.requires_grad or w.requires_grad)):
+                if scratch is None:
                     # reused by every factorisation of this loop: the previous factor is dead by then
-                    scratch = _Scratch(dtype, device)
-                bufs = None if scratch is None else (scratch.view("sG", (z.shape[0], m, n)),
-                                                     scratch.view("H", (z.shape[0], n, n)))
-                fac = _Factor(QA, G, A, None, w, reg, zero_eq, work.reg_rel, bufs)
+                    scratch = _factor_scratch(work, z.shape[0], w)
+                fac = _Factor(QA, G, A, None, w, reg, zero_eq, work.reg_rel, _factor_bufs(scratch, z.shape[0], m, n))
             iterations = iterations + running
             r0 = -rd0 if A is None else -rd0 - opts.rho * _mtv(Av, re)
             if G is not None:
@@ -847,7 +865,7 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
     tols1 = ladder[0]
     z, s, lam, nu, status, iterations, pres, dres, gap, fac = run(
         z, s, lam, nu, status, iterations, *tols1, min(opts.max_iter, _MIXED_MAX_ITER) if mixed else opts.max_iter,
-        fac0, work1)
+        fac0, work1, scratch=scratch0)
     if mixed:
         z, s, lam, nu, pres, dres, gap = (t.to(dtype) for t in (z, s, lam, nu, pres, dres, gap))
         # elements the float32 phase did not bring to the loose tolerance (infeasibility

@@ -82,14 +82,16 @@ def _penalty_factor(QA, G, A, wk, act, reg, zero_eq, opts, k, scratch):
     Shape:
         ``QA (B or 1, n, n)``, ``G (B or 1, m, n)``, ``wk, act (B, m)``; the factor's ``(B, n, n)``.
     """
+    B, (m, n) = wk.shape[0], G.shape[-2:]
+    rows = m if k is None else k
+    # (the gathered rows go straight into the memory of √w∘G, scaled there in place; reserved for
+    # all m rows, as k varies between rounds)
+    sG = None if scratch is None else scratch.view("sG", (B, rows, n), reserve=B * m * n)
     if k is not None:
         idx = torch.argsort(act.to(torch.int8), dim=-1, descending=True, stable=True)[:, :k]
-        G = _gather_rows(G, idx)
+        G = _gather_rows(G, idx, out=sG)
         wk = wk.gather(1, idx)
-    bufs = None
-    if scratch is not None:
-        B, n = wk.shape[0], G.shape[-1]
-        bufs = (scratch.view("sG", (B, G.shape[-2], n)), scratch.view("H", (B, n, n)))
+    bufs = None if scratch is None else (sG, scratch.view("H", (B, n, n)))
     return _Factor(QA, G, A, None, wk, reg, zero_eq, opts.reg, bufs)
 
 
@@ -418,10 +420,11 @@ def _polish_penalty(Q, q, G, h, A, b, z, s, lam, nu, todo, opts, reg, zero_eq, Q
             if bool(ok.any()):
                 if store is None:
                     store = [None if t is None else _zeros_as(t, B) for t in parts]
-                dst = sub[ok]
+                # in place (keeps the layout), every element of the round at once: the rows of
+                # the elements not accepted are read by nobody (no copy of the accepted ones' rows)
                 for t, p_ in zip(store, parts):
                     if t is not None:
-                        t.index_copy_(0, dst, p_[ok])   # in place: keeps the layout
+                        t.index_copy_(0, sub, p_)
             accepted = accepted.index_copy(0, sub, accepted.index_select(0, sub) | ok)
             todo_all = todo_all.index_copy(0, sub, go)
             far_all = far_all.index_copy(0, sub, far_all.index_select(0, sub) | far)

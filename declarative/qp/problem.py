@@ -17,7 +17,7 @@ from .ipm import solve_qp_ipm
 from .active_set import OUT_OF_BAND, solve_qp_active_set, use_active_set
 from .equilibration import Equilibration, _small_problem, equilibration
 from .kkt_tangent import kkt_tangent
-from .linalg import _abs_max, _gather_rows, _with_batch
+from .linalg import _abs_max, _abs_products, _gather_rows, _with_batch
 from .options import QPOptions
 from .residuals import meets_tolerances, qp_residuals
 from .differentiable_kkt import differentiable_kkt_solution
@@ -67,11 +67,11 @@ def _stationarity_status(params, g, dz, dlam, dnu) -> torch.Tensor:
     derivative exists (a gradient of 5e10 was returned silently)."""
     Q, _, G, _, A, _ = params
     r = _mv(Q, dz) + g
-    a = _mv(Q.abs(), dz.abs()) + g.abs()
+    a = _abs_products(Q, dz.abs())[0] + g.abs()
     for M, d in ((G, dlam), (A, dnu)):
         if M is not None and d is not None and d.shape[-1]:
             r = r + _mv(M.transpose(-1, -2), d)
-            a = a + _mv(M.abs().transpose(-1, -2), d.abs())
+            a = a + _abs_products(M, y=d.abs())[1]
     ok = _abs_max(r) <= torch.finfo(dz.dtype).eps ** 0.25 * _abs_max(a)
     return torch.where(ok, int(Status.SOLVED), int(Status.INACCURATE))
 

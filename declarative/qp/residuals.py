@@ -40,7 +40,7 @@ from typing import NamedTuple
 
 import torch
 
-from .linalg import _inf_norm, _mtv, _mv
+from .linalg import _abs_max, _abs_products, _inf_norm, _mtv, _mv
 
 __all__ = ["QPResiduals", "qp_residuals", "meets_tolerances", "primal_certificate_holds",
            "dual_certificate_holds", "CERTIFICATE_TOL"]
@@ -74,23 +74,15 @@ def _dot(x, y):
     return (x * y).sum(-1)
 
 
-def qp_residuals(Q, q, G, h, A, b, z, lam, nu, absolute: dict | None = None) -> QPResiduals:
-    """The residuals and scales of the module docstring, in float64.
-
-    ``absolute``: a dict in which the matrices' absolute values ``|Q|, |G|, |A|`` are kept for
-    later calls on the same data (a solver checks the contract several times per solve; at
-    (B, n, m) = (128, 500, 500) each ``|·|`` is a fresh 256 MB tensor); None: computed each call.
+def qp_residuals(Q, q, G, h, A, b, z, lam, nu) -> QPResiduals:
+    """The residuals and scales of the module docstring, in float64. The products with ``|Q|,
+    |G|, |A|`` go through ``linalg._abs_products`` (large matrices in blocks of rows: no full
+    ``|M|``, a fresh tensor of ``M``'s size).
 
     Shape:
         data as ``solve_qp_ipm``'s (batched or not, broadcasting); ``z (B, n)``, ``lam (B, m)``,
         ``nu (B, p)``; every output ``(B,)``.
     """
-    def magnitude(key, M):
-        if absolute is None:
-            return M.abs()
-        if key not in absolute:
-            absolute[key] = M.abs()
-        return absolute[key]
     Q, q, z = Q.detach().double(), q.detach().double(), z.detach().double()
     G, h, A, b = _f64(G), _f64(h), _f64(A), _f64(b)
     if G is None:
@@ -100,7 +92,7 @@ def qp_residuals(Q, q, G, h, A, b, z, lam, nu, absolute: dict | None = None) -> 
     if Q.dim() == 2:
         Q = Q.unsqueeze(0)
     az = z.abs()
-    Qz, aQz = _mv(Q, z), _mv(magnitude("Q", Q), az)
+    Qz, aQz = _mv(Q, z), _abs_products(Q, az)[0]
     rd, ad = Qz + q, aQz + q.abs()
     zQz, qz = _dot(z, Qz), _dot(q.expand_as(z), z)
     rg, ag = zQz + qz, _dot(az, aQz) + _dot(q.abs().expand_as(z), az)
@@ -112,12 +104,12 @@ def qp_residuals(Q, q, G, h, A, b, z, lam, nu, absolute: dict | None = None) -> 
         lam = lam.detach().double()
         Gm = G.unsqueeze(0) if G.dim() == 2 else G
         Gz, Gtl = _mv(Gm, z), _mtv(Gm, lam)
-        aG = magnitude("G", Gm)
         hl = _dot(h.expand_as(lam), lam)
         rd, rg = rd + Gtl, rg + hl
-        ad, ag = ad + _mtv(aG, lam.abs()), ag + _dot(h.abs().expand_as(lam), lam.abs())
+        aGz, aGl = _abs_products(Gm, az, lam.abs())
+        ad, ag = ad + aGl, ag + _dot(h.abs().expand_as(lam), lam.abs())
         rp = torch.maximum(rp, (Gz - h).clamp(min=0).amax(-1))
-        ap = torch.maximum(ap, _inf_norm(_mv(aG, az) + h.abs()))
+        ap = torch.maximum(ap, _inf_norm(aGz + h.abs()))
         ps += [_inf_norm(Gz), _inf_norm(h).expand_as(zero)]
         ds.append(_inf_norm(Gtl))
         gs.append(hl.abs())
@@ -125,12 +117,12 @@ def qp_residuals(Q, q, G, h, A, b, z, lam, nu, absolute: dict | None = None) -> 
         nu = nu.detach().double()
         Am = A.unsqueeze(0) if A.dim() == 2 else A
         Az, Atn = _mv(Am, z), _mtv(Am, nu)
-        aA = magnitude("A", Am)
         bn = _dot(b.expand_as(nu), nu)
         rd, rg = rd + Atn, rg + bn
-        ad, ag = ad + _mtv(aA, nu.abs()), ag + _dot(b.abs().expand_as(nu), nu.abs())
+        aAz, aAn = _abs_products(Am, az, nu.abs())
+        ad, ag = ad + aAn, ag + _dot(b.abs().expand_as(nu), nu.abs())
         rp = torch.maximum(rp, _inf_norm(Az - b))
-        ap = torch.maximum(ap, _inf_norm(_mv(aA, az) + b.abs()))
+        ap = torch.maximum(ap, _inf_norm(aAz + b.abs()))
         ps += [_inf_norm(Az), _inf_norm(b).expand_as(zero)]
         ds.append(_inf_norm(Atn))
         gs.append(bn.abs())
@@ -165,7 +157,7 @@ def within_factor(res: QPResiduals, eps_abs: float, eps_rel: float, factor: floa
 
 
 def _entry_max(M):
-    return M.abs().amax((-2, -1))
+    return _abs_max(M, (-2, -1))
 
 
 def primal_certificate_holds(G, h, A, b, lam, nu, eps: float) -> torch.Tensor:

@@ -133,7 +133,7 @@ def test_float32_overflow_is_solved_again(device, monkeypatch):
     monkeypatch.setattr(ipm, "_lowered", overflowing)
     cold = []
     cold_start = ipm._cold_start
-    monkeypatch.setattr(ipm, "_cold_start", lambda work, rho, B: cold.append(B) or cold_start(work, rho, B))
+    monkeypatch.setattr(ipm, "_cold_start", lambda work, rho, B, *rest: cold.append(B) or cold_start(work, rho, B, *rest))
     mixed = solve_qp(*params, options=MIXED)
     assert cold == [4, 1]                                        # the redo: element 2 alone
     plain = solve_qp(*params, options=PLAIN)
