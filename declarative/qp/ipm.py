@@ -1064,8 +1064,7 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
         # the larger of the dual residual and gap is no worse with them and the contract holds if it held
         unit = torch.finfo(answer_dtype or dtype).eps / 2
         cand = cache["polished"] & (unit * res.dual_abs > 1e-2 * opts.eps_abs)
-        lam_l, nu_l = _least_norm_multipliers(Q, q, G, A, z, lam, nu, cand)
-        if lam_l is not lam:
+        for lam_l, nu_l in _least_norm_candidates((Q, q, G, A), orig, scales, z, lam, nu, cand):
             r1, ok1 = on_original(z, lam_l, nu_l if A is not None else nu_)
             better = (ok1 | ~ok) & (torch.maximum(r1.dual, r1.gap) <= torch.maximum(res.dual, res.gap))
             lam = torch.where(better.unsqueeze(-1), lam_l, lam)
@@ -1133,6 +1132,30 @@ _BATCH_FACTORS = ("U", "act_idx", "act_valid", "Y", "Us")
 
 #: core dimensions of (Q, q, G, h, A, b)
 _CORES = (2, 1, 2, 1, 2, 1)
+
+
+def _least_norm_candidates(data, orig, scales, z, lam, nu, cand):
+    """The least-norm multipliers (``polish._least_norm_multipliers``) of the polished elements
+    ``cand``, as candidates ``(λ, ν)`` in the solver's (scaled) units for the caller to compare on
+    the original problem: computed on the solver's data ``(Q, q, G, A)`` and, when the problem was
+    equilibrated (``scales``), once more on the original data ``orig``, mapped back. The two differ
+    in their rounding: on Maros–Meszaros QADLITTL the scaled candidate left a dual residual of
+    1.4e-9 on the original problem in one BLAS's rounding (1.5e-10 in another), the original one
+    5.7e-13 in both."""
+    lam_l, nu_l = _least_norm_multipliers(*data, z, lam, nu, cand)
+    if lam_l is not lam:
+        yield lam_l, nu_l
+    if scales is None:
+        return
+    Qo, qo, Go, _, Ao, _ = (_with_batch(t, c) for t, c in zip(orig, _CORES))
+    d_ = scales.unscale_duals({"lam": lam, "nu": nu})
+    lam_o, nu_o = (None if t is None else t.to(Qo.dtype) for t in (d_["lam"], d_["nu"]))
+    lam_l, nu_l = _least_norm_multipliers(Qo, qo, Go, Ao, scales.unscale_z(z).to(Qo.dtype), lam_o,
+                                          nu_o if Ao is not None else None, cand)
+    if lam_l is not lam_o:
+        back = scales.scale_duals({"lam": lam_l.to(lam.dtype),
+                                   "nu": nu if nu_l is None else nu_l.to(lam.dtype)})
+        yield back["lam"], back["nu"]
 
 
 def _second_solver(data, state, iterations, redo, opts, orig, scales, answer_dtype):

@@ -47,7 +47,10 @@ def test_degenerate_vertex_multipliers_at_high_accuracy():
     """QADLITTL: linearly dependent active rows (92 rows of rank 88), the interior-point multipliers
     of a bound and an equality row 2e7 along the null space, cancelling; the dual residual rounded
     to 7.5e-9 (SOLVED only by the contract's rounding term). With the least-norm multipliers (|y| ≈
-    3.5e3, as ProxQP's and PIQP's) all three residuals are below 1e-9."""
+    3.5e3, as ProxQP's and PIQP's) all three residuals are below 1e-9 — computed on the original
+    data: computed on the equilibrated data only, they left a dual residual of 1.4e-9 in one BLAS's
+    rounding (MKL's default code path on an AMD EPYC; 1.5e-10 with its AVX-512 path), and the
+    answer kept the large multipliers (7.45e-9)."""
     data, sol, res = _solve("QADLITTL", QPOptions(tol=1e-9))
     assert int(sol.status) == Status.SOLVED
     assert max(res[:3]) < 1e-9, res[:3]
