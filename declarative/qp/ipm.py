@@ -196,22 +196,22 @@ def _solve_upcast(Q, q, G, h, A, b, options: QPOptions, warm_start, original, sc
                     cache=cache)
 
 
-def _factor_scratch(work: _Working, B: int, w=None) -> _Scratch | None:
-    """Reused memory for the interior-point loop's factorisations (``linalg._Scratch``), or None:
-    with inequalities, from ``B·n² ≥ 2¹⁶`` on, and outside autograd (a factor in reused memory
-    must not be recorded by it)."""
+def _factor_scratch(work: _Working, B: int, w=None, itemsize: int = 0) -> _Scratch | None:
+    """Reused memory for the interior-point loop's factorisations (``linalg._Scratch``, holding
+    ``itemsize`` bytes an entry at least), or None: with inequalities, from ``B·n² ≥ 2¹⁶`` on, and
+    outside autograd (a factor in reused memory must not be recorded by it)."""
     Q, G = work.data[0], work.data[2]
     QA = work.aux[0]
     if G is None or Q.shape[-1] ** 2 * B < 1 << 16:
         return None
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (QA, G, w)):
         return None
-    return _Scratch(work.dtype, Q.device)
+    return _Scratch(Q.device, itemsize)
 
 
-def _factor_bufs(scratch: _Scratch | None, B: int, m: int, n: int):
+def _factor_bufs(scratch: _Scratch | None, B: int, m: int, n: int, dtype):
     """``_Factor``'s ``bufs`` (``√w∘G`` and ``H``) on the memory of ``scratch`` (None without)."""
-    return None if scratch is None else (scratch.view("sG", (B, m, n)), scratch.view("H", (B, n, n)))
+    return None if scratch is None else (scratch.view("sG", (B, m, n), dtype), scratch.view("H", (B, n, n), dtype))
 
 
 def _cold_start(work: _Working, rho: float, B: int, scratch: _Scratch | None = None):
@@ -227,7 +227,7 @@ def _cold_start(work: _Working, rho: float, B: int, scratch: _Scratch | None = N
     Q, q, G, h, A, b = work.data
     QA, zero_eq, reg, _, _, _ = work.aux
     n = Q.shape[-1]
-    bufs = None if G is None else _factor_bufs(scratch, B, G.shape[-2], n)
+    bufs = None if G is None else _factor_bufs(scratch, B, G.shape[-2], n, work.dtype)
     fac = _Factor(QA, G, A, None, None, reg, zero_eq, work.reg_rel, bufs)   # unit weights
     r1 = -q.expand(B, n)
     if G is not None:
@@ -581,7 +581,8 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
     # -- starting point ---------------------------------------------------------------------------
     fac0 = scratch0 = None
     if warm_start is None:
-        scratch0 = _factor_scratch(work1, B)
+        # (with a float32 first phase, held for the float64 penalty polish's same-sized buffers)
+        scratch0 = _factor_scratch(work1, B, itemsize=dtype.itemsize)
         z, s, lam, nu, fac0 = _cold_start(work1, opts.rho, B, scratch0)
     else:
         z = warm_start.z.detach().to(dtype).expand(B, n).clone()
@@ -788,7 +789,7 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
                 if scratch is None:
                     # reused by every factorisation of this loop: the previous factor is dead by then
                     scratch = _factor_scratch(work, z.shape[0], w)
-                fac = _Factor(QA, G, A, None, w, reg, zero_eq, work.reg_rel, _factor_bufs(scratch, z.shape[0], m, n))
+                fac = _Factor(QA, G, A, None, w, reg, zero_eq, work.reg_rel, _factor_bufs(scratch, z.shape[0], m, n, dtype))
             iterations = iterations + running
             r0 = -rd0 if A is None else -rd0 - opts.rho * _mtv(Av, re)
             if G is not None:
@@ -940,7 +941,7 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
                     # on, where a later rung follows)
                     z, s, lam, nu, fast, prox_ok, act_fast, pre_, far = _polish_penalty_twice(
                         (Q, q, G, h, A, b), (z, s, lam, nu), todo, opts, (QA, reg, zero_eq, hnorm),
-                        give_up=phase < len(ladder))
+                        give_up=phase < len(ladder), scratch=scratch0)
                     if pre is None or pre_ is None:
                         pre = pre if pre_ is None else pre_
                     elif bool(fast.any()):
@@ -1240,7 +1241,7 @@ def _second_solver_unscaled(orig, scales, ix, st, its, accepted, acceptor, opts)
     return st, its.index_add(0, left, its2), accepted.index_copy(0, left, acc2)
 
 
-def _polish_penalty_twice(data, state, todo, opts, aux, give_up=False):
+def _polish_penalty_twice(data, state, todo, opts, aux, give_up=False, scratch=None):
     """The penalty polish (``polish._polish_penalty``, float64) of the elements ``todo`` and, where
     it failed and its first round's refinement did not converge, one round more with a proximal
     term (its factors are not kept: the backward's refinement expects those of the static
@@ -1254,7 +1255,8 @@ def _polish_penalty_twice(data, state, todo, opts, aux, give_up=False):
     """
     Q, q, G, h, A, b = data
     QA, reg, zero_eq, hnorm = aux
-    scratch = _Scratch(state[0].dtype, state[0].device)   # (used by large problems only)
+    if scratch is None:
+        scratch = _Scratch(state[0].device)   # (used by large problems only)
     z, s, lam, nu, fast, act, factors, first_conv, far = _polish_penalty(
         Q, q, G, h, A, b, *state, todo, opts, reg, zero_eq, QA, hnorm, give_up=give_up, scratch=scratch)
     # (the proximal round starts from the first round's guess: where that round's refinement

@@ -179,23 +179,28 @@ class _Scratch:
     ``√w ∘ G`` and ``H``, passed as its ``bufs``: the interior-point loop's and the penalty
     polish's). On CPU a fresh tensor of 10⁸ bytes costs a page
     fault per page on first touch: at (B, n, m) = (128, 500, 500) a factorisation into fresh
-    tensors took 1.7 s, into reused ones 0.5 s. ``view(key, shape)`` is a tensor of ``shape`` on the
-    memory held under ``key`` (grown when too small); ``release(key)`` gives that memory up to its
-    present user (a factor that must outlive the next ``view``). ``reserve``: the number of
-    entries to hold when the memory is (re)allocated, at least ``shape``'s — for a key whose shape
-    varies between uses (the gathered rows of the penalty polish); on CPU the pages beyond those
-    written are never touched, so reserving costs address space only."""
+    tensors took 1.7 s, into reused ones 0.5 s. ``view(key, shape, dtype)`` is a tensor of
+    ``shape`` and ``dtype`` on the memory held under ``key`` (grown when too small);
+    ``release(key)`` gives that memory up to its present user (a factor that must outlive the next
+    ``view``). ``reserve``: the number of entries to hold when the memory is (re)allocated, at
+    least ``shape``'s — for a key whose shape varies between uses (the gathered rows of the
+    penalty polish); ``itemsize``: the bytes held per entry, at least the view's — a scratch whose
+    float32 views (the float32 first phase) are followed by float64 ones of the same shapes (the
+    polish) allocates once. On CPU the pages beyond those written are never touched, so reserving
+    costs address space only."""
 
-    def __init__(self, dtype: torch.dtype, device):
-        self.dtype, self.device = dtype, device
+    def __init__(self, device, itemsize: int = 0):
+        self.device, self.itemsize = device, itemsize
         self._mem: dict[str, torch.Tensor] = {}
 
-    def view(self, key: str, shape, reserve: int = 0) -> torch.Tensor:
-        numel = math.prod(shape)
+    def view(self, key: str, shape, dtype: torch.dtype, reserve: int = 0) -> torch.Tensor:
+        size = dtype.itemsize
+        nbytes = math.prod(shape) * size
         mem = self._mem.get(key)
-        if mem is None or mem.numel() < numel:
-            mem = self._mem[key] = torch.empty(max(numel, reserve), dtype=self.dtype, device=self.device)
-        return mem[:numel].view(shape)
+        if mem is None or mem.numel() < nbytes:
+            held = max(math.prod(shape), reserve) * max(size, self.itemsize)
+            mem = self._mem[key] = torch.empty(held, dtype=torch.uint8, device=self.device)
+        return mem[:nbytes].view(dtype).view(shape)
 
     def release(self, key: str) -> None:
         self._mem.pop(key, None)

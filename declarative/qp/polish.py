@@ -86,12 +86,12 @@ def _penalty_factor(QA, G, A, wk, act, reg, zero_eq, opts, k, scratch):
     rows = m if k is None else k
     # (the gathered rows go straight into the memory of √w∘G, scaled there in place; reserved for
     # all m rows, as k varies between rounds)
-    sG = None if scratch is None else scratch.view("sG", (B, rows, n), reserve=B * m * n)
+    sG = None if scratch is None else scratch.view("sG", (B, rows, n), wk.dtype, reserve=B * m * n)
     if k is not None:
         idx = torch.argsort(act.to(torch.int8), dim=-1, descending=True, stable=True)[:, :k]
         G = _gather_rows(G, idx, out=sG)
         wk = wk.gather(1, idx)
-    bufs = None if scratch is None else (sG, scratch.view("H", (B, n, n)))
+    bufs = None if scratch is None else (sG, scratch.view("H", (B, n, n), wk.dtype))
     return _Factor(QA, G, A, None, wk, reg, zero_eq, opts.reg, bufs)
 
 
@@ -343,7 +343,7 @@ def _polish_penalty(Q, q, G, h, A, b, z, s, lam, nu, todo, opts, reg, zero_eq, Q
     if not large or (torch.is_grad_enabled() and any(t.requires_grad for t in (QA, G, lam, s))):
         scratch = None
     elif scratch is None:
-        scratch = _Scratch(dtype, z.device)
+        scratch = _Scratch(z.device)
 
     for r in range(rounds):
         # one host synchronisation: any left, all left (and the rows to gather)

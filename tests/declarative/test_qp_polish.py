@@ -236,7 +236,7 @@ def test_penalty_factor_on_the_gathered_active_rows():
     opts = QPOptions()
     k = int(act.sum(-1).max())
     full = _penalty_factor(Q, G, None, wk, act, reg, None, opts, None, None)
-    scratch = _Scratch(torch.float64, "cpu")
+    scratch = _Scratch("cpu")
     gathered = _penalty_factor(Q, G, None, wk, act, reg, None, opts, k, scratch)
     H = Q + G.mT @ (wk.unsqueeze(-1) * G) + 1e-10 * torch.eye(n, dtype=torch.float64)
     for fac in (full, gathered):
