@@ -201,10 +201,10 @@ def _factor_scratch(work: _Working, B: int, w=None, itemsize: int = 0) -> _Scrat
     ``itemsize`` bytes an entry at least), or None: with inequalities, from ``B·n² ≥ 2¹⁶`` on, and
     outside autograd (a factor in reused memory must not be recorded by it)."""
     Q, G = work.data[0], work.data[2]
-    QA = work.aux[0]
     if G is None or Q.shape[-1] ** 2 * B < 1 << 16:
         return None
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (QA, G, w)):
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                       for t in (*work.data, *work.aux, w) if isinstance(t, torch.Tensor)):
         return None
     return _Scratch(Q.device, itemsize)
 
@@ -867,6 +867,7 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
     z, s, lam, nu, status, iterations, pres, dres, gap, fac = run(
         z, s, lam, nu, status, iterations, *tols1, min(opts.max_iter, _MIXED_MAX_ITER) if mixed else opts.max_iter,
         fac0, work1, scratch=scratch0)
+    fac0 = None   # (its memory is the scratch's, taken over by the loop)
     if mixed:
         z, s, lam, nu, pres, dres, gap = (t.to(dtype) for t in (z, s, lam, nu, pres, dres, gap))
         # elements the float32 phase did not bring to the loose tolerance (infeasibility
@@ -1067,7 +1068,7 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
         cand = cache["polished"] & (unit * res.dual_abs > 1e-2 * opts.eps_abs)
         for lam_l, nu_l in _least_norm_candidates((Q, q, G, A), orig, scales, z, lam, nu, cand):
             r1, ok1 = on_original(z, lam_l, nu_l if A is not None else nu_)
-            better = (ok1 | ~ok) & (torch.maximum(r1.dual, r1.gap) <= torch.maximum(res.dual, res.gap))
+            better = cand & (ok1 | ~ok) & (torch.maximum(r1.dual, r1.gap) <= torch.maximum(res.dual, res.gap))
             lam = torch.where(better.unsqueeze(-1), lam_l, lam)
             if A is not None:
                 nu = torch.where(better.unsqueeze(-1), nu_l, nu)
@@ -1146,6 +1147,7 @@ def _least_norm_candidates(data, orig, scales, z, lam, nu, cand):
     lam_l, nu_l = _least_norm_multipliers(*data, z, lam, nu, cand)
     if lam_l is not lam:
         yield lam_l, nu_l
+    c_ = cand.unsqueeze(-1)
     if scales is None:
         return
     Qo, qo, Go, _, Ao, _ = (_with_batch(t, c) for t, c in zip(orig, _CORES))
@@ -1156,7 +1158,8 @@ def _least_norm_candidates(data, orig, scales, z, lam, nu, cand):
     if lam_l is not lam_o:
         back = scales.scale_duals({"lam": lam_l.to(lam.dtype),
                                    "nu": nu if nu_l is None else nu_l.to(lam.dtype)})
-        yield back["lam"], back["nu"]
+        # (the other elements' multipliers as they were, not rounded by the round trip)
+        yield torch.where(c_, back["lam"], lam), (nu if nu_l is None else torch.where(c_, back["nu"], nu))
 
 
 def _second_solver(data, state, iterations, redo, opts, orig, scales, answer_dtype):

@@ -82,12 +82,14 @@ _ABS_BLOCK = 1 << 21
 
 def _abs_products(M: torch.Tensor, x: torch.Tensor | None = None, y: torch.Tensor | None = None):
     """``(|M| x, |M|ᵀ y)`` (either None when its vector is) for a batched ``M (B or 1, r, c)``
-    and ``x (B, c)``, ``y (B, r)``: one pass over ``M``, without a full ``|M|`` for large ``M``
-    (blocks of rows into one reused buffer); an unbatched ``M (r, c)`` is shared by the batch."""
+    and ``x (B, c)``, ``y (B, r)``; an unbatched ``M (r, c)`` is shared by the batch. Large ``M``
+    in one pass over blocks of its rows, into one reused buffer (no full ``|M|``); under autograd
+    (an input that requires grad) the plain products."""
     if M.dim() == 2:
         M = M.unsqueeze(0)
     Bm, r, c = M.shape
-    if M.numel() <= _ABS_BLOCK or r <= 1:
+    tracked = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (M, x, y))
+    if M.numel() <= _ABS_BLOCK or r <= 1 or tracked:
         aM = M.abs()
         return (None if x is None else _mv(aM, x)), (None if y is None else _mtv(aM, y))
     step = max(1, _ABS_BLOCK // (Bm * c))
@@ -126,7 +128,8 @@ def _cholesky_upper(H: torch.Tensor):
 
 
 #: up to this many entries ``_abs_max`` is one ``vector_norm(∞)`` call (one dispatch instead of two);
-#: above, ``abs`` + ``amax``, whose vectorised kernels are several times faster per entry
+#: above (up to ``_NORM_LARGE``), ``abs`` + ``amax``, whose vectorised kernels are several times
+#: faster per entry
 _NORM_SMALL = 256
 #: from this many entries on ``_abs_max`` is ``max(amax, −amin)``: two reductions and no temporary
 #: ``|x|`` (a fresh tensor of the input's size, whose page faults dominate on CPU: at (128, 500, 500)
@@ -150,8 +153,8 @@ def _abs_max(x: torch.Tensor, dim=-1, keepdim: bool = False) -> torch.Tensor:
     """``max |x|`` over ``dim`` (NaN propagates)."""
     if x.numel() <= _NORM_SMALL:
         return torch.linalg.vector_norm(x, float("inf"), dim, keepdim=keepdim)
-    if x.numel() >= _NORM_LARGE and not x.is_complex():
-        return torch.maximum(x.amax(dim, keepdim=keepdim), x.amin(dim, keepdim=keepdim).neg_())
+    if x.numel() >= _NORM_LARGE and x.is_floating_point():
+        return torch.maximum(x.amax(dim, keepdim=keepdim), x.amin(dim, keepdim=keepdim).neg())
     return x.abs().amax(dim, keepdim=keepdim)
 
 

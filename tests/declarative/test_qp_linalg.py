@@ -1,0 +1,76 @@
+"""The batched helpers of ``declarative.qp.linalg`` against their plain forms, on the paths taken
+by large inputs (no temporaries of the input's size)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from declarative.qp import linalg
+from declarative.qp.ipm import solve_qp_ipm
+from declarative.qp.linalg import _abs_max, _abs_products, _Scratch
+
+
+def _randn(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+@pytest.mark.parametrize("dim", [-1, -2, (-2, -1)])
+def test_abs_max_of_large_tensors_is_that_of_the_absolute_values(dim):
+    x = _randn(40, 60, 50)
+    assert x.numel() >= linalg._NORM_LARGE
+    x[3, 4, 5] = float("nan")
+    x[7, 1, 2] = float("-inf")
+    x[9, 2] = -0.0
+    torch.testing.assert_close(_abs_max(x, dim), x.abs().amax(dim), equal_nan=True, rtol=0, atol=0)
+    torch.testing.assert_close(_abs_max(x, dim, keepdim=True), x.abs().amax(dim, keepdim=True),
+                               equal_nan=True, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("Bm, B, r, c", [(6, 6, 700, 900), (1, 5, 700, 900), (6, 6, 1, 400000), (3, 3, 5, 4)])
+def test_abs_products_in_blocks_of_rows(monkeypatch, Bm, B, r, c):
+    """|M|x and |M|ᵀy (non-negative x, y, as the residuals' scales use them) as the plain
+    products to rounding: batched and shared M, one row, small M."""
+    M, x, y = _randn(Bm, r, c, seed=1), _randn(B, c, seed=2).abs(), _randn(B, r, seed=3).abs()
+    ax, ay = _abs_products(M, x, y)
+    aM = M.abs()
+    torch.testing.assert_close(ax, (aM @ x.unsqueeze(-1)).squeeze(-1), rtol=1e-12, atol=0)
+    torch.testing.assert_close(ay, (aM.mT @ y.unsqueeze(-1)).squeeze(-1), rtol=1e-12, atol=0)
+    assert _abs_products(M, x)[1] is None and _abs_products(M, y=y)[0] is None
+
+
+def test_abs_products_of_an_expanded_and_an_unbatched_matrix():
+    M = _randn(800, 3000, seed=4)
+    x = _randn(4, 3000, seed=5).abs()
+    ref = (M.abs() @ x.mT).mT
+    torch.testing.assert_close(_abs_products(M, x)[0], ref, rtol=1e-12, atol=0)
+    torch.testing.assert_close(_abs_products(M.expand(4, 800, 3000), x)[0], ref, rtol=1e-12, atol=0)
+
+
+def test_abs_products_under_autograd():
+    """With an input that requires grad: the plain products, differentiable."""
+    M = _randn(2, 1200, 1000, seed=6).requires_grad_()
+    x = _randn(2, 1000, seed=7).requires_grad_()
+    ax, _ = _abs_products(M, x)
+    ax.sum().backward()
+    assert x.grad is not None and M.grad is not None
+
+
+def test_scratch_views_of_two_dtypes_share_memory():
+    s = _Scratch("cpu", itemsize=8)
+    a = s.view("H", (3, 4, 5), torch.float32)
+    b = s.view("H", (3, 4, 5), torch.float64)
+    assert a.data_ptr() == b.data_ptr() and b.is_contiguous()
+    g = s.view("sG", (2, 3, 5), torch.float64, reserve=60)
+    assert s.view("sG", (2, 6, 5), torch.float64).data_ptr() == g.data_ptr()   # reserved: no regrowth
+
+
+def test_solver_with_vectors_that_require_grad_uses_no_scratch():
+    """A cold start into reused memory under autograd would fail (``out=`` is not differentiable):
+    at B·n² ≥ 2¹⁶ with only ``q`` requiring grad the iterates do, and the loop's buffers are off."""
+    n, m = 256, 20
+    Q = torch.eye(n, dtype=torch.float64)
+    q = _randn(n, seed=8).requires_grad_()
+    G, h = _randn(m, n, seed=9), torch.ones(m, dtype=torch.float64)
+    sol = solve_qp_ipm(Q, q, G, h)
+    assert int(sol.status.reshape(-1)[0]) == 0
