@@ -1144,8 +1144,7 @@ def _least_norm_candidates(data, orig, scales, z, lam, nu, cand):
     in their rounding: on Maros–Meszaros QADLITTL the scaled candidate left a dual residual of
     1.4e-9 on the original problem in one BLAS's rounding (1.5e-10 in another), the original one
     5.7e-13 in both."""
-    # (the SVD fallback, ``robust``, on the original data only)
-    lam_l, nu_l = _least_norm_multipliers(*data, z, lam, nu, cand, robust=scales is None)
+    lam_l, nu_l = _least_norm_multipliers(*data, z, lam, nu, cand)
     if lam_l is not lam:
         yield lam_l, nu_l
     c_ = cand.unsqueeze(-1)
@@ -1155,7 +1154,7 @@ def _least_norm_candidates(data, orig, scales, z, lam, nu, cand):
     d_ = scales.unscale_duals({"lam": lam, "nu": nu})
     lam_o, nu_o = (None if t is None else t.to(Qo.dtype) for t in (d_["lam"], d_["nu"]))
     lam_l, nu_l = _least_norm_multipliers(Qo, qo, Go, Ao, scales.unscale_z(z).to(Qo.dtype), lam_o,
-                                          nu_o if Ao is not None else None, cand, robust=True)
+                                          nu_o if Ao is not None else None, cand)
     if lam_l is not lam_o:
         back = scales.scale_duals({"lam": lam_l.to(lam.dtype),
                                    "nu": nu if nu_l is None else nu_l.to(lam.dtype)})

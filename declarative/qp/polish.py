@@ -554,11 +554,6 @@ def _polish(Q, q, G, h, A, b, z, s, lam, nu, solved, opts, reg, zero_eq, hnorm, 
 #: the gradient they balance by this factor (``_least_norm_multipliers``)
 _CANCELLATION = 1e4
 
-#: ``_least_norm_multipliers(robust=True)``: rounds of its SVD fallback (QBORE3D took 53), and the
-#: relative threshold below which its singular values count as zero
-_LN_SVD_ROUNDS = 64
-_LN_SVD_RTOL = 1e-12
-
 #: regularisation of the normal equations in ``_least_norm_multipliers``, relative to their largest
 #: diagonal entry: rounding errors along the null space of ``Mᵀ`` (invisible to the refinement, and
 #: harmless to ``Mᵀy``) are amplified by ``u/δ``, components of ``y`` along singular values
@@ -566,53 +561,7 @@ _LN_SVD_RTOL = 1e-12
 _LN_REG = 1e-11
 
 
-def _least_norm_normal(Mf, g, steps):
-    """The least-norm solution of ``M_fᵀ y = g`` (``Mf (B, k, n)``, rows of zeros for the rows
-    left out) by the regularised normal equations ``(M_f M_fᵀ + δI) y = M_f g`` (Cholesky,
-    ``δ = _LN_REG·max diag``) with ``steps`` of iterative refinement from zero, whose iterates stay
-    in the range of ``M_f``."""
-    S = Mf @ Mf.mT
-    d_ = S.diagonal(dim1=-2, dim2=-1)
-    d_ += (_LN_REG * d_.amax(-1, keepdim=True)).clamp(min=torch.finfo(Mf.dtype).tiny)
-    U, _ = torch.linalg.cholesky_ex(S, upper=True)
-    y = g.new_zeros(Mf.shape[:-1])
-    for _ in range(steps):
-        r = g - _mtv(Mf, y)
-        y = y + _chol_solve(U, _mv(Mf, r).unsqueeze(-1)).squeeze(-1)
-    return y
-
-
-def _least_norm_svd(Mf, g):
-    """The least-norm solution of ``M_fᵀ y = g`` by the pseudo-inverse (SVD; singular values
-    below ``_LN_SVD_RTOL`` of the largest count as zero)."""
-    return (torch.linalg.pinv(Mf.mT, rtol=_LN_SVD_RTOL) @ g.unsqueeze(-1)).squeeze(-1)
-
-
-def _nnls_rounds(M, g, y, sign, free, rounds, least_norm):
-    """Lawson–Hanson rounds without re-entry from ``y`` (rows ``free``, the ``sign`` ones
-    constrained to ``y ≥ 0``): each moves ``y`` towards ``least_norm(M_free)`` as far as the sign
-    constraints allow, and the multipliers reaching zero leave the free set. Returns ``y``."""
-    dtype = y.dtype
-    eps = torch.finfo(dtype).eps
-    done = torch.zeros(y.shape[0], dtype=torch.bool, device=y.device)
-    for _ in range(rounds):
-        ymn = torch.where(free, least_norm(M * free.unsqueeze(-1)), 0.0)   # (exact zeros off the set)
-        neg = sign & free & (ymn < 0)
-        ratio = torch.where(neg, y / (y - ymn).clamp(min=torch.finfo(dtype).tiny), torch.ones_like(y))
-        alpha = torch.where(done, 0.0, ratio.amin(-1).clamp(0.0, 1.0)).unsqueeze(-1)
-        # (a full step takes ymn itself: y + (ymn − y) keeps a rounding error of u·‖y‖ from the
-        # old, large multipliers)
-        y = torch.where(alpha >= 1, ymn, y + alpha * (ymn - y))
-        hit = sign & free & (y <= eps * _inf_norm(y).unsqueeze(-1))
-        y = torch.where(hit, 0.0, y)
-        free = free & ~hit
-        done = done | (alpha.squeeze(-1) >= 1)
-        if bool(done.all()):
-            break
-    return y
-
-
-def _least_norm_multipliers(Q, q, G, A, z, lam, nu, polished, rounds=4, steps=5, robust=False):
+def _least_norm_multipliers(Q, q, G, A, z, lam, nu, polished, rounds=4, steps=5):
     """Least-norm non-negative multipliers of polished points whose multipliers cancel.
 
     At a degenerate vertex (active rows ``M = [A; G_K]`` linearly dependent) the multipliers of
@@ -673,23 +622,37 @@ def _least_norm_multipliers(Q, q, G, A, z, lam, nu, polished, rounds=4, steps=5,
     else:
         M, y, sign, free = Gk, y_l, valid, valid.clone()
     y0 = y
+    done = torch.zeros(Bs, dtype=torch.bool, device=z.device)
+    eps = torch.finfo(dtype).eps
+    for _ in range(rounds):
+        Mf = M * free.unsqueeze(-1)
+        S = Mf @ Mf.mT
+        d_ = S.diagonal(dim1=-2, dim2=-1)
+        d_ += (_LN_REG * d_.amax(-1, keepdim=True)).clamp(min=torch.finfo(dtype).tiny)
+        U, _ = torch.linalg.cholesky_ex(S, upper=True)
+        ymn = torch.zeros_like(y)
+        for _ in range(steps):   # refinement from zero: the least-norm solution on the free rows
+            r = gs - _mtv(Mf, ymn)
+            ymn = ymn + _chol_solve(U, _mv(Mf, r).unsqueeze(-1)).squeeze(-1)
+        # a step towards it, as far as λ_K ≥ 0 allows; the multipliers reaching zero leave the set
+        neg = sign & free & (ymn < 0)
+        ratio = torch.where(neg, y / (y - ymn).clamp(min=torch.finfo(dtype).tiny), torch.ones_like(y))
+        alpha = torch.where(done, 0.0, ratio.amin(-1).clamp(0.0, 1.0)).unsqueeze(-1)
+        # (a full step takes ymn itself: y + (ymn − y) keeps a rounding error of u·‖y‖ from the
+        # old, large multipliers)
+        y = torch.where(alpha >= 1, ymn, y + alpha * (ymn - y))
+        hit = sign & free & (y <= eps * _inf_norm(y).unsqueeze(-1))
+        y = torch.where(hit, 0.0, y)
+        free = free & ~hit
+        done = done | (alpha.squeeze(-1) >= 1)
+        if bool(done.all()):
+            break
     old = _inf_norm(gs - _mtv(M, y0))
-
-    def accepted(y):
-        # only a real cancellation removed: the multipliers' size at least halved (multipliers
-        # that are large without cancelling, from ill-conditioned rows, stay)
-        new = _inf_norm(gs - _mtv(M, y))
-        return (new <= old) & (_inf_norm(y) <= 0.5 * _inf_norm(y0)) & torch.isfinite(y).all(-1) & \
-            ~(sign & (y < 0)).any(-1)
-    y = _nnls_rounds(M, gs, y0, sign, free, rounds, lambda Mf: _least_norm_normal(Mf, gs, steps))
-    ok = accepted(y)
-    if robust and not bool(ok.all()):
-        # the regularised normal equations did not get there (QBORE3D: their refinement stalls on
-        # the dependent active rows): the least-norm solutions by SVD, more rounds
-        y_svd = _nnls_rounds(M, gs, y0, sign, free, _LN_SVD_ROUNDS, lambda Mf: _least_norm_svd(Mf, gs))
-        ok_svd = ~ok & accepted(y_svd)
-        y = torch.where(ok_svd.unsqueeze(-1), y_svd, y)
-        ok = ok | ok_svd
+    new = _inf_norm(gs - _mtv(M, y))
+    # only a real cancellation removed: the multipliers' size at least halved (multipliers that are
+    # large without cancelling, from ill-conditioned rows, stay)
+    ok = (new <= old) & (_inf_norm(y) <= 0.5 * _inf_norm(y0)) & torch.isfinite(y).all(-1) & \
+        ~(sign & (y < 0)).any(-1)
     if not bool(ok.any()):
         return lam, nu
     o_ = ok.unsqueeze(-1)

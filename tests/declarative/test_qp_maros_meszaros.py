@@ -58,20 +58,6 @@ def test_degenerate_vertex_multipliers_at_high_accuracy():
     assert max(sol.duals["lam"].abs().max().item(), sol.duals["nu"].abs().max().item()) < 1e5
 
 
-def test_least_norm_multipliers_by_svd():
-    """QBORE3D: multipliers of 7e6 that cancel on dependent active rows, where the regularised
-    normal equations of the least-norm rounds stall; their SVD fallback (on the original data)
-    finds the least-norm non-negative ones (below 300): the dual residual, 0.8–1.5e-9 with the
-    large ones, falls to ~1e-11. (The gap stays at its rounding level, 3.5e-10 to 1.1e-9 with one
-    and two BLAS threads, so it is held to the contract only.)"""
-    data, sol, res = _solve("QBORE3D", QPOptions())
-    assert int(sol.status) == Status.SOLVED
-    assert max(res[:2]) < 1e-10, res[:3]
-    assert meets_np(res, 1e-8, 0.0, 32 * EPS64), res
-    assert max(sol.duals["lam"].abs().max().item(), sol.duals["nu"].abs().max().item()) < 1e3
-    assert (sol.duals["lam"] >= 0).all()
-
-
 @pytest.mark.parametrize("name", ["QBORE3D", "QFORPLAN", "QSHARE1B"])
 def test_feasible_problems_are_not_called_infeasible(name):
     """Reported PRIMAL_INFEASIBLE (QBORE3D, QFORPLAN) and DUAL_INFEASIBLE (QSHARE1B) at the third
