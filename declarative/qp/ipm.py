@@ -1147,9 +1147,9 @@ def _least_norm_candidates(data, orig, scales, z, lam, nu, cand):
     lam_l, nu_l = _least_norm_multipliers(*data, z, lam, nu, cand)
     if lam_l is not lam:
         yield lam_l, nu_l
-    c_ = cand.unsqueeze(-1)
     if scales is None:
         return
+    c_ = cand.unsqueeze(-1)
     Qo, qo, Go, _, Ao, _ = (_with_batch(t, c) for t, c in zip(orig, _CORES))
     d_ = scales.unscale_duals({"lam": lam, "nu": nu})
     lam_o, nu_o = (None if t is None else t.to(Qo.dtype) for t in (d_["lam"], d_["nu"]))

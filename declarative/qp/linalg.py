@@ -284,15 +284,11 @@ def _gather_rows(M: torch.Tensor, idx: torch.Tensor, out: torch.Tensor | None = 
     flattened batch, much faster on CPU than ``gather`` with an expanded index."""
     B, k = idx.shape
     Bm, m, n = M.shape
-    dst = None if out is None else out.view(B * k, n)
     if Bm == 1:
-        rows = torch.index_select(M[0], 0, idx.reshape(-1), out=dst) if dst is not None else \
-            M[0].index_select(0, idx.reshape(-1))
+        src, flat = M[0], idx.reshape(-1)
     else:
-        flat = (idx + (torch.arange(B, device=idx.device) * m).unsqueeze(-1)).reshape(-1)
-        src = M.reshape(B * m, n)
-        rows = torch.index_select(src, 0, flat, out=dst) if dst is not None else src.index_select(0, flat)
-    return rows.view(B, k, n)
+        src, flat = M.reshape(B * m, n), (idx + (torch.arange(B, device=idx.device) * m).unsqueeze(-1)).reshape(-1)
+    return torch.index_select(src, 0, flat, out=None if out is None else out.view(B * k, n)).view(B, k, n)
 
 
 def _row_norm(M: torch.Tensor) -> torch.Tensor:
