@@ -9,10 +9,7 @@ import torch
 from declarative.qp import linalg
 from declarative.qp.ipm import solve_qp_ipm
 from declarative.qp.linalg import _abs_max, _abs_products, _Scratch
-
-
-def _randn(*shape, seed=0):
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+from tests.helpers import seeded_randn as _randn
 
 
 @pytest.mark.parametrize("dim", [-1, -2, (-2, -1)])

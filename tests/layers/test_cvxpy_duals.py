@@ -12,12 +12,9 @@ import torch
 
 import layers
 from declarative.testing import assert_close_to_cvxpy
+from tests.helpers import seeded_randn as _randn
 
 F64 = dict(dtype=torch.float64)
-
-
-def _randn(*shape, seed=0):
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), **F64)
 
 
 def equality_least_squares():

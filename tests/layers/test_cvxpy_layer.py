@@ -14,12 +14,9 @@ from contrastive import Contrastive
 from declarative.reference.cvxpy_problem import problem_reference
 from declarative.reference.qp import degenerate_qp, random_qp
 from declarative.testing import assert_close_to_cvxpy
+from tests.helpers import seeded_randn as _randn
 
 F64 = dict(dtype=torch.float64)
-
-
-def _randn(*shape, seed=0):
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), **F64)
 
 
 # -- the zoo: (problem, parameters, variables, parameter values) -----------------------------------

@@ -12,13 +12,10 @@ import torch
 import layers
 from declarative.reference.cvxpy_problem import problem_reference
 from declarative.testing import assert_close_to_cvxpy
+from tests.helpers import seeded_randn as _randn
 
 F64 = dict(dtype=torch.float64)
 N = 4
-
-
-def _randn(*shape, seed=0):
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), **F64)
 
 
 def _psd_batch(B, rank=N, seed=0):
