@@ -177,6 +177,17 @@ class Equilibration(NamedTuple):
             out["nu"] = duals["nu"] / self._ratio(self.eq)
         return out
 
+    def unscale_point(self, z: torch.Tensor, lam, nu):
+        """``(z, λ, ν)`` of the scaled problem in the original units (``unscale_z``,
+        ``unscale_duals``)."""
+        d = self.unscale_duals({"lam": lam, "nu": nu})
+        return self.unscale_z(z), d["lam"], d["nu"]
+
+    def scale_point(self, z: torch.Tensor, lam, nu):
+        """The inverse of ``unscale_point``."""
+        d = self.scale_duals({"lam": lam, "nu": nu})
+        return self.scale_z(z), d["lam"], d["nu"]
+
     def scaled_solution(self, sol: Solution) -> Solution:
         """``sol`` (in the original units) as a solution of the scaled problem: ``z' = D⁻¹z`` and
         its multipliers; the cache, which the solver filled for the scaled problem, is shared."""

@@ -412,9 +412,7 @@ def _contract_on(orig, scales, answer_dtype, dtype, opts):
             # the answer as the caller returns it: rounded, then unscaled in that dtype
             z, lam, nu = (t.to(answer_dtype) for t in (z, lam, nu))
         if scales is not None:
-            z = scales.unscale_z(z)
-            d_ = scales.unscale_duals({"lam": lam, "nu": nu})
-            lam, nu = d_["lam"], d_["nu"]
+            z, lam, nu = scales.unscale_point(z, lam, nu)
         if answer_dtype is not None:
             z, lam, nu = (t.to(dtype) for t in (z, lam, nu))
         res = qp_residuals(*orig, z, lam, nu)
@@ -525,9 +523,7 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
         on the original data."""
         eps_c = CERTIFICATE_TOL.get(orig[0].dtype, 1e-5)
         if scales is not None:
-            z = scales.unscale_z(z)
-            d_ = scales.unscale_duals({"lam": lam, "nu": nu})
-            lam, nu = d_["lam"], d_["nu"]
+            z, lam, nu = scales.unscale_point(z, lam, nu)
         ok = torch.ones_like(st, dtype=torch.bool)
         pinf_, dinf_ = st == int(Status.PRIMAL_INFEASIBLE), st == int(Status.DUAL_INFEASIBLE)
         if bool(pinf_.any()):
@@ -1151,15 +1147,12 @@ def _least_norm_candidates(data, orig, scales, z, lam, nu, cand):
         return
     c_ = cand.unsqueeze(-1)
     Qo, qo, Go, _, Ao, _ = (_with_batch(t, c) for t, c in zip(orig, _CORES))
-    d_ = scales.unscale_duals({"lam": lam, "nu": nu})
-    lam_o, nu_o = (None if t is None else t.to(Qo.dtype) for t in (d_["lam"], d_["nu"]))
-    lam_l, nu_l = _least_norm_multipliers(Qo, qo, Go, Ao, scales.unscale_z(z).to(Qo.dtype), lam_o,
-                                          nu_o if Ao is not None else None, cand)
+    z_o, lam_o, nu_o = (None if t is None else t.to(Qo.dtype) for t in scales.unscale_point(z, lam, nu))
+    lam_l, nu_l = _least_norm_multipliers(Qo, qo, Go, Ao, z_o, lam_o, nu_o if Ao is not None else None, cand)
     if lam_l is not lam_o:
-        back = scales.scale_duals({"lam": lam_l.to(lam.dtype),
-                                   "nu": nu if nu_l is None else nu_l.to(lam.dtype)})
+        _, lam_b, nu_b = scales.scale_point(z, lam_l.to(lam.dtype), nu if nu_l is None else nu_l.to(lam.dtype))
         # (the other elements' multipliers as they were, not rounded by the round trip)
-        yield torch.where(c_, back["lam"], lam), (nu if nu_l is None else torch.where(c_, back["nu"], nu))
+        yield torch.where(c_, lam_b, lam), (nu if nu_l is None else torch.where(c_, nu_b, nu))
 
 
 def _second_solver(data, state, iterations, redo, opts, orig, scales, answer_dtype):
@@ -1227,14 +1220,9 @@ def _second_solver_unscaled(orig, scales, ix, st, its, accepted, acceptor, opts)
     accept = acceptor(ix.index_select(0, left))
     data = tuple(None if t is None else _with_batch(_select(_select(t, ix, c), left, c), c).double()
                  for t, c in zip(orig, _CORES))
-
-    def to_scaled(z, lam, nu):
-        d = sub.scale_duals({"lam": lam, "nu": nu})
-        return sub.scale_z(z), d["lam"], d["nu"]
-
-    st2, its2, acc2 = solve_qp_proximal(data, accept=lambda *point: accept(*to_scaled(*point)),
+    st2, its2, acc2 = solve_qp_proximal(data, accept=lambda *point: accept(*sub.scale_point(*point)),
                                         max_iter=opts.proximal_max_iter, fraction=opts.step_fraction)
-    z2, lam2, nu2 = to_scaled(st2.z, st2.lam, st2.nu)
+    z2, lam2, nu2 = sub.scale_point(st2.z, st2.lam, st2.nu)
     s2 = st2.s * sub.ineq
     a_ = acc2.unsqueeze(-1)
 
