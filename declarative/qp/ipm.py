@@ -143,18 +143,27 @@ def _use_mixed_precision(opts: QPOptions, dtype, G, B: int, n: int, m: int) -> b
     return bool(opts.mixed_precision) or B * n * (n + m) >= _MIXED_MIN_SIZE
 
 
-def _lowered(work: _Working, dtype, opts: QPOptions) -> _Working:
+#: the keys of ``_lowered``'s copies in its scratch (given up to the polish after the first phase)
+_LOWERED_KEYS = ("Q_low", "G_low", "QA_low")
+
+
+def _lowered(work: _Working, dtype, opts: QPOptions, scratch: _Scratch | None = None) -> _Working:
     """``work`` cast to ``dtype`` (float32) with that precision's regularisation and certificate
-    tolerance (the larger of the user's and the float32 defaults)."""
+    tolerance (the larger of the user's and the float32 defaults). With ``scratch``, the matrices
+    ``Q``, ``G`` and ``QA`` are cast into its memory (under ``_LOWERED_KEYS``: once the first phase
+    is over, the penalty polish's sub-batches reuse it)."""
     reg_rel = max(opts.reg, DEFAULT_REG[dtype])
     QA, zero_eq, reg, hnorm, bnorm, qnorm = work.aux
     aux = (QA, zero_eq, reg * (reg_rel / opts.reg), hnorm, bnorm, qnorm)
 
-    def cast(t):
-        return None if t is None else t.to(dtype)
-    data = tuple(cast(t) for t in work.data)
+    def cast(t, key=None):
+        if t is None:
+            return None
+        return t.to(dtype) if scratch is None or key is None else scratch.copy(key, t, dtype)
+    Q, q, G, h, A, b = work.data
+    data = (cast(Q, _LOWERED_KEYS[0]), cast(q), cast(G, _LOWERED_KEYS[1]), cast(h), cast(A), cast(b))
     # (QA is Q without equalities: cast once)
-    aux = (data[0] if QA is work.data[0] else cast(QA),) + tuple(cast(t) for t in aux[1:])
+    aux = (data[0] if QA is Q else cast(QA, _LOWERED_KEYS[2]),) + tuple(cast(t) for t in aux[1:])
     return _Working(data, aux, dtype, reg_rel, max(opts.tol_infeasible, DEFAULT_TOL_INFEASIBLE[dtype]))
 
 
@@ -572,13 +581,14 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
     # phase 1 in float32 (``QPOptions.mixed_precision``): its iterate only has to identify the
     # active set for the float64 polish, which is checked against the KKT conditions
     mixed = _use_mixed_precision(opts, dtype, G, B, n, m)
-    work1 = _lowered(work64, torch.float32, opts) if mixed else work64
+    # the memory of the first phase's factorisations (with a float32 first phase, held for the
+    # float64 penalty polish's same-sized buffers) and float32 copies, reused by the polish
+    scratch0 = _factor_scratch(work64, B, itemsize=dtype.itemsize)
+    work1 = _lowered(work64, torch.float32, opts, scratch0) if mixed else work64
 
     # -- starting point ---------------------------------------------------------------------------
-    fac0 = scratch0 = None
+    fac0 = None
     if warm_start is None:
-        # (with a float32 first phase, held for the float64 penalty polish's same-sized buffers)
-        scratch0 = _factor_scratch(work1, B, itemsize=dtype.itemsize)
         z, s, lam, nu, fac0 = _cold_start(work1, opts.rho, B, scratch0)
     else:
         z = warm_start.z.detach().to(dtype).expand(B, n).clone()
@@ -864,6 +874,9 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
         z, s, lam, nu, status, iterations, *tols1, min(opts.max_iter, _MIXED_MAX_ITER) if mixed else opts.max_iter,
         fac0, work1, scratch=scratch0)
     fac0 = None   # (its memory is the scratch's, taken over by the loop)
+    if mixed and scratch0 is not None:
+        work1 = None   # (the float32 copies: spare memory from here on)
+        scratch0.free(*_LOWERED_KEYS)
     if mixed:
         z, s, lam, nu, pres, dres, gap = (t.to(dtype) for t in (z, s, lam, nu, pres, dres, gap))
         # elements the float32 phase did not bring to the loose tolerance (infeasibility

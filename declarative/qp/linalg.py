@@ -112,6 +112,37 @@ def _chol_solve(U: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
     return torch.linalg.solve_triangular(U, torch.linalg.solve_triangular(U.mT, R, upper=False), upper=True)
 
 
+def _in_place_cholesky(H: torch.Tensor) -> bool:
+    """Whether ``_cholesky_upper`` factorises ``H`` in place (reading its lower triangle only)."""
+    return not H.requires_grad and H.dim() == 3 and H.numel() >= 1 << 16
+
+
+#: ``_gram_lower`` forms ``Q + SᵀS`` in row blocks of about this many rows (at most four blocks)
+_GRAM_BLOCK = 128
+
+
+def _gram_lower(Q: torch.Tensor, S: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """The lower triangle (``i ≥ j``) of ``Q + SᵀS`` into ``out`` (``(B, n, n)``; its entries above
+    the diagonal blocks are left as they are): for a factorisation that reads only that triangle
+    (``_cholesky_upper`` in place). In row blocks ``[r₀, r₁)``, each ``Q[r₀:r₁, :r₁] +
+    S[:, r₀:r₁]ᵀ S[:, :r₁]`` — with four blocks 5/8 of the products, which took 0.79–0.84× the
+    time of the whole product at (128, 500, 500) and (8, 1000, 1000), 0.75–0.95× from n = 200 on
+    (one thread; below, one block: the whole product).
+
+    Shape:
+        ``Q (B, n, n)`` (may be expanded), ``S (B, k, n)``, ``out (B, n, n)``.
+    """
+    n = out.shape[-1]
+    nb = min(4, max(1, round(n / _GRAM_BLOCK)))
+    if nb == 1:
+        return torch.baddbmm(Q, S.mT, S, out=out)
+    St = S.mT
+    bounds = [round(i * n / nb) for i in range(nb + 1)]
+    for r0, r1 in zip(bounds[:-1], bounds[1:]):
+        torch.baddbmm(Q[:, r0:r1, :r1], St[:, r0:r1], S[:, :, :r1], out=out[:, r0:r1, :r1])
+    return out
+
+
 def _cholesky_upper(H: torch.Tensor):
     """Upper Cholesky factor ``U`` (``H = UᵀU``) and info of a symmetric ``H`` that may be
     overwritten. Without autograd the factorisation runs in place on ``Hᵀ``, whose layout is
@@ -120,7 +151,7 @@ def _cholesky_upper(H: torch.Tensor):
     sizes of batched QPs (10–40% of it measured at B = 128, n = 50–100). ``Hᵀ``'s upper triangle is
     ``H``'s lower one (equal, ``H`` symmetric). upper=True: LAPACK works column-major, the upper
     factor of a row-major H is ~4× faster."""
-    if H.requires_grad or H.dim() != 3 or H.numel() < 1 << 16:   # small: the plain call is cheaper
+    if not _in_place_cholesky(H):   # small: the plain call is cheaper
         return torch.linalg.cholesky_ex(H, upper=True)
     Ht = H.transpose(-1, -2)
     info = torch.empty(H.shape[0], dtype=torch.int32, device=H.device)
@@ -178,35 +209,69 @@ def _with_batch(x: torch.Tensor | None, core: int) -> torch.Tensor | None:
 
 
 class _Scratch:
-    """Reusable memory for the large temporaries of repeated factorisations (``_Factor``'s
-    ``√w ∘ G`` and ``H``, passed as its ``bufs``: the interior-point loop's and the penalty
-    polish's). On CPU a fresh tensor of 10⁸ bytes costs a page
-    fault per page on first touch: at (B, n, m) = (128, 500, 500) a factorisation into fresh
-    tensors took 1.7 s, into reused ones 0.5 s. ``view(key, shape, dtype)`` is a tensor of
-    ``shape`` and ``dtype`` on the memory held under ``key`` (grown when too small);
-    ``release(key)`` gives that memory up to its present user (a factor that must outlive the next
-    ``view``). ``reserve``: the number of entries to hold when the memory is (re)allocated, at
-    least ``shape``'s — for a key whose shape varies between uses (the gathered rows of the
-    penalty polish); ``itemsize``: the bytes held per entry, at least the view's — a scratch whose
-    float32 views (the float32 first phase) are followed by float64 ones of the same shapes (the
-    polish) allocates once. On CPU the pages beyond those written are never touched, so reserving
-    costs address space only."""
+    """Reusable memory for the large temporaries of a solve (``_Factor``'s ``√w ∘ G`` and ``H``,
+    passed as its ``bufs``: the interior-point loop's and the penalty polish's; the float32 copies
+    of the first phase; the penalty polish's sub-batches). On CPU a fresh tensor of 10⁸ bytes costs
+    a page fault per page on first touch — at (B, n, m) = (128, 500, 500) a factorisation into
+    fresh tensors took 1.7 s, into reused ones 0.5 s, and late in a solve, with much memory given
+    back to the system in between, a fresh 118 MB selection took up to 0.9 s of kernel time.
+
+    ``view(key, shape, dtype)`` is a tensor of ``shape`` and ``dtype`` on the memory held under
+    ``key`` (grown when too small: from the spare memory if a block there is large enough, else
+    fresh); ``release(key)`` gives that memory up to its present user (a factor that must outlive
+    the next ``view``); ``free(*keys)`` makes it spare, for the views of later keys (its present
+    views must be dead). ``reserve``: the number of entries to hold when the memory is
+    (re)allocated, at least ``shape``'s — for a key whose shape varies between uses (the gathered
+    rows of the penalty polish); ``itemsize``: the bytes held per entry, at least the view's — a
+    scratch whose float32 views (the float32 first phase) are followed by float64 ones of the same
+    shapes (the polish) allocates once. On CPU the pages beyond those written are never touched,
+    so reserving costs address space only."""
 
     def __init__(self, device, itemsize: int = 0):
         self.device, self.itemsize = device, itemsize
         self._mem: dict[str, torch.Tensor] = {}
+        self._spare: list[torch.Tensor] = []
 
     def view(self, key: str, shape, dtype: torch.dtype, reserve: int = 0) -> torch.Tensor:
         size = dtype.itemsize
         nbytes = math.prod(shape) * size
         mem = self._mem.get(key)
         if mem is None or mem.numel() < nbytes:
-            held = max(math.prod(shape), reserve) * max(size, self.itemsize)
-            mem = self._mem[key] = torch.empty(held, dtype=torch.uint8, device=self.device)
+            mem = self._take_spare(nbytes)
+            if mem is None:
+                held = max(math.prod(shape), reserve) * max(size, self.itemsize)
+                mem = torch.empty(held, dtype=torch.uint8, device=self.device)
+            self._mem[key] = mem
         return mem[:nbytes].view(dtype).view(shape)
+
+    def copy(self, key: str, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """``t`` cast to ``dtype``, in the memory under ``key``."""
+        return self.view(key, t.shape, dtype).copy_(t)
+
+    def select(self, key: str, t: torch.Tensor, ix: torch.Tensor) -> torch.Tensor:
+        """``t.index_select(0, ix)``, in the memory under ``key``."""
+        return torch.index_select(t, 0, ix, out=self.view(key, (ix.shape[0], *t.shape[1:]), t.dtype))
+
+    def held(self, key: str) -> int:
+        """The bytes held under ``key`` (0: none)."""
+        mem = self._mem.get(key)
+        return 0 if mem is None else mem.numel()
 
     def release(self, key: str) -> None:
         self._mem.pop(key, None)
+
+    def free(self, *keys: str) -> None:
+        for key in keys:
+            mem = self._mem.pop(key, None)
+            if mem is not None:
+                self._spare.append(mem)
+
+    def _take_spare(self, nbytes: int) -> torch.Tensor | None:
+        """The smallest spare block of at least ``nbytes`` bytes, taken off the spare list."""
+        fits = [i for i, t in enumerate(self._spare) if t.numel() >= nbytes]
+        if not fits:
+            return None
+        return self._spare.pop(min(fits, key=lambda i: self._spare[i].numel()))
 
 
 class _Factor:
@@ -225,12 +290,21 @@ class _Factor:
                 sG = G if w is None else w.sqrt().unsqueeze_(-1) * G
                 if sG.shape[0] != B:
                     sG = sG.expand(B, *G.shape[-2:])
-                H = torch.baddbmm(Q if Q.shape[0] == B else Q.expand(B, *Q.shape[-2:]), sG.mT, sG)
+                Qb = Q if Q.shape[0] == B else Q.expand(B, *Q.shape[-2:])
+                n = Q.shape[-1]
+                if not (Qb.requires_grad or sG.requires_grad) and B * n * n >= 1 << 16:
+                    H = _gram_lower(Qb, sG, Qb.new_empty(B, n, n))   # (factorised in place)
+                else:
+                    H = torch.baddbmm(Qb, sG.mT, sG)
             else:
                 # the interior-point loop's buffers (``run``): no fresh large allocations
                 # (each costs page faults when the allocator returns it to the OS in between)
                 sG = G.expand(B, *G.shape[-2:]) if w is None else torch.mul(w.sqrt().unsqueeze(-1), G, out=bufs[0][:B])
-                H = torch.baddbmm(Q.expand(B, *Q.shape[-2:]), sG.transpose(-1, -2), sG, out=bufs[1][:B])
+                H = bufs[1][:B]
+                if _in_place_cholesky(H):   # (its factorisation reads the lower triangle only)
+                    _gram_lower(Q.expand(B, *Q.shape[-2:]), sG, H)
+                else:
+                    torch.baddbmm(Q.expand(B, *Q.shape[-2:]), sG.transpose(-1, -2), sG, out=H)
             if AtA is not None:
                 H += AtA
         H.diagonal(dim1=-2, dim2=-1).add_(reg)

@@ -73,25 +73,39 @@ _GATHER_WORK = 1 << 29
 _GATHER_SAVING = 0.125
 
 
-def _penalty_factor(QA, G, A, wk, act, reg, zero_eq, opts, k, scratch):
+#: the scratch keys of ``_polish_penalty``'s sub-batches of the data (the matrices only)
+_SUB_KEYS = ("Q_sub", None, "G_sub", None, None, None, "QA_sub") + (None,) * 9
+
+
+def _penalty_factor(QA, G, A, wk, act, reg, zero_eq, opts, k, scratch, keep=True):
     """The factorisation of a penalty round, ``Q + Gᵀ diag(w) G + ρAᵀA + δI`` with weights ``w``
     (``wk``) zero off the active masks ``act``: on the ``k`` gathered rows of each element whose
     mask is set first (all of them when ``k`` is None), into the memory of ``scratch`` when given
-    (``linalg._Scratch``; the factor ``L`` then lives in its ``"H"`` until released).
+    (``linalg._Scratch``; the factor ``L`` then lives in its ``"H"`` until released — or, with
+    ``keep=False``, a factor its caller copies out before the next round, in the unused part of the
+    gathered rows' memory where that has room: a sub-batch's factor, the polish's last fresh
+    allocation otherwise).
 
     Shape:
         ``QA (B or 1, n, n)``, ``G (B or 1, m, n)``, ``wk, act (B, m)``; the factor's ``(B, n, n)``.
     """
     B, (m, n) = wk.shape[0], G.shape[-2:]
     rows = m if k is None else k
-    # (the gathered rows go straight into the memory of √w∘G, scaled there in place; reserved for
-    # all m rows, as k varies between rounds)
-    sG = None if scratch is None else scratch.view("sG", (B, rows, n), wk.dtype, reserve=B * m * n)
+    bufs = None
+    if scratch is not None:
+        # (the gathered rows go straight into the memory of √w∘G, scaled there in place; reserved
+        # for all m rows, as k varies between rounds)
+        ng, nh = B * rows * n, B * n * n
+        if not keep and scratch.held("sG") >= (ng + nh) * wk.dtype.itemsize:
+            flat = scratch.view("sG", (ng + nh,), wk.dtype)
+            bufs = (flat[:ng].view(B, rows, n), flat[ng:].view(B, n, n))
+        else:
+            bufs = (scratch.view("sG", (B, rows, n), wk.dtype, reserve=B * m * n),
+                    scratch.view("H", (B, n, n), wk.dtype))
     if k is not None:
         idx = torch.argsort(act.to(torch.int8), dim=-1, descending=True, stable=True)[:, :k]
-        G = _gather_rows(G, idx, out=sG)
+        G = _gather_rows(G, idx, out=None if bufs is None else bufs[0])
         wk = wk.gather(1, idx)
-    bufs = None if scratch is None else (sG, scratch.view("H", (B, n, n), wk.dtype))
     return _Factor(QA, G, A, None, wk, reg, zero_eq, opts.reg, bufs)
 
 
@@ -358,12 +372,14 @@ def _polish_penalty(Q, q, G, h, A, b, z, s, lam, nu, todo, opts, reg, zero_eq, Q
         sub = None if ntodo == B else torch.nonzero(todo_all).reshape(-1)
         d = (Q, q, G, h, A, b, None if QA is Q else QA, zero_eq, reg, hnorm, c, z, lam, nu, act_all, gn)
         if sub is not None:
-            d = tuple(_select(t, sub) for t in d)
+            d = tuple(_select(t, sub) if scratch is None or key is None or t is None or t.shape[0] == 1
+                      else scratch.select(key, t, sub) for t, key in zip(d, _SUB_KEYS))
         Qs, qs_, Gs, hs, As, bs, QAs, zqs, regs, hn, cs, zs, ls, ns, act, gns = d
         QAs = Qs if QA is Q else QAs   # (without equalities the same matrix: gathered once)
         a = act.to(dtype)
         wk = cs * a
-        fac = _penalty_factor(QAs, Gs, As, wk, act, regs * prox, zqs, opts, k, scratch)
+        # (a sub-batch's factors are copied into ``store``: they need not outlive the round)
+        fac = _penalty_factor(QAs, Gs, As, wk, act, regs * prox, zqs, opts, k, scratch, keep=sub is None)
         zp, yp, nup, conv, Gzp = _refine_active(fac, wk, a, Qs, Gs, As, qs_, hs, bs, zs, ls * a, ns,
                                                 opts.rho, refine_tol or _refine_tol(dtype), steps, gn=gns,
                                                 patient=prox > 1)

@@ -71,3 +71,54 @@ def test_solver_with_vectors_that_require_grad_uses_no_scratch():
     G, h = _randn(m, n, seed=9), torch.ones(m, dtype=torch.float64)
     sol = solve_qp_ipm(Q, q, G, h)
     assert int(sol.status.reshape(-1)[0]) == 0
+
+
+@pytest.mark.parametrize("n", [130, 300, 520])
+@pytest.mark.parametrize("shared_q", [False, True])
+def test_gram_lower_is_the_lower_triangle_of_the_product(n, shared_q):
+    """``_gram_lower`` in one, two and four row blocks, with a batched and an expanded ``Q``."""
+    B, k = 3, 70
+    Q = _randn(1 if shared_q else B, n, n, seed=n).expand(B, n, n)
+    S = _randn(B, k, n, seed=n + 1)
+    out = torch.full((B, n, n), float("nan"), dtype=torch.float64)
+    linalg._gram_lower(Q, S, out)
+    ref = Q + S.mT @ S
+    lower = torch.ones(n, n, dtype=torch.bool).tril()
+    assert (out - ref)[:, lower].abs().max() <= 1e-13 * ref.abs().max()
+
+
+def test_factor_into_buffers_equals_the_plain_factor():
+    """``_Factor`` into reused buffers (its matrix formed in row blocks, lower triangle only, then
+    factorised in place) and into fresh memory (the whole product) give the same factor and
+    solves."""
+    B, n, m = 2, 300, 120
+    R = _randn(B, n, n, seed=11)
+    Q = R @ R.mT / n
+    G = _randn(B, m, n, seed=12)
+    w = _randn(B, m, seed=13).abs() + 0.1
+    reg = torch.full((B, 1), 1e-9, dtype=torch.float64)
+    s = _Scratch("cpu")
+    bufs = (s.view("sG", (B, m, n), torch.float64), s.view("H", (B, n, n), torch.float64))
+    plain = linalg._Factor(Q, G, None, None, w, reg, None)
+    into = linalg._Factor(Q, G, None, None, w, reg, None, bufs=bufs)
+    assert into.L.data_ptr() == bufs[1].data_ptr()
+    assert (into.L - plain.L).abs().max() <= 1e-12 * plain.L.abs().max()
+    H = Q + G.mT @ (w.unsqueeze(-1) * G) + 1e-9 * torch.eye(n, dtype=torch.float64)
+    assert (into.L.mT @ into.L - H).abs().max() <= 1e-13 * H.abs().max()
+
+
+def test_scratch_gives_freed_memory_to_later_keys():
+    """``free`` makes a key's memory spare; a later key too large for any spare block is given fresh
+    memory, one that fits takes the smallest fitting block."""
+    s = _Scratch("cpu")
+    big = s.view("a", (100,), torch.float64)
+    small = s.view("b", (40,), torch.float64)
+    s.free("a", "b", "absent")
+    assert s.held("a") == 0 and s.held("b") == 0
+    assert s.view("c", (200,), torch.float64).data_ptr() not in (big.data_ptr(), small.data_ptr())
+    assert s.view("d", (30,), torch.float64).data_ptr() == small.data_ptr()     # the smallest that fits
+    assert s.view("e", (10, 9), torch.float32).data_ptr() == big.data_ptr()     # (a cast: any dtype)
+    assert s.view("f", (5,), torch.float64).data_ptr() not in (big.data_ptr(), small.data_ptr())
+    x = _randn(4, 5, seed=1)
+    assert torch.equal(s.select("g", x, torch.tensor([3, 1])), x[[3, 1]])
+    assert torch.equal(s.copy("h", x, torch.float32), x.float())

@@ -9,6 +9,8 @@ silently wrong.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -124,8 +126,8 @@ def test_float32_overflow_is_solved_again(device, monkeypatch):
     params = tuple(t.to(device) for t in random_qp(4, 5, 8, 1, seed=31))
     lowered = ipm._lowered
 
-    def overflowing(work, dtype, opts):
-        low = lowered(work, dtype, opts)
+    def overflowing(work, dtype, opts, *rest):
+        low = lowered(work, dtype, opts, *rest)
         Q, q, G, h, A, b = low.data
         h = h.clone()
         h[2, 0] = float("inf")
@@ -284,3 +286,30 @@ def test_unbounded_element_found_after_a_stall(mixed, polish_tol):
         assert int(sol.status[13]) == Status.DUAL_INFEASIBLE and holds
     else:
         assert int(sol.status[13]) == Status.INACCURATE and not holds
+
+
+def test_large_mixed_solve_in_reused_memory_equals_the_plain_one(monkeypatch):
+    """At sizes whose solves reuse memory (B·n² ≥ 2¹⁶; n ≥ 192: matrices formed in row blocks), the
+    float32 copies of the first phase live in the solve's scratch and are given to the penalty
+    polish once that phase is over, whose sub-batches of the data are selected into them (rounds on
+    the gathered rows, as for large problems): answers, statuses and gradients are those of the
+    plain float64 solve."""
+    from declarative.qp.linalg import _Scratch
+    freed, selected = [], []
+    free, select, penalty = _Scratch.free, _Scratch.select, ipm._polish_penalty
+    monkeypatch.setattr(_Scratch, "free", lambda self, *keys: freed.extend(keys) or free(self, *keys))
+    monkeypatch.setattr(_Scratch, "select", lambda self, key, *a: selected.append(key) or select(self, key, *a))
+    monkeypatch.setattr(ipm, "_polish_penalty", lambda *args, **kwargs: penalty(*args, **kwargs, gather=True))
+    w = torch.linspace(-1, 1, 200, dtype=torch.float64)
+    results = []
+    for opts in (QPOptions(active_set=False, polish_tol=1e-1), replace(PLAIN, polish_tol=1e-1)):
+        params = [t.clone().requires_grad_(True) for t in random_qp(8, 200, 200, 0, seed=1) if t is not None]
+        sol = solve_qp(*params, options=opts, check=False)
+        results.append((sol, torch.autograd.grad((sol.z * w).sum(), params)))
+    assert freed == list(ipm._LOWERED_KEYS)        # (the first solve's float32 phase only)
+    assert "Q_sub" in selected and "G_sub" in selected
+    (mixed, gm), (plain, gp) = results
+    assert torch.equal(mixed.status, plain.status) and (mixed.status == Status.SOLVED).all()
+    assert (mixed.z - plain.z).abs().max() <= 1e-9 * (1 + plain.z.abs().max())
+    for a, b in zip(gm, gp):
+        assert (a - b).abs().max() <= 1e-7 * (1 + b.abs().max())

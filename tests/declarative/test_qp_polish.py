@@ -361,3 +361,32 @@ def test_rows_the_guess_holds_are_judged_by_the_refinement(monkeypatch):
     sol = solve_qp(*random_qp(128, 500, 500, 0, seed=0))
     assert stuck and sum(stuck) == 0, stuck
     assert (sol.status == Status.SOLVED).all() and bool(sol.cache["polished"].all())
+
+
+def test_penalty_factor_of_a_sub_batch_in_the_rows_memory():
+    """``_penalty_factor(keep=False)`` (a sub-batch's round, whose factors are copied out) factorises
+    into the unused part of the gathered rows' memory where it has room, and into ``"H"`` where it
+    has not; the factor is the same."""
+    from declarative.qp.linalg import _Scratch
+    from declarative.qp.polish import _penalty_factor
+    g = torch.Generator().manual_seed(4)
+    B, n, m = 4, 130, 400   # (B·n² ≥ 2¹⁶: factorised in place)
+    R = torch.randn(B, n, n, generator=g, dtype=torch.float64)
+    Q = R @ R.mT / n
+    G = torch.randn(B, m, n, generator=g, dtype=torch.float64)
+    act = torch.rand(B, m, generator=g) < 0.2
+    wk = 1e3 * act.to(torch.float64)
+    reg = torch.full((B, 1), 1e-10, dtype=torch.float64)
+    opts, k = QPOptions(), int(act.sum(-1).max())
+    scratch = _Scratch("cpu")
+    rows = scratch.view("sG", (2 * B, m, n), torch.float64)   # the memory of a larger batch's rows
+    kept = _penalty_factor(Q, G, None, wk, act, reg, None, opts, k, scratch)
+    sub = _penalty_factor(Q, G, None, wk, act, reg, None, opts, k, scratch, keep=False)
+    start, end = rows.data_ptr(), rows.data_ptr() + rows.numel() * 8
+    assert start <= sub.L.data_ptr() < end and not start <= kept.L.data_ptr() < end
+    assert (sub.L - kept.L).abs().max() <= 1e-13 * kept.L.abs().max()
+    small = _Scratch("cpu")
+    small.view("sG", (B, k, n), torch.float64)   # no room for the factor
+    again = _penalty_factor(Q, G, None, wk, act, reg, None, opts, k, small, keep=False)
+    assert again.L.data_ptr() == small.view("H", (B, n, n), torch.float64).data_ptr()
+    assert torch.equal(again.L, sub.L)
