@@ -224,29 +224,34 @@ class _Scratch:
     (re)allocated, at least ``shape``'s — for a key whose shape varies between uses (the gathered
     rows of the penalty polish); ``itemsize``: the bytes held per entry, at least the view's — a
     scratch whose float32 views (the float32 first phase) are followed by float64 ones of the same
-    shapes (the polish) allocates once. On CPU the pages beyond those written are never touched,
-    so reserving costs address space only."""
+    shapes (the polish) allocates once (``pad=False``: the view's own entry size). On CPU the pages
+    beyond those written are never touched, so reserving costs address space only."""
 
     def __init__(self, device, itemsize: int = 0):
         self.device, self.itemsize = device, itemsize
         self._mem: dict[str, torch.Tensor] = {}
         self._spare: list[torch.Tensor] = []
 
-    def view(self, key: str, shape, dtype: torch.dtype, reserve: int = 0) -> torch.Tensor:
+    def view(self, key: str, shape, dtype: torch.dtype, reserve: int = 0, pad: bool = True) -> torch.Tensor:
         size = dtype.itemsize
         nbytes = math.prod(shape) * size
         mem = self._mem.get(key)
         if mem is None or mem.numel() < nbytes:
-            mem = self._take_spare(nbytes)
+            # (``pad=False``: exactly the view's bytes — memory that no wider view will reuse)
+            held = max(math.prod(shape), reserve) * (max(size, self.itemsize) if pad else size)
+            mem = self._take_spare(held)
+            if mem is None and held > nbytes:
+                mem = self._take_spare(nbytes)
             if mem is None:
-                held = max(math.prod(shape), reserve) * max(size, self.itemsize)
                 mem = torch.empty(held, dtype=torch.uint8, device=self.device)
             self._mem[key] = mem
         return mem[:nbytes].view(dtype).view(shape)
 
     def copy(self, key: str, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """``t`` cast to ``dtype``, in the memory under ``key``."""
-        return self.view(key, t.shape, dtype).copy_(t)
+        """``t`` cast to ``dtype``, in the memory under ``key`` — held at ``itemsize`` per entry on
+        CPU only (room for wider views of its memory once spare, at the cost of address space;
+        elsewhere, e.g. on CUDA, held memory is committed)."""
+        return self.view(key, t.shape, dtype, pad=torch.device(self.device).type == "cpu").copy_(t)
 
     def select(self, key: str, t: torch.Tensor, ix: torch.Tensor) -> torch.Tensor:
         """``t.index_select(0, ix)``, in the memory under ``key``."""
@@ -292,7 +297,10 @@ class _Factor:
                     sG = sG.expand(B, *G.shape[-2:])
                 Qb = Q if Q.shape[0] == B else Q.expand(B, *Q.shape[-2:])
                 n = Q.shape[-1]
-                if not (Qb.requires_grad or sG.requires_grad) and B * n * n >= 1 << 16:
+                # (decided on every input of H: ``_cholesky_upper`` reads the lower triangle only
+                # when H is not recorded by autograd)
+                recorded = any(isinstance(t, torch.Tensor) and t.requires_grad for t in (Qb, sG, reg, AtA))
+                if not recorded and B * n * n >= 1 << 16:
                     H = _gram_lower(Qb, sG, Qb.new_empty(B, n, n))   # (factorised in place)
                 else:
                     H = torch.baddbmm(Qb, sG.mT, sG)

@@ -354,7 +354,7 @@ def _polish_penalty(Q, q, G, h, A, b, z, s, lam, nu, todo, opts, reg, zero_eq, Q
     store = None
     n = z.shape[-1]
     large = B * m * n * n >= _GATHER_WORK if gather is None else gather
-    if not large or (torch.is_grad_enabled() and any(t.requires_grad for t in (QA, G, lam, s))):
+    if not large or (torch.is_grad_enabled() and any(t.requires_grad for t in (Q, QA, G, lam, s))):
         scratch = None
     elif scratch is None:
         scratch = _Scratch(z.device)

@@ -88,9 +88,10 @@ def test_gram_lower_is_the_lower_triangle_of_the_product(n, shared_q):
 
 
 def test_factor_into_buffers_equals_the_plain_factor():
-    """``_Factor`` into reused buffers (its matrix formed in row blocks, lower triangle only, then
-    factorised in place) and into fresh memory (the whole product) give the same factor and
-    solves."""
+    """``_Factor`` into reused buffers and into fresh memory (both forming the matrix's lower
+    triangle in row blocks and factorising it in place) give the factor of the whole matrix, and
+    so does a fresh factor whose regularisation is recorded by autograd (whole matrix, plain
+    factorisation)."""
     B, n, m = 2, 300, 120
     R = _randn(B, n, n, seed=11)
     Q = R @ R.mT / n
@@ -101,10 +102,12 @@ def test_factor_into_buffers_equals_the_plain_factor():
     bufs = (s.view("sG", (B, m, n), torch.float64), s.view("H", (B, n, n), torch.float64))
     plain = linalg._Factor(Q, G, None, None, w, reg, None)
     into = linalg._Factor(Q, G, None, None, w, reg, None, bufs=bufs)
+    recorded = linalg._Factor(Q, G, None, None, w, reg.clone().requires_grad_(), None)
     assert into.L.data_ptr() == bufs[1].data_ptr()
-    assert (into.L - plain.L).abs().max() <= 1e-12 * plain.L.abs().max()
     H = Q + G.mT @ (w.unsqueeze(-1) * G) + 1e-9 * torch.eye(n, dtype=torch.float64)
-    assert (into.L.mT @ into.L - H).abs().max() <= 1e-13 * H.abs().max()
+    ref = torch.linalg.cholesky(H, upper=True)
+    for fac in (into, plain, recorded):
+        assert (fac.L - ref).abs().max() <= 1e-12 * ref.abs().max()
 
 
 def test_scratch_gives_freed_memory_to_later_keys():
@@ -119,6 +122,9 @@ def test_scratch_gives_freed_memory_to_later_keys():
     assert s.view("d", (30,), torch.float64).data_ptr() == small.data_ptr()     # the smallest that fits
     assert s.view("e", (10, 9), torch.float32).data_ptr() == big.data_ptr()     # (a cast: any dtype)
     assert s.view("f", (5,), torch.float64).data_ptr() not in (big.data_ptr(), small.data_ptr())
+    s.free("c")
+    r = s.view("r", (10,), torch.float64, reserve=200)   # a spare block that holds the reserve
+    assert s.held("r") == 1600 and s.view("r", (200,), torch.float64).data_ptr() == r.data_ptr()
     x = _randn(4, 5, seed=1)
     assert torch.equal(s.select("g", x, torch.tensor([3, 1])), x[[3, 1]])
     assert torch.equal(s.copy("h", x, torch.float32), x.float())
