@@ -218,6 +218,16 @@ def test_first_phase_tolerance_by_the_rows_that_can_be_active_together():
     assert _default_polish_tol(batch, n, mixed=False) == 1e-3
 
 
+def _penalty_round_data(B, n, m, frac, seed):
+    """``Q`` (positive definite), ``G``, random active masks (a fraction ``frac`` of the rows), their
+    weights ``1e3`` and a regularisation ``1e-10``: the inputs of a penalty round's factorisation."""
+    g = torch.Generator().manual_seed(seed)
+    R = torch.randn(B, n, n, generator=g, dtype=torch.float64)
+    G = torch.randn(B, m, n, generator=g, dtype=torch.float64)
+    act = torch.rand(B, m, generator=g) < frac
+    return R @ R.mT / n, G, act, 1e3 * act.to(torch.float64), torch.full((B, 1), 1e-10, dtype=torch.float64)
+
+
 def test_penalty_factor_on_the_gathered_active_rows():
     """``_penalty_factor`` on the gathered rows of the active masks (padded to the largest count)
     factorises the same matrix ``Q + Gᵀ diag(w) G + δI`` as on all rows (zero weights off the
@@ -225,14 +235,8 @@ def test_penalty_factor_on_the_gathered_active_rows():
     next one (``n = 130``: the factorisation runs in place, in the scratch memory)."""
     from declarative.qp.linalg import _Scratch
     from declarative.qp.polish import _penalty_factor
-    g = torch.Generator().manual_seed(3)
     B, n, m = 4, 130, 200
-    R = torch.randn(B, n, n, generator=g, dtype=torch.float64)
-    Q = R @ R.mT / n
-    G = torch.randn(B, m, n, generator=g, dtype=torch.float64)
-    act = torch.rand(B, m, generator=g) < 0.3
-    wk = 1e3 * act.to(torch.float64)
-    reg = torch.full((B, 1), 1e-10, dtype=torch.float64)
+    Q, G, act, wk, reg = _penalty_round_data(B, n, m, 0.3, seed=3)
     opts = QPOptions()
     k = int(act.sum(-1).max())
     full = _penalty_factor(Q, G, None, wk, act, reg, None, opts, None, None)
@@ -369,14 +373,8 @@ def test_penalty_factor_of_a_sub_batch_in_the_rows_memory():
     has not; the factor is the same."""
     from declarative.qp.linalg import _Scratch
     from declarative.qp.polish import _penalty_factor
-    g = torch.Generator().manual_seed(4)
     B, n, m = 4, 130, 400   # (B·n² ≥ 2¹⁶: factorised in place)
-    R = torch.randn(B, n, n, generator=g, dtype=torch.float64)
-    Q = R @ R.mT / n
-    G = torch.randn(B, m, n, generator=g, dtype=torch.float64)
-    act = torch.rand(B, m, generator=g) < 0.2
-    wk = 1e3 * act.to(torch.float64)
-    reg = torch.full((B, 1), 1e-10, dtype=torch.float64)
+    Q, G, act, wk, reg = _penalty_round_data(B, n, m, 0.2, seed=4)
     opts, k = QPOptions(), int(act.sum(-1).max())
     scratch = _Scratch("cpu")
     rows = scratch.view("sG", (2 * B, m, n), torch.float64)   # the memory of a larger batch's rows
