@@ -295,24 +295,20 @@ class _Factor:
                 sG = G if w is None else w.sqrt().unsqueeze_(-1) * G
                 if sG.shape[0] != B:
                     sG = sG.expand(B, *G.shape[-2:])
-                Qb = Q if Q.shape[0] == B else Q.expand(B, *Q.shape[-2:])
-                n = Q.shape[-1]
-                # (decided on every input of H: ``_cholesky_upper`` reads the lower triangle only
-                # when H is not recorded by autograd)
-                recorded = any(isinstance(t, torch.Tensor) and t.requires_grad for t in (Qb, sG, reg, AtA))
-                if not recorded and B * n * n >= 1 << 16:
-                    H = _gram_lower(Qb, sG, Qb.new_empty(B, n, n))   # (factorised in place)
-                else:
-                    H = torch.baddbmm(Qb, sG.mT, sG)
             else:
                 # the interior-point loop's buffers (``run``): no fresh large allocations
                 # (each costs page faults when the allocator returns it to the OS in between)
                 sG = G.expand(B, *G.shape[-2:]) if w is None else torch.mul(w.sqrt().unsqueeze(-1), G, out=bufs[0][:B])
-                H = bufs[1][:B]
-                if _in_place_cholesky(H):   # (its factorisation reads the lower triangle only)
-                    _gram_lower(Q.expand(B, *Q.shape[-2:]), sG, H)
-                else:
-                    torch.baddbmm(Q.expand(B, *Q.shape[-2:]), sG.transpose(-1, -2), sG, out=H)
+            Qb = Q if Q.shape[0] == B else Q.expand(B, *Q.shape[-2:])
+            n = Q.shape[-1]
+            out = None if bufs is None else bufs[1][:B]
+            # the lower triangle only where H is factorised in place (``_in_place_cholesky``: decided
+            # on every input of H, as H is recorded by autograd if any of them is)
+            recorded = any(isinstance(t, torch.Tensor) and t.requires_grad for t in (Qb, sG, reg, AtA))
+            if not recorded and B * n * n >= 1 << 16:
+                H = _gram_lower(Qb, sG, Qb.new_empty(B, n, n) if out is None else out)
+            else:
+                H = torch.baddbmm(Qb, sG.mT, sG, out=out)
             if AtA is not None:
                 H += AtA
         H.diagonal(dim1=-2, dim2=-1).add_(reg)
