@@ -99,11 +99,8 @@ class QPProblem(ArgminProblem):
 
     **Weakly active constraints.** With the solver's final slack ``s`` and multiplier ``λ`` and a
     threshold ``τ`` tied to their accuracy — ``options.active_tol`` if set, otherwise for polished
-    elements (active-set solution exact to rounding) ``√eps`` in float64 (``1.5e-8``), ``eps^⅞``
-    (``8.7e-7``) for float32 data that the interior-point path solved and polished as a float64
-    problem (``cache["work_dtype"]``: float64's multipliers, rounded; the float32 rounding of the
-    data still makes those of weakly active rows up to ~``1e-7 ‖λ‖∞``) and ``eps^¾`` for other
-    float32 answers (``6.4e-6``; there ``√eps = 3.5e-4`` is the size of real
+    elements (active-set solution exact to rounding) ``√eps`` in float64 (``1.5e-8``) and
+    ``eps^¾`` below (``6.4e-6`` in float32, where ``√eps = 3.5e-4`` is the size of real
     multipliers), else — unpolished answers — ``√min(tol, eps_abs)`` in float64 and ``tol^¼``
     below (``options._unpolished_threshold``), for the multipliers raised to at least ``30√μ̂``
     (``μ̂`` the element's mean complementarity product ``mean(λ∘s)`` relative to the two scales
@@ -118,9 +115,8 @@ class QPProblem(ArgminProblem):
       ``f = 1`` the test was absolute when equilibration leaves the objective's gradient small
       against the data, a minimiser in a near-null direction of ``Q``);
     * weakly active if not strongly active and ``s_i ≤ τ_s (1 + ‖h‖∞)``, with ``τ_s = τ`` (not
-      raised by ``30√μ̂``), or for polished elements ``τ_s = √eps`` in float64 (``1.5e-8``),
-      ``eps^⅞`` for float32 data polished as a float64 problem and ``eps^¾`` for other float32
-      answers (``6.4e-6``; a polished slack is ``h − Gz`` to rounding) unless
+      raised by ``30√μ̂``), or for polished elements ``τ_s = √eps`` in float64 (``1.5e-8``) and
+      ``eps^¾`` below (``6.4e-6`` in float32; a polished slack is ``h − Gz`` to rounding) unless
       ``options.active_tol`` is set;
     * inactive otherwise.
 
@@ -338,18 +334,8 @@ class QPProblem(ArgminProblem):
             # multipliers: √eps in float64 (1.5e-8); below float64 √eps (3.5e-4 in float32) is the
             # size of real multipliers — polished float32 multipliers of 3e-4…7e-4 (|λ|∞ ≈ 1,
             # exact to 1e-7) were called weak and bent ∇ by 10–50 % (bench_qp.py (512, 32, 64)) —
-            # so eps^¾ (6.4e-6), as for the slacks. float32 data solved and polished as float64
-            # problems (``cache["work_dtype"]``) have float64's multipliers, rounded: eps^⅞
-            # (8.7e-7) there. With eps^¾, multipliers of 2e-5–4e-5 at |λ|∞ ≈ 5 (5e-6–8e-6 of it,
-            # the same to four digits in the float64 layer) were called weak and the float32
-            # gradients of 4 of 128 elements of bench_qp.py's (128, 500, 500) were up to 0.67 off
-            # float64's; the float32 rounding of the data itself makes multipliers of weakly active
-            # rows up to ~1e-7 of |λ|∞ (the degenerate problems of the gradient tests), which the
-            # threshold must still call weak
-            work = solution.cache.get("work_dtype")
-            upcast = lam.dtype != torch.float64 and work is not None and work.dtype == torch.float64
-            tight = self.options.active_tol or (
-                eps ** 0.5 if lam.dtype == torch.float64 else eps ** 0.875 if upcast else eps ** 0.75)
+            # so eps^¾ (6.4e-6), as for the slacks
+            tight = self.options.active_tol or (eps ** 0.5 if lam.dtype == torch.float64 else eps ** 0.75)
             tau = torch.where(polished, lam.new_tensor(tight), loose).unsqueeze(-1)
             # a polished slack is h − Gz to rounding, far more accurate than a multiplier: with
             # √eps (3.5e-4 in float32) an inactive row of slack 8e-4 was called weakly active and
@@ -357,12 +343,7 @@ class QPProblem(ArgminProblem):
             # (below float64 only: in float64 a slack of 4e-11 on a row outside the polished active
             # set was called inactive, and the KKT tangent of a minimiser that is not unique along
             # that row came out at 5e10 without a warning, where √eps sends it to the backward QP)
-            # (float32 data polished as float64 problems: eps^⅞, as for their multipliers — with
-            # eps^¾ a row of slack 1.1e-5 at ‖h‖∞ = 1, the same in the float64 layer, was called
-            # weakly active and the gradients of one element of bench_qp.py's (128, 500, 500)
-            # were 0.21 off float64's; the rounding of the data leaves weakly active rows' slacks
-            # at ~1e-13 of ‖h‖∞ in the degenerate problems of the gradient tests)
-            tight_s = eps ** 0.5 if lam.dtype == torch.float64 else eps ** 0.875 if upcast else eps ** 0.75
+            tight_s = eps ** 0.5 if lam.dtype == torch.float64 else eps ** 0.75
             tau_s = torch.where(polished, lam.new_tensor(self.options.active_tol or tight_s),
                                 loose).unsqueeze(-1)
             lam_nat = torch.maximum(_abs_max(_mv(params[0], solution.z)), _abs_max(params[1])) / \

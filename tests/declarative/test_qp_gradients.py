@@ -357,25 +357,6 @@ def test_float32_small_multiplier_is_strongly_active():
     torch.testing.assert_close(got[idx], ref[idx], atol=1e-3, rtol=1e-3)
 
 
-def test_float32_multiplier_of_a_float64_polish_is_strongly_active():
-    """float32 data are solved and polished as float64 problems (``cache["work_dtype"]``): their
-    multipliers are float64's, rounded. A multiplier of 2e-5 beside one of 5 (``z = 0`` with both
-    bounds ``z ≤ 0`` active) is strongly active, as in float64 (threshold ``eps^⅞ (f + ‖λ‖∞) ≈
-    5e-6``); with ``eps^¾ (f + ‖λ‖∞) ≈ 4e-5`` it was called weakly active — so were multipliers of 2e-5…4e-5 at
-    4 of the 128 elements of ``bench_qp.py``'s (128, 500, 500), whose float32 gradients were up to
-    0.67 off float64's. Both signs of the cotangent (the two sides of the kink a weak row would
-    have) give float64's gradients."""
-    Q = torch.eye(2, dtype=torch.float64).expand(2, 2, 2)
-    q = torch.tensor([[-5.0, -2e-5], [-3.0, -1.0]], dtype=torch.float64)
-    G = torch.eye(2, dtype=torch.float64).expand(2, 2, 2)
-    h = torch.zeros(2, 2, dtype=torch.float64)
-    for w in (torch.tensor([[1.0, 1.0], [1.0, 1.0]]), torch.tensor([[1.0, -1.0], [1.0, -1.0]])):
-        ref = _grads((Q, q, G, h), w.double())
-        got = _grads((Q.float(), q.float(), G.float(), h.float()), w)
-        for a, b_ in zip(got, ref):
-            torch.testing.assert_close(a.double(), b_, atol=1e-6, rtol=1e-5)
-
-
 def test_float64_slack_at_rounding_outside_the_active_set_is_weakly_active():
     """Q = diag(1, 0): the minimiser is not unique in z₂, and the polish ends with a slack of 4e-11
     on the row z₂ ≤ 2 (outside its active set). With the float32 slack threshold eps^¾ in float64
