@@ -67,8 +67,8 @@ import torch
 
 from ..solution import Solution
 from ..status import Status
-from .linalg import (_Factor, _inf_norm, _Scratch, _mtv, _mtvs, _mv, _mvs, _select, _shared, _static_reg, _with_batch,
-                     _zero_rows)
+from .linalg import (_Factor, _IN_PLACE_MIN, _inf_norm, _Scratch, _mtv, _mtvs, _mv, _mvs, _select, _shared,
+                     _static_reg, _with_batch, _zero_rows)
 from .options import DEFAULT_REG, DEFAULT_TOL_INFEASIBLE, QPOptions
 from .residuals import (CERTIFICATE_TOL, dual_certificate_holds, meets_tolerances, primal_certificate_holds,
                         qp_residuals, within_factor)
@@ -210,7 +210,7 @@ def _factor_scratch(work: _Working, B: int, w=None, itemsize: int = 0) -> _Scrat
     ``itemsize`` bytes an entry at least), or None: with inequalities, from ``B·n² ≥ 2¹⁶`` on, and
     outside autograd (a factor in reused memory must not be recorded by it)."""
     Q, G = work.data[0], work.data[2]
-    if G is None or Q.shape[-1] ** 2 * B < 1 << 16:
+    if G is None or Q.shape[-1] ** 2 * B < _IN_PLACE_MIN:
         return None
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad
                                        for t in (*work.data, *work.aux, w) if isinstance(t, torch.Tensor)):

@@ -112,9 +112,14 @@ def _chol_solve(U: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
     return torch.linalg.solve_triangular(U, torch.linalg.solve_triangular(U.mT, R, upper=False), upper=True)
 
 
+#: from this many entries of a batch of ``n × n`` matrices on, factorisations run in place (and
+#: their matrices are formed in reused memory, ``ipm._factor_scratch``): below, the plain calls
+_IN_PLACE_MIN = 1 << 16
+
+
 def _in_place_cholesky(H: torch.Tensor) -> bool:
     """Whether ``_cholesky_upper`` factorises ``H`` in place (reading its lower triangle only)."""
-    return not H.requires_grad and H.dim() == 3 and H.numel() >= 1 << 16
+    return not H.requires_grad and H.dim() == 3 and H.numel() >= _IN_PLACE_MIN
 
 
 #: ``_gram_lower`` forms ``Q + SᵀS`` in row blocks of about this many rows (at most four blocks)
@@ -168,10 +173,14 @@ _NORM_SMALL = 256
 _NORM_LARGE = 1 << 16
 
 
-def _select(t: torch.Tensor | None, ix: torch.Tensor, core: int = 0) -> torch.Tensor | None:
+def _select(t: torch.Tensor | None, ix: torch.Tensor, core: int = 0, scratch: "_Scratch | None" = None,
+            key: str | None = None) -> torch.Tensor | None:
     """The batch elements ``ix`` of ``t``, a tensor with ``core`` non-batch dimensions; a tensor
-    shared by the batch (no batch dimension, or one of size 1) and None stay as they are."""
-    return t if t is None or t.dim() == core or t.shape[0] == 1 else t.index_select(0, ix)
+    shared by the batch (no batch dimension, or one of size 1) and None stay as they are. With
+    ``scratch`` and ``key``: into the memory of ``scratch`` under ``key``."""
+    if t is None or t.dim() == core or t.shape[0] == 1:
+        return t
+    return t.index_select(0, ix) if scratch is None or key is None else scratch.select(key, t, ix)
 
 
 def _zero_rows(M: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -305,7 +314,7 @@ class _Factor:
             # the lower triangle only where H is factorised in place (``_in_place_cholesky``: decided
             # on every input of H, as H is recorded by autograd if any of them is)
             recorded = any(isinstance(t, torch.Tensor) and t.requires_grad for t in (Qb, sG, reg, AtA))
-            if not recorded and B * n * n >= 1 << 16:
+            if not recorded and B * n * n >= _IN_PLACE_MIN:
                 H = _gram_lower(Qb, sG, Qb.new_empty(B, n, n) if out is None else out)
             else:
                 H = torch.baddbmm(Qb, sG.mT, sG, out=out)

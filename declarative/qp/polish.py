@@ -372,8 +372,7 @@ def _polish_penalty(Q, q, G, h, A, b, z, s, lam, nu, todo, opts, reg, zero_eq, Q
         sub = None if ntodo == B else torch.nonzero(todo_all).reshape(-1)
         d = (Q, q, G, h, A, b, None if QA is Q else QA, zero_eq, reg, hnorm, c, z, lam, nu, act_all, gn)
         if sub is not None:
-            d = tuple(_select(t, sub) if scratch is None or key is None or t is None or t.shape[0] == 1
-                      else scratch.select(key, t, sub) for t, key in zip(d, _SUB_KEYS))
+            d = tuple(_select(t, sub, scratch=scratch, key=key) for t, key in zip(d, _SUB_KEYS))
         Qs, qs_, Gs, hs, As, bs, QAs, zqs, regs, hn, cs, zs, ls, ns, act, gns = d
         QAs = Qs if QA is Q else QAs   # (without equalities the same matrix: gathered once)
         a = act.to(dtype)
