@@ -73,7 +73,8 @@ from .options import DEFAULT_REG, DEFAULT_TOL_INFEASIBLE, QPOptions
 from .residuals import (CERTIFICATE_TOL, dual_certificate_holds, meets_tolerances, primal_certificate_holds,
                         qp_residuals, within_factor)
 # looked up in this namespace by ``solve_qp_ipm`` (the tests replace them here)
-from .polish import _PROX, _PROX_STEPS, _least_norm_multipliers, _polish, _polish_penalty, _strict
+from .least_norm import _least_norm_multipliers
+from .polish import _PROX, _PROX_STEPS, _polish, _polish_penalty, _strict
 from .proximal_ipm import solve_qp_proximal
 
 __all__ = ["solve_qp_ipm"]
@@ -1069,7 +1070,7 @@ def solve_qp_ipm(Q: torch.Tensor, q: torch.Tensor, G: torch.Tensor | None = None
         infeasible = (status == pinf_code) | (status == dinf_code)
         status = torch.where(infeasible & ~certificates_hold(z, lam_, nu_, status), int(Status.INACCURATE), status)
     res, ok = on_original(z, lam_, nu_)
-    if "polished" in cache:
+    if "polished" in cache and opts.least_norm_multipliers:
         # multipliers that cancel at a degenerate vertex (polished elements whose dual residual's
         # rounding u·a_d is not negligible against eps_abs): the least-norm non-negative ones, where
         # the larger of the dual residual and gap is no worse with them and the contract holds if it held
@@ -1146,23 +1147,24 @@ _CORES = (2, 1, 2, 1, 2, 1)
 
 
 def _least_norm_candidates(data, orig, scales, z, lam, nu, cand):
-    """The least-norm multipliers (``polish._least_norm_multipliers``) of the polished elements
-    ``cand``, as candidates ``(λ, ν)`` in the solver's (scaled) units for the caller to compare on
-    the original problem: computed on the solver's data ``(Q, q, G, A)`` and, when the problem was
-    equilibrated (``scales``), once more on the original data ``orig``, mapped back. The two differ
-    in their rounding: on Maros–Meszaros QADLITTL the scaled candidate left a dual residual of
-    1.4e-9 on the original problem in one BLAS's rounding (1.5e-10 in another), the original one
-    5.7e-13 in both."""
-    lam_l, nu_l = _least_norm_multipliers(*data, z, lam, nu, cand)
-    if lam_l is not lam:
-        yield lam_l, nu_l
+    """The least-norm multipliers (``least_norm._least_norm_multipliers``) of the polished
+    elements ``cand``, as a candidate ``(λ, ν)`` in the solver's (scaled) units for the caller to
+    compare on the original problem. Computed on the data the answer is judged on: the original
+    ``orig`` when the problem was equilibrated (``scales``; mapped back), else ``data``. (On
+    Maros–Meszaros QADLITTL least-norm multipliers of the scaled problem left a dual residual of
+    1.4e-9 on the original problem in one BLAS's rounding, 1.5e-10 in another; the original
+    problem's, 5.7e-13 in both.)"""
     if scales is None:
+        lam_l, nu_l = _least_norm_multipliers(*data, z, lam, nu, cand)
+        if lam_l is not lam or nu_l is not nu:
+            yield lam_l, nu_l
         return
     c_ = cand.unsqueeze(-1)
     Qo, qo, Go, _, Ao, _ = (_with_batch(t, c) for t, c in zip(orig, _CORES))
     z_o, lam_o, nu_o = (None if t is None else t.to(Qo.dtype) for t in scales.unscale_point(z, lam, nu))
-    lam_l, nu_l = _least_norm_multipliers(Qo, qo, Go, Ao, z_o, lam_o, nu_o if Ao is not None else None, cand)
-    if lam_l is not lam_o:
+    nu_o = nu_o if Ao is not None else None
+    lam_l, nu_l = _least_norm_multipliers(Qo, qo, Go, Ao, z_o, lam_o, nu_o, cand)
+    if lam_l is not lam_o or nu_l is not nu_o:
         _, lam_b, nu_b = scales.scale_point(z, lam_l.to(lam.dtype), nu if nu_l is None else nu_l.to(lam.dtype))
         # (the other elements' multipliers as they were, not rounded by the round trip)
         yield torch.where(c_, lam_b, lam), (nu if nu_l is None else torch.where(c_, nu_b, nu))

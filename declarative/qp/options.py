@@ -160,6 +160,12 @@ class QPOptions:
             The limit holds per run: an element it leaves unsolved on the equilibrated problem
             is run once more on the original data (at most twice this many iterations in all).
             0: no second solver. Needs ``contract`` (it stops on the contract).
+        least_norm_multipliers: polished answers at a degenerate vertex whose multipliers cancel
+            (terms ``10⁴`` times the gradient they balance) and whose dual residual's rounding
+            matters against ``eps_abs`` get the least-norm non-negative multipliers of their active
+            rows (``qp.least_norm``: one more, strictly convex, QP solve of those elements), where
+            these are no worse on the original problem. ``z`` is unchanged. False: the polished
+            multipliers as they are.
     """
 
     eps_abs: float | None = None
@@ -181,6 +187,7 @@ class QPOptions:
     active_set: bool = True
     contract: bool = True
     proximal_max_iter: int = 150
+    least_norm_multipliers: bool = True
 
     def __post_init__(self):
         for name in ("tol", "tol_primal", "tol_dual", "tol_gap", "reg", "tol_infeasible", "active_tol",
@@ -201,6 +208,9 @@ class QPOptions:
             raise ValueError(f"QPOptions.mixed_precision: expected True, False or None, got {self.mixed_precision!r}")
         if not isinstance(self.contract, bool):
             raise ValueError(f"QPOptions.contract: expected True or False, got {self.contract!r}")
+        if not isinstance(self.least_norm_multipliers, bool):
+            raise ValueError(f"QPOptions.least_norm_multipliers: expected True or False, got "
+                             f"{self.least_norm_multipliers!r}")
         if not isinstance(self.active_set, bool):
             raise ValueError(f"QPOptions.active_set: expected True or False, got {self.active_set!r}")
         if (isinstance(self.proximal_max_iter, bool) or not isinstance(self.proximal_max_iter, int)

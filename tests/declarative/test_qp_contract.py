@@ -36,7 +36,7 @@ def _element(params, sol, i):
                                           ("eps_rel", -1e-9), ("eps_rel", math.nan), ("tol", 0.0),
                                           ("tol", math.nan), ("tol", -1.0), ("max_iter", 0), ("max_iter", -3),
                                           ("max_iter", 2.5), ("tol_infeasible", 0.0), ("eps_abs", True),
-                                          ("contract", 1)])
+                                          ("contract", 1), ("least_norm_multipliers", "yes")])
 def test_invalid_options_name_the_field(field, value):
     with pytest.raises(ValueError, match=f"QPOptions.{field}"):
         QPOptions(**{field: value})

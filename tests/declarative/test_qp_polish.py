@@ -1,5 +1,5 @@
-"""The polish (``declarative.qp.polish``). Its clean-up of the multipliers
-(``_least_norm_multipliers``): at a degenerate vertex the optimal multipliers form a ray, and a
+"""The polish (``declarative.qp.polish``) and its clean-up of the multipliers
+(``declarative.qp.least_norm``): at a degenerate vertex the optimal multipliers form a ray, and a
 point far along it (terms of 1e7 that cancel) is replaced by the least-norm non-negative one;
 elements without cancellation, and those not polished, are left as they are. Its rounds: when a
 guess stops (unchanged, cycling, far off) and how loose the iterate it starts from is."""
@@ -11,7 +11,8 @@ import torch
 
 from declarative import QPOptions, Status, solve_qp
 from declarative.qp import ipm
-from declarative.qp.polish import _PENALTY_RISES, _PENALTY_ROUNDS_ALL, _least_norm_multipliers, _next_round
+from declarative.qp.least_norm import _least_norm_multipliers
+from declarative.qp.polish import _PENALTY_RISES, _PENALTY_ROUNDS_ALL, _next_round
 
 
 def _degenerate_vertex():
@@ -40,11 +41,10 @@ def test_cancelling_multipliers_become_least_norm():
     stat = lambda l_, n_: (z3 @ Q[0].T + q + l_ @ G[0] + n_ @ A[0]).abs().amax(-1)   # noqa: E731
     # element 0: cancelling multipliers of 1e7 -> the least-norm ones on the rows with λ > 0
     # (λ₁, λ₂; λ₃ = 0 stays out): min ν² + λ₁² + λ₂² s.t. ν − λ₁ = −1, ν − λ₂ = −2, λ ≥ 0 is
-    # ν = −1, λ = (0, 1), up to the rounding along the null space (1, 1, 1) of the rows, which the
-    # regularised normal equations amplify by u/δ ≈ 2e-5 (harmless to stationarity, checked tightly)
+    # ν = −1, λ = (0, 1) (the least-norm QP's answer, polished: exact to rounding)
     assert (lam2[0] >= 0).all()
-    torch.testing.assert_close(lam2[0], torch.tensor([0.0, 1.0, 0.0, 0.0], dtype=torch.float64), atol=1e-4, rtol=0)
-    torch.testing.assert_close(nu2[0], torch.tensor([-1.0], dtype=torch.float64), atol=1e-4, rtol=0)
+    torch.testing.assert_close(lam2[0], torch.tensor([0.0, 1.0, 0.0, 0.0], dtype=torch.float64), atol=1e-12, rtol=0)
+    torch.testing.assert_close(nu2[0], torch.tensor([-1.0], dtype=torch.float64), atol=1e-12, rtol=0)
     assert stat(lam2[:1], nu2[:1])[0].item() < 1e-12
     # element 1: no cancellation (the least-norm multipliers already); element 2: not polished
     assert torch.equal(lam2[1:], lam[1:]) and torch.equal(nu2[1:], nu[1:])
