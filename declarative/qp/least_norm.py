@@ -68,9 +68,10 @@ def _least_norm_qp(M, g, p, valid):
 #: rounding level (a polished answer at ``1e-9`` left ``Mᵀy − g`` at 1e-14 relative, and its
 #: inner product with ``z`` moved Maros–Meszaros QBORE3D's duality gap from 7e-10 to 3e-7); its
 #: status is not required (its dual residual, in multipliers of dependent rows, may miss that
-#: level): the answer is judged by its use; without this clean-up of its own multipliers and
-#: without the second solver
-_OPTIONS = QPOptions(eps_abs=1e-13, least_norm_multipliers=False, proximal_max_iter=0)
+#: level): the answer is judged by its use; at most 30 iterations (QBORE3D and QSCFXM1 took 22–23,
+#: QPCBOEI1, whose answer is not taken, ran to the limit of 50); without this clean-up of its own
+#: multipliers and without the second solver
+_OPTIONS = QPOptions(eps_abs=1e-13, max_iter=30, least_norm_multipliers=False, proximal_max_iter=0)
 
 
 def _least_norm_multipliers(Q, q, G, A, z, lam, nu, polished):

@@ -179,21 +179,32 @@ def step(data, st: ProximalState, running: torch.Tensor, fraction: float):
     return st, finite
 
 
+def _where(mask: torch.Tensor, a: ProximalState, b: ProximalState) -> ProximalState:
+    """``a`` where ``mask`` ``(B,)``, else ``b``, field by field."""
+    return ProximalState(*(torch.where(mask.view(-1, *([1] * (u.dim() - 1))), u, v) for u, v in zip(a, b)))
+
+
 def solve_qp_proximal(data, *, accept: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
-                      max_iter: int, fraction: float = 0.99):
+                      max_iter: int, fraction: float = 0.99, patience: int = 0):
     """Solve ``min ½zᵀQz + qᵀz s.t. Gz ≤ h, Az = b`` (``data = (Q, q, G, h, A, b)``, with
     inequalities) by the proximal interior-point method from the cold start.
 
     Args:
         accept: ``(z, λ, ν) ↦ (B,)`` bool, True where the iterate is good enough; checked before
             every iteration (one host synchronisation per iteration, with the test whether any
-            element still runs).
+            element still runs). With ``patience > 0`` a pair ``(acceptable, good)`` of such masks
+            (``good`` implies ``acceptable``).
         max_iter: iteration limit per element.
         fraction: fraction of the step to the boundary of the positive orthant.
+        patience: an element whose iterate is acceptable but not good iterates on, at most this
+            many iterations more, until one is good; it returns the last acceptable iterate (an
+            iterate that is not acceptable, or a direction that is not finite, does not replace
+            it). 0: the first acceptable iterate is the answer.
 
     Returns:
-        ``(state, iterations, accepted)``: the last iterate, the iterations each element took
-        ``(B,)`` and whether ``accept`` held at the end ``(B,)``.
+        ``(state, iterations, accepted)``: the answer (for accepted elements the last acceptable
+        iterate, else the last one), the iterations each element took ``(B,)`` and whether an
+        iterate was acceptable ``(B,)``.
     """
     Q, q, G, h, A, b = data
     B = max(t.shape[0] for t in data if t is not None)
@@ -203,12 +214,25 @@ def solve_qp_proximal(data, *, accept: Callable[[torch.Tensor, torch.Tensor, tor
     iterations = torch.zeros(B, dtype=torch.int64, device=q.device)
     accepted = torch.zeros(B, dtype=torch.bool, device=q.device)
     running = torch.ones(B, dtype=torch.bool, device=q.device)
+    since = torch.zeros_like(iterations)   # iterations since the first acceptable iterate
+    kept = st
     for _ in range(max_iter + 1):
-        accepted = accepted | (running & accept(st.z, st.lam, st.nu))
-        running = running & ~accepted & (iterations < max_iter)
+        if patience:
+            ok, good = accept(st.z, st.lam, st.nu)
+            ok = running & ok
+            kept = _where(ok, st, kept)
+            accepted = accepted | ok
+            stop = (ok & good) | (accepted & (since >= patience))
+        else:
+            stop = running & accept(st.z, st.lam, st.nu)
+            accepted = accepted | stop
+        running = running & ~stop & (iterations < max_iter)
         if not bool(running.any()):
             break
         st, finite = step(data, st, running, fraction)
         iterations = iterations + running.to(torch.int64)
+        since = since + (running & accepted).to(torch.int64)
         running = running & finite
+    if patience:
+        st = _where(accepted, kept, st)
     return st, iterations, accepted

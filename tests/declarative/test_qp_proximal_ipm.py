@@ -146,6 +146,30 @@ def test_iteration_limit_and_refusal():
     assert its.tolist() == [0, 0, 0]
 
 
+def test_patience_iterates_on_to_a_good_iterate_and_keeps_the_last_acceptable_one():
+    """``patience``: per element, an acceptable iterate that is not good iterates on for at most
+    ``patience`` iterations; a good one stops it; the answer is the last acceptable iterate
+    (iterates after it that are not acceptable do not replace it). Scripted by iteration count:
+    element 0 is acceptable from iteration 2 and good at 4; element 1 acceptable at 2 and 3 only,
+    never good; element 2 never acceptable."""
+    data = random_qp(3, 6, 8, 2, seed=1)
+    count = {"k": 0}
+    seen = []
+
+    def accept(z, lam, nu):
+        k = count["k"]
+        count["k"] += 1
+        seen.append(z.clone())
+        ok = torch.tensor([k >= 2, k in (2, 3), False])
+        return ok, torch.tensor([k >= 4, False, False])
+    st, its, accepted = solve_qp_proximal(data, accept=accept, max_iter=20, patience=3)
+    assert accepted.tolist() == [True, True, False]
+    assert its.tolist() == [4, 5, 20]       # 0: good at its 4th iterate; 1: 3 more after the 2nd
+    assert torch.equal(st.z[0], seen[4][0])
+    assert torch.equal(st.z[1], seen[3][1])   # its last acceptable iterate, not the 5th
+    assert not torch.equal(seen[5][1], seen[3][1])
+
+
 @pytest.mark.parametrize("bad", [-1, 1.5, True, None])
 def test_option_is_validated(bad):
     with pytest.raises(ValueError, match="proximal_max_iter"):
