@@ -24,6 +24,11 @@ as qpbenchmark does): a success at accuracy ε is a claimed success with all thr
 accuracy), *false infeasibility verdicts* (ours: ``PRIMAL_INFEASIBLE`` / ``DUAL_INFEASIBLE``; every
 problem of the set has an optimum), and the shifted geometric mean of the run times
 (``exp(mean(log(t + 10))) − 10`` in seconds, failures at high accuracy counted at the time limit).
+Listed per solver: the answers at mid but not high accuracy whose failing residuals are at the
+rounding of their own terms (at most twice ``u·a``, ``u`` the float64 unit roundoff and ``a`` the
+residual's terms summed in absolute value, with ``u·a`` itself above half of 1e-9: an exact answer
+rounded to float64 errs by about that much, so high accuracy there is the evaluation's luck); the
+CSV holds ``u·a`` of each residual (``primal_unit``, ``dual_unit``, ``gap_unit``).
 
 Usage::
 
@@ -53,6 +58,7 @@ except ImportError:  # pragma: no cover - source tree without `make setup`
     import declarative
 from declarative import QPOptions, Status, solve_qp
 from declarative.reference.maros_meszaros import data_folder, load_problem
+from declarative.reference.qp_residuals import qp_residuals_np
 
 ACCURACIES = {"high": 1e-9, "mid": 1e-6, "low": 1e-3}
 SHIFT = 10.0
@@ -73,6 +79,20 @@ def judge(data, x, lam, nu, found: bool):
         return math.inf, math.inf, math.inf
     with np.errstate(all="ignore"):
         return float(sol.primal_residual()), float(sol.dual_residual()), float(sol.duality_gap())
+
+
+def rounding_units(data, x, lam, nu):
+    """``u·a`` of the three residuals of an answer (``u`` the float64 unit roundoff, ``a`` the sum
+    of the residual's terms in absolute value, ``qp_residuals_np``): the error of an exact answer
+    rounded to float64, and of the residual's own evaluation, are about this size (inf when there
+    is no answer)."""
+    if x is None or not np.all(np.isfinite(x)):
+        return math.inf, math.inf, math.inf
+    P, q, G, h, A, b = data
+    with np.errstate(all="ignore"):
+        *_, ap, ad, ag = qp_residuals_np(P, q, G, h, A, b, x, lam, nu)
+    u = float(np.finfo(np.float64).eps) / 2
+    return u * ap, u * ad, u * ag
 
 
 # -- solvers: each returns (x, λ, ν, claimed success, infeasibility verdict, status text) --------
@@ -109,7 +129,8 @@ def run_peer(name, data):
             sol = qpsolvers.solve_problem(problem, solver=name, **PEER_SETTINGS[name])
         except Exception as exc:   # a peer's own failure is a failure, not a crash of the benchmark
             return None, None, None, False, False, f"error: {type(exc).__name__}"
-    status = str(sol.extras.get("status", sol.extras.get("info", ""))) if sol.extras else ""
+    status = sol.extras.get("status", sol.extras.get("info", "")) if sol.extras else ""
+    status = str(getattr(status, "status", status))   # (PIQP: an info object holding its status)
     verdict = "infeas" in status.lower()
     return sol.x, sol.z, sol.y, bool(sol.found), verdict, status[:40]
 
@@ -160,6 +181,24 @@ def summarize(rows, time_limit):
             print(f"|   {name}: false SOLVED: {', '.join(false_solved)}")
         if false_inf:
             print(f"|   {name}: false infeasible: {', '.join(false_inf)}")
+        floor = [r["problem"] for r in rs if ok(r, ACCURACIES["mid"]) and not ok(r, ACCURACIES["high"])
+                 and at_rounding_floor(r)]
+        if floor:
+            print(f"|   {name}: mid but not high, at the rounding of their own terms: {', '.join(floor)}")
+
+
+#: a residual is at the rounding of its own terms when it is at most this many times ``u·a``
+FLOOR_FACTOR = 2.0
+
+
+def at_rounding_floor(r) -> bool:
+    """Whether every residual of a row that misses high accuracy is at most ``FLOOR_FACTOR·u·a``
+    with ``u·a`` itself above the high-accuracy tolerance: the answer cannot be judged at high
+    accuracy but by the rounding of the evaluation (rows without the units: False)."""
+    eps = ACCURACIES["high"]
+    missed = [k for k in ("primal", "dual", "gap") if not r[k] < eps]
+    return bool(missed) and all(f"{k}_unit" in r and r[f"{k}_unit"] > eps / FLOOR_FACTOR
+                                and r[k] <= FLOOR_FACTOR * r[f"{k}_unit"] for k in missed)
 
 
 def read_csv(path):
@@ -169,8 +208,9 @@ def read_csv(path):
     for r in rows:
         r["claimed"] = r["claimed"] == "True"
         r["infeasible_verdict"] = r["infeasible_verdict"] == "True"
-        for k in ("time", "primal", "dual", "gap"):
-            r[k] = float(r[k])
+        for k in ("time", "primal", "dual", "gap", "primal_unit", "dual_unit", "gap_unit"):
+            if k in r:
+                r[k] = float(r[k])
     return rows
 
 
@@ -212,8 +252,10 @@ def main(argv=None):
             x, lam, nu, claimed, verdict, status = fn(data)
             dt = time.perf_counter() - t0
             pr, dr, gap = judge(data, x, lam, nu, claimed)
+            up, ud, ug = rounding_units(data, x, lam, nu)
             rows.append(dict(problem=path.stem, solver=name, status=status, claimed=claimed,
-                             infeasible_verdict=verdict, time=dt, primal=pr, dual=dr, gap=gap))
+                             infeasible_verdict=verdict, time=dt, primal=pr, dual=dr, gap=gap,
+                             primal_unit=up, dual_unit=ud, gap_unit=ug))
     out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / "maros_meszaros.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w", newline="") as fh:
