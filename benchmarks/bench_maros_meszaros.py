@@ -193,8 +193,9 @@ FLOOR_FACTOR = 2.0
 
 def at_rounding_floor(r) -> bool:
     """Whether every residual of a row that misses high accuracy is at most ``FLOOR_FACTOR·u·a``
-    with ``u·a`` itself above the high-accuracy tolerance: the answer cannot be judged at high
-    accuracy but by the rounding of the evaluation (rows without the units: False)."""
+    with ``u·a`` itself above the high-accuracy tolerance over ``FLOOR_FACTOR``: the answer cannot
+    be judged at high accuracy but by the rounding of the evaluation (rows without the units:
+    False)."""
     eps = ACCURACIES["high"]
     missed = [k for k in ("primal", "dual", "gap") if not r[k] < eps]
     return bool(missed) and all(f"{k}_unit" in r and r[f"{k}_unit"] > eps / FLOOR_FACTOR

@@ -71,7 +71,7 @@ from .linalg import (_Factor, _IN_PLACE_MIN, _inf_norm, _Scratch, _mtv, _mtvs, _
                      _static_reg, _with_batch, _zero_rows)
 from .options import DEFAULT_REG, DEFAULT_TOL_INFEASIBLE, QPOptions
 from .residuals import (CERTIFICATE_TOL, dual_certificate_holds, meets_tolerances, primal_certificate_holds,
-                        qp_residuals, within_factor)
+                        qp_residuals, tolerance_ratio, within_factor)
 # looked up in this namespace by ``solve_qp_ipm`` (the tests replace them here)
 from .least_norm import _least_norm_multipliers
 from .polish import _PROX, _PROX_STEPS, _polish, _polish_penalty, _strict
@@ -1130,9 +1130,11 @@ _SECOND_SOLVER_FACTOR = 100.0
 
 #: an accepted iterate of the second solver whose residuals are within that allowance but above the
 #: tolerances themselves iterates on, at most this many iterations, until they are below them
-#: (``solve_qp_proximal(patience=...)``): Maros–Meszaros QSHARE1B's first accepted iterate had a
-#: duality gap of 1.4e-9 at eps_abs 1e-9, the next one 7e-10; on QCAPRI and QPCBOEI2 the
-#: tolerances themselves are not reached (135 and 250 more iterations, then the limit)
+#: (``solve_qp_proximal(patience=...)``; the answer is the accepted iterate whose largest residual
+#: over its tolerance is lowest): Maros–Meszaros QSHARE1B's first accepted iterate had a duality
+#: gap of 1.4e-9 at eps_abs 1e-9, the next one 7e-10; on QCAPRI and QPCBOEI2 the tolerances
+#: themselves are not reached (135 and 250 more iterations, then the limit), and their later
+#: iterates are not better (QCAPRI, tol=1e-9: gaps 4.5e-8, 4.5e-8, 7.5e-8, 7.5e-8)
 _SECOND_SOLVER_PATIENCE = 3
 
 #: cache entries that hold one factorisation for the whole batch (valid only if every element's
@@ -1153,6 +1155,8 @@ def _least_norm_answers(data, orig, scales, z, lam, nu, res, ok, polished, on_or
     with_eq = data[3] is not None
     unit = torch.finfo(answer_dtype or z.dtype).eps / 2
     cand = polished & (unit * res.dual_abs > 1e-2 * opts.eps_abs)
+    if not bool(cand.any()):
+        return lam, nu, res, ok
     for lam_l, nu_l in _least_norm_candidates(data, orig, scales, z, lam, nu, cand):
         r1, ok1 = on_original(z, lam_l, nu_l if with_eq else z.new_zeros(z.shape[0], 0))
         better = cand & (ok1 | ~ok) & (torch.maximum(r1.dual, r1.gap) <= torch.maximum(res.dual, res.gap))
@@ -1177,14 +1181,20 @@ def _least_norm_candidates(data, orig, scales, z, lam, nu, cand):
         if lam_l is not lam or nu_l is not nu:
             yield lam_l, nu_l
         return
-    c_ = cand.unsqueeze(-1)
     Qo, qo, Go, _, Ao, _ = (_with_batch(t, c) for t, c in zip(orig, _CORES))
+    if Ao is not None and Ao.shape[-2] == 0:
+        Ao = None   # (the solver's data have no equality block then either)
     z_o, lam_o, nu_o = (None if t is None else t.to(Qo.dtype) for t in scales.unscale_point(z, lam, nu))
     nu_o = nu_o if Ao is not None else None
     lam_l, nu_l = _least_norm_multipliers(Qo, qo, Go, Ao, z_o, lam_o, nu_o, cand)
     if lam_l is not lam_o or nu_l is not nu_o:
         _, lam_b, nu_b = scales.scale_point(z, lam_l.to(lam.dtype), nu if nu_l is None else nu_l.to(lam.dtype))
-        # (the other elements' multipliers as they were, not rounded by the round trip)
+        # (the other elements' multipliers — and those of candidates whose least-norm QP was not
+        # taken — as they were, not rounded by the round trip)
+        changed = (lam_l != lam_o).any(-1)
+        if nu_l is not None:
+            changed = changed | (nu_l != nu_o).any(-1)
+        c_ = (cand & changed).unsqueeze(-1)
         yield torch.where(c_, lam_b, lam), (nu if nu_l is None else torch.where(c_, nu_b, nu))
 
 
@@ -1195,8 +1205,8 @@ def _second_solver(data, state, iterations, redo, opts, orig, scales, answer_dty
     iterate meets the SOLVED contract on the original problem (in the answer's dtype) with no
     residual above ``_SECOND_SOLVER_FACTOR`` times its tolerance (``residuals.within_factor``) —
     after up to ``_SECOND_SOLVER_PATIENCE`` iterations more where a residual is still above the
-    tolerance itself (the last iterate that met the test is the answer); the contract is evaluated
-    on those elements alone.
+    tolerance itself (of the iterates that met the test, the one whose largest residual over its
+    tolerance is lowest is the answer); the contract is evaluated on those elements alone.
 
     Returns:
         ``(z, s, λ, ν, won, iterations)``: the batch with the accepted iterates in place of the
@@ -1217,7 +1227,7 @@ def _second_solver(data, state, iterations, redo, opts, orig, scales, answer_dty
             ns = ns.to(dtype) if with_eq else zs.new_zeros(zs.shape[0], 0, dtype=dtype)
             res, ok = contract(zs.to(dtype), ls.to(dtype), ns)
             ok = ok & within_factor(res, opts.eps_abs, opts.eps_rel, _SECOND_SOLVER_FACTOR)
-            return ok, ok & within_factor(res, opts.eps_abs, opts.eps_rel, 1.0)
+            return ok, tolerance_ratio(res, opts.eps_abs, opts.eps_rel)
         return accept
 
     st, its, accepted = solve_qp_proximal(part, accept=acceptor(ix), max_iter=opts.proximal_max_iter,

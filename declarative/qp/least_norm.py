@@ -27,7 +27,7 @@ def _cancelling(Q, q, G, A, z, lam, nu, polished):
     balance by ``_CANCELLATION`` (``‖λ‖∞ max_i‖g_i‖₁`` or ``‖ν‖∞ max_i‖a_i‖₁``), and ``g``."""
     g = -(q + _mv(Q, z))
     big = _inf_norm(lam) * _row_norm(G)
-    if A is not None:
+    if A is not None and A.shape[-2]:
         big = torch.maximum(big, _inf_norm(nu) * _row_norm(A))
     return polished & (big > _CANCELLATION * _inf_norm(g)), g
 
@@ -89,7 +89,8 @@ def _least_norm_multipliers(Q, q, G, A, z, lam, nu, polished):
     minimiser of the strictly convex QP of ``_least_norm_qp``, solved (batched over those
     elements, ``K`` padded to the largest count) by ``QPProblem`` with ``_OPTIONS``; rows outside ``K`` keep ``λ_i = 0``, so
     complementarity is unchanged, and ``z`` is not touched. The new multipliers replace the old
-    where they are finite, their residual ``‖Mᵀy − g‖∞`` is not larger and their size
+    where they are finite, their residual ``‖Mᵀy − g‖∞`` is not larger (up to ten times the
+    rounding of its terms) and their size
     ``‖y‖∞`` at most half the old (multipliers that are large without cancelling, from
     ill-conditioned rows, stay); the caller compares the two on the original problem. Returns the
     inputs themselves where nothing changed.
@@ -109,7 +110,7 @@ def _least_norm_multipliers(Q, q, G, A, z, lam, nu, polished):
     ix = torch.nonzero(todo).reshape(-1)
     B, m = lam.shape
     n = z.shape[-1]
-    p = 0 if A is None else A.shape[-2]
+    p = 0 if A is None else A.shape[-2]   # (an A of zero rows is none)
     Gs, gs, ls = _select(G, ix), _select(g, ix), _select(lam, ix)
     Bs = ix.shape[0]
     pos = ls > 0
@@ -129,7 +130,10 @@ def _least_norm_multipliers(Q, q, G, A, z, lam, nu, polished):
     y = torch.cat([y[:, :p], y[:, p:].clamp(min=0) * valid], -1)   # (λ ≥ 0 to rounding: exactly)
     old = _inf_norm(gs - _mtv(M, y0))
     new = _inf_norm(gs - _mtv(M, y))
-    ok = (new <= old) & (_inf_norm(y) <= 0.5 * _inf_norm(y0)) & torch.isfinite(y).all(-1)
+    # (with the rounding of the new residual's own terms as slack: old multipliers that fit
+    # exactly, e.g. data on a binary grid, would otherwise keep their size)
+    slack = 10 * torch.finfo(y.dtype).eps * (_inf_norm(gs) + _inf_norm(_mtv(M.abs(), y.abs())))
+    ok = (new <= old + slack) & (_inf_norm(y) <= 0.5 * _inf_norm(y0)) & torch.isfinite(y).all(-1)
     if not bool(ok.any()):
         return lam, nu
     o_ = ok.unsqueeze(-1)

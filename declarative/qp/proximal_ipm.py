@@ -184,7 +184,7 @@ def _where(mask: torch.Tensor, a: ProximalState, b: ProximalState) -> ProximalSt
     return ProximalState(*(torch.where(mask.view(-1, *([1] * (u.dim() - 1))), u, v) for u, v in zip(a, b)))
 
 
-def solve_qp_proximal(data, *, accept: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+def solve_qp_proximal(data, *, accept: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], object],
                       max_iter: int, fraction: float = 0.99, patience: int = 0):
     """Solve ``min ½zᵀQz + qᵀz s.t. Gz ≤ h, Az = b`` (``data = (Q, q, G, h, A, b)``, with
     inequalities) by the proximal interior-point method from the cold start.
@@ -192,19 +192,21 @@ def solve_qp_proximal(data, *, accept: Callable[[torch.Tensor, torch.Tensor, tor
     Args:
         accept: ``(z, λ, ν) ↦ (B,)`` bool, True where the iterate is good enough; checked before
             every iteration (one host synchronisation per iteration, with the test whether any
-            element still runs). With ``patience > 0`` a pair ``(acceptable, good)`` of such masks
-            (``good`` implies ``acceptable``).
+            element still runs). With ``patience > 0`` a pair ``(acceptable, score)``: an
+            acceptable iterate is good where its ``score`` ``(B,)`` (e.g. the largest residual
+            over its tolerance) is at most 1.
         max_iter: iteration limit per element.
         fraction: fraction of the step to the boundary of the positive orthant.
         patience: an element whose iterate is acceptable but not good iterates on, at most this
-            many iterations more, until one is good; it returns the last acceptable iterate (an
-            iterate that is not acceptable, or a direction that is not finite, does not replace
-            it). 0: the first acceptable iterate is the answer.
+            many iterations more, until one is good; its answer is the acceptable iterate of the
+            lowest score (an iterate that is not acceptable, or a direction that is not finite,
+            does not replace it). 0: the first acceptable iterate is the answer.
 
     Returns:
-        ``(state, iterations, accepted)``: the answer (for accepted elements the last acceptable
-        iterate, else the last one), the iterations each element took ``(B,)`` and whether an
-        iterate was acceptable ``(B,)``.
+        ``(state, iterations, accepted)``: the answer (for accepted elements the acceptable
+        iterate chosen, else the last one), the iterations each element ran ``(B,)`` (with
+        ``patience``, those after the answer's iterate included) and whether an iterate was
+        acceptable ``(B,)``.
     """
     Q, q, G, h, A, b = data
     B = max(t.shape[0] for t in data if t is not None)
@@ -215,14 +217,18 @@ def solve_qp_proximal(data, *, accept: Callable[[torch.Tensor, torch.Tensor, tor
     accepted = torch.zeros(B, dtype=torch.bool, device=q.device)
     running = torch.ones(B, dtype=torch.bool, device=q.device)
     since = torch.zeros_like(iterations)   # iterations since the first acceptable iterate
-    kept = st
+    kept, best = st, torch.full((B,), float("inf"), dtype=q.dtype, device=q.device)
     for _ in range(max_iter + 1):
         if patience:
-            ok, good = accept(st.z, st.lam, st.nu)
+            verdict = accept(st.z, st.lam, st.nu)
+            if not (isinstance(verdict, tuple) and len(verdict) == 2):
+                raise TypeError("solve_qp_proximal(patience > 0): accept must return (acceptable, score)")
+            ok, score = verdict
             ok = running & ok
-            kept = _where(ok, st, kept)
+            take = ok & (score < best)
+            kept, best = _where(take, st, kept), torch.where(take, score.to(best.dtype), best)
             accepted = accepted | ok
-            stop = (ok & good) | (accepted & (since >= patience))
+            stop = (ok & (score <= 1)) | (accepted & (since >= patience))
         else:
             stop = running & accept(st.z, st.lam, st.nu)
             accepted = accepted | stop

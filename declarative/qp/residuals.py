@@ -148,12 +148,18 @@ def meets_tolerances(res: QPResiduals, eps_abs: float, eps_rel: float, unit: flo
             & (res.gap <= eps_abs + eps_rel * res.gap_scale + allowance(res.gap_scale, res.gap_abs)))
 
 
+def tolerance_ratio(res: QPResiduals, eps_abs: float, eps_rel: float) -> torch.Tensor:
+    """``(B,)``: the largest of the three residuals over its tolerance ``eps_abs + eps_rel·scale``
+    (without the rounding term of ``meets_tolerances``; NaN for a NaN residual)."""
+    ratios = [r / (eps_abs + eps_rel * sc) for r, sc in ((res.primal, res.primal_scale),
+                                                        (res.dual, res.dual_scale), (res.gap, res.gap_scale))]
+    return torch.stack(ratios, -1).amax(-1)
+
+
 def within_factor(res: QPResiduals, eps_abs: float, eps_rel: float, factor: float) -> torch.Tensor:
     """``(B,)`` bool: all three residuals within ``factor·(eps_abs + eps_rel·scale)`` — the
     tolerances times ``factor``, without the rounding term of ``meets_tolerances`` (False for NaN)."""
-    return ((res.primal <= factor * (eps_abs + eps_rel * res.primal_scale))
-            & (res.dual <= factor * (eps_abs + eps_rel * res.dual_scale))
-            & (res.gap <= factor * (eps_abs + eps_rel * res.gap_scale)))
+    return tolerance_ratio(res, eps_abs, eps_rel) <= factor
 
 
 def _entry_max(M):

@@ -80,6 +80,20 @@ def test_full_step_lands_on_the_least_norm_multipliers():
     assert stat.amax().item() < 1e-12, stat
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_least_norm_step_with_an_equality_block_of_zero_rows(dtype):
+    """An equilibrated batch (objective of 1e7) with ``A`` of zero rows: the least-norm step sees
+    the original data, whose ``A`` keeps its zero rows (the solver's own has none); it raised an
+    IndexError there. Solved, with the exact multipliers."""
+    Q = torch.eye(3, dtype=dtype).expand(2, 3, 3)
+    q = -1e7 * torch.tensor([[1.0], [2.0]], dtype=dtype).expand(2, 3)
+    G, h = torch.eye(3, dtype=dtype), torch.zeros(3, dtype=dtype)
+    sol = solve_qp(Q, q, G, h, torch.zeros(0, 3, dtype=dtype), torch.zeros(0, dtype=dtype), check=False)
+    assert sol.status.tolist() == [Status.SOLVED, Status.SOLVED]
+    torch.testing.assert_close(sol.duals["lam"], -q, rtol=1e-6, atol=0)
+    assert sol.duals["nu"].shape == (2, 0)
+
+
 def test_next_round_stops_unchanged_and_cycling_guesses():
     """``_next_round``: an element goes on while not accepted and its guess changes (after the first
     ``_PENALTY_ROUNDS_ALL`` rounds only if its refinement converged), and until the number of

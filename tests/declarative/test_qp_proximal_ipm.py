@@ -146,28 +146,32 @@ def test_iteration_limit_and_refusal():
     assert its.tolist() == [0, 0, 0]
 
 
-def test_patience_iterates_on_to_a_good_iterate_and_keeps_the_last_acceptable_one():
-    """``patience``: per element, an acceptable iterate that is not good iterates on for at most
-    ``patience`` iterations; a good one stops it; the answer is the last acceptable iterate
-    (iterates after it that are not acceptable do not replace it). Scripted by iteration count:
-    element 0 is acceptable from iteration 2 and good at 4; element 1 acceptable at 2 and 3 only,
-    never good; element 2 never acceptable."""
+def test_patience_iterates_on_to_a_good_iterate_and_keeps_the_best_acceptable_one():
+    """``patience``: per element, an acceptable iterate that is not good (score above 1) iterates
+    on for at most ``patience`` iterations; a good one stops it; the answer is the acceptable
+    iterate of the lowest score (iterates after it that are worse, or not acceptable, do not
+    replace it). Scripted by iteration count: element 0 is acceptable from iteration 2 (scores 3,
+    2) and good at 4; element 1 acceptable at 2 and 3 only (scores 5, then 10), never good; element
+    2 never acceptable."""
     data = random_qp(3, 6, 8, 2, seed=1)
     count = {"k": 0}
     seen = []
+    scores = {2: [3.0, 5.0, 9.0], 3: [2.0, 10.0, 9.0], 4: [0.5, 9.0, 9.0]}
 
     def accept(z, lam, nu):
         k = count["k"]
         count["k"] += 1
         seen.append(z.clone())
         ok = torch.tensor([k >= 2, k in (2, 3), False])
-        return ok, torch.tensor([k >= 4, False, False])
+        return ok, torch.tensor(scores.get(k, [9.0, 9.0, 9.0]), dtype=torch.float64)
     st, its, accepted = solve_qp_proximal(data, accept=accept, max_iter=20, patience=3)
     assert accepted.tolist() == [True, True, False]
     assert its.tolist() == [4, 5, 20]       # 0: good at its 4th iterate; 1: 3 more after the 2nd
     assert torch.equal(st.z[0], seen[4][0])
-    assert torch.equal(st.z[1], seen[3][1])   # its last acceptable iterate, not the 5th
-    assert not torch.equal(seen[5][1], seen[3][1])
+    assert torch.equal(st.z[1], seen[2][1])   # the lower score of its two acceptable iterates
+    assert not torch.equal(seen[3][1], seen[2][1])
+    with pytest.raises(TypeError, match="acceptable, score"):
+        solve_qp_proximal(data, accept=lambda z, lam, nu: torch.ones(3, dtype=torch.bool), max_iter=5, patience=2)
 
 
 @pytest.mark.parametrize("bad", [-1, 1.5, True, None])
