@@ -71,7 +71,7 @@ from .linalg import (_Factor, _IN_PLACE_MIN, _inf_norm, _Scratch, _mtv, _mtvs, _
                      _static_reg, _with_batch, _zero_rows)
 from .options import DEFAULT_REG, DEFAULT_TOL_INFEASIBLE, QPOptions
 from .residuals import (CERTIFICATE_TOL, dual_certificate_holds, meets_tolerances, primal_certificate_holds,
-                        qp_residuals, tolerance_ratio, within_factor)
+                        qp_residuals, tolerance_ratio)
 # looked up in this namespace by ``solve_qp_ipm`` (the tests replace them here)
 from .least_norm import _least_norm_multipliers
 from .polish import _PROX, _PROX_STEPS, _polish, _polish_penalty, _strict
@@ -1203,7 +1203,7 @@ def _second_solver(data, state, iterations, redo, opts, orig, scales, answer_dty
     the proximal interior-point method (``proximal_ipm``), in float64, from the cold start, at most
     ``opts.proximal_max_iter`` iterations of its own (counted in ``iterations``). It stops where its
     iterate meets the SOLVED contract on the original problem (in the answer's dtype) with no
-    residual above ``_SECOND_SOLVER_FACTOR`` times its tolerance (``residuals.within_factor``) —
+    residual above ``_SECOND_SOLVER_FACTOR`` times its tolerance (``residuals.tolerance_ratio``) —
     after up to ``_SECOND_SOLVER_PATIENCE`` iterations more where a residual is still above the
     tolerance itself (of the iterates that met the test, the one whose largest residual over its
     tolerance is lowest is the answer); the contract is evaluated on those elements alone.
@@ -1226,8 +1226,8 @@ def _second_solver(data, state, iterations, redo, opts, orig, scales, answer_dty
         def accept(zs, ls, ns):
             ns = ns.to(dtype) if with_eq else zs.new_zeros(zs.shape[0], 0, dtype=dtype)
             res, ok = contract(zs.to(dtype), ls.to(dtype), ns)
-            ok = ok & within_factor(res, opts.eps_abs, opts.eps_rel, _SECOND_SOLVER_FACTOR)
-            return ok, tolerance_ratio(res, opts.eps_abs, opts.eps_rel)
+            ratio = tolerance_ratio(res, opts.eps_abs, opts.eps_rel)
+            return ok & (ratio <= _SECOND_SOLVER_FACTOR), ratio
         return accept
 
     st, its, accepted = solve_qp_proximal(part, accept=acceptor(ix), max_iter=opts.proximal_max_iter,

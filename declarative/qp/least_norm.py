@@ -32,7 +32,7 @@ def _cancelling(Q, q, G, A, z, lam, nu, polished):
     return polished & (big > _CANCELLATION * _inf_norm(g)), g
 
 
-def _least_norm_qp(M, g, p, valid):
+def _least_norm_qp(M, g, p):
     """The data ``(Q, q, G, h, A, b)`` of the least-norm problem
 
     .. math::
@@ -43,10 +43,10 @@ def _least_norm_qp(M, g, p, valid):
     for ``y = (ν, λ_K)``, with ``ĝ = g/‖g‖∞`` (the minimiser is positively homogeneous in ``g``)
     and ``ĝ_j = 0`` where column ``j`` of ``M`` is zero (variables no active row touches: their
     stationarity does not involve ``y``, and a rounding-level ``g_j`` would make the rows
-    inconsistent). Padding slots (``valid`` false) have zero rows in ``M``: their ``y`` is 0.
+    inconsistent). Padding slots have zero rows in ``M``: their ``y`` is 0.
 
     Shape:
-        ``M (B, N, n)`` with ``N = p + k``; ``g (B, n)``; ``valid (B, k)``; returns the data of a
+        ``M (B, N, n)`` with ``N = p + k``; ``g (B, n)``; returns the data of a
         batch of ``(N, n, k)`` problems (``N`` variables, ``n`` equality and ``k`` inequality rows)
         and the scale ``‖g‖∞ (B, 1)``.
     """
@@ -87,13 +87,13 @@ def _least_norm_multipliers(Q, q, G, A, z, lam, nu, polished):
     are not unique: ``y + t v`` with ``Mᵀv = 0`` is optimal too. For the elements whose
     multipliers are large against ``g`` (``_cancelling``), the least-norm ``y`` of that set is the
     minimiser of the strictly convex QP of ``_least_norm_qp``, solved (batched over those
-    elements, ``K`` padded to the largest count) by ``QPProblem`` with ``_OPTIONS``; rows outside ``K`` keep ``λ_i = 0``, so
-    complementarity is unchanged, and ``z`` is not touched. The new multipliers replace the old
-    where they are finite, their residual ``‖Mᵀy − g‖∞`` is not larger (up to ten times the
-    rounding of its terms) and their size
-    ``‖y‖∞`` at most half the old (multipliers that are large without cancelling, from
-    ill-conditioned rows, stay); the caller compares the two on the original problem. Returns the
-    inputs themselves where nothing changed.
+    elements, ``K`` padded to the largest count) by ``QPProblem`` with ``_OPTIONS``; rows outside
+    ``K`` keep ``λ_i = 0``, so complementarity is unchanged, and ``z`` is not touched. The new
+    multipliers replace the old where they are finite, their residual ``‖Mᵀy − g‖∞`` is not
+    larger (up to ten times the rounding of its terms) and their size ``‖y‖∞`` at most half the
+    old (multipliers that are large without cancelling, from ill-conditioned rows, stay); the
+    caller compares the two on the original problem. Returns the inputs themselves where nothing
+    changed.
 
     Shape:
         data as ``solve_qp_ipm``'s (with a batch dimension, 1 or B); ``z (B, n)``,
@@ -124,7 +124,7 @@ def _least_norm_multipliers(Q, q, G, A, z, lam, nu, polished):
         y0 = torch.cat([_select(nu, ix), y0], -1)
     else:
         M = Gk
-    data, scale = _least_norm_qp(M, gs, p, valid)
+    data, scale = _least_norm_qp(M, gs, p)
     sol = QPProblem(_OPTIONS).solve(data)
     y = sol.z * scale
     y = torch.cat([y[:, :p], y[:, p:].clamp(min=0) * valid], -1)   # (λ ≥ 0 to rounding: exactly)

@@ -156,12 +156,6 @@ def tolerance_ratio(res: QPResiduals, eps_abs: float, eps_rel: float) -> torch.T
     return torch.stack(ratios, -1).amax(-1)
 
 
-def within_factor(res: QPResiduals, eps_abs: float, eps_rel: float, factor: float) -> torch.Tensor:
-    """``(B,)`` bool: all three residuals within ``factor·(eps_abs + eps_rel·scale)`` — the
-    tolerances times ``factor``, without the rounding term of ``meets_tolerances`` (False for NaN)."""
-    return tolerance_ratio(res, eps_abs, eps_rel) <= factor
-
-
 def _entry_max(M):
     return _abs_max(M, (-2, -1))
 
