@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import torch
 
-from .linalg import (_chol_solve, _Factor, _gather_rows, _inf_norm, _mtv, _mtvs, _mv, _row_norm, _Scratch, _select,
+from .linalg import (_Factor, _gather_rows, _inf_norm, _mtv, _mtvs, _mv, _row_norm, _Scratch, _select,
                      _shared)
 
 __all__: list[str] = []
